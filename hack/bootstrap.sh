@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what Veza needs on a fresh Debian machine, idempotently:
+# uv (pinned), the Python environment from uv.lock, and Debian packages.
+#   hack/bootstrap.sh            # runtime + dev dependencies
+#   hack/bootstrap.sh --runtime  # what `veza up` needs only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.8
+APT_PACKAGES=(redis-server)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+    as_root apt-get update -q >/dev/null
+    as_root apt-get install -y -q "${missing[@]}" >/dev/null
+  }
+  # Debian starts the system Redis on install; Veza runs its own instances.
+  as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+
+if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  log "pip install uv==$UV_VERSION"
+  python3 -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
+fi
+
+log "uv sync --frozen (Python packages from uv.lock)"
+if [ "${1:-}" = --runtime ]; then
+  uv sync --frozen --no-dev -q
+else
+  uv sync --frozen -q
+fi

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Builds the Go tools the tests need (Kubernetes control plane, etcd, kwok,
+# helm, OpenTofu) from the pinned wrapper modules in hack/tools/*, and caches
+# the binaries under $VEZA_CACHE/bin/<tool>-<version>. A second run builds
+# nothing. Prints the directory holding the binaries on its last line.
+#
+#   hack/build-tools.sh [tool ...]   # default: all of them
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${VEZA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/veza}
+bin=$cache/bin
+mkdir -p "$bin"
+
+# One line per tool: name, wrapper module dir, version, packages, ldflags.
+KUBE_VERSION=v1.36.3
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.21.4
+TOFU_VERSION=v1.11.6
+
+kube_minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
+kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$kube_minor"
+# helm assumes Kubernetes 1.20 for `helm template` unless told the version it targets.
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kube_minor"
+
+have() { [ -x "$bin/$1-$2" ]; }
+
+# build NAME VERSION MODULE_DIR LDFLAGS EXE=PKG...  (all packages in one `go build`)
+build() {
+  local name=$1 version=$2 dir=$3 ldflags=$4; shift 4
+  local missing=() names=()
+  for spec in "$@"; do
+    local exe=${spec%%=*} pkg=${spec#*=}
+    have "$exe" "$version" || { missing+=("$pkg"); names+=("$exe"); }
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "building $name $version: ${missing[*]}" >&2
+  local out; out=$(mktemp -d "$cache/build.XXXXXX")
+  local start=$SECONDS
+  (cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/" "${missing[@]}")
+  # go names each binary after its package path's last element (or the one
+  # before a /vN suffix); map them back to the names we asked for.
+  local i
+  for i in "${!missing[@]}"; do
+    local pkg=${missing[$i]} built
+    built=$(basename "$pkg"); [[ $built =~ ^v[0-9]+$ ]] && built=$(basename "$(dirname "$pkg")")
+    mv "$out/$built" "$bin/${names[$i]}-$version"
+  done
+  rmdir "$out"
+  echo "built $name $version in $((SECONDS - start)) s" >&2
+}
+
+want=${*:-kubernetes etcd kwok helm opentofu}
+for tool in $want; do
+  case $tool in
+    kubernetes) build kubernetes "$KUBE_VERSION" kubernetes "$kube_ldflags" \
+        kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
+        kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
+        kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kubectl=k8s.io/kubernetes/cmd/kubectl ;;
+    etcd) build etcd "$ETCD_VERSION" etcd "-s -w" etcd=go.etcd.io/etcd/server/v3 ;;
+    kwok) build kwok "$KWOK_VERSION" kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" kwok=sigs.k8s.io/kwok/cmd/kwok ;;
+    helm) build helm "$HELM_VERSION" helm "$helm_ldflags" helm=helm.sh/helm/v3/cmd/helm ;;
+    opentofu) build opentofu "$TOFU_VERSION" opentofu "-s -w" tofu=github.com/opentofu/opentofu/cmd/tofu ;;
+    *) echo "unknown tool: $tool" >&2; exit 2 ;;
+  esac
+done
+
+# kwok does nothing without Stage configs; its module ships the standard ones
+# (fast node start, node heartbeat with Lease, fast pod lifecycle). Assemble them
+# into one config file next to the binary.
+kwok_stages=$bin/kwok-$KWOK_VERSION-stages.yaml
+if [[ " $want " == *" kwok "* && ! -s $kwok_stages ]]; then
+  kwok_dir=$(cd "$here/tools/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  stage=$kwok_dir/kustomize/stage
+  for f in "$stage"/node/fast/node-initialize.yaml \
+           "$stage"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           "$stage"/pod/fast/pod-ready.yaml "$stage"/pod/fast/pod-complete.yaml "$stage"/pod/fast/pod-delete.yaml; do
+    echo "---"; cat "$f"
+  done > "$kwok_stages.tmp"
+  mv "$kwok_stages.tmp" "$kwok_stages"
+fi
+ln -sf "kwok-$KWOK_VERSION-stages.yaml" "$bin/kwok-stages.yaml"
+
+# Stable names (kube-apiserver, etcd, helm, ...) pointing at the pinned versions.
+link() { ln -sf "$1-$2" "$bin/$1"; }
+link kube-apiserver "$KUBE_VERSION"; link kube-controller-manager "$KUBE_VERSION"
+link kube-scheduler "$KUBE_VERSION"; link kubectl "$KUBE_VERSION"
+link etcd "$ETCD_VERSION"; link kwok "$KWOK_VERSION"; link helm "$HELM_VERSION"; link tofu "$TOFU_VERSION"
+echo "$bin"

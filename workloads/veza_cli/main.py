@@ -1,0 +1,55 @@
+"""The `veza` command: one entry point for the operator, every workload and the local platform."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+# subcommand -> (module with `add_arguments(parser)` and `run(args) -> int`, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "operator": ("veza_operator.cli", "run the Kubernetes operator (kopf)"),
+    "api": ("veza_api.cli", "run the backend API worker"),
+    "chat": ("veza_chat.cli", "run a chat worker for one ChatRoom"),
+    "stream": ("veza_stream.cli", "run a stream worker for one StreamChannel"),
+    "migrate": ("veza_api.migrate_cli", "apply database migrations"),
+    "up": ("veza_local.up", "run the whole platform locally from CR YAML files"),
+    "crds": ("veza_operator.crds_cli", "print or write the CustomResourceDefinitions"),
+}
+
+
+def _load(name: str) -> ModuleType | None:
+    module_name, _ = COMMANDS[name]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="veza", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        module = _load(name)
+        p = sub.add_parser(name, help=help_text if module else f"{help_text} (not built yet)",
+                           description=help_text)
+        if module is not None:
+            module.add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = _load(args.command)
+    if module is None:
+        print(f"veza {args.command}: not built yet", file=sys.stderr)
+        return 2
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Local platform: backing services and processes for `veza up` and the tests."""

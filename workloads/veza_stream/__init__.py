@@ -1,0 +1,1 @@
+"""veza_stream."""
