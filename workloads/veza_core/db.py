@@ -1,0 +1,58 @@
+"""PostgreSQL: the connection pool and the schema migrations every workload shares.
+
+Migrations are the numbered ``*.sql`` files in ``veza_core/migrations`` (ranges:
+0001-0099 platform/API, 0100-0199 chat, 0200-0299 stream). Each runs in its own
+transaction; a session advisory lock makes concurrent runs (two migration Jobs,
+two `veza migrate`) safe: the second waits, then finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# Arbitrary but fixed: the key of the advisory lock guarding migrations.
+MIGRATION_LOCK_KEY = 0x7665_7A61  # "veza"
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=10)
+    assert pool is not None
+    return pool
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(version, sql) for every migration, in order."""
+    folder = resources.files("veza_core") / "migrations"
+    found = [(f.name.removesuffix(".sql"), f.read_text()) for f in folder.iterdir() if f.name.endswith(".sql")]
+    return sorted(found)
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply the migrations not yet applied; returns the versions applied by this call."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            applied = []
+            for version, sql in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                log.info("migration applied", extra={"version": version})
+                applied.append(version)
+            return applied
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()

@@ -1,0 +1,15 @@
+"""Prometheus metrics shared by every worker (each workload adds its own next to these)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "veza_http_requests_total", "HTTP requests served", ["component", "route", "method", "status"])
+HTTP_LATENCY = Histogram(
+    "veza_http_request_duration_seconds", "HTTP request latency", ["component", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+DEPENDENCY_UP = Gauge(
+    "veza_dependency_up", "1 when a backing service answers, 0 when it does not", ["component", "dependency"])
+CIRCUIT_OPEN = Gauge(
+    "veza_circuit_open", "1 while a circuit breaker is open (calls go to the local fallback)", ["name"])

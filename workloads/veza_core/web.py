@@ -1,0 +1,142 @@
+"""The HTTP skeleton every worker shares: health, readiness, metrics, request ids,
+JSON errors and access logs, and a graceful shutdown on SIGTERM.
+
+Liveness (`/healthz`) only says the event loop answers; readiness (`/readyz`)
+runs the worker's dependency checks and turns 503 while draining, so the
+Service stops sending traffic before the process stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .logs import request_id
+from .metrics import DEPENDENCY_UP, HTTP_LATENCY, HTTP_REQUESTS
+
+log = logging.getLogger("veza.http")
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+COMPONENT = web.AppKey("component", str)
+CHECKS = web.AppKey("readiness_checks", dict[str, ReadinessCheck])
+DRAINING = web.AppKey("draining", asyncio.Event)
+
+# Paths polled by kubelets and Prometheus: not worth a log line each.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def json_error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    token = request_id.set(rid[:64])
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    component = request.app[COMPONENT]
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            # Turn aiohttp's plain-text errors into the JSON shape clients expect.
+            if exc.status >= 400 and exc.content_type != "application/json":
+                raise _json_http_error(exc) from exc
+            raise
+        except Exception:
+            log.exception("unhandled error", extra={"path": request.path})
+            response = json_error(500, "internal_error", "internal error")
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers["X-Request-Id"] = rid
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        HTTP_REQUESTS.labels(component, route, request.method, str(status)).inc()
+        HTTP_LATENCY.labels(component, route).observe(elapsed)
+        if request.path not in QUIET_PATHS:
+            log.info("request", extra={"method": request.method, "path": request.path, "status": status,
+                                       "duration_ms": round(elapsed * 1000, 2), "remote": request.remote})
+        request_id.reset(token)
+
+
+def _json_http_error(exc: web.HTTPException) -> web.HTTPException:
+    """The same status and headers with a JSON body {"error": {"code", "message"}}."""
+    code = exc.reason.lower().replace(" ", "_")
+    default_text = f"{exc.status}: {exc.reason}"
+    body = json_error(exc.status, code, exc.text if exc.text and exc.text != default_text else exc.reason)
+    keep = ("retry-after", "allow", "www-authenticate")
+    new = web.HTTPException(text=body.text, content_type="application/json",
+                            headers={k: v for k, v in exc.headers.items() if k.lower() in keep})
+    new.set_status(exc.status, exc.reason)
+    return new
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[DRAINING].is_set():
+        return web.json_response({"status": "draining"}, status=503)
+    component = request.app[COMPONENT]
+    results: dict[str, bool] = {}
+    for name, check in request.app[CHECKS].items():
+        try:
+            results[name] = bool(await asyncio.wait_for(check(), 2.0))
+        except Exception:
+            results[name] = False
+        DEPENDENCY_UP.labels(component, name).set(1 if results[name] else 0)
+    ok = all(results.values())
+    return web.json_response({"status": "ready" if ok else "not_ready", "checks": results},
+                             status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(component: str, *, client_max_size: int = 1024**2) -> web.Application:
+    """An application with the shared middleware and endpoints; the worker adds its routes."""
+    app = web.Application(middlewares=[observe], client_max_size=client_max_size)
+    app[COMPONENT] = component
+    app[CHECKS] = {}
+    app[DRAINING] = asyncio.Event()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+    async def start_draining(app: web.Application) -> None:
+        app[DRAINING].set()
+
+    app.on_shutdown.insert(0, start_draining)
+    return app
+
+
+def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) -> None:
+    app[CHECKS][name] = check
+
+
+def run(app: web.Application, host: str, port: int, *, shutdown_grace: float = 20.0) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down within the grace period.
+
+    aiohttp turns the signal into a graceful exit: listening sockets close first,
+    `on_shutdown` hooks run (workers close WebSockets with 1012 there), then
+    in-flight requests get up to `shutdown_grace` seconds to finish.
+    """
+    web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_grace, access_log=None,
+                print=lambda *_: None, handle_signals=True)
