@@ -18,7 +18,7 @@ from .breaker import CircuitBreaker
 
 # KEYS[1]: bucket; ARGV: rate (tokens/s), burst, cost, now (s, float).
 # Returns {allowed (0/1), tokens left * 1000, retry after in ms}.
-TOKEN_BUCKET_LUA = """
+BUCKET_SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -76,7 +76,7 @@ class RateLimiter:
         self.prefix = prefix
         self.breaker = breaker or CircuitBreaker(f"ratelimit:{prefix}", errors=(RedisError, OSError))
         self.local = _LocalBuckets()
-        self._script = redis.register_script(TOKEN_BUCKET_LUA) if redis is not None else None
+        self._script = redis.register_script(BUCKET_SCRIPT) if redis is not None else None
 
     async def hit(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
         """Take `cost` tokens from the bucket `key` refilled at `rate` per second up to `burst`."""
