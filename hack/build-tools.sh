@@ -70,7 +70,7 @@ done
 # (fast node start, node heartbeat with Lease, fast pod lifecycle). Assemble them
 # into one config file next to the binary.
 kwok_stages=$bin/kwok-$KWOK_VERSION-stages.yaml
-if [[ " $want " == *" kwok "* && ! -s $kwok_stages ]]; then
+if [[ -x $bin/kwok-$KWOK_VERSION && ! -s $kwok_stages ]]; then
   kwok_dir=$(cd "$here/tools/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
   stage=$kwok_dir/kustomize/stage
   for f in "$stage"/node/fast/node-initialize.yaml \
