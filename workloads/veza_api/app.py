@@ -1,0 +1,103 @@
+"""The API application: routes, middleware, and the resources they share."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from veza_core.auth import AUDIENCE_API, TokenIssuer, TokenVerifier
+from veza_core.breaker import CircuitBreaker
+from veza_core.db import create_pool
+from veza_core.keys import KeySet
+from veza_core.ratelimit import RateLimiter
+from veza_core.storage import ObjectStore
+from veza_core.web import add_readiness_check, create_app
+
+from . import accounts, audit, moderation, rooms, tokens, users
+from .context import API, Api
+from .mail import Mailer
+from .middleware import MIDDLEWARES
+from .passwords import Passwords
+from .settings import ApiSettings
+
+PREFIX = "/api/v1"
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/.well-known/jwks.json", tokens.jwks)
+    r.add_post(f"{PREFIX}/auth/register", accounts.register)
+    r.add_post(f"{PREFIX}/auth/login", accounts.login)
+    r.add_post(f"{PREFIX}/auth/refresh", accounts.refresh)
+    r.add_post(f"{PREFIX}/auth/logout", accounts.logout)
+    r.add_post(f"{PREFIX}/auth/service-token", tokens.service_token)
+    r.add_get(f"{PREFIX}/me", users.get_me)
+    r.add_patch(f"{PREFIX}/me", users.patch_me)
+
+    r.add_get(f"{PREFIX}/rooms", rooms.list_rooms)
+    r.add_get(f"{PREFIX}/rooms/{{name}}", rooms.get_room)
+    r.add_put(f"{PREFIX}/rooms/{{name}}/members/{{user_id}}", rooms.member_role("room", grant=True))
+    r.add_delete(f"{PREFIX}/rooms/{{name}}/members/{{user_id}}", rooms.member_role("room", grant=False))
+    r.add_post(f"{PREFIX}/rooms/{{name}}/moderation", moderation.moderate)
+    r.add_get(f"{PREFIX}/rooms/{{name}}/moderation", moderation.list_actions)
+    r.add_get(f"{PREFIX}/channels", rooms.list_channels)
+    r.add_get(f"{PREFIX}/channels/{{name}}", rooms.get_channel)
+    r.add_put(f"{PREFIX}/channels/{{name}}/members/{{user_id}}", rooms.member_role("channel", grant=True))
+    r.add_delete(f"{PREFIX}/channels/{{name}}/members/{{user_id}}", rooms.member_role("channel", grant=False))
+
+    r.add_get(f"{PREFIX}/admin/users", users.list_users)
+    r.add_patch(f"{PREFIX}/admin/users/{{id}}", users.patch_user)
+    r.add_put(f"{PREFIX}/admin/rooms/{{name}}", rooms.declare("room"))
+    r.add_delete(f"{PREFIX}/admin/rooms/{{name}}", rooms.undeclare("room"))
+    r.add_put(f"{PREFIX}/admin/channels/{{name}}", rooms.declare("channel"))
+    r.add_delete(f"{PREFIX}/admin/channels/{{name}}", rooms.undeclare("channel"))
+    r.add_get(f"{PREFIX}/admin/audit", audit.list_audit)
+
+
+def create_api_app(settings: ApiSettings) -> web.Application:
+    if not settings.database_url:
+        raise ValueError("the API needs VEZA_DATABASE_URL")
+    app = create_app("api", client_max_size=settings.max_body_bytes)
+    app.middlewares.extend(MIDDLEWARES)
+    add_routes(app)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        assert settings.database_url
+        pool = await create_pool(settings.database_url, max_size=20)
+        redis = aioredis.from_url(settings.redis_url or "redis://127.0.0.1:6379", socket_timeout=1.0,
+                                  socket_connect_timeout=1.0)
+        keys = KeySet(settings.jwt_keys_dir)
+        issuer_url = settings.jwt_issuer.rstrip("/")
+        ctx = Api(
+            settings=settings, pool=pool, redis=redis, keys=keys,
+            redis_breaker=CircuitBreaker("api-redis", errors=(RedisError, OSError)),
+            issuer=TokenIssuer(keys, issuer=issuer_url),
+            verifier=TokenVerifier(keys, issuer=issuer_url, audience=AUDIENCE_API,
+                                   algorithms=settings.jwt_algorithms),
+            limiter=RateLimiter(redis, prefix=f"veza:{settings.platform}:ratelimit"),
+            passwords=Passwords(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib,
+                                parallelism=settings.argon2_parallelism),
+            store=ObjectStore(settings.s3_bucket, endpoint_url=settings.s3_endpoint, region=settings.s3_region),
+            mailer=Mailer(settings),
+        )
+        app[API] = ctx
+
+        async def database() -> bool:
+            return bool(await pool.fetchval("SELECT 1"))
+
+        async def signing_key() -> bool:
+            return bool(keys.active_signing_key())
+
+        add_readiness_check(app, "postgres", database)
+        add_readiness_check(app, "signing_key", signing_key)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    return app

@@ -1,0 +1,26 @@
+"""`veza api`: the backend API worker."""
+
+from __future__ import annotations
+
+import argparse
+
+from veza_core.logs import configure_logging
+from veza_core.web import run as serve
+
+from .app import create_api_app
+from .settings import ApiSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="listen address (default: $VEZA_HTTP_HOST or 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="listen port (default: $VEZA_HTTP_PORT or 8080)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = ApiSettings.from_env()
+    assert isinstance(settings, ApiSettings)  # from_env builds the class it is called on
+    configure_logging("api", settings.log_level)
+    app = create_api_app(settings)
+    serve(app, args.host or settings.http_host, args.port or settings.http_port,
+          shutdown_grace=settings.shutdown_grace_seconds)
+    return 0

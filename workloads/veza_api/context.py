@@ -1,0 +1,66 @@
+"""What every handler needs, built once per process and kept on the application."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from veza_core.auth import TokenIssuer, TokenVerifier
+from veza_core.breaker import CircuitBreaker
+from veza_core.keys import KeySet
+from veza_core.ratelimit import RateLimiter
+from veza_core.storage import ObjectStore
+
+from .passwords import Passwords
+from .settings import ApiSettings
+
+if TYPE_CHECKING:
+    from .mail import Mailer
+    from .oidc import OidcClient
+
+
+@dataclass
+class Api:
+    settings: ApiSettings
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    redis_breaker: CircuitBreaker
+    keys: KeySet
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    limiter: RateLimiter
+    passwords: Passwords
+    store: ObjectStore
+    mailer: Mailer
+    oidc: OidcClient | None = None
+    active_kid: str | None = field(default=None)
+
+    def redis_key(self, *parts: str) -> str:
+        return ":".join(["veza", self.settings.platform, *parts])
+
+
+API = web.AppKey("veza_api", Api)
+
+
+def api(request: web.Request) -> Api:
+    return request.app[API]
+
+
+def client_ip(request: web.Request) -> str:
+    """The client's address: from X-Forwarded-For only as far as our own proxies reach."""
+    hops = request.app[API].settings.trusted_proxies
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if hops > 0 and forwarded:
+        chain = [h.strip() for h in forwarded.split(",") if h.strip()]
+        if len(chain) >= hops:
+            candidate = chain[-hops]
+            try:
+                return str(ipaddress.ip_address(candidate))
+            except ValueError:
+                pass
+    return request.remote or "unknown"

@@ -1,0 +1,44 @@
+"""Outgoing mail over SMTP (magic links). smtplib is blocking: it runs in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from email.message import EmailMessage
+
+from .settings import ApiSettings
+
+
+class MailError(Exception):
+    pass
+
+
+class Mailer:
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.settings.smtp_host)
+
+    async def send(self, to: str, subject: str, body: str) -> None:
+        s = self.settings
+        if not s.smtp_host:
+            raise MailError("no SMTP server configured")
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = s.smtp_from, to, subject
+        message.set_content(body)
+
+        def deliver() -> None:
+            assert s.smtp_host
+            with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=10) as smtp:
+                if s.smtp_starttls:
+                    smtp.starttls()
+                if s.smtp_username and s.smtp_password:
+                    smtp.login(s.smtp_username, s.smtp_password)
+                smtp.send_message(message)
+
+        try:
+            await asyncio.to_thread(deliver)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise MailError(str(exc)) from exc

@@ -1,0 +1,124 @@
+"""The API's request pipeline, after the shared `observe` (request ids, JSON access
+logs, metrics): CORS → errors → body size → authentication → rate limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from veza_core.auth import TokenError, token_from_request
+from veza_core.web import json_error
+
+from .accounts import too_many
+from .context import api, client_ip
+from .errors import ApiError
+from .rbac import REQUEST_PRINCIPAL
+from .sessions import is_revoked
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("veza.api")
+
+# Routes with a larger body limit than max_body_bytes (they stream their body).
+UPLOAD_PATHS = frozenset({"/api/v1/tracks"})
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
+CORS_HEADERS = "Authorization, Content-Type, X-Request-Id"
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = json_error(exc.status, exc.code, exc.message, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if not origin:
+        return None
+    allowed = api(request).settings.cors_origin_set
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return origin
+    return None
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    origin = _allowed_origin(request)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        if origin is None:
+            return json_error(403, "cors_origin_denied", "this origin may not call the API")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": CORS_METHODS,
+            "Access-Control-Allow-Headers": CORS_HEADERS, "Access-Control-Max-Age": "600", "Vary": "Origin"})
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if origin is not None:
+            exc.headers["Access-Control-Allow-Origin"] = origin
+            exc.headers["Vary"] = "Origin"
+        raise
+    if origin is not None and not response.prepared:
+        # Tokens travel in the Authorization header, never in cookies: no credentials mode.
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-Id"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """413 before reading a body whose declared size is too big (aiohttp also stops
+    undeclared chunked bodies at `client_max_size` while reading them)."""
+    settings = api(request).settings
+    limit = settings.max_track_bytes if request.path in UPLOAD_PATHS else settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes")
+    return await handler(request)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Verifies a bearer token when one is sent; endpoints decide whether they need one."""
+    token = token_from_request(request)
+    if token is not None and request.path.startswith("/api/"):
+        ctx = api(request)
+        try:
+            who = ctx.verifier.verify(token)
+        except TokenError as exc:
+            raise ApiError(401, exc.code, exc.message,
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
+        sid = who.claims.get("sid")
+        if not isinstance(sid, str) or await is_revoked(ctx, sid):
+            raise ApiError(401, "token_revoked", "the session of this token has ended",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        request[REQUEST_PRINCIPAL] = who
+    return await handler(request)
+
+
+@web.middleware
+async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Token buckets in Redis per client IP and, for authenticated calls, per user."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    ctx = api(request)
+    s = ctx.settings
+    decision = await ctx.limiter.hit(f"ip:{client_ip(request)}", rate=s.rate_ip_per_second, burst=s.rate_ip_burst)
+    if not decision.allowed:
+        raise too_many(decision, "requests from this address")
+    who = request.get(REQUEST_PRINCIPAL)
+    if who is not None:
+        decision = await ctx.limiter.hit(f"user:{who.subject}", rate=s.rate_user_per_second,
+                                         burst=s.rate_user_burst)
+        if not decision.allowed:
+            raise too_many(decision, "requests for this account")
+    return await handler(request)
+
+
+# cors outermost, so error answers carry CORS headers too and browsers can read them.
+MIDDLEWARES = [cors, errors, body_limit, authenticate, rate_limit]

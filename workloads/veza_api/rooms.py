@@ -1,0 +1,274 @@
+"""Rooms and channels: the API's view of the ChatRoom and StreamChannel resources.
+
+The operator (or `veza up`) declares them with the admin PUT endpoints; users
+list them. Live figures come from Redis keys that the chat and stream workers
+maintain (a documented contract, see docs/api.md):
+
+- ``veza:{platform}:room:{room}:members`` — a hash (or set) with one entry per
+  connected member; its length is the live member count;
+- ``veza:{platform}:channel:{channel}:now_playing`` — a hash describing the
+  current track (track_id, title, started_at, ...).
+
+When Redis is unreachable those figures are null, and the rest still answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, Field
+from redis.exceptions import RedisError, ResponseError
+
+from veza_core.auth import Principal
+
+from . import audit
+from .context import Api, api
+from .errors import ApiError, forbidden, not_found, parse_uuid, read_json
+from .rbac import (
+    CHANNEL_ROLES,
+    ROOM_ROLES,
+    at_least,
+    channel_role,
+    is_admin,
+    principal,
+    require_admin,
+    require_room_role,
+    resource_name,
+    room_role,
+    user_id,
+)
+
+KINDS = {"room": ("rooms", "room_roles", "room", ROOM_ROLES),
+         "channel": ("channels", "channel_roles", "channel", CHANNEL_ROLES)}
+
+
+class Member(BaseModel):
+    user: str
+    role: str
+
+
+class Declaration(BaseModel):
+    """What the operator knows of a ChatRoom / StreamChannel."""
+
+    title: str = Field(min_length=1, max_length=200)
+    visibility: Literal["public", "private"] = "public"
+    # When given, replaces the resource's roles (the CR's spec.members is the source of truth).
+    members: list[Member] | None = Field(None, max_length=10_000)
+
+
+class RoleGrant(BaseModel):
+    role: str
+
+
+async def _visible(request: web.Request, kind: str, row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row if the caller may see it: public, or private and the caller has a role or is admin."""
+    if row is None:
+        raise not_found(kind)
+    if row["visibility"] == "public":
+        return row
+    who = principal(request)
+    if who is not None:
+        ctx = api(request)
+        role = await (room_role if kind == "room" else channel_role)(ctx.pool, row["name"], user_id(who))
+        if role is not None or await is_admin(request, who):
+            return row
+    raise not_found(kind)  # a private resource is not even confirmed to exist
+
+
+async def _rows(request: web.Request, kind: str) -> list[asyncpg.Record]:
+    table, roles_table, column, _ = KINDS[kind]
+    who = principal(request)
+    ctx = api(request)
+    if who is not None and await is_admin(request, who):
+        return await ctx.pool.fetch(f"SELECT * FROM {table} ORDER BY name")  # noqa: S608 - fixed names
+    uid = user_id(who) if who is not None else None
+    return await ctx.pool.fetch(
+        f"SELECT * FROM {table} t WHERE t.visibility = 'public' OR EXISTS ("  # noqa: S608 - fixed names
+        f" SELECT 1 FROM {roles_table} r WHERE r.{column} = t.name AND r.user_id = $1) ORDER BY name", uid)
+
+
+async def member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
+    if not rooms:
+        return {}
+
+    async def from_redis() -> dict[str, int | None]:
+        counts: dict[str, int | None] = {}
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.hlen(ctx.redis_key("room", room, "members"))
+            results = await pipe.execute(raise_on_error=False)
+        for room, result in zip(rooms, results, strict=True):
+            if isinstance(result, ResponseError):  # WRONGTYPE: the chat worker keeps a set
+                result = await ctx.redis.scard(ctx.redis_key("room", room, "members"))
+            elif isinstance(result, Exception):
+                raise result
+            counts[room] = int(result)
+        return counts
+
+    async def unknown() -> dict[str, int | None]:
+        return dict.fromkeys(rooms)
+
+    try:
+        return await ctx.redis_breaker.call(from_redis, unknown)
+    except RedisError:
+        return await unknown()
+
+
+async def now_playing(ctx: Api, channel: str) -> dict[str, str] | None:
+    async def from_redis() -> dict[str, str] | None:
+        raw: dict[bytes, bytes] = await ctx.redis.hgetall(  # type: ignore[assignment]
+            ctx.redis_key("channel", channel, "now_playing"))
+        return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()} or None
+
+    async def unknown() -> dict[str, str] | None:
+        return None
+
+    try:
+        return await ctx.redis_breaker.call(from_redis, unknown)
+    except RedisError:
+        return None
+
+
+def _json(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
+    return {"name": row["name"], "title": row["title"], "visibility": row["visibility"],
+            "updated_at": row["updated_at"].isoformat(), **extra}
+
+
+async def _my_role(request: web.Request, kind: str, name: str) -> str | None:
+    who = principal(request)
+    if who is None:
+        return None
+    return await (room_role if kind == "room" else channel_role)(api(request).pool, name, user_id(who))
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    """GET /api/v1/rooms: public rooms for anyone; private ones for their members and admins."""
+    rows = await _rows(request, "room")
+    counts = await member_counts(api(request), [r["name"] for r in rows])
+    return web.json_response({"rooms": [_json(r, member_count=counts[r["name"]]) for r in rows]})
+
+
+async def get_room(request: web.Request) -> web.Response:
+    name = resource_name(request, "room")
+    row = await _visible(request, "room", await api(request).pool.fetchrow("SELECT * FROM rooms WHERE name = $1",
+                                                                           name))
+    counts = await member_counts(api(request), [name])
+    return web.json_response(_json(row, member_count=counts[name], your_role=await _my_role(request, "room", name)))
+
+
+async def list_channels(request: web.Request) -> web.Response:
+    rows = await _rows(request, "channel")
+    return web.json_response({"channels": [_json(r) for r in rows]})
+
+
+async def get_channel(request: web.Request) -> web.Response:
+    name = resource_name(request, "channel")
+    ctx = api(request)
+    row = await _visible(request, "channel", await ctx.pool.fetchrow("SELECT * FROM channels WHERE name = $1", name))
+    return web.json_response(_json(row, now_playing=await now_playing(ctx, name),
+                                   your_role=await _my_role(request, "channel", name)))
+
+
+async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Principal, kind: str, name: str,
+                    target: str, role: str | None) -> None:
+    """Grant, change or (role None) revoke one user's role on a room or channel, audited."""
+    _, roles_table, column, ladder = KINDS[kind]
+    uid = parse_uuid(target, "user")
+    if role is not None and role not in ladder:
+        raise ApiError(422, "invalid_role", f"{kind} roles are {', '.join(ladder)}")
+    before = await conn.fetchval(
+        f"SELECT role FROM {roles_table} WHERE {column} = $1 AND user_id = $2", name, uid)  # noqa: S608
+    if before == role:
+        return
+    if role is None:
+        await conn.execute(f"DELETE FROM {roles_table} WHERE {column} = $1 AND user_id = $2", name, uid)  # noqa: S608
+    else:
+        await conn.execute(
+            f"INSERT INTO {roles_table} ({column}, user_id, role) VALUES ($1, $2, $3)"  # noqa: S608
+            f" ON CONFLICT ({column}, user_id) DO UPDATE SET role = excluded.role, granted_at = now()",
+            name, uid, role)
+    if before is not None:
+        await audit.record(conn, "role.revoked", actor=actor.subject, subject=str(uid), request=request,
+                           scope=f"{kind}/{name}", role=before)
+    if role is not None:
+        await audit.record(conn, "role.granted", actor=actor.subject, subject=str(uid), request=request,
+                           scope=f"{kind}/{name}", role=role)
+
+
+def declare(kind: str) -> Any:
+    table, roles_table, column, _ = KINDS[kind]
+
+    async def handler(request: web.Request) -> web.Response:
+        """PUT /api/v1/admin/{rooms|channels}/{name}: create or update from the custom resource."""
+        admin = await require_admin(request)
+        name = resource_name(request, kind)
+        body = await read_json(request, Declaration)
+        ctx = api(request)
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"INSERT INTO {table} (name, title, visibility) VALUES ($1, $2, $3)"  # noqa: S608
+                " ON CONFLICT (name) DO UPDATE SET title = excluded.title, visibility = excluded.visibility,"
+                " updated_at = now() RETURNING *, (xmax = 0) AS created", name, body.title, body.visibility)
+            if body.members is not None:
+                wanted = {str(parse_uuid(m.user, "user")): m.role for m in body.members}
+                current = await conn.fetch(f"SELECT user_id FROM {roles_table} WHERE {column} = $1", name)  # noqa: S608
+                for r in current:
+                    if str(r["user_id"]) not in wanted:
+                        await _set_role(conn, request, admin, kind, name, str(r["user_id"]), None)
+                for uid, role in wanted.items():
+                    await _set_role(conn, request, admin, kind, name, uid, role)
+        return web.json_response(_json(row), status=201 if row["created"] else 200)
+
+    return handler
+
+
+def undeclare(kind: str) -> Any:
+    table = KINDS[kind][0]
+
+    async def handler(request: web.Request) -> web.Response:
+        admin = await require_admin(request)
+        name = resource_name(request, kind)
+        ctx = api(request)
+        deleted = await ctx.pool.fetchval(f"DELETE FROM {table} WHERE name = $1 RETURNING name", name)  # noqa: S608
+        if deleted is None:
+            raise not_found(kind)
+        await audit.record(ctx.pool, f"{kind}.deleted", actor=admin.subject, subject=f"{kind}/{name}",
+                           request=request)
+        return web.Response(status=204)
+
+    return handler
+
+
+async def _require_exists(ctx: Api, kind: str, name: str) -> None:
+    if not await ctx.pool.fetchval(f"SELECT 1 FROM {KINDS[kind][0]} WHERE name = $1", name):  # noqa: S608
+        raise not_found(kind)
+
+
+def member_role(kind: str, grant: bool) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        """PUT/DELETE /api/v1/{rooms|channels}/{name}/members/{user_id}.
+
+        Rooms: owners manage every role, moderators add and remove plain members.
+        Channels: platform admins only.
+        """
+        name = resource_name(request, kind)
+        ctx = api(request)
+        await _require_exists(ctx, kind, name)
+        role = (await read_json(request, RoleGrant)).role if grant else None
+        target = request.match_info["user_id"]
+        if kind == "channel":
+            actor = await require_admin(request)
+        else:
+            actor = await require_room_role(request, name, "moderator")
+            mine = await room_role(ctx.pool, name, user_id(actor))
+            if not at_least(mine, "owner", ROOM_ROLES) and not await is_admin(request, actor):
+                theirs = await room_role(ctx.pool, name, parse_uuid(target, "user"))
+                if role not in (None, "member") or theirs not in (None, "member"):
+                    raise forbidden("moderators manage plain members only")
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await _set_role(conn, request, actor, kind, name, target, role)
+        return web.Response(status=204)
+
+    return handler

@@ -1,0 +1,117 @@
+"""Sessions and refresh tokens.
+
+A login opens a session; its refresh tokens form a family. Each refresh token is
+opaque, used once, and stored only as its sha256. Presenting a token that was
+already used means someone holds a copy: the whole session is revoked.
+
+Access tokens carry the session id (claim `sid`). Revoking a session marks it in
+Redis for as long as an access token can live, so the auth middleware refuses
+its access tokens at once; if Redis is unreachable the middleware asks
+PostgreSQL instead (slower, same answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from .context import Api
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Rotation:
+    outcome: str  # "ok" | "unknown" | "expired" | "reused" | "revoked"
+    session_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    refresh_token: str | None = None
+
+
+async def _new_refresh_token(conn: asyncpg.Connection, ctx: Api, session_id: uuid.UUID) -> str:
+    token = secrets.token_urlsafe(32)
+    expires = datetime.now(UTC) + timedelta(seconds=ctx.settings.refresh_ttl_seconds)
+    await conn.execute("INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)",
+                       token_hash(token), session_id, expires)
+    return token
+
+
+async def start_session(ctx: Api, user_id: uuid.UUID, method: str) -> tuple[uuid.UUID, str]:
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        session_id = await conn.fetchval("INSERT INTO sessions (user_id, method) VALUES ($1, $2) RETURNING id",
+                                         user_id, method)
+        return session_id, await _new_refresh_token(conn, ctx, session_id)
+
+
+async def rotate(ctx: Api, token: str) -> Rotation:
+    """Exchange a refresh token for the next one of its family."""
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT t.session_id, t.expires_at, t.used_at, s.user_id, s.revoked_at"
+            " FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id"
+            " WHERE t.token_hash = $1 FOR UPDATE OF t, s", token_hash(token))
+        if row is None:
+            return Rotation("unknown")
+        sid, uid = row["session_id"], row["user_id"]
+        if row["revoked_at"] is not None:
+            return Rotation("revoked", sid, uid)
+        if row["used_at"] is not None:
+            await conn.execute("UPDATE sessions SET revoked_at = now(), revoked_why = 'refresh token reused'"
+                               " WHERE id = $1", sid)
+            outcome = Rotation("reused", sid, uid)
+        elif row["expires_at"] <= datetime.now(UTC):
+            return Rotation("expired", sid, uid)
+        else:
+            await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", token_hash(token))
+            return Rotation("ok", sid, uid, await _new_refresh_token(conn, ctx, sid))
+    await mark_revoked(ctx, [sid])
+    return outcome
+
+
+async def revoke_session(ctx: Api, session_id: uuid.UUID, why: str) -> None:
+    await ctx.pool.execute("UPDATE sessions SET revoked_at = coalesce(revoked_at, now()), revoked_why = $2"
+                           " WHERE id = $1", session_id, why)
+    await mark_revoked(ctx, [session_id])
+
+
+async def revoke_user_sessions(ctx: Api, user_id: uuid.UUID, why: str) -> None:
+    rows = await ctx.pool.fetch("UPDATE sessions SET revoked_at = now(), revoked_why = $2"
+                                " WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id, why)
+    await mark_revoked(ctx, [r["id"] for r in rows])
+
+
+async def mark_revoked(ctx: Api, session_ids: list[uuid.UUID]) -> None:
+    if not session_ids:
+        return
+    ttl = ctx.settings.access_ttl_seconds + 60  # an access token's life plus the verifier's leeway
+    try:
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.set(ctx.redis_key("session-revoked", str(sid)), "1", ex=ttl)
+            await pipe.execute()
+    except (RedisError, OSError):
+        pass  # PostgreSQL holds the truth; the middleware falls back to it while Redis is away
+
+
+async def is_revoked(ctx: Api, session_id: str) -> bool:
+    try:
+        sid = uuid.UUID(session_id)
+    except ValueError:
+        return True
+
+    async def from_redis() -> bool:
+        return bool(await ctx.redis.exists(ctx.redis_key("session-revoked", str(sid))))
+
+    async def from_postgres() -> bool:
+        row = await ctx.pool.fetchrow("SELECT revoked_at FROM sessions WHERE id = $1", sid)
+        return row is None or row["revoked_at"] is not None
+
+    return await ctx.redis_breaker.call(from_redis, from_postgres)

@@ -1,0 +1,64 @@
+"""Settings of the API worker: the shared ones plus what only the API needs.
+
+Read from the same `VEZA_<FIELD>` environment variables as every worker
+(`Settings.from_env` walks the model's fields, so a subclass just works).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from veza_core.config import Settings
+
+
+class ApiSettings(Settings):
+    component: str = "api"
+
+    # Browsers may call the API from these origins (comma-separated; "*" for any).
+    cors_origins: str = ""
+    # Bodies of JSON requests; track uploads have their own limit.
+    max_body_bytes: int = 64 * 1024
+    max_track_bytes: int = 50 * 1024 * 1024
+    max_track_seconds: float = 4 * 3600
+
+    access_ttl_seconds: int = 900
+    service_token_ttl_seconds: int = 300
+    refresh_ttl_seconds: int = 30 * 24 * 3600
+    magic_link_ttl_seconds: int = 900
+
+    # argon2id at OWASP's minimum (19 MiB, 2 passes, 1 lane): ~30 ms per hash on
+    # one core, which bounds a login flood by CPU before the rate limits kick in.
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+    argon2_parallelism: int = 1
+
+    # How many proxies (the Ingress) sit in front of us: the client IP is that many
+    # hops from the end of X-Forwarded-For. 0 means trust no header.
+    trusted_proxies: int = 0
+    rate_ip_per_second: float = 50.0
+    rate_ip_burst: float = 100.0
+    rate_user_per_second: float = 20.0
+    rate_user_burst: float = 40.0
+    # Logins and magic-link requests, per client IP and per account.
+    rate_login_per_minute: float = 10.0
+    rate_login_burst: float = 5.0
+
+    # The first account registered with this email becomes a platform admin.
+    bootstrap_admin_email: str | None = None
+
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "veza@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+
+    oidc_issuer: str | None = Field(None, description="OIDC provider's issuer URL (discovery at /.well-known/...)")
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_redirect_url: str | None = Field(None, description="default: public_url + /api/v1/auth/oidc/callback")
+    oidc_scopes: str = "openid email profile"
+
+    @property
+    def cors_origin_set(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
