@@ -1,0 +1,247 @@
+"""CustomResourceDefinitions generated from the pydantic models in `models.py`.
+
+`veza crds --write` regenerates `crds/*.yaml` and the chart's copies; a test
+fails when the committed files are stale.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from . import models
+from .models import GROUP, VERSION, Model
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    spec_model: type[BaseModel]
+    scalable: bool
+    extra_columns: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+PLATFORM = Kind("VezaPlatform", "vezaplatforms", "vezaplatform", ("vzp",), models.VezaPlatformSpec, False, (
+    {"name": "Host", "type": "string", "jsonPath": ".spec.ingress.host"},
+    {"name": "Image", "type": "string", "jsonPath": ".spec.image.tag", "priority": 1},
+))
+CHAT_ROOM = Kind("ChatRoom", "chatrooms", "chatroom", ("vzroom",), models.ChatRoomSpec, True, (
+    {"name": "Platform", "type": "string", "jsonPath": ".spec.platformRef.name"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+    {"name": "Visibility", "type": "string", "jsonPath": ".spec.visibility", "priority": 1},
+))
+STREAM_CHANNEL = Kind("StreamChannel", "streamchannels", "streamchannel", ("vzchan",), models.StreamChannelSpec,
+                      True, (
+    {"name": "Platform", "type": "string", "jsonPath": ".spec.platformRef.name"},
+    {"name": "Source", "type": "string", "jsonPath": ".spec.source.type"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+))
+KINDS = (PLATFORM, CHAT_ROOM, STREAM_CHANNEL)
+MAX_NAME_LENGTH = 48
+
+
+# -- status schema (shared by the three kinds) ---------------------------------------
+
+CONDITION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One aspect of the resource's state (metav1.Condition).",
+    "required": ["type", "status", "reason", "message", "lastTransitionTime"],
+    "properties": {
+        "type": {"type": "string", "description": "Ready, Progressing or Degraded."},
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "Condition status."},
+        "reason": {"type": "string", "description": "CamelCase reason for the last transition."},
+        "message": {"type": "string", "description": "Human-readable details."},
+        "lastTransitionTime": {"type": "string", "format": "date-time",
+                               "description": "When the status last changed."},
+        "observedGeneration": {"type": "integer", "description": "Generation this condition was computed for."},
+    },
+}
+
+
+def status_schema(kind: Kind) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "observedGeneration": {"type": "integer", "description": "The .metadata.generation last reconciled."},
+        "conditions": {"type": "array", "description": "Ready, Progressing and Degraded conditions.",
+                       "items": CONDITION_SCHEMA, "x-kubernetes-list-type": "map",
+                       "x-kubernetes-list-map-keys": ["type"]},
+        "url": {"type": "string", "description": "Public URL end clients use."},
+    }
+    if kind.scalable:
+        props |= {
+            "replicas": {"type": "integer", "description": "Current worker replicas."},
+            "readyReplicas": {"type": "integer", "description": "Worker replicas ready to serve."},
+            "selector": {"type": "string", "description": "Label selector of the workers (scale subresource)."},
+        }
+    else:
+        props |= {
+            "rooms": {"type": "integer", "description": "ChatRooms that reference this platform."},
+            "channels": {"type": "integer", "description": "StreamChannels that reference this platform."},
+            "keysSecret": {"type": "string", "description": "Secret holding the JWT signing keys."},
+            "migratedVersion": {"type": "string", "description": "Worker version whose migrations ran."},
+        }
+    return {"type": "object", "description": f"Observed state of the {kind.kind}.", "properties": props}
+
+
+# -- pydantic JSON schema -> structural OpenAPI v3 ------------------------------------
+
+_DROP = {"title", "$defs"}
+
+
+def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    schema = copy.deepcopy(schema)
+    if "$ref" in schema:
+        target = defs[schema.pop("$ref").split("/")[-1]]
+        merged = _structural(target, defs)
+        if "description" in schema:  # the field's own description wins over the class docstring
+            merged["description"] = schema["description"]
+        if "default" in schema:
+            merged["default"] = schema["default"]
+        return merged
+    if "anyOf" in schema:  # Optional[X]: X, and "absent" stands for null
+        options = [o for o in schema.pop("anyOf") if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"unsupported union in schema: {options}")
+        inner = _structural(options[0], defs)
+        if schema.get("default", "unset") is None:
+            schema.pop("default")
+        return inner | {k: v for k, v in schema.items() if k not in _DROP}
+    out = {k: v for k, v in schema.items() if k not in _DROP}
+    if "properties" in out:
+        out["properties"] = {name: _structural(p, defs) for name, p in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = _structural(out["items"], defs)
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _structural(out["additionalProperties"], defs)
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    return out
+
+
+def _fill_factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """pydantic leaves out defaults made by default_factory; Kubernetes needs them to default fields.
+
+    A nested object defaults to its full default value: the API server validates defaults
+    (CEL rules included) before it would apply the nested ones.
+    """
+    for name, field in model.model_fields.items():
+        prop = schema.get("properties", {}).get(name)
+        if prop is None:
+            continue
+        sub = _model_of(field.annotation)
+        if field.default_factory is not None and "default" not in prop:
+            value = field.get_default(call_default_factory=True)
+            prop["default"] = _dump(value)
+        if sub is not None:
+            target = prop["items"] if prop.get("type") == "array" else prop
+            _fill_factory_defaults(target, sub)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if (found := _model_of(arg)) is not None:
+            return found
+    return None
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_none=True)
+    return value
+
+
+def spec_schema(model: type[Model] | type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(mode="validation")
+    schema = _structural(raw, raw.get("$defs", {}))
+    _fill_factory_defaults(schema, model)
+    _check_descriptions(schema, model.__name__)
+    return schema
+
+
+def _check_descriptions(schema: dict[str, Any], path: str) -> None:
+    """Every field documented, so that `kubectl explain` documents the API."""
+    for name, prop in schema.get("properties", {}).items():
+        if not prop.get("description"):
+            raise ValueError(f"{path}.{name} has no description")
+        _check_descriptions(prop, f"{path}.{name}")
+        if isinstance(prop.get("items"), dict):
+            _check_descriptions(prop["items"], f"{path}.{name}[]")
+
+
+# -- the CRDs -----------------------------------------------------------------------------
+
+def crd(kind: Kind) -> dict[str, Any]:
+    columns = [
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
+        *kind.extra_columns,
+        {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    subresources: dict[str, Any] = {"status": {}}
+    if kind.scalable:
+        subresources["scale"] = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                                 "labelSelectorPath": ".status.selector"}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": kind.crd_name, "labels": {"app.kubernetes.io/part-of": "veza"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind.kind, "plural": kind.plural, "singular": kind.singular,
+                      "shortNames": list(kind.short_names), "categories": ["veza"]},
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "additionalPrinterColumns": columns,
+                "subresources": subresources,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": (kind.spec_model.__doc__ or kind.kind).strip(),
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string", "description": "API version of this object."},
+                        "kind": {"type": "string", "description": "Kind of this object."},
+                        # Child objects are named "<prefix>-<name>": names must stay short DNS labels.
+                        "metadata": {"type": "object", "properties": {"name": {
+                            "type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": models.DNS_LABEL}}},
+                        "spec": spec_schema(kind.spec_model) | {
+                            "description": (kind.spec_model.__doc__ or "").strip()},
+                        "status": status_schema(kind),
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def render(kind: Kind) -> str:
+    header = "# Generated from operator/veza_operator/models.py by `veza crds --write`. Do not edit.\n"
+    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
+
+
+def crd_files(root: Path) -> dict[Path, str]:
+    """Every generated file: the top-level crds/ folder and the Helm chart's copy."""
+    files: dict[Path, str] = {}
+    for kind in KINDS:
+        text = render(kind)
+        files[root / "crds" / f"{kind.crd_name}.yaml"] = text
+        files[root / "charts" / "veza" / "crds" / f"{kind.crd_name}.yaml"] = text
+    return files

@@ -1,0 +1,163 @@
+"""Pure builders for the Kubernetes objects every workload needs.
+
+Each takes plain values and returns a manifest dict; nothing here talks to the
+API server. `platform.py`, `chatroom.py` and `streamchannel.py` compose them.
+Pods follow Pod Security "restricted": non-root, read-only root filesystem,
+no privilege escalation, all capabilities dropped, RuntimeDefault seccomp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import wiring
+from .models import Image, Resources
+from .naming import Owner, metadata
+
+WORKER_UID = 10001
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One worker Deployment and what exposes it."""
+
+    owner: Owner
+    name: str
+    component: str  # api | chat | stream
+    args: list[str]
+    image: Image
+    replicas: int
+    resources: Resources
+    env: dict[str, wiring.EnvValue]
+    selector: dict[str, str]
+    service_account: str
+    keys_secret: str
+    keys_items: tuple[str, ...] = ("jwks.json",)
+    metrics: bool = True
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {**self.selector, **self.extra_labels}
+
+
+def deployment(w: Workload) -> dict[str, Any]:
+    annotations = {}
+    if w.metrics:
+        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(wiring.HTTP_PORT),
+                       "prometheus.io/path": "/metrics"}
+    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2}
+    container = {
+        "name": w.component,
+        "image": f"{w.image.repository}:{w.image.tag}",
+        "imagePullPolicy": w.image.pullPolicy,
+        "args": w.args,
+        "ports": [{"name": "http", "containerPort": wiring.HTTP_PORT, "protocol": "TCP"}],
+        "env": wiring.to_k8s_env(w.env),
+        "resources": {"requests": dict(w.resources.requests), "limits": dict(w.resources.limits)},
+        "readinessProbe": probe,
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 3},
+        "securityContext": {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "jwt-keys", "mountPath": wiring.JWT_KEYS_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(w.name, w.owner, w.labels),
+        "spec": {
+            "replicas": w.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": dict(w.selector)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": w.labels, **({"annotations": annotations} if annotations else {})},
+                "spec": {
+                    "serviceAccountName": w.service_account,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID, "fsGroup": WORKER_UID,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "jwt-keys", "secret": {
+                            "secretName": w.keys_secret,
+                            "items": [{"key": item, "path": item} for item in w.keys_items]}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(w: Workload) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(w.name, w.owner, w.labels),
+        "spec": {"type": "ClusterIP", "selector": dict(w.selector),
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def ingress(name: str, owner: Owner, *, host: str, paths: list[tuple[str, str]], class_name: str | None,
+            tls_secret: str | None, annotations: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+    """An Ingress routing path prefixes of the platform's host to Services (port 80)."""
+    spec: dict[str, Any] = {"rules": [{"host": host, "http": {"paths": [
+        {"path": path, "pathType": "Prefix",
+         "backend": {"service": {"name": svc, "port": {"name": "http"}}}} for path, svc in paths]}}]}
+    if class_name:
+        spec["ingressClassName"] = class_name
+    if tls_secret:
+        spec["tls"] = [{"hosts": [host], "secretName": tls_secret}]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": metadata(name, owner, labels, annotations or None), "spec": spec}
+
+
+def pod_disruption_budget(w: Workload) -> dict[str, Any]:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": metadata(w.name, w.owner, w.labels),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(w.selector)}}}
+
+
+def autoscaler(name: str, owner: Owner, labels: dict[str, str], *, min_replicas: int, max_replicas: int,
+               metric: str, target_per_pod: int) -> dict[str, Any]:
+    """An HPA that scales the custom resource itself (its scale subresource) on a per-pod worker metric.
+
+    Scaling the custom resource rather than the Deployment keeps `.spec.replicas`
+    the one source of truth; the metric reaches the HPA through a custom-metrics
+    adapter such as prometheus-adapter.
+    """
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(name, owner, labels),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": owner.reference()["apiVersion"], "kind": owner.kind,
+                               "name": owner.name},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [{"type": "Pods", "pods": {"metric": {"name": metric},
+                                                  "target": {"type": "AverageValue",
+                                                             "averageValue": str(target_per_pod)}}}],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300,
+                                       "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+                         "scaleUp": {"stabilizationWindowSeconds": 30,
+                                     "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}]}},
+        },
+    }
+
+
+def service_account(name: str, owner: Owner, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(name, owner, labels),
+            "automountServiceAccountToken": False}
