@@ -63,3 +63,25 @@ def ready_reason(conds: list[dict[str, Any]] | None) -> tuple[str, str] | None:
         if c.get("type") == READY:
             return c.get("status", "Unknown"), c.get("reason", "")
     return None
+
+
+def workers_health(deployment: dict[str, Any] | None, replicas: int, what: str) -> Health:
+    """Health of a worker Deployment as the room, channel or platform should report it."""
+    if deployment is None:
+        return Health(False, "Creating", f"Creating the {what} Deployment.", progressing=True)
+    status = deployment.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return Health(False, "RolloutStuck", f"{what} rollout is stuck: {cond.get('message', '')}",
+                          degraded=True)
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return Health(False, "ReplicaFailure", f"{what} pods cannot be created: {cond.get('message', '')}",
+                          degraded=True)
+    generation = deployment["metadata"].get("generation", 0)
+    ready = status.get("readyReplicas", 0)
+    updated = status.get("updatedReplicas", 0)
+    if status.get("observedGeneration", 0) < generation or updated < replicas or ready < replicas:
+        return Health(False, "RollingOut", f"{ready}/{replicas} {what} replicas ready.", progressing=True)
+    if replicas == 0:
+        return Health(True, "ScaledToZero", f"{what} is scaled to zero replicas.")
+    return Health(True, "WorkersReady", f"{ready}/{replicas} {what} replicas ready.")

@@ -42,23 +42,16 @@ class Workload:
         return {**self.selector, **self.extra_labels}
 
 
-def deployment(w: Workload) -> dict[str, Any]:
-    annotations = {}
-    if w.metrics:
-        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(wiring.HTTP_PORT),
-                       "prometheus.io/path": "/metrics"}
+def container(w: Workload, *, serving: bool = True) -> dict[str, Any]:
+    """The worker container; `serving` adds the HTTP port and probes (not for Jobs)."""
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2}
-    container = {
+    spec: dict[str, Any] = {
         "name": w.component,
         "image": f"{w.image.repository}:{w.image.tag}",
         "imagePullPolicy": w.image.pullPolicy,
         "args": w.args,
-        "ports": [{"name": "http", "containerPort": wiring.HTTP_PORT, "protocol": "TCP"}],
         "env": wiring.to_k8s_env(w.env),
         "resources": {"requests": dict(w.resources.requests), "limits": dict(w.resources.limits)},
-        "readinessProbe": probe,
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
-                          "failureThreshold": 3},
         "securityContext": {
             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
             "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID,
@@ -66,9 +59,40 @@ def deployment(w: Workload) -> dict[str, Any]:
         },
         "volumeMounts": [
             {"name": "jwt-keys", "mountPath": wiring.JWT_KEYS_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir: the root fs is read-only
         ],
     }
+    if serving:
+        spec["ports"] = [{"name": "http", "containerPort": wiring.HTTP_PORT, "protocol": "TCP"}]
+        spec["readinessProbe"] = probe
+        spec["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                                 "failureThreshold": 3}
+    return spec
+
+
+def pod_spec(w: Workload, *, serving: bool = True) -> dict[str, Any]:
+    return {
+        "serviceAccountName": w.service_account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID, "fsGroup": WORKER_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container(w, serving=serving)],
+        "volumes": [
+            {"name": "jwt-keys", "secret": {
+                "secretName": w.keys_secret,
+                "items": [{"key": item, "path": item} for item in w.keys_items]}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        ],
+    }
+
+
+def deployment(w: Workload) -> dict[str, Any]:
+    annotations = {}
+    if w.metrics:
+        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(wiring.HTTP_PORT),
+                       "prometheus.io/path": "/metrics"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -80,23 +104,21 @@ def deployment(w: Workload) -> dict[str, Any]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": w.labels, **({"annotations": annotations} if annotations else {})},
-                "spec": {
-                    "serviceAccountName": w.service_account,
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 30,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID, "fsGroup": WORKER_UID,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "jwt-keys", "secret": {
-                            "secretName": w.keys_secret,
-                            "items": [{"key": item, "path": item} for item in w.keys_items]}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
-                    ],
-                },
+                "spec": pod_spec(w),
             },
         },
+    }
+
+
+def job(w: Workload, *, backoff_limit: int = 6) -> dict[str, Any]:
+    """A run-to-completion Job of the worker image (e.g. `veza migrate`)."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(w.name, w.owner, w.labels),
+        "spec": {"backoffLimit": backoff_limit,
+                 "template": {"metadata": {"labels": w.labels},
+                              "spec": {**pod_spec(w, serving=False), "restartPolicy": "OnFailure"}}},
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 GROUP = "veza.io"
 VERSION = "v1alpha1"
@@ -21,6 +21,13 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 def cel(rule: str, message: str) -> dict[str, Any]:
     return {"rule": rule, "message": message}
+
+
+def describe_error(exc: ValidationError) -> str:
+    """The first problem of a spec, as a status message: "spec.limits.maxMembers: ..."."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"spec.{where}: {err.get('msg', 'invalid')}"
 
 
 class Model(BaseModel):
@@ -193,6 +200,10 @@ class ChatAutoscaling(Autoscaling):
     targetConnectionsPerReplica: int = Field(2000, ge=10, le=100000,
                                              description="Connections per replica to aim for.")
 
+    @property
+    def target_per_replica(self) -> int:
+        return self.targetConnectionsPerReplica
+
 
 class ChatLimits(Model):
     maxMembers: int = Field(10000, ge=1, le=1000000, description="Most members connected at once.")
@@ -296,6 +307,10 @@ class Delivery(Model):
 
 class StreamAutoscaling(Autoscaling):
     targetListenersPerReplica: int = Field(5000, ge=10, le=100000, description="Listeners per replica.")
+
+    @property
+    def target_per_replica(self) -> int:
+        return self.targetListenersPerReplica
 
 
 class ListenerLimits(Model):

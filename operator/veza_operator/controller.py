@@ -1,0 +1,201 @@
+"""Level-triggered reconciliation: an in-memory view of the cluster and a work queue.
+
+kopf watches the custom resources and their children and feeds every event
+into the `Store`; the event handlers only ask for a reconcile of the affected
+custom resource. The `Reconciler` runs at most one reconcile per resource at a
+time, merges repeated requests, and retries failures with backoff.
+
+A reconcile compares what it wants with what the store already holds and
+writes only the differences, so a no-op reconcile (a resync, a restart, a
+status event echoing our own patch) makes no API write at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from prometheus_client import Counter, Gauge, Histogram
+
+from .conditions import Health, same_status
+from .kube import KubeClient, is_subset
+from .naming import OWNER_KIND, OWNER_NAME
+
+log = logging.getLogger("veza.operator")
+
+Key = tuple[str, str, str]  # kind, namespace, name
+
+RECONCILES = Counter("veza_operator_reconciles_total", "Reconciles run", ["kind", "result"])
+RECONCILE_SECONDS = Histogram("veza_operator_reconcile_duration_seconds", "Reconcile duration", ["kind"],
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RETRIES = Counter("veza_operator_retries_total", "Reconciles scheduled again after a failure", ["kind"])
+WRITES = Counter("veza_operator_api_writes_total", "Write requests sent to the API server", ["kind", "verb"])
+QUEUE_DEPTH = Gauge("veza_operator_queue_depth", "Reconciles waiting to run")
+
+
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    """What the store keeps of an object: managedFields are large and never read."""
+    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+    return {**body, "metadata": meta}
+
+
+@dataclass
+class Store:
+    """The latest body of every custom resource and every child, by (kind, namespace, name)."""
+
+    owners: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    children: dict[Key, dict[str, Any]] = field(default_factory=dict)
+
+    def put_owner(self, body: dict[str, Any]) -> Key:
+        key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+        self.owners[key] = _slim(body)
+        return key
+
+    def put_child(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        self.children[(body["kind"], meta["namespace"], meta["name"])] = _slim(body)
+
+    def owned_by(self, owner: Key) -> list[dict[str, Any]]:
+        kind, namespace, name = owner
+        return [c for (_, ns, _), c in self.children.items() if ns == namespace
+                and c["metadata"].get("labels", {}).get(OWNER_KIND) == kind
+                and c["metadata"].get("labels", {}).get(OWNER_NAME) == name]
+
+    def referencing(self, kind: str, namespace: str, platform: str) -> list[Key]:
+        return [k for k, body in self.owners.items() if k[0] == kind and k[1] == namespace
+                and (body.get("spec") or {}).get("platformRef", {}).get("name") == platform]
+
+
+@dataclass
+class Context:
+    """What a reconcile function needs: the API client and the store."""
+
+    client: KubeClient
+    store: Store
+    requeue: Callable[[Key, float], None] = lambda key, delay: None
+
+    async def sync_children(self, owner: Key, desired: list[dict[str, Any]]) -> int:
+        """Apply the children that differ from what the store holds; delete ours that are no longer wanted.
+
+        Returns the number of writes made.
+        """
+        writes = 0
+        wanted = set()
+        for manifest in desired:
+            key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+            wanted.add(key)
+            observed = self.store.children.get(key)
+            if observed is not None and is_subset(manifest, observed):
+                continue
+            applied = await self.client.apply(manifest)
+            WRITES.labels(manifest["kind"], "apply").inc()
+            writes += 1
+            if applied:
+                self.store.put_child(applied)  # so the next reconcile does not apply it again
+        for child in self.store.owned_by(owner):
+            key = (child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
+            if key not in wanted and key[0] in _PRUNABLE:
+                await self.client.delete(*key)
+                WRITES.labels(key[0], "delete").inc()
+                self.store.children.pop(key, None)
+                writes += 1
+        return writes
+
+    async def report(self, key: Key, status: dict[str, Any]) -> bool:
+        """Patch the status when it changed; returns whether it wrote."""
+        body = self.store.owners.get(key)
+        if body is None or same_status(status, body.get("status")):
+            return False
+        await self.client.patch_status(*key, status)
+        WRITES.labels(key[0], "status").inc()
+        body["status"] = {**(body.get("status") or {}), **status}
+        return True
+
+
+# Kinds the operator may delete when a spec no longer asks for them (never Secrets: the keys).
+_PRUNABLE = {"Deployment", "Service", "Ingress", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+             "NetworkPolicy", "Job", "ConfigMap", "ServiceAccount"}
+
+def post_event(body: dict[str, Any], health: Health) -> None:
+    """A Kubernetes Event on a condition transition (queued; kopf posts it in the background)."""
+    with contextlib.suppress(LookupError):  # LookupError: not inside a running operator
+        kind = "Normal" if health.ready or health.progressing else "Warning"
+        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=kind, reason=health.reason, message=health.message)
+
+
+ReconcileFn = Callable[[Context, Key], Awaitable[None]]
+
+
+class Reconciler:
+    """A deduplicating work queue of reconciles with per-key serialisation and retry backoff."""
+
+    def __init__(self, ctx: Context, handlers: dict[str, ReconcileFn], *, workers: int = 16,
+                 max_backoff: float = 60.0) -> None:
+        self.ctx = ctx
+        self.handlers = handlers
+        self.workers = workers
+        self.max_backoff = max_backoff
+        self.queue: asyncio.Queue[Key] = asyncio.Queue()
+        self.pending: set[Key] = set()
+        self.running: set[Key] = set()
+        self.again: set[Key] = set()  # requested while running: run once more afterwards
+        self.failures: dict[Key, int] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        ctx.requeue = self.request_later
+
+    def request(self, key: Key) -> None:
+        if key[0] not in self.handlers:
+            return
+        if key in self.running:
+            self.again.add(key)
+        elif key not in self.pending:
+            self.pending.add(key)
+            self.queue.put_nowait(key)
+            QUEUE_DEPTH.set(len(self.pending))
+
+    def request_later(self, key: Key, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.request, key)
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._work(), name=f"reconciler-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self.queue.get()
+            self.pending.discard(key)
+            QUEUE_DEPTH.set(len(self.pending))
+            self.running.add(key)
+            started = time.perf_counter()
+            try:
+                await self.handlers[key[0]](self.ctx, key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt = self.failures.get(key, 0) + 1
+                self.failures[key] = attempt
+                delay = min(self.max_backoff, 0.5 * 2 ** (attempt - 1))
+                log.warning("reconcile failed, retrying", extra={"key": "/".join(key), "attempt": attempt,
+                                                                 "retry_in": delay, "error": repr(exc)})
+                RECONCILES.labels(key[0], "error").inc()
+                RETRIES.labels(key[0]).inc()
+                self.request_later(key, delay)
+            else:
+                self.failures.pop(key, None)
+                RECONCILES.labels(key[0], "ok").inc()
+            finally:
+                RECONCILE_SECONDS.labels(key[0]).observe(time.perf_counter() - started)
+                self.running.discard(key)
+                if key in self.again:
+                    self.again.discard(key)
+                    self.request(key)

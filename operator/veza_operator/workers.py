@@ -1,0 +1,142 @@
+"""What ChatRoom and StreamChannel have in common: a scaled worker Deployment per resource.
+
+`build_children` is pure (spec in, manifests out); `reconcile` is the thin part
+that reads the store, applies the differences and reports status. The kind
+modules (`chatroom.py`, `streamchannel.py`) describe what differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import manifests, wiring
+from .conditions import Health, conditions, ready_reason, workers_health
+from .controller import Context, Key, post_event
+from .models import (
+    ChatRoomSpec,
+    Resources,
+    StreamChannelSpec,
+    VezaPlatformSpec,
+    describe_error,
+)
+from .naming import Owner, selector_labels, selector_string, worker_name
+
+log = logging.getLogger("veza.operator")
+
+WorkerSpec = ChatRoomSpec | StreamChannelSpec
+
+
+@dataclass(frozen=True)
+class WorkerKind:
+    kind: str  # ChatRoom | StreamChannel
+    component: str  # chat | stream (also the `veza` subcommand)
+    spec_model: type[BaseModel]
+    path_prefix: str  # URL prefix on the platform's host
+    load_metric: str  # per-pod metric the HPA scales on
+
+    def resources(self, spec: WorkerSpec, platform: VezaPlatformSpec) -> Resources:
+        defaults = platform.defaults.chat if self.component == "chat" else platform.defaults.stream
+        return spec.resources or defaults.resources
+
+
+def platform_service_account(platform: str) -> str:
+    return f"{platform}-worker"
+
+
+def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dict[str, Any],
+                   platform_name: str, platform: VezaPlatformSpec) -> list[dict[str, Any]]:
+    """Deployment, Service, Ingress route, and (when they apply) a PDB and an HPA."""
+    name = worker_name(wk.component, owner.name)
+    selector = selector_labels(platform_name, wk.component, owner.name)
+    workload = manifests.Workload(
+        owner=owner, name=name, component=wk.component, args=[wk.component], image=platform.image,
+        replicas=spec.replicas, resources=wk.resources(spec, platform),
+        env=wiring.worker_env(platform_name, owner.namespace, platform, wk.component, owner.name, raw_spec),
+        selector=selector, service_account=platform_service_account(platform_name),
+        keys_secret=wiring.keys_secret_name(platform_name, platform),
+        metrics=platform.observability.metrics.enabled,
+    )
+    children = [manifests.deployment(workload), manifests.service(workload),
+                manifests.ingress(name, owner, host=platform.ingress.host,
+                                  paths=[(f"{wk.path_prefix}/{owner.name}", name)],
+                                  class_name=platform.ingress.className,
+                                  tls_secret=platform.ingress.tls.secretName if platform.ingress.tls else None,
+                                  annotations=platform.ingress.annotations, labels=workload.labels)]
+    autoscaling = spec.autoscaling is not None and spec.autoscaling.enabled
+    if spec.replicas > 1 or (autoscaling and spec.autoscaling is not None and spec.autoscaling.minReplicas > 1):
+        children.append(manifests.pod_disruption_budget(workload))
+    if autoscaling and spec.autoscaling is not None:
+        children.append(manifests.autoscaler(name, owner, workload.labels,
+                                             min_replicas=spec.autoscaling.minReplicas,
+                                             max_replicas=spec.autoscaling.maxReplicas, metric=wk.load_metric,
+                                             target_per_pod=spec.autoscaling.target_per_replica))
+    return children
+
+
+def url(wk: WorkerKind, name: str, platform: VezaPlatformSpec) -> str:
+    return f"{wiring.public_url(platform)}{wk.path_prefix}/{name}"
+
+
+async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
+    body = ctx.store.owners.get(key)
+    if body is None:
+        return  # deleted; owner references take the children with it
+    _, namespace, name = key
+    generation = body["metadata"].get("generation", 0)
+    raw_spec = body.get("spec") or {}
+    status: dict[str, Any] = {"observedGeneration": generation}
+
+    async def report(health: Health, **extra: Any) -> None:
+        before = ready_reason((body.get("status") or {}).get("conditions"))
+        status.update(extra)
+        status["conditions"] = conditions(health, generation, (body.get("status") or {}).get("conditions"))
+        if await ctx.report(key, status) and before != ("True" if health.ready else "False", health.reason):
+            post_event(body, health)
+
+    try:
+        spec: WorkerSpec = wk.spec_model.model_validate(raw_spec)  # type: ignore[assignment]
+    except ValidationError as exc:
+        await report(Health(False, "InvalidSpec", describe_error(exc), degraded=True))
+        return
+    platform_name = spec.platformRef.name
+    platform_body = ctx.store.owners.get(("VezaPlatform", namespace, platform_name))
+    if platform_body is None:
+        await report(Health(False, "PlatformNotFound", f"VezaPlatform {platform_name!r} does not exist in "
+                                                       f"namespace {namespace!r}.", degraded=True))
+        return
+    try:
+        platform = VezaPlatformSpec.model_validate(platform_body.get("spec") or {})
+    except ValidationError:
+        await report(Health(False, "PlatformInvalid", f"VezaPlatform {platform_name!r} has an invalid spec.",
+                            degraded=True))
+        return
+    problem = _spec_problem(wk, spec)
+    if problem:
+        await report(Health(False, "InvalidSpec", problem, degraded=True))
+        return
+
+    owner = Owner.of(body)
+    children = build_children(wk, owner, spec, raw_spec, platform_name, platform)
+    await ctx.sync_children(key, children)
+
+    deployment = ctx.store.children.get(("Deployment", namespace, worker_name(wk.component, name)))
+    health = workers_health(deployment, spec.replicas, f"{wk.component} worker")
+    dstatus = (deployment or {}).get("status") or {}
+    await report(health, replicas=dstatus.get("replicas", 0), readyReplicas=dstatus.get("readyReplicas", 0),
+                 selector=selector_string(selector_labels(platform_name, wk.component, name)),
+                 url=url(wk, name, platform))
+
+
+def _spec_problem(wk: WorkerKind, spec: WorkerSpec) -> str | None:
+    """Checks the schema cannot express (they need data outside the object)."""
+    if isinstance(spec, StreamChannelSpec) and spec.source.relay is not None and spec.source.relay.allowedHosts:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(spec.source.relay.url).hostname or ""
+        if host not in spec.source.relay.allowedHosts:
+            return f"relay host {host!r} is not in relay.allowedHosts"
+    return None
