@@ -143,7 +143,9 @@ async def make_api(api_database: str, redis: RedisService, s3_env: S3Service,
             "s3_endpoint": s3_env.url, "s3_bucket": "veza-api-test", "jwt_issuer": ISSUER, "jwt_keys_dir": keys_dir,
             "bootstrap_admin_email": ADMIN_EMAIL, "trusted_proxies": 1, "cors_origins": "https://app.veza.test",
             "argon2_memory_kib": 8 * 1024, "argon2_time_cost": 1,  # tests: cheaper hashes, same algorithm
-            "rate_login_per_minute": 600, "rate_login_burst": 50, "shutdown_grace_seconds": 1,
+            # Generous limits by default; the rate-limit tests start servers with tight ones.
+            "rate_login_per_minute": 600, "rate_login_burst": 50, "rate_ip_per_second": 1000,
+            "rate_ip_burst": 1000, "rate_user_per_second": 1000, "rate_user_burst": 1000, "shutdown_grace_seconds": 1,
         }
         values.update(overrides)
         settings = ApiSettings.model_validate(values)

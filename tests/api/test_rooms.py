@@ -1,0 +1,145 @@
+"""Rooms and channels: declared by admins (the operator), listed with live figures from Redis, roles enforced."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis.asyncio as aioredis
+
+from veza_local.services import RedisService
+
+from .conftest import ApiServer, Client
+
+
+def _name() -> str:
+    return f"r-{uuid.uuid4().hex[:8]}"
+
+
+async def test_declare_list_and_count_members(client: Client, admin: Client, api_server: ApiServer,
+                                              redis: RedisService) -> None:
+    public, private = _name(), _name()
+    made = await admin.put(f"/api/v1/admin/rooms/{public}", {"title": "Lobby"})
+    assert made.status == 201 and made.body["visibility"] == "public"
+    updated = await admin.put(f"/api/v1/admin/rooms/{public}", {"title": "The Lobby"})
+    assert updated.status == 200 and updated.body["title"] == "The Lobby"
+    member = await client.register_and_login()
+    assert (await admin.put(f"/api/v1/admin/rooms/{private}", {
+        "title": "Staff", "visibility": "private",
+        "members": [{"user": member["user_id"], "role": "owner"}]})).status == 201
+
+    # The chat worker's contract: one hash field per connected member.
+    r = aioredis.from_url(redis.url)
+    try:
+        await r.hset(f"veza:{api_server.settings.platform}:room:{public}:members",
+                     mapping={"u1": "1", "u2": "1", "u3": "1"})
+        await r.sadd(f"veza:{api_server.settings.platform}:room:{private}:members", "u1")
+    finally:
+        await r.aclose()
+
+    anonymous = {room["name"]: room for room in (await client.get("/api/v1/rooms")).body["rooms"]}
+    assert anonymous[public]["member_count"] == 3 and private not in anonymous
+    assert (await client.get(f"/api/v1/rooms/{private}")).status == 404
+
+    outsider = client.as_user((await client.register_and_login())["access_token"])
+    assert private not in {room["name"] for room in (await outsider.get("/api/v1/rooms")).body["rooms"]}
+    assert (await outsider.get(f"/api/v1/rooms/{private}")).status == 404
+
+    owner = client.as_user(member["access_token"])
+    mine = {room["name"]: room for room in (await owner.get("/api/v1/rooms")).body["rooms"]}
+    assert mine[private]["member_count"] == 1
+    detail = await owner.get(f"/api/v1/rooms/{private}")
+    assert detail.status == 200 and detail.body["your_role"] == "owner"
+
+    assert (await admin.delete(f"/api/v1/admin/rooms/{public}")).status == 204
+    assert (await client.get(f"/api/v1/rooms/{public}")).status == 404
+
+
+async def test_only_admins_declare_rooms(client: Client) -> None:
+    user = client.as_user((await client.register_and_login())["access_token"])
+    denied = await user.put("/api/v1/admin/rooms/mine", {"title": "Mine"})
+    assert denied.status == 403 and denied.body["error"]["code"] == "forbidden"
+    anonymous = await client.put("/api/v1/admin/rooms/mine", {"title": "Mine"})
+    assert anonymous.status == 401
+
+
+async def test_room_roles_and_moderation(client: Client, admin: Client) -> None:
+    room = _name()
+    owner, moderator, member, outsider = [await client.register_and_login() for _ in range(4)]
+    await admin.put(f"/api/v1/admin/rooms/{room}", {"title": "Room", "members": [
+        {"user": owner["user_id"], "role": "owner"}]})
+    as_owner = client.as_user(owner["access_token"])
+    as_mod = client.as_user(moderator["access_token"])
+    as_member = client.as_user(member["access_token"])
+
+    assert (await as_owner.put(f"/api/v1/rooms/{room}/members/{moderator['user_id']}",
+                               {"role": "moderator"})).status == 204
+    assert (await as_mod.put(f"/api/v1/rooms/{room}/members/{member['user_id']}", {"role": "member"})).status == 204
+    # A moderator cannot promote, and a member cannot manage roles at all.
+    promote = await as_mod.put(f"/api/v1/rooms/{room}/members/{member['user_id']}", {"role": "owner"})
+    assert promote.status == 403
+    assert (await as_member.put(f"/api/v1/rooms/{room}/members/{outsider['user_id']}",
+                                {"role": "member"})).status == 403
+    bad_role = await as_owner.put(f"/api/v1/rooms/{room}/members/{member['user_id']}", {"role": "emperor"})
+    assert bad_role.status == 422
+
+    ban = await as_mod.post(f"/api/v1/rooms/{room}/moderation",
+                            {"action": "ban", "user_id": member["user_id"], "reason": "spam",
+                             "duration_seconds": 3600})
+    assert ban.status == 201 and ban.body["action"] == "ban" and ban.body["until"]
+    up = await as_mod.post(f"/api/v1/rooms/{room}/moderation", {"action": "mute", "user_id": owner["user_id"]})
+    assert up.status == 403, "moderators cannot act on owners"
+    assert (await as_member.post(f"/api/v1/rooms/{room}/moderation",
+                                 {"action": "mute", "user_id": moderator["user_id"]})).status == 403
+    actions = await as_owner.get(f"/api/v1/rooms/{room}/moderation")
+    assert [a["action"] for a in actions.body["actions"]] == ["ban"]
+
+    audit = (await admin.get("/api/v1/admin/audit", event="room.moderation", subject=member["user_id"])).body
+    assert audit["entries"][0]["details"]["room"] == room
+    granted = (await admin.get("/api/v1/admin/audit", event="role.granted", subject=moderator["user_id"])).body
+    assert granted["entries"][0]["details"] == {"scope": f"room/{room}", "role": "moderator"}
+    assert granted["entries"][0]["actor_id"] == owner["user_id"]
+
+    assert (await as_owner.delete(f"/api/v1/rooms/{room}/members/{moderator['user_id']}")).status == 204
+    assert (await as_mod.get(f"/api/v1/rooms/{room}/moderation")).status == 403, "a revoked role stops at once"
+
+
+async def test_channels_and_now_playing(client: Client, admin: Client, api_server: ApiServer,
+                                        redis: RedisService) -> None:
+    channel = _name()
+    assert (await admin.put(f"/api/v1/admin/channels/{channel}", {"title": "Radio"})).status == 201
+    r = aioredis.from_url(redis.url)
+    try:
+        await r.hset(f"veza:{api_server.settings.platform}:channel:{channel}:now_playing",
+                     mapping={"track_id": "t1", "title": "Song"})
+    finally:
+        await r.aclose()
+    detail = await client.get(f"/api/v1/channels/{channel}")
+    assert detail.status == 200 and detail.body["now_playing"] == {"track_id": "t1", "title": "Song"}
+    assert channel in {c["name"] for c in (await client.get("/api/v1/channels")).body["channels"]}
+    user = await client.register_and_login()
+    as_user = client.as_user(user["access_token"])
+    assert (await as_user.put(f"/api/v1/channels/{channel}/members/{user['user_id']}",
+                              {"role": "broadcaster"})).status == 403
+    assert (await admin.put(f"/api/v1/channels/{channel}/members/{user['user_id']}",
+                            {"role": "broadcaster"})).status == 204
+    assert (await as_user.get(f"/api/v1/me")).body["resources"] == {f"channel/{channel}": "broadcaster"}
+
+
+async def test_admin_manages_platform_roles_and_disables_users(client: Client, admin: Client) -> None:
+    user = await client.register_and_login()
+    as_user = client.as_user(user["access_token"])
+    assert (await as_user.get("/api/v1/admin/users")).status == 403
+    promoted = await admin.patch(f"/api/v1/admin/users/{user['user_id']}", {"roles": ["admin"]})
+    assert promoted.status == 200 and promoted.body["roles"] == ["admin"]
+    assert (await as_user.get("/api/v1/admin/users", email=user["email"])).body["users"][0]["id"] == user["user_id"]
+    assert (await admin.patch(f"/api/v1/admin/users/{user['user_id']}", {"roles": []})).status == 200
+    assert (await as_user.get("/api/v1/admin/users")).status == 403, "demotion applies to existing tokens"
+    assert (await admin.patch(f"/api/v1/admin/users/{user['user_id']}", {"roles": ["god"]})).status == 422
+
+    disabled = await admin.patch(f"/api/v1/admin/users/{user['user_id']}", {"disabled": True})
+    assert disabled.status == 200 and disabled.body["disabled"]
+    assert (await as_user.get("/api/v1/me")).status == 401
+    login = await client.post("/api/v1/auth/login", {"email": user["email"], "password": "correct horse battery staple"})
+    assert login.status == 401
+    assert (await admin.patch(f"/api/v1/admin/users/{uuid.uuid4()}", {"disabled": True})).status == 404
+    assert (await admin.patch("/api/v1/admin/users/not-a-uuid", {"disabled": True})).status == 404
