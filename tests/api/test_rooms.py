@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from veza_local.services import RedisService
 
-from .conftest import ApiServer, Client
+from .conftest import PASSWORD, ApiServer, Client
 
 
 def _name() -> str:
@@ -122,7 +122,7 @@ async def test_channels_and_now_playing(client: Client, admin: Client, api_serve
                               {"role": "broadcaster"})).status == 403
     assert (await admin.put(f"/api/v1/channels/{channel}/members/{user['user_id']}",
                             {"role": "broadcaster"})).status == 204
-    assert (await as_user.get(f"/api/v1/me")).body["resources"] == {f"channel/{channel}": "broadcaster"}
+    assert (await as_user.get("/api/v1/me")).body["resources"] == {f"channel/{channel}": "broadcaster"}
 
 
 async def test_admin_manages_platform_roles_and_disables_users(client: Client, admin: Client) -> None:
@@ -139,7 +139,7 @@ async def test_admin_manages_platform_roles_and_disables_users(client: Client, a
     disabled = await admin.patch(f"/api/v1/admin/users/{user['user_id']}", {"disabled": True})
     assert disabled.status == 200 and disabled.body["disabled"]
     assert (await as_user.get("/api/v1/me")).status == 401
-    login = await client.post("/api/v1/auth/login", {"email": user["email"], "password": "correct horse battery staple"})
+    login = await client.post("/api/v1/auth/login", {"email": user["email"], "password": PASSWORD})
     assert login.status == 401
     assert (await admin.patch(f"/api/v1/admin/users/{uuid.uuid4()}", {"disabled": True})).status == 404
     assert (await admin.patch("/api/v1/admin/users/not-a-uuid", {"disabled": True})).status == 404

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -16,7 +18,7 @@ from veza_core.ratelimit import RateLimiter
 from veza_core.storage import ObjectStore
 from veza_core.web import add_readiness_check, create_app
 
-from . import accounts, audit, moderation, rooms, tokens, users
+from . import accounts, audit, moderation, rooms, tokens, tracks, users
 from .context import API, Api
 from .mail import Mailer
 from .middleware import MIDDLEWARES
@@ -24,6 +26,7 @@ from .passwords import Passwords
 from .settings import ApiSettings
 
 PREFIX = "/api/v1"
+log = logging.getLogger("veza.api")
 
 
 def add_routes(app: web.Application) -> None:
@@ -47,6 +50,11 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/channels/{{name}}", rooms.get_channel)
     r.add_put(f"{PREFIX}/channels/{{name}}/members/{{user_id}}", rooms.member_role("channel", grant=True))
     r.add_delete(f"{PREFIX}/channels/{{name}}/members/{{user_id}}", rooms.member_role("channel", grant=False))
+
+    r.add_post(f"{PREFIX}/tracks", tracks.upload)
+    r.add_get(f"{PREFIX}/tracks", tracks.list_tracks)
+    r.add_get(f"{PREFIX}/tracks/{{id}}", tracks.get_track)
+    r.add_delete(f"{PREFIX}/tracks/{{id}}", tracks.delete_track)
 
     r.add_get(f"{PREFIX}/admin/users", users.list_users)
     r.add_patch(f"{PREFIX}/admin/users/{{id}}", users.patch_user)
@@ -84,6 +92,10 @@ def create_api_app(settings: ApiSettings) -> web.Application:
             mailer=Mailer(settings),
         )
         app[API] = ctx
+        try:
+            await asyncio.wait_for(ctx.store.ensure_bucket(), 10)
+        except Exception as exc:  # S3 may come later; uploads fail until then, the rest works
+            log.warning("object store not ready", extra={"error": repr(exc)})
 
         async def database() -> bool:
             return bool(await pool.fetchval("SELECT 1"))
@@ -92,6 +104,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
             return bool(keys.active_signing_key())
 
         add_readiness_check(app, "postgres", database)
+        add_readiness_check(app, "s3", ctx.store.ready)
         add_readiness_check(app, "signing_key", signing_key)
         try:
             yield

@@ -1,0 +1,101 @@
+"""Track uploads: probed with PyAV, stored in S3 under tracks/{id}/original, listed and deleted."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import av
+import numpy as np
+
+from veza_core.storage import ObjectStore
+
+from .conftest import ApiServer, Client, ServerFactory
+
+
+def tone(fmt: str, codec: str, seconds: float = 1.0, rate: int = 44100) -> bytes:
+    """A short sine wave encoded by PyAV (a real file, as a user would upload)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"  # type: ignore[union-attr]
+        samples = int(seconds * rate)
+        t = np.arange(samples) / rate
+        pcm = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):  # type: ignore[union-attr]
+            out.mux(packet)
+        for packet in stream.encode(None):  # type: ignore[union-attr]
+            out.mux(packet)
+    return buf.getvalue()
+
+
+async def _broadcaster(client: Client, admin: Client) -> Client:
+    user = await client.register_and_login()
+    await admin.put("/api/v1/admin/channels/uploads", {"title": "Uploads"})
+    await admin.put(f"/api/v1/channels/uploads/members/{user['user_id']}", {"role": "broadcaster"})
+    return client.as_user(user["access_token"])
+
+
+async def test_upload_probe_store_list_delete(client: Client, admin: Client, api_server: ApiServer) -> None:
+    uploader = await _broadcaster(client, admin)
+    wav = tone("wav", "pcm_s16le", seconds=2.0)
+    made = await uploader.call("POST", "/api/v1/tracks", data=wav, title="Two seconds",
+                               headers={"Content-Type": "audio/wav"})
+    assert made.status == 201, made.body
+    track = made.body
+    assert track["codec"] == "pcm_s16le" and abs(track["duration_s"] - 2.0) < 0.05
+    assert track["object_key"] == f"tracks/{track['id']}/original" and track["size_bytes"] == len(wav)
+
+    s = api_server.settings
+    store = ObjectStore(s.s3_bucket, endpoint_url=s.s3_endpoint, region=s.s3_region)
+    assert await store.get(track["object_key"]) == wav
+    assert (await store.head(track["object_key"]))["ContentType"] == "audio/wav"
+
+    ogg = await uploader.call("POST", "/api/v1/tracks", data=tone("ogg", "libopus", rate=48000), title="Opus")
+    assert ogg.status == 201 and ogg.body["codec"] in ("opus", "libopus") and ogg.body["container"] == "ogg"
+
+    listed = await uploader.get("/api/v1/tracks")
+    assert {track["id"], ogg.body["id"]} <= {t["id"] for t in listed.body["tracks"]}
+    assert (await uploader.get(f"/api/v1/tracks/{track['id']}")).body == track
+
+    # Derived files (the stream worker's transcodes) go with the track.
+    await store.put(f"tracks/{track['id']}/mp3-128.mp3", b"derived")
+    listener = client.as_user((await client.register_and_login())["access_token"])
+    assert (await listener.delete(f"/api/v1/tracks/{track['id']}")).status == 403
+    assert (await uploader.delete(f"/api/v1/tracks/{track['id']}")).status == 204
+    assert await store.list(f"tracks/{track['id']}/") == []
+    assert (await uploader.get(f"/api/v1/tracks/{track['id']}")).status == 404
+
+
+async def test_bad_uploads_are_refused(client: Client, admin: Client, make_api: ServerFactory) -> None:
+    uploader = await _broadcaster(client, admin)
+    wav = tone("wav", "pcm_s16le")
+    cases = [
+        (b"\x00\x01garbage" * 500, (415, 422)),
+        (wav[: len(wav) // 50], (201, 422)),  # truncated: either decodes what is there or is refused, never 500
+        (b"", (422,)),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 2000, (415, 422)),
+    ]
+    for body, expected in cases:
+        reply = await uploader.call("POST", "/api/v1/tracks", data=body, title="bad")
+        assert reply.status in expected, (body[:10], reply.status, reply.body)
+    no_title = await uploader.call("POST", "/api/v1/tracks", data=wav)
+    assert no_title.status == 422
+    listener = client.as_user((await client.register_and_login())["access_token"])
+    assert (await listener.call("POST", "/api/v1/tracks", data=wav, title="x")).status == 403
+    assert (await client.call("POST", "/api/v1/tracks", data=wav, title="x")).status == 401
+
+    small = await make_api(max_track_bytes=10_000)
+    root = small.client.as_user((await small.client.register_and_login("root@veza.test"))["access_token"])
+    big = await root.call("POST", "/api/v1/tracks", data=tone("wav", "pcm_s16le", seconds=1.0), title="big")
+    assert big.status == 413 and big.body["error"]["code"] == "body_too_large"
+
+    async def stream() -> object:
+        for _ in range(20):
+            yield b"\x00" * 1000
+
+    async with root.session.post(root.base + "/api/v1/tracks", params={"title": "chunked"}, data=stream(),
+                                 headers={"Authorization": f"Bearer {root.token}"}) as resp:
+        assert resp.status == 413
