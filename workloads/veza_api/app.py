@@ -18,7 +18,7 @@ from veza_core.ratelimit import RateLimiter
 from veza_core.storage import ObjectStore
 from veza_core.web import add_readiness_check, create_app
 
-from . import accounts, audit, moderation, rooms, tokens, tracks, users
+from . import accounts, audit, magiclinks, moderation, rooms, tokens, tracks, users
 from .context import API, Api
 from .mail import Mailer
 from .middleware import MIDDLEWARES
@@ -37,6 +37,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/auth/refresh", accounts.refresh)
     r.add_post(f"{PREFIX}/auth/logout", accounts.logout)
     r.add_post(f"{PREFIX}/auth/service-token", tokens.service_token)
+    r.add_post(f"{PREFIX}/auth/magic-link", magiclinks.request_link)
+    r.add_post(f"{PREFIX}/auth/magic-link/verify", magiclinks.redeem_link)
     r.add_get(f"{PREFIX}/me", users.get_me)
     r.add_patch(f"{PREFIX}/me", users.patch_me)
 

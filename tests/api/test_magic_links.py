@@ -1,0 +1,94 @@
+"""Magic links go out over real SMTP (aiosmtpd), work once, and expire."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import re
+import uuid
+from collections.abc import Iterator
+from email.message import Message
+from typing import Any
+
+import asyncpg
+import pytest
+from aiosmtpd.controller import Controller
+
+from veza_local.services import free_port
+
+from .conftest import ApiServer, Client, ServerFactory
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd calls this hook by name
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    async def link_for(self, address: str) -> str:
+        for _ in range(100):
+            for message in reversed(self.messages):
+                if message["To"] == address:
+                    body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
+                    found = re.search(r"token=([A-Za-z0-9_\-]+)", body)
+                    assert found, body
+                    return found.group(1)
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no mail for {address}")
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[tuple[Controller, Inbox]]:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, inbox
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+async def mail_api(make_api: ServerFactory, smtp: tuple[Controller, Inbox]) -> ApiServer:
+    controller, _ = smtp
+    return await make_api(smtp_host="127.0.0.1", smtp_port=controller.port, smtp_from="login@veza.test",
+                          public_url="https://veza.test")
+
+
+async def test_link_logs_in_once_and_creates_the_account(mail_api: ApiServer, smtp: tuple[Controller, Inbox]) -> None:
+    _, inbox = smtp
+    client = Client(mail_api.client.base, mail_api.client.session)
+    address = f"new-{uuid.uuid4().hex[:8]}@veza.test"
+    sent = await client.post("/api/v1/auth/magic-link", {"email": address.upper()})
+    assert sent.status == 202
+    token = await inbox.link_for(address)
+    message = inbox.messages[-1]
+    assert message["From"] == "login@veza.test" and "https://veza.test/login/magic?token=" in str(message)
+
+    login = await client.post("/api/v1/auth/magic-link/verify", {"token": token})
+    assert login.status == 200
+    me = await client.as_user(login.body["access_token"]).get("/api/v1/me")
+    assert me.body["email"] == address
+    again = await client.post("/api/v1/auth/magic-link/verify", {"token": token})
+    assert again.status == 401 and again.body["error"]["code"] == "invalid_magic_link"
+    assert (await client.post("/api/v1/auth/magic-link/verify", {"token": "forged"})).status == 401
+
+
+async def test_expired_links_are_refused(mail_api: ApiServer, smtp: tuple[Controller, Inbox]) -> None:
+    _, inbox = smtp
+    client = Client(mail_api.client.base, mail_api.client.session)
+    address = f"late-{uuid.uuid4().hex[:8]}@veza.test"
+    assert (await client.post("/api/v1/auth/magic-link", {"email": address})).status == 202
+    token = await inbox.link_for(address)
+    conn = await asyncpg.connect(mail_api.database_url)
+    try:
+        await conn.execute("UPDATE magic_links SET expires_at = now() - interval '1 second' WHERE email = $1", address)
+    finally:
+        await conn.close()
+    assert (await client.post("/api/v1/auth/magic-link/verify", {"token": token})).status == 401
+
+
+async def test_without_smtp_the_endpoint_says_so(client: Client) -> None:
+    reply = await client.post("/api/v1/auth/magic-link", {"email": "someone@veza.test"})
+    assert reply.status == 503 and reply.body["error"]["code"] == "mail_unavailable"
+    assert (await client.post("/api/v1/auth/magic-link", {"email": "not an email"})).status == 422
