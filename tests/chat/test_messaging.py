@@ -1,0 +1,168 @@
+"""Send, ack, history and fan-out between two real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from tests.chat.conftest import HISTORY_SCHEMA, Chat
+
+
+async def test_send_is_acked_with_seq_and_reaches_clients_of_both_workers(chat: Chat) -> None:
+    a, b = await chat.worker(), await chat.worker()
+    alice = await chat.connect(a, "alice")
+    bob = await chat.connect(b, "bob", via_header=True)
+    assert alice.welcome["last_seq"] == 0 and alice.welcome["room"]["name"] == chat.room
+    assert alice.welcome["user"] == {"id": "alice", "name": "Alice", "role": "member"}
+
+    await alice.send({"type": "send", "cid": "c1", "text": "hello"})
+    ack = await alice.expect("ack", cid="c1")
+    assert ack["seq"] == 1 and ack["duplicate"] is False
+    for client in (alice, bob):
+        event = await client.expect("event", seq=1)
+        assert event["kind"] == "message" and event["text"] == "hello" and event["author"]["id"] == "alice"
+        assert event["id"] == ack["id"]
+
+    await bob.send({"type": "send", "cid": "b1", "text": "hi alice", "reply_to": 1})
+    ack2 = await bob.expect("ack", cid="b1")
+    assert ack2["seq"] == 2
+    assert (await alice.expect("event", seq=2))["reply_to"] == 1
+
+
+async def test_retried_send_is_not_duplicated(chat: Chat) -> None:
+    a, b = await chat.worker(), await chat.worker()
+    alice = await chat.connect(a, "alice")
+    await alice.send({"type": "send", "cid": "same", "text": "once"})
+    first = await alice.expect("ack", cid="same")
+    await alice.send({"type": "send", "cid": "same", "text": "once"})
+    again = await alice.expect("ack", cid="same")
+    assert again == {**first, "duplicate": True}
+    # Retried on the other replica after a reconnect: still the same seq.
+    alice2 = await chat.connect(b, "alice")
+    await alice2.send({"type": "send", "cid": "same", "text": "once"})
+    assert (await alice2.expect("ack", cid="same"))["seq"] == first["seq"]
+    # Two copies in flight at once (one group commit) make one event too.
+    await alice.send({"type": "send", "cid": "burst", "text": "x"})
+    await alice.send({"type": "send", "cid": "burst", "text": "x"})
+    acks = [await alice.expect("ack", cid="burst"), await alice.expect("ack", cid="burst")]
+    assert acks[0]["seq"] == acks[1]["seq"] and sorted(a["duplicate"] for a in acks) == [False, True]
+    await alice.send({"type": "history", "ref": "h"})
+    page = await alice.expect("history", ref="h")
+    assert [e["text"] for e in page["events"]] == ["once", "x"]
+
+
+async def test_concurrent_sends_on_two_workers_get_gapless_seqs_in_order_everywhere(chat: Chat) -> None:
+    a, b = await chat.worker(), await chat.worker()
+    senders = [await chat.connect(a, "s1"), await chat.connect(b, "s2")]
+    watchers = [await chat.connect(a, "w1"), await chat.connect(b, "w2")]
+    n = 150
+    for i in range(n):
+        for k, s in enumerate(senders):
+            await s.send({"type": "send", "cid": f"{k}-{i}", "text": f"{k}:{i}"})
+    acked = set()
+    for k, s in enumerate(senders):
+        while len([f for f in s.frames if f["type"] == "ack"]) < n:
+            await s.recv()
+        acked |= {f["seq"] for f in s.frames if f["type"] == "ack"}
+    assert acked == set(range(1, 2 * n + 1))
+    for w in watchers:
+        while len(w.events()) < 2 * n:
+            assert await w.recv() is not None
+        assert w.events() == list(range(1, 2 * n + 1)), "in order, no gap, no duplicate"
+
+
+async def test_history_over_rest_and_socket(chat: Chat) -> None:
+    a = await chat.worker()
+    alice = await chat.connect(a, "alice")
+    for i in range(12):
+        await alice.send({"type": "send", "cid": f"m{i}", "text": f"m{i}"})
+        await alice.expect("ack", cid=f"m{i}")
+    headers = {"Authorization": f"Bearer {chat.token('bob')}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{a.url}/chat/{chat.room}/history?limit=5", headers=headers) as resp:
+            body = await resp.json()
+            assert resp.status == 200
+        HISTORY_SCHEMA.validate(body)
+        assert [e["seq"] for e in body["events"]] == [8, 9, 10, 11, 12] and body["has_more"]
+        assert body["last_seq"] == 12
+        async with http.get(f"{a.url}/chat/{chat.room}/history?before=8&limit=5", headers=headers) as resp:
+            assert [e["seq"] for e in (await resp.json())["events"]] == [3, 4, 5, 6, 7]
+        async with http.get(f"{a.url}/chat/{chat.room}/history?after=10&limit=5", headers=headers) as resp:
+            body = await resp.json()
+            assert [e["seq"] for e in body["events"]] == [11, 12] and not body["has_more"]
+        async with http.get(f"{a.url}/chat/{chat.room}/history") as resp:
+            assert resp.status == 401 and (await resp.json())["error"]["code"] == "token_missing"
+        async with http.get(f"{a.url}/chat/{chat.room}/history?limit=abc", headers=headers) as resp:
+            assert resp.status == 400
+        async with http.get(f"{a.url}/chat/other-room/history", headers=headers) as resp:
+            assert resp.status == 404
+    await alice.send({"type": "history", "ref": "p", "before": 3, "limit": 10})
+    page = await alice.expect("history", ref="p")
+    assert [e["seq"] for e in page["events"]] == [1, 2] and not page["has_more"]
+
+
+async def test_edit_delete_reactions_and_permissions(chat: Chat) -> None:
+    a = await chat.worker()
+    alice = await chat.connect(a, "alice")
+    bob = await chat.connect(a, "bob")
+    mod = await chat.connect(a, "mia", res={f"room/{chat.room}": "moderator"})
+    assert mod.welcome["user"]["role"] == "moderator"
+    await alice.send({"type": "send", "cid": "m1", "text": "helo"})
+    seq = (await alice.expect("ack", cid="m1"))["seq"]
+
+    await bob.send({"type": "edit", "cid": "e0", "seq": seq, "text": "hacked"})
+    assert (await bob.expect("error", cid="e0"))["code"] == "forbidden"
+    await alice.send({"type": "edit", "cid": "e1", "seq": seq, "text": "hello"})
+    await alice.expect("ack", cid="e1")
+    edit = await bob.expect("event", kind="edit")
+    assert edit["target"] == seq and edit["text"] == "hello"
+
+    await bob.send({"type": "react", "cid": "r1", "seq": seq, "emoji": "👍"})
+    await bob.expect("ack", cid="r1")
+    await alice.send({"type": "react", "cid": "r2", "seq": seq, "emoji": "👍"})
+    await alice.expect("ack", cid="r2")
+    await alice.send({"type": "react", "cid": "r3", "seq": seq, "emoji": "👍", "op": "remove"})
+    await alice.expect("ack", cid="r3")
+    assert (await bob.expect("event", kind="reaction_remove"))["emoji"] == "👍"
+    await alice.send({"type": "history", "ref": "h", "after": 0})
+    message = (await alice.expect("history", ref="h"))["events"][0]
+    assert message["text"] == "hello" and "edited_ts" in message and message["reactions"] == {"👍": ["bob"]}
+
+    await bob.send({"type": "delete", "cid": "d0", "seq": seq})
+    assert (await bob.expect("error", cid="d0"))["code"] == "forbidden"
+    await mod.send({"type": "delete", "cid": "d1", "seq": seq})
+    await mod.expect("ack", cid="d1")
+    await alice.expect("event", kind="delete", target=seq)
+    await alice.send({"type": "history", "ref": "h2", "after": 0, "limit": 1})
+    gone = (await alice.expect("history", ref="h2"))["events"][0]
+    assert gone["deleted"] is True and "text" not in gone
+    await alice.send({"type": "edit", "cid": "e2", "seq": seq, "text": "back"})
+    assert (await alice.expect("error", cid="e2"))["code"] == "not_found"
+
+
+async def test_typing_read_receipts_and_presence(chat: Chat) -> None:
+    a, b = await chat.worker(), await chat.worker()
+    alice = await chat.connect(a, "alice")
+    bob = await chat.connect(b, "bob")
+    await alice.send({"type": "typing", "active": True})
+    typing = await bob.expect("typing")
+    assert typing["user"]["id"] == "alice" and typing["active"] is True
+
+    await alice.send({"type": "send", "cid": "m", "text": "x"})
+    seq = (await alice.expect("ack", cid="m"))["seq"]
+    await bob.send({"type": "read", "seq": seq})
+    assert (await alice.expect("read"))["user"]["id"] == "bob"
+
+    await asyncio.sleep(0.1)
+    await bob.send({"type": "presence", "ref": "p"})
+    listed = await bob.expect("presence", op="list")
+    assert {u["id"] for u in listed["users"]} == {"alice", "bob"}
+    carol = await chat.connect(b, "carol")
+    joined = await alice.expect("presence", op="join")
+    assert "carol" in [u["id"] for u in joined["users"]]
+    await carol.close()
+    left = await alice.expect("presence", op="leave")
+    assert "carol" in [u["id"] for u in left["users"]]
+    await alice.send({"type": "ping", "ref": "x"})
+    await alice.expect("pong", ref="x")

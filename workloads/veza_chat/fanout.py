@@ -1,0 +1,143 @@
+"""Fan-out over NATS: committed events through JetStream, ephemeral signals over core NATS.
+
+Each group commit is published as one JetStream message (``Nats-Msg-Id`` makes a
+republish after a lost ack harmless) on ``veza.<platform>.room.<room>.events``;
+every replica subscribes to that subject and feeds the events to its sequencer.
+Publishes wait in an in-memory outbox while NATS is away and go out in order
+when it returns; replicas that missed anything meanwhile fill the gap from
+PostgreSQL (see room.py), so NATS being down delays nothing but fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from veza_core import bus
+
+from .protocol import dumps
+
+log = logging.getLogger(__name__)
+
+OUTBOX_LIMIT = 10_000
+
+
+class Fanout:
+    def __init__(self, url: str | None, *, platform: str, room: str, worker_id: str,
+                 on_events: Callable[[list[dict[str, Any]]], None],
+                 on_signal: Callable[[dict[str, Any]], None]) -> None:
+        self.url = url
+        self.room = room
+        self.worker_id = worker_id
+        self.on_events = on_events
+        self.on_signal = on_signal
+        self.events_subject = bus.subject(platform, "room", room, "events")
+        self.signals_subject = bus.subject(platform, "room", room, "signals")
+        self.stream = "VEZA_CHAT_" + re.sub(r"[^A-Za-z0-9_-]", "_", f"{platform}_{room}")
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.outbox: deque[tuple[bytes, str]] = deque()
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    def start(self) -> None:
+        if self.url:
+            self.tasks.append(asyncio.create_task(self._connect(), name="chat-nats-connect"))
+
+    async def _connect(self) -> None:
+        assert self.url is not None
+        while self.nc is None:
+            try:
+                self.nc = await bus.connect(self.url, name=f"veza-chat-{self.room}-{self.worker_id}")
+            except Exception as exc:
+                log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+        self.js = self.nc.jetstream()
+        while True:
+            try:
+                await bus.ensure_stream(self.js, self.stream, [self.events_subject], max_age=86400.0, max_msgs=100_000)
+                break
+            except Exception as exc:
+                log.warning("jetstream stream setup failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+        await self.nc.subscribe(self.events_subject, cb=self._on_events_msg, pending_msgs_limit=1_000_000)
+        await self.nc.subscribe(self.signals_subject, cb=self._on_signal_msg, pending_msgs_limit=1_000_000)
+        self.tasks.append(asyncio.create_task(self._publisher(), name="chat-nats-publisher"))
+
+    async def close(self, flush_timeout: float = 2.0) -> None:
+        if self.outbox and self.js is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wait_outbox_empty(), flush_timeout)
+        for task in self.tasks:
+            task.cancel()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), 2.0)
+
+    async def _wait_outbox_empty(self) -> None:
+        while self.outbox:  # noqa: ASYNC110 - a shutdown-only wait
+            await asyncio.sleep(0.01)
+
+    # -- committed events ---------------------------------------------------
+    def publish_events(self, events: list[dict[str, Any]]) -> None:
+        if not self.url:
+            return
+        payload = dumps({"w": self.worker_id, "events": events}).encode()
+        self.outbox.append((payload, f"{self.room}:{events[0]['seq']}"))
+        if len(self.outbox) > OUTBOX_LIMIT:
+            self.outbox.popleft()  # peers fill it from PostgreSQL
+        self.wake.set()
+
+    async def _publisher(self) -> None:
+        assert self.js is not None
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.outbox:
+                payload, msg_id = self.outbox[0]
+                try:
+                    await self.js.publish(self.events_subject, payload, timeout=2.0, headers={"Nats-Msg-Id": msg_id})
+                except Exception as exc:
+                    log.warning("event publish failed, will retry", extra={"error": repr(exc)})
+                    await asyncio.sleep(0.5)
+                    continue
+                if self.outbox and self.outbox[0][1] == msg_id:
+                    self.outbox.popleft()
+
+    async def _on_events_msg(self, msg: Msg) -> None:
+        try:
+            data = json.loads(msg.data)
+            if data.get("w") != self.worker_id:
+                self.on_events(data["events"])
+        except Exception:
+            log.exception("bad event message on the bus")
+
+    # -- ephemeral signals -----------------------------------------------------
+    async def signal(self, payload: dict[str, Any]) -> None:
+        if not self.connected:
+            return
+        assert self.nc is not None
+        with contextlib.suppress(Exception):
+            await self.nc.publish(self.signals_subject, dumps({"w": self.worker_id, **payload}).encode())
+
+    async def _on_signal_msg(self, msg: Msg) -> None:
+        try:
+            data = json.loads(msg.data)
+            if data.get("w") != self.worker_id:
+                self.on_signal(data)
+        except Exception:
+            log.exception("bad signal message on the bus")

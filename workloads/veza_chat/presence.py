@@ -1,0 +1,140 @@
+"""Who is in the room: Redis hashes per worker with a TTL, and the local fallback.
+
+Each replica writes the users connected to it into its own hash
+``<prefix>:presence:<worker>`` (TTL refreshed by heartbeats) and its id into the
+sorted set ``<prefix>:workers`` (score = last heartbeat). A crashed replica stops
+heartbeating, its hash expires, and the others notice its users are gone on their
+next heartbeat and announce them as left. Joins and leaves also travel as NATS
+signals, which keep a per-replica view (``remote``) current between heartbeats
+and are the whole view while Redis is down (circuit open: documented fallback).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from veza_core.breaker import CircuitBreaker
+
+TTL = 15.0
+HEARTBEAT = 5.0
+
+
+class Presence:
+    def __init__(self, redis: aioredis.Redis | None, prefix: str, worker_id: str) -> None:
+        self.redis = redis
+        self.worker_id = worker_id
+        self.workers_key = f"{prefix}:workers"
+        self.key_prefix = f"{prefix}:presence:"
+        self.breaker = CircuitBreaker("chat-presence", errors=(RedisError, OSError))
+        self.local: dict[str, list[object]] = {}  # user -> [name, connections]
+        self.remote: dict[str, dict[str, str]] = {}  # worker -> {user: name}
+
+    def present(self, user: str) -> bool:
+        return user in self.local or any(user in users for users in self.remote.values())
+
+    def count(self) -> int:
+        """Users in the room (an upper bound: a user on two replicas counts twice)."""
+        return len(self.local) + sum(len(u) for u in self.remote.values())
+
+    def users(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for users in self.remote.values():
+            found.update(users)
+        found.update({u: str(v[0]) for u, v in self.local.items()})
+        return found
+
+    async def add(self, user: str, name: str) -> bool:
+        """Count one more connection; True when the user just became present in the room."""
+        entry = self.local.get(user)
+        if entry is not None:
+            entry[1] = int(entry[1]) + 1  # type: ignore[call-overload]
+            return False
+        was = self.present(user)
+        self.local[user] = [name, 1]
+        await self._redis(lambda r: r.hset(self.key_prefix + self.worker_id, user, name))
+        return not was
+
+    async def remove(self, user: str) -> bool:
+        """One connection less; True when the user just left the room."""
+        entry = self.local.get(user)
+        if entry is None:
+            return False
+        entry[1] = int(entry[1]) - 1  # type: ignore[call-overload]
+        if int(entry[1]) > 0:  # type: ignore[call-overload]
+            return False
+        del self.local[user]
+        await self._redis(lambda r: r.hdel(self.key_prefix + self.worker_id, user))
+        return not self.present(user)
+
+    def remote_change(self, worker: str, op: str, user: str, name: str) -> bool:
+        """A join/leave signal from another replica; True when room-level presence changed."""
+        was = self.present(user)
+        users = self.remote.setdefault(worker, {})
+        if op == "join":
+            users[user] = name
+        else:
+            users.pop(user, None)
+        return was != self.present(user)
+
+    async def heartbeat(self) -> tuple[dict[str, str], list[str]] | None:
+        """Refresh this replica's entry and re-read the others'; (joined, left) users, None if Redis is down."""
+        if self.redis is None:
+            return None
+        before = self.users()
+        mine = self.key_prefix + self.worker_id
+        now = time.time()
+
+        async def op() -> dict[str, dict[str, str]] | None:
+            assert self.redis is not None
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(mine)
+                if self.local:
+                    pipe.hset(mine, mapping={u: str(v[0]) for u, v in self.local.items()})
+                pipe.expire(mine, int(TTL))
+                pipe.zadd(self.workers_key, {self.worker_id: now})
+                pipe.zremrangebyscore(self.workers_key, "-inf", now - TTL)
+                pipe.expire(self.workers_key, int(TTL * 4))
+                await pipe.execute()
+            raw = await self.redis.zrangebyscore(self.workers_key, now - TTL, "+inf")
+            workers = [w.decode() if isinstance(w, bytes) else str(w) for w in raw]
+            others = [w for w in workers if w != self.worker_id]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for w in others:
+                    pipe.hgetall(self.key_prefix + w)
+                results = await pipe.execute()
+            return {w: {k.decode(): v.decode() for k, v in h.items()} for w, h in zip(others, results, strict=True)}
+
+        async def down() -> dict[str, dict[str, str]] | None:
+            return None
+
+        snapshot = await self.breaker.call(op, down)
+        if snapshot is None:
+            return None
+        self.remote = snapshot
+        after = self.users()
+        joined = {u: n for u, n in after.items() if u not in before}
+        left = [u for u in before if u not in after]
+        return joined, left
+
+    async def withdraw(self) -> None:
+        """This replica leaves (graceful shutdown)."""
+        self.local.clear()
+        await self._redis(lambda r: r.delete(self.key_prefix + self.worker_id))
+        await self._redis(lambda r: r.zrem(self.workers_key, self.worker_id))
+
+    async def _redis(self, fn: Callable[[aioredis.Redis], Awaitable[object]]) -> None:
+        client = self.redis
+        if client is None:
+            return
+
+        async def op() -> None:
+            await fn(client)
+
+        async def fallback() -> None:
+            return None
+
+        await self.breaker.call(op, fallback)

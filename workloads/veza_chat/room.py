@@ -1,0 +1,224 @@
+"""One room on one replica: its sockets, the in-order sequencer and the delivery loop.
+
+Committed events reach the sequencer from three places: this replica's own commits,
+NATS (other replicas' commits) and PostgreSQL (gap fills and catch-up polls). The
+sequencer hands them to the delivery loop strictly in seq order, exactly once:
+anything at or below ``delivered`` is dropped, anything ahead of a gap waits until
+the gap is filled, from NATS if it arrives quickly, else from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import metrics
+from .protocol import CLOSE_TRY_AGAIN, dumps
+
+log = logging.getLogger(__name__)
+
+GAP_WAIT = 0.02  # how long an out-of-order event waits for the missing ones to come over NATS
+SLOW_CONSUMER_BYTES = 4 * 1024 * 1024  # a socket with more unsent data than this is closed
+L1_SIZE = 4096
+
+FetchAfter = Callable[[int, int, int], Awaitable[list[dict[str, Any]]]]
+RangeCache = Callable[[int, int], Awaitable[list[dict[str, Any]] | None]]
+
+
+class Client:
+    __slots__ = ("buffer", "closing", "inflight", "last_sent", "name", "role", "transport", "user", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, user: str, name: str, role: str) -> None:
+        self.ws = ws
+        self.transport = request.transport
+        self.user = user
+        self.name = name
+        self.role = role
+        self.last_sent = 0
+        # While not None, live events are parked here (welcome or a replay is being sent first).
+        self.buffer: list[tuple[int, str]] | None = []
+        self.closing = False
+        self.inflight: set[asyncio.Task[Any]] = set()
+
+    @property
+    def is_moderator(self) -> bool:
+        return self.role in ("owner", "moderator", "admin")
+
+    def congested(self) -> bool:
+        return self.transport is None or self.transport.get_write_buffer_size() > SLOW_CONSUMER_BYTES
+
+    async def send(self, data: str) -> bool:
+        if self.closing:
+            return False
+        try:
+            await self.ws.send_str(data)
+            return True
+        except (ConnectionError, RuntimeError):
+            self.closing = True
+            return False
+
+
+class Room:
+    def __init__(self, name: str, fetch_after: FetchAfter, l2_range: RangeCache | None = None) -> None:
+        self.name = name
+        self.fetch_after = fetch_after
+        self.l2_range = l2_range
+        self.delivered = 0
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.clients: set[Client] = set()
+        self.l1: deque[tuple[int, str]] = deque(maxlen=L1_SIZE)
+        self.outbox: deque[tuple[int, str, int | None]] = deque()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.gap_task: asyncio.Task[None] | None = None
+
+    def start(self, delivered: int) -> None:
+        self.delivered = delivered
+        self.task = asyncio.create_task(self._deliver_loop(), name="chat-deliver")
+
+    async def stop(self) -> None:
+        for task in (self.task, self.gap_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # -- sequencer --------------------------------------------------------
+    def feed(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            seq = ev["seq"]
+            if seq > self.delivered:
+                self.pending.setdefault(seq, ev)
+        while (nxt := self.delivered + 1) in self.pending:
+            ev = self.pending.pop(nxt)
+            self.delivered = nxt
+            data = dumps({"type": "event", **ev})
+            self.l1.append((nxt, data))
+            self.outbox.append((nxt, data, ev.get("ts") if ev["kind"] == "message" else None))
+            self.wake.set()
+        if self.pending and (self.gap_task is None or self.gap_task.done()):
+            self.gap_task = asyncio.create_task(self._fill_gap(), name="chat-gap-fill")
+
+    async def _fill_gap(self) -> None:
+        await asyncio.sleep(GAP_WAIT)
+        while self.pending and self.delivered + 1 not in self.pending:
+            upto = min(self.pending) - 1
+            try:
+                events = await self.fetch_after(self.delivered, upto, 1000)
+            except Exception as exc:
+                log.warning("gap fill failed", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            metrics.GAP_FILLS.inc(len(events))
+            if not events or events[0]["seq"] != self.delivered + 1:
+                # Removed by retention meanwhile: nothing to deliver below the gap's end.
+                self.delivered = upto if not events else events[0]["seq"] - 1
+            self.feed(events)
+
+    async def catch_up(self, last_seq: int) -> None:
+        """Deliver everything up to `last_seq` (committed per PostgreSQL) that fan-out has not brought."""
+        while self.delivered < last_seq:
+            events = await self.fetch_after(self.delivered, last_seq, 1000)
+            if not events:
+                self.delivered = max(self.delivered, last_seq)
+                break
+            metrics.GAP_FILLS.inc(len(events))
+            if events[0]["seq"] != self.delivered + 1:
+                self.delivered = events[0]["seq"] - 1
+            self.feed(events)
+
+    # -- delivery ---------------------------------------------------------
+    async def _deliver_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.outbox:
+                seq, data, ts = self.outbox.popleft()
+                sent = 0
+                for client in list(self.clients):
+                    if client.buffer is not None:
+                        client.buffer.append((seq, data))
+                    elif seq > client.last_sent:
+                        client.last_sent = seq
+                        if client.congested():
+                            self.drop_slow(client)
+                        elif await client.send(data):
+                            sent += 1
+                metrics.DELIVERIES.inc(sent)
+                if ts is not None:
+                    metrics.FANOUT_SECONDS.observe(max(0.0, time.time() - ts / 1000))
+
+    def drop_slow(self, client: Client) -> None:
+        if client.closing:
+            return
+        client.closing = True
+        self.clients.discard(client)
+        metrics.ERRORS.labels("slow_consumer").inc()
+        asyncio.get_running_loop().create_task(
+            client.ws.close(code=CLOSE_TRY_AGAIN, message=b"slow consumer"))
+
+    async def broadcast(self, data: str, *, exclude: Client | None = None) -> None:
+        """An ephemeral frame (typing, presence, receipts, moderation) to every live socket."""
+        sent = 0
+        for client in list(self.clients):
+            if client is not exclude and client.buffer is None and not client.congested() and await client.send(data):
+                sent += 1
+        metrics.DELIVERIES.inc(sent)
+
+    # -- replay / resume ----------------------------------------------------
+    async def replay(self, client: Client, after: int, marker: Callable[[int, bool], str] | None = None) -> None:
+        """Send (after, delivered], then `marker(last seq, truncated)`, then switch the client to live,
+        with no gap and no duplicate. The client must be buffering (client.buffer a list) when called.
+        """
+        pos = after
+        truncated = False
+        while pos < self.delivered:
+            target = self.delivered
+            frames = self._l1_range(pos, target)
+            if frames is None:
+                events = await self._cached_or_stored(pos, target)
+                if not events:
+                    truncated = True
+                    pos = target
+                    break
+                if events[0]["seq"] != pos + 1:
+                    truncated = True
+                frames = [(ev["seq"], dumps({"type": "event", **ev})) for ev in events]
+            for seq, data in frames:
+                if not await client.send(data):
+                    return
+                pos = seq
+        if marker is not None:
+            await client.send(marker(pos, truncated))
+        # Flush what arrived meanwhile; new arrivals keep landing in the buffer until it is empty.
+        while client.buffer:
+            parked, client.buffer = client.buffer, []
+            for seq, data in parked:
+                if seq > pos:
+                    await client.send(data)
+                    pos = seq
+        client.buffer = None
+        client.last_sent = pos
+
+    def _l1_range(self, after: int, upto: int) -> list[tuple[int, str]] | None:
+        if not self.l1 or self.l1[0][0] > after + 1 or self.l1[-1][0] < upto:
+            return None
+        start = after + 1 - self.l1[0][0]
+        end = min(start + min(upto - after, 1000), len(self.l1))
+        frames = [self.l1[i] for i in range(start, end)]
+        contiguous = bool(frames) and frames[0][0] == after + 1 and frames[-1][0] == after + len(frames)
+        return frames if contiguous else None
+
+    async def _cached_or_stored(self, after: int, upto: int) -> list[dict[str, Any]]:
+        if self.l2_range is not None:
+            cached = await self.l2_range(after, upto)
+            if cached:
+                return cached
+        return await self.fetch_after(after, upto, 1000)

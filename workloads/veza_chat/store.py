@@ -1,0 +1,303 @@
+"""PostgreSQL: the room's durable event log, with group commit.
+
+Every sequenced event (message, edit, delete, reaction change) goes through
+:class:`GroupCommitter`: sends that arrive while a transaction is in flight wait
+and go together into the next one (one ``chat_append`` call: one round trip, one
+commit). A waiter learns its seq only after that commit returned, so an ack is
+never sent for something PostgreSQL does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from veza_core.db import create_pool
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+APPEND = "SELECT r_ord, r_seq, r_id, r_created, r_duplicate FROM chat_append($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+EVENT_COLUMNS = "seq, kind, id, author, author_name, body, reply_to, target, emoji, created_at, edited_at, deleted_at"
+
+
+class StoreUnavailable(Exception):
+    """PostgreSQL could not be reached or refused the write: nothing was acknowledged."""
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str
+    author: str
+    author_name: str
+    cid: str
+    body: str | None = None
+    reply_to: int | None = None
+    target: int | None = None
+    emoji: str | None = None
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    id: str
+    duplicate: bool
+    event: dict[str, Any] | None  # None for duplicates: the event was delivered when first committed
+
+
+def _ms(ts: datetime | None) -> int | None:
+    return None if ts is None else int(ts.timestamp() * 1000)
+
+
+def event_dict(seq: int, kind: str, id_: Any, author: str, author_name: str, *, body: str | None = None,
+               reply_to: int | None = None, target: int | None = None, emoji: str | None = None,
+               created_at: datetime | None = None, edited_at: datetime | None = None,
+               deleted_at: datetime | None = None) -> dict[str, Any]:
+    """The `event` payload clients see (docs/chat-protocol.md), without null members."""
+    event: dict[str, Any] = {"seq": seq, "kind": kind, "id": str(id_), "author": {"id": author, "name": author_name},
+                             "ts": _ms(created_at)}
+    if body is not None:
+        event["text"] = body
+    if reply_to is not None:
+        event["reply_to"] = reply_to
+    if target is not None:
+        event["target"] = target
+    if emoji is not None:
+        event["emoji"] = emoji
+    if edited_at is not None:
+        event["edited_ts"] = _ms(edited_at)
+    if deleted_at is not None:
+        event["deleted"] = True
+    return event
+
+
+def row_event(row: asyncpg.Record) -> dict[str, Any]:
+    return event_dict(row["seq"], row["kind"], row["id"], row["author"], row["author_name"], body=row["body"],
+                      reply_to=row["reply_to"], target=row["target"], emoji=row["emoji"],
+                      created_at=row["created_at"], edited_at=row["edited_at"], deleted_at=row["deleted_at"])
+
+
+class Store:
+    def __init__(self, url: str, room: str) -> None:
+        self.url = url
+        self.room = room
+        self.pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self.pool = await create_pool(self.url, min_size=2, max_size=8)
+        async with self.pool.acquire() as conn:
+            await conn.execute("INSERT INTO chat_rooms (room) VALUES ($1) ON CONFLICT DO NOTHING", self.room)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    def _pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise StoreUnavailable("the database is not connected yet")
+        return self.pool
+
+    async def ready(self) -> bool:
+        return bool(await self._pool().fetchval("SELECT 1"))
+
+    async def append(self, ops: list[Op]) -> list[Appended]:
+        try:
+            rows = await self._pool().fetch(
+                APPEND, self.room, [o.kind for o in ops], [o.author for o in ops], [o.author_name for o in ops],
+                [o.cid for o in ops], [o.body for o in ops], [o.reply_to for o in ops], [o.target for o in ops],
+                [o.emoji for o in ops])
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        by_ord = {r["r_ord"]: r for r in rows}
+        out: list[Appended] = []
+        for i, op in enumerate(ops, start=1):
+            r = by_ord[i]
+            event = None if r["r_duplicate"] else event_dict(
+                r["r_seq"], op.kind, r["r_id"], op.author, op.author_name, body=op.body, reply_to=op.reply_to,
+                target=op.target, emoji=op.emoji, created_at=r["r_created"])
+            out.append(Appended(r["r_seq"], str(r["r_id"]), bool(r["r_duplicate"]), event))
+        return out
+
+    async def last_seq(self) -> int:
+        return int(await self._pool().fetchval("SELECT last_seq FROM chat_rooms WHERE room = $1", self.room) or 0)
+
+    async def events_after(self, after: int, limit: int, upto: int | None = None) -> list[dict[str, Any]]:
+        """Events with seq > after (and <= upto), ascending."""
+        rows = await self._pool().fetch(
+            f"SELECT {EVENT_COLUMNS} FROM chat_events WHERE room = $1 AND seq > $2 AND seq <= $3"  # noqa: S608
+            " ORDER BY seq LIMIT $4", self.room, after, upto if upto is not None else 2**62, limit)
+        return [row_event(r) for r in rows]
+
+    async def events_before(self, before: int, limit: int) -> list[dict[str, Any]]:
+        """The `limit` events just before `before`, ascending."""
+        rows = await self._pool().fetch(
+            f"SELECT {EVENT_COLUMNS} FROM chat_events WHERE room = $1 AND seq < $2"  # noqa: S608
+            " ORDER BY seq DESC LIMIT $3", self.room, before, limit)
+        return [row_event(r) for r in reversed(rows)]
+
+    async def with_reactions(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Adds `reactions` ({emoji: [user ids]}) to the message events of a history page."""
+        seqs = [e["seq"] for e in events if e["kind"] == "message"]
+        if not seqs:
+            return events
+        rows = await self._pool().fetch(
+            "SELECT seq, emoji, array_agg(user_id ORDER BY user_id) AS users FROM chat_reactions"
+            " WHERE room = $1 AND seq = ANY($2::bigint[]) GROUP BY seq, emoji", self.room, seqs)
+        found: dict[int, dict[str, list[str]]] = {}
+        for r in rows:
+            found.setdefault(r["seq"], {})[r["emoji"]] = list(r["users"])
+        for e in events:
+            if e["seq"] in found:
+                e["reactions"] = found[e["seq"]]
+        return events
+
+    async def event(self, seq: int) -> dict[str, Any] | None:
+        row = await self._pool().fetchrow(
+            f"SELECT {EVENT_COLUMNS} FROM chat_events WHERE room = $1 AND seq = $2", self.room, seq)  # noqa: S608
+        return None if row is None else row_event(row)
+
+    async def first_seq(self) -> int | None:
+        value = await self._pool().fetchval("SELECT min(seq) FROM chat_events WHERE room = $1", self.room)
+        return None if value is None else int(value)
+
+    async def mark_read(self, user: str, seq: int) -> int:
+        return int(await self._pool().fetchval(
+            "INSERT INTO chat_reads (room, user_id, seq) VALUES ($1, $2, $3) ON CONFLICT (room, user_id)"
+            " DO UPDATE SET seq = GREATEST(chat_reads.seq, EXCLUDED.seq), updated_at = now() RETURNING seq",
+            self.room, user, seq))
+
+    async def reads(self) -> dict[str, int]:
+        rows = await self._pool().fetch("SELECT user_id, seq FROM chat_reads WHERE room = $1", self.room)
+        return {r["user_id"]: int(r["seq"]) for r in rows}
+
+    async def sanctions(self) -> list[tuple[str, str, float | None]]:
+        """Active (user, kind, until epoch seconds or None)."""
+        rows = await self._pool().fetch(
+            "SELECT user_id, kind, until FROM chat_sanctions WHERE room = $1 AND (until IS NULL OR until > now())",
+            self.room)
+        return [(r["user_id"], r["kind"], None if r["until"] is None else r["until"].timestamp()) for r in rows]
+
+    async def sanction(self, user: str, kind: str, until: float | None, reason: str | None, by: str) -> None:
+        await self._pool().execute(
+            "INSERT INTO chat_sanctions (room, user_id, kind, until, reason, by_user)"
+            " VALUES ($1, $2, $3, to_timestamp($4), $5, $6) ON CONFLICT (room, user_id, kind)"
+            " DO UPDATE SET until = EXCLUDED.until, reason = EXCLUDED.reason, by_user = EXCLUDED.by_user,"
+            " created_at = now()", self.room, user, kind, until, reason, by)
+
+    async def lift(self, user: str, kind: str) -> None:
+        await self._pool().execute("DELETE FROM chat_sanctions WHERE room = $1 AND user_id = $2 AND kind = $3",
+                                   self.room, user, kind)
+
+    async def apply_retention(self, days: float | None, max_messages: int | None) -> int:
+        """Delete events older than `days` / beyond the newest `max_messages`; one replica at a time."""
+        deleted = 0
+        async with self._pool().acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext('veza-chat-retention:' || $1))",
+                                       self.room):
+                return 0
+            floor = 0
+            if max_messages is not None:
+                last = await conn.fetchval("SELECT last_seq FROM chat_rooms WHERE room = $1", self.room) or 0
+                floor = max(0, int(last) - max_messages)
+            if days is not None:
+                old = await conn.fetchval(
+                    "SELECT max(seq) FROM chat_events"
+                    " WHERE room = $1 AND created_at < now() - make_interval(secs => $2)",
+                    self.room, days * 86400.0)
+                floor = max(floor, int(old or 0))
+            if floor:
+                status = await conn.execute("DELETE FROM chat_events WHERE room = $1 AND seq <= $2", self.room, floor)
+                await conn.execute("DELETE FROM chat_reactions WHERE room = $1 AND seq <= $2", self.room, floor)
+                deleted = int(status.split()[-1])
+        return deleted
+
+
+class GroupCommitter:
+    """Batches concurrent appends of this replica: at most one transaction in flight."""
+
+    def __init__(self, store: Store, on_commit: Callable[[list[dict[str, Any]]], None], max_batch: int = 500) -> None:
+        self.store = store
+        self.on_commit = on_commit
+        self.max_batch = max_batch
+        self.queue: list[tuple[Op, asyncio.Future[Appended]]] = []
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="chat-group-commit")
+
+    async def stop(self) -> None:
+        await self.drain()
+        if self.task is not None:
+            self.task.cancel()
+
+    async def drain(self) -> None:
+        """Wait until every submitted append has been committed (or failed)."""
+        while self.queue or not self.idle.is_set():
+            await self.idle.wait()
+            await asyncio.sleep(0)
+
+    async def submit(self, op: Op) -> Appended:
+        fut: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self.queue.append((op, fut))
+        self.idle.clear()
+        self.wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                batch, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+                try:
+                    await self._commit(batch)
+                except Exception:  # never let the committer die
+                    log.exception("group commit failed")
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(StoreUnavailable("internal error"))
+            self.idle.set()
+
+    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Appended]]]) -> None:
+        # The same (author, cid) twice in one batch (a quick retry) is one op with two waiters.
+        index: dict[tuple[str, str], int] = {}
+        ops: list[Op] = []
+        waiters: list[list[asyncio.Future[Appended]]] = []
+        for op, fut in batch:
+            key = (op.author, op.cid)
+            if key in index:
+                waiters[index[key]].append(fut)
+            else:
+                index[key] = len(ops)
+                ops.append(op)
+                waiters.append([fut])
+        started = time.perf_counter()
+        try:
+            results = await self.store.append(ops)
+        except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.inc()
+            for futs in waiters:
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(StoreUnavailable(str(exc)))
+            return
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(ops))
+        fresh = [r.event for r in results if r.event is not None]
+        if fresh:
+            self.on_commit(fresh)
+        for result, futs in zip(results, waiters, strict=True):
+            for n, fut in enumerate(futs):
+                if not fut.done():
+                    fut.set_result(result if n == 0 else Appended(result.seq, result.id, True, None))
