@@ -118,7 +118,8 @@ class ChatClient:
 
     async def expect(self, frame_type: str, /, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
         for i, frame in enumerate(self.frames):
-            if i not in self.consumed and frame["type"] == frame_type and all(frame.get(k) == v for k, v in match.items()):
+            matches = frame["type"] == frame_type and all(frame.get(k) == v for k, v in match.items())
+            if i not in self.consumed and matches:
                 self.consumed.add(i)
                 return frame
         deadline = time.monotonic() + timeout

@@ -61,7 +61,7 @@ async def test_concurrent_sends_on_two_workers_get_gapless_seqs_in_order_everywh
         for k, s in enumerate(senders):
             await s.send({"type": "send", "cid": f"{k}-{i}", "text": f"{k}:{i}"})
     acked = set()
-    for k, s in enumerate(senders):
+    for s in senders:
         while len([f for f in s.frames if f["type"] == "ack"]) < n:
             await s.recv()
         acked |= {f["seq"] for f in s.frames if f["type"] == "ack"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
 import time
@@ -75,6 +76,7 @@ class ChatService:
         self.msg_burst = max(1.0, self.spec.limits.messages_per_minute / 6.0)
         self.frame_rate = max(20.0, 3 * self.msg_rate)
         self.frame_burst = 3 * self.frame_rate
+        self.retention_interval = float(os.environ.get("VEZA_CHAT_RETENTION_INTERVAL_SECONDS", "60"))
 
     # -- lifecycle --------------------------------------------------------
     async def start(self) -> None:
@@ -136,6 +138,7 @@ class ChatService:
         """Safety net under fan-out: whatever PostgreSQL committed reaches this replica's sockets."""
         seen_last = 0
         ticks = 0
+        next_retention = time.monotonic() + min(5.0, self.retention_interval)
         while True:
             await asyncio.sleep(1.0 if self.fanout.connected else 0.25)
             ticks += 1
@@ -149,7 +152,8 @@ class ChatService:
                 if ticks % 10 == 0:
                     await self._load_sanctions()
                 retention = self.spec.retention
-                if ticks % 60 == 0 and (retention.days or retention.max_messages):
+                if (retention.days or retention.max_messages) and time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + self.retention_interval
                     removed = await self.store.apply_retention(retention.days, retention.max_messages)
                     if removed:
                         log.info("retention applied", extra={"deleted": removed})

@@ -1,0 +1,208 @@
+"""Failures: a worker killed mid-stream, Redis stopped, NATS restarted, PostgreSQL down, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from tests.chat.conftest import Chat, ChatClient
+from veza_local.services import LocalService, NatsService, PostgresService, RedisService
+
+pytestmark = pytest.mark.slow
+
+
+async def drain(client: ChatClient) -> None:
+    """Read until the socket closes."""
+    with contextlib.suppress(Exception):
+        while await client.recv(timeout=5) is not None:
+            pass
+
+
+async def read_until_seq(client: ChatClient, seq: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not client.events() or max(client.events()) < seq:
+        assert time.monotonic() < deadline, f"reached {client.events()[-3:]} not {seq}"
+        assert await client.recv(timeout=deadline - time.monotonic()) is not None
+
+
+def acks(client: ChatClient) -> dict[str, int]:
+    return {f["cid"]: f["seq"] for f in client.frames if f["type"] == "ack"}
+
+
+async def test_kill_9_during_a_stream_then_resume_on_the_other_worker(chat: Chat, postgres: Any) -> None:
+    a, b = await chat.worker(), await chat.worker()
+    sender = await chat.connect(a, "sender")
+    reader = await chat.connect(a, "reader")
+    watcher = await chat.connect(b, "watcher")
+    first = [f"c{i}" for i in range(200)]
+    for cid in first:
+        await sender.send({"type": "send", "cid": cid, "text": cid})
+    while len(acks(sender)) < 40:
+        assert await sender.recv() is not None
+    a.kill()
+    await asyncio.gather(drain(sender), drain(reader))
+    acked_before = acks(sender)
+    assert acked_before, "some sends were acknowledged before the crash"
+    seen = reader.events()
+    assert seen == list(range(1, len(seen) + 1))
+
+    # The reader resumes on B from its last seq; the sender retries everything unacked (same cids).
+    reader2 = await chat.connect(b, "reader", after=seen[-1] if seen else 0)
+    sender2 = await chat.connect(b, "sender")
+    second = [f"d{i}" for i in range(100)]
+    for cid in [c for c in first if c not in acked_before] + second:
+        await sender2.send({"type": "send", "cid": cid, "text": cid})
+    while len(acks(sender2)) < len(first) - len(acked_before) + len(second):
+        assert await sender2.recv() is not None
+    all_acks = {**acked_before, **acks(sender2)}
+    top = max(all_acks.values())
+    assert sorted(all_acks.values()) == list(range(1, top + 1)), "one seq per cid, gapless"
+    await read_until_seq(reader2, top)
+    assert await reader2.expect("resumed")
+    combined = seen + reader2.events()
+    assert combined == list(range(1, top + 1)), "nothing lost, nothing duplicated, in order"
+    texts = [f["text"] for f in reader.frames + reader2.frames if f["type"] == "event"]
+    assert sorted(texts) == sorted(first + second)
+    await read_until_seq(watcher, top)
+    assert watcher.events() == list(range(1, top + 1))
+    conn = await asyncpg.connect(postgres.url)
+    try:
+        rows = await conn.fetch("SELECT client_msg_id FROM chat_events WHERE room = $1", chat.room)
+    finally:
+        await conn.close()
+    assert sorted(r[0] for r in rows) == sorted(first + second)
+
+
+async def test_resume_frame_and_resume_after_a_long_absence(chat: Chat) -> None:
+    a, b = await chat.worker(), await chat.worker()
+    alice = await chat.connect(a, "alice")
+    for i in range(30):
+        await alice.send({"type": "send", "cid": f"m{i}", "text": str(i)})
+    while len(acks(alice)) < 30:
+        await alice.recv()
+    # A fresh worker has an empty L1: the range comes from the L2 cache or PostgreSQL.
+    c = await chat.worker()
+    late = await chat.connect(c, "bob", after=5)
+    await late.expect("resumed", last_seq=30)
+    assert late.events() == list(range(6, 31))
+    await alice.send({"type": "send", "cid": "live", "text": "live"})
+    await late.expect("event", seq=31)
+    # The resume frame re-syncs an open socket.
+    bob = await chat.connect(b, "bob")
+    await bob.send({"type": "resume", "after": 28})
+    resumed = await bob.expect("resumed")
+    assert resumed["after"] == 28 and resumed["truncated"] is False
+    idx = bob.frames.index(resumed)
+    assert [f["seq"] for f in bob.frames[:idx] if f["type"] == "event"][-3:] == [29, 30, 31]
+
+
+async def test_redis_stopped_mid_test_sends_still_work_and_recover(
+        chat_factory: Callable[..., Chat], service_factory: Callable[[type[LocalService]], LocalService],
+        postgres: PostgresService, nats: NatsService) -> None:
+    r = service_factory(RedisService)
+    chat = chat_factory(VEZA_DATABASE_URL=postgres.url, VEZA_NATS_URL=nats.url, VEZA_REDIS_URL=r.url)
+    a, b = await chat.worker(), await chat.worker()
+    alice, bob = await chat.connect(a, "alice"), await chat.connect(b, "bob")
+    await alice.send({"type": "send", "cid": "before", "text": "x"})
+    await alice.expect("ack", cid="before")
+    r.kill()
+    for i in range(5):
+        await alice.send({"type": "send", "cid": f"down{i}", "text": "y"})
+        await alice.expect("ack", cid=f"down{i}")
+    await bob.expect("event", seq=6)
+    carol = await chat.connect(b, "carol")  # joining works: presence falls back to local + NATS signals
+    await carol.send({"type": "presence", "ref": "p"})
+    listed = await carol.expect("presence", op="list")
+    assert {"alice", "bob", "carol"} <= {u["id"] for u in listed["users"]}
+    r.start()
+    await asyncio.sleep(2.5)  # the breakers' reset_after: the next call probes Redis again
+    for i in range(3):
+        await alice.send({"type": "send", "cid": f"up{i}", "text": "z"})
+        await alice.expect("ack", cid=f"up{i}")
+    client = aioredis.from_url(r.url)
+    try:
+        keys = [k.decode() for k in await client.keys(f"veza:test:chat:{chat.room}:*")]
+    finally:
+        await client.aclose()
+    assert any(k.endswith(":rl:user:alice") for k in keys), keys
+
+
+async def test_nats_restarted_no_loss(
+        chat_factory: Callable[..., Chat], service_factory: Callable[[type[LocalService]], LocalService],
+        postgres: PostgresService, redis: RedisService) -> None:
+    n = service_factory(NatsService)
+    chat = chat_factory(VEZA_DATABASE_URL=postgres.url, VEZA_NATS_URL=n.url, VEZA_REDIS_URL=redis.url)
+    a, b = await chat.worker(), await chat.worker()
+    alice, bob = await chat.connect(a, "alice"), await chat.connect(b, "bob")
+    total = 0
+    for phase in ("before", "down", "after"):
+        if phase == "down":
+            n.stop()
+        if phase == "after":
+            n.start()
+            await asyncio.sleep(1.5)
+        for i in range(20):
+            await alice.send({"type": "send", "cid": f"{phase}{i}", "text": phase})
+        while len(acks(alice)) < total + 20:
+            assert await alice.recv() is not None
+        total += 20
+        await read_until_seq(bob, total)
+    assert bob.events() == list(range(1, total + 1))
+
+
+async def test_postgres_down_sends_refused_never_acked_then_recover(
+        chat_factory: Callable[..., Chat], service_factory: Callable[[type[LocalService]], LocalService],
+        nats: NatsService, redis: RedisService) -> None:
+    pg = service_factory(PostgresService)
+    chat = chat_factory(VEZA_DATABASE_URL=pg.url, VEZA_NATS_URL=nats.url, VEZA_REDIS_URL=redis.url)
+    a = await chat.worker()
+    alice = await chat.connect(a, "alice")
+    await alice.send({"type": "send", "cid": "ok", "text": "x"})
+    await alice.expect("ack", cid="ok")
+    pg.stop()
+    await alice.send({"type": "send", "cid": "lost", "text": "y"})
+    error = await alice.expect("error", cid="lost")
+    assert error["code"] == "store_unavailable"
+    assert "lost" not in acks(alice)
+    pg.start()
+    deadline = time.monotonic() + 20
+    while True:
+        await alice.send({"type": "send", "cid": "lost", "text": "y"})
+        frame: dict[str, Any] | None = None
+        while frame is None:
+            f = await alice.recv()
+            assert f is not None
+            if f.get("cid") == "lost" and f["type"] in ("ack", "error"):
+                frame = f
+        if frame["type"] == "ack":
+            break
+        assert time.monotonic() < deadline, frame
+        await asyncio.sleep(0.5)
+    assert frame["seq"] == 2
+
+
+async def test_sigterm_closes_with_1012_after_acking_in_flight_sends(chat: Chat) -> None:
+    a = await chat.worker()
+    alice = await chat.connect(a, "alice")
+    for i in range(50):
+        await alice.send({"type": "send", "cid": f"m{i}", "text": "x"})
+    started = time.monotonic()
+    a.terminate()
+    await drain(alice)
+    assert alice.ws.close_code == 1012
+    assert a.proc is not None and a.proc.wait(10) == 0
+    assert time.monotonic() - started < 5 + 2, "exits within the grace period"
+    got = acks(alice)
+    errors = [f for f in alice.frames if f["type"] == "error"]
+    assert len(got) + len(errors) == 50 and all(e["code"] == "shutting_down" for e in errors)
+    b = await chat.worker()
+    bob = await chat.connect(b, "bob", after=0)
+    await bob.expect("resumed")
+    assert bob.events() == sorted(got.values()) == list(range(1, len(got) + 1))
