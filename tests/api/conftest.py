@@ -135,7 +135,7 @@ async def make_api(api_database: str, redis: RedisService, s3_env: S3Service,
     """Starts API servers (settings overridable); all stopped at the end of the session."""
     started: list[tuple[TestServer, aiohttp.ClientSession]] = []
 
-    async def make(**overrides: Any) -> ApiServer:
+    async def make(port: int | None = None, **overrides: Any) -> ApiServer:
         keys_dir = tmp_path_factory.mktemp("jwt-keys")
         write_keys(keys_dir, [generate_signing_key()])
         values: dict[str, Any] = {
@@ -149,7 +149,7 @@ async def make_api(api_database: str, redis: RedisService, s3_env: S3Service,
         }
         values.update(overrides)
         settings = ApiSettings.model_validate(values)
-        server = TestServer(create_api_app(settings), host="127.0.0.1")
+        server = TestServer(create_api_app(settings), host="127.0.0.1", port=port)
         await server.start_server()
         session = aiohttp.ClientSession()
         started.append((server, session))

@@ -18,10 +18,11 @@ from veza_core.ratelimit import RateLimiter
 from veza_core.storage import ObjectStore
 from veza_core.web import add_readiness_check, create_app
 
-from . import accounts, audit, magiclinks, moderation, rooms, tokens, tracks, users
+from . import accounts, audit, magiclinks, moderation, oidc, rooms, tokens, tracks, users
 from .context import API, Api
 from .mail import Mailer
 from .middleware import MIDDLEWARES
+from .oidc import OidcClient
 from .passwords import Passwords
 from .settings import ApiSettings
 
@@ -39,6 +40,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/auth/service-token", tokens.service_token)
     r.add_post(f"{PREFIX}/auth/magic-link", magiclinks.request_link)
     r.add_post(f"{PREFIX}/auth/magic-link/verify", magiclinks.redeem_link)
+    r.add_get(f"{PREFIX}/auth/oidc/login", oidc.login)
+    r.add_get(f"{PREFIX}/auth/oidc/callback", oidc.callback)
     r.add_get(f"{PREFIX}/me", users.get_me)
     r.add_patch(f"{PREFIX}/me", users.patch_me)
 
@@ -92,6 +95,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
                                 parallelism=settings.argon2_parallelism),
             store=ObjectStore(settings.s3_bucket, endpoint_url=settings.s3_endpoint, region=settings.s3_region),
             mailer=Mailer(settings),
+            oidc=OidcClient(settings) if settings.oidc_issuer and settings.oidc_client_id else None,
         )
         app[API] = ctx
         try:

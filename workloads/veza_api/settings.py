@@ -58,6 +58,7 @@ class ApiSettings(Settings):
     oidc_client_secret: str | None = None
     oidc_redirect_url: str | None = Field(None, description="default: public_url + /api/v1/auth/oidc/callback")
     oidc_scopes: str = "openid email profile"
+    oidc_ca_file: str | None = Field(None, description="CA bundle for a provider with a private CA")
 
     @property
     def cors_origin_set(self) -> frozenset[str]:
