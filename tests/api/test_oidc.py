@@ -83,7 +83,8 @@ async def provider_and_api(make_api: ServerFactory, tmp_path_factory: pytest.Tem
     provider = Provider(
         RSAKey(key=RSA.generate(2048), alg="RS256", kid="idp-1"),
         {"issuer": issuer, "authorization_endpoint": f"{issuer}/authorize", "token_endpoint": f"{issuer}/token",
-         "jwks_uri": f"{issuer}/jwks", "userinfo_endpoint": f"{issuer}/userinfo", "response_types_supported": ["code"], "subject_types_supported": ["public"],
+         "jwks_uri": f"{issuer}/jwks", "userinfo_endpoint": f"{issuer}/userinfo",
+         "response_types_supported": ["code"], "subject_types_supported": ["public"],
          "id_token_signing_alg_values_supported": ["RS256"], "scopes_supported": ["openid", "email", "profile"],
          "token_endpoint_auth_methods_supported": ["client_secret_basic"],
          "code_challenge_methods_supported": ["S256"]},
