@@ -1,0 +1,112 @@
+"""Playlist from S3 → transcoder → progressive listeners of every rendition, ICY metadata, HLS."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
+from tests.stream.client import listen
+
+SPEC = {
+    "source": {"type": "playlist", "playlist": {"tracks": ["tests/a440.mp3", "tests/b880.ogg"]}},
+    "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128},
+                   {"name": "aac", "codec": "aac", "bitrateKbps": 96},
+                   {"name": "opus", "codec": "opus", "bitrateKbps": 64}],
+    "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1}},
+}
+
+
+@pytest.fixture(scope="module")
+def tracks(bucket: Any) -> None:
+    bucket.put_object(Bucket="veza-stream-tests", Key="tests/a440.mp3", Body=sine(440, 2.0, "mp3", title="Tone A"))
+    bucket.put_object(Bucket="veza-stream-tests", Key="tests/b880.ogg", Body=sine(880, 2.0, "ogg", title="Tone B"))
+
+
+def get(url: str) -> tuple[int, bytes, str]:
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (http to loopback)
+        return r.status, r.read(), r.headers.get("Content-Type", "")
+
+
+async def test_every_rendition_plays_the_playlist(tracks: None, start_worker: Any) -> None:
+    worker = start_worker("radio", SPEC)
+    results = await asyncio.gather(*(listen("127.0.0.1", worker.port, f"/stream/radio/{r}", 6.0)
+                                     for r in ("mp3", "aac", "opus")))
+    for (status, headers, body), (rendition, fmt, ctype) in zip(
+            results, [("mp3", "mp3", "audio/mpeg"), ("aac", "aac", "audio/aac"), ("opus", "ogg", "audio/ogg")],
+            strict=True):
+        assert status == 200 and headers["content-type"] == ctype, rendition
+        samples, rate = decode_pcm(body, fmt)
+        seconds = len(samples) / rate
+        # 6 s of listening plus up to the 2 s burst and the encoder's 0.3 s lead.
+        assert 5.0 <= seconds <= 8.8, (rendition, seconds)
+        freqs = frequencies_over_time(samples, rate, 0.25)
+        near_a = sum(abs(f - 440) < 15 for f in freqs)
+        near_b = sum(abs(f - 880) < 15 for f in freqs)
+        # Both tracks (2 s each, alternating) are heard, and almost nothing else (gapless: no silence between).
+        assert near_a >= 4 and near_b >= 4, (rendition, freqs)
+        assert near_a + near_b >= len(freqs) - 3, (rendition, freqs)
+    assert worker.alive()
+
+
+async def test_icy_metadata_at_metaint(tracks: None, start_worker: Any) -> None:
+    worker = start_worker("icy", SPEC, VEZA_STREAM_METAINT="4000")
+    status, headers, body = await listen("127.0.0.1", worker.port, "/stream/icy/mp3", 5.0,
+                                         headers={"Icy-MetaData": "1"})
+    assert status == 200 and headers["icy-metaint"] == "4000"
+    audio = bytearray()
+    titles = []
+    pos = 0
+    while pos + 4000 < len(body):
+        audio += body[pos:pos + 4000]
+        length = body[pos + 4000] * 16
+        block = body[pos + 4001:pos + 4001 + length]
+        if length:
+            match = re.fullmatch(rb"StreamTitle='(.*)';\x00*", block)
+            assert match, block
+            titles.append(match.group(1).decode())
+        pos += 4001 + length
+    assert len(audio) >= 4000 * 15
+    assert titles and set(titles) <= {"Tone A", "Tone B"}
+    samples, rate = decode_pcm(bytes(audio), "mp3")
+    assert abs(dominant_frequency(samples[: rate // 2], rate) - 440) < 15 or \
+        abs(dominant_frequency(samples[: rate // 2], rate) - 880) < 15
+    # Without the request header, no metadata is interleaved.
+    status, headers, plain = await listen("127.0.0.1", worker.port, "/stream/icy/mp3", 1.0)
+    assert "icy-metaint" not in headers and b"StreamTitle" not in plain
+
+
+async def test_hls_playlists_and_segments(tracks: None, start_worker: Any) -> None:
+    worker = start_worker("hls", SPEC)
+    await asyncio.sleep(5)
+    status, body, ctype = get(f"{worker.url}/stream/hls/hls/master.m3u8")
+    assert status == 200 and ctype.startswith("application/vnd.apple.mpegurl")
+    master = body.decode().splitlines()
+    assert master[0] == "#EXTM3U"
+    variants = [line for line in master if line and not line.startswith("#")]
+    assert variants == ["mp3/index.m3u8", "aac/index.m3u8"]  # Opus is progressive-only
+    for variant, fmt in zip(variants, ("mp3", "aac"), strict=True):
+        _, body, _ = get(f"{worker.url}/stream/hls/hls/{variant}")
+        lines = body.decode().splitlines()
+        target = int(next(line.split(":")[1] for line in lines if line.startswith("#EXT-X-TARGETDURATION")))
+        assert target == 1
+        durations = [float(line[8:].rstrip(",")) for line in lines if line.startswith("#EXTINF:")]
+        uris = [line for line in lines if line and not line.startswith("#")]
+        assert len(uris) >= 3 and len(durations) == len(uris)
+        assert all(0.9 <= d <= 1.1 and round(d) <= target for d in durations), durations
+        first = int(next(line.split(":")[1] for line in lines if line.startswith("#EXT-X-MEDIA-SEQUENCE")))
+        assert [int(u.split(".")[0]) for u in uris] == list(range(first, first + len(uris)))
+        audio = []
+        for uri in uris:
+            _, seg, _ = get(f"{worker.url}/stream/hls/hls/{variant.rsplit('/', 1)[0]}/{uri}")
+            assert seg.startswith(b"ID3")  # packed audio carries its timestamp in an ID3 PRIV frame
+            samples, rate = decode_pcm(seg, fmt)
+            assert abs(len(samples) / rate - durations[len(audio)]) < 0.06
+            audio.append(samples)
+        assert {round(dominant_frequency(a, rate) / 440) for a in audio} <= {1, 2}
+    status, _, _ = await listen("127.0.0.1", worker.port, "/stream/hls/hls/opus/index.m3u8", 1.0)
+    assert status == 404

@@ -1,0 +1,66 @@
+"""Who may listen to a private channel and who may broadcast to a channel."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+
+from aiohttp import web
+
+from veza_core.auth import TokenError, TokenVerifier, token_from_request
+
+BROADCASTER = "broadcaster"
+
+
+class AccessDenied(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _token(request: web.Request) -> str | None:
+    # Players cannot always set headers: a `token` query parameter works too.
+    return token_from_request(request) or request.query.get("token") or None
+
+
+def check_listener(request: web.Request, channel: str, private: bool, verifier: TokenVerifier | None) -> None:
+    if not private:
+        return
+    token = _token(request)
+    if token is None:
+        raise AccessDenied(401, "token_required", "this channel is private: a listener token is required")
+    if verifier is None:
+        raise AccessDenied(503, "auth_unavailable", "token verification is not configured")
+    try:
+        verifier.verify(token)
+    except TokenError as exc:
+        raise AccessDenied(401, exc.code, exc.message) from exc
+
+
+def check_broadcaster(request: web.Request, channel: str, password: str | None,
+                      verifier: TokenVerifier | None) -> str:
+    """The broadcaster's name; accepts HTTP Basic with the source password (any user, as Icecast) or a JWT."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:6].lower() == "basic ":
+        try:
+            user, _, given = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise AccessDenied(401, "credentials_malformed", "malformed Basic credentials") from exc
+        if password and hmac.compare_digest(given.encode(), password.encode()):
+            return user or "source"
+        raise AccessDenied(401, "bad_password", "wrong source password")
+    token = _token(request)
+    if token is None:
+        raise AccessDenied(401, "credentials_required", "a source password or broadcaster token is required")
+    if verifier is None:
+        raise AccessDenied(503, "auth_unavailable", "token verification is not configured")
+    try:
+        principal = verifier.verify(token)
+    except TokenError as exc:
+        raise AccessDenied(401, exc.code, exc.message) from exc
+    if principal.resource_role("channel", channel) != BROADCASTER and not principal.is_admin:
+        raise AccessDenied(403, "not_broadcaster", "the token does not grant broadcasting on this channel")
+    return principal.name

@@ -1,0 +1,121 @@
+"""One StreamChannel inside a worker: its sources, encoder, rendition feeds and HLS segmenters.
+
+Only the leader replica encodes (:meth:`Channel.start_encoding`); every replica,
+leader included, serves listeners from the same feeds, which the leader fills from
+its encoder and followers fill from what the leader publishes (:mod:`replication`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .hls import HLS_CODECS, Segmenter
+from .metrics import HLS_SEGMENTS
+from .pump import Batch, Pump, Source
+from .renditions import RenditionFeed
+from .sources import PlaylistSource, PushedSource, TrackFetcher
+from .spec import ChannelSpec
+from .transcoder import CONTENT_TYPES, Transcoder
+
+log = logging.getLogger(__name__)
+
+
+class Channel:
+    def __init__(self, name: str, spec: ChannelSpec, fetch: TrackFetcher, *, burst_seconds: float = 2.0,
+                 max_listener_buffer: int = 256 * 1024, prefer_system_lame: bool = True) -> None:
+        self.name = name
+        self.spec = spec
+        self.fetch = fetch
+        self.prefer_system_lame = prefer_system_lame
+        self.feeds = {r.name: RenditionFeed(name, r.name, CONTENT_TYPES[r.codec], burst_seconds=burst_seconds,
+                                            max_buffer=max_listener_buffer) for r in spec.renditions}
+        self.segmenters: dict[str, Segmenter] = {}
+        if spec.delivery.hls.enabled:
+            for r in spec.renditions:
+                if r.codec in HLS_CODECS:
+                    counter = HLS_SEGMENTS.labels(name, r.name)
+                    segmenter = Segmenter(r.codec, spec.delivery.hls.target_duration_seconds,
+                                          on_segment=lambda _segment, c=counter: c.inc())  # type: ignore[misc]
+                    self.segmenters[r.name] = segmenter
+                    self.feeds[r.name].sinks.append(segmenter.feed)
+        source = spec.source
+        self.live = PushedSource("live") if source.type == "live" else None
+        self.relay = PushedSource("relay") if source.type == "relay" else None
+        self.playlist = PlaylistSource(source.playlist.tracks, fetch, shuffle=source.playlist.shuffle) \
+            if source.type == "playlist" else None
+        fb = source.fallback.playlist
+        self.fallback = PlaylistSource(fb.tracks, fetch, shuffle=fb.shuffle, name="fallback") if fb.tracks else None
+        self.title = ""
+        self.title_changed_at = time.time()
+        self.pump: Pump | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Called on the event loop with every batch this replica encodes (the replication publisher).
+        self.on_encoded: list[Callable[[Batch, str], Any]] = []
+        self.on_title: list[Callable[[str], Any]] = []
+
+    @property
+    def sources(self) -> list[Source]:
+        return [s for s in (self.live, self.relay, self.playlist, self.fallback) if s is not None]
+
+    @property
+    def encoding(self) -> bool:
+        return self.pump is not None and self.pump.is_alive()
+
+    def last_pts(self) -> int:
+        return max((f.last_pts for f in self.feeds.values()), default=0)
+
+    def start_encoding(self) -> None:
+        """Become the encoder, continuing the timeline where the stream we served so far ended."""
+        if self.encoding:
+            return
+        self.loop = asyncio.get_running_loop()
+        transcoder = Transcoder(self.spec.renditions, self.last_pts(), prefer_system_lame=self.prefer_system_lame)
+        self.pump = Pump(self.name, transcoder, self.sources, self._from_pump)
+        self.pump.start()
+        log.info("encoding started", extra={"channel": self.name, "pts": self.last_pts()})
+
+    async def stop_encoding(self) -> None:
+        if self.pump is None:
+            return
+        self.pump.stop()
+        await asyncio.to_thread(self.pump.join, 5)
+        self.pump = None
+        log.info("encoding stopped", extra={"channel": self.name})
+
+    def _from_pump(self, batch: Batch, title: str) -> None:
+        assert self.loop is not None
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self.loop.call_soon_threadsafe(self._encoded, batch, title)
+
+    def _encoded(self, batch: Batch, title: str) -> None:
+        self.receive(batch, title)
+        for hook in self.on_encoded:
+            hook(batch, title)
+
+    def receive(self, batch: Batch, title: str) -> None:
+        """Serve a batch of encoded chunks (ours or the leader's) to every listener of this replica."""
+        if title and title != self.title:
+            self.title = title
+            self.title_changed_at = time.time()
+            for feed in self.feeds.values():
+                feed.set_title(title)
+            for hook in self.on_title:
+                hook(title)
+        for rendition, chunks in batch.items():
+            if (target := self.feeds.get(rendition)) is not None:
+                target.publish(chunks)
+
+    def listener_count(self) -> int:
+        return sum(len(f.listeners) for f in self.feeds.values())
+
+    async def close(self) -> None:
+        await self.stop_encoding()
+        for source in self.sources:
+            source.close()
+        for feed in self.feeds.values():
+            feed.close_all("shutdown")

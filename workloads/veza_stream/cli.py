@@ -1,0 +1,38 @@
+"""`veza stream`: the stream worker for the StreamChannel in VEZA_RESOURCE_NAME / VEZA_RESOURCE_SPEC."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pydantic import ValidationError
+
+from veza_core.config import Settings
+from veza_core.logs import configure_logging
+from veza_core.web import run as run_app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="listen address (default VEZA_HTTP_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (default VEZA_HTTP_PORT)")
+    parser.add_argument("--metaint", type=int, default=int(os.environ.get("VEZA_STREAM_METAINT", "16000")),
+                        help="ICY metadata interval in bytes (env VEZA_STREAM_METAINT)")
+    parser.add_argument("--leader-ttl", type=float, default=float(os.environ.get("VEZA_STREAM_LEADER_TTL", "3")),
+                        help="seconds a leader's Redis lock lives without renewal (env VEZA_STREAM_LEADER_TTL)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    configure_logging("stream", settings.log_level)
+    from .worker import Worker, create_stream_app
+
+    try:
+        worker = Worker(settings, source_password=os.environ.get("VEZA_SOURCE_PASSWORD") or None,
+                        metaint=args.metaint, leader_ttl=args.leader_ttl)
+    except (ValueError, ValidationError) as exc:
+        print(f"veza stream: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    run_app(create_stream_app(worker), args.host or settings.http_host, args.port or settings.http_port,
+            shutdown_grace=settings.shutdown_grace_seconds)
+    return 0

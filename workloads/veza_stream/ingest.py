@@ -1,0 +1,76 @@
+"""Live ingest: an Icecast-style source client pushes audio with `PUT /stream/{channel}/source`.
+
+The body is streamed into the live source's decoder as it arrives; the request lasts
+as long as the broadcast. Authentication: HTTP Basic with the channel's source
+password (what Icecast source clients send) or a broadcaster JWT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from veza_core.web import json_error
+
+from .access import AccessDenied, check_broadcaster
+from .metrics import INGEST_REJECTED
+from .state import WORKER
+
+log = logging.getLogger(__name__)
+
+INGEST_FORMATS = {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/ogg": "ogg", "application/ogg": "ogg"}
+# A source must decode to audio within this many bytes, or it is not what it claims to be.
+PROBE_LIMIT = 256 * 1024
+
+
+async def source(request: web.Request) -> web.StreamResponse:
+    worker = request.app[WORKER]
+    channel = worker.channel
+    name = channel.name
+
+    def reject(status: int, code: str, message: str) -> web.Response:
+        INGEST_REJECTED.labels(name, code).inc()
+        return json_error(status, code, message)
+
+    if request.match_info["channel"] != name:
+        return reject(404, "channel_not_found", "no such channel on this worker")
+    live = channel.live
+    if live is None:
+        return reject(409, "not_live", "this channel has no live source")
+    try:
+        broadcaster = check_broadcaster(request, name, worker.source_password, worker.verifier)
+    except AccessDenied as exc:
+        return reject(exc.status, exc.code, exc.message)
+    fmt = INGEST_FORMATS.get(request.content_type)
+    if fmt is None:
+        return reject(415, "unsupported_media_type", f"send one of: {', '.join(sorted(INGEST_FORMATS))}")
+    if not channel.encoding:
+        return reject(503, "not_leader", "this replica is not encoding the channel; retry")
+    try:
+        session = live.open(fmt, title=request.headers.get("Ice-Name") or broadcaster)
+    except RuntimeError:
+        return reject(409, "source_busy", "another source is already live on this channel")
+    log.info("live source connected", extra={"channel": name, "broadcaster": broadcaster, "format": fmt})
+    received = 0
+    try:
+        async for data in request.content.iter_any():
+            received += len(data)
+            while not session.feed(data):  # noqa: ASYNC110 (the queue is filled by a thread, not the loop)
+                await asyncio.sleep(0.02)  # the decoder is behind: hold back the client (TCP backpressure)
+            if session.error and not session.started.is_set():
+                break
+            if received > PROBE_LIMIT and not session.started.is_set():
+                await asyncio.sleep(0.2)
+                if not session.started.is_set():
+                    session.error = session.error or "no audio found"
+                    break
+    finally:
+        session.end()
+    await asyncio.to_thread(session.finished.wait, 5)
+    log.info("live source disconnected", extra={"channel": name, "bytes": received, "error": session.error})
+    if not session.started.is_set():
+        return reject(400, "undecodable_source", f"the body is not {fmt} audio: {session.error or 'no audio'}")
+    return web.json_response({"status": "ended", "bytes": received,
+                              "seconds": round(session.decoded_samples / 48000, 3)})

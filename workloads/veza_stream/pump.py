@@ -1,0 +1,109 @@
+"""The encoder thread: pick the source on air, encode, pace to real time, hand batches to the event loop.
+
+The source on air is the primary (live, relay or playlist) while it has audio, else
+the fallback playlist, else silence, so listeners and HLS keep flowing whatever
+happens upstream. Output is paced by a wall clock: a playlist is encoded at most
+``lead`` seconds ahead of real time, and a source that falls behind (a stalled live
+client) moves the clock instead of causing a burst later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import av
+import numpy as np
+
+from .metrics import ENCODE_LATENCY, ENCODED_SECONDS, SOURCE_ACTIVE
+from .transcoder import CANONICAL_FORMAT, LAYOUT, SAMPLE_RATE, Chunk, Transcoder
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, list[Chunk]]
+
+
+class Source(Protocol):
+    name: str
+    title: str
+
+    def active(self) -> bool: ...
+
+    def read(self, timeout: float) -> av.AudioFrame | None: ...
+
+    def close(self) -> None: ...
+
+
+def silence(samples: int = 1024) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(np.zeros((2, samples), dtype=np.float32), format=CANONICAL_FORMAT,
+                                       layout=LAYOUT)
+    frame.sample_rate = SAMPLE_RATE
+    return frame
+
+
+class Pump(threading.Thread):
+    def __init__(self, channel: str, transcoder: Transcoder, sources: list[Source],
+                 deliver: Callable[[Batch, str], None], *, lead: float = 0.3, batch_seconds: float = 0.1) -> None:
+        super().__init__(name=f"pump-{channel}", daemon=True)
+        self.channel = channel
+        self.transcoder = transcoder
+        self.sources = sources
+        self.deliver = deliver  # called from this thread with each batch and the title on air
+        self.lead = lead
+        self.batch_samples = int(batch_seconds * SAMPLE_RATE)
+        self.stopping = threading.Event()
+        self.on_air = "silence"
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _choose(self) -> Source | None:
+        return next((s for s in self.sources if s.active()), None)
+
+    def run(self) -> None:
+        headers = {n: h for n, h in self.transcoder.headers().items() if h}
+        first = self.transcoder.encoders[next(iter(self.transcoder.encoders))].pts
+        if headers:
+            self.deliver({n: [Chunk(h, first, 0, header=True)] for n, h in headers.items()}, "")
+        produced = 0
+        started = time.monotonic()
+        batch: Batch = {name: [] for name in self.transcoder.encoders}
+        batched = 0
+        while not self.stopping.is_set():
+            source = self._choose()
+            name = source.name if source else "silence"
+            if name != self.on_air:
+                log.info("source on air", extra={"channel": self.channel, "source": name, "previous": self.on_air})
+                SOURCE_ACTIVE.labels(self.channel, self.on_air).set(0)
+                SOURCE_ACTIVE.labels(self.channel, name).set(1)
+                self.on_air = name
+            frame = source.read(0.1) if source else silence()
+            if frame is None:
+                if batched:
+                    self._flush(batch, source)
+                    batched = 0
+                continue
+            t0 = time.perf_counter()
+            for rendition, chunks in self.transcoder.encode(frame).items():
+                batch[rendition].extend(chunks)
+            ENCODE_LATENCY.labels(self.channel).observe(time.perf_counter() - t0)
+            produced += frame.samples
+            batched += frame.samples
+            ENCODED_SECONDS.labels(self.channel).inc(frame.samples / SAMPLE_RATE)
+            ahead = produced / SAMPLE_RATE - (time.monotonic() - started)
+            if ahead < -0.5:
+                started = time.monotonic() - produced / SAMPLE_RATE  # fell behind: rebase, never catch up in a burst
+            if batched >= self.batch_samples or ahead > self.lead:
+                self._flush(batch, source)
+                batched = 0
+            if ahead > self.lead:
+                self.stopping.wait(ahead - self.lead)
+
+    def _flush(self, batch: Batch, source: Source | None) -> None:
+        if any(batch.values()):
+            self.deliver({k: list(v) for k, v in batch.items()}, source.title if source else "")
+        for chunks in batch.values():
+            chunks.clear()

@@ -1,0 +1,64 @@
+"""The leader's encoded stream, carried to the other replicas over NATS.
+
+Core NATS (not JetStream): a listener wants the stream now, not a replay, and a
+follower that misses a batch only misses 100 ms of audio. One message per batch
+holds every rendition, so followers see renditions in lockstep with the leader.
+Wire format (big-endian): b"VZA1", u16 title length, title (UTF-8), u8 rendition count,
+then per rendition: u8 name length, name, u32 chunk count, and per chunk:
+i64 pts, u32 duration, u8 header flag, u32 length, data.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .pump import Batch
+from .transcoder import Chunk
+
+MAGIC = b"VZA1"
+_CHUNK = struct.Struct(">qIBI")
+
+
+class WireError(ValueError):
+    pass
+
+
+def encode_batch(batch: Batch, title: str) -> bytes:
+    t = title.encode("utf-8")[:65535]
+    parts = [MAGIC, struct.pack(">H", len(t)), t, struct.pack(">B", len(batch))]
+    for name, chunks in batch.items():
+        n = name.encode()
+        parts += [struct.pack(">B", len(n)), n, struct.pack(">I", len(chunks))]
+        for c in chunks:
+            parts += [_CHUNK.pack(c.pts, c.duration, int(c.header), len(c.data)), c.data]
+    return b"".join(parts)
+
+
+def decode_batch(data: bytes) -> tuple[Batch, str]:
+    try:
+        if data[:4] != MAGIC:
+            raise WireError("bad magic")
+        pos = 4
+        (tlen,) = struct.unpack_from(">H", data, pos)
+        pos += 2
+        title = data[pos:pos + tlen].decode("utf-8")
+        pos += tlen
+        batch: Batch = {}
+        renditions = data[pos]
+        pos += 1
+        for _ in range(renditions):
+            nlen = data[pos]
+            name = data[pos + 1:pos + 1 + nlen].decode()
+            pos += 1 + nlen
+            (count,) = struct.unpack_from(">I", data, pos)
+            pos += 4
+            chunks = []
+            for _ in range(count):
+                pts, duration, header, length = _CHUNK.unpack_from(data, pos)
+                pos += _CHUNK.size
+                chunks.append(Chunk(data[pos:pos + length], pts, duration, bool(header)))
+                pos += length
+            batch[name] = chunks
+        return batch, title
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise WireError(str(exc)) from exc

@@ -1,0 +1,182 @@
+"""The stream worker: one StreamChannel, its HTTP routes, leadership and replication."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from aiohttp import web
+
+from veza_core import bus
+from veza_core.auth import AUDIENCE_STREAM, TokenVerifier
+from veza_core.config import Settings
+from veza_core.keys import KeySet
+from veza_core.storage import ObjectStore
+from veza_core.web import add_readiness_check, create_app, json_error
+
+from . import hls_routes, ingest, progressive, tracks
+from .channel import Channel
+from .icy import DEFAULT_METAINT
+from .leader import LeaderLock
+from .metrics import LEADER
+from .pump import Batch
+from .replication import WireError, decode_batch, encode_batch
+from .spec import ChannelSpec
+from .state import WORKER
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, source_password: str | None = None, metaint: int = DEFAULT_METAINT,
+                 leader_ttl: float = 3.0) -> None:
+        if not settings.resource_name:
+            raise ValueError("VEZA_RESOURCE_NAME (the StreamChannel name) is required")
+        self.settings = settings
+        self.spec = ChannelSpec.model_validate(settings.resource_spec)
+        self.store = ObjectStore(settings.s3_bucket, endpoint_url=settings.s3_endpoint, region=settings.s3_region,
+                                 access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                                 secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        self.channel = Channel(settings.resource_name, self.spec, self._fetch)
+        self.source_password = source_password
+        self.metaint = metaint
+        self.leader_ttl = leader_ttl
+        self.identity = f"{socket.gethostname()}-{os.getpid()}"
+        self.verifier: TokenVerifier | None = None
+        if settings.jwt_keys_dir is not None:
+            self.verifier = TokenVerifier(KeySet(settings.jwt_keys_dir), issuer=settings.jwt_issuer,
+                                          audience=AUDIENCE_STREAM, algorithms=settings.jwt_algorithms)
+        self.nc: Any = None
+        self.lock: LeaderLock | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._publishing: set[asyncio.Task[None]] = set()
+
+    def subject(self, *event: str) -> str:
+        return bus.subject(self.settings.platform, "channel", self.channel.name, *event)
+
+    def _fetch(self, key: str) -> bytes:
+        """Blocking S3 read for the playlist thread."""
+        return bytes(self.store.client.get_object(Bucket=self.store.bucket, Key=key)["Body"].read())
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self, app: web.Application) -> None:
+        if self.settings.nats_url:
+            self.nc = await bus.connect(self.settings.nats_url, name=f"veza-stream-{self.channel.name}")
+            await self.nc.subscribe(self.subject("audio"), cb=self._on_audio)
+            self.channel.on_encoded.append(self._publish_audio)
+            self.channel.on_title.append(self._publish_title)
+            self._tasks.append(asyncio.create_task(self._publish_listeners()))
+        if self.settings.redis_url:
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(self.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+            key = f"veza:{self.settings.platform}:stream:{self.channel.name}:leader"
+            self.lock = LeaderLock(redis, key, ttl=self.leader_ttl, identity=self.identity)
+            self._tasks.append(asyncio.create_task(self.lock.run(self._elected, self._deposed)))
+        else:
+            await self._elected()  # a single replica without Redis encodes on its own
+
+    async def stop(self, app: web.Application) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        await self.channel.close()
+        if self.lock is not None:
+            await self.lock.release()
+            await self.lock.redis.aclose()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def _elected(self) -> None:
+        LEADER.labels(self.channel.name).set(1)
+        self.channel.start_encoding()
+
+    async def _deposed(self) -> None:
+        LEADER.labels(self.channel.name).set(0)
+        await self.channel.stop_encoding()
+
+    # -- replication ----------------------------------------------------------------------------------
+    def _publish_audio(self, batch: Batch, title: str) -> None:
+        if self.nc is None or not self.nc.is_connected:
+            return
+        task = asyncio.create_task(self.nc.publish(self.subject("audio"), encode_batch(batch, title)))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _on_audio(self, msg: Any) -> None:
+        if self.channel.encoding:
+            return  # our own batches (or a stale leader's): we serve what we encode
+        try:
+            batch, title = decode_batch(msg.data)
+        except WireError as exc:
+            log.warning("bad audio message", extra={"error": str(exc)})
+            return
+        self.channel.receive(batch, title)
+
+    def _publish_title(self, title: str) -> None:
+        if self.nc is None or not self.channel.encoding:
+            return
+        body = json.dumps({"channel": self.channel.name, "title": title, "at": time.time()}).encode()
+        task = asyncio.create_task(self.nc.publish(self.subject("nowplaying"), body))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish_listeners(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            if self.nc is not None and self.nc.is_connected:
+                counts = {n: len(f.listeners) for n, f in self.channel.feeds.items()}
+                body = {"channel": self.channel.name, "replica": self.identity, "listeners": counts, "at": time.time()}
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(self.subject("listeners"), json.dumps(body).encode())
+
+    # -- small handlers -------------------------------------------------------------------------------
+    def now_playing(self) -> dict[str, Any]:
+        ch = self.channel
+        return {"channel": ch.name, "title": ch.title, "since": ch.title_changed_at,
+                "source": ch.pump.on_air if ch.pump else None, "leader": ch.encoding,
+                "listeners": {n: len(f.listeners) for n, f in ch.feeds.items()},
+                "renditions": [r.model_dump(by_alias=True) for r in ch.spec.renditions]}
+
+
+async def now_playing(request: web.Request) -> web.Response:
+    worker = request.app[WORKER]
+    if request.match_info["channel"] != worker.channel.name:
+        return json_error(404, "channel_not_found", "no such channel on this worker")
+    return web.json_response(worker.now_playing())
+
+
+def create_stream_app(worker: Worker) -> web.Application:
+    app = create_app("stream", client_max_size=tracks.MAX_UPLOAD_BYTES)
+    app[WORKER] = worker
+    prefix = "/stream/{channel}"
+    app.router.add_get(f"{prefix}/now-playing", now_playing)
+    app.router.add_get(f"{prefix}/hls/master.m3u8", hls_routes.master)
+    app.router.add_get(f"{prefix}/hls/{{rendition}}/index.m3u8", hls_routes.media_playlist)
+    app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{ext}}", hls_routes.segment)
+    app.router.add_put(f"{prefix}/source", ingest.source)
+    app.router.add_post(f"{prefix}/tracks", tracks.upload)
+    app.router.add_get(f"{prefix}/{{rendition}}", progressive.listen)
+    app.on_startup.append(worker.start)
+    app.on_shutdown.append(worker.stop)
+
+    async def s3_ready() -> bool:
+        return await worker.store.ready()
+
+    async def nats_ready() -> bool:
+        return worker.nc is not None and bool(worker.nc.is_connected)
+
+    add_readiness_check(app, "s3", s3_ready)
+    if worker.settings.nats_url:
+        add_readiness_check(app, "nats", nats_ready)
+    return app
+
