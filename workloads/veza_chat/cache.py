@@ -39,6 +39,15 @@ class RecentCache:
 
         await self.breaker.call(op, skip)
 
+    async def trim(self, floor: int) -> None:
+        async def op() -> None:
+            await self.redis.zremrangebyscore(self.key, "-inf", floor)
+
+        async def skip() -> None:
+            return None
+
+        await self.breaker.call(op, skip)
+
     async def range(self, after: int, upto: int) -> list[dict[str, Any]] | None:
         async def op() -> list[dict[str, Any]] | None:
             raw = await self.redis.zrangebyscore(self.key, f"({after}", upto, start=0, num=1000)

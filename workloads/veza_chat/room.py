@@ -134,6 +134,11 @@ class Room:
                 self.delivered = events[0]["seq"] - 1
             self.feed(events)
 
+    def trim(self, floor: int) -> None:
+        """Forget cached frames at or below `floor` (removed by retention)."""
+        while self.l1 and self.l1[0][0] <= floor:
+            self.l1.popleft()
+
     # -- delivery ---------------------------------------------------------
     async def _deliver_loop(self) -> None:
         while True:

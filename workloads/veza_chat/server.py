@@ -157,6 +157,11 @@ class ChatService:
                     removed = await self.store.apply_retention(retention.days, retention.max_messages)
                     if removed:
                         log.info("retention applied", extra={"deleted": removed})
+                    first = await self.store.first_seq()
+                    floor = (first - 1) if first is not None else self.room.delivered
+                    self.room.trim(floor)
+                    if self.cache is not None:
+                        await self.cache.trim(floor)
             except Exception as exc:
                 log.warning("poll failed", extra={"error": repr(exc)})
 

@@ -34,11 +34,11 @@ class Moderation(_Model):
 
 
 class RoomSpec(_Model):
-    limits: Limits = Field(default_factory=Limits)  # type: ignore[arg-type]
-    retention: Retention = Field(default_factory=Retention)  # type: ignore[arg-type]
+    limits: Limits = Field(default_factory=Limits)
+    retention: Retention = Field(default_factory=Retention)
     visibility: Literal["public", "private"] = "public"
     members: list[Member] = Field(default_factory=list)
-    moderation: Moderation = Field(default_factory=Moderation)  # type: ignore[arg-type]
+    moderation: Moderation = Field(default_factory=Moderation)
 
     def member_role(self, user: str) -> str | None:
         for m in self.members:

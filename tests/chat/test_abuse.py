@@ -1,0 +1,193 @@
+"""Hostile input: bad frames, floods, forged tokens; room limits and moderation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import aiohttp
+import pytest
+
+from tests.chat.conftest import ISSUER, Chat, ChatClient
+
+
+def b64(data: dict | bytes) -> str:
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def handshake_status(chat: Chat, url: str, token: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url.replace("/ws", "/history"), headers={"Authorization": f"Bearer {token}"}) as resp:
+            rest = (resp.status, (await resp.json())["error"]["code"])
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(url, protocols=("veza.chat.v1", f"bearer.{token}"))
+        assert err.value.status == rest[0], "the socket and REST refuse alike"
+    return rest
+
+
+async def test_bad_frames_get_error_frames_and_the_worker_survives(chat: Chat) -> None:
+    a = await chat.worker({"limits": {"maxMessageBytes": 100}})
+    c = await chat.connect(a, "alice")
+    cases = [("{not json", "bad_json"), ("[1,2]", "bad_frame"), ('{"type":"dance"}', "unknown_type"),
+             ('{"type":"send","text":"no cid"}', "bad_frame"), ('{"type":"send","cid":"x","text":5}', "bad_frame"),
+             ('{"type":"read","seq":-1}', "bad_frame"), ('{"type":"history","limit":100000}', "bad_frame"),
+             ('{"type":"moderate","action":"nuke","user":"u"}', "bad_frame"), ('"just a string"', "bad_frame"),
+             ('{"type":"edit","cid":"e","seq":true,"text":"t"}', "bad_frame")]
+    for raw, code in cases:
+        await c.ws.send_str(raw)
+        assert (await c.expect("error"))["code"] == code, raw
+    await c.ws.send_bytes(bytes(range(256)))
+    assert (await c.expect("error"))["code"] == "binary_frame"
+    await c.send({"type": "send", "cid": "big", "text": "é" * 51})
+    assert (await c.expect("error", cid="big"))["code"] == "message_too_large"
+    await c.send({"type": "send", "cid": "fine", "text": "still here"})
+    await c.expect("ack", cid="fine")
+    # A frame beyond the socket's size limit closes it with 1009.
+    await c.ws.send_str(json.dumps({"type": "send", "cid": "huge", "text": "x" * 10_000}))
+    assert await c.recv() is None and c.ws.close_code == 1009
+    # A flood gets error frames, then a policy close.
+    f = await chat.connect(a, "flooder")
+    for _ in range(400):
+        await f.ws.send_str('{"type":"ping"}')
+    codes = []
+    while (frame := await f.recv()) is not None:
+        codes.append(frame.get("code"))
+    assert "flood" in codes and f.ws.close_code == 1008
+    # The worker is fine.
+    again = await chat.connect(a, "bob")
+    await again.send({"type": "send", "cid": "after", "text": "ok"})
+    assert (await again.expect("ack", cid="after"))["seq"] == 2
+
+
+async def test_forged_and_misdirected_tokens_are_rejected(chat: Chat) -> None:
+    a = await chat.worker()
+    url = f"{a.url}/chat/{chat.room}/ws"
+    jwks = json.loads((chat.keys_dir / "jwks.json").read_text())["keys"][0]
+    kid = jwks["kid"]
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "veza-chat", "sub": "mallory", "iat": now, "exp": now + 60}
+    alg_none = f"{b64({'alg': 'none', 'kid': kid})}.{b64(claims)}."
+    signing_input = f"{b64({'alg': 'HS256', 'kid': kid, 'typ': 'JWT'})}.{b64(claims)}"
+    public_bytes = json.dumps(jwks).encode()
+    hs256 = signing_input + "." + b64(hmac.new(public_bytes, signing_input.encode(), hashlib.sha256).digest())
+    expired = chat.issuer.issue("mallory", audience="veza-chat", ttl=-60)
+    wrong_aud = chat.issuer.issue("mallory", audience="veza-api")
+    other_room = chat.token("mallory", room="another-room")
+    assert await handshake_status(chat, url, alg_none) == (401, "token_algorithm")
+    assert await handshake_status(chat, url, hs256) == (401, "token_algorithm")
+    assert await handshake_status(chat, url, expired) == (401, "token_expired")
+    assert await handshake_status(chat, url, wrong_aud) == (401, "token_audience")
+    assert await handshake_status(chat, url, "garbage") == (401, "token_malformed")
+    assert await handshake_status(chat, url, other_room) == (403, "token_room")
+    assert (await chat.connect(a, "ok", room=chat.room)).welcome["user"]["id"] == "ok"
+
+
+async def test_wrong_issuer_and_private_room_membership(chat: Chat) -> None:
+    spec = {"visibility": "private", "members": [{"user": "owner1", "role": "owner"}],
+            "limits": {"messagesPerMinute": 10000}}
+    a = await chat.worker(spec)
+    url = f"{a.url}/chat/{chat.room}/ws"
+    from veza_core.auth import TokenIssuer
+    foreign = TokenIssuer(chat.issuer.keys, issuer="https://evil.example").issue("owner1", audience="veza-chat")
+    assert await handshake_status(chat, url, foreign) == (401, "token_issuer")
+    assert await handshake_status(chat, url, chat.token("stranger")) == (403, "not_member")
+    other_grant = chat.token("stranger", res={"room/elsewhere": "member"})
+    assert await handshake_status(chat, url, other_grant) == (403, "not_member")
+    owner = await chat.connect(a, "owner1")
+    assert owner.welcome["user"]["role"] == "owner" and owner.welcome["room"]["visibility"] == "private"
+    granted = await chat.connect(a, "guest", res={f"room/{chat.room}": "member"})
+    assert granted.welcome["user"]["role"] == "member"
+    admin = await chat.connect(a, "root", roles=["admin"])
+    assert admin.welcome["user"]["role"] == "admin"
+
+
+async def test_rate_limit_slow_mode_blocked_words_mentions_and_max_members(chat: Chat) -> None:
+    spec = {"limits": {"messagesPerMinute": 6, "maxMembers": 2},
+            "moderation": {"blockedWords": ["spam"], "maxMentions": 2}}
+    a = await chat.worker(spec)
+    c = await chat.connect(a, "alice")
+    await c.send({"type": "send", "cid": "1", "text": "Buy SPAM now"})
+    assert (await c.expect("error", cid="1"))["code"] == "blocked_word"
+    await c.send({"type": "send", "cid": "2", "text": "@a @b @c hi"})
+    assert (await c.expect("error", cid="2"))["code"] == "too_many_mentions"
+    await c.send({"type": "send", "cid": "3", "text": "hello"})
+    await c.expect("ack", cid="3")
+    await c.send({"type": "send", "cid": "4", "text": "again"})
+    limited = await c.expect("error", cid="4")
+    assert limited["code"] == "rate_limited" and 5 < limited["retry_after"] <= 10.5
+    await chat.connect(a, "bob")
+    await chat.connect(a, "alice")  # already present: a second tab does not count
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await chat.connect(a, "carol")
+    assert err.value.status == 403
+
+    b = await chat.worker({"limits": {"messagesPerMinute": 10000}, "moderation": {"slowModeSeconds": 30}})
+    s = await chat.connect(b, "sam")
+    await s.send({"type": "send", "cid": "s1", "text": "one"})
+    await s.expect("ack", cid="s1")
+    await s.send({"type": "send", "cid": "s2", "text": "two"})
+    assert (await s.expect("error", cid="s2"))["code"] == "slow_mode"
+
+
+async def test_moderation_mute_kick_ban_across_workers(chat: Chat) -> None:
+    a, b = await chat.worker(), await chat.worker()
+    mod = await chat.connect(a, "mia", res={f"room/{chat.room}": "moderator"})
+    troll = await chat.connect(b, "troll")
+    await troll.send({"type": "moderate", "action": "ban", "user": "mia"})
+    assert (await troll.expect("error"))["code"] == "forbidden"
+
+    await mod.send({"type": "moderate", "action": "mute", "user": "troll", "seconds": 60, "reason": "calm down"})
+    await troll.expect("moderation", action="mute", user="troll")
+    await troll.send({"type": "send", "cid": "m", "text": "hi"})
+    assert (await troll.expect("error", cid="m"))["code"] == "muted"
+    await mod.send({"type": "moderate", "action": "unmute", "user": "troll"})
+    await troll.expect("moderation", action="unmute")
+    await troll.send({"type": "send", "cid": "m2", "text": "sorry"})
+    await troll.expect("ack", cid="m2")
+
+    await mod.send({"type": "moderate", "action": "kick", "user": "troll"})
+    await _closed(troll)
+    assert troll.ws.close_code == 4001
+    troll = await chat.connect(b, "troll")  # a kick is not a ban
+
+    await mod.send({"type": "moderate", "action": "ban", "user": "troll"})
+    await _closed(troll)
+    assert troll.ws.close_code == 4003
+    for w in (a, b):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await chat.connect(w, "troll")
+        assert err.value.status == 403
+    await mod.send({"type": "moderate", "action": "unban", "user": "troll"})
+    await mod.expect("moderation", action="unban")
+    await asyncio.sleep(0.3)
+    assert (await chat.connect(b, "troll")).welcome["user"]["id"] == "troll"
+
+
+async def _closed(client: ChatClient) -> None:
+    while await client.recv() is not None:
+        pass
+
+
+async def test_retention_trims_history(chat: Chat) -> None:
+    a = await chat.worker({"retention": {"maxMessages": 5}, "limits": {"messagesPerMinute": 100000}},
+                          VEZA_CHAT_RETENTION_INTERVAL_SECONDS="0.5")
+    c = await chat.connect(a, "alice")
+    for i in range(12):
+        await c.send({"type": "send", "cid": str(i), "text": str(i)})
+        await c.expect("ack", cid=str(i))
+    deadline = time.monotonic() + 15
+    while True:
+        await c.send({"type": "history", "ref": "h", "after": 0})
+        page = await c.expect("history", ref="h")
+        if [e["seq"] for e in page["events"]] == [8, 9, 10, 11, 12]:
+            break
+        assert time.monotonic() < deadline, page
+        await asyncio.sleep(0.5)
+    late = await chat.connect(a, "bob", after=0)
+    resumed = await late.expect("resumed")
+    assert resumed["truncated"] is True and late.events() == [8, 9, 10, 11, 12]
