@@ -13,14 +13,13 @@ status event echoing our own patch) makes no API write at all.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-import kopf
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Gauge, Histogram
 
 from .conditions import Health, same_status
@@ -122,11 +121,14 @@ class Context:
 _PRUNABLE = {"Deployment", "Service", "Ingress", "PodDisruptionBudget", "HorizontalPodAutoscaler",
              "NetworkPolicy", "Job", "ConfigMap", "ServiceAccount"}
 
-def post_event(body: dict[str, Any], health: Health) -> None:
-    """A Kubernetes Event on a condition transition (queued; kopf posts it in the background)."""
-    with contextlib.suppress(LookupError):  # LookupError: not inside a running operator
-        kind = "Normal" if health.ready or health.progressing else "Warning"
-        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=kind, reason=health.reason, message=health.message)
+async def post_event(ctx: Context, body: dict[str, Any], health: Health) -> None:
+    """A Kubernetes Event on a condition transition; failing to post one never fails a reconcile."""
+    try:
+        await ctx.client.post_event(body, type="Normal" if health.ready or health.progressing else "Warning",
+                                    reason=health.reason, message=health.message)
+        WRITES.labels("Event", "create").inc()
+    except Exception as exc:
+        log.warning("could not post event", extra={"error": repr(exc)})
 
 
 ReconcileFn = Callable[[Context, Key], Awaitable[None]]
@@ -170,6 +172,16 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
+    def _failed(self, key: Key, exc: Exception) -> None:
+        attempt = self.failures.get(key, 0) + 1
+        self.failures[key] = attempt
+        delay = min(self.max_backoff, 0.5 * 2 ** (attempt - 1))
+        log.warning("reconcile failed, retrying", extra={"key": "/".join(key), "attempt": attempt,
+                                                         "retry_in": delay, "error": repr(exc)})
+        RECONCILES.labels(key[0], "error").inc()
+        RETRIES.labels(key[0]).inc()
+        self.request_later(key, delay)
+
     async def _work(self) -> None:
         while True:
             key = await self.queue.get()
@@ -178,18 +190,18 @@ class Reconciler:
             self.running.add(key)
             started = time.perf_counter()
             try:
-                await self.handlers[key[0]](self.ctx, key)
+                body = self.ctx.store.owners.get(key)
+                if body is not None and not body["metadata"].get("deletionTimestamp"):
+                    await self.handlers[key[0]](self.ctx, key)
             except asyncio.CancelledError:
                 raise
+            except ApiException as exc:
+                if exc.status == 403 and "being terminated" in str(exc.body):
+                    self.failures.pop(key, None)  # its namespace is going away: nothing left to do
+                else:
+                    self._failed(key, exc)
             except Exception as exc:
-                attempt = self.failures.get(key, 0) + 1
-                self.failures[key] = attempt
-                delay = min(self.max_backoff, 0.5 * 2 ** (attempt - 1))
-                log.warning("reconcile failed, retrying", extra={"key": "/".join(key), "attempt": attempt,
-                                                                 "retry_in": delay, "error": repr(exc)})
-                RECONCILES.labels(key[0], "error").inc()
-                RETRIES.labels(key[0]).inc()
-                self.request_later(key, delay)
+                self._failed(key, exc)
             else:
                 self.failures.pop(key, None)
                 RECONCILES.labels(key[0], "ok").inc()

@@ -232,16 +232,44 @@ def crd(kind: Kind) -> dict[str, Any]:
     }
 
 
+def peering_crd(plural: str, kind: str, scope: str) -> dict[str, Any]:
+    """kopf's peering resource: operator replicas keep one of them active through it."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kopf.dev", "labels": {"app.kubernetes.io/part-of": "veza"}},
+        "spec": {"group": "kopf.dev", "scope": scope,
+                 "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                     "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                     "description": "Keep-alive records of operator replicas, used to keep one active.",
+                     "properties": {"status": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                         "description": "One entry per operator replica: its priority and last keep-alive."}},
+                 }}}]},
+    }
+
+
+PEERING_CRDS = (("clusterkopfpeerings", "ClusterKopfPeering", "Cluster"), ("kopfpeerings", "KopfPeering", "Namespaced"))
+HEADER = "# Generated from operator/veza_operator/crds.py by `veza crds --write`. Do not edit.\n"
+
+
 def render(kind: Kind) -> str:
-    header = "# Generated from operator/veza_operator/models.py by `veza crds --write`. Do not edit.\n"
-    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
+    return HEADER + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
+
+
+def all_crds() -> dict[str, str]:
+    """File name -> YAML of every CRD the operator needs."""
+    files = {f"{kind.crd_name}.yaml": render(kind) for kind in KINDS}
+    for plural, kind_name, scope in PEERING_CRDS:
+        files[f"{plural}.kopf.dev.yaml"] = HEADER + yaml.safe_dump(peering_crd(plural, kind_name, scope),
+                                                                   sort_keys=False, width=120)
+    return files
 
 
 def crd_files(root: Path) -> dict[Path, str]:
     """Every generated file: the top-level crds/ folder and the Helm chart's copy."""
     files: dict[Path, str] = {}
-    for kind in KINDS:
-        text = render(kind)
-        files[root / "crds" / f"{kind.crd_name}.yaml"] = text
-        files[root / "charts" / "veza" / "crds" / f"{kind.crd_name}.yaml"] = text
+    for name, text in all_crds().items():
+        files[root / "crds" / name] = text
+        files[root / "charts" / "veza" / "crds" / name] = text
     return files

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .crds import KINDS, crd_files, render
+from .crds import all_crds, crd_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.write is None:
-        print("---\n".join(render(kind) for kind in KINDS), end="")
+        print("---\n".join(all_crds().values()), end="")
         return 0
     for path, text in crd_files(Path(args.write)).items():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from decimal import InvalidOperation
 from typing import Any
 
@@ -109,6 +110,20 @@ class KubeClient:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    async def post_event(self, about: dict[str, Any], *, type: str, reason: str, message: str) -> None:
+        meta = about["metadata"]
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": about["apiVersion"], "kind": about["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": type, "reason": reason, "message": message[:1024],
+            "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        await asyncio.to_thread(self._call, "POST", self._path("Event", meta["namespace"]), event)
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:

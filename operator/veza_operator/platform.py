@@ -37,12 +37,13 @@ def migration_job_name(platform: str, spec: VezaPlatformSpec) -> str:
     return f"{platform}-migrate-{version}"
 
 
-def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, args: list[str], replicas: int
+def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str, replicas: int
                  ) -> manifests.Workload:
+    """The API server (component "api") or the migration Job (component "migrate") of a platform."""
     return manifests.Workload(
-        owner=owner, name=name, component=API_COMPONENT, args=args, image=spec.image, replicas=replicas,
+        owner=owner, name=name, component=component, args=[component], image=spec.image, replicas=replicas,
         resources=spec.api.resources, env=wiring.worker_env(owner.name, owner.namespace, spec, API_COMPONENT),
-        selector=selector_labels(owner.name, API_COMPONENT, owner.name),
+        selector=selector_labels(owner.name, component, owner.name),
         service_account=f"{owner.name}-api", keys_secret=wiring.keys_secret_name(owner.name, spec),
         keys_items=(jwt_keys.PUBLIC_KEYS_FILE, jwt_keys.SIGNING_KEYS_FILE),
         metrics=spec.observability.metrics.enabled,
@@ -71,8 +72,8 @@ def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any
 
 def build_children(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any]]:
     labels = {PLATFORM_LABEL: owner.name}
-    api = api_workload(owner, spec, api_name(owner.name), [API_COMPONENT], spec.api.replicas)
-    migrate = api_workload(owner, spec, migration_job_name(owner.name, spec), ["migrate"], 1)
+    api = api_workload(owner, spec, api_name(owner.name), API_COMPONENT, spec.api.replicas)
+    migrate = api_workload(owner, spec, migration_job_name(owner.name, spec), "migrate", 1)
     config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(f"{owner.name}-config", owner, labels),
               "data": {"publicURL": wiring.public_url(spec), "issuer": wiring.public_url(spec),
                        "jwksURL": f"{wiring.public_url(spec)}/.well-known/jwks.json"}}
@@ -138,7 +139,7 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
         before = ready_reason(previous.get("conditions"))
         status["conditions"] = conditions(health, generation, previous.get("conditions"))
         if await ctx.report(key, status) and before != ("True" if health.ready else "False", health.reason):
-            post_event(body, health)
+            await post_event(ctx, body, health)
 
     try:
         spec = VezaPlatformSpec.model_validate(body.get("spec") or {})

@@ -95,7 +95,7 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
         status.update(extra)
         status["conditions"] = conditions(health, generation, (body.get("status") or {}).get("conditions"))
         if await ctx.report(key, status) and before != ("True" if health.ready else "False", health.reason):
-            post_event(body, health)
+            await post_event(ctx, body, health)
 
     try:
         spec: WorkerSpec = wk.spec_model.model_validate(raw_spec)  # type: ignore[assignment]

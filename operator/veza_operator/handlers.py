@@ -1,0 +1,159 @@
+"""kopf registrations: configuration, watches, probes. Thin by design.
+
+Every watch handler only records the object in the store and asks the
+reconciler for the custom resource it concerns; the work happens in the kind
+modules (`platform.py`, `chatroom.py`, `streamchannel.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from typing import Any
+
+import kopf
+
+from .chatroom import reconcile_chat_room
+from .controller import Context, Key, Reconciler, Store
+from .kube import KubeClient
+from .models import GROUP, VERSION
+from .naming import MANAGED_BY, OWNER_KIND, OWNER_NAME
+from .platform import reconcile_platform
+from .streamchannel import reconcile_stream_channel
+
+log = logging.getLogger("veza.operator")
+
+OWNER_RESOURCES = {"VezaPlatform": "vezaplatforms", "ChatRoom": "chatrooms", "StreamChannel": "streamchannels"}
+
+# What the operator creates and watches (only objects labelled as managed by it).
+CHILD_RESOURCES = [
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "serviceaccounts"),
+    ("", "v1", "configmaps"),
+    ("networking.k8s.io", "v1", "ingresses"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("batch", "v1", "jobs"),
+]
+
+
+class Runtime:
+    """The operator's state, kept in kopf's memo."""
+
+    def __init__(self, client: KubeClient, workers: int, resync_seconds: float) -> None:
+        self.store = Store()
+        self.ctx = Context(client=client, store=self.store)
+        self.reconciler = Reconciler(self.ctx, {
+            "VezaPlatform": reconcile_platform,
+            "ChatRoom": reconcile_chat_room,
+            "StreamChannel": reconcile_stream_channel,
+        }, workers=workers)
+        self.resync_seconds = resync_seconds
+        self.platform_generations: dict[Key, int] = {}
+        self.resync_task: asyncio.Task[None] | None = None
+
+    async def resync_forever(self) -> None:
+        """Reconcile everything now and then: a safety net, and a no-op when all is in order."""
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            for key in list(self.store.owners):
+                self.reconciler.request(key)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Watches can stall silently (kopf's most reported problem): bound them on both ends.
+    settings.watching.server_timeout = int(os.environ.get("VEZA_WATCH_SERVER_TIMEOUT", "270"))
+    settings.watching.client_timeout = settings.watching.server_timeout + 30
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    # Bounded concurrency of kopf's per-object workers.
+    settings.batching.worker_limit = 64
+    # Peering: one active replica; a replica killed without notice is forgotten after `lifetime`.
+    settings.peering.lifetime = int(os.environ.get("VEZA_PEERING_LIFETIME", "20"))
+    settings.peering.priority = random.randint(1, 1_000_000)
+    settings.peering.stealth = False
+    # Nothing in kopf's own persistence is used (no change handlers), but keep its marks in our domain.
+    settings.persistence.finalizer = "veza.io/finalizer"
+    settings.posting.level = logging.INFO
+
+    runtime = Runtime(
+        KubeClient.from_environment(),
+        workers=int(os.environ.get("VEZA_RECONCILE_WORKERS", "16")),
+        resync_seconds=float(os.environ.get("VEZA_RESYNC_SECONDS", "600")),
+    )
+    # The kubernetes client is synchronous: give its calls enough threads.
+    from concurrent.futures import ThreadPoolExecutor
+
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=runtime.reconciler.workers * 2))
+    runtime.reconciler.start()
+    runtime.resync_task = asyncio.create_task(runtime.resync_forever())
+    memo.runtime = runtime
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        if runtime.resync_task:
+            runtime.resync_task.cancel()
+        await runtime.reconciler.stop()
+
+
+@kopf.on.probe(id="reconcile_queue")
+def queue_depth(memo: kopf.Memo, **_: Any) -> int:
+    runtime: Runtime = memo.runtime
+    return len(runtime.reconciler.pending)
+
+
+def _owner_event(kind: str) -> Any:
+    async def handler(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime = memo.runtime
+        raw = dict(body)
+        key: Key = (kind, body.metadata.namespace or "", body.metadata.name or "")
+        if type == "DELETED":
+            runtime.store.owners.pop(key, None)
+        else:
+            runtime.store.put_owner(raw)
+            runtime.reconciler.request(key)
+        if kind == "VezaPlatform":
+            generation = body.metadata.get("generation", 0)
+            if runtime.platform_generations.get(key) != generation:
+                # A spec change (or a platform appearing) concerns every room and channel on it.
+                runtime.platform_generations[key] = generation
+                for other in ("ChatRoom", "StreamChannel"):
+                    for ref in runtime.store.referencing(other, key[1], key[2]):
+                        runtime.reconciler.request(ref)
+        elif type in (None, "ADDED", "DELETED"):
+            platform = ((raw.get("spec") or {}).get("platformRef") or {}).get("name")
+            if platform:  # the platform counts its rooms and channels
+                runtime.reconciler.request(("VezaPlatform", key[1], platform))
+
+    handler.__name__ = f"watch_{kind.lower()}"
+    return handler
+
+
+async def _child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    raw = dict(body)
+    if type == "DELETED":
+        runtime.store.children.pop((raw["kind"], body.metadata.namespace or "", body.metadata.name or ""), None)
+    else:
+        runtime.store.put_child(raw)
+    labels = body.metadata.labels
+    if labels.get(OWNER_KIND) and labels.get(OWNER_NAME):
+        runtime.reconciler.request((labels[OWNER_KIND], body.metadata.namespace or "", labels[OWNER_NAME]))
+
+
+def register() -> None:
+    for kind, plural in OWNER_RESOURCES.items():
+        kopf.on.event(GROUP, VERSION, plural, id=f"watch-{plural}")(_owner_event(kind))
+    for group, version, plural in CHILD_RESOURCES:
+        kopf.on.event(group, version, plural, labels=dict(MANAGED_BY), id=f"watch-{plural}")(_child_event)
+
+
+register()
