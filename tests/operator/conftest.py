@@ -168,8 +168,8 @@ def wait_condition(kube: KubeCluster, resource: str, name: str, ns: str, *, stat
         return wait_for(check, timeout=timeout, message=f"{resource}/{name} Ready={status} {reason or ''}")
     except TimeoutError:
         obj = kube.get(resource, name, ns)
-        raise AssertionError(f"{resource}/{name} status: {json.dumps((obj or {}).get('status'), indent=1)}")
-    return None  # pragma: no cover
+        status = json.dumps((obj or {}).get("status"), indent=1)
+        raise AssertionError(f"{resource}/{name} did not reach the condition; status: {status}") from None
 
 
 def writes_by(kube: KubeCluster, user: str, since: int) -> list[dict[str, Any]]:
