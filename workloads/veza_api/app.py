@@ -18,7 +18,7 @@ from veza_core.ratelimit import RateLimiter
 from veza_core.storage import ObjectStore
 from veza_core.web import add_readiness_check, create_app
 
-from . import accounts, audit, magiclinks, moderation, oidc, rooms, tokens, tracks, users
+from . import accounts, audit, magiclinks, moderation, oidc, openapi, rooms, tokens, tracks, users
 from .context import API, Api
 from .mail import Mailer
 from .middleware import MIDDLEWARES
@@ -33,6 +33,7 @@ log = logging.getLogger("veza.api")
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/.well-known/jwks.json", tokens.jwks)
+    r.add_get(f"{PREFIX}/openapi.json", openapi.serve)
     r.add_post(f"{PREFIX}/auth/register", accounts.register)
     r.add_post(f"{PREFIX}/auth/login", accounts.login)
     r.add_post(f"{PREFIX}/auth/refresh", accounts.refresh)
