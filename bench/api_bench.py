@@ -1,0 +1,223 @@
+"""API benchmark: logins/s, token verifications/s, authenticated GET p99 vs the same GET without auth.
+
+    .venv/bin/python bench/api_bench.py [--seconds 8] [--concurrency 32]
+
+Starts PostgreSQL, Redis and S3 on loopback, `veza api` as its own process (so
+the load generator does not share its event loop), then measures:
+
+- logins/s with the production argon2id cost (19 MiB, 2 passes, 1 lane: OWASP's
+  minimum; ~tens of ms per hash, so one core serves a few dozen logins/s, which
+  is the point: an offline guesser pays the same per guess);
+- token verifications/s of `veza_core.auth.TokenVerifier` (EdDSA), in process;
+- GET /api/v1/rooms p50/p99 under concurrent load with a bearer token (verify,
+  revocation check in Redis, per-user rate limit) and without one, alternated
+  in the same run; the ratio is the cost of authentication.
+
+Progress goes to stderr; the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from veza_core.auth import AUDIENCE_API, TokenIssuer, TokenVerifier
+from veza_core.db import migrate
+from veza_core.keys import KeySet, generate_signing_key, secret_data
+from veza_local.services import PostgresService, RedisService, S3Service, free_port
+
+PASSWORD = "correct horse battery staple"
+
+
+def log(message: str) -> None:
+    print(f"[api_bench] {message}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def wait_ready(base: str, deadline: float = 60) -> None:
+    end = time.monotonic() + deadline
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < end:
+            try:
+                async with session.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("veza api did not become ready")
+
+
+async def logins(base: str, emails: list[str], seconds: float, concurrency: int) -> dict[str, float]:
+    done: list[float] = []
+    end = time.monotonic() + seconds
+
+    async def worker(i: int, session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            async with session.post(f"{base}/api/v1/auth/login",
+                                    json={"email": emails[i % len(emails)], "password": PASSWORD}) as resp:
+                await resp.read()
+                assert resp.status == 200, resp.status
+            done.append(time.perf_counter() - started)
+
+    began = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*[worker(i, session) for i in range(concurrency)])
+    elapsed = time.monotonic() - began
+    return {"logins_per_s": round(len(done) / elapsed, 1), "login_p50_ms": round(pct(done, 0.5) * 1000, 1),
+            "login_p99_ms": round(pct(done, 0.99) * 1000, 1)}
+
+
+async def get_load(base: str, token: str | None, seconds: float, concurrency: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    end = time.monotonic() + seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            async with session.get(f"{base}/api/v1/rooms", headers=headers) as resp:
+                await resp.read()
+                assert resp.status == 200, resp.status
+            latencies.append(time.perf_counter() - started)
+
+    began = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*[worker(session) for _ in range(concurrency)])
+    return latencies, time.monotonic() - began
+
+
+def verifications(keys: KeySet, seconds: float) -> float:
+    token = TokenIssuer(keys, issuer="https://bench.veza").issue("u1", audience=AUDIENCE_API, roles=["admin"],
+                                                                 sid="s1")
+    verifier = TokenVerifier(keys, issuer="https://bench.veza", audience=AUDIENCE_API)
+    count, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(200):
+            verifier.verify(token)
+        count += 200
+    return count / seconds
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="veza-api-bench-") as tmp:
+        base_dir = Path(tmp)
+        services = [PostgresService(base_dir / "pg"), RedisService(base_dir / "redis"), S3Service(base_dir / "s3")]
+        for service in services:
+            log(f"starting {service.name}")
+            service.start()
+        postgres, redis, s3 = services
+        api: subprocess.Popen[bytes] | None = None
+        try:
+            assert isinstance(postgres, PostgresService) and isinstance(s3, S3Service)
+            await migrate(postgres.url)
+            keys_dir = base_dir / "keys"
+            keys_dir.mkdir()
+            signing = [generate_signing_key()]
+            for name, text in secret_data(signing).items():
+                (keys_dir / name).write_text(text)
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            env = {**os.environ, "VEZA_DATABASE_URL": postgres.url, "VEZA_REDIS_URL": redis.url,
+                   "VEZA_S3_ENDPOINT": s3.url, "AWS_ACCESS_KEY_ID": s3.access_key,
+                   "AWS_SECRET_ACCESS_KEY": s3.secret_key, "VEZA_JWT_KEYS_DIR": str(keys_dir),
+                   "VEZA_JWT_ISSUER": "https://bench.veza", "VEZA_HTTP_HOST": "127.0.0.1", "VEZA_HTTP_PORT": str(port),
+                   "VEZA_BOOTSTRAP_ADMIN_EMAIL": "root@bench.veza", "VEZA_LOG_LEVEL": "WARNING",
+                   # Measure the work, not the limits.
+                   "VEZA_RATE_LOGIN_PER_MINUTE": "1000000", "VEZA_RATE_LOGIN_BURST": "1000000",
+                   "VEZA_RATE_IP_PER_SECOND": "1000000", "VEZA_RATE_IP_BURST": "1000000",
+                   "VEZA_RATE_USER_PER_SECOND": "1000000", "VEZA_RATE_USER_BURST": "1000000"}
+            log("starting veza api")
+            api = subprocess.Popen([sys.executable, "-m", "veza_cli.main", "api"], env=env,
+                                   stdout=subprocess.DEVNULL)
+            await wait_ready(base)
+
+            async with aiohttp.ClientSession() as session:
+                emails = [f"user{i}@bench.veza" for i in range(8)]
+                for email in ["root@bench.veza", *emails]:
+                    async with session.post(f"{base}/api/v1/auth/register",
+                                            json={"email": email, "password": PASSWORD, "display_name": "B"}) as r:
+                        assert r.status == 201, await r.text()
+                async with session.post(f"{base}/api/v1/auth/login",
+                                        json={"email": "root@bench.veza", "password": PASSWORD}) as r:
+                    admin = (await r.json())["access_token"]
+                for i in range(20):
+                    async with session.put(f"{base}/api/v1/admin/rooms/room-{i}", json={"title": f"Room {i}"},
+                                           headers={"Authorization": f"Bearer {admin}"}) as r:
+                        assert r.status == 201
+                async with session.post(f"{base}/api/v1/auth/login",
+                                        json={"email": emails[0], "password": PASSWORD}) as r:
+                    user_token = (await r.json())["access_token"]
+
+            log(f"logins for {args.seconds} s (argon2id m=19 MiB t=2 p=1)")
+            login_figures = await logins(base, emails, args.seconds, concurrency=4)
+            log(f"  {login_figures}")
+
+            log("token verifications (in process)")
+            verify_rate = verifications(KeySet.from_private_keys(signing), 2.0)
+            log(f"  {verify_rate:.0f}/s")
+
+            log(f"GET /api/v1/rooms, {args.concurrency} concurrent, auth and no auth alternated")
+            await get_load(base, None, 1.0, args.concurrency)  # warm-up
+            phases: dict[str, list[float]] = {"auth": [], "anon": []}
+            elapsed: dict[str, float] = {"auth": 0.0, "anon": 0.0}
+            for _ in range(3):
+                for name, token in (("anon", None), ("auth", user_token)):
+                    lat, took = await get_load(base, token, args.seconds / 3, args.concurrency)
+                    phases[name] += lat
+                    elapsed[name] += took
+                    log(f"  {name}: {len(lat) / took:.0f} req/s, p99 {pct(lat, 0.99) * 1000:.1f} ms")
+        finally:
+            if api is not None:
+                api.terminate()
+                try:
+                    api.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    api.kill()
+            for service in reversed(services):
+                service.stop()
+
+    auth, anon = phases["auth"], phases["anon"]
+    return {
+        "bench": "api",
+        "argon2": {"type": "argon2id", "memory_kib": 19456, "time_cost": 2, "parallelism": 1,
+                   "why": "OWASP minimum for argon2id; each guess costs an attacker 19 MiB and ~tens of ms"},
+        **login_figures,
+        "token_verifications_per_s": round(verify_rate),
+        "get_concurrency": args.concurrency,
+        "get_auth_rps": round(len(auth) / elapsed["auth"]),
+        "get_anon_rps": round(len(anon) / elapsed["anon"]),
+        "get_auth_p50_ms": round(statistics.median(auth) * 1000, 2),
+        "get_anon_p50_ms": round(statistics.median(anon) * 1000, 2),
+        "get_auth_p99_ms": round(pct(auth, 0.99) * 1000, 2),
+        "get_anon_p99_ms": round(pct(anon, 0.99) * 1000, 2),
+        "auth_p99_ratio": round(pct(auth, 0.99) / pct(anon, 0.99), 2),
+        "auth_p50_ratio": round(statistics.median(auth) / statistics.median(anon), 2),
+        # These machines are shared: a high load average means noisy absolute figures.
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured phase")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent GET requests")
+    figures = asyncio.run(main(parser.parse_args()))
+    print(json.dumps(figures))
