@@ -1,0 +1,65 @@
+"""Two operator replicas with one peering name: one is active; when it dies, the other takes over."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.operator.conftest import OperatorProcess, connections_secret, platform, room, wait_condition
+from tests.support.kube import KubeCluster
+from veza_local.controlplane import wait_for
+
+pytestmark = pytest.mark.kube
+
+
+@pytest.fixture
+def solo_cluster(operator: OperatorProcess) -> Iterator[None]:
+    """The shared operator steps aside while this test runs its own replicas, then comes back."""
+    operator.stop()
+    yield
+    operator.start()
+
+
+def active_identities(kube: KubeCluster) -> dict[str, int]:
+    peering = kube.get("clusterkopfpeering", "veza") or {}
+    return {ident: info.get("priority", 0) for ident, info in (peering.get("status") or {}).items() if info}
+
+
+def reconciles(replica: OperatorProcess) -> float:
+    total = 0.0
+    for line in replica.metrics().splitlines():
+        if line.startswith("veza_operator_reconciles_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_failover_to_the_standby_replica(kube: KubeCluster, operator_install: Path, tmp_path: Path,
+                                         solo_cluster: None) -> None:
+    # POD_ID names a replica in the peering records (the chart sets it from the pod name).
+    first = OperatorProcess(operator_install, tmp_path / "a.log", extra_env={"POD_ID": "replica-a"}).start()
+    second = OperatorProcess(operator_install, tmp_path / "b.log", extra_env={"POD_ID": "replica-b"}).start()
+    try:
+        wait_for(lambda: len(active_identities(kube)) >= 2, timeout=30, message="both replicas keep peering")
+        ns = kube.create_namespace("peer")
+        kube.apply(connections_secret(ns), platform(ns), room(ns, "before"))
+        wait_condition(kube, "chatroom", "before", ns)
+
+        # The replica with the highest priority is the active one: kill it without notice.
+        peers = active_identities(kube)
+        top = max(peers, key=lambda ident: peers[ident])
+        victim, survivor = (first, second) if top == "replica-a" else (second, first)
+        assert reconciles(victim) > 0, "the active replica did the work"
+        assert reconciles(survivor) == 0, "the standby stayed paused"
+        victim.stop(signal.SIGKILL)
+
+        kube.apply(room(ns, "after"))
+        # The survivor resumes once the dead replica's keep-alive expires (VEZA_PEERING_LIFETIME=6 s).
+        wait_condition(kube, "chatroom", "after", ns, timeout=45)
+        assert survivor.alive() and reconciles(survivor) > 0
+        kube.delete_namespace(ns)
+    finally:
+        first.stop()
+        second.stop()
