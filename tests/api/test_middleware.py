@@ -41,6 +41,10 @@ async def test_per_ip_and_per_user_request_limits(make_api: ServerFactory) -> No
     # The per-user bucket follows the account across addresses.
     moved = Client(server.client.base, server.client.session, tokens["access_token"])
     assert (await moved.get("/api/v1/me")).status == 429
+    # Guessing tokens is limited per address like anything else.
+    guesser = Client(server.client.base, server.client.session, "not-a-token")
+    guesses = [(await guesser.get("/api/v1/me")).status for _ in range(6)]
+    assert guesses[:5] == [401] * 5 and guesses[5] == 429
 
 
 async def test_cors_allows_configured_origins_only(client: Client, api_server: ApiServer) -> None:

@@ -1,5 +1,6 @@
 """The API's request pipeline, after the shared `observe` (request ids, JSON access
-logs, metrics): CORS → errors → body size → authentication → rate limits.
+logs, metrics): CORS → errors → body size → per-IP rate limit → authentication →
+per-user rate limit.
 """
 
 from __future__ import annotations
@@ -102,17 +103,25 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 @web.middleware
-async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token buckets in Redis per client IP and, for authenticated calls, per user."""
-    if not request.path.startswith("/api/"):
-        return await handler(request)
-    ctx = api(request)
-    s = ctx.settings
-    decision = await ctx.limiter.hit(f"ip:{client_ip(request)}", rate=s.rate_ip_per_second, burst=s.rate_ip_burst)
-    if not decision.allowed:
-        raise too_many(decision, "requests from this address")
+async def limit_ip(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Token bucket in Redis per client IP; before authentication, so guessing tokens costs too."""
+    if request.path.startswith("/api/"):
+        ctx = api(request)
+        s = ctx.settings
+        decision = await ctx.limiter.hit(f"ip:{client_ip(request)}", rate=s.rate_ip_per_second,
+                                         burst=s.rate_ip_burst)
+        if not decision.allowed:
+            raise too_many(decision, "requests from this address")
+    return await handler(request)
+
+
+@web.middleware
+async def limit_user(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Token bucket per authenticated user, wherever their requests come from."""
     who = request.get(REQUEST_PRINCIPAL)
     if who is not None:
+        ctx = api(request)
+        s = ctx.settings
         decision = await ctx.limiter.hit(f"user:{who.subject}", rate=s.rate_user_per_second,
                                          burst=s.rate_user_burst)
         if not decision.allowed:
@@ -121,4 +130,4 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 # cors outermost, so error answers carry CORS headers too and browsers can read them.
-MIDDLEWARES = [cors, errors, body_limit, authenticate, rate_limit]
+MIDDLEWARES = [cors, errors, body_limit, limit_ip, authenticate, limit_user]
