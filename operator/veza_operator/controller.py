@@ -19,11 +19,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Gauge, Histogram
 
 from .conditions import Health, same_status
-from .kube import KubeClient, is_subset
+from .kube import ApiError, KubeClient, is_subset
 from .naming import OWNER_KIND, OWNER_NAME
 
 log = logging.getLogger("veza.operator")
@@ -44,6 +43,20 @@ def _slim(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": meta}
 
 
+def _older(new: dict[str, Any], current: dict[str, Any] | None) -> bool:
+    """Whether `new` is an older version than `current`.
+
+    resourceVersions are opaque by contract but are etcd revisions in practice; when
+    they are not numbers we cannot tell and take the newer arrival.
+    """
+    if current is None:
+        return False
+    try:
+        return int(new["metadata"]["resourceVersion"]) < int(current["metadata"]["resourceVersion"])
+    except (KeyError, ValueError):
+        return False
+
+
 @dataclass
 class Store:
     """The latest body of every custom resource and every child, by (kind, namespace, name)."""
@@ -58,7 +71,10 @@ class Store:
 
     def put_child(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
-        self.children[(body["kind"], meta["namespace"], meta["name"])] = _slim(body)
+        key = (body["kind"], meta["namespace"], meta["name"])
+        if _older(body, self.children.get(key)):
+            return  # a watch event still on its way when our own write's answer arrived
+        self.children[key] = _slim(body)
 
     def owned_by(self, owner: Key) -> list[dict[str, Any]]:
         kind, namespace, name = owner
@@ -195,7 +211,7 @@ class Reconciler:
                     await self.handlers[key[0]](self.ctx, key)
             except asyncio.CancelledError:
                 raise
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == 403 and "being terminated" in str(exc.body):
                     self.failures.pop(key, None)  # its namespace is going away: nothing left to do
                 else:

@@ -82,14 +82,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO
 
     runtime = Runtime(
-        KubeClient.from_environment(),
+        KubeClient(settings),
         workers=int(os.environ.get("VEZA_RECONCILE_WORKERS", "16")),
         resync_seconds=float(os.environ.get("VEZA_RESYNC_SECONDS", "600")),
     )
-    # The kubernetes client is synchronous: give its calls enough threads.
-    from concurrent.futures import ThreadPoolExecutor
-
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=runtime.reconciler.workers * 2))
     runtime.reconciler.start()
     runtime.resync_task = asyncio.create_task(runtime.resync_forever())
     memo.runtime = runtime
@@ -102,6 +98,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         if runtime.resync_task:
             runtime.resync_task.cancel()
         await runtime.reconciler.stop()
+        await runtime.ctx.client.close()
 
 
 @kopf.on.probe(id="reconcile_queue")

@@ -1,23 +1,24 @@
-"""The operator's few API calls: server-side apply, create-once, status patch, get.
+"""The operator's few API calls: server-side apply, create-once, status patch, get, delete, events.
 
-The `kubernetes` client is synchronous; every call here runs in a worker thread
-(`asyncio.to_thread`) so a slow request never stalls the event loop. Responses
-are read as raw JSON: the client's model deserialisation costs more than the
-request on small objects.
+An asyncio client (aiohttp) authenticated the way kopf itself logs in (in-cluster
+ServiceAccount, else kubeconfig). The operator deliberately does not use the
+`kubernetes` package: it is synchronous (every call would need a thread) and
+importing its models costs ~60 MB of memory per process.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
+import ssl
+import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import kubernetes
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
-from kubernetes.utils.quantity import parse_quantity
+import aiohttp
+import kopf
 
 from .models import GROUP, VERSION
 from .naming import FIELD_MANAGER
@@ -41,19 +42,63 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 
-class KubeClient:
-    def __init__(self, api: ApiClient) -> None:
-        self.api = api
+@dataclass
+class ApiError(Exception):
+    status: int
+    body: str
 
-    @classmethod
-    def from_environment(cls, pool_size: int = 32) -> KubeClient:
-        try:
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
-        config = kubernetes.client.Configuration.get_default_copy()
-        config.connection_pool_maxsize = pool_size
-        return cls(ApiClient(config))
+    def __str__(self) -> str:
+        return f"API error {self.status}: {self.body[:500]}"
+
+
+def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no in-cluster ServiceAccount and no kubeconfig found")
+    return info
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    ctx = ssl.create_default_context(cafile=info.ca_path)
+    if info.ca_data:
+        ctx.load_verify_locations(cadata=base64.b64decode(info.ca_data).decode())
+    cert, key = info.certificate_path, info.private_key_path
+    if info.certificate_data and info.private_key_data:  # ssl wants files: write them privately
+        with tempfile.NamedTemporaryFile("wb", delete=False, suffix=".crt") as c, \
+                tempfile.NamedTemporaryFile("wb", delete=False, suffix=".key") as k:
+            c.write(base64.b64decode(info.certificate_data))
+            k.write(base64.b64decode(info.private_key_data))
+        cert, key = c.name, k.name
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class KubeClient:
+    def __init__(self, settings: kopf.OperatorSettings, *, pool_size: int = 32) -> None:
+        self.settings = settings
+        self.pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+        self._info: kopf.ConnectionInfo | None = None
+
+    def _connect(self) -> aiohttp.ClientSession:
+        self._info = _login(self.settings)
+        headers = {"Accept": "application/json", "User-Agent": "veza-operator"}
+        auth = None
+        if self._info.token:
+            headers["Authorization"] = f"Bearer {self._info.token}"
+        elif self._info.username and self._info.password:
+            auth = aiohttp.BasicAuth(self._info.username, self._info.password)
+        connector = aiohttp.TCPConnector(limit=self.pool_size, ssl=_ssl_context(self._info))
+        return aiohttp.ClientSession(base_url=self._info.server, headers=headers, auth=auth, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=30), json_serialize=json.dumps)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _path(self, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
         prefix, plural = KINDS[kind]
@@ -64,32 +109,36 @@ class KubeClient:
             path += f"/{sub}"
         return path
 
-    def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-              query: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-        response = self.api.call_api(
-            path, method, query_params=query or [], header_params={
-                "Content-Type": content_type, "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30,
-        )
-        data = response[0].data if isinstance(response, tuple) else response.data
-        return json.loads(data) if data else {}
+    async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                    params: dict[str, str] | None = None) -> dict[str, Any]:
+        for attempt in (1, 2):
+            if self._session is None:
+                self._session = self._connect()
+            data = None if body is None else json.dumps(body)
+            async with self._session.request(method, path.lstrip("/"), data=data, params=params,
+                                             headers={"Content-Type": content_type}) as resp:
+                text = await resp.text()
+                if resp.status == 401 and attempt == 1:
+                    # The ServiceAccount token was rotated under us: log in again, once.
+                    await self.close()
+                    continue
+                if resp.status >= 400:
+                    raise ApiError(resp.status, text)
+                return json.loads(text) if text else {}
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    # -- calls, each in a thread ------------------------------------------------------
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's field manager (conflicts forced: we own these fields)."""
         meta = manifest["metadata"]
-        path = self._path(manifest["kind"], meta["namespace"], meta["name"])
-        return await asyncio.to_thread(
-            self._call, "PATCH", path, manifest, "application/apply-patch+yaml",
-            [("fieldManager", FIELD_MANAGER), ("force", "true")])
+        return await self._call("PATCH", self._path(manifest["kind"], meta["namespace"], meta["name"]), manifest,
+                                "application/apply-patch+yaml", {"fieldManager": FIELD_MANAGER, "force": "true"})
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create the object unless it exists; True when this call created it."""
-        path = self._path(manifest["kind"], manifest["metadata"]["namespace"])
         try:
-            await asyncio.to_thread(self._call, "POST", path, manifest, "application/json",
-                                    [("fieldManager", FIELD_MANAGER)])
-        except ApiException as exc:
+            await self._call("POST", self._path(manifest["kind"], manifest["metadata"]["namespace"]), manifest,
+                             params={"fieldManager": FIELD_MANAGER})
+        except ApiError as exc:
             if exc.status == 409:
                 return False
             raise
@@ -97,17 +146,16 @@ class KubeClient:
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await asyncio.to_thread(self._call, "GET", self._path(kind, namespace, name))
-        except ApiException as exc:
+            return await self._call("GET", self._path(kind, namespace, name))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         try:
-            await asyncio.to_thread(self._call, "DELETE", self._path(kind, namespace, name), {
-                "propagationPolicy": "Background"})
-        except ApiException as exc:
+            await self._call("DELETE", self._path(kind, namespace, name), {"propagationPolicy": "Background"})
+        except ApiError as exc:
             if exc.status != 404:
                 raise
 
@@ -123,13 +171,13 @@ class KubeClient:
             "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
-        await asyncio.to_thread(self._call, "POST", self._path("Event", meta["namespace"]), event)
+        await self._call("POST", self._path("Event", meta["namespace"]), event)
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(self._call, "PATCH", self._path(kind, namespace, name, "status"),
-                                    {"status": status}, "application/merge-patch+json")
-        except ApiException as exc:
+            await self._call("PATCH", self._path(kind, namespace, name, "status"), {"status": status},
+                             "application/merge-patch+json")
+        except ApiError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
 
@@ -162,9 +210,25 @@ def is_subset(desired: Any, observed: Any) -> bool:
     return False
 
 
+_SUFFIXES: dict[str, Decimal] = {
+    "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15),
+    "E": Decimal(10**18)}
+
+
+def parse_quantity(text: str) -> Decimal:
+    """A Kubernetes resource quantity ("500m", "1Gi", "2k", "1e3") as a number."""
+    text = text.strip()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return Decimal(text[: -len(suffix)]) * _SUFFIXES[suffix]
+    return Decimal(text)
+
+
 def _same_quantity(a: str, b: str) -> bool:
     try:
-        return bool(parse_quantity(a) == parse_quantity(b))
-    except (ValueError, InvalidOperation, TypeError):
+        return parse_quantity(a) == parse_quantity(b)
+    except (ValueError, InvalidOperation):
         return False
 

@@ -1,0 +1,497 @@
+"""Chat benchmark: `veza chat` against a bare aiohttp broadcast server under the same client load.
+
+    .venv/bin/python bench/chat_bench.py            # ~3-4 minutes; progress on stderr
+    .venv/bin/python bench/chat_bench.py --quick    # smaller, for a smoke run
+
+Starts PostgreSQL, NATS and Redis locally (veza_local.services), then for 1k and 5k sockets in
+one room spread over two server processes: the bare baseline (two aiohttp processes that
+broadcast what they receive, no auth, no storage; each message is sent to both), then two
+`veza chat` workers (auth, group commit to PostgreSQL, fan-out over NATS, Redis rate limits).
+Then durable sends per second in one room (pipelined sends on four sockets over two workers,
+counted by acks, checked against PostgreSQL). The last stdout line is one JSON object.
+
+The load generator is raw asyncio (hand-parsed WebSocket frames, only a few probe sockets decode
+JSON) so it costs less per delivery than the servers; its CPU is reported next to theirs.
+Deliveries per worker core = deliveries / CPU seconds the server processes used in the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "workloads")]
+
+from veza_core.auth import TokenIssuer  # noqa: E402
+from veza_core.keys import KeySet, generate_signing_key, secret_data  # noqa: E402
+from veza_local.services import NatsService, PostgresService, RedisService, free_port  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def say(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# -- the bare baseline server ------------------------------------------------------------------
+
+def bare_server(port: int) -> None:
+    from aiohttp import WSMsgType, web
+
+    clients: set[web.WebSocketResponse] = set()
+    seq = 0
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal seq
+        ws = web.WebSocketResponse(protocols=("veza.chat.v1",))
+        await ws.prepare(request)
+        clients.add(ws)
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                frame = json.loads(msg.data)
+                if frame.get("type") == "send":
+                    seq += 1
+                    data = json.dumps({"type": "event", "seq": seq, "kind": "message", "id": secrets.token_hex(8),
+                                       "author": {"id": "u", "name": "U"}, "ts": int(time.time() * 1000),
+                                       "text": frame["text"]}, separators=(",", ":"))
+                    for c in list(clients):
+                        try:
+                            await c.send_str(data)
+                        except Exception:  # noqa: S112 - a client went away
+                            continue
+        finally:
+            clients.discard(ws)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/chat/{room}/ws", ws_handler)
+    async def readyz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ready"})
+
+    app.router.add_get("/readyz", readyz)
+    web.run_app(app, host="127.0.0.1", port=port, print=lambda *_: None, access_log=None)
+
+
+# -- a cheap WebSocket client --------------------------------------------------------------------
+
+def client_frame(payload: bytes) -> bytes:
+    """A masked text frame (mask key 0: the payload goes as is)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x81, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x81, 0xFF]) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.events = 0
+        self.latencies: list[float] = []
+        self.ack_latencies: list[float] = []
+        self.acks = 0
+        self.sent_at: dict[str, float] = {}
+        self.counting = False
+
+
+class WsClient(asyncio.Protocol):
+    def __init__(self, stats: Stats, *, probe: bool = False, sender: bool = False) -> None:
+        self.stats = stats
+        self.probe = probe
+        self.sender = sender
+        self.buf = bytearray()
+        self.open = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed during the handshake"))
+        self.open = False
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if b" 101 " not in buf[:16]:
+                self.ready.set_exception(ConnectionError(bytes(buf[:200]).decode(errors="replace")))
+                return
+            del buf[:end + 4]
+            self.open = True
+            self.ready.set_result(None)
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            if n - pos < head + length:
+                break
+            opcode = buf[pos] & 0x0F
+            start = pos + head
+            if opcode == 1:
+                self.on_text(buf, start, start + length)
+            elif opcode == 9 and self.transport is not None:
+                self.transport.write(bytes([0x8A, 0x80]) + b"\0\0\0\0")
+            pos = start + length
+        del buf[:pos]
+
+    def on_text(self, buf: bytearray, start: int, end: int) -> None:
+        stats = self.stats
+        if buf.startswith(b'{"type":"event"', start):
+            if stats.counting:
+                stats.events += 1
+                if self.probe:
+                    text = json.loads(bytes(buf[start:end]))["text"]
+                    stats.latencies.append(time.time() - float(text.split("|", 1)[0]))
+        elif self.sender and buf.startswith(b'{"type":"ack"', start):
+            cid = json.loads(bytes(buf[start:end]))["cid"]
+            sent = stats.sent_at.pop(cid, None)
+            stats.acks += 1
+            if sent is not None and stats.counting:
+                stats.ack_latencies.append(time.time() - sent)
+
+    def send(self, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(client_frame(payload))
+
+
+async def ws_connect(port: int, path: str, token: str | None, stats: Stats, **kind: bool) -> WsClient:
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_connection(lambda: WsClient(stats, **kind), "127.0.0.1", port)
+    key = base64.b64encode(secrets.token_bytes(16)).decode()
+    protocols = "veza.chat.v1" + (f", bearer.{token}" if token else "")
+    assert proto.transport is not None
+    proto.transport.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                           f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode())
+    await asyncio.wait_for(proto.ready, 30)
+    return proto
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on {port} exited with {proc.returncode}")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
+            line = await reader.readline()
+            writer.close()
+            if b" 200 " in line:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"server on {port} not ready")
+
+
+class Servers:
+    def __init__(self, procs: list[subprocess.Popen[bytes]], ports: list[int]) -> None:
+        self.procs = procs
+        self.ports = ports
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def rss(self) -> int:
+        return sum(rss_bytes(p.pid) for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def start_bare(n: int = 2) -> Servers:
+    ports = [free_port() for _ in range(n)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--bare-server", str(port)], stdin=subprocess.DEVNULL)
+             for port in ports]
+    for port, proc in zip(ports, procs, strict=True):
+        await wait_ready(port, proc)
+    return Servers(procs, ports)
+
+
+async def start_veza(env: dict[str, str], room: str, n: int = 2, log_dir: Path | None = None) -> Servers:
+    ports = [free_port() for _ in range(n)]
+    procs = []
+    for i, port in enumerate(ports):
+        log = open((log_dir or Path(tempfile.gettempdir())) / f"chat-{room}-{i}.log", "ab")  # noqa: SIM115
+        profile = os.environ.get("CHAT_BENCH_PROFILE_DIR")  # cProfile the workers (for development)
+        prefix = ["-m", "cProfile", "-o", f"{profile}/{room}-{i}.prof"] if profile else []
+        procs.append(subprocess.Popen(
+            [sys.executable, *prefix, "-m", "veza_cli.main", "chat"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            env={**os.environ, **env, "VEZA_RESOURCE_NAME": room, "VEZA_HTTP_HOST": "127.0.0.1",
+                 "VEZA_HTTP_PORT": str(port)}))
+        log.close()
+    for port, proc in zip(ports, procs, strict=True):
+        await wait_ready(port, proc)
+    return Servers(procs, ports)
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2)
+
+
+async def fanout_run(servers: Servers, room: str, sockets: int, rate: float, seconds: float,
+                     tokens: list[str] | None, *, bare: bool) -> dict[str, Any]:
+    stats = Stats()
+    path = f"/chat/{room}/ws"
+    rss0 = servers.rss()
+    clients: list[WsClient] = []
+    gate = asyncio.Semaphore(100)
+
+    async def one(i: int) -> None:
+        async with gate:
+            port = servers.ports[i % len(servers.ports)]
+            clients.append(await ws_connect(port, path, tokens[i] if tokens else None, stats, probe=i < 100))
+
+    started = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(sockets)))
+    say(f"  {sockets} sockets connected in {time.monotonic() - started:.1f} s")
+    senders = [await ws_connect(port, path, tokens[-1 - k] if tokens else None, stats, sender=True)
+               for k, port in enumerate(servers.ports)]
+    await asyncio.sleep(2.0)
+    rss1 = servers.rss()
+    loadgen0 = time.process_time()
+    cpu0 = servers.cpu()
+    stats.counting = True
+    t0 = time.monotonic()
+    total = int(rate * seconds)
+    for i in range(total):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        payload = json.dumps({"type": "send", "cid": str(i), "text": f"{time.time()!r}|m{i}"}).encode()
+        stats.sent_at[str(i)] = time.time()
+        if bare:
+            for s in senders:
+                s.send(payload)
+        else:
+            senders[i % len(senders)].send(payload)
+    expected = total * sockets
+    deadline = time.monotonic() + 15
+    while stats.events < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    cpu = servers.cpu() - cpu0
+    loadgen = time.process_time() - loadgen0
+    stats.counting = False
+    for c in [*clients, *senders]:
+        if c.transport is not None:
+            c.transport.close()
+    await asyncio.sleep(1.0)
+    result = {
+        "sockets": sockets, "messages": total, "offered_msgs_per_s": rate,
+        "deliveries": stats.events, "deliveries_expected": expected,
+        "deliveries_per_s": round(stats.events / elapsed),
+        "server_cpu_s": round(cpu, 2),
+        "deliveries_per_worker_core_s": round(stats.events / cpu) if cpu else None,
+        "send_to_deliver_ms": {"p50": pct(stats.latencies, 0.5), "p99": pct(stats.latencies, 0.99)},
+        "memory_per_connection_kb": round((rss1 - rss0) / sockets / 1024, 1),
+        "loadgen_cpu_us_per_delivery": round(loadgen / max(1, stats.events) * 1e6, 2),
+        "server_cpu_us_per_delivery": round(cpu / max(1, stats.events) * 1e6, 2),
+    }
+    if not bare:
+        result["ack_ms"] = {"p50": pct(stats.ack_latencies, 0.5), "p99": pct(stats.ack_latencies, 0.99)}
+    return result
+
+
+async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: float, window: int,
+                      per_worker: int, db_url: str) -> dict[str, Any]:
+    import asyncpg
+
+    stats = Stats()
+    path = f"/chat/{room}/ws"
+    senders = [await ws_connect(port, path, tokens[k * len(servers.ports) + j], stats, sender=True)
+               for k in range(per_worker) for j, port in enumerate(servers.ports)]
+    await asyncio.sleep(1.0)
+    stats.counting = True
+    cpu0 = servers.cpu()
+    t0 = time.monotonic()
+    counter = 0
+    inflight = [0] * len(senders)
+    acked_by: list[int] = [0] * len(senders)
+
+    # Each socket keeps `window` sends in flight: a new one for every ack.
+    def pump() -> None:
+        nonlocal counter
+        for k, s in enumerate(senders):
+            while inflight[k] - acked_by[k] < window:
+                cid = f"{k}-{counter}"
+                counter += 1
+                stats.sent_at[cid] = time.time()
+                s.send(json.dumps({"type": "send", "cid": cid, "text": f"{time.time()!r}|durable"}).encode())
+                inflight[k] += 1
+
+    original = WsClient.on_text
+
+    def on_text(self: WsClient, buf: bytearray, start: int, end: int) -> None:
+        if self.sender and buf.startswith(b'{"type":"ack"', start):
+            acked_by[senders.index(self)] += 1
+        original(self, buf, start, end)
+
+    WsClient.on_text = on_text  # type: ignore[method-assign]
+    try:
+        while time.monotonic() - t0 < seconds:
+            pump()
+            await asyncio.sleep(0.002)
+        acks_in_window = stats.acks
+        elapsed = time.monotonic() - t0
+        cpu = servers.cpu() - cpu0
+        deadline = time.monotonic() + 15
+        while stats.acks < sum(inflight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        WsClient.on_text = original  # type: ignore[method-assign]
+    for s in senders:
+        if s.transport is not None:
+            s.transport.close()
+    conn = await asyncpg.connect(db_url)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM chat_events WHERE room = $1", room)
+        last = await conn.fetchval("SELECT last_seq FROM chat_rooms WHERE room = $1", room)
+    finally:
+        await conn.close()
+    return {"sockets": len(senders), "window_per_socket": window,
+            "durable_msgs_per_s": round(acks_in_window / elapsed), "acked": stats.acks, "sent": sum(inflight),
+            "stored": stored, "last_seq": last, "server_cpu_s": round(cpu, 2),
+            "ack_ms": {"p50": pct(stats.ack_latencies, 0.5), "p99": pct(stats.ack_latencies, 0.99)}}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    say(f"services in {work}")
+    pg, nats, redis = PostgresService(work), NatsService(work), RedisService(work)
+    for svc in (pg, nats, redis):
+        svc.start()
+    key = generate_signing_key()
+    keys_dir = work / "keys"
+    keys_dir.mkdir()
+    for name, content in secret_data([key]).items():
+        (keys_dir / name).write_text(content)
+    issuer = TokenIssuer(KeySet.from_private_keys([key]), issuer="https://bench.veza")
+    env = {"VEZA_PLATFORM": "bench", "VEZA_DATABASE_URL": pg.url, "VEZA_NATS_URL": nats.url,
+           "VEZA_REDIS_URL": redis.url, "VEZA_JWT_ISSUER": "https://bench.veza", "VEZA_JWT_KEYS_DIR": str(keys_dir),
+           "VEZA_LOG_LEVEL": "WARNING",
+           "VEZA_RESOURCE_SPEC": json.dumps({"limits": {"messagesPerMinute": 1e9, "maxMembers": 100000}})}
+    results: dict[str, Any] = {"bench": "chat", "cpus": os.cpu_count()}
+    try:
+        for sockets, rate in args.loads:
+            label = f"{sockets // 1000}k" if sockets >= 1000 else str(sockets)
+            tokens = [issuer.issue(f"u{i}", audience="veza-chat", ttl=3600, name=f"user {i}")
+                      for i in range(sockets + 2)]
+            say(f"[{label}] bare aiohttp broadcast, {sockets} sockets, {rate} msg/s for {args.seconds} s")
+            bare = await start_bare()
+            try:
+                b = await fanout_run(bare, "bench", sockets, rate, args.seconds, None, bare=True)
+            finally:
+                bare.stop()
+            say(f"  {b}")
+            room = f"fan{label}"
+            say(f"[{label}] veza chat, 2 workers")
+            veza = await start_veza(env, room, log_dir=work)
+            try:
+                v = await fanout_run(veza, room, sockets, rate, args.seconds, tokens, bare=False)
+            finally:
+                veza.stop()
+            say(f"  {v}")
+            ratio = (v["deliveries_per_worker_core_s"] / b["deliveries_per_worker_core_s"]
+                     if v["deliveries_per_worker_core_s"] and b["deliveries_per_worker_core_s"] else None)
+            results[label] = {"bare": b, "veza": v, "ratio_per_core": round(ratio, 3) if ratio else None}
+        say(f"[durable] {args.durable_seconds} s of pipelined sends, 2 workers")
+        tokens = [issuer.issue(f"d{i}", audience="veza-chat", ttl=3600) for i in range(8)]
+        veza = await start_veza(env, "durable", log_dir=work)
+        try:
+            results["durable"] = await durable_run(veza, "durable", tokens, args.durable_seconds, args.window,
+                                                   2, pg.url)
+        finally:
+            veza.stop()
+        say(f"  {results['durable']}")
+    finally:
+        for svc in (redis, nats, pg):
+            svc.stop()
+    big = results.get("5k") or results.get("1k")
+    results["summary"] = {
+        "ratio_per_core_1k": results.get("1k", {}).get("ratio_per_core"),
+        "ratio_per_core_5k": results.get("5k", {}).get("ratio_per_core"),
+        "p99_send_to_deliver_ms_5k": big["veza"]["send_to_deliver_ms"]["p99"] if isinstance(big, dict) else None,
+        "durable_msgs_per_s": results["durable"]["durable_msgs_per_s"],
+        "targets": {"ratio": ">= 0.6", "p99_ms_5k": "< 50", "durable_msgs_per_s": ">= 5000"},
+    }
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="200 and 1000 sockets, shorter windows")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window per fan-out run")
+    parser.add_argument("--durable-seconds", type=float, default=10.0)
+    parser.add_argument("--durable-only", action="store_true", help="only the durable sends run")
+    parser.add_argument("--window", type=int, default=200, help="sends in flight per socket (durable run)")
+    ns = parser.parse_args()
+    if ns.bare_server:
+        bare_server(ns.bare_server)
+        sys.exit(0)
+    ns.loads = [(200, 50.0), (1000, 20.0)] if ns.quick else [(1000, 60.0), (5000, 12.0)]
+    if ns.durable_only:
+        ns.loads = []
+    if ns.quick:
+        ns.seconds, ns.durable_seconds = 5.0, 5.0
+    out = asyncio.run(main(ns))
+    print(json.dumps(out, separators=(",", ":")))
