@@ -1,0 +1,91 @@
+"""Demo tracks for the example channel, generated at first start (no audio files in git).
+
+A playlist entry whose S3 key starts with `demo/` and does not exist yet is made
+here: a soft sine tone of a few seconds, MP3 with an ID3 title, written straight
+to the bucket at that key (the stream worker plays S3 keys as they are; see
+`veza_stream.sources.track_key`). The frequency comes from the key's trailing
+number (`demo/sine-440` -> 440 Hz).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from typing import Any
+
+DEMO_PREFIX = "demo/"
+SECONDS = 6.0
+RATE = 44100
+
+
+def demo_keys(channel_specs: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for spec in channel_specs:
+        source = spec.get("source") or {}
+        for playlist in (source.get("playlist"), (source.get("fallback") or {}).get("playlist")):
+            for track in (playlist or {}).get("tracks") or []:
+                if isinstance(track, str) and track.startswith(DEMO_PREFIX) and track not in keys:
+                    keys.append(track)
+    return keys
+
+
+def frequency(key: str) -> float:
+    match = re.search(r"(\d+(?:\.\d+)?)$", key)
+    hz = float(match.group(1)) if match else 440.0
+    return min(max(hz, 40.0), 8000.0)
+
+
+def tone_mp3(hz: float, title: str, seconds: float = SECONDS) -> bytes:
+    import array
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as out:
+        out.metadata["title"] = title
+        out.metadata["artist"] = "Veza demo"
+        stream = out.add_stream("libmp3lame", rate=RATE, layout="mono")
+        stream.bit_rate = 64000
+        total = int(seconds * RATE)
+        step = 2 * math.pi * hz / RATE
+        samples = array.array("h", (
+            int(6500 * min(1.0, i / 2205, (total - i) / 2205) * math.sin(step * i)) for i in range(total)))
+        chunk = 1152
+        for start in range(0, total, chunk):
+            piece = samples[start:start + chunk]
+            frame = av.AudioFrame(format="s16p", layout="mono", samples=len(piece))
+            frame.planes[0].update(piece.tobytes())
+            frame.sample_rate = RATE
+            frame.pts = start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def ensure_demo_tracks(channel_specs: list[dict[str, Any]], *, bucket: str, endpoint: str, region: str,
+                       access_key: str, secret_key: str) -> list[str]:
+    """Create the bucket and any missing demo track; the keys created."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+                          aws_secret_access_key=secret_key)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError:
+        client.create_bucket(Bucket=bucket)
+    made: list[str] = []
+    for key in demo_keys(channel_specs):
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+            continue
+        except ClientError:
+            pass
+        hz = frequency(key)
+        data = tone_mp3(hz, f"Sine {hz:g} Hz")
+        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="audio/mpeg")
+        made.append(key)
+    return made
