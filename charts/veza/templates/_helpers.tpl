@@ -14,3 +14,28 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "veza.serviceAccountName" -}}
 {{ default (include "veza.fullname" .) .Values.serviceAccount.name }}
 {{- end -}}
+
+{{- define "veza.selectorLabels" -}}
+app.kubernetes.io/name: veza
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "veza.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels selecting the worker pods the operator creates (operator/veza_operator/naming.py). */}}
+{{- define "veza.workerSelector" -}}
+matchLabels:
+  app.kubernetes.io/name: veza
+  app.kubernetes.io/managed-by: veza-operator
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: [api, chat, stream]
+{{- end -}}
