@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 UV_VERSION=0.13.8
-APT_PACKAGES=(redis-server libmp3lame0)
+APT_PACKAGES=(redis-server libmp3lame0 chromium)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
