@@ -137,7 +137,7 @@ def proc_stats(pid: int) -> tuple[float, int]:
 
 
 def run_listeners(port: int, path: str, pid: int, total: int, hold: float, procs: int = 2) -> dict[str, Any]:
-    cpu0, rss0 = proc_stats(pid)
+    _, rss0 = proc_stats(pid)
     gens = [subprocess.Popen([sys.executable, "-c", LOADGEN, "127.0.0.1", str(port), path, str(total // procs),
                               str(hold)], stdout=subprocess.PIPE, text=True) for _ in range(procs)]
     for g in gens:
@@ -151,7 +151,6 @@ def run_listeners(port: int, path: str, pid: int, total: int, hold: float, procs
         assert g.stdout is not None
         results.append(g.stdout.readline().split())
         g.wait(30)
-    cpu2, _ = proc_stats(pid)
     connected = sum(int(r[0]) for r in results)
     slowest = min(float(r[1]) for r in results)
     cpu_per_s = (cpu_mid - cpu1) / (hold / 2)
@@ -176,12 +175,15 @@ def bench_icecast(tmp: Path, mp3: Path, listeners: int, hold: float) -> dict[str
     port = free_port()
     (tmp / "ice").mkdir()
     conf = tmp / "icecast.xml"
+    # icecast2 refuses to run as root: drop to nobody then (its log directory must be writable).
+    owner = "<changeowner><user>nobody</user><group>nogroup</group></changeowner>" if os.getuid() == 0 else ""
+    os.chmod(tmp / "ice", 0o777)  # noqa: S103 (a temporary log dir for the benchmark)
     conf.write_text(f"""<icecast><limits><clients>{listeners + 100}</clients><sources>2</sources>
 <burst-size>65536</burst-size></limits>
 <authentication><source-password>benchpw</source-password><admin-password>benchpw</admin-password></authentication>
 <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
 <paths><logdir>{tmp}/ice</logdir><webroot>/usr/share/icecast2/web</webroot></paths>
-<logging><loglevel>1</loglevel></logging><security><chroot>0</chroot></security></icecast>""")
+<logging><loglevel>1</loglevel></logging><security><chroot>0</chroot>{owner}</security></icecast>""")
     ice = subprocess.Popen(["icecast2", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            preexec_fn=raise_fd_limit)
     src = None
@@ -314,10 +316,12 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
     try:
         await asyncio.sleep(1)
         await asyncio.wait_for(asyncio.gather(source(), progressive(), hls()), 30)
+    except TimeoutError:
+        say(f"latency: timed out (see {tmp}/veza-{port}.log)")
     finally:
         stop(proc)
-    return {"progressive_s": round(progressive_seen[0] - tone_sent[0], 3),
-            "hls_s": round(hls_seen[0] - tone_sent[0], 3),
+    return {"progressive_s": round(progressive_seen[0] - tone_sent[0], 3) if progressive_seen else None,
+            "hls_s": round(hls_seen[0] - tone_sent[0], 3) if hls_seen else None,
             "note": "time from the source sending the first tone bytes to a listener receiving audible tone; "
                     "HLS: to the first listed segment holding it (players add their own buffering)"}
 

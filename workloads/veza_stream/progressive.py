@@ -56,7 +56,7 @@ async def serve(request: web.Request, feed: RenditionFeed, metaint: int) -> web.
     while not burst:  # nothing encoded yet (a fresh worker): wait for the first batch
         await feed.chunks_ready.wait()
         burst = feed.burst()
-    listener = Listener(transport, icy)
+    listener = Listener(transport, icy, chunked=response.headers.get("Transfer-Encoding", "").lower() == "chunked")
     # The first write goes through aiohttp, which sends the headers with it; every later
     # write goes straight to the transport from RenditionFeed.publish, framed the same way.
     await response.write(icy.interleave(burst, feed.title) if icy else burst)

@@ -29,11 +29,12 @@ def chunked(data: bytes) -> bytes:
 
 
 class Listener:
-    __slots__ = ("closed", "icy", "transport")
+    __slots__ = ("chunked", "closed", "icy", "transport")
 
-    def __init__(self, transport: asyncio.Transport, icy: IcyState | None) -> None:
+    def __init__(self, transport: asyncio.Transport, icy: IcyState | None, *, chunked: bool = True) -> None:
         self.transport = transport
         self.icy = icy
+        self.chunked = chunked  # HTTP/1.1 responses are chunked; HTTP/1.0 ones are raw until close
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def close(self, reason: str) -> None:
@@ -113,7 +114,11 @@ class RenditionFeed:
             self.remove(listener)
             transport.abort()
             return
-        transport.write(chunked(listener.icy.interleave(data, self.title)) if listener.icy else framed)
+        if listener.icy:
+            body = listener.icy.interleave(data, self.title)
+            transport.write(chunked(body) if listener.chunked else body)
+        else:
+            transport.write(framed if listener.chunked else data)
 
     def close_all(self, reason: str) -> None:
         for listener in list(self.listeners):
