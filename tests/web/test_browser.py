@@ -88,7 +88,7 @@ def test_two_users_chat_and_listen_along(up: Up, browser: Browser) -> None:
         # Live presence in the room (the chat worker's presence list): both are connected.
         expect(a.locator("#room-members")).to_have_text("2 here", timeout=15_000)
         # The room list shows the API's member_count, refreshed every 3 s.
-        expect(a.locator('#rooms button[data-room="general"] .count')).to_have_text(re.compile(r"^(\d+|–)$"))
+        expect(a.locator('#rooms button[data-room="general"] .count')).to_have_text(re.compile("^(\\d+|\u2013)$"))
 
         # Typing, then a message, both seen by the other side.
         b.locator("#text").press_sequentially("hi", delay=30)
