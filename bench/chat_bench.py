@@ -349,6 +349,22 @@ async def fanout_run(servers: Servers, room: str, sockets: int, rate: float, sec
     return result
 
 
+async def scrape(servers: Servers, name: str) -> tuple[float, float]:
+    """(sum, count) of a histogram over the servers' /metrics."""
+    total, count = 0.0, 0.0
+    for port in servers.ports:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = (await reader.read()).decode()
+        writer.close()
+        for line in body.splitlines():
+            if line.startswith(f"{name}_sum "):
+                total += float(line.split()[1])
+            elif line.startswith(f"{name}_count "):
+                count += float(line.split()[1])
+    return total, count
+
+
 async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: float, window: int,
                       per_worker: int, db_url: str) -> dict[str, Any]:
     import asyncpg
@@ -399,6 +415,8 @@ async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: f
     for s in senders:
         if s.transport is not None:
             s.transport.close()
+    commit = await scrape(servers, "veza_chat_commit_seconds")
+    batch = await scrape(servers, "veza_chat_commit_batch_size")
     conn = await asyncpg.connect(db_url)
     try:
         stored = await conn.fetchval("SELECT count(*) FROM chat_events WHERE room = $1", room)
@@ -408,6 +426,8 @@ async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: f
     return {"sockets": len(senders), "window_per_socket": window,
             "durable_msgs_per_s": round(acks_in_window / elapsed), "acked": stats.acks, "sent": sum(inflight),
             "stored": stored, "last_seq": last, "server_cpu_s": round(cpu, 2),
+            "group_commits": int(commit[1]), "mean_commit_ms": round(commit[0] / max(1, commit[1]) * 1000, 2),
+            "mean_batch": round(batch[0] / max(1, batch[1]), 1),
             "ack_ms": {"p50": pct(stats.ack_latencies, 0.5), "p99": pct(stats.ack_latencies, 0.99)}}
 
 

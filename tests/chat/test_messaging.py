@@ -6,7 +6,15 @@ import asyncio
 
 import aiohttp
 
-from tests.chat.conftest import HISTORY_SCHEMA, Chat
+from tests.chat.conftest import HISTORY_SCHEMA, Chat, ChatClient
+
+
+async def presence_change(client: ChatClient, op: str, user: str, timeout: float = 10) -> None:
+    """Wait for a presence frame announcing that `user` joined or left."""
+    while True:
+        frame = await client.expect("presence", op=op, timeout=timeout)
+        if user in [u["id"] for u in frame["users"]]:
+            return
 
 
 async def test_send_is_acked_with_seq_and_reaches_clients_of_both_workers(chat: Chat) -> None:
@@ -159,10 +167,38 @@ async def test_typing_read_receipts_and_presence(chat: Chat) -> None:
     listed = await bob.expect("presence", op="list")
     assert {u["id"] for u in listed["users"]} == {"alice", "bob"}
     carol = await chat.connect(b, "carol")
-    joined = await alice.expect("presence", op="join")
-    assert "carol" in [u["id"] for u in joined["users"]]
+    await presence_change(alice, "join", "carol")
     await carol.close()
-    left = await alice.expect("presence", op="leave")
-    assert "carol" in [u["id"] for u in left["users"]]
+    await presence_change(alice, "leave", "carol")
     await alice.send({"type": "ping", "ref": "x"})
     await alice.expect("pong", ref="x")
+
+
+async def test_users_of_a_crashed_worker_leave_presence(chat: Chat) -> None:
+    a = await chat.worker(None, VEZA_CHAT_PRESENCE_TTL_SECONDS="2")
+    b = await chat.worker(None, VEZA_CHAT_PRESENCE_TTL_SECONDS="2")
+    alice = await chat.connect(a, "alice")
+    await chat.connect(b, "bob")
+    await presence_change(alice, "join", "bob")
+    b.kill()
+    await presence_change(alice, "leave", "bob", timeout=15)
+    await alice.send({"type": "presence", "ref": "p"})
+    assert [u["id"] for u in (await alice.expect("presence", op="list"))["users"]] == ["alice"]
+
+
+async def test_metrics_and_health(chat: Chat) -> None:
+    a = await chat.worker()
+    alice = await chat.connect(a, "alice")
+    await alice.send({"type": "send", "cid": "m", "text": "x"})
+    await alice.expect("ack", cid="m")
+    await alice.ws.send_str("nope")
+    await alice.expect("error")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(a.url + "/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(a.url + "/metrics") as resp:
+            text = await resp.text()
+    for needle in ("veza_chat_connections 1.0", 'veza_chat_frames_in_total{type="send"} 1.0',
+                   'veza_chat_errors_total{code="bad_json"} 1.0', "veza_chat_ack_seconds_count 1.0",
+                   "veza_chat_fanout_seconds_count", "veza_chat_events_committed_total 1.0"):
+        assert needle in text, needle

@@ -11,6 +11,7 @@ and are the whole view while Redis is down (circuit open: documented fallback).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,8 +20,8 @@ from redis.exceptions import RedisError
 
 from veza_core.breaker import CircuitBreaker
 
-TTL = 15.0
-HEARTBEAT = 5.0
+TTL = float(os.environ.get("VEZA_CHAT_PRESENCE_TTL_SECONDS", "15"))
+HEARTBEAT = TTL / 3
 
 
 class Presence:
@@ -94,10 +95,10 @@ class Presence:
                 pipe.delete(mine)
                 if self.local:
                     pipe.hset(mine, mapping={u: str(v[0]) for u, v in self.local.items()})
-                pipe.expire(mine, int(TTL))
+                pipe.expire(mine, max(1, round(TTL)))
                 pipe.zadd(self.workers_key, {self.worker_id: now})
                 pipe.zremrangebyscore(self.workers_key, "-inf", now - TTL)
-                pipe.expire(self.workers_key, int(TTL * 4))
+                pipe.expire(self.workers_key, max(1, round(TTL * 4)))
                 await pipe.execute()
             raw = await self.redis.zrangebyscore(self.workers_key, now - TTL, "+inf")
             workers = [w.decode() if isinstance(w, bytes) else str(w) for w in raw]

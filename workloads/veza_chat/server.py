@@ -27,6 +27,7 @@ from . import metrics
 from . import protocol as p
 from .cache import RecentCache
 from .fanout import Fanout
+from .limits import BatchedLimiter
 from .presence import HEARTBEAT, Presence
 from .room import Client, Room
 from .spec import RoomSpec
@@ -56,9 +57,11 @@ class ChatService:
         prefix = f"veza:{settings.platform}:chat:{self.room_name}"
         self.redis: aioredis.Redis | None = None
         if settings.redis_url:
-            self.redis = aioredis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.limiter = RateLimiter(self.redis, prefix=f"{prefix}:rl",
-                                   breaker=CircuitBreaker("chat-ratelimit", errors=(RedisError, OSError)))
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=32, timeout=1.0, socket_timeout=0.5, socket_connect_timeout=0.5)
+            self.redis = aioredis.Redis(connection_pool=pool)
+        self.limiter = BatchedLimiter(RateLimiter(
+            self.redis, prefix=f"{prefix}:rl", breaker=CircuitBreaker("chat-ratelimit", errors=(RedisError, OSError))))
         self.cache = RecentCache(self.redis, f"{prefix}:recent") if self.redis is not None else None
         self.presence = Presence(self.redis, prefix, self.worker_id)
         self.store = Store(settings.database_url, self.room_name)
@@ -76,6 +79,7 @@ class ChatService:
         self.msg_burst = max(1.0, self.spec.limits.messages_per_minute / 6.0)
         self.frame_rate = max(20.0, 3 * self.msg_rate)
         self.frame_burst = 3 * self.frame_rate
+        self.presence_events_max_users = int(os.environ.get("VEZA_CHAT_PRESENCE_EVENTS_MAX_USERS", "200"))
         self.retention_interval = float(os.environ.get("VEZA_CHAT_RETENTION_INTERVAL_SECONDS", "60"))
 
     # -- lifecycle --------------------------------------------------------
@@ -213,6 +217,8 @@ class ChatService:
             await asyncio.sleep(PRESENCE_COALESCE)
             joined, self.presence_joined = self.presence_joined, {}
             left, self.presence_left = self.presence_left, set()
+            if self.presence.count() > self.presence_events_max_users:
+                continue  # a large room: clients ask for the list instead of hearing every join
             if joined:
                 await self.room.broadcast(p.dumps({"type": "presence", "op": "join", "users": [
                     {"id": u, "name": n} for u, n in joined.items()]}))

@@ -65,7 +65,10 @@ CREATE TABLE chat_sanctions (
 CREATE FUNCTION chat_append(p_room text, p_kinds text[], p_authors text[], p_names text[], p_cids text[],
                             p_bodies text[], p_reply_to bigint[], p_targets bigint[], p_emojis text[])
 RETURNS TABLE (r_ord bigint, r_seq bigint, r_id uuid, r_created timestamptz, r_duplicate boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- A generic plan would assume 10 input rows and nest loops over the batch; plan each call.
+SET plan_cache_mode = force_custom_plan
+AS $$
 DECLARE
     v_last bigint;
 BEGIN
@@ -81,9 +84,12 @@ BEGIN
         FROM unnest(p_kinds, p_authors, p_names, p_cids, p_bodies, p_reply_to, p_targets, p_emojis)
              WITH ORDINALITY AS u(kind, author, author_name, cid, body, reply_to, target, emoji, ord)
     ), dup AS (
+        -- LIMIT keeps the LATERAL subquery from being flattened into a join over the whole room:
+        -- one unique-index probe per input row, whatever the table's statistics say.
         SELECT i.ord, e.seq, e.id, e.created_at
-        FROM input i JOIN chat_events e
-          ON e.room = p_room AND e.author = i.author AND e.client_msg_id = i.cid
+        FROM input i CROSS JOIN LATERAL (
+            SELECT x.seq, x.id, x.created_at FROM chat_events x
+            WHERE x.room = p_room AND x.author = i.author AND x.client_msg_id = i.cid LIMIT 1) e
     ), fresh AS (
         SELECT i.*, row_number() OVER (ORDER BY i.ord) AS rn
         FROM input i WHERE NOT EXISTS (SELECT 1 FROM dup d WHERE d.ord = i.ord)
@@ -98,22 +104,24 @@ BEGIN
     UNION ALL
     SELECT d.ord, d.seq, d.id, d.created_at, true FROM dup d;
 
-    UPDATE chat_events t SET body = e.body, edited_at = e.created_at
-    FROM chat_events e
-    WHERE e.room = p_room AND e.seq > v_last AND e.kind = 'edit' AND t.room = p_room AND t.seq = e.target;
+    IF p_kinds && ARRAY['edit', 'delete', 'reaction_add', 'reaction_remove'] THEN
+        UPDATE chat_events t SET body = e.body, edited_at = e.created_at
+        FROM chat_events e
+        WHERE e.room = p_room AND e.seq > v_last AND e.kind = 'edit' AND t.room = p_room AND t.seq = e.target;
 
-    UPDATE chat_events t SET body = NULL, deleted_at = e.created_at
-    FROM chat_events e
-    WHERE e.room = p_room AND e.seq > v_last AND e.kind = 'delete' AND t.room = p_room AND t.seq = e.target;
+        UPDATE chat_events t SET body = NULL, deleted_at = e.created_at
+        FROM chat_events e
+        WHERE e.room = p_room AND e.seq > v_last AND e.kind = 'delete' AND t.room = p_room AND t.seq = e.target;
 
-    INSERT INTO chat_reactions (room, seq, user_id, emoji)
-    SELECT p_room, e.target, e.author, e.emoji FROM chat_events e
-    WHERE e.room = p_room AND e.seq > v_last AND e.kind = 'reaction_add'
-    ON CONFLICT DO NOTHING;
+        INSERT INTO chat_reactions (room, seq, user_id, emoji)
+        SELECT p_room, e.target, e.author, e.emoji FROM chat_events e
+        WHERE e.room = p_room AND e.seq > v_last AND e.kind = 'reaction_add'
+        ON CONFLICT DO NOTHING;
 
-    DELETE FROM chat_reactions r USING chat_events e
-    WHERE e.room = p_room AND e.seq > v_last AND e.kind = 'reaction_remove'
-      AND r.room = p_room AND r.seq = e.target AND r.user_id = e.author AND r.emoji = e.emoji;
+        DELETE FROM chat_reactions r USING chat_events e
+        WHERE e.room = p_room AND e.seq > v_last AND e.kind = 'reaction_remove'
+          AND r.room = p_room AND r.seq = e.target AND r.user_id = e.author AND r.emoji = e.emoji;
+    END IF;
 
     UPDATE chat_rooms r SET last_seq = COALESCE(
         (SELECT max(e.seq) FROM chat_events e WHERE e.room = p_room AND e.seq > v_last), v_last)
