@@ -165,6 +165,9 @@ class Kwok(_Component):
             tool("kwok"), f"--kubeconfig={p.kubeconfig}", "--config", tool("kwok-stages.yaml"),
             "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--node-ip={self.host}", f"--server-address={self.host}:{self.port}", "--cidr=10.244.0.0/16",
+            # The heartbeat stage renews a Lease; without one the node controller sees no heartbeat,
+            # marks the node NotReady after 40 s and every pod on it NotReady with it.
+            "--node-lease-duration-seconds=40",
         ]
 
 
