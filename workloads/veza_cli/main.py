@@ -30,20 +30,22 @@ def _load(name: str) -> ModuleType | None:
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the selected subcommand's module is imported (each pulls in its own heavy
+    dependencies: PyAV, boto3, asyncpg, kopf), so `veza operator` does not carry the workers' memory."""
     parser = argparse.ArgumentParser(prog="veza", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
-        module = _load(name)
-        p = sub.add_parser(name, help=help_text if module else f"{help_text} (not built yet)",
-                           description=help_text)
-        if module is not None:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected and (module := _load(name)) is not None:
             module.add_arguments(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser(selected).parse_args(argv)
     module = _load(args.command)
     if module is None:
         print(f"veza {args.command}: not built yet", file=sys.stderr)
