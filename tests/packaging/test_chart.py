@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.packaging.conftest import CHART, REPO, helm
+from tests.packaging.conftest import CHART, REPO, assert_checkov_clean, checkov, helm
 from tests.support.kube import KubeCluster
 from veza_local.controlplane import wait_for
 
@@ -241,3 +241,17 @@ def test_install_upgrade_uninstall_in_a_restricted_namespace(kube: KubeCluster) 
     finally:
         kube.helm("uninstall", release, "--namespace", namespace, "--ignore-not-found", check=False)
         kube.delete_namespace(namespace)
+
+
+@pytest.mark.usefixtures("checkov_ready")
+def test_checkov_rendered_chart_is_clean(tmp_path: Path) -> None:
+    """checkov over the chart rendered with every values set and every optional API."""
+    apis = [a for api in MONITORING_APIS for a in ("--api-versions", api)]
+    for values in VALUE_SETS:
+        out = helm("template", "veza", str(CHART), "--namespace", "veza-system", *values_args(values), *apis).stdout
+        (tmp_path / f"{values}.yaml").write_text(out)
+    report = checkov("--framework", "kubernetes", "-d", str(tmp_path))
+    assert_checkov_clean(report)
+    assert report["summary"]["resource_count"] >= 40
+    skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
+    assert skipped <= {"CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15"}, skipped

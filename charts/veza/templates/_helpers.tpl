@@ -33,9 +33,10 @@ app.kubernetes.io/component: operator
 {{- define "veza.workerSelector" -}}
 matchLabels:
   app.kubernetes.io/name: veza
-  app.kubernetes.io/managed-by: veza-operator
 matchExpressions:
   - key: app.kubernetes.io/component
     operator: In
     values: [api, chat, stream]
+  - key: veza.io/platform
+    operator: Exists
 {{- end -}}
