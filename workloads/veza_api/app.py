@@ -77,6 +77,10 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     app = create_app("api", client_max_size=settings.max_body_bytes)
     app.middlewares.extend(MIDDLEWARES)
     add_routes(app)
+    # The web client at `/` (the platform's Ingress sends `/` to the API); static files only.
+    import veza_web
+
+    veza_web.add_routes(app)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         assert settings.database_url
