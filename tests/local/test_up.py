@@ -78,6 +78,20 @@ async def test_api_routes_through_the_entry_point(running: Up) -> None:
             assert r.status == 200, await r.text()
 
 
+async def test_web_client_at_the_root(running: Up) -> None:
+    """The entry point serves the page at `/`, and so does the API worker itself (as behind an Ingress)."""
+    api = f"http://127.0.0.1:{running.worker_ports()['api']}"
+    async with aiohttp.ClientSession() as http:
+        for base in (running.url, api):
+            async with http.get(f"{base}/") as r:
+                assert r.status == 200 and r.content_type == "text/html"
+                assert '<script type="module" src="/web/app.js">' in await r.text()
+            async with http.get(f"{base}/web/app.js") as r:
+                assert r.status == 200 and r.content_type == "text/javascript"
+        async with http.get(f"{running.url}/web/config.json") as r:
+            assert (await r.json())["rooms"]["general"]["channel"] == "radio"
+
+
 async def test_chat_websocket_through_the_entry_point(running: Up) -> None:
     async with aiohttp.ClientSession() as http:
         tokens = await login(http, running.url, "alice@example.com")
