@@ -1,7 +1,7 @@
 """VezaPlatform: the API Deployment, the Ingress, the JWT keys, migrations, and policies.
 
 The JWT key Secret is created once when absent and never rewritten: rotating
-keys is an explicit operation (docs/operations.md), not a side effect of a
+keys is an explicit operation (docs/api.md, "Keys and rotation"), not a side effect of a
 reconcile. Rooms and channels get their own Ingress objects on the same host
 (controllers merge Ingresses of one host), so adding a room never rewrites a
 shared object.

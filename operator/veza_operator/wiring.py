@@ -69,13 +69,17 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = spec.observability.otlpEndpoint
         env["OTEL_SERVICE_NAME"] = f"veza-{component}"
     if component == "api":
-        env["VEZA_ACCESS_TOKEN_TTL_SECONDS"] = str(spec.auth.accessTokenTTLSeconds)
-        env["VEZA_REFRESH_TOKEN_TTL_SECONDS"] = str(spec.auth.refreshTokenTTLSeconds)
+        # Names as veza_api.settings reads them.
+        env["VEZA_ACCESS_TTL_SECONDS"] = str(spec.auth.accessTokenTTLSeconds)
+        env["VEZA_REFRESH_TTL_SECONDS"] = str(spec.auth.refreshTokenTTLSeconds)
         if spec.auth.oidc is not None:
-            env["VEZA_OIDC_ISSUER_URL"] = spec.auth.oidc.issuerURL
+            env["VEZA_OIDC_ISSUER"] = spec.auth.oidc.issuerURL
             env["VEZA_OIDC_CLIENT_ID"] = spec.auth.oidc.clientID
             ref = spec.auth.oidc.clientSecretRef
             env["VEZA_OIDC_CLIENT_SECRET"] = SecretValue(ref.name, ref.key)
+    password_ref = ((resource_spec or {}).get("source") or {}).get("passwordSecretRef")
+    if component == "stream" and password_ref:
+        env["VEZA_SOURCE_PASSWORD"] = SecretValue(password_ref["name"], password_ref["key"])
     if resource_name is not None:
         env["VEZA_RESOURCE_NAME"] = resource_name
         env["VEZA_RESOURCE_SPEC"] = json.dumps(resource_spec or {}, separators=(",", ":"), sort_keys=True)

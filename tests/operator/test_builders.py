@@ -98,3 +98,21 @@ def test_subset_comparison_ignores_server_additions_and_normalises_quantities() 
     assert is_subset(desired, observed)
     assert not is_subset({"spec": {"replicas": 3}}, observed)
     assert not is_subset({"x": ["a", "b"]}, observed)
+
+
+def test_api_environment_uses_the_names_the_api_reads() -> None:
+    from veza_api.settings import ApiSettings
+
+    spec = PLATFORM.model_copy(update={"auth": PLATFORM.auth.model_copy(update={"accessTokenTTLSeconds": 600})})
+    env = resolve_env(worker_env("demo", "ns", spec, "api"), {"veza-connections": {
+        "postgres-uri": "postgresql://x", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}})
+    settings = ApiSettings.from_env(env)
+    assert settings.access_ttl_seconds == 600 and settings.refresh_ttl_seconds == spec.auth.refreshTokenTTLSeconds
+    assert settings.database_url == "postgresql://x" and settings.jwt_issuer == "http://veza.test"
+
+
+def test_live_source_password_comes_from_its_secret() -> None:
+    raw = {"platformRef": {"name": "demo"},
+           "source": {"type": "live", "passwordSecretRef": {"name": "radio-source", "key": "password"}}}
+    env = worker_env("demo", "ns", PLATFORM, "stream", "radio", raw)
+    assert env["VEZA_SOURCE_PASSWORD"] == SecretValue("radio-source", "password")

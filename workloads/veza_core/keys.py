@@ -9,7 +9,7 @@ The platform's key Secret holds two entries:
 
 Rotation: put a new key first in ``signing-keys.json`` (and its public key in
 ``jwks.json``) and keep the old one until the longest token lifetime has passed;
-workers reload the mounted files when they change. See docs/operations.md.
+workers reload the mounted files when they change. See docs/api.md, "Keys and rotation".
 """
 
 from __future__ import annotations
