@@ -44,7 +44,8 @@ def text_frame(data: str) -> bytes:
 
 
 class Client:
-    __slots__ = ("buffer", "closing", "inflight", "last_sent", "name", "role", "transport", "user", "ws")
+    __slots__ = ("buffer", "closing", "inflight", "last_read", "last_sent", "last_typing", "name", "role",
+                 "transport", "user", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, user: str, name: str, role: str) -> None:
         self.ws = ws
@@ -57,6 +58,8 @@ class Client:
         self.buffer: list[tuple[int, str]] | None = []
         self.closing = False
         self.inflight: set[asyncio.Task[Any]] = set()
+        self.last_typing: tuple[bool, float] = (False, 0.0)  # (active, monotonic time) of the last one relayed
+        self.last_read = -1
 
     @property
     def is_moderator(self) -> bool:

@@ -38,6 +38,7 @@ log = logging.getLogger("veza.chat")
 MENTION = re.compile(r"(?<!\w)@\w+")
 PRESENCE_COALESCE = 0.5  # join/leave frames are batched: one frame per window, however many users moved
 MAX_INFLIGHT_PER_SOCKET = 256
+TYPING_EVERY = 2.0
 
 
 class ChatService:
@@ -485,9 +486,17 @@ class ChatService:
         if kind == "ping":
             await client.send(p.dumps({"type": "pong", **({"ref": frame["ref"]} if "ref" in frame else {})}))
         elif kind == "typing":
-            await self._emit({"type": "typing", "user": {"id": client.user, "name": client.name},
-                              "active": frame.get("active", True)}, exclude=client)
+            # Relayed at most once per TYPING_EVERY seconds while unchanged: typing is cheap to
+            # send and costs a frame per member to relay.
+            active, now = frame.get("active", True), time.monotonic()
+            if client.last_typing[0] != active or now - client.last_typing[1] >= TYPING_EVERY:
+                client.last_typing = (active, now)
+                await self._emit({"type": "typing", "user": {"id": client.user, "name": client.name},
+                                  "active": active}, exclude=client)
         elif kind == "read":
+            if frame["seq"] <= client.last_read:
+                return  # nothing new to record or announce
+            client.last_read = frame["seq"]
             seq = await self.store.mark_read(client.user, min(frame["seq"], self.room.delivered))
             await self._emit({"type": "read", "user": {"id": client.user, "name": client.name}, "seq": seq})
         elif kind == "presence":
