@@ -133,7 +133,8 @@ class ChatService:
         for task in self.tasks:
             task.cancel()
         await self.room.stop()
-        await self.committer.stop() if self.booted.is_set() else None
+        if self.booted.is_set():
+            await self.committer.stop()
         await self.store.close()
         if self.redis is not None:
             with contextlib.suppress(Exception):
