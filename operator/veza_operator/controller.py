@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,17 @@ class Context:
     client: KubeClient
     store: Store
     requeue: Callable[[Key, float], None] = lambda key, delay: None
+    capabilities: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
+
+    async def capability(self, group_version: str, resource: str,
+                         ttl: float = float(os.environ.get("VEZA_CAPABILITY_TTL", "60"))) -> bool:
+        """Whether an optional API (e.g. ServiceMonitor) is served; re-asked at most once per `ttl`."""
+        known = self.capabilities.get((group_version, resource))
+        if known is not None and time.monotonic() - known[1] < ttl:
+            return known[0]
+        served = await self.client.serves(group_version, resource)
+        self.capabilities[(group_version, resource)] = (served, time.monotonic())
+        return served
 
     async def sync_children(self, owner: Key, desired: list[dict[str, Any]]) -> int:
         """Apply the children that differ from what the store holds; delete ours that are no longer wanted.
@@ -135,7 +147,7 @@ class Context:
 
 # Kinds the operator may delete when a spec no longer asks for them (never Secrets: the keys).
 _PRUNABLE = {"Deployment", "Service", "Ingress", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-             "NetworkPolicy", "Job", "ConfigMap", "ServiceAccount"}
+             "NetworkPolicy", "Job", "ConfigMap", "ServiceAccount", "ServiceMonitor"}
 
 async def post_event(ctx: Context, body: dict[str, Any], health: Health) -> None:
     """A Kubernetes Event on a condition transition; failing to post one never fails a reconcile."""

@@ -38,6 +38,7 @@ CHILD_RESOURCES = [
     ("policy", "v1", "poddisruptionbudgets"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("batch", "v1", "jobs"),
+    ("monitoring.coreos.com", "v1", "servicemonitors"),  # when the Prometheus Operator is installed
 ]
 
 

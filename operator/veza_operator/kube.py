@@ -36,6 +36,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors"),
     "VezaPlatform": (f"/apis/{GROUP}/{VERSION}", "vezaplatforms"),
     "ChatRoom": (f"/apis/{GROUP}/{VERSION}", "chatrooms"),
     "StreamChannel": (f"/apis/{GROUP}/{VERSION}", "streamchannels"),
@@ -126,6 +127,16 @@ class KubeClient:
                     raise ApiError(resp.status, text)
                 return json.loads(text) if text else {}
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def serves(self, group_version: str, resource: str) -> bool:
+        """Whether the API server serves `resource` in `group_version` (e.g. a CRD is installed)."""
+        try:
+            found = await self._call("GET", f"/apis/{group_version}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == resource for r in found.get("resources", []))
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's field manager (conflicts forced: we own these fields)."""

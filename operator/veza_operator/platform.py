@@ -70,7 +70,18 @@ def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any
     return [deny, allow]
 
 
-def build_children(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any]]:
+def service_monitor(owner: Owner, spec: VezaPlatformSpec) -> dict[str, Any]:
+    """Prometheus Operator scrape config for every worker Service of the platform."""
+    labels = {PLATFORM_LABEL: owner.name}
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": metadata(f"{owner.name}-workers", owner, labels),
+            "spec": {"selector": {"matchLabels": {PLATFORM_LABEL: owner.name, "app.kubernetes.io/name": "veza"}},
+                     "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}}
+
+
+def build_children(owner: Owner, spec: VezaPlatformSpec, *, service_monitors: bool = False
+                   ) -> list[dict[str, Any]]:
+    """Everything a platform owns; `service_monitors` when the cluster serves the Prometheus Operator's API."""
     labels = {PLATFORM_LABEL: owner.name}
     api = api_workload(owner, spec, api_name(owner.name), API_COMPONENT, spec.api.replicas)
     migrate = api_workload(owner, spec, migration_job_name(owner.name, spec), "migrate", 1)
@@ -93,6 +104,8 @@ def build_children(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any]]
         children.append(manifests.pod_disruption_budget(api))
     if spec.networkPolicies.enabled:
         children.extend(network_policies(owner, spec))
+    if service_monitors and spec.observability.metrics.enabled and spec.observability.metrics.serviceMonitor:
+        children.append(service_monitor(owner, spec))
     return children
 
 
@@ -156,7 +169,8 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
         await ctx.client.create(keys_secret(owner, secret_name))
     missing = await _missing_secrets(ctx, namespace, wiring.secrets_referenced(spec) | {secret_name})
 
-    await ctx.sync_children(key, build_children(owner, spec))
+    monitors = await ctx.capability("monitoring.coreos.com/v1", "servicemonitors")
+    await ctx.sync_children(key, build_children(owner, spec, service_monitors=monitors))
 
     if missing:
         ctx.requeue(key, 10.0)  # heal by itself once the Secrets appear

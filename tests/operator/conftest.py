@@ -39,7 +39,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "VEZA_RESYNC_SECONDS": "3",
-               "VEZA_PEERING_LIFETIME": "6", **self.extra_env}
+               "VEZA_PEERING_LIFETIME": "6", "VEZA_CAPABILITY_TTL": "2", **self.extra_env}
         args = [sys.executable, "-m", "veza_cli.main", "operator", "--bind", "127.0.0.1",
                 "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)]
         args += ["--peering", self.peering] if self.peering else ["--standalone"]

@@ -157,3 +157,31 @@ def test_deleting_a_room_deletes_its_children(kube: KubeCluster, ns: str) -> Non
     kube.kubectl("delete", "chatroom", "gone", "-n", ns)
     wait_for(lambda: kube.get("deployment", "chat-gone", ns) is None and kube.get("service", "chat-gone", ns) is None,
              timeout=120, interval=1, message="children garbage-collected")
+
+
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def test_service_monitor_once_the_prometheus_operator_api_exists(kube: KubeCluster, ns: str) -> None:
+    kube.apply(connections_secret(ns), platform(ns))
+    wait_condition(kube, "vezaplatform", "demo", ns)
+    kube.apply(SERVICE_MONITOR_CRD)
+    try:
+        kube.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com",
+                     "--timeout=30s")
+        monitor = wait_for(lambda: kube.get("servicemonitors.monitoring.coreos.com", "demo-workers", ns),
+                           timeout=30, message="ServiceMonitor created")
+        assert monitor["spec"]["selector"]["matchLabels"]["veza.io/platform"] == "demo"
+        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+        kube.apply(platform(ns, observability={"metrics": {"enabled": True, "serviceMonitor": False}}))
+        wait_for(lambda: kube.get("servicemonitors.monitoring.coreos.com", "demo-workers", ns) is None,
+                 timeout=30, message="ServiceMonitor removed when switched off")
+    finally:
+        kube.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com", "--ignore-not-found")
