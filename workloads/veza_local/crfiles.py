@@ -11,7 +11,9 @@ models (`veza_operator.crds`, the single source of the schemas):
 
 Error messages follow the API server's wording ("The ChatRoom "x" is invalid:
 spec.limits.maxMessageBytes: Invalid value: 100000: ... should be less than or
-equal to 65536"), so a file that `veza up` accepts is accepted by a cluster.
+equal to 65536"; several errors as "* " lines), and CEL rules are skipped, with the
+API server's notice, when the object has type, enum, required or size errors, as
+kube-apiserver does. A test compares them with a real kube-apiserver's answers.
 Secrets (v1) in the files are read too: `stringData` and base64 `data`.
 """
 
@@ -158,8 +160,12 @@ def validate(doc: dict[str, Any], source: str = "", warnings: list[str] | None =
     body = {k: v for k, v in obj.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")}
     body["metadata"] = {"name": name}
     _default(body, schema)
-    _check(body, schema, "", errors, unknown)
-    if not errors:
+    blocking: list[bool] = []
+    _check(body, schema, "", errors, unknown, blocking)
+    if any(blocking):
+        # The API server skips the CEL rules when the object has type, enum, required or size errors.
+        errors.append(SKIPPED_RULES)
+    else:
         _cel(body, schema, "", errors)
     for path in unknown:
         if warnings is not None:
@@ -167,7 +173,7 @@ def validate(doc: dict[str, Any], source: str = "", warnings: list[str] | None =
     if errors:
         if len(errors) == 1:
             raise CRError(f"{label}: {errors[0]}")
-        raise CRError(f"{label}: [{', '.join(errors)}]")
+        raise CRError(f"{label}: \n" + "\n".join(f"* {e}" for e in errors))
     return Resource(kind, name, body.get("spec") or {}, source)
 
 
@@ -204,6 +210,8 @@ def _go(value: Any) -> str:
     return str(value)
 
 
+SKIPPED_RULES = ("<nil>: Invalid value: null: some validation rules were not checked because the object was invalid; "
+                 "correct the existing errors to complete validation")
 _TYPES = {"string": str, "boolean": bool, "object": dict, "array": list}
 
 
@@ -224,59 +232,67 @@ def _type_name(value: Any) -> str:
     return "null"
 
 
-def _check(value: Any, schema: dict[str, Any], path: str, errors: list[str], unknown: list[str]) -> None:
+def _check(value: Any, schema: dict[str, Any], path: str, errors: list[str], unknown: list[str],
+           blocking: list[bool]) -> None:
+    """Structural validation in kube-openapi's order and wording (one string or number error per field)."""
     where = path or "<root>"
     wanted = schema.get("type")
     if value is None:
         if not schema.get("nullable"):
             errors.append(f'{where}: Invalid value: "null": {where} in body must be of type {wanted}: "null"')
+            blocking.append(True)
         return
     if wanted and not _type_ok(value, wanted):
         errors.append(f'{where}: Invalid value: "{_type_name(value)}": {where} in body must be of type '
                       f'{wanted}: "{_type_name(value)}"')
+        blocking.append(True)
         return
     if "enum" in schema and value not in schema["enum"]:
         supported = ", ".join(_go(v) for v in schema["enum"])
         errors.append(f"{where}: Unsupported value: {_go(value)}: supported values: {supported}")
+        blocking.append(True)
         return
     if isinstance(value, str):
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append(f"{where}: Too long: may not be more than {schema['maxLength']} bytes")
-        if "minLength" in schema and len(value) < schema["minLength"]:
+            blocking.append(True)
+        elif "minLength" in schema and len(value) < schema["minLength"]:
             errors.append(f"{where}: Invalid value: {_go(value)}: {where} in body should be at least "
                           f"{schema['minLength']} chars long")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        elif "pattern" in schema and not re.search(schema["pattern"], value):
             errors.append(f"{where}: Invalid value: {_go(value)}: {where} in body should match "
                           f"'{schema['pattern']}'")
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if "maximum" in schema and value > schema["maximum"]:
             errors.append(f"{where}: Invalid value: {_go(value)}: {where} in body should be less than or "
                           f"equal to {schema['maximum']}")
-        if "minimum" in schema and value < schema["minimum"]:
+        elif "minimum" in schema and value < schema["minimum"]:
             errors.append(f"{where}: Invalid value: {_go(value)}: {where} in body should be greater than or "
                           f"equal to {schema['minimum']}")
     elif isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             errors.append(f"{where}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
-        if "minItems" in schema and len(value) < schema["minItems"]:
+            blocking.append(True)
+        elif "minItems" in schema and len(value) < schema["minItems"]:
             errors.append(f"{where}: Invalid value: {len(value)}: {where} in body should have at least "
                           f"{schema['minItems']} items")
         items = schema.get("items")
         if isinstance(items, dict):
             for i, item in enumerate(value):
-                _check(item, items, f"{path}[{i}]", errors, unknown)
+                _check(item, items, f"{path}[{i}]", errors, unknown, blocking)
     elif isinstance(value, dict):
         props = schema.get("properties")
         extra = schema.get("additionalProperties")
         for key in schema.get("required", []):
             if key not in value:
                 errors.append(f"{_join(path, key)}: Required value")
+                blocking.append(True)
         for key in list(value):
             sub = _join(path, str(key))
             if props is not None and key in props:
-                _check(value[key], props[key], sub, errors, unknown)
+                _check(value[key], props[key], sub, errors, unknown, blocking)
             elif isinstance(extra, dict):
-                _check(value[key], extra, sub, errors, unknown)
+                _check(value[key], extra, sub, errors, unknown, blocking)
             elif props is not None and not schema.get("x-kubernetes-preserve-unknown-fields"):
                 unknown.append(sub)
                 del value[key]  # pruned, as the API server does
@@ -301,7 +317,7 @@ def _cel(value: Any, schema: dict[str, Any], path: str, errors: list[str]) -> No
         ok = _evaluate(rule["rule"], value)
         if ok is not True:
             message = rule.get("message") or f"failed rule: {rule['rule']}"
-            errors.append(f"{path or '<root>'}: Invalid value: {_go(value)}: {message}")
+            errors.append(f"{path or '<root>'}: Invalid value: {message}")
     if isinstance(value, dict):
         for key, prop in (schema.get("properties") or {}).items():
             if key in value:
