@@ -25,12 +25,13 @@ HEARTBEAT = TTL / 3
 
 
 class Presence:
-    def __init__(self, redis: aioredis.Redis | None, prefix: str, worker_id: str) -> None:
+    def __init__(self, redis: aioredis.Redis | None, prefix: str, worker_id: str,
+                 breaker: CircuitBreaker | None = None) -> None:
         self.redis = redis
         self.worker_id = worker_id
         self.workers_key = f"{prefix}:workers"
         self.key_prefix = f"{prefix}:presence:"
-        self.breaker = CircuitBreaker("chat-presence", errors=(RedisError, OSError))
+        self.breaker = breaker or CircuitBreaker("chat-presence", errors=(RedisError, OSError))
         self.local: dict[str, list[object]] = {}  # user -> [name, connections]
         self.remote: dict[str, dict[str, str]] = {}  # worker -> {user: name}
 

@@ -61,10 +61,11 @@ class ChatService:
             pool = aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url, max_connections=32, timeout=1.0, socket_timeout=0.5, socket_connect_timeout=0.5)
             self.redis = aioredis.Redis(connection_pool=pool)
-        self.limiter = BatchedLimiter(RateLimiter(
-            self.redis, prefix=f"{prefix}:rl", breaker=CircuitBreaker("chat-ratelimit", errors=(RedisError, OSError))))
-        self.cache = RecentCache(self.redis, f"{prefix}:recent") if self.redis is not None else None
-        self.presence = Presence(self.redis, prefix, self.worker_id)
+        # One breaker for every Redis use: once Redis is known down, all of them go local at once.
+        breaker = CircuitBreaker("chat-redis", errors=(RedisError, OSError))
+        self.limiter = BatchedLimiter(RateLimiter(self.redis, prefix=f"{prefix}:rl", breaker=breaker))
+        self.cache = RecentCache(self.redis, f"{prefix}:recent", breaker) if self.redis is not None else None
+        self.presence = Presence(self.redis, prefix, self.worker_id, breaker)
         self.store = Store(settings.database_url, self.room_name)
         self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None)
         self.committer = GroupCommitter(self.store, self._committed)
