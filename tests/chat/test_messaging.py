@@ -161,6 +161,10 @@ async def test_typing_read_receipts_and_presence(chat: Chat) -> None:
     seq = (await alice.expect("ack", cid="m"))["seq"]
     await bob.send({"type": "read", "seq": seq})
     assert (await alice.expect("read"))["user"]["id"] == "bob"
+    await bob.send({"type": "read", "seq": 0})  # older than what bob read: ignored
+    async with aiohttp.ClientSession() as http, http.get(f"{a.url}/chat/{chat.room}/reads",
+                        headers={"Authorization": f"Bearer {chat.token('carol')}"}) as resp:
+        assert await resp.json() == {"room": chat.room, "reads": {"bob": seq}}
 
     await asyncio.sleep(0.1)
     await bob.send({"type": "presence", "ref": "p"})

@@ -310,6 +310,16 @@ class ChatService:
             raise _http(503, p.STORE_UNAVAILABLE, f"history is unavailable: {exc}") from None
         return web.json_response({"room": self.room_name, "last_seq": last, "events": events, "has_more": more})
 
+    async def reads(self, request: web.Request) -> web.Response:
+        """Read receipts: the last read seq of every user who sent one."""
+        self._check_room(request)
+        self.authorize(request)
+        try:
+            reads = await self.store.reads()
+        except (StoreUnavailable, OSError) as exc:
+            raise _http(503, p.STORE_UNAVAILABLE, f"receipts are unavailable: {exc}") from None
+        return web.json_response({"room": self.room_name, "reads": reads})
+
     async def history_page(self, before: int | None, after: int | None,
                            limit: int) -> tuple[list[dict[str, Any]], bool]:
         if after is not None:
@@ -563,6 +573,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     app[SERVICE] = service
     app.router.add_get("/chat/{room}/ws", service.websocket)
     app.router.add_get("/chat/{room}/history", service.history)
+    app.router.add_get("/chat/{room}/reads", service.reads)
 
     async def booted() -> bool:
         return service.booted.is_set()
