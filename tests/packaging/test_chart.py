@@ -12,20 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.packaging.conftest import CHART, REPO, assert_checkov_clean, checkov, helm
+from tests.packaging.conftest import CHART, MONITORING_APIS, REPO, VALUE_SETS, assert_checkov_clean, helm, values_args
 from tests.support.kube import KubeCluster
 from veza_local.controlplane import wait_for
 
 VALUES = Path(__file__).parent / "values"
-VALUE_SETS = ["default", *sorted(p.stem for p in VALUES.glob("*.yaml"))]
-MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor",
-                   "monitoring.coreos.com/v1/PrometheusRule")
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}
-
-
-def values_args(name: str) -> list[str]:
-    return [] if name == "default" else ["-f", str(VALUES / f"{name}.yaml")]
 
 
 def render(*args: str) -> list[dict[str, Any]]:
@@ -243,14 +236,9 @@ def test_install_upgrade_uninstall_in_a_restricted_namespace(kube: KubeCluster) 
         kube.delete_namespace(namespace)
 
 
-@pytest.mark.usefixtures("checkov_ready")
-def test_checkov_rendered_chart_is_clean(tmp_path: Path) -> None:
+def test_checkov_rendered_chart_is_clean(checkov_reports: dict[str, dict[str, Any]]) -> None:
     """checkov over the chart rendered with every values set and every optional API."""
-    apis = [a for api in MONITORING_APIS for a in ("--api-versions", api)]
-    for values in VALUE_SETS:
-        out = helm("template", "veza", str(CHART), "--namespace", "veza-system", *values_args(values), *apis).stdout
-        (tmp_path / f"{values}.yaml").write_text(out)
-    report = checkov("--framework", "kubernetes", "-d", str(tmp_path))
+    report = checkov_reports["kubernetes"]
     assert_checkov_clean(report)
     assert report["summary"]["resource_count"] >= 40
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}

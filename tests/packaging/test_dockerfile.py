@@ -15,10 +15,9 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
-import pytest
-
-from tests.packaging.conftest import REPO, assert_checkov_clean, checkov
+from tests.packaging.conftest import REPO, assert_checkov_clean
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -104,9 +103,8 @@ def test_build_context_has_what_the_build_stage_needs(tmp_path: Path) -> None:
     assert [n for n in names if n.startswith("veza_core/migrations/") and n.endswith(".sql")]
 
 
-@pytest.mark.usefixtures("checkov_ready")
-def test_checkov_dockerfile_is_clean() -> None:
-    report = checkov("--framework", "dockerfile", "-f", str(DOCKERFILE))
+def test_checkov_dockerfile_is_clean(checkov_reports: dict[str, dict[str, Any]]) -> None:
+    report = checkov_reports["dockerfile"]
     assert_checkov_clean(report)
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
     assert skipped == {"CKV_DOCKER_2"}, "only the HEALTHCHECK rule is suppressed (Kubernetes probes instead)"
