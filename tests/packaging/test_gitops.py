@@ -175,3 +175,23 @@ def test_argocd_and_flux_examples_point_at_the_chart_with_valid_values(tmp_path:
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(values))
         helm("lint", "--strict", str(CHART), "-f", str(path))
+
+
+def test_irsa_annotation_on_a_precreated_service_account_survives_the_operator(kube: KubeCluster, ns: str) -> None:
+    """terraform/examples/aws creates <platform>-api/-worker with the IRSA annotation before the operator
+    runs; the operator's server-side apply must adopt them and keep the annotation."""
+    role = "arn:aws:iam::123456789012:role/veza-prod-workers"
+    for sa in ("demo-api", "demo-worker"):
+        kube.kubectl("create", "serviceaccount", sa, "-n", ns)
+        kube.kubectl("annotate", "serviceaccount", sa, "-n", ns, f"eks.amazonaws.com/role-arn={role}")
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "lobby"))
+    wait_condition(kube, "vezaplatform", "demo", ns)
+    wait_condition(kube, "chatroom", "lobby", ns)
+    for sa in ("demo-api", "demo-worker"):
+        obj = kube.get("serviceaccount", sa, ns)
+        assert obj is not None
+        assert obj["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "veza-operator", "adopted"
+    pod_sas = {p["spec"]["serviceAccountName"] for p in json.loads(
+        kube.kubectl("get", "pods", "-n", ns, "-o", "json"))["items"]}
+    assert {"demo-api", "demo-worker"} <= pod_sas
