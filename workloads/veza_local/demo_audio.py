@@ -65,9 +65,18 @@ def tone_mp3(hz: float, title: str, seconds: float = SECONDS) -> bytes:
     return buf.getvalue()
 
 
-def ensure_demo_tracks(channel_specs: list[dict[str, Any]], *, bucket: str, endpoint: str, region: str,
-                       access_key: str, secret_key: str) -> list[str]:
-    """Create the bucket and any missing demo track; the keys created."""
+def render_demo_tracks(channel_specs: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The demo tracks the channels' playlists name, as MP3 bytes by S3 key (made before S3 is up)."""
+    tracks: dict[str, bytes] = {}
+    for key in demo_keys(channel_specs):
+        hz = frequency(key)
+        tracks[key] = tone_mp3(hz, f"Sine {hz:g} Hz")
+    return tracks
+
+
+def upload_demo_tracks(tracks: dict[str, bytes], *, bucket: str, endpoint: str, region: str, access_key: str,
+                       secret_key: str) -> list[str]:
+    """Create the bucket and upload the tracks that are missing; the keys uploaded."""
     import boto3
     from botocore.exceptions import ClientError
 
@@ -78,14 +87,12 @@ def ensure_demo_tracks(channel_specs: list[dict[str, Any]], *, bucket: str, endp
     except ClientError:
         client.create_bucket(Bucket=bucket)
     made: list[str] = []
-    for key in demo_keys(channel_specs):
+    for key, data in tracks.items():
         try:
             client.head_object(Bucket=bucket, Key=key)
             continue
         except ClientError:
             pass
-        hz = frequency(key)
-        data = tone_mp3(hz, f"Sine {hz:g} Hz")
         client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="audio/mpeg")
         made.append(key)
     return made

@@ -291,31 +291,45 @@ class Up:
 
         args, console = self.args, self.console
         paths = args.filename or [Path("examples")]
-        p = plan(paths, args.platform)
+        if args.check:
+            p = plan(paths, args.platform)
+            for w in p.warnings:
+                console.notice(w)
+            console.step("CR files", ", ".join(str(x) for x in paths), "valid")
+            return 0
+
+        # The entry point first: a port in use fails before anything starts. Routes are filled in below.
+        routes = entrypoint.Routes(default="http://127.0.0.1:9")
+        bindings: dict[str, Any] = {"rooms": {}, "channels": {}}
+        await self.start_entrypoint(routes, bindings)
+        host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self.public_url = f"http://{host}:{args.port}"
+        console.step("entry point", f"{args.host}:{args.port}", "listening")
+        if args.reset:
+            reset_data_dir(self.data_dir)
+            console.step("data dir", str(self.data_dir), "reset")
+
+        # moto's server is the slowest to start and keeps no state: it starts while the files are checked.
+        try:
+            s3_service = S3Service(self.data_dir)
+        except ServiceError as exc:
+            raise UpError(str(exc)) from None
+        s3_start = asyncio.ensure_future(self.start_service(s3_service, "s3 (moto, in memory)"))
+        p = await asyncio.to_thread(plan, paths, args.platform)
         for w in p.warnings:
             console.notice(w)
         console.step("CR files", ", ".join(str(x) for x in paths),
                      f"valid: VezaPlatform {p.platform.name}, {len(p.rooms)} ChatRoom(s), "
                      f"{len(p.channels)} StreamChannel(s)")
-        if args.check:
-            return 0
+        bindings["rooms"] = {r.name: {"title": r.spec.get("title") or r.name,
+                                      "channel": (r.spec.get("channelRef") or {}).get("name")} for r in p.rooms}
+        bindings["channels"] = {c.name: {"title": c.spec.get("title") or c.name,
+                                         "renditions": c.spec.get("renditions", [])} for c in p.channels}
+        from .demo_audio import render_demo_tracks
 
-        # The entry point first: a port in use fails before anything starts. Routes are filled in below.
-        routes = entrypoint.Routes(default="http://127.0.0.1:9")
-        bindings: dict[str, Any] = {"rooms": {r.name: {"title": r.spec.get("title") or r.name,
-                                                       "channel": (r.spec.get("channelRef") or {}).get("name")}
-                                              for r in p.rooms},
-                                    "channels": {c.name: {"title": c.spec.get("title") or c.name,
-                                                          "renditions": c.spec.get("renditions", [])}
-                                                 for c in p.channels}}
-        await self.start_entrypoint(routes, bindings)
-        host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        self.public_url = f"http://{host}:{args.port}"
-        console.step("entry point", f"{args.host}:{args.port}", "listening")
+        tones = asyncio.ensure_future(asyncio.to_thread(render_demo_tracks, [c.spec for c in p.channels]))
+        self.starting.append(tones)
 
-        if args.reset:
-            reset_data_dir(self.data_dir)
-            console.step("data dir", str(self.data_dir), "reset")
         fresh = not (self.data_dir / "postgres" / "data" / "PG_VERSION").exists()
         use_redis = not args.no_redis and RedisService.available()
         if not use_redis:
@@ -324,7 +338,7 @@ class Up:
                            "use their in-process fallbacks: presence, rate limits and caches per process, "
                            "no member counts in the room list")
         try:
-            services = Services(PostgresService(self.data_dir), NatsService(self.data_dir), S3Service(self.data_dir),
+            services = Services(PostgresService(self.data_dir), NatsService(self.data_dir), s3_service,
                                 RedisService(self.data_dir) if use_redis else None)
         except ServiceError as exc:
             raise UpError(str(exc)) from None
@@ -341,7 +355,7 @@ class Up:
             services.postgres, "postgres" + (" (initdb)" if fresh else "")))
         others = asyncio.ensure_future(asyncio.gather(
             self.start_service(services.nats, "nats (jetstream)"),
-            self.start_service(services.s3, "s3 (moto, in memory)"),
+            s3_start,
             self.start_service(services.redis, "redis") if services.redis is not None else _none()))
         await asyncio.to_thread(ensure_keys, keys_dir)
         try:
@@ -357,7 +371,7 @@ class Up:
 
         from .services import free_port
 
-        demo = asyncio.ensure_future(asyncio.to_thread(self._demo_tracks, p, spec, services))
+        demo = asyncio.ensure_future(self._demo_tracks(tones, spec, services))
         self.starting.append(demo)
         await asyncio.to_thread(migrate.wait)
         self.workers.remove(migrate)
@@ -405,13 +419,13 @@ class Up:
         await self._watch()
         return 0
 
-    def _demo_tracks(self, p: Plan, spec: Any, services: Services) -> list[str]:
-        from .demo_audio import ensure_demo_tracks
+    async def _demo_tracks(self, tones: asyncio.Future[dict[str, bytes]], spec: Any, services: Services) -> list[str]:
+        from .demo_audio import upload_demo_tracks
 
         s3 = spec.connections.s3
-        return ensure_demo_tracks([c.spec for c in p.channels], bucket=s3.bucket, endpoint=services.s3.url,
-                                  region=s3.region, access_key=services.s3.access_key,
-                                  secret_key=services.s3.secret_key)
+        return await asyncio.to_thread(upload_demo_tracks, await tones, bucket=s3.bucket, endpoint=services.s3.url,
+                                       region=s3.region, access_key=services.s3.access_key,
+                                       secret_key=services.s3.secret_key)
 
     async def _wait_ready(self, worker: Any, route: str) -> None:
         t, timeout = time.monotonic(), 90.0
