@@ -12,7 +12,9 @@ counted by acks, checked against PostgreSQL). The last stdout line is one JSON o
 
 The load generator is raw asyncio (hand-parsed WebSocket frames, only a few probe sockets decode
 JSON) so it costs less per delivery than the servers; its CPU is reported next to theirs.
-Deliveries per worker core = deliveries / CPU seconds the server processes used in the window.
+Deliveries per worker core = deliveries / CPU seconds the server processes used in the window
+(`ratio_per_core`); `ratio_per_core_incl_backing` also charges Veza the CPU of PostgreSQL, NATS and
+Redis. Latencies depend on what else the machine runs: `loadavg_at_start`/`_at_end` tell.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from veza_core.keys import KeySet, generate_signing_key, secret_data  # noqa: E4
 from veza_local.services import NatsService, PostgresService, RedisService, free_port  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+BACKING: list[int] = []  # pids of PostgreSQL, NATS and Redis
 
 
 def say(*parts: object) -> None:
@@ -204,6 +207,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def family_cpu(pids: list[int]) -> float:
+    """CPU seconds of these processes and their direct children (PostgreSQL's backends)."""
+    total = 0.0
+    wanted = set(pids)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) in wanted or int(fields[1]) in wanted:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -307,6 +326,7 @@ async def fanout_run(servers: Servers, room: str, sockets: int, rate: float, sec
     rss1 = servers.rss()
     loadgen0 = time.process_time()
     cpu0 = servers.cpu()
+    backing0 = family_cpu(BACKING)
     stats.counting = True
     t0 = time.monotonic()
     total = int(rate * seconds)
@@ -327,6 +347,7 @@ async def fanout_run(servers: Servers, room: str, sockets: int, rate: float, sec
         await asyncio.sleep(0.05)
     elapsed = time.monotonic() - t0
     cpu = servers.cpu() - cpu0
+    backing = family_cpu(BACKING) - backing0
     loadgen = time.process_time() - loadgen0
     stats.counting = False
     for c in [*clients, *senders]:
@@ -343,6 +364,7 @@ async def fanout_run(servers: Servers, room: str, sockets: int, rate: float, sec
         "memory_per_connection_kb": round((rss1 - rss0) / sockets / 1024, 1),
         "loadgen_cpu_us_per_delivery": round(loadgen / max(1, stats.events) * 1e6, 2),
         "server_cpu_us_per_delivery": round(cpu / max(1, stats.events) * 1e6, 2),
+        "backing_cpu_s": round(backing, 2),  # PostgreSQL + NATS + Redis (idle for the bare run)
     }
     if not bare:
         result["ack_ms"] = {"p50": pct(stats.ack_latencies, 0.5), "p99": pct(stats.ack_latencies, 0.99)}
@@ -439,6 +461,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     pg, nats, redis = PostgresService(work), NatsService(work), RedisService(work)
     for svc in (pg, nats, redis):
         svc.start()
+        assert svc.process is not None
+        BACKING.append(svc.process.pid)
     key = generate_signing_key()
     keys_dir = work / "keys"
     keys_dir.mkdir()
@@ -449,7 +473,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
            "VEZA_REDIS_URL": redis.url, "VEZA_JWT_ISSUER": "https://bench.veza", "VEZA_JWT_KEYS_DIR": str(keys_dir),
            "VEZA_LOG_LEVEL": "WARNING",
            "VEZA_RESOURCE_SPEC": json.dumps({"limits": {"messagesPerMinute": 1e9, "maxMembers": 100000}})}
-    results: dict[str, Any] = {"bench": "chat", "cpus": os.cpu_count()}
+    results: dict[str, Any] = {"bench": "chat", "cpus": os.cpu_count(),
+                               "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     try:
         for sockets, rate in args.loads:
             label = f"{sockets // 1000}k" if sockets >= 1000 else str(sockets)
@@ -472,7 +497,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             say(f"  {v}")
             ratio = (v["deliveries_per_worker_core_s"] / b["deliveries_per_worker_core_s"]
                      if v["deliveries_per_worker_core_s"] and b["deliveries_per_worker_core_s"] else None)
-            results[label] = {"bare": b, "veza": v, "ratio_per_core": round(ratio, 3) if ratio else None}
+            all_cpu = v["server_cpu_s"] + v["backing_cpu_s"]
+            ratio_all = (v["deliveries"] / all_cpu / b["deliveries_per_worker_core_s"]
+                         if all_cpu and b["deliveries_per_worker_core_s"] else None)
+            results[label] = {"bare": b, "veza": v, "ratio_per_core": round(ratio, 3) if ratio else None,
+                              "ratio_per_core_incl_backing": round(ratio_all, 3) if ratio_all else None}
         say(f"[durable] {args.durable_seconds} s of pipelined sends, 2 workers")
         tokens = [issuer.issue(f"d{i}", audience="veza-chat", ttl=3600) for i in range(8)]
         veza = await start_veza(env, "durable", log_dir=work)
@@ -485,6 +514,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for svc in (redis, nats, pg):
             svc.stop()
+    results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     big = results.get("5k") or results.get("1k")
     results["summary"] = {
         "ratio_per_core_1k": results.get("1k", {}).get("ratio_per_core"),
