@@ -10,6 +10,8 @@ test-artifacts/web/. Ctrl-C (SIGINT) of `veza up` leaves no process behind.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,11 @@ PASSWORD = "listen-along-1"
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     server = Up(tmp_path_factory.mktemp("web") / "data")
     try:
-        server.wait_ready()
+        seconds = server.wait_ready()
+        # Cold start (fresh data dir) to "Veza is up", recorded as an artifact (not asserted: machines are noisy).
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "cold-start.json").write_text(json.dumps({"veza_up_to_ready_seconds": round(seconds, 2),
+                                                               "load_average_1m": os.getloadavg()[0]}))
         yield server
     finally:
         server.kill()
