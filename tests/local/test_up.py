@@ -8,9 +8,11 @@ Redis-less mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -259,3 +261,41 @@ def test_bad_yaml_is_a_clear_error(tmp_path: Path) -> None:
     up = Up(tmp_path / "data", files=[bad])
     assert up.wait_exit(30) == 2
     assert f"{bad}:" in up.output() and "invalid YAML" in up.output()
+
+
+def test_after_kill_9_workers_die_and_the_next_run_stops_leftover_services(tmp_path: Path) -> None:
+    first = Up(tmp_path / "data")
+    below: set[int] = set()
+    try:
+        first.wait_ready()
+        below = descendants(first.proc.pid)
+        first.proc.kill()  # SIGKILL: no cleanup in veza up itself
+        first.proc.wait(10)
+        # Workers have the parent-death signal: they go by themselves.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(alive(p) and _is_worker(p) for p in below):
+            time.sleep(0.2)
+        assert not [p for p in below if alive(p) and _is_worker(p)]
+        second = Up(tmp_path / "data")
+        try:
+            second.wait_ready()
+            assert "left by a veza up that did not stop cleanly" in second.output()
+            status, below_second = second.interrupt()
+            assert status == 0
+            left = [p for p in below | below_second if alive(p)]
+            assert not left, f"processes left: {left}"
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+        for pid in below:  # orphans if the test failed half-way
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"veza_local.launch" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
