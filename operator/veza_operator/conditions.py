@@ -1,4 +1,10 @@
-"""Status conditions in the metav1.Condition shape (what kstatus, Argo CD and Flux read)."""
+"""Status conditions in the metav1.Condition shape (what kstatus, Argo CD and Flux read).
+
+Ready, Progressing and Degraded follow the Kubernetes API conventions; Reconciling and
+Stalled mirror Progressing and Degraded under the names kstatus (Flux, `kubectl wait`
+through cli-utils) reads as "abnormal-true" conditions, so GitOps tools see a stuck
+resource as failed without custom health checks.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+RECONCILING, STALLED = "Reconciling", "Stalled"
 
 
 @dataclass(frozen=True)
@@ -27,12 +34,14 @@ def now() -> str:
 def conditions(health: Health, generation: int, previous: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Ready/Progressing/Degraded; a condition keeps its lastTransitionTime while its status holds."""
     before = {c.get("type"): c for c in previous or []}
+    progressing = (health.reason, health.message) if health.progressing else ("Stable", "Nothing to roll out.")
+    degraded = (health.reason, health.message) if health.degraded else ("AsExpected", "No problem found.")
     wanted = [
         (READY, health.ready, health.reason, health.message),
-        (PROGRESSING, health.progressing, health.reason if health.progressing else "Stable",
-         health.message if health.progressing else "Nothing to roll out."),
-        (DEGRADED, health.degraded, health.reason if health.degraded else "AsExpected",
-         health.message if health.degraded else "No problem found."),
+        (PROGRESSING, health.progressing, *progressing),
+        (DEGRADED, health.degraded, *degraded),
+        (RECONCILING, health.progressing, *progressing),
+        (STALLED, health.degraded, *degraded),
     ]
     out = []
     for kind, flag, reason, message in wanted:

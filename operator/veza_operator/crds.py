@@ -59,7 +59,8 @@ CONDITION_SCHEMA: dict[str, Any] = {
     "description": "One aspect of the resource's state (metav1.Condition).",
     "required": ["type", "status", "reason", "message", "lastTransitionTime"],
     "properties": {
-        "type": {"type": "string", "description": "Ready, Progressing or Degraded."},
+        "type": {"type": "string",
+                 "description": "Ready, Progressing, Degraded, or their kstatus twins Reconciling and Stalled."},
         "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "Condition status."},
         "reason": {"type": "string", "description": "CamelCase reason for the last transition."},
         "message": {"type": "string", "description": "Human-readable details."},
@@ -73,7 +74,7 @@ CONDITION_SCHEMA: dict[str, Any] = {
 def status_schema(kind: Kind) -> dict[str, Any]:
     props: dict[str, Any] = {
         "observedGeneration": {"type": "integer", "description": "The .metadata.generation last reconciled."},
-        "conditions": {"type": "array", "description": "Ready, Progressing and Degraded conditions.",
+        "conditions": {"type": "array", "description": "Ready, Progressing and Degraded (and Reconciling, Stalled).",
                        "items": CONDITION_SCHEMA, "x-kubernetes-list-type": "map",
                        "x-kubernetes-list-map-keys": ["type"]},
         "url": {"type": "string", "description": "Public URL end clients use."},

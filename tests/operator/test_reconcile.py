@@ -39,7 +39,8 @@ def test_platform_room_and_channel_become_ready_with_their_children(kube: KubeCl
 
     assert p["status"]["url"] == "http://veza.test" and p["status"]["keysSecret"] == "demo-jwt-keys"
     assert p["status"]["observedGeneration"] == p["metadata"]["generation"]
-    assert {cond["type"] for cond in p["status"]["conditions"]} == {"Ready", "Progressing", "Degraded"}
+    assert {cond["type"] for cond in p["status"]["conditions"]} == {"Ready", "Progressing", "Degraded",
+                                                                    "Reconciling", "Stalled"}
     wait_for(lambda: (kube.get("vezaplatform", "demo", ns) or {})["status"].get("rooms") == 1, timeout=20,
              message="platform counts its rooms")
     assert r["status"]["replicas"] == 2 and r["status"]["readyReplicas"] == 2
@@ -126,7 +127,7 @@ def test_platform_change_rolls_every_room_and_channel(kube: KubeCluster, ns: str
 def test_room_before_platform_heals_when_platform_appears(kube: KubeCluster, ns: str) -> None:
     kube.apply(room(ns, "early"))
     r = wait_condition(kube, "chatroom", "early", ns, status="False", reason="PlatformNotFound")
-    assert condition(r, "Degraded")["status"] == "True"
+    assert condition(r, "Degraded")["status"] == "True" and condition(r, "Stalled")["status"] == "True"
     kube.apply(connections_secret(ns), platform(ns))
     wait_condition(kube, "chatroom", "early", ns)
 

@@ -118,9 +118,8 @@ def test_real_statuses_health_admission_and_scraping(kube: KubeCluster, ns: str)
     settled = wait_for(lambda: (o := kube.get("chatroom", "general", ns)) and argocd_health(o)["status"] == "Healthy"
                        and o, timeout=60, message="room Healthy again after scaling to 3")
     assert settled["status"]["readyReplicas"] == 3 and kstatus(settled) == "Current"
-    # Without Reconciling/Stalled conditions, kstatus alone calls a Degraded resource Current: Flux needs
-    # the healthCheckExprs of examples/flux/veza.yaml (docs/gitops.md).
-    assert kstatus(objects["orphan"]) == "Current"
+    # Stalled mirrors Degraded, so kstatus alone (Flux without healthCheckExprs) sees the failure.
+    assert kstatus(objects["orphan"]) == "Failed"
 
     # Pod Security "restricted": every pod the operator creates was admitted.
     pods = json.loads(kube.kubectl("get", "pods", "-n", ns, "-o", "json"))["items"]
