@@ -282,8 +282,9 @@ class ControlPlane:
                            "kubernetes.io/arch": "amd64", "type": "kwok"},
             },
             "status": {
-                "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "5000"},
-                "capacity": {"cpu": "64", "memory": "256Gi", "pods": "5000"},
+                # Fake and roomy: benchmarks schedule thousands of pods that request resources.
+                "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "10000"},
+                "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "10000"},
             },
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
