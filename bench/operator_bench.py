@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,6 +226,7 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=300)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the control planes on the way out
     with tempfile.TemporaryDirectory(prefix="veza-opbench-") as tmp:
         work = Path(tmp)
         baseline = run_baseline(args.rooms, work)

