@@ -1,18 +1,25 @@
 """Stream worker benchmark, with Debian's ffmpeg and icecast2 as baselines measured in the same run.
 
-    .venv/bin/python bench/stream_bench.py [--seconds 60] [--listeners 1000] [--hold 15]
+    .venv/bin/python bench/stream_bench.py [--steps 1000,2000,3000,4000] [--window 5] [--only listeners,latency]
+    .venv/bin/python bench/stream_bench.py --profile 1000     # py-spy of the worker serving 1000 listeners
 
 1. transcode speed (x realtime, one thread) of each rendition: the worker's pipeline vs `ffmpeg -threads 1`;
-2. listeners of a 128 kbps MP3 stream: one `veza stream` process vs icecast2 serving the same file, both on the
-   same machine; reports server CPU and memory per listener and the capacity ratio derived from CPU per listener;
-3. source-to-listener latency of a live source, progressive and HLS.
-Progress goes to stderr; the last stdout line is one JSON object.
+2. listeners of a 128 kbps MP3 stream: one `veza stream` process pinned to one core vs icecast2 (fed by
+   `ffmpeg -re ... icecast://`) pinned to the same core. Listeners are added in steps (icecast2 at 100/s: its listen
+   backlog is 5) by load generator processes (raw asyncio protocols, pinned to the other cores); each step is measured
+   over a window and the ramp stops at the first step where a listener received less than 90 % of 128 kbps. Reports
+   the most listeners that all kept up, server CPU per listener-second (above the server's idle CPU), RSS per
+   listener, and the load generators' own CPU (they must stay cheaper than the server);
+3. source-to-listener latency of a live source: progressive (bytes arriving) and HLS (first listed segment).
+On a shared machine the servers compete with everything else on their core: the step ramp then stops early for both,
+and CPU per listener-second is the steadier figure. Progress goes to stderr; the last stdout line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -97,67 +104,169 @@ def bench_transcode(wav: Path, seconds: float) -> dict[str, Any]:
 
 
 # -- listeners -------------------------------------------------------------------------------------------------
+# The load generator: raw asyncio protocols (no HTTP client library), several processes pinned away from the
+# server's core, driven over stdin/stdout by the benchmark. Commands: "add N RATE" (open N more listeners at RATE
+# connections per second, a bounded number of retries each), "mark" (start a measuring window), "report" (per
+# listener bytes per second since the mark, and the generator's own CPU), "quit".
 LOADGEN = r"""
-import asyncio, sys, time, resource
-host, port, path, n, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-class P(asyncio.Protocol):
-    def __init__(s): s.n = 0; s.first = None
-    def connection_made(s, t): t.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-    def data_received(s, d):
-        s.n += len(d)
-        if s.first is None: s.first = time.monotonic()
+import asyncio, json, resource, sys, time
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+REQ = f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: bench\r\n\r\n".encode()
+h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
+class L(asyncio.Protocol):
+    __slots__ = ("n", "lost", "base")
+    def __init__(s): s.n = 0; s.lost = False; s.base = 0
+    def connection_made(s, t): t.write(REQ)
+    def data_received(s, d): s.n += len(d)
     def connection_lost(s, e): s.lost = True
 async def main():
-    loop = asyncio.get_running_loop(); ps = []
-    for i in range(n):
-        for _ in range(20):
+    loop = asyncio.get_running_loop(); ls = []; failed = 0; t0 = time.monotonic()
+    async def one():
+        nonlocal failed
+        for attempt in range(4):
             try:
-                _, p = await loop.create_connection(P, host, port); ps.append(p); break
-            except OSError:
-                await asyncio.sleep(0.05)
-        if i % 50 == 49: await asyncio.sleep(0.02)
-    print("connected", flush=True)
-    await asyncio.sleep(2)
-    base = [p.n for p in ps]; t0 = time.monotonic()
-    await asyncio.sleep(hold)
-    dt = time.monotonic() - t0
-    rates = sorted((p.n - b) / dt for p, b in zip(ps, base))
-    print(len(ps), rates[0] if rates else 0, rates[len(rates)//2] if rates else 0, flush=True)
-h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
+                _, p = await asyncio.wait_for(loop.create_connection(L, host, port), 10)
+                ls.append(p); return
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.2 * (attempt + 1))
+        failed += 1
+    while True:
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).split()
+        if not line or line[0] == "quit":
+            break
+        if line[0] == "add":
+            n, rate = int(line[1]), float(line[2]); start = time.monotonic(); tasks = []
+            for i in range(n):
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+                tasks.append(asyncio.ensure_future(one()))
+            await asyncio.gather(*tasks)
+            out = {"listeners": len(ls), "failed": failed, "seconds": time.monotonic() - start}
+        elif line[0] == "mark":
+            for p in ls: p.base = p.n
+            t0 = time.monotonic(); out = {}
+        else:
+            dt = time.monotonic() - t0
+            rates = sorted(-1.0 if p.lost else (p.n - p.base) / dt for p in ls)
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            out = {"rates": rates, "cpu": ru.ru_utime + ru.ru_stime, "seconds": dt}
+        print(json.dumps(out), flush=True)
 asyncio.run(main())
 """
 
+STREAM_BYTES_PER_S = 128_000 / 8
+KEPT_UP = 0.9  # a listener keeps up when it receives at least 90 % of the stream's byte rate over a window
+
 
 def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, RSS bytes) of a process."""
+    """(CPU seconds, RSS bytes) of a process and its threads."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return (int(stat[11]) + int(stat[12])) / ticks, rss
 
 
-def run_listeners(port: int, path: str, pid: int, total: int, hold: float, procs: int = 2) -> dict[str, Any]:
-    _, rss0 = proc_stats(pid)
-    gens = [subprocess.Popen([sys.executable, "-c", LOADGEN, "127.0.0.1", str(port), path, str(total // procs),
-                              str(hold)], stdout=subprocess.PIPE, text=True) for _ in range(procs)]
-    for g in gens:
-        assert g.stdout is not None
-        g.stdout.readline()  # connected
-    cpu1, rss1 = proc_stats(pid)
-    time.sleep(hold / 2)
-    cpu_mid, _ = proc_stats(pid)
-    results = []
-    for g in gens:
-        assert g.stdout is not None
-        results.append(g.stdout.readline().split())
-        g.wait(30)
-    connected = sum(int(r[0]) for r in results)
-    slowest = min(float(r[1]) for r in results)
-    cpu_per_s = (cpu_mid - cpu1) / (hold / 2)
-    return {"listeners": connected, "slowest_kbps": round(slowest * 8 / 1000, 1),
-            "all_kept_up": slowest * 8 / 1000 >= 120, "server_cpu_per_s": round(cpu_per_s, 3),
-            "rss_per_listener_kB": round((rss1 - rss0) / max(connected, 1) / 1024, 2),
-            "cpu_us_per_listener_s": round(cpu_per_s / max(connected, 1) * 1e6, 2)}
+class LoadGen:
+    """Listener processes, pinned to the cores the server does not use."""
+
+    def __init__(self, port: int, path: str, procs: int, cpus: set[int]) -> None:
+        self.procs = [subprocess.Popen([sys.executable, "-c", LOADGEN, "127.0.0.1", str(port), path],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                       preexec_fn=raise_fd_limit) for _ in range(procs)]
+        for p in self.procs:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(p.pid, cpus)
+
+    def ask(self, *commands: str) -> list[dict[str, Any]]:
+        for p, command in zip(self.procs, commands, strict=True):
+            assert p.stdin is not None
+            p.stdin.write(command + "\n")
+            p.stdin.flush()
+        out = []
+        for p in self.procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if not line:
+                raise RuntimeError("load generator died")
+            out.append(json.loads(line))
+        return out
+
+    def add(self, n: int, rate: float) -> tuple[int, int]:
+        k = len(self.procs)
+        res = self.ask(*(f"add {n // k + (i < n % k)} {rate / k}" for i in range(k)))
+        return sum(r["listeners"] for r in res), sum(r["failed"] for r in res)
+
+    def window(self, seconds: float) -> tuple[list[float], float]:
+        self.ask(*["mark"] * len(self.procs))
+        time.sleep(seconds)
+        res = self.ask(*["report"] * len(self.procs))
+        return sorted(x for r in res for x in r["rates"]), sum(r["cpu"] for r in res)
+
+    def close(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(Exception):
+                assert p.stdin is not None
+                p.stdin.write("quit\n")
+                p.stdin.flush()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def ramp(name: str, pid: int, port: int, path: str, steps: list[int], rate: float, window: float,
+         procs: int, server_cpu: int, metrics: Any = None) -> dict[str, Any]:
+    """Add listeners step by step; measure each step over a window; stop at the first step where one falls behind."""
+    others = (os.sched_getaffinity(0) - {server_cpu}) or {server_cpu}
+    os.sched_setaffinity(pid, {server_cpu})  # one server process on one core
+    cpu0, rss0 = proc_stats(pid)
+    time.sleep(window)
+    cpu1, _ = proc_stats(pid)
+    idle_cpu = (cpu1 - cpu0) / window  # veza: the encoder; icecast2: nothing much
+    gen = LoadGen(port, path, procs, others)
+    results: list[dict[str, Any]] = []
+    try:
+        have = 0
+        for target in steps:
+            connected, failed = gen.add(target - have, rate)
+            have = target
+            time.sleep(2)  # bursts delivered, connections settled
+            c0, _ = proc_stats(pid)
+            _, g0 = gen.window(0)
+            t0 = time.monotonic()
+            rates, g1 = gen.window(window)
+            dt = time.monotonic() - t0
+            c1, rss = proc_stats(pid)
+            behind = sum(r < KEPT_UP * STREAM_BYTES_PER_S for r in rates)
+            cpu_per_s = (c1 - c0) / dt
+            step: dict[str, Any] = {"listeners": connected, "failed_connects": failed, "behind": behind,
+                    "slowest_kbps": round(rates[0] * 8 / 1000, 1) if rates else None,
+                    "median_kbps": round(rates[len(rates) // 2] * 8 / 1000, 1) if rates else None,
+                    "server_cpu_per_s": round(cpu_per_s, 3),
+                    "loadgen_cpu_per_s": round((g1 - g0) / dt, 3),
+                    "rss_per_listener_kB": round((rss - rss0) / max(connected, 1) / 1024, 2),
+                    "cpu_us_per_listener_s": round(max(cpu_per_s - idle_cpu, 0) / max(connected, 1) * 1e6, 2)}
+            if metrics is not None:
+                try:
+                    step.update(metrics())
+                except OSError as exc:
+                    step["metrics_error"] = repr(exc)
+            say(f"  {name}: {step}")
+            results.append(step)
+            if behind or failed:
+                break
+    finally:
+        gen.close()
+    ok = [r for r in results if not r["behind"] and not r["failed_connects"]]
+    best = ok[-1] if ok else (results[-1] if results else {})
+    return {"max_listeners_all_kept_up": best.get("listeners", 0) if ok else 0,
+            "capped_by_ramp": bool(ok) and len(ok) == len(steps),
+            "idle_cpu_per_s": round(idle_cpu, 3),
+            "rss_per_listener_kB": best.get("rss_per_listener_kB"),
+            "cpu_us_per_listener_s": best.get("cpu_us_per_listener_s"),
+            "loadgen_cpu_per_s": best.get("loadgen_cpu_per_s"), "server_cpu_per_s": best.get("server_cpu_per_s"),
+            "steps": results}
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -171,19 +280,22 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-def bench_icecast(tmp: Path, mp3: Path, listeners: int, hold: float) -> dict[str, Any]:
+def bench_icecast(tmp: Path, mp3: Path, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
-    (tmp / "ice").mkdir()
-    conf = tmp / "icecast.xml"
-    # icecast2 refuses to run as root: drop to nobody then (its log directory must be writable).
+    # icecast2 refuses to run as root and drops to nobody after reading its configuration; its log directory (and
+    # every directory above it) must then be reachable by nobody. The benchmark's temporary directory is 0700, which
+    # is why icecast2 used to exit at start (and the ffmpeg source then saw "connection reset").
+    ice_dir = Path(tempfile.mkdtemp(prefix="stream-bench-icecast-"))
+    os.chmod(ice_dir, 0o777)  # noqa: S103 (a temporary log dir for the benchmark)
+    conf = ice_dir / "icecast.xml"
     owner = "<changeowner><user>nobody</user><group>nogroup</group></changeowner>" if os.getuid() == 0 else ""
-    os.chmod(tmp / "ice", 0o777)  # noqa: S103 (a temporary log dir for the benchmark)
-    conf.write_text(f"""<icecast><limits><clients>{listeners + 100}</clients><sources>2</sources>
-<burst-size>65536</burst-size></limits>
+    # The same burst as the worker's (2 s of 128 kbps), a queue as deep as the worker's drop threshold.
+    conf.write_text(f"""<icecast><hostname>127.0.0.1</hostname><limits><clients>{max(args.steps) + 100}</clients>
+<sources>2</sources><burst-size>32000</burst-size><queue-size>262144</queue-size></limits>
 <authentication><source-password>benchpw</source-password><admin-password>benchpw</admin-password></authentication>
 <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
-<paths><logdir>{tmp}/ice</logdir><webroot>/usr/share/icecast2/web</webroot></paths>
-<logging><loglevel>1</loglevel></logging><security><chroot>0</chroot>{owner}</security></icecast>""")
+<paths><logdir>{ice_dir}</logdir><webroot>/usr/share/icecast2/web</webroot></paths>
+<logging><loglevel>2</loglevel></logging><security><chroot>0</chroot>{owner}</security></icecast>""")
     ice = subprocess.Popen(["icecast2", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            preexec_fn=raise_fd_limit)
     src = None
@@ -192,14 +304,22 @@ def bench_icecast(tmp: Path, mp3: Path, listeners: int, hold: float) -> dict[str
         src = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(mp3),
                                 "-c", "copy", "-content_type", "audio/mpeg", "-f", "mp3",
                                 f"icecast://source:benchpw@127.0.0.1:{port}/bench.mp3"])
-        time.sleep(2)
-        say(f"icecast2: {listeners} listeners for {hold:.0f} s")
-        return run_listeners(port, "/bench.mp3", ice.pid, listeners, hold)
+        time.sleep(3)
+        if ice.poll() is not None or src.poll() is not None:
+            raise RuntimeError(f"icecast2 or its ffmpeg source exited; see {ice_dir}/error.log")
+        say(f"icecast2: up to {max(args.steps)} listeners at {args.icecast_rate:.0f}/s (its listen backlog is 5)")
+        return ramp("icecast2", ice.pid, port, "/bench.mp3", args.steps, args.icecast_rate, args.window,
+                    args.loadgens, args.server_cpu)
     finally:
         for p in (src, ice):
             if p is not None:
                 p.terminate()
-                p.wait(10)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        shutil.rmtree(ice_dir, ignore_errors=True)
 
 
 def start_veza(tmp: Path, spec: dict[str, Any], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -223,18 +343,59 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def bench_veza_listeners(tmp: Path, s3: Any, listeners: int, hold: float) -> dict[str, Any]:
+def scrape(port: int, name: str) -> float:
+    """Sum of a counter or gauge on the worker's /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def bench_veza_listeners(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
             "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
             "delivery": {"hls": {"enabled": False}}}
     proc, port = start_veza(tmp, spec, s3)
     try:
         time.sleep(2)
-        say(f"veza stream: {listeners} listeners for {hold:.0f} s")
-        # One worker process on one core: pin it.
-        os.sched_setaffinity(proc.pid, {0})
-        return run_listeners(port, "/stream/bench/mp3", proc.pid, listeners, hold)
+        say(f"veza stream: up to {max(args.steps)} listeners at {args.veza_rate:.0f}/s")
+        return ramp("veza", proc.pid, port, "/stream/bench/mp3", args.steps, args.veza_rate, args.window,
+                    args.loadgens, args.server_cpu,
+                    metrics=lambda: {"dropped": scrape(port, "veza_stream_listeners_dropped_total")})
     finally:
+        stop(proc)
+        say("  worker log tail:\n" + "\n".join((tmp / f"veza-{port}.log").read_text().splitlines()[-5:]))
+
+
+def profile_veza(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> None:
+    """py-spy (through `uv tool run`) over the worker serving --profile listeners; the top frames go to stderr."""
+    spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
+            "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
+            "delivery": {"hls": {"enabled": False}}}
+    proc, port = start_veza(tmp, spec, s3)
+    gen = None
+    try:
+        os.sched_setaffinity(proc.pid, {args.server_cpu})
+        gen = LoadGen(port, "/stream/bench/mp3", args.loadgens,
+                      (os.sched_getaffinity(0) - {args.server_cpu}) or {args.server_cpu})
+        gen.add(args.profile, args.veza_rate)
+        time.sleep(2)
+        out = tmp / "profile.txt"
+        subprocess.run(["uv", "tool", "run", "--from", "py-spy", "py-spy", "record", "--pid", str(proc.pid),
+                        "--duration", str(int(args.window)), "--format", "raw", "--output", str(out), "--nonblocking"],
+                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        totals: dict[str, int] = {}
+        if out.exists():
+            for line in out.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                for frame in set(stack.split(";")):
+                    totals[frame] = totals.get(frame, 0) + int(count)
+        samples = max(totals.values(), default=1)
+        for frame, n in sorted(totals.items(), key=lambda kv: -kv[1])[:25]:
+            say(f"  {100 * n / samples:5.1f}%  {frame}")
+    finally:
+        if gen is not None:
+            gen.close()
         stop(proc)
 
 
@@ -329,19 +490,31 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60, help="length of the transcoding input")
-    parser.add_argument("--listeners", type=int, default=1000)
-    parser.add_argument("--hold", type=float, default=12, help="seconds the listeners stay connected")
+    parser.add_argument("--steps", default="1000,2000,3000,4000",
+                        help="listener counts to ramp through (comma-separated)")
+    parser.add_argument("--window", type=float, default=5, help="seconds each step is measured")
+    parser.add_argument("--icecast-rate", type=float, default=100, help="new listeners per second for icecast2")
+    parser.add_argument("--veza-rate", type=float, default=400, help="new listeners per second for the worker")
+    parser.add_argument("--loadgens", type=int, default=4, help="load generator processes")
+    parser.add_argument("--server-cpu", type=int, default=min(os.sched_getaffinity(0)),
+                        help="the core the server under test is pinned to")
+    parser.add_argument("--only", default="transcode,listeners,latency", help="parts to run (comma-separated)")
+    parser.add_argument("--profile", type=int, default=0, help="instead: py-spy the worker with this many listeners")
     args = parser.parse_args()
+    args.steps = sorted(int(x) for x in args.steps.split(","))
+    parts = set(args.only.split(","))
     need_tools()
     raise_fd_limit()
     from veza_local.services import S3Service
 
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="stream-bench-") as d:
         tmp = Path(d)
         wav = tmp / "input.wav"
         write_input(wav, args.seconds)
-        say(f"1/3 transcoding {args.seconds:.0f} s of audio")
-        transcode = bench_transcode(wav, args.seconds)
+        if "transcode" in parts and not args.profile:
+            say(f"1/3 transcoding {args.seconds:.0f} s of audio")
+            result["transcode"] = bench_transcode(wav, args.seconds)
         mp3 = tmp / "input.mp3"
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k",
                         "-ar", "48000", "-y", str(mp3)], check=True)
@@ -354,23 +527,27 @@ def main() -> int:
             client.put_object(Bucket="veza", Key="bench/input.mp3", Body=mp3.read_bytes())
             s3env = {"VEZA_S3_ENDPOINT": s3.url, "VEZA_S3_BUCKET": "veza", "AWS_ACCESS_KEY_ID": s3.access_key,
                      "AWS_SECRET_ACCESS_KEY": s3.secret_key}
-            say(f"2/3 listeners ({args.listeners})")
-            veza = bench_veza_listeners(tmp, s3env, args.listeners, args.hold)
-            say(f"  veza: {veza}")
-            ice = bench_icecast(tmp, mp3, args.listeners, args.hold)
-            say(f"  icecast2: {ice}")
-            say("3/3 latency")
-            latency = asyncio.run(bench_latency(tmp, s3env))
-            say(f"  {latency}")
+            if args.profile:
+                profile_veza(tmp, s3env, args)
+                return 0
+            if "listeners" in parts:
+                say(f"2/3 listeners: steps {args.steps}, {args.window:.0f} s windows, server on core {args.server_cpu}")
+                veza = bench_veza_listeners(tmp, s3env, args)
+                ice = bench_icecast(tmp, mp3, args)
+                ratio = veza["max_listeners_all_kept_up"] / max(ice["max_listeners_all_kept_up"], 1)
+                cpu_ratio = (ice["cpu_us_per_listener_s"] or 0) / max(veza["cpu_us_per_listener_s"] or 0, 1e-9)
+                result["listeners"] = {
+                    "veza": veza, "icecast2": ice,
+                    "ratio_max_listeners_vs_icecast": round(ratio, 2),
+                    "ratio_cpu_per_listener_vs_icecast": round(cpu_ratio, 2),
+                    "est_listeners_per_core_veza": int(1e6 / max(veza["cpu_us_per_listener_s"] or 0, 1e-9)),
+                    "est_listeners_per_core_icecast2": int(1e6 / max(ice["cpu_us_per_listener_s"] or 0, 1e-9))}
+            if "latency" in parts:
+                say("3/3 latency")
+                result["latency"] = asyncio.run(bench_latency(tmp, s3env))
+                say(f"  {result['latency']}")
         finally:
             s3.stop()
-    capacity_ratio = ice["cpu_us_per_listener_s"] / max(veza["cpu_us_per_listener_s"], 1e-9)
-    result = {"transcode": transcode,
-              "listeners": {"veza": veza, "icecast2": ice,
-                            "capacity_ratio_vs_icecast_by_cpu": round(capacity_ratio, 2),
-                            "est_listeners_per_core_veza": int(1e6 / max(veza["cpu_us_per_listener_s"], 1e-9)),
-                            "est_listeners_per_core_icecast2": int(1e6 / max(ice["cpu_us_per_listener_s"], 1e-9))},
-              "latency": latency}
     print(json.dumps(result))
     return 0
 

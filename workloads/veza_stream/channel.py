@@ -27,13 +27,15 @@ log = logging.getLogger(__name__)
 
 class Channel:
     def __init__(self, name: str, spec: ChannelSpec, fetch: TrackFetcher, *, burst_seconds: float = 2.0,
-                 max_listener_buffer: int = 256 * 1024, prefer_system_lame: bool = True) -> None:
+                 max_listener_buffer: int = 256 * 1024, write_interval: float = 0.25,
+                 prefer_system_lame: bool = True) -> None:
         self.name = name
         self.spec = spec
         self.fetch = fetch
         self.prefer_system_lame = prefer_system_lame
         self.feeds = {r.name: RenditionFeed(name, r.name, CONTENT_TYPES[r.codec], burst_seconds=burst_seconds,
-                                            max_buffer=max_listener_buffer) for r in spec.renditions}
+                                            max_buffer=max_listener_buffer, write_interval=write_interval)
+                      for r in spec.renditions}
         self.segmenters: dict[str, Segmenter] = {}
         if spec.delivery.hls.enabled:
             for r in spec.renditions:

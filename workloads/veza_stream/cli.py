@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ICY metadata interval in bytes (env VEZA_STREAM_METAINT)")
     parser.add_argument("--leader-ttl", type=float, default=float(os.environ.get("VEZA_STREAM_LEADER_TTL", "3")),
                         help="seconds a leader's Redis lock lives without renewal (env VEZA_STREAM_LEADER_TTL)")
+    parser.add_argument("--write-interval", type=float,
+                        default=float(os.environ.get("VEZA_STREAM_WRITE_INTERVAL", "0.25")),
+                        help="seconds of audio collected before each write to listeners "
+                             "(env VEZA_STREAM_WRITE_INTERVAL)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         worker = Worker(settings, source_password=os.environ.get("VEZA_SOURCE_PASSWORD") or None,
-                        metaint=args.metaint, leader_ttl=args.leader_ttl)
+                        metaint=args.metaint, leader_ttl=args.leader_ttl,
+                        write_interval=min(max(args.write_interval, 0.02), 1.0))
     except (ValueError, ValidationError) as exc:
         print(f"veza stream: invalid configuration: {exc}", file=sys.stderr)
         return 2

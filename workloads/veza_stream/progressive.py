@@ -11,7 +11,7 @@ from veza_core.web import json_error
 from .access import AccessDenied, check_listener
 from .icy import IcyState
 from .metrics import LISTENERS_REJECTED
-from .renditions import Listener, RenditionFeed
+from .renditions import Listener, RenditionFeed, chunked
 from .state import WORKER
 
 
@@ -52,14 +52,17 @@ async def serve(request: web.Request, feed: RenditionFeed, metaint: int) -> web.
     transport = request.transport
     if transport is None:
         return response
-    burst = feed.burst()
+    burst, end = feed.burst()
     while not burst:  # nothing encoded yet (a fresh worker): wait for the first batch
         await feed.chunks_ready.wait()
-        burst = feed.burst()
+        burst, end = feed.burst()
     listener = Listener(transport, icy, chunked=response.headers.get("Transfer-Encoding", "").lower() == "chunked")
     # The first write goes through aiohttp, which sends the headers with it; every later
-    # write goes straight to the transport from RenditionFeed.publish, framed the same way.
+    # write goes straight to the transport from RenditionFeed.flush, framed the same way.
     await response.write(icy.interleave(burst, feed.title) if icy else burst)
+    if missed := feed.since(end):  # flushed while the burst was on its way: this listener needs it too
+        missed = icy.interleave(missed, feed.title) if icy else missed
+        transport.write(chunked(missed) if listener.chunked else missed)
     feed.add(listener)
     try:
         await listener.closed

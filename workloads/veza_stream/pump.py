@@ -37,6 +37,10 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+def _none() -> int:
+    return 0
+
+
 def silence(samples: int = 1024) -> av.AudioFrame:
     frame = av.AudioFrame.from_ndarray(np.zeros((2, samples), dtype=np.float32), format=CANONICAL_FORMAT,
                                        layout=LAYOUT)
@@ -46,13 +50,15 @@ def silence(samples: int = 1024) -> av.AudioFrame:
 
 class Pump(threading.Thread):
     def __init__(self, channel: str, transcoder: Transcoder, sources: list[Source],
-                 deliver: Callable[[Batch, str], None], *, lead: float = 0.3, batch_seconds: float = 0.1) -> None:
+                 deliver: Callable[[Batch, str], None], *, lead: float = 0.3, max_lead: float = 2.0,
+                 batch_seconds: float = 0.1) -> None:
         super().__init__(name=f"pump-{channel}", daemon=True)
         self.channel = channel
         self.transcoder = transcoder
         self.sources = sources
         self.deliver = deliver  # called from this thread with each batch and the title on air
         self.lead = lead
+        self.max_lead = max_lead
         self.batch_samples = int(batch_seconds * SAMPLE_RATE)
         self.stopping = threading.Event()
         self.on_air = "silence"
@@ -96,10 +102,13 @@ class Pump(threading.Thread):
             ahead = produced / SAMPLE_RATE - (time.monotonic() - started)
             if ahead < -0.5:
                 started = time.monotonic() - produced / SAMPLE_RATE  # fell behind: rebase, never catch up in a burst
-            if batched >= self.batch_samples or ahead > self.lead:
+            # A pushed source (live, relay) is paced by its sender: frames queued behind the encoder are latency, so
+            # they are encoded at once (up to `max_lead`) instead of at the wall clock's pace.
+            backlog = source is not None and getattr(source, "backlog", _none)() > 2 and ahead < self.max_lead
+            if batched >= self.batch_samples or (ahead > self.lead and not backlog):
                 self._flush(batch, source)
                 batched = 0
-            if ahead > self.lead:
+            if ahead > self.lead and not backlog:
                 self.stopping.wait(ahead - self.lead)
 
     def _flush(self, batch: Batch, source: Source | None) -> None:

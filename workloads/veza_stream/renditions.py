@@ -1,12 +1,20 @@
 """Fan-out of one rendition's encoded stream to its listeners and segmenters.
 
 A feed keeps the codec header (Ogg pages every new listener needs first) and the
-last few seconds of audio for the burst on connect. Listeners are written to with
-``transport.write`` straight from :meth:`RenditionFeed.publish`: no task or queue
-per listener, one pre-framed buffer shared by every plain listener. The kernel
-socket buffer plus the transport's write buffer is the listener's buffer; once
-that holds more than ``max_buffer`` bytes the listener is too slow and is dropped,
-so it never holds back anyone else.
+last few seconds of audio for the burst on connect. Listeners have no task or
+queue of their own. Published chunks collect for ``write_interval`` seconds, then
+:meth:`RenditionFeed.flush` writes one pre-built buffer to every transport: one
+``transport.write`` per listener per flush and no other per-listener work (plain
+HTTP/1.0 listeners and chunked HTTP/1.1 listeners each share one buffer; only ICY
+listeners get their own interleaving). The write interval, not the encoder's batch,
+sets how many send calls a listener costs per second, and that is the worker's main
+cost per listener.
+
+Slow and gone listeners are noticed by the transport, not by the loop: each
+listener's transport has its high-water mark at ``max_buffer`` and a protocol
+wrapper (:class:`ListenerProtocol`) that drops the listener when the transport
+pauses writing (its buffer went over the mark: the listener is too slow, and is
+never allowed to hold back anyone else) and forgets it when the connection is lost.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from .icy import IcyState
 from .metrics import LISTENERS, LISTENERS_DROPPED
@@ -42,17 +51,53 @@ class Listener:
             self.closed.set_result(reason)
 
 
+class ListenerProtocol(asyncio.BaseProtocol):
+    """Sits between a listener's transport and aiohttp's protocol: forwards everything, watches two events."""
+
+    __slots__ = ("feed", "inner", "listener")
+
+    def __init__(self, inner: Any, feed: RenditionFeed, listener: Listener) -> None:
+        self.inner = inner
+        self.feed = feed
+        self.listener = listener
+
+    def pause_writing(self) -> None:
+        # Called from inside transport.write during a flush: act after the flush loop.
+        asyncio.get_running_loop().call_soon(self.feed.drop_slow, self.listener)
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.feed.remove(self.listener)
+        self.listener.close("disconnected")
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return bool(self.inner.eof_received())
+
+
 class RenditionFeed:
     def __init__(self, channel: str, name: str, content_type: str, *, burst_seconds: float = 2.0,
-                 max_buffer: int = 256 * 1024, sample_rate: int = 48000) -> None:
+                 max_buffer: int = 256 * 1024, sample_rate: int = 48000, write_interval: float = 0.25) -> None:
         self.channel = channel
         self.name = name
         self.content_type = content_type
         self.header = b""
-        self.recent: deque[Chunk] = deque()
+        self.recent: deque[Chunk] = deque()  # written to every listener; the burst comes from here
+        self.pending: list[Chunk] = []  # published, not yet written to listeners
+        self._pending_samples = 0
         self.burst_samples = int(burst_seconds * sample_rate)
+        self.flush_samples = int(write_interval * sample_rate)
         self.max_buffer = max_buffer
         self.listeners: set[Listener] = set()
+        self._plain: set[asyncio.Transport] = set()
+        self._chunked: set[asyncio.Transport] = set()
+        self._icy: set[Listener] = set()
         self.sinks: list[Callable[[list[Chunk]], None]] = []
         self.title = ""
         self.last_pts = 0
@@ -61,66 +106,103 @@ class RenditionFeed:
 
     # -- producer side ----------------------------------------------------------------------------
     def publish(self, chunks: list[Chunk]) -> None:
-        """Deliver a batch of chunks (in order) to sinks and listeners."""
+        """Take a batch of chunks (in order): sinks see it now, listeners at the next flush."""
         if not chunks:
             return
-        body = bytearray()
+        header = False
         for chunk in chunks:
             if chunk.header:
-                # A new logical stream (new encoder after a leader change): new listeners need this header
-                # and none of the pages before it.
+                header = True
+            else:
+                self.last_pts = chunk.pts + chunk.duration
+                self._pending_samples += chunk.duration
+            self.pending.append(chunk)
+        for sink in self.sinks:
+            sink(chunks)
+        # A header (a new encoder's Ogg stream) is written at once, so no listener joins between it and its pages.
+        if header or self._pending_samples >= self.flush_samples or not self.recent:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was published since the last flush to every listener."""
+        if not self.pending:
+            return
+        body = bytearray()
+        for chunk in self.pending:
+            if chunk.header:
+                # A new logical stream: new listeners need this header and none of the pages before it.
                 self.header = chunk.data
                 self.recent.clear()
             else:
                 self.recent.append(chunk)
-                self.last_pts = chunk.pts + chunk.duration
             body += chunk.data
+        self.pending = []
+        self._pending_samples = 0
         while len(self.recent) > 1 and self.recent[-1].pts - self.recent[0].pts > self.burst_samples:
             self.recent.popleft()
-        for sink in self.sinks:
-            sink(chunks)
         self.chunks_ready.set()
         self.chunks_ready = asyncio.Event()
         data = bytes(body)
-        framed = chunked(data)
-        for listener in list(self.listeners):
-            self._write(listener, data, framed)
+        for transport in self._plain:
+            transport.write(data)
+        if self._chunked:
+            framed = chunked(data)
+            for transport in self._chunked:
+                transport.write(framed)
+        for listener in self._icy:
+            assert listener.icy is not None
+            out = listener.icy.interleave(data, self.title)
+            listener.transport.write(chunked(out) if listener.chunked else out)
 
     def set_title(self, title: str) -> None:
         self.title = title
 
     # -- listener side ----------------------------------------------------------------------------
-    def burst(self) -> bytes:
-        return self.header + b"".join(c.data for c in self.recent)
+    def burst(self) -> tuple[bytes, int]:
+        """What a new listener gets first, and the position it ends at (for :meth:`since`)."""
+        end = self.recent[-1].pts + self.recent[-1].duration if self.recent else 0
+        return self.header + b"".join(c.data for c in self.recent), end
+
+    def since(self, end: int) -> bytes:
+        """Audio flushed after a burst that ended at `end` (written while that burst was being sent)."""
+        return b"".join(c.data for c in self.recent if c.pts >= end)
 
     def add(self, listener: Listener) -> None:
-        self.listeners.add(listener)
-        self._gauge.set(len(self.listeners))
-
-    def remove(self, listener: Listener) -> None:
-        self.listeners.discard(listener)
-        self._gauge.set(len(self.listeners))
-
-    def _write(self, listener: Listener, data: bytes, framed: bytes) -> None:
+        """Attach a listener whose response already carries the burst."""
         transport = listener.transport
         if transport.is_closing():
             listener.close("disconnected")
-            self.remove(listener)
             return
-        if transport.get_write_buffer_size() > self.max_buffer:
-            LISTENERS_DROPPED.labels(self.channel, self.name).inc()
-            log.info("slow listener dropped", extra={"channel": self.channel, "rendition": self.name})
-            listener.close("slow")
-            self.remove(listener)
-            transport.abort()
-            return
-        if listener.icy:
-            body = listener.icy.interleave(data, self.title)
-            transport.write(chunked(body) if listener.chunked else body)
+        transport.set_protocol(ListenerProtocol(transport.get_protocol(), self, listener))
+        transport.set_write_buffer_limits(high=self.max_buffer)
+        self.listeners.add(listener)
+        if listener.icy is not None:
+            self._icy.add(listener)
+        elif listener.chunked:
+            self._chunked.add(transport)
         else:
-            transport.write(framed if listener.chunked else data)
+            self._plain.add(transport)
+        self._gauge.set(len(self.listeners))
+
+    def remove(self, listener: Listener) -> None:
+        if listener not in self.listeners:
+            return
+        self.listeners.discard(listener)
+        self._icy.discard(listener)
+        self._chunked.discard(listener.transport)
+        self._plain.discard(listener.transport)
+        self._gauge.set(len(self.listeners))
+
+    def drop_slow(self, listener: Listener) -> None:
+        if listener not in self.listeners:
+            return
+        LISTENERS_DROPPED.labels(self.channel, self.name).inc()
+        log.info("slow listener dropped", extra={"channel": self.channel, "rendition": self.name})
+        self.remove(listener)
+        listener.close("slow")
+        listener.transport.abort()
 
     def close_all(self, reason: str) -> None:
         for listener in list(self.listeners):
-            listener.close(reason)
             self.remove(listener)
+            listener.close(reason)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, settings: Settings, *, source_password: str | None = None, metaint: int = DEFAULT_METAINT,
-                 leader_ttl: float = 3.0) -> None:
+                 leader_ttl: float = 3.0, write_interval: float = 0.25) -> None:
         if not settings.resource_name:
             raise ValueError("VEZA_RESOURCE_NAME (the StreamChannel name) is required")
         self.settings = settings
@@ -43,7 +43,7 @@ class Worker:
         self.store = ObjectStore(settings.s3_bucket, endpoint_url=settings.s3_endpoint, region=settings.s3_region,
                                  access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
                                  secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
-        self.channel = Channel(settings.resource_name, self.spec, self._fetch)
+        self.channel = Channel(settings.resource_name, self.spec, self._fetch, write_interval=write_interval)
         self.source_password = source_password
         self.metaint = metaint
         self.leader_ttl = leader_ttl
