@@ -530,6 +530,8 @@ def main() -> int:
             if args.profile:
                 profile_veza(tmp, s3env, args)
                 return 0
+            if "veza-listeners" in parts:  # the worker alone (while working on it)
+                result["listeners"] = {"veza": bench_veza_listeners(tmp, s3env, args)}
             if "listeners" in parts:
                 say(f"2/3 listeners: steps {args.steps}, {args.window:.0f} s windows, server on core {args.server_cpu}")
                 veza = bench_veza_listeners(tmp, s3env, args)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .hls import HLS_CODECS, Segmenter
+from .hls import HLS_CODECS, Segment, Segmenter
 from .metrics import HLS_SEGMENTS
 from .pump import Batch, Pump, Source
 from .renditions import RenditionFeed
@@ -40,9 +40,8 @@ class Channel:
         if spec.delivery.hls.enabled:
             for r in spec.renditions:
                 if r.codec in HLS_CODECS:
-                    counter = HLS_SEGMENTS.labels(name, r.name)
                     segmenter = Segmenter(r.codec, spec.delivery.hls.target_duration_seconds,
-                                          on_segment=lambda _segment, c=counter: c.inc())  # type: ignore[misc]
+                                          on_segment=lambda segment, n=r.name: self._segment_cut(n, segment))  # type: ignore[misc]
                     self.segmenters[r.name] = segmenter
                     self.feeds[r.name].sinks.append(segmenter.feed)
         source = spec.source
@@ -59,6 +58,8 @@ class Channel:
         # Called on the event loop with every batch this replica encodes (the replication publisher).
         self.on_encoded: list[Callable[[Batch, str], Any]] = []
         self.on_title: list[Callable[[str], Any]] = []
+        # Called with every HLS segment cut while this replica encodes (the recorder).
+        self.on_segment: list[Callable[[str, Segment], Any]] = []
 
     @property
     def sources(self) -> list[Source]:
@@ -88,6 +89,12 @@ class Channel:
         await asyncio.to_thread(self.pump.join, 5)
         self.pump = None
         log.info("encoding stopped", extra={"channel": self.name})
+
+    def _segment_cut(self, rendition: str, segment: Segment) -> None:
+        HLS_SEGMENTS.labels(self.name, rendition).inc()
+        if self.encoding:
+            for hook in self.on_segment:
+                hook(rendition, segment)
 
     def _from_pump(self, batch: Batch, title: str) -> None:
         assert self.loop is not None

@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ICY metadata interval in bytes (env VEZA_STREAM_METAINT)")
     parser.add_argument("--leader-ttl", type=float, default=float(os.environ.get("VEZA_STREAM_LEADER_TTL", "3")),
                         help="seconds a leader's Redis lock lives without renewal (env VEZA_STREAM_LEADER_TTL)")
+    parser.add_argument("--relay-max-backoff", type=float,
+                        default=float(os.environ.get("VEZA_STREAM_RELAY_MAX_BACKOFF", "30")),
+                        help="longest wait between relay reconnections (env VEZA_STREAM_RELAY_MAX_BACKOFF)")
+    parser.add_argument("--recording-seconds", type=float,
+                        default=float(os.environ.get("VEZA_STREAM_RECORDING_SECONDS", "60")),
+                        help="seconds of audio per recording file (env VEZA_STREAM_RECORDING_SECONDS)")
     parser.add_argument("--write-interval", type=float,
                         default=float(os.environ.get("VEZA_STREAM_WRITE_INTERVAL", "0.25")),
                         help="seconds of audio collected before each write to listeners "
@@ -34,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         worker = Worker(settings, source_password=os.environ.get("VEZA_SOURCE_PASSWORD") or None,
                         metaint=args.metaint, leader_ttl=args.leader_ttl,
-                        write_interval=min(max(args.write_interval, 0.02), 1.0))
+                        write_interval=min(max(args.write_interval, 0.02), 1.0),
+                        relay_max_backoff=max(args.relay_max_backoff, 0.1),
+                        recording_seconds=min(max(args.recording_seconds, 1.0), 3600.0))
     except (ValueError, ValidationError) as exc:
         print(f"veza stream: invalid configuration: {exc}", file=sys.stderr)
         return 2

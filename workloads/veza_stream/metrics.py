@@ -19,3 +19,9 @@ SOURCE_ACTIVE = Gauge("veza_stream_source_active", "1 for the source currently o
 HLS_SEGMENTS = Counter("veza_stream_hls_segments_total", "HLS segments cut", ["channel", "rendition"])
 INGEST_REJECTED = Counter("veza_stream_ingest_rejected_total", "Live sources or uploads refused",
                           ["channel", "reason"])
+RELAY_CONNECTS = Counter("veza_stream_relay_connections_total", "Relay upstream connections, by how they ended",
+                         ["channel", "result"])
+RECORDING_UPLOADED = Counter("veza_stream_recording_uploads_total", "Recording files and HLS segments archived to S3",
+                             ["channel"])
+RECORDING_DROPPED = Counter("veza_stream_recording_dropped_total",
+                            "Recording files dropped because S3 was too slow or down", ["channel"])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from veza_core.web import json_error
 
 from .access import AccessDenied, check_listener
 from .icy import IcyState
 from .metrics import LISTENERS_REJECTED
-from .renditions import Listener, RenditionFeed, chunked
+from .renditions import Listener, RenditionFeed
 from .state import WORKER
 
 
@@ -52,17 +53,16 @@ async def serve(request: web.Request, feed: RenditionFeed, metaint: int) -> web.
     transport = request.transport
     if transport is None:
         return response
-    burst, end = feed.burst()
-    while not burst:  # nothing encoded yet (a fresh worker): wait for the first batch
+    while not feed.burst():  # nothing encoded yet (a fresh worker): wait for the first batch
         await feed.chunks_ready.wait()
-        burst, end = feed.burst()
+    # The headers go out alone; the burst and everything after it are written straight to the transport by the
+    # feed, framed the same way aiohttp would (chunked for HTTP/1.1, raw for HTTP/1.0), from shared buffers.
+    writer = request.writer
+    if isinstance(writer, StreamWriter):
+        writer.send_headers()
+    else:  # pragma: no cover - aiohttp always gives a StreamWriter
+        await response.write(b"")
     listener = Listener(transport, icy, chunked=response.headers.get("Transfer-Encoding", "").lower() == "chunked")
-    # The first write goes through aiohttp, which sends the headers with it; every later
-    # write goes straight to the transport from RenditionFeed.flush, framed the same way.
-    await response.write(icy.interleave(burst, feed.title) if icy else burst)
-    if missed := feed.since(end):  # flushed while the burst was on its way: this listener needs it too
-        missed = icy.interleave(missed, feed.title) if icy else missed
-        transport.write(chunked(missed) if listener.chunked else missed)
     feed.add(listener)
     try:
         await listener.closed

@@ -93,7 +93,12 @@ class Pump(threading.Thread):
                     batched = 0
                 continue
             t0 = time.perf_counter()
-            for rendition, chunks in self.transcoder.encode(frame).items():
+            try:
+                encoded = self.transcoder.encode(frame)
+            except (ValueError, av.error.FFmpegError) as exc:  # a frame the encoders refuse: skip it, keep going
+                log.warning("frame not encoded", extra={"channel": self.channel, "source": name, "error": repr(exc)})
+                continue
+            for rendition, chunks in encoded.items():
                 batch[rendition].extend(chunks)
             ENCODE_LATENCY.labels(self.channel).observe(time.perf_counter() - t0)
             produced += frame.samples

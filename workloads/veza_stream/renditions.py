@@ -98,6 +98,8 @@ class RenditionFeed:
         self._plain: set[asyncio.Transport] = set()
         self._chunked: set[asyncio.Transport] = set()
         self._icy: set[Listener] = set()
+        self._burst: bytes | None = None
+        self._burst_chunked: bytes | None = None
         self.sinks: list[Callable[[list[Chunk]], None]] = []
         self.title = ""
         self.last_pts = 0
@@ -140,6 +142,7 @@ class RenditionFeed:
         self._pending_samples = 0
         while len(self.recent) > 1 and self.recent[-1].pts - self.recent[0].pts > self.burst_samples:
             self.recent.popleft()
+        self._burst = self._burst_chunked = None
         self.chunks_ready.set()
         self.chunks_ready = asyncio.Event()
         data = bytes(body)
@@ -158,21 +161,29 @@ class RenditionFeed:
         self.title = title
 
     # -- listener side ----------------------------------------------------------------------------
-    def burst(self) -> tuple[bytes, int]:
-        """What a new listener gets first, and the position it ends at (for :meth:`since`)."""
-        end = self.recent[-1].pts + self.recent[-1].duration if self.recent else 0
-        return self.header + b"".join(c.data for c in self.recent), end
+    def burst(self) -> bytes:
+        """What a new listener gets first: the header and the recent audio (one object shared until the next flush,
+        so a thousand listeners joining at once do not each cost a copy of it)."""
+        if self._burst is None:
+            self._burst = self.header + b"".join(c.data for c in self.recent)
+        return self._burst
 
-    def since(self, end: int) -> bytes:
-        """Audio flushed after a burst that ended at `end` (written while that burst was being sent)."""
-        return b"".join(c.data for c in self.recent if c.pts >= end)
+    def burst_chunked(self) -> bytes:
+        if self._burst_chunked is None:
+            self._burst_chunked = chunked(self.burst())
+        return self._burst_chunked
 
     def add(self, listener: Listener) -> None:
-        """Attach a listener whose response already carries the burst."""
+        """Send the burst to a listener whose response headers went out, and attach it to the feed."""
         transport = listener.transport
         if transport.is_closing():
             listener.close("disconnected")
             return
+        if listener.icy is not None:
+            body = listener.icy.interleave(self.burst(), self.title)
+            transport.write(chunked(body) if listener.chunked else body)
+        else:
+            transport.write(self.burst_chunked() if listener.chunked else self.burst())
         transport.set_protocol(ListenerProtocol(transport.get_protocol(), self, listener))
         transport.set_write_buffer_limits(high=self.max_buffer)
         self.listeners.add(listener)

@@ -62,6 +62,9 @@ class _Encoder:
 
     def encode(self, frame: av.AudioFrame) -> list[Chunk]:
         frame.pts = None  # the fifo checks continuity of pts; ours are counted here instead
+        # ... and the time base: a decoder whose output needed no resampling hands over its stream's time base
+        # (1/14112000 for MP3), and a fifo created by a frame of another source would refuse it.
+        frame.time_base = TIME_BASE
         self.fifo.write(frame)
         chunks: list[Chunk] = []
         while self.fifo.samples >= self.frame_size:

@@ -26,6 +26,8 @@ from .icy import DEFAULT_METAINT
 from .leader import LeaderLock
 from .metrics import LEADER
 from .pump import Batch
+from .recording import Recorder
+from .relay import RelayPuller
 from .replication import WireError, decode_batch, encode_batch
 from .spec import ChannelSpec
 from .state import WORKER
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, settings: Settings, *, source_password: str | None = None, metaint: int = DEFAULT_METAINT,
-                 leader_ttl: float = 3.0, write_interval: float = 0.25) -> None:
+                 leader_ttl: float = 3.0, write_interval: float = 0.25, relay_max_backoff: float = 30.0,
+                 recording_seconds: float = 60.0) -> None:
         if not settings.resource_name:
             raise ValueError("VEZA_RESOURCE_NAME (the StreamChannel name) is required")
         self.settings = settings
@@ -56,6 +59,17 @@ class Worker:
         self.lock: LeaderLock | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
+        self.recorder: Recorder | None = None
+        if self.spec.recording.enabled:
+            self.recorder = Recorder(self.store, self.channel.name, {r.name: r.codec for r in self.spec.renditions},
+                                     seconds=recording_seconds)
+            self.channel.on_encoded.append(self.recorder.on_batch)  # only batches this replica encodes
+            self.channel.on_segment.append(self.recorder.on_segment)
+        self.relay: RelayPuller | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+        if self.channel.relay is not None:
+            self.relay = RelayPuller(self.channel.name, self.spec.source.relay, self.channel.relay,
+                                     min_backoff=min(1.0, relay_max_backoff), max_backoff=relay_max_backoff)
 
     def subject(self, *event: str) -> str:
         return bus.subject(self.settings.platform, "channel", self.channel.name, *event)
@@ -83,12 +97,15 @@ class Worker:
             await self._elected()  # a single replica without Redis encodes on its own
 
     async def stop(self, app: web.Application) -> None:
+        await self._stop_relay()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
         await self.channel.close()
+        if self.recorder is not None:
+            await self.recorder.stop()
         if self.lock is not None:
             await self.lock.release()
             await self.lock.redis.aclose()
@@ -98,11 +115,23 @@ class Worker:
 
     async def _elected(self) -> None:
         LEADER.labels(self.channel.name).set(1)
+        if self.recorder is not None:
+            self.recorder.start()
         self.channel.start_encoding()
+        if self.relay is not None and self._relay_task is None:
+            self._relay_task = asyncio.create_task(self.relay.run())  # only the encoder pulls the upstream
 
     async def _deposed(self) -> None:
         LEADER.labels(self.channel.name).set(0)
+        await self._stop_relay()
         await self.channel.stop_encoding()
+
+    async def _stop_relay(self) -> None:
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._relay_task
+            self._relay_task = None
 
     # -- replication ----------------------------------------------------------------------------------
     def _publish_audio(self, batch: Batch, title: str) -> None:
@@ -145,7 +174,8 @@ class Worker:
         return {"channel": ch.name, "title": ch.title, "since": ch.title_changed_at,
                 "source": ch.pump.on_air if ch.pump else None, "leader": ch.encoding,
                 "listeners": {n: len(f.listeners) for n, f in ch.feeds.items()},
-                "renditions": [r.model_dump(by_alias=True) for r in ch.spec.renditions]}
+                "renditions": [r.model_dump(by_alias=True) for r in ch.spec.renditions],
+                "relay": self.relay.status() if self.relay is not None else None}
 
 
 async def now_playing(request: web.Request) -> web.Response:
