@@ -48,9 +48,15 @@ def tone_mp3(hz: float, title: str, seconds: float = SECONDS) -> bytes:
         stream = out.add_stream("libmp3lame", rate=RATE, layout="mono")
         stream.bit_rate = 64000
         total = int(seconds * RATE)
+        # One second holds a whole number of cycles for integral frequencies: compute it once, repeat it,
+        # and fade the ends in and out (50 ms) so the loop has no clicks.
         step = 2 * math.pi * hz / RATE
-        samples = array.array("h", (
-            int(6500 * min(1.0, i / 2205, (total - i) / 2205) * math.sin(step * i)) for i in range(total)))
+        second = array.array("h", (int(6500 * math.sin(step * i)) for i in range(RATE)))
+        samples = (second * (total // RATE + 1))[:total]
+        fade = RATE // 20
+        for i in range(fade):
+            samples[i] = samples[i] * i // fade
+            samples[total - 1 - i] = samples[total - 1 - i] * i // fade
         chunk = 1152
         for start in range(0, total, chunk):
             piece = samples[start:start + chunk]
@@ -65,23 +71,24 @@ def tone_mp3(hz: float, title: str, seconds: float = SECONDS) -> bytes:
     return buf.getvalue()
 
 
-def render_demo_tracks(channel_specs: list[dict[str, Any]]) -> dict[str, bytes]:
-    """The demo tracks the channels' playlists name, as MP3 bytes by S3 key (made before S3 is up)."""
+def prepare_demo_tracks(channel_specs: list[dict[str, Any]], *, endpoint: str, region: str, access_key: str,
+                        secret_key: str) -> tuple[Any, dict[str, bytes]]:
+    """An S3 client for the local endpoint and the demo tracks as MP3 bytes by key, made before S3 is up."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+                          aws_secret_access_key=secret_key)
     tracks: dict[str, bytes] = {}
     for key in demo_keys(channel_specs):
         hz = frequency(key)
         tracks[key] = tone_mp3(hz, f"Sine {hz:g} Hz")
-    return tracks
+    return client, tracks
 
 
-def upload_demo_tracks(tracks: dict[str, bytes], *, bucket: str, endpoint: str, region: str, access_key: str,
-                       secret_key: str) -> list[str]:
+def upload_demo_tracks(client: Any, tracks: dict[str, bytes], bucket: str) -> list[str]:
     """Create the bucket and upload the tracks that are missing; the keys uploaded."""
-    import boto3
     from botocore.exceptions import ClientError
 
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
-                          aws_secret_access_key=secret_key)
     try:
         client.head_bucket(Bucket=bucket)
     except ClientError:

@@ -372,9 +372,13 @@ class Up:
                                       "channel": (r.spec.get("channelRef") or {}).get("name")} for r in p.rooms}
         bindings["channels"] = {c.name: {"title": c.spec.get("title") or c.name,
                                          "renditions": c.spec.get("renditions", [])} for c in p.channels}
-        from .demo_audio import render_demo_tracks
+        from .demo_audio import prepare_demo_tracks
 
-        tones = asyncio.ensure_future(asyncio.to_thread(render_demo_tracks, [c.spec for c in p.channels]))
+        platform_s3 = p.platform.spec["connections"]["s3"]
+        tones = asyncio.ensure_future(asyncio.to_thread(
+            prepare_demo_tracks, [c.spec for c in p.channels], endpoint=s3_service.url,
+            region=platform_s3.get("region", "us-east-1"), access_key=s3_service.access_key,
+            secret_key=s3_service.secret_key))
         self.starting.append(tones)
 
         fresh = not (self.data_dir / "postgres" / "data" / "PG_VERSION").exists()
@@ -466,13 +470,11 @@ class Up:
         await self._watch()
         return 0
 
-    async def _demo_tracks(self, tones: asyncio.Future[dict[str, bytes]], spec: Any, services: Services) -> list[str]:
+    async def _demo_tracks(self, tones: asyncio.Future[Any], spec: Any, services: Services) -> list[str]:
         from .demo_audio import upload_demo_tracks
 
-        s3 = spec.connections.s3
-        return await asyncio.to_thread(upload_demo_tracks, await tones, bucket=s3.bucket, endpoint=services.s3.url,
-                                       region=s3.region, access_key=services.s3.access_key,
-                                       secret_key=services.s3.secret_key)
+        client, tracks = await tones
+        return await asyncio.to_thread(upload_demo_tracks, client, tracks, spec.connections.s3.bucket)
 
     async def _wait_ready(self, worker: Any, route: str) -> None:
         t, timeout = time.monotonic(), 90.0
