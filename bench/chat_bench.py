@@ -7,7 +7,7 @@ Starts PostgreSQL, NATS and Redis locally (veza_local.services), then for 1k and
 one room spread over two server processes: the bare baseline (two aiohttp processes that
 broadcast what they receive, no auth, no storage; each message is sent to both), then two
 `veza chat` workers (auth, group commit to PostgreSQL, fan-out over NATS, Redis rate limits).
-Then durable sends per second in one room (pipelined sends on four sockets over two workers,
+Then durable sends per second in one room (pipelined sends on eight sockets over two workers,
 counted by acks, checked against PostgreSQL). The last stdout line is one JSON object.
 
 The load generator is raw asyncio (hand-parsed WebSocket frames, only a few probe sockets decode
@@ -398,6 +398,7 @@ async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: f
     await asyncio.sleep(1.0)
     stats.counting = True
     cpu0 = servers.cpu()
+    backing0 = family_cpu(BACKING)
     t0 = time.monotonic()
     counter = 0
     inflight = [0] * len(senders)
@@ -429,6 +430,7 @@ async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: f
         acks_in_window = stats.acks
         elapsed = time.monotonic() - t0
         cpu = servers.cpu() - cpu0
+        backing = family_cpu(BACKING) - backing0
         deadline = time.monotonic() + 15
         while stats.acks < sum(inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -447,7 +449,7 @@ async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: f
         await conn.close()
     return {"sockets": len(senders), "window_per_socket": window,
             "durable_msgs_per_s": round(acks_in_window / elapsed), "acked": stats.acks, "sent": sum(inflight),
-            "stored": stored, "last_seq": last, "server_cpu_s": round(cpu, 2),
+            "stored": stored, "last_seq": last, "server_cpu_s": round(cpu, 2), "backing_cpu_s": round(backing, 2),
             "group_commits": int(commit[1]), "mean_commit_ms": round(commit[0] / max(1, commit[1]) * 1000, 2),
             "mean_batch": round(batch[0] / max(1, batch[1]), 1),
             "ack_ms": {"p50": pct(stats.ack_latencies, 0.5), "p99": pct(stats.ack_latencies, 0.99)}}
@@ -503,11 +505,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             results[label] = {"bare": b, "veza": v, "ratio_per_core": round(ratio, 3) if ratio else None,
                               "ratio_per_core_incl_backing": round(ratio_all, 3) if ratio_all else None}
         say(f"[durable] {args.durable_seconds} s of pipelined sends, 2 workers")
-        tokens = [issuer.issue(f"d{i}", audience="veza-chat", ttl=3600) for i in range(8)]
+        tokens = [issuer.issue(f"d{i}", audience="veza-chat", ttl=3600) for i in range(2 * args.durable_sockets)]
         veza = await start_veza(env, "durable", log_dir=work)
         try:
             results["durable"] = await durable_run(veza, "durable", tokens, args.durable_seconds, args.window,
-                                                   2, pg.url)
+                                                   args.durable_sockets, pg.url)
         finally:
             veza.stop()
         say(f"  {results['durable']}")
@@ -533,6 +535,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window per fan-out run")
     parser.add_argument("--durable-seconds", type=float, default=10.0)
     parser.add_argument("--durable-only", action="store_true", help="only the durable sends run")
+    parser.add_argument("--durable-sockets", type=int, default=4, help="sending sockets per worker (durable run)")
     parser.add_argument("--window", type=int, default=200, help="sends in flight per socket (durable run)")
     ns = parser.parse_args()
     if ns.bare_server:

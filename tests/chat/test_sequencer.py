@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from veza_chat.room import Room
+from veza_chat.room import Encoded, Room, encode
 
 
-def ev(seq: int) -> dict[str, Any]:
+def event(seq: int) -> dict[str, Any]:
     return {"seq": seq, "kind": "message", "id": str(seq), "author": {"id": "a"}, "ts": 0, "text": str(seq)}
+
+
+def ev(seq: int) -> Encoded:
+    return encode(event(seq))
 
 
 def delivered(room: Room) -> list[int]:
@@ -35,7 +39,7 @@ async def test_gap_fill_racing_fan_out_never_rewinds() -> None:
     async def slow_fetch(after: int, upto: int, limit: int) -> list[dict[str, Any]]:
         fetching.set()
         await asyncio.sleep(0.1)
-        return [ev(s) for s in range(after + 1, upto + 1)][:limit]
+        return [event(s) for s in range(after + 1, upto + 1)][:limit]
 
     room = Room("r", slow_fetch)
     room.feed([ev(4), ev(5)])  # 1..3 missing: a fill starts after the grace period
@@ -48,7 +52,7 @@ async def test_gap_fill_racing_fan_out_never_rewinds() -> None:
 
 async def test_hole_left_by_retention_is_skipped() -> None:
     async def fetch(after: int, upto: int, limit: int) -> list[dict[str, Any]]:
-        return [ev(s) for s in range(max(after + 1, 8), upto + 1)]  # 1..7 deleted
+        return [event(s) for s in range(max(after + 1, 8), upto + 1)]  # 1..7 deleted
 
     room = Room("r", fetch)
     room.feed([ev(10)])

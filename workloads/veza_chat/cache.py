@@ -8,15 +8,12 @@ else (Redis down, evicted, a replica's write lost) falls through to PostgreSQL.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from veza_core.breaker import CircuitBreaker
 
-from .protocol import dumps
+from .room import Encoded
 
 SIZE = 4096
 
@@ -27,10 +24,10 @@ class RecentCache:
         self.key = key
         self.breaker = breaker or CircuitBreaker("chat-cache", errors=(RedisError, OSError))
 
-    async def add(self, events: list[dict[str, Any]]) -> None:
+    async def add(self, items: list[Encoded]) -> None:
         async def op() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(self.key, {dumps(ev): ev["seq"] for ev in events})
+                pipe.zadd(self.key, {frame: seq for seq, frame, _ in items})
                 pipe.zremrangebyrank(self.key, 0, -(SIZE + 1))
                 await pipe.execute()
 
@@ -48,15 +45,17 @@ class RecentCache:
 
         await self.breaker.call(op, skip)
 
-    async def range(self, after: int, upto: int) -> list[dict[str, Any]] | None:
-        async def op() -> list[dict[str, Any]] | None:
-            raw = await self.redis.zrangebyscore(self.key, f"({after}", upto, start=0, num=1000)
-            events = [json.loads(r) for r in raw if isinstance(r, (bytes, str))]
-            if not events or events[0]["seq"] != after + 1 or events[-1]["seq"] != after + len(events):
+    async def range(self, after: int, upto: int) -> list[tuple[int, str]] | None:
+        """(seq, event frame) for seq in (after, upto], at most 1000, or None unless complete."""
+        async def op() -> list[tuple[int, str]] | None:
+            raw = await self.redis.zrangebyscore(self.key, f"({after}", upto, start=0, num=1000, withscores=True)
+            pairs: list[tuple[bytes, float]] = list(raw)  # type: ignore[arg-type]  # withscores=True
+            frames = [(int(score), member.decode()) for member, score in pairs]
+            if not frames or frames[0][0] != after + 1 or frames[-1][0] != after + len(frames):
                 return None
-            return events
+            return frames
 
-        async def miss() -> list[dict[str, Any]] | None:
+        async def miss() -> list[tuple[int, str]] | None:
             return None
 
         return await self.breaker.call(op, miss)

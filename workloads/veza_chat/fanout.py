@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from veza_core import bus
 
 from .protocol import dumps
+from .room import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ OUTBOX_LIMIT = 10_000
 
 class Fanout:
     def __init__(self, url: str | None, *, platform: str, room: str, worker_id: str,
-                 on_events: Callable[[list[dict[str, Any]]], None],
+                 on_events: Callable[[list[Encoded]], None],
                  on_signal: Callable[[dict[str, Any]], None]) -> None:
         self.url = url
         self.room = room
@@ -93,11 +94,13 @@ class Fanout:
             await asyncio.sleep(0.01)
 
     # -- committed events ---------------------------------------------------
-    def publish_events(self, events: list[dict[str, Any]]) -> None:
+    def publish_events(self, items: list[Encoded]) -> None:
+        """One message per group commit: the worker id, then a line "<seq> <ts or -> <frame>" per
+        event (frames are JSON text, which never holds a raw newline): receivers parse no JSON."""
         if not self.url:
             return
-        payload = dumps({"w": self.worker_id, "events": events}).encode()
-        self.outbox.append((payload, f"{self.room}:{events[0]['seq']}"))
+        lines = [self.worker_id] + [f"{seq} {'-' if ts is None else ts} {frame}" for seq, frame, ts in items]
+        self.outbox.append(("\n".join(lines).encode(), f"{self.room}:{items[0][0]}"))
         if len(self.outbox) > OUTBOX_LIMIT:
             self.outbox.popleft()  # peers fill it from PostgreSQL
         self.wake.set()
@@ -120,9 +123,14 @@ class Fanout:
 
     async def _on_events_msg(self, msg: Msg) -> None:
         try:
-            data = json.loads(msg.data)
-            if data.get("w") != self.worker_id:
-                self.on_events(data["events"])
+            worker, *lines = msg.data.decode().split("\n")
+            if worker == self.worker_id:
+                return
+            items: list[Encoded] = []
+            for line in lines:
+                seq, ts, frame = line.split(" ", 2)
+                items.append((int(seq), frame, None if ts == "-" else int(ts)))
+            self.on_events(items)
         except Exception:
             log.exception("bad event message on the bus")
 

@@ -30,7 +30,14 @@ L1_SIZE = 4096
 DELIVERY_BATCH = 256  # events written to a socket in one go when several are waiting
 
 FetchAfter = Callable[[int, int, int], Awaitable[list[dict[str, Any]]]]
-RangeCache = Callable[[int, int], Awaitable[list[dict[str, Any]] | None]]
+RangeCache = Callable[[int, int], Awaitable[list[tuple[int, str]] | None]]
+# A committed event as it travels between replicas and to sockets: (seq, `event` frame text,
+# commit time in ms for messages, else None). Encoded once, where it enters the replica.
+Encoded = tuple[int, str, int | None]
+
+
+def encode(ev: dict[str, Any]) -> Encoded:
+    return ev["seq"], dumps({"type": "event", **ev}), ev["ts"] if ev["kind"] == "message" else None
 
 
 def text_frame(data: str) -> bytes:
@@ -45,7 +52,7 @@ def text_frame(data: str) -> bytes:
 
 
 class Client:
-    __slots__ = ("buffer", "closing", "inflight", "last_read", "last_sent", "last_typing", "name", "role",
+    __slots__ = ("buffer", "closing", "inflight", "last_read", "last_sent", "last_typing", "name", "outq", "role",
                  "transport", "user", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, user: str, name: str, role: str) -> None:
@@ -61,6 +68,7 @@ class Client:
         self.inflight: set[asyncio.Task[Any]] = set()
         self.last_typing: tuple[bool, float] = (False, 0.0)  # (active, monotonic time) of the last one relayed
         self.last_read = -1
+        self.outq: list[bytes] = []  # frames written together at the end of this loop iteration
 
     @property
     def is_moderator(self) -> bool:
@@ -68,6 +76,20 @@ class Client:
 
     def congested(self) -> bool:
         return self.transport is None or self.transport.get_write_buffer_size() > SLOW_CONSUMER_BYTES
+
+    def send_soon(self, data: str) -> None:
+        """Queue a frame; every frame queued in the same loop iteration goes out in one write
+        (the acks of one group commit cost one system call per socket, not one each)."""
+        if self.closing:
+            return
+        self.outq.append(text_frame(data))
+        if len(self.outq) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self.outq and not self.closing and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.outq))
+        self.outq.clear()
 
     async def send(self, data: str) -> bool:
         if self.closing:
@@ -86,7 +108,7 @@ class Room:
         self.fetch_after = fetch_after
         self.l2_range = l2_range
         self.delivered = 0
-        self.pending: dict[int, dict[str, Any]] = {}
+        self.pending: dict[int, Encoded] = {}
         self.clients: set[Client] = set()
         self.l1: deque[tuple[int, str]] = deque(maxlen=L1_SIZE)
         self.outbox: deque[tuple[int, str, int | None]] = deque()
@@ -106,17 +128,15 @@ class Room:
                     await task
 
     # -- sequencer --------------------------------------------------------
-    def feed(self, events: list[dict[str, Any]]) -> None:
-        for ev in events:
-            seq = ev["seq"]
-            if seq > self.delivered:
-                self.pending.setdefault(seq, ev)
+    def feed(self, items: list[Encoded]) -> None:
+        for item in items:
+            if item[0] > self.delivered:
+                self.pending.setdefault(item[0], item)
         while (nxt := self.delivered + 1) in self.pending:
-            ev = self.pending.pop(nxt)
+            item = self.pending.pop(nxt)
             self.delivered = nxt
-            data = dumps({"type": "event", **ev})
-            self.l1.append((nxt, data))
-            self.outbox.append((nxt, data, ev.get("ts") if ev["kind"] == "message" else None))
+            self.l1.append((nxt, item[1]))
+            self.outbox.append(item)
             self.wake.set()
         if self.pending and (self.gap_task is None or self.gap_task.done()):
             self.gap_task = asyncio.create_task(self._fill_gap(), name="chat-gap-fill")
@@ -135,7 +155,7 @@ class Room:
             # PostgreSQL holds every seq below one that was published (seqs are allocated under the
             # room lock), so a hole in its answer was removed by retention: skip it.
             self._skip_to(events[0]["seq"] - 1 if events else upto)
-            self.feed(events)
+            self.feed([encode(ev) for ev in events])
 
     async def catch_up(self, last_seq: int) -> None:
         """Deliver everything up to `last_seq` (committed per PostgreSQL) that fan-out has not brought."""
@@ -146,7 +166,7 @@ class Room:
                 break
             metrics.GAP_FILLS.inc(len(events))
             self._skip_to(events[0]["seq"] - 1)
-            self.feed(events)
+            self.feed([encode(ev) for ev in events])
 
     def _skip_to(self, seq: int) -> None:
         """Consider everything up to `seq` delivered (gone by retention). Never goes back: fan-out
@@ -196,10 +216,10 @@ class Room:
                     sent += len(frames) - skip
                 client.last_sent = last
         metrics.DELIVERIES.inc(sent)
-        now = time.time()
-        for _, _, ts in batch:
-            if ts is not None:
-                metrics.FANOUT_SECONDS.observe(max(0.0, now - ts / 1000))
+        # One observation per batch, of its oldest message: the worst commit-to-delivery delay in it.
+        oldest = next((ts for _, _, ts in batch if ts is not None), None)
+        if oldest is not None:
+            metrics.FANOUT_SECONDS.observe(max(0.0, time.time() - oldest / 1000))
 
     def drop_slow(self, client: Client) -> None:
         if client.closing:
@@ -229,14 +249,13 @@ class Room:
             target = self.delivered
             frames = self._l1_range(pos, target)
             if frames is None:
-                events = await self._cached_or_stored(pos, target)
-                if not events:
+                frames = await self._cached_or_stored(pos, target)
+                if not frames:
                     truncated = True
                     pos = target
                     break
-                if events[0]["seq"] != pos + 1:
+                if frames[0][0] != pos + 1:
                     truncated = True
-                frames = [(ev["seq"], dumps({"type": "event", **ev})) for ev in events]
             for seq, data in frames:
                 if not await client.send(data):
                     return
@@ -262,9 +281,9 @@ class Room:
         contiguous = bool(frames) and frames[0][0] == after + 1 and frames[-1][0] == after + len(frames)
         return frames if contiguous else None
 
-    async def _cached_or_stored(self, after: int, upto: int) -> list[dict[str, Any]]:
+    async def _cached_or_stored(self, after: int, upto: int) -> list[tuple[int, str]]:
         if self.l2_range is not None:
             cached = await self.l2_range(after, upto)
             if cached:
                 return cached
-        return await self.fetch_after(after, upto, 1000)
+        return [(seq, frame) for seq, frame, _ in map(encode, await self.fetch_after(after, upto, 1000))]

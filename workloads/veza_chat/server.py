@@ -29,7 +29,7 @@ from .cache import RecentCache
 from .fanout import Fanout
 from .limits import BatchedLimiter
 from .presence import HEARTBEAT, Presence
-from .room import Client, Room
+from .room import Client, Room, encode
 from .spec import RoomSpec
 from .store import GroupCommitter, Op, Store, StoreUnavailable
 
@@ -124,6 +124,7 @@ class ChatService:
             await asyncio.wait(inflight, timeout=grace / 4)
         clients = list(self.room.clients)
         for c in clients:
+            c.flush()  # acks queued by the last in-flight sends
             c.closing = True
         await asyncio.gather(*(c.ws.close(code=p.CLOSE_SERVICE_RESTART, message=b"service restart")
                                for c in clients), return_exceptions=True)
@@ -190,10 +191,11 @@ class ChatService:
 
     def _committed(self, events: list[dict[str, Any]]) -> None:
         metrics.EVENTS_COMMITTED.inc(len(events))
-        self.room.feed(events)
-        self.fanout.publish_events(events)
+        items = [encode(ev) for ev in events]
+        self.room.feed(items)
+        self.fanout.publish_events(items)
         if self.cache is not None:
-            task = asyncio.get_running_loop().create_task(self.cache.add(events))
+            task = asyncio.get_running_loop().create_task(self.cache.add(items))
             task.add_done_callback(lambda t: t.exception())
 
     # -- presence -----------------------------------------------------------
@@ -383,6 +385,7 @@ class ChatService:
         ws = client.ws
         tokens, stamp, strikes = self.frame_burst, time.monotonic(), 0
         slots = asyncio.Semaphore(MAX_INFLIGHT_PER_SOCKET)
+        frames_in = FRAMES_IN
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 now = time.monotonic()
@@ -403,7 +406,7 @@ class ChatService:
                     await self._error(client, exc.code, exc.message)
                     continue
                 kind = frame["type"]
-                metrics.FRAMES_IN.labels(kind).inc()
+                frames_in[kind].inc()
                 if kind in ("send", "edit", "delete", "react"):
                     await slots.acquire()
                     task = asyncio.get_running_loop().create_task(self._sequenced(client, frame, now))
@@ -442,8 +445,8 @@ class ChatService:
         except StoreUnavailable as exc:
             await self._error(client, p.STORE_UNAVAILABLE, f"not stored, retry with the same cid: {exc}", cid=cid)
             return
-        await client.send(p.dumps({"type": "ack", "cid": cid, "seq": result.seq, "id": result.id,
-                                   "duplicate": result.duplicate}))
+        client.send_soon(p.dumps({"type": "ack", "cid": cid, "seq": result.seq, "id": result.id,
+                                  "duplicate": result.duplicate}))
         metrics.ACK_SECONDS.observe(time.monotonic() - received)
 
     async def _validate_op(self, client: Client, frame: dict[str, Any]) -> Op | None:
@@ -549,6 +552,7 @@ class ChatService:
 
 
 SERVICE = web.AppKey("chat_service", ChatService)
+FRAMES_IN = {kind: metrics.FRAMES_IN.labels(kind) for kind in p.CLIENT_TYPES}
 
 
 def _http(status: int, code: str, message: str) -> web.HTTPException:
