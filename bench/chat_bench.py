@@ -536,7 +536,7 @@ if __name__ == "__main__":
     parser.add_argument("--durable-seconds", type=float, default=10.0)
     parser.add_argument("--durable-only", action="store_true", help="only the durable sends run")
     parser.add_argument("--durable-sockets", type=int, default=4, help="sending sockets per worker (durable run)")
-    parser.add_argument("--window", type=int, default=200, help="sends in flight per socket (durable run)")
+    parser.add_argument("--window", type=int, default=250, help="sends in flight per socket (durable run)")
     ns = parser.parse_args()
     if ns.bare_server:
         bare_server(ns.bare_server)
