@@ -37,12 +37,17 @@ def run(args: argparse.Namespace) -> int:
     configure_logging("stream", settings.log_level)
     from .worker import Worker, create_stream_app
 
+    if args.host:
+        settings.http_host = args.host
+    if args.port:
+        settings.http_port = args.port
     try:
         worker = Worker(settings, source_password=os.environ.get("VEZA_SOURCE_PASSWORD") or None,
                         metaint=args.metaint, leader_ttl=args.leader_ttl,
                         write_interval=min(max(args.write_interval, 0.02), 1.0),
                         relay_max_backoff=max(args.relay_max_backoff, 0.1),
-                        recording_seconds=min(max(args.recording_seconds, 1.0), 3600.0))
+                        recording_seconds=min(max(args.recording_seconds, 1.0), 3600.0),
+                        advertise_url=os.environ.get("VEZA_STREAM_ADVERTISE_URL") or None)
     except (ValueError, ValidationError) as exc:
         print(f"veza stream: invalid configuration: {exc}", file=sys.stderr)
         return 2

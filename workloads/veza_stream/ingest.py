@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiohttp
 from aiohttp import web
 
 from veza_core.web import json_error
@@ -23,6 +24,26 @@ log = logging.getLogger(__name__)
 INGEST_FORMATS = {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/ogg": "ogg", "application/ogg": "ogg"}
 # A source must decode to audio within this many bytes, or it is not what it claims to be.
 PROBE_LIMIT = 256 * 1024
+
+
+FORWARDED = "X-Veza-Forwarded-By"
+# Headers of a source request that the leader needs to see too.
+FORWARD_HEADERS = ("Authorization", "Content-Type", "Ice-Name", "Ice-Description", "Ice-Genre", "Ice-Url")
+
+
+async def forward(request: web.Request, leader: str, identity: str) -> web.Response:
+    """Stream a live source received by a follower to the leader (which authenticates it again)."""
+    headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
+    headers[FORWARDED] = identity
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=None)
+    log.info("live source forwarded to the leader", extra={"leader": leader})
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.put(
+                f"{leader}{request.path}", data=request.content.iter_any(), headers=headers) as resp:
+            body = await resp.read()
+            return web.Response(status=resp.status, body=body, content_type=resp.content_type)
+    except (aiohttp.ClientError, OSError) as exc:
+        return json_error(503, "not_leader", f"the leader could not be reached: {exc}")
 
 
 async def source(request: web.Request) -> web.StreamResponse:
@@ -47,7 +68,10 @@ async def source(request: web.Request) -> web.StreamResponse:
     if fmt is None:
         return reject(415, "unsupported_media_type", f"send one of: {', '.join(sorted(INGEST_FORMATS))}")
     if not channel.encoding:
-        return reject(503, "not_leader", "this replica is not encoding the channel; retry")
+        leader = await worker.leader_url() if FORWARDED not in request.headers else None
+        if leader is None:
+            return reject(503, "not_leader", "this replica is not encoding the channel; retry")
+        return await forward(request, leader, worker.identity)
     try:
         session = live.open(fmt, title=request.headers.get("Ice-Name") or broadcaster)
     except RuntimeError:

@@ -32,7 +32,7 @@ async def listen(request: web.Request) -> web.StreamResponse:
         LISTENERS_REJECTED.labels(channel.name, exc.code).inc()
         return json_error(exc.status, exc.code, exc.message)
     limit = channel.spec.limits.max_listeners
-    if limit is not None and channel.listener_count() >= limit:
+    if limit is not None and worker.listener_total() >= limit:
         LISTENERS_REJECTED.labels(channel.name, "listener_limit").inc()
         return json_error(503, "listener_limit", "the channel has reached its listener limit",
                           retry_after=5)

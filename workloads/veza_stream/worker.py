@@ -24,6 +24,7 @@ from . import hls_routes, ingest, progressive, tracks
 from .channel import Channel
 from .icy import DEFAULT_METAINT
 from .leader import LeaderLock
+from .limits import ListenerCounter
 from .metrics import LEADER
 from .pump import Batch
 from .recording import Recorder
@@ -35,10 +36,22 @@ from .state import WORKER
 log = logging.getLogger(__name__)
 
 
+def advertised_url(host: str, port: int) -> str:
+    """This replica's URL for the others: its listen address, or the pod's address when it listens on all."""
+    if host in ("", "0.0.0.0", "::"):
+        host = os.environ.get("POD_IP") or ""
+        if not host:
+            try:
+                host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class Worker:
     def __init__(self, settings: Settings, *, source_password: str | None = None, metaint: int = DEFAULT_METAINT,
                  leader_ttl: float = 3.0, write_interval: float = 0.25, relay_max_backoff: float = 30.0,
-                 recording_seconds: float = 60.0) -> None:
+                 recording_seconds: float = 60.0, advertise_url: str | None = None) -> None:
         if not settings.resource_name:
             raise ValueError("VEZA_RESOURCE_NAME (the StreamChannel name) is required")
         self.settings = settings
@@ -51,12 +64,15 @@ class Worker:
         self.metaint = metaint
         self.leader_ttl = leader_ttl
         self.identity = f"{socket.gethostname()}-{os.getpid()}"
+        # Where the other replicas reach this one (live sources are forwarded to the leader's).
+        self.advertise_url = advertise_url or advertised_url(settings.http_host, settings.http_port)
         self.verifier: TokenVerifier | None = None
         if settings.jwt_keys_dir is not None:
             self.verifier = TokenVerifier(KeySet(settings.jwt_keys_dir), issuer=settings.jwt_issuer,
                                           audience=AUDIENCE_STREAM, algorithms=settings.jwt_algorithms)
         self.nc: Any = None
         self.lock: LeaderLock | None = None
+        self.counter: ListenerCounter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
         self.recorder: Recorder | None = None
@@ -90,9 +106,12 @@ class Worker:
             from redis.asyncio import Redis
 
             redis = Redis.from_url(self.settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
-            key = f"veza:{self.settings.platform}:stream:{self.channel.name}:leader"
-            self.lock = LeaderLock(redis, key, ttl=self.leader_ttl, identity=self.identity)
+            base = f"veza:{self.settings.platform}:stream:{self.channel.name}"
+            self.lock = LeaderLock(redis, f"{base}:leader", ttl=self.leader_ttl,
+                                   identity=f"{self.identity}|{self.advertise_url}")
             self._tasks.append(asyncio.create_task(self.lock.run(self._elected, self._deposed)))
+            self.counter = ListenerCounter(redis, f"{base}:listeners", self.identity, self.channel.listener_count)
+            self._tasks.append(asyncio.create_task(self.counter.run()))
         else:
             await self._elected()  # a single replica without Redis encodes on its own
 
@@ -106,6 +125,8 @@ class Worker:
         await self.channel.close()
         if self.recorder is not None:
             await self.recorder.stop()
+        if self.counter is not None:
+            await self.counter.clear()
         if self.lock is not None:
             await self.lock.release()
             await self.lock.redis.aclose()
@@ -168,12 +189,32 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await self.nc.publish(self.subject("listeners"), json.dumps(body).encode())
 
+    async def leader_url(self) -> str | None:
+        """The base URL of the replica that encodes, from the leader lock's value (None if unknown or us)."""
+        if self.lock is None:
+            return None
+        try:
+            value = await asyncio.wait_for(self.lock.redis.get(self.lock.key), 1)
+        except Exception:
+            return None
+        if not value:
+            return None
+        holder, _, url = (value.decode() if isinstance(value, bytes) else str(value)).partition("|")
+        if holder == self.identity or not url.startswith("http://"):
+            return None
+        return url
+
+    def listener_total(self) -> int:
+        """Listeners across replicas (per replica without Redis or while it is unreachable)."""
+        return self.counter.total() if self.counter is not None else self.channel.listener_count()
+
     # -- small handlers -------------------------------------------------------------------------------
     def now_playing(self) -> dict[str, Any]:
         ch = self.channel
         return {"channel": ch.name, "title": ch.title, "since": ch.title_changed_at,
                 "source": ch.pump.on_air if ch.pump else None, "leader": ch.encoding,
                 "listeners": {n: len(f.listeners) for n, f in ch.feeds.items()},
+                "listenersTotal": self.listener_total(),
                 "renditions": [r.model_dump(by_alias=True) for r in ch.spec.renditions],
                 "relay": self.relay.status() if self.relay is not None else None}
 

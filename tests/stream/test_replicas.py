@@ -1,0 +1,100 @@
+"""Two replicas: a live source sent to the follower reaches the leader; listener limits count across replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.request
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.stream.audio import decode_pcm, frequencies_over_time, sine
+from tests.stream.client import open_stream, read_body
+from tests.stream.test_live import paced
+from veza_local.services import RedisService
+
+PASSWORD = "relay-me"
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"source:{PASSWORD}".encode()).decode()}
+
+
+def now_playing(worker: Any, channel: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{worker.url}/stream/{channel}/now-playing", timeout=3) as r:  # noqa: S310
+        return dict(json.loads(r.read()))
+
+
+def leader_first(workers: list[Any], channel: str) -> list[Any]:
+    roles = [now_playing(w, channel)["leader"] for w in workers]
+    assert sorted(roles) == [False, True], roles
+    return sorted(workers, key=lambda w: not now_playing(w, channel)["leader"])
+
+
+async def test_live_source_on_a_follower_is_forwarded_to_the_leader(start_worker: Any, redis: Any, nats: Any) -> None:
+    spec = {"source": {"type": "live"}, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
+            "delivery": {"hls": {"enabled": False}}}
+    env = {"VEZA_REDIS_URL": redis.url, "VEZA_NATS_URL": nats.url, "VEZA_SOURCE_PASSWORD": PASSWORD}
+    first = start_worker("fwd", spec, **env)
+    await asyncio.sleep(1.0)
+    second = start_worker("fwd", spec, **env)
+    await asyncio.sleep(1.0)
+    leader, follower = leader_first([first, second], "fwd")
+    status, headers, reader, writer = await open_stream("127.0.0.1", follower.port, "/stream/fwd/mp3")
+    assert status == 200
+    listening = asyncio.create_task(read_body(reader, headers, 10**9, 6.0))
+    async with aiohttp.ClientSession() as session:
+        # Bad credentials are refused by the follower itself, before anything is forwarded.
+        async with session.put(f"{follower.url}/stream/fwd/source", data=b"x",
+                               headers={"Content-Type": "audio/mpeg", "Authorization": "Basic eDp5"}) as resp:
+            assert resp.status == 401
+        async with session.put(f"{follower.url}/stream/fwd/source", data=paced(sine(1000, 3.0), 3.0),
+                               headers={**BASIC, "Content-Type": "audio/mpeg", "Ice-Name": "Forwarded"}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["seconds"] > 2.5  # the leader decoded it
+    body = await listening
+    writer.close()
+    freqs = frequencies_over_time(*decode_pcm(body, "mp3"), 0.25)
+    assert sum(abs(f - 1000) < 20 for f in freqs) >= 8, freqs  # the leader encoded it, the follower relayed it
+    assert "live source forwarded to the leader" in follower.logs()
+    assert "live source connected" in leader.logs() and "live source connected" not in follower.logs()
+
+
+@pytest.fixture(scope="module")
+def track(bucket: Any) -> None:
+    bucket.put_object(Bucket="veza-stream-tests", Key="tests/capped440.mp3", Body=sine(440, 3.0, "mp3"))
+
+
+async def test_listener_limit_counts_every_replica(track: None, start_worker: Any, service_factory: Any,
+                                                   nats: Any) -> None:
+    redis = service_factory(RedisService)  # a private Redis: this test stops it
+    spec = {"source": {"type": "playlist", "playlist": {"tracks": ["tests/capped440.mp3"]}},
+            "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
+            "delivery": {"hls": {"enabled": False}}, "limits": {"maxListeners": 2}}
+    env = {"VEZA_REDIS_URL": redis.url, "VEZA_NATS_URL": nats.url}
+    a = start_worker("capped", spec, **env)
+    b = start_worker("capped", spec, **env)
+    held = [await open_stream("127.0.0.1", w.port, "/stream/capped/mp3") for w in (a, b)]
+    assert [h[0] for h in held] == [200, 200]
+    await asyncio.sleep(4.5)  # two heartbeats: each replica knows the other's listener
+    assert now_playing(a, "capped")["listenersTotal"] == 2
+    for worker in (a, b):  # one listener on each replica: the channel is full
+        status, _, body = await _get(worker.port, "/stream/capped/mp3")
+        assert status == 503 and json.loads(body)["error"]["code"] == "listener_limit"
+    # Redis goes away: each replica applies the limit to its own listeners (1 of 2): both accept again.
+    redis.stop()
+    await asyncio.sleep(4.5)
+    for worker in (a, b):
+        assert now_playing(worker, "capped")["listenersTotal"] == 1
+        status, _, _ = await _get(worker.port, "/stream/capped/mp3")
+        assert status == 200
+    for h in held:
+        h[3].close()
+    assert a.alive() and b.alive()
+
+
+async def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    status, headers, reader, writer = await open_stream("127.0.0.1", port, path)
+    body = await read_body(reader, headers, 2000, 1.5) if status == 200 else await reader.read()
+    writer.close()
+    return status, headers, body
