@@ -158,48 +158,6 @@ def reset_data_dir(data_dir: Path) -> None:
             child.unlink()
 
 
-PROCESSES_FILE = "processes.json"
-
-
-def _cmdline(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return None
-
-
-def record_process(data_dir: Path, pid: int) -> None:
-    """Remember a service's process group, so a run killed with SIGKILL can be cleaned up by the next one."""
-    path = data_dir / PROCESSES_FILE
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        entries = []
-    entries.append({"pid": pid, "cmdline": _cmdline(pid)})
-    path.write_text(json.dumps(entries))
-
-
-def reap_leftovers(data_dir: Path, timeout: float = 10.0) -> int:
-    """Stop the service processes a previous run recorded and left running (same pid, same command line)."""
-    path = data_dir / PROCESSES_FILE
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return 0
-    alive = [e["pid"] for e in entries if e.get("cmdline") and _cmdline(e["pid"]) == e["cmdline"]]
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_cmdline(pid) is not None for pid in alive):
-        time.sleep(0.1)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    path.unlink(missing_ok=True)
-    return len(alive)
-
-
 def ensure_keys(keys_dir: Path) -> None:
     """JWT signing keys made once and kept (as the operator's <platform>-jwt-keys Secret)."""
     from veza_core import keys
@@ -300,8 +258,6 @@ class Up:
         fut = asyncio.ensure_future(asyncio.to_thread(service.start))
         self.starting.append(fut)
         await asyncio.shield(fut)
-        if service.process is not None:
-            record_process(self.data_dir, service.process.pid)
         self.console.step(label, f"{service.host}:{service.port}", f"ready ({time.monotonic() - t:.1f} s)")
         return service
 
@@ -349,9 +305,6 @@ class Up:
         host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
         self.public_url = f"http://{host}:{args.port}"
         console.step("entry point", f"{args.host}:{args.port}", "listening")
-        left = await asyncio.to_thread(reap_leftovers, self.data_dir)
-        if left:
-            console.notice(f"stopped {left} service process(es) left by a veza up that did not stop cleanly")
         if args.reset:
             reset_data_dir(self.data_dir)
             console.step("data dir", str(self.data_dir), "reset")
@@ -547,7 +500,6 @@ class Up:
         await asyncio.gather(*self.starting, return_exceptions=True)
         await asyncio.gather(*(asyncio.to_thread(s.stop) for s in reversed(self.services)),
                              return_exceptions=True)
-        (self.data_dir / PROCESSES_FILE).unlink(missing_ok=True)
         self.console.line(f"stopped in {time.monotonic() - t:.1f} s")
 
 
