@@ -21,13 +21,16 @@ from veza_local.services import free_port
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "veza-system"
 OPERATOR_SA = "veza"
+# A release and peering of their own, so the chart tests' renders of the same chart never collide.
+RELEASE = "veza-e2e"
+PEERING = "veza-e2e"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
 
 
 class OperatorProcess:
     """`veza operator` as a child process, authenticated as the chart's ServiceAccount."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, *, peering: str | None = "veza",
+    def __init__(self, kubeconfig: Path, log_path: Path, *, peering: str | None = PEERING,
                  extra_env: dict[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -89,8 +92,8 @@ def operator_install(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                  *[f"crd/{p.name.removesuffix('.yaml')}" for p in (REPO / "crds").glob("*.yaml")])
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}})
-    rendered = kube.helm("template", "veza", str(REPO / "charts" / "veza"), "--namespace", OPERATOR_NAMESPACE,
-                         "--set", f"serviceAccount.name={OPERATOR_SA}",
+    rendered = kube.helm("template", RELEASE, str(REPO / "charts" / "veza"), "--namespace", OPERATOR_NAMESPACE,
+                         "--set", f"serviceAccount.name={OPERATOR_SA}", "--set", f"operator.peering={PEERING}",
                          "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
                          "--show-only", "templates/peering.yaml").stdout
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=rendered)

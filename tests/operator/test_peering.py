@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.conftest import OperatorProcess, connections_secret, platform, room, wait_condition
+from tests.operator.conftest import PEERING, OperatorProcess, connections_secret, platform, room, wait_condition
 from tests.support.kube import KubeCluster
 from veza_local.controlplane import wait_for
 
@@ -24,7 +24,7 @@ def solo_cluster(operator: OperatorProcess) -> Iterator[None]:
 
 
 def active_identities(kube: KubeCluster) -> dict[str, int]:
-    peering = kube.get("clusterkopfpeering", "veza") or {}
+    peering = kube.get("clusterkopfpeering", PEERING) or {}
     return {ident: info.get("priority", 0) for ident, info in (peering.get("status") or {}).items() if info}
 
 
