@@ -301,8 +301,11 @@ def bench_icecast(tmp: Path, mp3: Path, args: argparse.Namespace) -> dict[str, A
     src = None
     try:
         wait_port(port)
+        # -flush_packets 0: ffmpeg sends whole I/O buffers instead of one 418-byte MP3 frame at a time, so icecast2
+        # reads (and writes to each listener) its 4 KiB buffers, ~4 per second like the worker's 0.25 s writes,
+        # instead of ~38 small sends per listener per second (which cost it, and the load generators, far more).
         src = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(mp3),
-                                "-c", "copy", "-content_type", "audio/mpeg", "-f", "mp3",
+                                "-c", "copy", "-flush_packets", "0", "-content_type", "audio/mpeg", "-f", "mp3",
                                 f"icecast://source:benchpw@127.0.0.1:{port}/bench.mp3"])
         time.sleep(3)
         if ice.poll() is not None or src.poll() is not None:
@@ -530,8 +533,10 @@ def main() -> int:
             if args.profile:
                 profile_veza(tmp, s3env, args)
                 return 0
-            if "veza-listeners" in parts:  # the worker alone (while working on it)
+            if "veza-listeners" in parts:  # one server alone (while working on it)
                 result["listeners"] = {"veza": bench_veza_listeners(tmp, s3env, args)}
+            if "icecast-listeners" in parts:
+                result["listeners"] = {"icecast2": bench_icecast(tmp, mp3, args)}
             if "listeners" in parts:
                 say(f"2/3 listeners: steps {args.steps}, {args.window:.0f} s windows, server on core {args.server_cpu}")
                 veza = bench_veza_listeners(tmp, s3env, args)

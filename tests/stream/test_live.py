@@ -88,3 +88,30 @@ async def test_bad_sources_are_refused_and_the_worker_survives(fallback_track: N
     writer.close()
     assert status == 200 and len(body) >= 32000
     assert worker.alive()
+
+
+async def test_unframed_put_as_ffmpeg_sends_it(fallback_track: None, start_worker: Any) -> None:
+    """ffmpeg's icecast:// output: PUT with `Expect: 100-continue`, no Content-Length, no chunked encoding, the audio
+    until the connection closes."""
+    worker = start_worker("ffsrc", SPEC, VEZA_SOURCE_PASSWORD=PASSWORD)
+    status, headers, reader, writer = await open_stream("127.0.0.1", worker.port, "/stream/ffsrc/mp3")
+    assert status == 200
+    listening = asyncio.create_task(read_body(reader, headers, 10**9, 6.0))
+    src_reader, src_writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    src_writer.write(("PUT /stream/ffsrc/source HTTP/1.1\r\nUser-Agent: Lavf/59.27.100\r\nAccept: */*\r\n"
+                      "Expect: 100-continue\r\nConnection: close\r\nHost: 127.0.0.1\r\nIcy-MetaData: 1\r\n"
+                      f"Authorization: {BASIC['Authorization']}\r\nContent-Type: audio/mpeg\r\nIce-Public: 0\r\n"
+                      "Ice-Name: From ffmpeg\r\n\r\n").encode())
+    assert await asyncio.wait_for(src_reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await asyncio.sleep(0.5)
+    async for piece in paced(sine(1000, 3.0), 3.0):
+        src_writer.write(piece)
+        await src_writer.drain()
+    src_writer.close()  # the end of the broadcast is the end of the connection
+    body = await listening
+    writer.close()
+    freqs = frequencies_over_time(*decode_pcm(body, "mp3"), 0.25)
+    assert sum(abs(f - 1000) < 20 for f in freqs) >= 8, freqs
+    # The connection took no other request from the audio bytes: the worker logged no 400.
+    assert '"status": 400' not in worker.logs()
+    assert worker.alive()

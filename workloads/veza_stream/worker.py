@@ -234,7 +234,7 @@ def create_stream_app(worker: Worker) -> web.Application:
     app.router.add_get(f"{prefix}/hls/master.m3u8", hls_routes.master)
     app.router.add_get(f"{prefix}/hls/{{rendition}}/index.m3u8", hls_routes.media_playlist)
     app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{ext}}", hls_routes.segment)
-    app.router.add_put(f"{prefix}/source", ingest.source)
+    app.router.add_put(f"{prefix}/source", ingest.source, expect_handler=ingest.expect_continue)
     app.router.add_post(f"{prefix}/tracks", tracks.upload)
     app.router.add_get(f"{prefix}/{{rendition}}", progressive.listen)
     app.on_startup.append(worker.start)
