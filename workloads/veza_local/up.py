@@ -493,6 +493,7 @@ class Up:
 
         self.stopping = True
         t = time.monotonic()
+        started = self.runner is not None or bool(self.services or self.workers)
         if self.runner is not None:
             await self.runner.cleanup()  # closes client connections first, as an Ingress would drain
         await asyncio.to_thread(stop_all, self.workers, STOP_TIMEOUT)
@@ -500,7 +501,8 @@ class Up:
         await asyncio.gather(*self.starting, return_exceptions=True)
         await asyncio.gather(*(asyncio.to_thread(s.stop) for s in reversed(self.services)),
                              return_exceptions=True)
-        self.console.line(f"stopped in {time.monotonic() - t:.1f} s")
+        if started:
+            self.console.line(f"stopped in {time.monotonic() - t:.1f} s")
 
 
 async def _none() -> None:
