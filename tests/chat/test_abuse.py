@@ -191,3 +191,23 @@ async def test_retention_trims_history(chat: Chat) -> None:
     late = await chat.connect(a, "bob", after=0)
     resumed = await late.expect("resumed")
     assert resumed["truncated"] is True and late.events() == [8, 9, 10, 11, 12]
+
+
+async def test_retention_by_age(chat: Chat) -> None:
+    a = await chat.worker({"retention": {"days": 2 / 86400}, "limits": {"messagesPerMinute": 100000}},
+                          VEZA_CHAT_RETENTION_INTERVAL_SECONDS="0.5")
+    c = await chat.connect(a, "alice")
+    for i in range(3):
+        await c.send({"type": "send", "cid": f"old{i}", "text": "old"})
+        await c.expect("ack", cid=f"old{i}")
+    await asyncio.sleep(2.5)
+    await c.send({"type": "send", "cid": "new", "text": "new"})
+    await c.expect("ack", cid="new")
+    deadline = time.monotonic() + 10
+    while True:
+        await c.send({"type": "history", "ref": "h", "after": 0})
+        page = await c.expect("history", ref="h")
+        if [e["text"] for e in page["events"]] == ["new"]:
+            break
+        assert time.monotonic() < deadline, page
+        await asyncio.sleep(0.5)

@@ -208,9 +208,10 @@ class Store:
                 last = await conn.fetchval("SELECT last_seq FROM chat_rooms WHERE room = $1", self.room) or 0
                 floor = max(0, int(last) - max_messages)
             if days is not None:
+                # Oldest first along the primary key (created_at grows with seq), at most 100k a run.
                 old = await conn.fetchval(
-                    "SELECT max(seq) FROM chat_events"
-                    " WHERE room = $1 AND created_at < now() - make_interval(secs => $2)",
+                    "SELECT max(seq) FROM (SELECT seq, created_at FROM chat_events WHERE room = $1"
+                    " ORDER BY seq LIMIT 100000) oldest WHERE created_at < now() - make_interval(secs => $2)",
                     self.room, days * 86400.0)
                 floor = max(floor, int(old or 0))
             if floor:

@@ -27,7 +27,8 @@ CREATE TABLE chat_events (
     -- Idempotency: a retried send (same client message id) never makes a second event.
     UNIQUE (room, author, client_msg_id)
 );
-CREATE INDEX chat_events_room_created ON chat_events (room, created_at);
+-- No other index on (room, ...): with statistics that do not know a new room yet, the planner took
+-- a (room, created_at) index for the duplicate probe and filtered the whole room for every send.
 
 CREATE TABLE chat_reactions (
     room     text   NOT NULL,
