@@ -2,17 +2,98 @@
 
 Autoscaling scales on `veza_chat_connections` (the connections each pod holds),
 through an HPA that targets the ChatRoom's scale subresource.
+
+`deletionPolicy: Delete` purges the room's history when the room is deleted: a
+finalizer holds the ChatRoom until a Job (`veza chat --purge`, wired like the
+room's workers) has deleted its messages. The Job belongs to the platform, so it
+outlives the room; with `Retain` (the default) nothing is held and history stays.
 """
 
 from __future__ import annotations
 
-from .controller import Context, Key
-from .models import ChatRoomSpec
-from .workers import WorkerKind, reconcile
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import manifests, wiring
+from .controller import Context, Key, post_event
+from .models import ChatRoomSpec, VezaPlatformSpec
+from .naming import OWNER_KIND, OWNER_NAME, Owner, selector_labels
+from .workers import WorkerKind, platform_service_account, reconcile
 
 CHAT_ROOM = WorkerKind(kind="ChatRoom", component="chat", spec_model=ChatRoomSpec, path_prefix="/chat",
                        load_metric="veza_chat_connections")
+PURGE_FINALIZER = "veza.io/purge-history"
+
+
+def purge_job_name(room: str, uid: str) -> str:
+    return f"purge-{room}-{uid[:6]}"
+
+
+def purge_job(room_body: dict[str, Any], platform_body: dict[str, Any], platform: VezaPlatformSpec
+              ) -> dict[str, Any]:
+    """The Job deleting a room's history, owned by the platform and labelled for the room."""
+    room = Owner.of(room_body)
+    owner = Owner.of(platform_body)
+    workload = manifests.Workload(
+        owner=owner, name=purge_job_name(room.name, room.uid), component="chat-purge", args=["chat", "--purge"],
+        image=platform.image, replicas=1, resources=platform.defaults.chat.resources,
+        env=wiring.worker_env(owner.name, owner.namespace, platform, "chat", room.name, room_body.get("spec")),
+        selector=selector_labels(owner.name, "chat-purge", room.name),
+        service_account=platform_service_account(owner.name), keys_secret=wiring.keys_secret_name(owner.name, platform),
+    )
+    job = manifests.job(workload)
+    # Labelled for the room (its events bring the room's reconcile back), owned by the platform.
+    job["metadata"]["labels"].update({OWNER_KIND: room.kind, OWNER_NAME: room.name})
+    job["spec"]["ttlSecondsAfterFinished"] = 600
+    return job
+
+
+async def _set_finalizer(ctx: Context, body: dict[str, Any], present: bool) -> None:
+    finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != PURGE_FINALIZER]
+    if present:
+        finalizers.append(PURGE_FINALIZER)
+    await ctx.client.patch_metadata("ChatRoom", body["metadata"]["namespace"], body["metadata"]["name"],
+                                    {"finalizers": finalizers,
+                                     "resourceVersion": body["metadata"]["resourceVersion"]})
+
+
+async def _purge(ctx: Context, key: Key, body: dict[str, Any]) -> None:
+    """The room is being deleted and holds our finalizer: purge, then let it go."""
+    namespace = key[1]
+    platform_name = ((body.get("spec") or {}).get("platformRef") or {}).get("name", "")
+    platform_body = ctx.store.owners.get(("VezaPlatform", namespace, platform_name))
+    try:
+        platform = VezaPlatformSpec.model_validate((platform_body or {}).get("spec") or {})
+    except ValidationError:
+        platform_body = None
+    if platform_body is None:
+        # Nothing can reach the database without the platform: do not hold the room forever.
+        await post_event(ctx, body, "Warning", "HistoryNotPurged",
+                         f"VezaPlatform {platform_name!r} is gone; the room's history was not purged.")
+        await _set_finalizer(ctx, body, False)
+        return
+    job = purge_job(body, platform_body, platform)
+    observed = ctx.store.children.get(("Job", namespace, job["metadata"]["name"]))
+    if observed is None:
+        await ctx.sync_children(("VezaPlatform", namespace, platform_name), [job], prune=False)
+        return
+    if (observed.get("status") or {}).get("succeeded"):
+        await post_event(ctx, body, "Normal", "HistoryPurged", "The room's messages were deleted.")
+        await _set_finalizer(ctx, body, False)
 
 
 async def reconcile_chat_room(ctx: Context, key: Key) -> None:
+    body = ctx.store.owners.get(key)
+    if body is None:
+        return
+    finalizers = body["metadata"].get("finalizers") or []
+    if body["metadata"].get("deletionTimestamp"):
+        if PURGE_FINALIZER in finalizers:
+            await _purge(ctx, key, body)
+        return
+    wants = (body.get("spec") or {}).get("deletionPolicy") == "Delete"
+    if wants != (PURGE_FINALIZER in finalizers):
+        await _set_finalizer(ctx, body, wants)
+        return  # the watch event of that change brings us back with the new resourceVersion
     await reconcile(CHAT_ROOM, ctx, key)

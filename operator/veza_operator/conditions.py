@@ -26,6 +26,10 @@ class Health:
     progressing: bool = False
     degraded: bool = False
 
+    @property
+    def event_type(self) -> str:
+        return "Normal" if self.ready or self.progressing else "Warning"
+
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

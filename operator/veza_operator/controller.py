@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .conditions import Health, same_status
+from .conditions import same_status
 from .kube import ApiError, KubeClient, is_subset
 from .naming import OWNER_KIND, OWNER_NAME
 
@@ -107,7 +107,7 @@ class Context:
         self.capabilities[(group_version, resource)] = (served, time.monotonic())
         return served
 
-    async def sync_children(self, owner: Key, desired: list[dict[str, Any]]) -> int:
+    async def sync_children(self, owner: Key, desired: list[dict[str, Any]], *, prune: bool = True) -> int:
         """Apply the children that differ from what the store holds; delete ours that are no longer wanted.
 
         Returns the number of writes made.
@@ -125,7 +125,7 @@ class Context:
             writes += 1
             if applied:
                 self.store.put_child(applied)  # so the next reconcile does not apply it again
-        for child in self.store.owned_by(owner):
+        for child in self.store.owned_by(owner) if prune else []:
             key = (child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
             if key not in wanted and key[0] in _PRUNABLE:
                 await self.client.delete(*key)
@@ -149,11 +149,10 @@ class Context:
 _PRUNABLE = {"Deployment", "Service", "Ingress", "PodDisruptionBudget", "HorizontalPodAutoscaler",
              "NetworkPolicy", "Job", "ConfigMap", "ServiceAccount", "ServiceMonitor"}
 
-async def post_event(ctx: Context, body: dict[str, Any], health: Health) -> None:
-    """A Kubernetes Event on a condition transition; failing to post one never fails a reconcile."""
+async def post_event(ctx: Context, body: dict[str, Any], type: str, reason: str, message: str) -> None:
+    """A Kubernetes Event (on transitions only); failing to post one never fails a reconcile."""
     try:
-        await ctx.client.post_event(body, type="Normal" if health.ready or health.progressing else "Warning",
-                                    reason=health.reason, message=health.message)
+        await ctx.client.post_event(body, type=type, reason=reason, message=message)
         WRITES.labels("Event", "create").inc()
     except Exception as exc:
         log.warning("could not post event", extra={"error": repr(exc)})
@@ -218,9 +217,7 @@ class Reconciler:
             self.running.add(key)
             started = time.perf_counter()
             try:
-                body = self.ctx.store.owners.get(key)
-                if body is not None and not body["metadata"].get("deletionTimestamp"):
-                    await self.handlers[key[0]](self.ctx, key)
+                await self.handlers[key[0]](self.ctx, key)
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:

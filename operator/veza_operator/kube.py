@@ -184,6 +184,11 @@ class KubeClient:
         }
         await self._call("POST", self._path("Event", meta["namespace"]), event)
 
+    async def patch_metadata(self, kind: str, namespace: str, name: str, metadata: dict[str, Any]) -> None:
+        """Merge-patch metadata (finalizers); include resourceVersion to fail on a concurrent change."""
+        await self._call("PATCH", self._path(kind, namespace, name), {"metadata": metadata},
+                         "application/merge-patch+json")
+
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
             await self._call("PATCH", self._path(kind, namespace, name, "status"), {"status": status},

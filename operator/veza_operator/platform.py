@@ -137,7 +137,7 @@ async def _missing_secrets(ctx: Context, namespace: str, names: set[str]) -> lis
 
 async def reconcile_platform(ctx: Context, key: Key) -> None:
     body = ctx.store.owners.get(key)
-    if body is None:
+    if body is None or body["metadata"].get("deletionTimestamp"):
         return
     _, namespace, name = key
     generation = body["metadata"].get("generation", 0)
@@ -152,7 +152,7 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
         before = ready_reason(previous.get("conditions"))
         status["conditions"] = conditions(health, generation, previous.get("conditions"))
         if await ctx.report(key, status) and before != ("True" if health.ready else "False", health.reason):
-            await post_event(ctx, body, health)
+            await post_event(ctx, body, health.event_type, health.reason, health.message)
 
     try:
         spec = VezaPlatformSpec.model_validate(body.get("spec") or {})

@@ -83,8 +83,8 @@ def url(wk: WorkerKind, name: str, platform: VezaPlatformSpec) -> str:
 
 async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     body = ctx.store.owners.get(key)
-    if body is None:
-        return  # deleted; owner references take the children with it
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return  # deleted or going: owner references take the children with it
     _, namespace, name = key
     generation = body["metadata"].get("generation", 0)
     raw_spec = body.get("spec") or {}
@@ -95,7 +95,7 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
         status.update(extra)
         status["conditions"] = conditions(health, generation, (body.get("status") or {}).get("conditions"))
         if await ctx.report(key, status) and before != ("True" if health.ready else "False", health.reason):
-            await post_event(ctx, body, health)
+            await post_event(ctx, body, health.event_type, health.reason, health.message)
 
     try:
         spec: WorkerSpec = wk.spec_model.model_validate(raw_spec)  # type: ignore[assignment]

@@ -186,3 +186,30 @@ def test_service_monitor_once_the_prometheus_operator_api_exists(kube: KubeClust
                  timeout=30, message="ServiceMonitor removed when switched off")
     finally:
         kube.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com", "--ignore-not-found")
+
+
+def test_delete_policy_purges_history_before_the_room_goes(kube: KubeCluster, ns: str) -> None:
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "ephemeral", deletionPolicy="Delete"),
+               room(ns, "kept"))
+    wait_condition(kube, "chatroom", "ephemeral", ns)
+    r = kube.get("chatroom", "ephemeral", ns)
+    assert r is not None and r["metadata"]["finalizers"] == ["veza.io/purge-history"]
+    assert not (kube.get("chatroom", "kept", ns) or {})["metadata"].get("finalizers"), "Retain holds nothing"
+
+    kube.kubectl("delete", "chatroom", "ephemeral", "-n", ns, "--wait=false")
+    job_name = f"purge-ephemeral-{r['metadata']['uid'][:6]}"
+    job = wait_for(lambda: kube.get("job", job_name, ns), timeout=20, message="purge Job started")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["chat", "--purge"]
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "VezaPlatform", "outlives the room"
+    # kwok completes the Job's pod; then the finalizer goes and the room with it.
+    wait_for(lambda: kube.get("chatroom", "ephemeral", ns) is None, timeout=60, message="room deleted")
+    events = json.loads(kube.kubectl("get", "events", "-n", ns, "-o", "json"))["items"]
+    assert any(e["reason"] == "HistoryPurged" for e in events)
+
+    # Switching the policy back to Retain releases the finalizer.
+    kube.apply(room(ns, "kept", deletionPolicy="Delete"))
+    wait_for(lambda: (kube.get("chatroom", "kept", ns) or {})["metadata"].get("finalizers"), timeout=20,
+             message="finalizer added")
+    kube.apply(room(ns, "kept", deletionPolicy="Retain"))
+    wait_for(lambda: not (kube.get("chatroom", "kept", ns) or {})["metadata"].get("finalizers"), timeout=20,
+             message="finalizer removed")
