@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 UV_VERSION=0.13.8
-APT_PACKAGES=(redis-server libmp3lame0 chromium)
+# What the platform needs to run (`veza up`), and what only the tests need on top.
+APT_PACKAGES=(redis-server libmp3lame0)
+APT_DEV_PACKAGES=(chromium)
+[ "${1:-}" = --runtime ] || APT_PACKAGES+=("${APT_DEV_PACKAGES[@]}")
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
