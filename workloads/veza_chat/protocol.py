@@ -31,7 +31,6 @@ STORE_UNAVAILABLE = "store_unavailable"
 SHUTTING_DOWN = "shutting_down"
 ROOM_FULL = "room_full"
 NOT_MEMBER = "not_member"
-INTERNAL = "internal_error"
 
 # Close codes.
 CLOSE_SERVICE_RESTART = 1012

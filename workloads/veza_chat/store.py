@@ -105,9 +105,6 @@ class Store:
             raise StoreUnavailable("the database is not connected yet")
         return self.pool
 
-    async def ready(self) -> bool:
-        return bool(await self._pool().fetchval("SELECT 1"))
-
     async def append(self, ops: list[Op]) -> list[Appended]:
         try:
             rows = await self._pool().fetch(
