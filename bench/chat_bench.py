@@ -26,6 +26,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -516,6 +517,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for svc in (redis, nats, pg):
             svc.stop()
+        shutil.rmtree(work, ignore_errors=True)
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     big = results.get("5k") or results.get("1k")
     results["summary"] = {
