@@ -7,6 +7,10 @@ heartbeating, its hash expires, and the others notice its users are gone on thei
 next heartbeat and announce them as left. Joins and leaves also travel as NATS
 signals, which keep a per-replica view (``remote``) current between heartbeats
 and are the whole view while Redis is down (circuit open: documented fallback).
+
+The room-level union is also kept in ``members_key`` (one field per present user),
+the key the API reads for live member counts (docs/api.md): updated on every join
+and leave, rewritten whole on every heartbeat, and expiring with the heartbeats.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -26,9 +31,10 @@ HEARTBEAT = TTL / 3
 
 class Presence:
     def __init__(self, redis: aioredis.Redis | None, prefix: str, worker_id: str,
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, *, members_key: str | None = None) -> None:
         self.redis = redis
         self.worker_id = worker_id
+        self.members_key = members_key
         self.workers_key = f"{prefix}:workers"
         self.key_prefix = f"{prefix}:presence:"
         self.breaker = breaker or CircuitBreaker("chat-presence", errors=(RedisError, OSError))
@@ -58,6 +64,16 @@ class Presence:
         was = self.present(user)
         self.local[user] = [name, 1]
         await self._redis(lambda r: r.hset(self.key_prefix + self.worker_id, user, name))
+        if not was and self.members_key:
+            members_key = self.members_key
+
+            async def join(r: aioredis.Redis) -> None:
+                async with r.pipeline(transaction=True) as pipe:
+                    pipe.hset(members_key, user, name)
+                    pipe.expire(members_key, max(1, round(TTL * 2)))
+                    await pipe.execute()
+
+            await self._redis(join)
         return not was
 
     async def remove(self, user: str) -> bool:
@@ -70,7 +86,11 @@ class Presence:
             return False
         del self.local[user]
         await self._redis(lambda r: r.hdel(self.key_prefix + self.worker_id, user))
-        return not self.present(user)
+        gone = not self.present(user)
+        if gone and self.members_key:
+            members_key = self.members_key
+            await self._redis(lambda r: r.hdel(members_key, user))
+        return gone
 
     def remote_change(self, worker: str, op: str, user: str, name: str) -> bool:
         """A join/leave signal from another replica; True when room-level presence changed."""
@@ -118,6 +138,19 @@ class Presence:
             return None
         self.remote = snapshot
         after = self.users()
+        if self.members_key:
+            members_key = self.members_key
+
+            async def rewrite(r: aioredis.Redis) -> None:
+                async with r.pipeline(transaction=True) as pipe:
+                    pipe.delete(members_key)
+                    if after:
+                        mapping: dict[Any, Any] = dict(after)  # redis-py's Mapping type is invariant
+                        pipe.hset(members_key, mapping=mapping)
+                    pipe.expire(members_key, max(1, round(TTL * 2)))
+                    await pipe.execute()
+
+            await self._redis(rewrite)
         joined = {u: n for u, n in after.items() if u not in before}
         left = [u for u in before if u not in after]
         return joined, left

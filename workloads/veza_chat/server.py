@@ -65,7 +65,8 @@ class ChatService:
         breaker = CircuitBreaker("chat-redis", errors=(RedisError, OSError))
         self.limiter = BatchedLimiter(RateLimiter(self.redis, prefix=f"{prefix}:rl", breaker=breaker))
         self.cache = RecentCache(self.redis, f"{prefix}:recent", breaker) if self.redis is not None else None
-        self.presence = Presence(self.redis, prefix, self.worker_id, breaker)
+        self.presence = Presence(self.redis, prefix, self.worker_id, breaker,
+                                 members_key=f"veza:{settings.platform}:room:{self.room_name}:members")
         self.store = Store(settings.database_url, self.room_name)
         self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None)
         self.committer = GroupCommitter(self.store, self._committed)

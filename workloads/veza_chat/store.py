@@ -193,6 +193,14 @@ class Store:
         await self._pool().execute("DELETE FROM chat_sanctions WHERE room = $1 AND user_id = $2 AND kind = $3",
                                    self.room, user, kind)
 
+    async def purge(self) -> int:
+        """Delete everything the room ever stored (deletionPolicy Delete); returns the events deleted."""
+        async with self._pool().acquire() as conn, conn.transaction():
+            status = await conn.execute("DELETE FROM chat_events WHERE room = $1", self.room)
+            for table in ("chat_reactions", "chat_reads", "chat_sanctions", "chat_rooms"):
+                await conn.execute(f"DELETE FROM {table} WHERE room = $1", self.room)  # noqa: S608 - fixed names
+        return int(status.split()[-1])
+
     async def apply_retention(self, days: float | None, max_messages: int | None) -> int:
         """Delete events older than `days` / beyond the newest `max_messages`; one replica at a time."""
         deleted = 0

@@ -1,0 +1,85 @@
+"""What other parts rely on: member counts in Redis for the API, the purge Job, the spec's field names."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from tests.chat.conftest import Chat
+from veza_chat.spec import RoomSpec
+from veza_operator.models import ChatRoomSpec
+
+
+async def test_members_hash_is_what_the_api_counts(chat: Chat, redis: Any) -> None:
+    worker = await chat.worker()
+    client = aioredis.from_url(redis.url)
+    key = f"veza:test:room:{chat.room}:members"
+    try:
+        alice = await chat.connect(worker, "alice")
+        bob = await chat.connect(worker, "bob")
+        assert await client.hlen(key) == 2
+        await bob.close()
+
+        async def count() -> int:
+            while (n := await client.hlen(key)) != 1:
+                await asyncio.sleep(0.05)
+            return n
+
+        assert await asyncio.wait_for(count(), 10) == 1
+        assert await client.hget(key, "alice") == b"Alice"
+        assert await client.ttl(key) > 0, "the hash expires if every worker dies"
+        await alice.close()
+    finally:
+        await client.aclose()
+
+
+async def test_purge_deletes_the_room_history_and_nothing_else(chat: Chat, postgres: Any) -> None:
+    worker = await chat.worker()
+    alice = await chat.connect(worker, "alice")
+    for i in range(3):
+        await alice.send({"type": "send", "cid": f"c{i}", "text": f"m{i}"})
+        await alice.expect("ack", cid=f"c{i}")
+    await alice.close()
+    conn = await asyncpg.connect(postgres.url)
+    try:
+        await conn.execute("INSERT INTO chat_events (room, seq, kind, author, author_name, client_msg_id, body)"
+                           " VALUES ('other-room', 1, 'message', 'x', 'X', 'k', 'stays')")
+        assert await conn.fetchval("SELECT count(*) FROM chat_events WHERE room = $1", chat.room) == 3
+        result = subprocess.run([sys.executable, "-m", "veza_cli.main", "chat", "--purge"],
+                                env={**os.environ, **chat.env()}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert await conn.fetchval("SELECT count(*) FROM chat_events WHERE room = $1", chat.room) == 0
+        assert await conn.fetchval("SELECT count(*) FROM chat_rooms WHERE room = $1", chat.room) == 0
+        assert await conn.fetchval("SELECT body FROM chat_events WHERE room = 'other-room'") == "stays"
+    finally:
+        await conn.execute("DELETE FROM chat_events WHERE room = 'other-room'")
+        await conn.close()
+
+
+def _aliases(model: type[BaseModel], prefix: str = "") -> set[str]:
+    found = set()
+    for name, field in model.model_fields.items():
+        path = prefix + (field.alias or name)
+        found.add(path)
+        sub = field.annotation
+        for candidate in (sub, *getattr(sub, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                found |= _aliases(candidate, path + ".")
+            for inner in getattr(candidate, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    found |= _aliases(inner, path + "[].")
+    return found
+
+
+def test_the_worker_reads_only_fields_the_crd_defines() -> None:
+    """The worker parses a lenient view of the ChatRoom spec; its names must stay the CRD's."""
+    worker = {a.replace("[].", ".") for a in _aliases(RoomSpec)}
+    crd = {a.replace("[].", ".") for a in _aliases(ChatRoomSpec)}
+    assert worker <= crd, worker - crd
