@@ -40,6 +40,17 @@ async def test_members_hash_is_what_the_api_counts(chat: Chat, redis: Any) -> No
         await client.aclose()
 
 
+async def test_workers_declare_their_room_in_the_directory(chat: Chat, postgres: Any) -> None:
+    await chat.worker({"title": "Team room", "visibility": "private",
+                       "members": [{"user": "alice", "role": "owner"}]})
+    conn = await asyncpg.connect(postgres.url)
+    try:
+        row = await conn.fetchrow("SELECT title, visibility FROM rooms WHERE name = $1", chat.room)
+        assert row is not None and (row["title"], row["visibility"]) == ("Team room", "private")
+    finally:
+        await conn.close()
+
+
 async def test_purge_deletes_the_room_history_and_nothing_else(chat: Chat, postgres: Any) -> None:
     worker = await chat.worker()
     alice = await chat.connect(worker, "alice")
@@ -57,6 +68,7 @@ async def test_purge_deletes_the_room_history_and_nothing_else(chat: Chat, postg
         assert result.returncode == 0, result.stdout + result.stderr
         assert await conn.fetchval("SELECT count(*) FROM chat_events WHERE room = $1", chat.room) == 0
         assert await conn.fetchval("SELECT count(*) FROM chat_rooms WHERE room = $1", chat.room) == 0
+        assert await conn.fetchval("SELECT count(*) FROM rooms WHERE name = $1", chat.room) == 0
         assert await conn.fetchval("SELECT body FROM chat_events WHERE room = 'other-room'") == "stays"
     finally:
         await conn.execute("DELETE FROM chat_events WHERE room = 'other-room'")

@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError, ResponseError
 
+from veza_core import directory
 from veza_core.auth import Principal
 
 from . import audit
@@ -198,7 +199,7 @@ async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Princ
 
 
 def declare(kind: str) -> Any:
-    table, roles_table, column, _ = KINDS[kind]
+    _, roles_table, column, _ = KINDS[kind]
 
     async def handler(request: web.Request) -> web.Response:
         """PUT /api/v1/admin/{rooms|channels}/{name}: create or update from the custom resource."""
@@ -207,10 +208,7 @@ def declare(kind: str) -> Any:
         body = await read_json(request, Declaration)
         ctx = api(request)
         async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"INSERT INTO {table} (name, title, visibility) VALUES ($1, $2, $3)"  # noqa: S608
-                " ON CONFLICT (name) DO UPDATE SET title = excluded.title, visibility = excluded.visibility,"
-                " updated_at = now() RETURNING *, (xmax = 0) AS created", name, body.title, body.visibility)
+            row = await directory.declare(conn, kind, name, body.title, body.visibility)  # type: ignore[arg-type]
             if body.members is not None:
                 wanted = {str(parse_uuid(m.user, "user")): m.role for m in body.members}
                 current = await conn.fetch(f"SELECT user_id FROM {roles_table} WHERE {column} = $1", name)  # noqa: S608

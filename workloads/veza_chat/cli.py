@@ -27,7 +27,7 @@ async def purge(settings: Settings) -> int:
     if not settings.resource_name or not settings.database_url:
         raise SystemExit("VEZA_RESOURCE_NAME and VEZA_DATABASE_URL are required")
     store = Store(settings.database_url, settings.resource_name)
-    await store.open()
+    await store.open(declare=False)
     try:
         deleted = await store.purge()
     finally:

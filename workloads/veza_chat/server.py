@@ -96,7 +96,7 @@ class ChatService:
             try:
                 if self.run_migrations:
                     await migrate(self.settings.database_url)
-                await self.store.open()
+                await self.store.open(self.spec.title, self.spec.visibility)
                 last = await self.store.last_seq()
                 await self._load_sanctions()
                 break

@@ -34,6 +34,7 @@ class Moderation(_Model):
 
 
 class RoomSpec(_Model):
+    title: str | None = None
     limits: Limits = Field(default_factory=Limits)
     retention: Retention = Field(default_factory=Retention)
     visibility: Literal["public", "private"] = "public"

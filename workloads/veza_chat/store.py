@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from veza_core import directory
 from veza_core.db import create_pool
 
 from . import metrics
@@ -91,10 +92,12 @@ class Store:
         self.room = room
         self.pool: asyncpg.Pool | None = None
 
-    async def open(self) -> None:
+    async def open(self, title: str | None = None, visibility: str = "public", *, declare: bool = True) -> None:
         self.pool = await create_pool(self.url, min_size=2, max_size=8)
         async with self.pool.acquire() as conn:
             await conn.execute("INSERT INTO chat_rooms (room) VALUES ($1) ON CONFLICT DO NOTHING", self.room)
+            if declare:  # the API lists the room from the directory: the room's own workers declare it
+                await directory.declare(conn, "room", self.room, title or self.room, visibility)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -199,6 +202,7 @@ class Store:
             status = await conn.execute("DELETE FROM chat_events WHERE room = $1", self.room)
             for table in ("chat_reactions", "chat_reads", "chat_sanctions", "chat_rooms"):
                 await conn.execute(f"DELETE FROM {table} WHERE room = $1", self.room)  # noqa: S608 - fixed names
+            await conn.execute("DELETE FROM rooms WHERE name = $1", self.room)
         return int(status.split()[-1])
 
     async def apply_retention(self, days: float | None, max_messages: int | None) -> int:
