@@ -56,6 +56,12 @@ class _Component(LocalService):
         super().__init__(plane.dir)
         self.plane = plane
 
+    def client_flags(self) -> list[str]:
+        """How the controller-manager and the scheduler reach the API server and serve their health port."""
+        k = self.plane.kubeconfig
+        return [f"--kubeconfig={k}", f"--authentication-kubeconfig={k}", f"--authorization-kubeconfig={k}",
+                f"--bind-address={self.host}", f"--secure-port={self.port}", "--leader-elect=false"]
+
     def is_ready(self) -> bool:
         if not port_open(self.host, self.port):
             return False
@@ -133,9 +139,7 @@ class KubeControllerManager(_Component):
     def command(self) -> list[str]:
         p = self.plane
         return [
-            tool("kube-controller-manager"), f"--kubeconfig={p.kubeconfig}",
-            f"--authentication-kubeconfig={p.kubeconfig}", f"--authorization-kubeconfig={p.kubeconfig}",
-            f"--bind-address={self.host}", f"--secure-port={self.port}", "--leader-elect=false",
+            tool("kube-controller-manager"), *self.client_flags(),
             f"--service-account-private-key-file={p.sa_private_key}",
             f"--root-ca-file={p.apiserver.serving_cert}", "--use-service-account-credentials=false",
             # Fast garbage collection of children of newly installed custom resources.
@@ -147,12 +151,7 @@ class KubeScheduler(_Component):
     name = "kube-scheduler"
 
     def command(self) -> list[str]:
-        p = self.plane
-        return [
-            tool("kube-scheduler"), f"--kubeconfig={p.kubeconfig}",
-            f"--authentication-kubeconfig={p.kubeconfig}", f"--authorization-kubeconfig={p.kubeconfig}",
-            f"--bind-address={self.host}", f"--secure-port={self.port}", "--leader-elect=false",
-        ]
+        return [tool("kube-scheduler"), *self.client_flags()]
 
 
 class Kwok(_Component):

@@ -106,7 +106,7 @@ class LocalService:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, so stop() reaches every child
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent(),
                 **self.popen_kwargs(),  # type: ignore[call-overload]
             )
         finally:
@@ -128,27 +128,8 @@ class LocalService:
 
     def _signal(self, sig: signal.Signals, timeout: float) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        # Children of the group (postgres backends) may outlive the leader briefly.
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_process_group(proc, sig, timeout)
 
     def _wait(self, probe: Callable[[], bool], message: str) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -348,14 +329,41 @@ _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform == "linu
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the process that started us dies.
+def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None]:
+    """A `preexec_fn`: the child gets `sig` when the process that started it dies.
 
     Without it, a test run or `veza up` killed by SIGKILL (or a timeout) would leave
-    servers running, since each runs in its own session.
+    servers and workers running, since each runs in its own session.
     """
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def arm() -> None:  # runs in the child between fork and exec: import nothing here
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, sig)
+
+    return arm
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float) -> None:
+    """Signal the child's process group, wait, then SIGKILL whatever of the group is left."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    # Children of the group (postgres backends) may outlive the leader briefly.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _ensure_system_user(name: str) -> None:

@@ -8,7 +8,6 @@ workers behind. Output goes to `<data-dir>/logs/<name>.log`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -18,12 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+from .services import die_with_parent, stop_process_group
 
 
 def child_environment(env: dict[str, str]) -> dict[str, str]:
@@ -63,7 +57,8 @@ class Worker:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 veza_command(*self.args), env=child_environment(self.env), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+                stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM))  # workers get to shut down gracefully
         self.started_at = time.monotonic()
 
     def wait(self) -> int | None:
@@ -85,17 +80,9 @@ class Worker:
                 os.killpg(self.process.pid, signal.SIGTERM)
 
     def wait_stopped(self, timeout: float) -> None:
-        proc = self.process
-        if proc is None:
-            return
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        with contextlib.suppress(ProcessLookupError):  # anything left in its group
-            os.killpg(proc.pid, signal.SIGKILL)
+        """After terminate(): wait for the exit, then make sure nothing of its group is left."""
+        if self.process is not None:
+            stop_process_group(self.process, signal.SIGTERM, timeout)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
