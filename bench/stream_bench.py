@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -442,7 +443,7 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
     import aiohttp
     spec = {"source": {"type": "live"}, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
             "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1}}}
-    proc, port = start_veza(tmp, spec, {**s3, "VEZA_SOURCE_PASSWORD": "pw"})
+    proc, port = start_veza(tmp, spec, {**s3, "VEZA_SOURCE_PASSWORD": "pw", "VEZA_STREAM_LL_HLS_PART": "0.25"})
     rate = 48000
     silence = np.zeros(rate * 4, dtype=np.float32)
     tone = (0.4 * np.sin(2 * np.pi * 1000 * np.arange(rate * 4) / rate)).astype(np.float32)
@@ -461,6 +462,7 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
     tone_sent: list[float] = []
     progressive_seen: list[float] = []
     hls_seen: list[float] = []
+    ll_seen: list[float] = []
 
     async def source() -> None:
         async def body():  # type: ignore[no-untyped-def]
@@ -513,17 +515,35 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
                         hls_seen.append(time.monotonic())
                 await asyncio.sleep(0.1)
 
+    async def llhls() -> None:
+        seen: set[str] = set()
+        async with aiohttp.ClientSession() as session:
+            while not ll_seen:
+                async with session.get(f"http://127.0.0.1:{port}/stream/bench/hls/mp3/index.m3u8") as r:
+                    text = await r.text()
+                for uri in re.findall(r'#EXT-X-PART:[^\n]*URI="([^"]+)"', text):
+                    if uri in seen:
+                        continue
+                    seen.add(uri)
+                    async with session.get(f"http://127.0.0.1:{port}/stream/bench/hls/mp3/{uri}") as r:
+                        part = await r.read()
+                    if tone_sent and loud(part):
+                        ll_seen.append(time.monotonic())
+                await asyncio.sleep(0.05)
+
     try:
         await asyncio.sleep(1)
-        await asyncio.wait_for(asyncio.gather(source(), progressive(), hls()), 30)
+        await asyncio.wait_for(asyncio.gather(source(), progressive(), hls(), llhls()), 30)
     except TimeoutError:
         say(f"latency: timed out (see {tmp}/veza-{port}.log)")
     finally:
         stop(proc)
     return {"progressive_s": round(progressive_seen[0] - tone_sent[0], 3) if progressive_seen else None,
             "hls_s": round(hls_seen[0] - tone_sent[0], 3) if hls_seen else None,
+            "ll_hls_s": round(ll_seen[0] - tone_sent[0], 3) if ll_seen else None,
             "note": "time from the source sending the first tone bytes to a listener receiving audible tone; "
-                    "HLS: to the first listed segment holding it (players add their own buffering)"}
+                    "HLS: to the first listed segment holding it, LL-HLS (0.25 s parts): to the first listed part "
+                    "(players add their own buffering)"}
 
 
 def main() -> int:

@@ -110,3 +110,38 @@ async def test_hls_playlists_and_segments(tracks: None, start_worker: Any) -> No
         assert {round(dominant_frequency(a, rate) / 440) for a in audio} <= {1, 2}
     status, _, _ = await listen("127.0.0.1", worker.port, "/stream/hls/hls/opus/index.m3u8", 1.0)
     assert status == 404
+
+
+async def test_ll_hls_parts_and_blocking_reload(tracks: None, start_worker: Any) -> None:
+    spec = {**SPEC, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
+            "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 2}}}
+    worker = start_worker("lowlat", spec, VEZA_STREAM_LL_HLS_PART="0.5")
+    await asyncio.sleep(4.5)
+    base = f"{worker.url}/stream/lowlat/hls/mp3"
+    _, body, _ = get(f"{base}/index.m3u8")
+    lines = body.decode().splitlines()
+    assert "#EXT-X-PART-INF:PART-TARGET=0.500" in lines
+    assert any(line.startswith("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES") for line in lines)
+    parts = [re.match(r'#EXT-X-PART:DURATION=([\d.]+),URI="(\d+)\.(\d+)\.mp3"', line) for line in lines]
+    parts = [m for m in parts if m]
+    assert parts, lines
+    hint = next(line for line in lines if line.startswith("#EXT-X-PRELOAD-HINT"))
+    sequence, index = map(int, re.search(r'URI="(\d+)\.(\d+)\.mp3"', hint).groups())  # type: ignore[union-attr]
+    for match in parts:
+        _, data, _ = get(f"{base}/{match.group(2)}.{match.group(3)}.mp3")
+        assert data.startswith(b"ID3")
+        samples, rate = decode_pcm(data, "mp3")
+        assert abs(len(samples) / rate - float(match.group(1))) < 0.05 and float(match.group(1)) <= 0.55
+    # The preload hint's part is answered when it has been cut; a blocking reload waits for it to be listed.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    _, data, _ = await loop.run_in_executor(None, get, f"{base}/{sequence}.{index}.mp3")
+    assert data.startswith(b"ID3") and loop.time() - started < 1.6
+    _, body, _ = await loop.run_in_executor(
+        None, get, f"{base}/index.m3u8?_HLS_msn={sequence}&_HLS_part={index + 1}")
+    assert f'URI="{sequence}.{index + 1}.mp3"' in body.decode() or f"\n{sequence}.mp3" in body.decode()
+    status, _, _ = await listen("127.0.0.1", worker.port, "/stream/lowlat/hls/mp3/index.m3u8?_HLS_msn=999999", 1.0)
+    assert status == 400
+    # Whole segments are still there, as without LL-HLS.
+    uris = [line for line in lines if line and not line.startswith("#")]
+    assert uris and all(u.endswith(".mp3") and u.count(".") == 1 for u in uris)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 class Channel:
     def __init__(self, name: str, spec: ChannelSpec, fetch: TrackFetcher, *, burst_seconds: float = 2.0,
-                 max_listener_buffer: int = 256 * 1024, write_interval: float = 0.25,
+                 max_listener_buffer: int = 256 * 1024, write_interval: float = 0.25, hls_part_seconds: float = 0.0,
                  prefer_system_lame: bool = True) -> None:
         self.name = name
         self.spec = spec
@@ -40,8 +40,10 @@ class Channel:
         if spec.delivery.hls.enabled:
             for r in spec.renditions:
                 if r.codec in HLS_CODECS:
-                    segmenter = Segmenter(r.codec, spec.delivery.hls.target_duration_seconds,
-                                          on_segment=lambda segment, n=r.name: self._segment_cut(n, segment))  # type: ignore[misc]
+                    target = spec.delivery.hls.target_duration_seconds
+                    segmenter = Segmenter(r.codec, target,
+                                          on_segment=lambda segment, n=r.name: self._segment_cut(n, segment),  # type: ignore[misc]
+                                          part_seconds=hls_part_seconds if 0 < hls_part_seconds <= target / 2 else None)
                     self.segmenters[r.name] = segmenter
                     self.feeds[r.name].sinks.append(segmenter.feed)
         source = spec.source

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recording-seconds", type=float,
                         default=float(os.environ.get("VEZA_STREAM_RECORDING_SECONDS", "60")),
                         help="seconds of audio per recording file (env VEZA_STREAM_RECORDING_SECONDS)")
+    parser.add_argument("--ll-hls-part", type=float, default=float(os.environ.get("VEZA_STREAM_LL_HLS_PART", "0")),
+                        help="LL-HLS part duration in seconds, at most half the segment target; 0 turns LL-HLS off "
+                             "(env VEZA_STREAM_LL_HLS_PART)")
     parser.add_argument("--write-interval", type=float,
                         default=float(os.environ.get("VEZA_STREAM_WRITE_INTERVAL", "0.25")),
                         help="seconds of audio collected before each write to listeners "
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
                         write_interval=min(max(args.write_interval, 0.02), 1.0),
                         relay_max_backoff=max(args.relay_max_backoff, 0.1),
                         recording_seconds=min(max(args.recording_seconds, 1.0), 3600.0),
-                        advertise_url=os.environ.get("VEZA_STREAM_ADVERTISE_URL") or None)
+                        advertise_url=os.environ.get("VEZA_STREAM_ADVERTISE_URL") or None,
+                        hls_part_seconds=max(args.ll_hls_part, 0.0))
     except (ValueError, ValidationError) as exc:
         print(f"veza stream: invalid configuration: {exc}", file=sys.stderr)
         return 2

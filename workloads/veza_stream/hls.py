@@ -9,6 +9,7 @@ Opus renditions are not offered over HLS (Opus needs fMP4 segments there).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from collections import deque
@@ -44,11 +45,26 @@ class Segment:
     discontinuity: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """An LL-HLS partial segment: `index`-th part of segment `sequence` (packed audio, led by its ID3 timestamp)."""
+
+    sequence: int
+    index: int
+    duration: float
+    data: bytes
+
+
 class Segmenter:
-    """Cuts one rendition's chunks into segments and keeps a sliding window of them."""
+    """Cuts one rendition's chunks into segments and keeps a sliding window of them.
+
+    With ``part_seconds`` (LL-HLS), each segment is also cut into parts as its chunks
+    arrive (``pts // part`` within the segment), listed in the playlist before the
+    segment is complete, with blocking playlist reloads and a preload hint.
+    """
 
     def __init__(self, codec: str, target_seconds: float = 2.0, window: int = 6, keep: int = 12,
-                 on_segment: Callable[[Segment], None] | None = None) -> None:
+                 on_segment: Callable[[Segment], None] | None = None, part_seconds: float | None = None) -> None:
         self.codec = codec
         self.target = max(1, round(target_seconds * SAMPLE_RATE))
         self.target_seconds = target_seconds
@@ -59,6 +75,12 @@ class Segmenter:
         self._parts: list[Chunk] = []
         self._discontinuity = False
         self._joined = True  # the next segment may have started before we saw it
+        self.part_seconds = part_seconds
+        self.part = max(1, round(part_seconds * SAMPLE_RATE)) if part_seconds else 0
+        self.ll_parts: dict[int, list[Part]] = {}  # sequence -> its parts (current segment and the last few)
+        self._part_chunks: list[Chunk] = []
+        self._part_index: int | None = None
+        self.changed = asyncio.Event()  # set (and replaced) whenever a part or a segment appears
 
     def feed(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:
@@ -68,12 +90,50 @@ class Segmenter:
             if self._index is not None and index < self._index:
                 # Timestamps went back (a new encoder without history): start over, marked as a discontinuity.
                 self._parts = []
+                self._part_chunks = []
+                self._part_index = None
                 self._discontinuity = True
                 self._joined = True
             elif self._index is not None and index > self._index and self._parts:
+                self._cut_part()
                 self._cut()
             self._index = index
+            if self.part:
+                part_index = (chunk.pts - index * self.target) // self.part
+                if self._part_index is not None and part_index != self._part_index and self._part_chunks:
+                    self._cut_part()
+                self._part_index = part_index
+                self._part_chunks.append(chunk)
             self._parts.append(chunk)
+        if self.part:
+            self._notify()
+
+    @property
+    def started(self) -> bool:
+        return self._index is not None
+
+    def current_sequence(self) -> int:
+        """The sequence number the segment being cut will get."""
+        assert self._index is not None
+        return max(self._index, self.segments[-1].sequence + 1) if self.segments else self._index
+
+    def _cut_part(self) -> None:
+        if not self.part or not self._part_chunks or self._index is None:
+            self._part_chunks = []
+            return
+        chunks, self._part_chunks = self._part_chunks, []
+        if self._joined:
+            return  # parts of a segment that is never listed are not listed either
+        sequence = self.current_sequence()
+        parts = self.ll_parts.setdefault(sequence, [])
+        parts.append(Part(sequence, len(parts), sum(c.duration for c in chunks) / SAMPLE_RATE,
+                          id3_timestamp(chunks[0].pts) + b"".join(c.data for c in chunks)))
+        for old in [s for s in self.ll_parts if s < sequence - 3]:
+            del self.ll_parts[old]
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
 
     def _cut(self) -> None:
         assert self._index is not None
@@ -93,6 +153,17 @@ class Segmenter:
         self.segments.append(segment)
         if self.on_segment:
             self.on_segment(segment)
+        self._notify()
+
+    def get_part(self, sequence: int, index: int) -> Part | None:
+        parts = self.ll_parts.get(sequence, [])
+        return parts[index] if 0 <= index < len(parts) else None
+
+    def has(self, sequence: int, part: int | None) -> bool:
+        """Whether the playlist already lists segment `sequence` (complete), or its part `part`."""
+        if self.segments and self.segments[-1].sequence >= sequence:
+            return True
+        return part is not None and self.get_part(sequence, part) is not None
 
     def segment(self, sequence: int) -> Segment | None:
         return next((s for s in self.segments if s.sequence == sequence), None)
@@ -100,15 +171,31 @@ class Segmenter:
     def playlist(self) -> str:
         listed = list(self.segments)[-self.window:]
         longest = max([s.duration for s in listed], default=self.target_seconds)
-        lines = ["#EXTM3U", "#EXT-X-VERSION:3",
-                 f"#EXT-X-TARGETDURATION:{max(math.ceil(self.target_seconds), round(longest))}",
-                 f"#EXT-X-MEDIA-SEQUENCE:{listed[0].sequence if listed else 0}"]
+        ext = EXTENSIONS[self.codec]
+        lines = ["#EXTM3U", f"#EXT-X-VERSION:{9 if self.part else 3}",
+                 f"#EXT-X-TARGETDURATION:{max(math.ceil(self.target_seconds), round(longest))}"]
+        if self.part:
+            lines += [f"#EXT-X-PART-INF:PART-TARGET={self.part_seconds:.3f}",
+                      f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * (self.part_seconds or 0):.3f}"]
+        lines.append(f"#EXT-X-MEDIA-SEQUENCE:{listed[0].sequence if listed else 0}")
         for segment in listed:
             if segment.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
+            lines += self._part_lines(segment.sequence, listed[-1].sequence)
             lines.append(f"#EXTINF:{segment.duration:.3f},")
-            lines.append(f"{segment.sequence}.{EXTENSIONS[self.codec]}")
+            lines.append(f"{segment.sequence}.{ext}")
+        if self.part and listed and self._index is not None and not self._joined:
+            current = self.current_sequence()
+            lines += self._part_lines(current, current)
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{current}.{len(self.ll_parts.get(current, []))}.{ext}"')
         return "\n".join(lines) + "\n"
+
+    def _part_lines(self, sequence: int, newest: int) -> list[str]:
+        if not self.part or sequence < newest - 2:  # parts only for the last segments, as LL-HLS asks
+            return []
+        ext = EXTENSIONS[self.codec]
+        return [f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{p.sequence}.{p.index}.{ext}",INDEPENDENT=YES'
+                for p in self.ll_parts.get(sequence, [])]
 
 
 def master_playlist(renditions: list[tuple[str, str, int]]) -> str:

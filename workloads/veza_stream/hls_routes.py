@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
+
 from aiohttp import web
 
 from veza_core.web import json_error
@@ -44,13 +48,56 @@ async def master(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type=PLAYLIST_TYPE, headers=NO_CACHE)
 
 
+async def _wait(segmenter: Segmenter, ready: Callable[[], bool], seconds: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not ready():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(segmenter.changed.wait(), left)
+    return True
+
+
 async def media_playlist(request: web.Request) -> web.Response:
     if (error := _checked(request)) is not None:
         return error
     segmenter = _segmenter(request)
     if isinstance(segmenter, web.Response):
         return segmenter
+    if segmenter.part and "_HLS_msn" in request.query:
+        # LL-HLS blocking reload: answer once the playlist holds segment _HLS_msn (or its part _HLS_part).
+        try:
+            msn = int(request.query["_HLS_msn"])
+            part = int(request.query["_HLS_part"]) if "_HLS_part" in request.query else None
+        except ValueError:
+            return json_error(400, "bad_hls_request", "_HLS_msn and _HLS_part are integers")
+        newest = segmenter.current_sequence() if segmenter.started else 0
+        if msn < 0 or (part is not None and part < 0) or msn > newest + 2:
+            return json_error(400, "bad_hls_request", "_HLS_msn is too far ahead of the live edge")
+        if not await _wait(segmenter, lambda: segmenter.has(msn, part), 3 * segmenter.target_seconds):
+            return json_error(503, "hls_not_ready", "the requested segment did not appear in time")
     return web.Response(text=segmenter.playlist(), content_type=PLAYLIST_TYPE, headers=NO_CACHE)
+
+
+async def part(request: web.Request) -> web.Response:
+    """An LL-HLS part; the one named by the preload hint is awaited (up to three part durations)."""
+    if (error := _checked(request)) is not None:
+        return error
+    segmenter = _segmenter(request)
+    if isinstance(segmenter, web.Response):
+        return segmenter
+    if not segmenter.part or request.match_info["ext"] != EXTENSIONS[segmenter.codec]:
+        return json_error(404, "segment_not_found", "no such part")
+    sequence, index = int(request.match_info["sequence"]), int(request.match_info["part"])
+    await _wait(segmenter, lambda: segmenter.get_part(sequence, index) is not None
+                or (bool(segmenter.segments) and segmenter.segments[-1].sequence >= sequence),
+                3 * (segmenter.part_seconds or 0))
+    found = segmenter.get_part(sequence, index)
+    if found is None:
+        return json_error(404, "segment_not_found", "part expired or not cut")
+    return web.Response(body=found.data, content_type=SEGMENT_TYPES[segmenter.codec],
+                        headers={"Cache-Control": "max-age=60"})
 
 
 async def segment(request: web.Request) -> web.Response:

@@ -51,7 +51,8 @@ def advertised_url(host: str, port: int) -> str:
 class Worker:
     def __init__(self, settings: Settings, *, source_password: str | None = None, metaint: int = DEFAULT_METAINT,
                  leader_ttl: float = 3.0, write_interval: float = 0.25, relay_max_backoff: float = 30.0,
-                 recording_seconds: float = 60.0, advertise_url: str | None = None) -> None:
+                 recording_seconds: float = 60.0, advertise_url: str | None = None,
+                 hls_part_seconds: float = 0.0) -> None:
         if not settings.resource_name:
             raise ValueError("VEZA_RESOURCE_NAME (the StreamChannel name) is required")
         self.settings = settings
@@ -59,7 +60,8 @@ class Worker:
         self.store = ObjectStore(settings.s3_bucket, endpoint_url=settings.s3_endpoint, region=settings.s3_region,
                                  access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
                                  secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
-        self.channel = Channel(settings.resource_name, self.spec, self._fetch, write_interval=write_interval)
+        self.channel = Channel(settings.resource_name, self.spec, self._fetch, write_interval=write_interval,
+                               hls_part_seconds=hls_part_seconds)
         self.source_password = source_password
         self.metaint = metaint
         self.leader_ttl = leader_ttl
@@ -233,6 +235,7 @@ def create_stream_app(worker: Worker) -> web.Application:
     app.router.add_get(f"{prefix}/now-playing", now_playing)
     app.router.add_get(f"{prefix}/hls/master.m3u8", hls_routes.master)
     app.router.add_get(f"{prefix}/hls/{{rendition}}/index.m3u8", hls_routes.media_playlist)
+    app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{part:\\d+}}.{{ext}}", hls_routes.part)
     app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{ext}}", hls_routes.segment)
     app.router.add_put(f"{prefix}/source", ingest.source, expect_handler=ingest.expect_continue)
     app.router.add_post(f"{prefix}/tracks", tracks.upload)
