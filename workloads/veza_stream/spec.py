@@ -69,6 +69,7 @@ def _default_renditions() -> list[Rendition]:
 
 
 class ChannelSpec(_Spec):
+    title: str | None = None
     source: Source = Field(default_factory=Source)
     renditions: list[Rendition] = Field(default_factory=_default_renditions, min_length=1)
     delivery: Delivery = Field(default_factory=Delivery)

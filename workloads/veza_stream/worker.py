@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from veza_core import bus
+from veza_core import bus, directory
 from veza_core.auth import AUDIENCE_STREAM, TokenVerifier
 from veza_core.config import Settings
 from veza_core.keys import KeySet
@@ -74,6 +74,7 @@ class Worker:
                                           audience=AUDIENCE_STREAM, algorithms=settings.jwt_algorithms)
         self.nc: Any = None
         self.lock: LeaderLock | None = None
+        self.now_playing_key = ""
         self.counter: ListenerCounter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
@@ -114,8 +115,13 @@ class Worker:
             self._tasks.append(asyncio.create_task(self.lock.run(self._elected, self._deposed)))
             self.counter = ListenerCounter(redis, f"{base}:listeners", self.identity, self.channel.listener_count)
             self._tasks.append(asyncio.create_task(self.counter.run()))
+            # The API reads now-playing from this hash (docs/api.md, Redis contract).
+            self.now_playing_key = f"veza:{self.settings.platform}:channel:{self.channel.name}:now_playing"
+            self.channel.on_title.append(self._store_title)
         else:
             await self._elected()  # a single replica without Redis encodes on its own
+        if self.settings.database_url:
+            self._tasks.append(asyncio.create_task(self._declare()))
 
     async def stop(self, app: web.Application) -> None:
         await self._stop_relay()
@@ -173,6 +179,41 @@ class Worker:
             log.warning("bad audio message", extra={"error": str(exc)})
             return
         self.channel.receive(batch, title)
+
+    async def _declare(self) -> None:
+        """Declare the channel in the platform's directory (the API lists it), retrying until it works."""
+        import asyncpg
+
+        assert self.settings.database_url is not None
+        for attempt in range(60):
+            try:
+                conn = await asyncpg.connect(self.settings.database_url, timeout=5)
+                try:
+                    await directory.declare(conn, "channel", self.channel.name, self.spec.title or self.channel.name,
+                                            self.spec.visibility)
+                finally:
+                    await conn.close()
+                return
+            except Exception as exc:  # the database may come up after us, or not have the tables yet
+                log.info("channel not declared yet", extra={"attempt": attempt, "error": repr(exc)})
+                await asyncio.sleep(min(30.0, 1.0 + attempt))
+
+    def _store_title(self, title: str) -> None:
+        if self.lock is None or not self.channel.encoding:
+            return
+        redis, key = self.lock.redis, self.now_playing_key
+
+        async def store() -> None:
+            with contextlib.suppress(Exception):  # Redis down: the worker's own /now-playing still answers
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(key, mapping={"title": title, "started_at": str(time.time()),
+                                            "channel": self.channel.name})
+                    pipe.expire(key, 86400)
+                    await pipe.execute()
+
+        task = asyncio.create_task(store())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     def _publish_title(self, title: str) -> None:
         if self.nc is None or not self.channel.encoding:
