@@ -51,7 +51,8 @@ def container(w: Workload, *, serving: bool = True) -> dict[str, Any]:
         "imagePullPolicy": w.image.pullPolicy,
         "args": w.args,
         # POD_IP: how replicas reach each other (a stream follower forwards a live source to its leader).
-        "env": [*wiring.to_k8s_env(w.env), {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "env": [*wiring.to_k8s_env(w.env),
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "resources": {"requests": dict(w.resources.requests), "limits": dict(w.resources.limits)},
         "securityContext": {
             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,

@@ -79,6 +79,15 @@ def bucket(s3: S3Service) -> Any:
     return client
 
 
+@pytest.fixture(scope="session")
+def tracks(bucket: Any) -> None:
+    """The two tracks the playlist SPEC of test_playlist.py plays."""
+    from tests.stream.audio import sine
+
+    bucket.put_object(Bucket=BUCKET, Key="tests/a440.mp3", Body=sine(440, 2.0, "mp3", title="Tone A"))
+    bucket.put_object(Bucket=BUCKET, Key="tests/b880.ogg", Body=sine(880, 2.0, "ogg", title="Tone B"))
+
+
 @pytest.fixture
 def start_worker(s3: S3Service, bucket: Any, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start `veza stream` for a channel spec; extra env overrides; every worker is stopped at the end."""

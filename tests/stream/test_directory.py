@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from tests.stream.test_playlist import SPEC, tracks  # noqa: F401 - the fixture
+from tests.stream.test_playlist import SPEC
 from veza_core.db import migrate
 
 

@@ -7,9 +7,7 @@ import re
 import urllib.request
 from typing import Any
 
-import pytest
-
-from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
+from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time
 from tests.stream.client import listen
 
 SPEC = {
@@ -19,12 +17,6 @@ SPEC = {
                    {"name": "opus", "codec": "opus", "bitrateKbps": 64}],
     "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1}},
 }
-
-
-@pytest.fixture(scope="module")
-def tracks(bucket: Any) -> None:
-    bucket.put_object(Bucket="veza-stream-tests", Key="tests/a440.mp3", Body=sine(440, 2.0, "mp3", title="Tone A"))
-    bucket.put_object(Bucket="veza-stream-tests", Key="tests/b880.ogg", Body=sine(880, 2.0, "ogg", title="Tone B"))
 
 
 def get(url: str) -> tuple[int, bytes, str]:
