@@ -38,6 +38,16 @@ def keys_secret_name(platform: str, spec: VezaPlatformSpec) -> str:
     return spec.auth.keysSecretName or f"{platform}-jwt-keys"
 
 
+# Spec fields that only the operator reads: keeping them out of the pods' environment means
+# scaling (by hand or by the HPA) or changing the deletion policy never restarts a worker.
+OPERATOR_ONLY_FIELDS = frozenset({"replicas", "autoscaling", "resources", "deletionPolicy", "platformRef"})
+
+
+def worker_spec(raw_spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a ChatRoom / StreamChannel spec its workers receive (VEZA_RESOURCE_SPEC)."""
+    return {k: v for k, v in (raw_spec or {}).items() if k not in OPERATOR_ONLY_FIELDS}
+
+
 def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component: str,
                resource_name: str | None = None, resource_spec: dict[str, Any] | None = None,
                ) -> dict[str, EnvValue]:
@@ -82,7 +92,7 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
         env["VEZA_SOURCE_PASSWORD"] = SecretValue(password_ref["name"], password_ref["key"])
     if resource_name is not None:
         env["VEZA_RESOURCE_NAME"] = resource_name
-        env["VEZA_RESOURCE_SPEC"] = json.dumps(resource_spec or {}, separators=(",", ":"), sort_keys=True)
+        env["VEZA_RESOURCE_SPEC"] = json.dumps(worker_spec(resource_spec), separators=(",", ":"), sort_keys=True)
     return env
 
 

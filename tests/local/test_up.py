@@ -176,7 +176,7 @@ def test_workers_get_the_operators_environment(running: Up) -> None:
         assert env["VEZA_S3_ENDPOINT"].startswith("http://127.0.0.1:")
         assert Path(env["VEZA_JWT_KEYS_DIR"]) == running.data_dir.resolve() / "jwt-keys"
         if resource is not None:
-            assert json.loads(env["VEZA_RESOURCE_SPEC"]) == resource.spec
+            assert json.loads(env["VEZA_RESOURCE_SPEC"]) == wiring.worker_spec(resource.spec)
 
 
 def test_a_second_up_on_the_same_data_dir_is_refused(running: Up) -> None:

@@ -116,3 +116,12 @@ def test_live_source_password_comes_from_its_secret() -> None:
            "source": {"type": "live", "passwordSecretRef": {"name": "radio-source", "key": "password"}}}
     env = worker_env("demo", "ns", PLATFORM, "stream", "radio", raw)
     assert env["VEZA_SOURCE_PASSWORD"] == SecretValue("radio-source", "password")
+
+
+def test_scaling_does_not_change_the_pod_template() -> None:
+    """kubectl scale and the HPA change spec.replicas: that must not restart every worker."""
+    one = room_children(replicas=1)["Deployment"]
+    three = room_children(replicas=3, autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+                          deletionPolicy="Delete")["Deployment"]
+    assert one["spec"]["replicas"] == 1 and three["spec"]["replicas"] == 3
+    assert one["spec"]["template"] == three["spec"]["template"]
