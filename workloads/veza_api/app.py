@@ -48,14 +48,16 @@ def add_routes(app: web.Application) -> None:
 
     r.add_get(f"{PREFIX}/rooms", rooms.list_rooms)
     r.add_get(f"{PREFIX}/rooms/{{name}}", rooms.get_room)
-    r.add_put(f"{PREFIX}/rooms/{{name}}/members/{{user_id}}", rooms.member_role("room", grant=True))
-    r.add_delete(f"{PREFIX}/rooms/{{name}}/members/{{user_id}}", rooms.member_role("room", grant=False))
     r.add_post(f"{PREFIX}/rooms/{{name}}/moderation", moderation.moderate)
     r.add_get(f"{PREFIX}/rooms/{{name}}/moderation", moderation.list_actions)
     r.add_get(f"{PREFIX}/channels", rooms.list_channels)
     r.add_get(f"{PREFIX}/channels/{{name}}", rooms.get_channel)
-    r.add_put(f"{PREFIX}/channels/{{name}}/members/{{user_id}}", rooms.member_role("channel", grant=True))
-    r.add_delete(f"{PREFIX}/channels/{{name}}/members/{{user_id}}", rooms.member_role("channel", grant=False))
+    # Rooms and channels share their role and directory routes.
+    for kind, plural in (("room", "rooms"), ("channel", "channels")):
+        r.add_put(f"{PREFIX}/{plural}/{{name}}/members/{{user_id}}", rooms.member_role(kind, grant=True))
+        r.add_delete(f"{PREFIX}/{plural}/{{name}}/members/{{user_id}}", rooms.member_role(kind, grant=False))
+        r.add_put(f"{PREFIX}/admin/{plural}/{{name}}", rooms.declare(kind))
+        r.add_delete(f"{PREFIX}/admin/{plural}/{{name}}", rooms.undeclare(kind))
 
     r.add_post(f"{PREFIX}/tracks", tracks.upload)
     r.add_get(f"{PREFIX}/tracks", tracks.list_tracks)
@@ -64,10 +66,6 @@ def add_routes(app: web.Application) -> None:
 
     r.add_get(f"{PREFIX}/admin/users", users.list_users)
     r.add_patch(f"{PREFIX}/admin/users/{{id}}", users.patch_user)
-    r.add_put(f"{PREFIX}/admin/rooms/{{name}}", rooms.declare("room"))
-    r.add_delete(f"{PREFIX}/admin/rooms/{{name}}", rooms.undeclare("room"))
-    r.add_put(f"{PREFIX}/admin/channels/{{name}}", rooms.declare("channel"))
-    r.add_delete(f"{PREFIX}/admin/channels/{{name}}", rooms.undeclare("channel"))
     r.add_get(f"{PREFIX}/admin/audit", audit.list_audit)
 
 
