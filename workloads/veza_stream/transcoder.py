@@ -201,20 +201,29 @@ class OpusOgg(_Encoder):
         self._header = self.sink.drain()
         self.convert = av.AudioResampler(format="flt", layout=LAYOUT, rate=SAMPLE_RATE)
         self.base = start_pts  # Ogg granule positions start at 0 for every logical stream
+        self.page_start = start_pts  # first sample not yet covered by a chunk
 
     def header(self) -> bytes:
         return self._header
 
+    def encode(self, frame: av.AudioFrame) -> list[Chunk]:
+        # libopus takes interleaved samples: convert each incoming frame once, before it is cut into
+        # 20 ms blocks, rather than each block (a fifth of the conversion calls).
+        chunks: list[Chunk] = []
+        for interleaved in self.convert.resample(frame):
+            chunks.extend(super().encode(interleaved))
+        return chunks
+
     def _encode_block(self, block: av.AudioFrame) -> list[Chunk]:
-        start = self.pts
-        for frame in self.convert.resample(block):
-            frame.pts = self.pts - self.base
-            frame.time_base = TIME_BASE
-            self.pts += frame.samples
-            for packet in self.stream.encode(frame):
-                self.container.mux(packet)
+        block.pts = self.pts - self.base
+        self.pts += block.samples
+        for packet in self.stream.encode(block):
+            self.container.mux(packet)
         data = self.sink.drain()
-        return [Chunk(data, start, self.pts - start)] if data else []
+        if not data:  # the encoder's lookahead: these samples come out with the next page
+            return []
+        start, self.page_start = self.page_start, self.pts
+        return [Chunk(data, start, self.pts - start)]
 
 
 def make_encoder(rendition: Rendition, start_pts: int = 0, *, prefer_system_lame: bool = True) -> _Encoder:
