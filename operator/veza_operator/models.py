@@ -296,8 +296,16 @@ class Rendition(Model):
 
 
 class Hls(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!has(self.partDurationSeconds) || self.partDurationSeconds * 2.0 <= double(self.targetDurationSeconds)",
+            "partDurationSeconds must be at most half of targetDurationSeconds")]})
+
     enabled: bool = Field(True, description="Serve HLS.")
     targetDurationSeconds: int = Field(2, ge=1, le=10, description="Segment target duration.")
+    partDurationSeconds: float | None = Field(
+        None, ge=0.1, le=5.0,
+        description="Low-Latency HLS: cut segments into parts of this duration (e.g. 0.5), with blocking "
+                    "playlist reloads and preload hints. Unset serves plain HLS.")
 
 
 class Delivery(Model):

@@ -61,6 +61,8 @@ CASES: list[tuple[dict[str, Any], set[str]]] = [
      {"spec.renditions: Invalid value: 0: spec.renditions in body should have at least 1 items"}),
     (channel("no-delivery", delivery={"progressive": False, "hls": {"enabled": False}}),
      {"spec: Invalid value: enable progressive or HLS delivery"}),
+    (channel("long-parts", delivery={"hls": {"targetDurationSeconds": 1, "partDurationSeconds": 0.75}}),
+     {"spec.delivery.hls: Invalid value: partDurationSeconds must be at most half of targetDurationSeconds"}),
     (PLATFORM,
      {"spec.connections.s3.bucket: Invalid value: \"B\": spec.connections.s3.bucket in body should be at least "
       "3 chars long",

@@ -106,8 +106,8 @@ async def test_hls_playlists_and_segments(tracks: None, start_worker: Any) -> No
 
 async def test_ll_hls_parts_and_blocking_reload(tracks: None, start_worker: Any) -> None:
     spec = {**SPEC, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
-            "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 2}}}
-    worker = start_worker("lowlat", spec, VEZA_STREAM_LL_HLS_PART="0.5")
+            "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 2, "partDurationSeconds": 0.5}}}
+    worker = start_worker("lowlat", spec)
     await asyncio.sleep(4.5)
     base = f"{worker.url}/stream/lowlat/hls/mp3"
     _, body, _ = get(f"{base}/index.m3u8")

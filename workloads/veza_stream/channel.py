@@ -41,9 +41,10 @@ class Channel:
             for r in spec.renditions:
                 if r.codec in HLS_CODECS:
                     target = spec.delivery.hls.target_duration_seconds
+                    part = spec.delivery.hls.part_duration_seconds or hls_part_seconds
                     segmenter = Segmenter(r.codec, target,
                                           on_segment=lambda segment, n=r.name: self._segment_cut(n, segment),  # type: ignore[misc]
-                                          part_seconds=hls_part_seconds if 0 < hls_part_seconds <= target / 2 else None)
+                                          part_seconds=part if 0 < part <= target / 2 else None)
                     self.segmenters[r.name] = segmenter
                     self.feeds[r.name].sinks.append(segmenter.feed)
         source = spec.source

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=float(os.environ.get("VEZA_STREAM_RECORDING_SECONDS", "60")),
                         help="seconds of audio per recording file (env VEZA_STREAM_RECORDING_SECONDS)")
     parser.add_argument("--ll-hls-part", type=float, default=float(os.environ.get("VEZA_STREAM_LL_HLS_PART", "0")),
-                        help="LL-HLS part duration in seconds, at most half the segment target; 0 turns LL-HLS off "
+                        help="LL-HLS part duration in seconds, at most half the segment target, for channels whose "
+                             "spec sets no delivery.hls.partDurationSeconds; 0 leaves them on plain HLS "
                              "(env VEZA_STREAM_LL_HLS_PART)")
     parser.add_argument("--write-interval", type=float,
                         default=float(os.environ.get("VEZA_STREAM_WRITE_INTERVAL", "0.25")),

@@ -49,6 +49,7 @@ class Rendition(_Spec):
 class Hls(_Spec):
     enabled: bool = True
     target_duration_seconds: float = Field(2.0, alias="targetDurationSeconds", gt=0, le=30)
+    part_duration_seconds: float | None = Field(None, alias="partDurationSeconds", gt=0)  # LL-HLS when set
 
 
 class Delivery(_Spec):
