@@ -15,6 +15,9 @@ JSON) so it costs less per delivery than the servers; its CPU is reported next t
 Deliveries per worker core = deliveries / CPU seconds the server processes used in the window
 (`ratio_per_core`); `ratio_per_core_incl_backing` also charges Veza the CPU of PostgreSQL, NATS and
 Redis. Latencies depend on what else the machine runs: `loadavg_at_start`/`_at_end` tell.
+`cpu_floor_per_message_ms` is the CPU that one message's deliveries cost the servers, the backing services and
+the load generator together, divided by the machine's cores: no delivery order makes the last socket of a message
+hear it sooner, so a p99 below it needs more cores (or fewer sockets per message), not a faster server.
 """
 
 from __future__ import annotations
@@ -366,6 +369,9 @@ async def fanout_run(servers: Servers, room: str, sockets: int, rate: float, sec
         "loadgen_cpu_us_per_delivery": round(loadgen / max(1, stats.events) * 1e6, 2),
         "server_cpu_us_per_delivery": round(cpu / max(1, stats.events) * 1e6, 2),
         "backing_cpu_s": round(backing, 2),  # PostgreSQL + NATS + Redis (idle for the bare run)
+        # The servers' and the load generator's CPU for one message, spread over every core of the machine: the
+        # last delivery of a message cannot come sooner than this, whatever the server does.
+        "cpu_floor_per_message_ms": round((cpu + backing + loadgen) / total / (os.cpu_count() or 1) * 1000, 1),
     }
     if not bare:
         result["ack_ms"] = {"p50": pct(stats.ack_latencies, 0.5), "p99": pct(stats.ack_latencies, 0.99)}
@@ -524,6 +530,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_per_core_1k": results.get("1k", {}).get("ratio_per_core"),
         "ratio_per_core_5k": results.get("5k", {}).get("ratio_per_core"),
         "p99_send_to_deliver_ms_5k": big["veza"]["send_to_deliver_ms"]["p99"] if isinstance(big, dict) else None,
+        "p99_bare_ms_5k": big["bare"]["send_to_deliver_ms"]["p99"] if isinstance(big, dict) else None,
+        "cpu_floor_per_message_ms_5k": big["veza"]["cpu_floor_per_message_ms"] if isinstance(big, dict) else None,
         "durable_msgs_per_s": results["durable"]["durable_msgs_per_s"],
         "targets": {"ratio": ">= 0.6", "p99_ms_5k": "< 50", "durable_msgs_per_s": ">= 5000"},
     }
