@@ -13,8 +13,11 @@ status event echoing our own patch) makes no API write at all.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,10 +41,27 @@ WRITES = Counter("veza_operator_api_writes_total", "Write requests sent to the A
 QUEUE_DEPTH = Gauge("veza_operator_queue_depth", "Reconciles waiting to run")
 
 
-def _slim(body: dict[str, Any]) -> dict[str, Any]:
-    """What the store keeps of an object: managedFields are large and never read."""
-    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-    return {**body, "metadata": meta}
+# Children whose status a reconciler reads: a worker Deployment's readiness, a Job's outcome.
+CHILD_STATUS_READ = frozenset({"Deployment", "Job"})
+
+
+def _slim(body: dict[str, Any], *, keep_status: bool = True) -> dict[str, Any]:
+    """What the store keeps of an object: no managedFields (large, never read), no status nobody
+    reads, and shared strings: thousands of children repeat the same keys and most values, and every
+    parsed body would otherwise hold its own copies of them."""
+    slim = {k: v for k, v in body.items() if k != "status" or keep_status}
+    slim["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+    return _shared(slim)
+
+
+def _shared(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {sys.intern(k): _shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v) for v in value]
+    if isinstance(value, str) and len(value) <= 64:
+        return sys.intern(value)
+    return value
 
 
 def _older(new: dict[str, Any], current: dict[str, Any] | None) -> bool:
@@ -75,7 +95,7 @@ class Store:
         key = (body["kind"], meta["namespace"], meta["name"])
         if _older(body, self.children.get(key)):
             return  # a watch event still on its way when our own write's answer arrived
-        self.children[key] = _slim(body)
+        self.children[key] = _slim(body, keep_status=body["kind"] in CHILD_STATUS_READ)
 
     def owned_by(self, owner: Key) -> list[dict[str, Any]]:
         kind, namespace, name = owner
@@ -160,6 +180,29 @@ async def post_event(ctx: Context, body: dict[str, Any], type: str, reason: str,
 
 ReconcileFn = Callable[[Context, Key], Awaitable[None]]
 
+TRIM_AFTER = 50  # reconciles in a burst after which freed heap memory is handed back
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand free heap pages back to the system.
+
+    After a burst (start-up, a platform change rolling every room) glibc keeps the pages of the
+    bodies and manifests parsed meanwhile, scattered through its heap, and the operator's RSS would
+    stay at the burst's high-water mark.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
 
 class Reconciler:
     """A deduplicating work queue of reconciles with per-key serialisation and retry backoff."""
@@ -176,6 +219,7 @@ class Reconciler:
         self.again: set[Key] = set()  # requested while running: run once more afterwards
         self.failures: dict[Key, int] = {}
         self.tasks: list[asyncio.Task[None]] = []
+        self.since_trim = 0
         ctx.requeue = self.request_later
 
     def request(self, key: Key) -> None:
@@ -236,3 +280,7 @@ class Reconciler:
                 if key in self.again:
                     self.again.discard(key)
                     self.request(key)
+                self.since_trim += 1
+                if self.since_trim >= TRIM_AFTER and not self.pending and not self.running:
+                    self.since_trim = 0
+                    release_freed_memory()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.operator.conftest import platform
 from veza_operator import platform as platform_mod
 from veza_operator.chatroom import CHAT_ROOM
+from veza_operator.controller import Store
 from veza_operator.kube import is_subset
 from veza_operator.models import ChatRoomSpec, VezaPlatformSpec
 from veza_operator.naming import Owner
@@ -125,3 +127,22 @@ def test_scaling_does_not_change_the_pod_template() -> None:
                           deletionPolicy="Delete")["Deployment"]
     assert one["spec"]["replicas"] == 1 and three["spec"]["replicas"] == 3
     assert one["spec"]["template"] == three["spec"]["template"]
+
+
+def test_store_keeps_what_reconciles_read_and_shares_repeated_strings() -> None:
+    store = Store()
+    children = room_children()
+    for kind in ("Deployment", "Service"):
+        observed = json.loads(json.dumps(children[kind]))  # a parsed body, as from a watch
+        observed["metadata"] |= {"resourceVersion": "7", "managedFields": [{"manager": "veza-operator"}]}
+        observed["status"] = {"readyReplicas": 1} if kind == "Deployment" else {"loadBalancer": {}}
+        store.put_child(observed)
+    deployment = store.children[("Deployment", "ns", "chat-general")]
+    service = store.children[("Service", "ns", "chat-general")]
+    assert deployment["status"] == {"readyReplicas": 1} and "status" not in service
+    assert "managedFields" not in deployment["metadata"]
+    assert is_subset(children["Deployment"], deployment) and is_subset(children["Service"], service)
+    # Equal keys and short values of separately parsed bodies are one object, not one copy per body.
+    key = next(k for k in deployment["metadata"] if k == "labels")
+    assert key is next(k for k in service["metadata"] if k == "labels")
+    assert deployment["metadata"]["namespace"] is service["metadata"]["namespace"]
