@@ -46,6 +46,14 @@ def resampler() -> av.AudioResampler:
     return av.AudioResampler(format=CANONICAL_FORMAT, layout=LAYOUT, rate=SAMPLE_RATE)
 
 
+def _detach(frame: av.AudioFrame) -> None:
+    """Strip a frame of its source's timing before a fifo or a converter sees it."""
+    frame.pts = None  # a fifo checks continuity of pts; ours are counted by each encoder instead
+    # ... and the time base: a decoder whose output needed no resampling hands over its stream's time base
+    # (1/14112000 for MP3), and a fifo created by a frame of another source would refuse it.
+    frame.time_base = TIME_BASE
+
+
 class _Encoder:
     """Common part: cut canonical frames into the codec's frame size and count samples."""
 
@@ -61,10 +69,7 @@ class _Encoder:
         return b""
 
     def encode(self, frame: av.AudioFrame) -> list[Chunk]:
-        frame.pts = None  # the fifo checks continuity of pts; ours are counted here instead
-        # ... and the time base: a decoder whose output needed no resampling hands over its stream's time base
-        # (1/14112000 for MP3), and a fifo created by a frame of another source would refuse it.
-        frame.time_base = TIME_BASE
+        _detach(frame)
         self.fifo.write(frame)
         chunks: list[Chunk] = []
         while self.fifo.samples >= self.frame_size:
@@ -209,6 +214,7 @@ class OpusOgg(_Encoder):
     def encode(self, frame: av.AudioFrame) -> list[Chunk]:
         # libopus takes interleaved samples: convert each incoming frame once, before it is cut into
         # 20 ms blocks, rather than each block (a fifth of the conversion calls).
+        _detach(frame)
         chunks: list[Chunk] = []
         for interleaved in self.convert.resample(frame):
             chunks.extend(super().encode(interleaved))
