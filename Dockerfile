@@ -29,9 +29,10 @@ LABEL org.opencontainers.image.title="veza" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/veza-platform/veza" \
       org.opencontainers.image.vendor="Veza"
-# libmp3lame0: the stream worker encodes MP3 with the system LAME (faster than the one in PyAV).
+# libmp3lame0, libopus0: the stream worker encodes MP3 and Opus with the system libraries
+# (faster than going through PyAV; see workloads/veza_stream/lame.py and opus.py).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libmp3lame0=3.100-6 \
+    && apt-get install -y --no-install-recommends libmp3lame0=3.100-6 libopus0=1.3.1-3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 veza \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin veza

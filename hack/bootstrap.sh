@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 UV_VERSION=0.13.8
 # What the platform needs to run (`veza up`), and what only the tests need on top.
-APT_PACKAGES=(redis-server libmp3lame0)
+APT_PACKAGES=(redis-server libmp3lame0 libopus0)
 APT_DEV_PACKAGES=(chromium)
 [ "${1:-}" = --runtime ] || APT_PACKAGES+=("${APT_DEV_PACKAGES[@]}")
 

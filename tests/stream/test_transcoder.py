@@ -8,10 +8,11 @@ import itertools
 import av
 import pytest
 
-from tests.stream.audio import decode_pcm, frequencies_over_time, sine
+from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
+from veza_stream import opus
 from veza_stream.sources import decode
 from veza_stream.spec import Rendition
-from veza_stream.transcoder import SAMPLE_RATE, Transcoder
+from veza_stream.transcoder import SAMPLE_RATE, OpusOgg, Transcoder
 
 FORMATS = {"mp3": "mp3", "aac": "aac", "opus": "ogg"}
 
@@ -43,3 +44,22 @@ def test_two_sources_one_continuous_stream(codec: str) -> None:
         with av.open(io.BytesIO(body), "r", format="ogg") as container:
             ends = [p.pts + p.duration for p in container.demux(audio=0) if p.pts is not None and p.duration]
         assert ends == sorted(ends) and all(b - a == 960 for a, b in itertools.pairwise(ends))
+
+
+def test_system_libopus_times_packets_as_pyav_does() -> None:
+    assert opus.load() is not None, "hack/bootstrap.sh installs libopus0"
+    rendition = Rendition(name="opus", codec="opus", bitrateKbps=96)
+    streams = {}
+    for native in (True, False):
+        transcoder = Transcoder([rendition], prefer_system_codecs=native)
+        encoder = transcoder.encoders["opus"]
+        assert isinstance(encoder, OpusOgg) and (encoder.native is not None) == native
+        chunks = [c for frame, _ in decode(sine(440, 1.0, "mp3")) for c in transcoder.encode(frame)["opus"]]
+        streams[native] = transcoder.headers()["opus"] + b"".join(c.data for c in chunks)
+    timing = {}
+    for native, body in streams.items():
+        with av.open(io.BytesIO(body), "r", format="ogg") as container:
+            timing[native] = [(p.pts, p.duration) for p in container.demux(audio=0) if p.size]
+        samples, rate = decode_pcm(body, "ogg")
+        assert abs(dominant_frequency(samples, rate) - 440) < 5
+    assert timing[True] == timing[False]

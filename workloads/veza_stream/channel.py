@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 class Channel:
     def __init__(self, name: str, spec: ChannelSpec, fetch: TrackFetcher, *, burst_seconds: float = 2.0,
                  max_listener_buffer: int = 256 * 1024, write_interval: float = 0.25, hls_part_seconds: float = 0.0,
-                 prefer_system_lame: bool = True) -> None:
+                 prefer_system_codecs: bool = True) -> None:
         self.name = name
         self.spec = spec
         self.fetch = fetch
-        self.prefer_system_lame = prefer_system_lame
+        self.prefer_system_codecs = prefer_system_codecs
         self.feeds = {r.name: RenditionFeed(name, r.name, CONTENT_TYPES[r.codec], burst_seconds=burst_seconds,
                                             max_buffer=max_listener_buffer, write_interval=write_interval)
                       for r in spec.renditions}
@@ -80,7 +80,7 @@ class Channel:
         if self.encoding:
             return
         self.loop = asyncio.get_running_loop()
-        transcoder = Transcoder(self.spec.renditions, self.last_pts(), prefer_system_lame=self.prefer_system_lame)
+        transcoder = Transcoder(self.spec.renditions, self.last_pts(), prefer_system_codecs=self.prefer_system_codecs)
         self.pump = Pump(self.name, transcoder, self.sources, self._from_pump)
         self.pump.start()
         log.info("encoding started", extra={"channel": self.name, "pts": self.last_pts()})

@@ -10,10 +10,10 @@ to PyAV's encoder when the library is absent (see :func:`load`).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Iterator
 
-_LIBRARY_NAMES = ("libmp3lame.so.0", "libmp3lame.so", "libmp3lame.0.dylib")
+from .syslib import load_library
+
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -24,14 +24,8 @@ def load() -> ctypes.CDLL | None:
     if _tried:
         return _lib
     _tried = True
-    names = list(_LIBRARY_NAMES)
-    if found := ctypes.util.find_library("mp3lame"):
-        names.insert(0, found)
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
+    lib = load_library("mp3lame", ("libmp3lame.so.0", "libmp3lame.so", "libmp3lame.0.dylib"))
+    if lib is not None:
         lib.lame_init.restype = ctypes.c_void_p
         for fn in ("lame_set_in_samplerate", "lame_set_out_samplerate", "lame_set_num_channels", "lame_set_brate",
                    "lame_set_bWriteVbrTag", "lame_init_params", "lame_close"):
@@ -40,8 +34,7 @@ def load() -> ctypes.CDLL | None:
         lib.lame_encode_buffer_ieee_float.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                                                       ctypes.c_char_p, ctypes.c_int]
         lib.lame_encode_flush.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-        _lib = lib
-        break
+    _lib = lib
     return _lib
 
 

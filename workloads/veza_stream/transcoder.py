@@ -18,7 +18,7 @@ import av
 import av.audio.resampler
 from av.audio.codeccontext import AudioCodecContext
 
-from . import lame
+from . import lame, opus
 from .spec import Rendition
 
 log = logging.getLogger(__name__)
@@ -188,13 +188,14 @@ class OpusOgg(_Encoder):
     """Opus in Ogg through libavformat's muxer, with short pages for low latency.
 
     The header pages (OpusHead, OpusTags) are kept and sent to each new listener
-    before the pages of the live stream, as Icecast does.
+    before the pages of the live stream, as Icecast does. Packets come from the system
+    libopus when present (see :mod:`veza_stream.opus` for why), else from PyAV's encoder.
     """
 
     content_type = "audio/ogg"
     frame_size = 960
 
-    def __init__(self, rendition: Rendition, start_pts: int) -> None:
+    def __init__(self, rendition: Rendition, start_pts: int, *, prefer_system_codecs: bool = True) -> None:
         super().__init__(rendition, start_pts)
         self.sink = _Capture()
         # page_duration in microseconds: a page every 20 ms instead of every second.
@@ -204,6 +205,12 @@ class OpusOgg(_Encoder):
         self.stream.codec_context.format = "flt"
         self.container.start_encoding()
         self._header = self.sink.drain()
+        self.native: opus.OpusEncoder | None = None
+        if prefer_system_codecs and opus.load() is not None:
+            native = opus.OpusEncoder(SAMPLE_RATE, 2, rendition.bitrate_kbps)
+            # Its packets go under the OpusHead written for PyAV's encoder: the pre-skip must agree.
+            if native.lookahead == _pre_skip(self._header):
+                self.native = native
         self.convert = av.AudioResampler(format="flt", layout=LAYOUT, rate=SAMPLE_RATE)
         self.base = start_pts  # Ogg granule positions start at 0 for every logical stream
         self.page_start = start_pts  # first sample not yet covered by a chunk
@@ -223,7 +230,16 @@ class OpusOgg(_Encoder):
     def _encode_block(self, block: av.AudioFrame) -> list[Chunk]:
         block.pts = self.pts - self.base
         self.pts += block.samples
-        for packet in self.stream.encode(block):
+        if self.native is None:
+            for packet in self.stream.encode(block):
+                self.container.mux(packet)
+        else:
+            packet = av.Packet(self.native.encode(block.planes[0].buffer_ptr, block.samples))
+            packet.stream = self.stream
+            # Timed as libavcodec times its own: shifted by the pre-skip, so granule positions agree.
+            packet.pts = packet.dts = block.pts - self.native.lookahead
+            packet.duration = block.samples
+            packet.time_base = TIME_BASE
             self.container.mux(packet)
         data = self.sink.drain()
         if not data:  # the encoder's lookahead: these samples come out with the next page
@@ -232,22 +248,28 @@ class OpusOgg(_Encoder):
         return [Chunk(data, start, self.pts - start)]
 
 
-def make_encoder(rendition: Rendition, start_pts: int = 0, *, prefer_system_lame: bool = True) -> _Encoder:
+def _pre_skip(header: bytes) -> int:
+    """The pre-skip field of the OpusHead packet in these header pages (RFC 7845 5.1)."""
+    at = header.find(b"OpusHead")
+    return int.from_bytes(header[at + 10:at + 12], "little") if at >= 0 else -1
+
+
+def make_encoder(rendition: Rendition, start_pts: int = 0, *, prefer_system_codecs: bool = True) -> _Encoder:
     if rendition.codec == "mp3":
-        if prefer_system_lame and lame.load() is not None:
+        if prefer_system_codecs and lame.load() is not None:
             return LameMp3(rendition, start_pts)
         log.warning("system libmp3lame not found; using PyAV's slower bundled encoder")
         return PyAVMp3(rendition, start_pts)
     if rendition.codec == "aac":
         return AacAdts(rendition, start_pts)
-    return OpusOgg(rendition, start_pts)
+    return OpusOgg(rendition, start_pts, prefer_system_codecs=prefer_system_codecs)
 
 
 class Transcoder:
     """One encoder per rendition, fed the same canonical frames."""
 
-    def __init__(self, renditions: list[Rendition], start_pts: int = 0, *, prefer_system_lame: bool = True) -> None:
-        self.encoders = {r.name: make_encoder(r, start_pts, prefer_system_lame=prefer_system_lame)
+    def __init__(self, renditions: list[Rendition], start_pts: int = 0, *, prefer_system_codecs: bool = True) -> None:
+        self.encoders = {r.name: make_encoder(r, start_pts, prefer_system_codecs=prefer_system_codecs)
                          for r in renditions}
 
     def headers(self) -> dict[str, bytes]:
