@@ -58,13 +58,12 @@ class LameEncoder:
             raise RuntimeError("lame_init_params rejected the settings")
         self._out = ctypes.create_string_buffer(8192)
 
-    def encode(self, left: memoryview | bytes, right: memoryview | bytes, samples: int) -> bytes:
+    def encode(self, left: int, right: int, samples: int) -> bytes:
+        """MP3 bytes for `samples` float samples per channel at addresses `left` and `right`."""
         need = int(1.25 * samples) + 7200
         if len(self._out) < need:
             self._out = ctypes.create_string_buffer(need)
-        lbuf = (ctypes.c_char * len(left)).from_buffer_copy(left)
-        rbuf = (ctypes.c_char * len(right)).from_buffer_copy(right)
-        n = self._lib.lame_encode_buffer_ieee_float(self._gfp, lbuf, rbuf, samples, self._out, len(self._out))
+        n = self._lib.lame_encode_buffer_ieee_float(self._gfp, left, right, samples, self._out, len(self._out))
         if n < 0:
             raise RuntimeError(f"lame_encode_buffer_ieee_float failed ({n})")
         return self._out.raw[:n]

@@ -92,8 +92,12 @@ class LameMp3(_Encoder):
         self.lame = lame.LameEncoder(SAMPLE_RATE, 2, rendition.bitrate_kbps)
         self.frames = lame.FrameSplitter()
 
+    def encode(self, frame: av.AudioFrame) -> list[Chunk]:
+        # LAME takes any number of samples and keeps the remainder itself: whole frames go in, no fifo.
+        return self._encode_block(frame)
+
     def _encode_block(self, block: av.AudioFrame) -> list[Chunk]:
-        data = self.lame.encode(memoryview(block.planes[0]), memoryview(block.planes[1]), block.samples)
+        data = self.lame.encode(block.planes[0].buffer_ptr, block.planes[1].buffer_ptr, block.samples)
         chunks = []
         for frame, samples in self.frames.feed(data):
             chunks.append(Chunk(frame, self.pts, samples))
