@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -462,8 +463,8 @@ def profile_veza(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> Non
 async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
     import aiohttp
     spec = {"source": {"type": "live"}, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
-            "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1}}}
-    proc, port = start_veza(tmp, spec, {**s3, "VEZA_SOURCE_PASSWORD": "pw", "VEZA_STREAM_LL_HLS_PART": "0.25"})
+            "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1, "partDurationSeconds": 0.25}}}
+    proc, port = start_veza(tmp, spec, {**s3, "VEZA_SOURCE_PASSWORD": "pw"})
     rate = 48000
     silence = np.zeros(rate * 4, dtype=np.float32)
     tone = (0.4 * np.sin(2 * np.pi * 1000 * np.arange(rate * 4) / rate)).astype(np.float32)
@@ -519,41 +520,34 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
                 progressive_seen.append(time.monotonic())
         writer.close()
 
-    async def hls() -> None:
+    async def watch_playlist(uris: Callable[[str], list[str]], found: list[float], interval: float) -> None:
+        """Fetch every new segment or part the media playlist lists; note when the tone is in one."""
+        base = f"http://127.0.0.1:{port}/stream/bench/hls/mp3"
         seen: set[str] = set()
         async with aiohttp.ClientSession() as session:
-            while not hls_seen:
-                async with session.get(f"http://127.0.0.1:{port}/stream/bench/hls/mp3/index.m3u8") as r:
+            while not found:
+                async with session.get(f"{base}/index.m3u8") as r:
                     text = await r.text()
-                for uri in [u for u in text.splitlines() if u and not u.startswith("#")]:
+                for uri in uris(text):
                     if uri in seen:
                         continue
                     seen.add(uri)
-                    async with session.get(f"http://127.0.0.1:{port}/stream/bench/hls/mp3/{uri}") as r:
-                        seg = await r.read()
-                    if tone_sent and loud(seg):
-                        hls_seen.append(time.monotonic())
-                await asyncio.sleep(0.1)
+                    async with session.get(f"{base}/{uri}") as r:
+                        media = await r.read()
+                    if tone_sent and loud(media):
+                        found.append(time.monotonic())
+                await asyncio.sleep(interval)
 
-    async def llhls() -> None:
-        seen: set[str] = set()
-        async with aiohttp.ClientSession() as session:
-            while not ll_seen:
-                async with session.get(f"http://127.0.0.1:{port}/stream/bench/hls/mp3/index.m3u8") as r:
-                    text = await r.text()
-                for uri in re.findall(r'#EXT-X-PART:[^\n]*URI="([^"]+)"', text):
-                    if uri in seen:
-                        continue
-                    seen.add(uri)
-                    async with session.get(f"http://127.0.0.1:{port}/stream/bench/hls/mp3/{uri}") as r:
-                        part = await r.read()
-                    if tone_sent and loud(part):
-                        ll_seen.append(time.monotonic())
-                await asyncio.sleep(0.05)
+    def segments(text: str) -> list[str]:
+        return [u for u in text.splitlines() if u and not u.startswith("#")]
+
+    def parts(text: str) -> list[str]:
+        return re.findall(r'#EXT-X-PART:[^\n]*URI="([^"]+)"', text)
 
     try:
         await asyncio.sleep(1)
-        await asyncio.wait_for(asyncio.gather(source(), progressive(), hls(), llhls()), 30)
+        await asyncio.wait_for(asyncio.gather(source(), progressive(), watch_playlist(segments, hls_seen, 0.1),
+                                              watch_playlist(parts, ll_seen, 0.05)), 30)
     except TimeoutError:
         say(f"latency: timed out (see {tmp}/veza-{port}.log)")
     finally:
