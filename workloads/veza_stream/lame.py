@@ -10,20 +10,15 @@ to PyAV's encoder when the library is absent (see :func:`load`).
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Iterator
 
 from .syslib import load_library
 
-_lib: ctypes.CDLL | None = None
-_tried = False
 
-
+@functools.cache
 def load() -> ctypes.CDLL | None:
     """The system libmp3lame, or None when it is not installed."""
-    global _lib, _tried
-    if _tried:
-        return _lib
-    _tried = True
     lib = load_library("mp3lame", ("libmp3lame.so.0", "libmp3lame.so", "libmp3lame.0.dylib"))
     if lib is not None:
         lib.lame_init.restype = ctypes.c_void_p
@@ -34,8 +29,7 @@ def load() -> ctypes.CDLL | None:
         lib.lame_encode_buffer_ieee_float.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                                                       ctypes.c_char_p, ctypes.c_int]
         lib.lame_encode_flush.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-    _lib = lib
-    return _lib
+    return lib
 
 
 class LameEncoder:

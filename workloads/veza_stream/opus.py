@@ -10,6 +10,7 @@ positions. Like MP3, the caller falls back to PyAV's encoder when the library is
 from __future__ import annotations
 
 import ctypes
+import functools
 
 from .syslib import load_library
 
@@ -18,25 +19,17 @@ _SET_BITRATE = 4002
 _GET_LOOKAHEAD = 4027
 _MAX_PACKET = 4000  # bytes; RFC 6716 allows at most 1275 per frame (x3 for 60 ms)
 
-_lib: ctypes.CDLL | None = None
-_tried = False
-
-
+@functools.cache
 def load() -> ctypes.CDLL | None:
     """The system libopus, or None when it is not installed."""
-    global _lib, _tried
-    if not _tried:
-        _tried = True
-        lib = load_library("opus", ("libopus.so.0", "libopus.so", "libopus.0.dylib"))
-        if lib is not None:
-            lib.opus_encoder_create.restype = ctypes.c_void_p
-            lib.opus_encoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.c_int,
-                                                ctypes.POINTER(ctypes.c_int)]
-            lib.opus_encode_float.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p,
-                                              ctypes.c_int32]
-            lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
-        _lib = lib
-    return _lib
+    lib = load_library("opus", ("libopus.so.0", "libopus.so", "libopus.0.dylib"))
+    if lib is not None:
+        lib.opus_encoder_create.restype = ctypes.c_void_p
+        lib.opus_encoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+        lib.opus_encode_float.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p,
+                                          ctypes.c_int32]
+        lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
+    return lib
 
 
 class OpusEncoder:
