@@ -512,8 +512,10 @@ class ChatService:
         elif kind == "read":
             if frame["seq"] <= client.last_read:
                 return  # nothing new to record or announce
-            client.last_read = frame["seq"]
-            seq = await self.store.mark_read(client.user, min(frame["seq"], self.room.delivered))
+            # Clamped by the store to the room's last committed seq, not to what this replica
+            # has delivered: a reader may know a seq from history or another replica first.
+            seq = await self.store.mark_read(client.user, frame["seq"])
+            client.last_read = max(client.last_read, seq)
             await self._emit({"type": "read", "user": {"id": client.user, "name": client.name}, "seq": seq})
         elif kind == "presence":
             users = self.presence.users()

@@ -170,9 +170,10 @@ class Store:
 
     async def mark_read(self, user: str, seq: int) -> int:
         return int(await self._pool().fetchval(
-            "INSERT INTO chat_reads (room, user_id, seq) VALUES ($1, $2, $3) ON CONFLICT (room, user_id)"
+            "INSERT INTO chat_reads (room, user_id, seq)"
+            " SELECT $1, $2, LEAST($3, last_seq) FROM chat_rooms WHERE room = $1 ON CONFLICT (room, user_id)"
             " DO UPDATE SET seq = GREATEST(chat_reads.seq, EXCLUDED.seq), updated_at = now() RETURNING seq",
-            self.room, user, seq))
+            self.room, user, seq) or 0)
 
     async def reads(self) -> dict[str, int]:
         rows = await self._pool().fetch("SELECT user_id, seq FROM chat_reads WHERE room = $1", self.room)
