@@ -306,6 +306,8 @@ class Hls(Model):
         None, ge=0.1, le=5.0,
         description="Low-Latency HLS: cut segments into parts of this duration (e.g. 0.5), with blocking "
                     "playlist reloads and preload hints. Unset serves plain HLS.")
+    archive: bool = Field(True, description="Store every HLS segment (and each rendition's init segment) in S3 "
+                                            "under channels/{channel}/hls/{rendition}/.")
 
 
 class Delivery(Model):

@@ -34,6 +34,13 @@ def sine(freq: float, seconds: float, fmt: str = "mp3", rate: int = 44100, title
     return buf.getvalue()
 
 
+def packet_times(data: bytes) -> list[tuple[int, int]]:
+    """(pts, duration) of every audio packet of a container, in the stream's time base."""
+    with av.open(io.BytesIO(data), "r") as container:
+        stream = container.streams.audio[0]
+        return [(int(p.pts), int(p.duration or 0)) for p in container.demux(stream) if p.size and p.pts is not None]
+
+
 def decode_pcm(data: bytes, fmt: str | None = None) -> tuple[np.ndarray, int]:
     """Mono float samples and the sample rate of an encoded byte string (errors in the middle are skipped)."""
     blocks: list[np.ndarray] = []

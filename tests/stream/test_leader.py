@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.stream.audio import decode_pcm, frequencies_over_time, sine
-from tests.stream.client import open_stream, read_body
+from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
+from tests.stream.client import listen, open_stream, read_body
 
 SPEC = {"source": {"type": "playlist", "playlist": {"tracks": ["tests/leader330.mp3"]}},
         "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
@@ -23,9 +23,14 @@ def track(bucket: Any) -> None:
     bucket.put_object(Bucket="veza-stream-tests", Key="tests/leader330.mp3", Body=sine(330, 3.0, "mp3"))
 
 
-def now_playing(worker: Any) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{worker.url}/stream/relay-one/now-playing", timeout=3) as r:  # noqa: S310
+def now_playing(worker: Any, channel: str = "relay-one") -> dict[str, Any]:
+    with urllib.request.urlopen(f"{worker.url}/stream/{channel}/now-playing", timeout=3) as r:  # noqa: S310
         return dict(json.loads(r.read()))
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=3) as r:  # noqa: S310
+        return bytes(r.read())
 
 
 async def test_leader_killed_follower_continues(track: None, start_worker: Any, redis: Any, nats: Any) -> None:
@@ -59,3 +64,29 @@ async def test_leader_killed_follower_continues(track: None, start_worker: Any, 
         playlist = r.read().decode()
     sequences = [int(line.split(".")[0]) for line in playlist.splitlines() if line and not line.startswith("#")]
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences) and sequences[0] > 0
+
+
+async def test_a_replica_started_late_serves_ogg_and_fmp4(track: None, start_worker: Any, redis: Any,
+                                                         nats: Any) -> None:
+    """The codec header (OpusHead) went out when the encoder started; a replica that came later still needs it, for
+    Ogg listeners and for the HLS init segment: the leader repeats it with every batch, receivers drop repeats."""
+    spec = {**SPEC, "renditions": [{"name": "opus", "codec": "opus", "bitrateKbps": 64}]}
+    env = {"VEZA_REDIS_URL": redis.url, "VEZA_NATS_URL": nats.url}
+    leader = start_worker("late", spec, **env)
+    await asyncio.sleep(2.0)
+    follower = start_worker("late", spec, **env)
+    await asyncio.sleep(0.5)
+    assert now_playing(leader, "late")["leader"] and not now_playing(follower, "late")["leader"]
+    status, _, body = await listen("127.0.0.1", follower.port, "/stream/late/opus", 3.0)
+    assert status == 200 and body.startswith(b"OggS") and body.count(b"OpusHead") == 1
+    samples, rate = decode_pcm(body, "ogg")
+    freqs = frequencies_over_time(samples, rate, 0.25)
+    assert len(samples) / rate >= 2.5 and sum(abs(f - 330) < 15 for f in freqs) >= len(freqs) - 1, freqs
+    base = f"{follower.url}/stream/late/hls/opus"
+    playlist = fetch(f"{base}/index.m3u8").decode()
+    uris = [line for line in playlist.splitlines() if line and not line.startswith("#")]
+    assert uris, playlist
+    # The same segment from both replicas, byte for byte.
+    assert fetch(f"{base}/{uris[-1]}") == fetch(f"{leader.url}/stream/late/hls/opus/{uris[-1]}")
+    samples, rate = decode_pcm(fetch(f"{base}/init.mp4") + fetch(f"{base}/{uris[-1]}"), "mp4")
+    assert abs(len(samples) / rate - 1.0) < 0.06 and abs(dominant_frequency(samples, rate) - 330) < 15

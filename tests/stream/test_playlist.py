@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import urllib.request
 from typing import Any
 
-from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time
+from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, packet_times
 from tests.stream.client import listen
 
 SPEC = {
@@ -80,8 +81,10 @@ async def test_hls_playlists_and_segments(tracks: None, start_worker: Any) -> No
     master = body.decode().splitlines()
     assert master[0] == "#EXTM3U"
     variants = [line for line in master if line and not line.startswith("#")]
-    assert variants == ["mp3/index.m3u8", "aac/index.m3u8"]  # Opus is progressive-only
-    for variant, fmt in zip(variants, ("mp3", "aac"), strict=True):
+    assert variants == ["mp3/index.m3u8", "aac/index.m3u8", "opus/index.m3u8"]
+    assert 'CODECS="opus"' in master[-2]
+    for variant, fmt in zip(variants, ("mp3", "aac", "mp4"), strict=True):
+        rendition = variant.split("/")[0]
         _, body, _ = get(f"{worker.url}/stream/hls/hls/{variant}")
         lines = body.decode().splitlines()
         target = int(next(line.split(":")[1] for line in lines if line.startswith("#EXT-X-TARGETDURATION")))
@@ -92,20 +95,33 @@ async def test_hls_playlists_and_segments(tracks: None, start_worker: Any) -> No
         assert all(0.9 <= d <= 1.1 and round(d) <= target for d in durations), durations
         first = int(next(line.split(":")[1] for line in lines if line.startswith("#EXT-X-MEDIA-SEQUENCE")))
         assert [int(u.split(".")[0]) for u in uris] == list(range(first, first + len(uris)))
-        audio = []
+        init = b""
+        if fmt == "mp4":  # Opus: fMP4 segments behind the init segment named by EXT-X-MAP
+            assert '#EXT-X-MAP:URI="init.mp4"' in lines and "#EXT-X-VERSION:6" in lines
+            status, init, ctype = get(f"{worker.url}/stream/hls/hls/{rendition}/init.mp4")
+            assert status == 200 and ctype == "audio/mp4" and init[4:8] == b"ftyp" and b"dOps" in init
+        audio, segments = [], []
         for uri in uris:
-            _, seg, _ = get(f"{worker.url}/stream/hls/hls/{variant.rsplit('/', 1)[0]}/{uri}")
-            assert seg.startswith(b"ID3")  # packed audio carries its timestamp in an ID3 PRIV frame
-            samples, rate = decode_pcm(seg, fmt)
-            assert abs(len(samples) / rate - durations[len(audio)]) < 0.06
+            _, seg, ctype = get(f"{worker.url}/stream/hls/hls/{rendition}/{uri}")
+            if fmt == "mp4":
+                assert uri.endswith(".m4s") and ctype == "audio/mp4" and seg[4:8] == b"moof"
+            else:
+                assert seg.startswith(b"ID3")  # packed audio carries its timestamp in an ID3 PRIV frame
+            samples, rate = decode_pcm(init + seg, fmt)
+            assert abs(len(samples) / rate - durations[len(audio)]) < 0.06, (rendition, uri)
             audio.append(samples)
-        assert {round(dominant_frequency(a, rate) / 440) for a in audio} <= {1, 2}
-    status, _, _ = await listen("127.0.0.1", worker.port, "/stream/hls/hls/opus/index.m3u8", 1.0)
-    assert status == 404
+            segments.append(seg)
+        assert {round(dominant_frequency(a, rate) / 440) for a in audio} <= {1, 2}, rendition
+        if fmt == "mp4":
+            # The fragments' decode times follow on from each other: one timeline across segments.
+            times = packet_times(init + b"".join(segments))
+            assert len(times) >= 50 * len(segments) - 1, len(times)  # 20 ms packets
+            assert all(b == a + d for (a, d), (b, _) in itertools.pairwise(times)), times
 
 
 async def test_ll_hls_parts_and_blocking_reload(tracks: None, start_worker: Any) -> None:
-    spec = {**SPEC, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
+    spec = {**SPEC, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128},
+                                   {"name": "opus", "codec": "opus", "bitrateKbps": 64}],
             "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 2, "partDurationSeconds": 0.5}}}
     worker = start_worker("lowlat", spec)
     await asyncio.sleep(4.5)
@@ -137,3 +153,13 @@ async def test_ll_hls_parts_and_blocking_reload(tracks: None, start_worker: Any)
     # Whole segments are still there, as without LL-HLS.
     uris = [line for line in lines if line and not line.startswith("#")]
     assert uris and all(u.endswith(".mp3") and u.count(".") == 1 for u in uris)
+    # Opus parts are fMP4 fragments, each playable behind the init segment.
+    _, body, _ = get(f"{worker.url}/stream/lowlat/hls/opus/index.m3u8")
+    parts = [m for m in (re.match(r'#EXT-X-PART:DURATION=([\d.]+),URI="(\d+\.\d+\.m4s)"', line)
+                         for line in body.decode().splitlines()) if m]
+    assert parts and '#EXT-X-MAP:URI="init.mp4"' in body.decode()
+    _, init, _ = get(f"{worker.url}/stream/lowlat/hls/opus/init.mp4")
+    for match in parts:
+        _, data, _ = get(f"{worker.url}/stream/lowlat/hls/opus/{match.group(2)}")
+        samples, rate = decode_pcm(init + data, "mp4")
+        assert data[4:8] == b"moof" and abs(len(samples) / rate - float(match.group(1))) < 0.05

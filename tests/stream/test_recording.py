@@ -1,8 +1,9 @@
-"""Recording: every rendition and the HLS segments archived to S3, decoding to the tone that was played."""
+"""Recording and the HLS archive: renditions and segments stored in S3, decoding to the tone that was played."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from typing import Any
 
 import pytest
@@ -49,11 +50,33 @@ async def test_recording_archives_renditions_and_hls(track: None, bucket: Any, s
         slices = [s // 96000 for s in starts]
         assert slices == list(range(slices[0], slices[0] + len(slices))), starts
         assert total >= 5.5, (rendition, total)
-    segments = keys(bucket, "recordings/taped/hls/mp3/")
-    assert len(segments) >= 4, segments
-    assert not keys(bucket, "recordings/taped/hls/opus/")  # Opus is not offered over HLS
-    for key in segments:
-        body = bucket.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-        assert body.startswith(b"ID3")
-        samples, rate = decode_pcm(body, "mp3")
-        assert abs(len(samples) / rate - 1.0) < 0.06 and abs(dominant_frequency(samples, rate) - 550) < 10, key
+    # HLS segments as they were cut; Opus ones as fMP4 fragments behind the stored init segment.
+    for rendition, fmt, ext in (("mp3", "mp3", "mp3"), ("opus", "mp4", "m4s")):
+        stored = keys(bucket, f"channels/taped/hls/{rendition}/")
+        init = b""
+        if fmt == "mp4":
+            init = bucket.get_object(Bucket=BUCKET, Key=f"channels/taped/hls/{rendition}/init.mp4")["Body"].read()
+            stored.remove(f"channels/taped/hls/{rendition}/init.mp4")
+        assert len(stored) >= 4 and all(k.endswith(f".{ext}") for k in stored), stored
+        for key in stored:
+            body = bucket.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            assert body.startswith(b"ID3") if fmt == "mp3" else body[4:8] == b"moof"
+            samples, rate = decode_pcm(init + body, fmt)
+            assert abs(len(samples) / rate - 1.0) < 0.06 and abs(dominant_frequency(samples, rate) - 550) < 10, key
+
+
+async def test_hls_segments_are_archived_unless_turned_off(track: None, bucket: Any, start_worker: Any) -> None:
+    """Archiving HLS segments does not need recording; `delivery.hls.archive: false` turns it off."""
+    plain = {**SPEC, "recording": {"enabled": False}}
+    archived = start_worker("archived", plain)
+    unarchived = start_worker("unarchived", {
+        **plain, "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1, "archive": False}}})
+    await asyncio.sleep(4.5)
+    assert len(keys(bucket, "channels/archived/hls/mp3/")) >= 2
+    assert "channels/archived/hls/opus/init.mp4" in keys(bucket, "channels/archived/hls/opus/")
+    assert not keys(bucket, "recordings/archived/")
+    assert not keys(bucket, "channels/unarchived/") and not keys(bucket, "recordings/unarchived/")
+    # ... while that channel serves HLS all the same.
+    with urllib.request.urlopen(f"{unarchived.url}/stream/unarchived/hls/mp3/index.m3u8", timeout=3) as r:  # noqa: S310
+        assert b".mp3" in r.read()
+    assert archived.alive() and unarchived.alive()

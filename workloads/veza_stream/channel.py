@@ -54,6 +54,7 @@ class Channel:
             if source.type == "playlist" else None
         fb = source.fallback.playlist
         self.fallback = PlaylistSource(fb.tracks, fetch, shuffle=fb.shuffle, name="fallback") if fb.tracks else None
+        self.headers: dict[str, bytes] = {}  # the codec header of each rendition's current stream
         self.title = ""
         self.title_changed_at = time.time()
         self.pump: Pump | None = None
@@ -119,8 +120,14 @@ class Channel:
             for hook in self.on_title:
                 hook(title)
         for rendition, chunks in batch.items():
-            if (target := self.feeds.get(rendition)) is not None:
-                target.publish(chunks)
+            if (target := self.feeds.get(rendition)) is None:
+                continue
+            if chunks and chunks[0].header:
+                if chunks[0].data == self.headers.get(rendition):
+                    chunks = chunks[1:]  # the leader repeats its header in every batch: same stream, go on
+                else:
+                    self.headers[rendition] = chunks[0].data  # a new encoder's stream (or our first sight of it)
+            target.publish(chunks)
 
     def listener_count(self) -> int:
         return sum(len(f.listeners) for f in self.feeds.values())

@@ -1,10 +1,12 @@
-"""HLS with packed-audio segments (raw MP3 or ADTS AAC, each led by an ID3 timestamp tag).
+"""HLS: packed-audio segments for MP3 and AAC, fragmented MP4 for Opus.
 
 Segments are cut at deterministic points: a chunk belongs to segment
 ``pts // target`` (pts counted in samples since the channel's encoding began), so
 every replica cuts the same segments with the same sequence numbers from the same
 stream, and a player bounced between replicas sees one consistent playlist.
-Opus renditions are not offered over HLS (Opus needs fMP4 segments there).
+How a segment's chunks become bytes is the rendition's :class:`Packaging`: raw MP3 or
+ADTS frames led by an ID3 timestamp tag, or (Opus, which HLS carries only in fMP4)
+the packets of its Ogg pages as one fMP4 fragment behind an init segment.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import fmp4, ogg, opus
 from .transcoder import SAMPLE_RATE, Chunk
 
-HLS_CODECS = {"mp3": "mp4a.40.34", "aac": "mp4a.40.2"}
-EXTENSIONS = {"mp3": "mp3", "aac": "aac"}
-SEGMENT_TYPES = {"mp3": "audio/mpeg", "aac": "audio/aac"}
+HLS_CODECS = {"mp3": "mp4a.40.34", "aac": "mp4a.40.2", "opus": "opus"}
+EXTENSIONS = {"mp3": "mp3", "aac": "aac", "opus": "m4s"}
+SEGMENT_TYPES = {"mp3": "audio/mpeg", "aac": "audio/aac", "opus": "audio/mp4"}
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+INIT_NAME = "init.mp4"
+INIT_TYPE = "audio/mp4"
 
 
 def id3_timestamp(pts: int) -> bytes:
@@ -43,16 +48,72 @@ class Segment:
     duration: float
     data: bytes
     discontinuity: bool = False
+    init: bytes | None = None  # the fMP4 init segment it needs (Opus), shared, not copied
 
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """An LL-HLS partial segment: `index`-th part of segment `sequence` (packed audio, led by its ID3 timestamp)."""
+    """An LL-HLS partial segment: `index`-th part of segment `sequence`, packaged as its segment is."""
 
     sequence: int
     index: int
     duration: float
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """What a segmenter keeps of a chunk: its place on the timeline and its codec data."""
+
+    pts: int
+    duration: int
+    frames: tuple[bytes, ...]  # packed audio: the chunk's bytes; Opus: the packets its pages completed
+
+
+class PackedAudio:
+    """MP3 or ADTS AAC frames as they are, led by the ID3 tag that carries the segment's timestamp."""
+
+    init: bytes | None = None
+    needs_init = False
+
+    def header(self, chunk: Chunk) -> None:
+        pass
+
+    def take(self, chunk: Chunk) -> Piece:
+        return Piece(chunk.pts, chunk.duration, (chunk.data,))
+
+    def package(self, pieces: list[Piece], sequence: int) -> bytes:
+        return id3_timestamp(pieces[0].pts) + b"".join(f for p in pieces for f in p.frames)
+
+
+class OpusFmp4:
+    """Opus packets out of the Ogg pages, each segment (or part) one fMP4 fragment."""
+
+    needs_init = True  # nothing is listed before the stream's header has been seen
+
+    def __init__(self) -> None:
+        self.init: bytes | None = None
+        self.reader = ogg.PacketReader()
+
+    def header(self, chunk: Chunk) -> None:
+        # A new Ogg stream (a new encoder): its OpusHead describes the track.
+        self.reader = ogg.PacketReader()
+        packets = ogg.PacketReader().feed(chunk.data)
+        if packets:
+            self.init = fmp4.init_segment(packets[0])
+
+    def take(self, chunk: Chunk) -> Piece:
+        return Piece(chunk.pts, chunk.duration, tuple(self.reader.feed(chunk.data)))
+
+    def package(self, pieces: list[Piece], sequence: int) -> bytes:
+        samples = [(packet, opus.packet_samples(packet)) for p in pieces for packet in p.frames]
+        # The Ogg muxer hands a packet over with the next page: packets run behind their chunks' timestamps. Timing
+        # them back from the end of the last chunk keeps fragments contiguous, the same on every replica.
+        end = pieces[-1].pts + pieces[-1].duration
+        return fmp4.fragment(sequence + 1, end - sum(d for _, d in samples), samples)
+
+
+Packaging = PackedAudio | OpusFmp4
 
 
 class Segmenter:
@@ -66,47 +127,56 @@ class Segmenter:
     def __init__(self, codec: str, target_seconds: float = 2.0, window: int = 6, keep: int = 12,
                  on_segment: Callable[[Segment], None] | None = None, part_seconds: float | None = None) -> None:
         self.codec = codec
+        self.extension = EXTENSIONS[codec]
+        self.packaging: Packaging = OpusFmp4() if codec == "opus" else PackedAudio()
         self.target = max(1, round(target_seconds * SAMPLE_RATE))
         self.target_seconds = target_seconds
         self.window = window
         self.segments: deque[Segment] = deque(maxlen=keep)
         self.on_segment = on_segment
         self._index: int | None = None
-        self._parts: list[Chunk] = []
+        self._pieces: list[Piece] = []  # of the segment being cut
         self._discontinuity = False
         self._joined = True  # the next segment may have started before we saw it
         self.part_seconds = part_seconds
         self.part = max(1, round(part_seconds * SAMPLE_RATE)) if part_seconds else 0
         self.ll_parts: dict[int, list[Part]] = {}  # sequence -> its parts (current segment and the last few)
-        self._part_chunks: list[Chunk] = []
+        self._part_pieces: list[Piece] = []
         self._part_index: int | None = None
         self.changed = asyncio.Event()  # set (and replaced) whenever a part or a segment appears
 
     def feed(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:
             if chunk.header:
+                self.packaging.header(chunk)
                 continue
-            index = chunk.pts // self.target
+            piece = self.packaging.take(chunk)
+            index = piece.pts // self.target
             if self._index is not None and index < self._index:
                 # Timestamps went back (a new encoder without history): start over, marked as a discontinuity.
-                self._parts = []
-                self._part_chunks = []
+                self._pieces = []
+                self._part_pieces = []
                 self._part_index = None
                 self._discontinuity = True
                 self._joined = True
-            elif self._index is not None and index > self._index and self._parts:
+            elif self._index is not None and index > self._index and self._pieces:
                 self._cut_part()
                 self._cut()
             self._index = index
             if self.part:
-                part_index = (chunk.pts - index * self.target) // self.part
-                if self._part_index is not None and part_index != self._part_index and self._part_chunks:
+                part_index = (piece.pts - index * self.target) // self.part
+                if self._part_index is not None and part_index != self._part_index and self._part_pieces:
                     self._cut_part()
                 self._part_index = part_index
-                self._part_chunks.append(chunk)
-            self._parts.append(chunk)
+                self._part_pieces.append(piece)
+            self._pieces.append(piece)
         if self.part:
             self._notify()
+
+    @property
+    def ready(self) -> bool:
+        """Whether segments can be listed: packed audio always, fMP4 once the init segment is known."""
+        return not self.packaging.needs_init or self.packaging.init is not None
 
     @property
     def started(self) -> bool:
@@ -118,16 +188,16 @@ class Segmenter:
         return max(self._index, self.segments[-1].sequence + 1) if self.segments else self._index
 
     def _cut_part(self) -> None:
-        if not self.part or not self._part_chunks or self._index is None:
-            self._part_chunks = []
+        if not self.part or not self._part_pieces or self._index is None:
+            self._part_pieces = []
             return
-        chunks, self._part_chunks = self._part_chunks, []
-        if self._joined:
+        pieces, self._part_pieces = self._part_pieces, []
+        if self._joined or not self.ready:
             return  # parts of a segment that is never listed are not listed either
         sequence = self.current_sequence()
         parts = self.ll_parts.setdefault(sequence, [])
-        parts.append(Part(sequence, len(parts), sum(c.duration for c in chunks) / SAMPLE_RATE,
-                          id3_timestamp(chunks[0].pts) + b"".join(c.data for c in chunks)))
+        parts.append(Part(sequence, len(parts), sum(p.duration for p in pieces) / SAMPLE_RATE,
+                          self.packaging.package(pieces, sequence)))
         for old in [s for s in self.ll_parts if s < sequence - 3]:
             del self.ll_parts[old]
 
@@ -137,14 +207,15 @@ class Segmenter:
 
     def _cut(self) -> None:
         assert self._index is not None
-        samples = sum(c.duration for c in self._parts)
+        pieces, self._pieces = self._pieces, []
+        if not self.ready:
+            return
+        samples = sum(p.duration for p in pieces)
         sequence = self._index
         if self.segments and sequence <= self.segments[-1].sequence:
             sequence = self.segments[-1].sequence + 1
-        segment = Segment(sequence, self._parts[0].pts, samples / SAMPLE_RATE,
-                          id3_timestamp(self._parts[0].pts) + b"".join(c.data for c in self._parts),
-                          self._discontinuity)
-        self._parts = []
+        segment = Segment(sequence, pieces[0].pts, samples / SAMPLE_RATE, self.packaging.package(pieces, sequence),
+                          self._discontinuity, self.packaging.init)
         if self._joined:
             self._joined = False
             if segment.duration < 0.9 * self.target_seconds:
@@ -171,13 +242,17 @@ class Segmenter:
     def playlist(self) -> str:
         listed = list(self.segments)[-self.window:]
         longest = max([s.duration for s in listed], default=self.target_seconds)
-        ext = EXTENSIONS[self.codec]
-        lines = ["#EXTM3U", f"#EXT-X-VERSION:{9 if self.part else 3}",
+        ext = self.extension
+        # EXT-X-MAP (fMP4) needs version 6; LL-HLS's tags need 9.
+        version = 9 if self.part else 6 if self.packaging.needs_init else 3
+        lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}",
                  f"#EXT-X-TARGETDURATION:{max(math.ceil(self.target_seconds), round(longest))}"]
         if self.part:
             lines += [f"#EXT-X-PART-INF:PART-TARGET={self.part_seconds:.3f}",
                       f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * (self.part_seconds or 0):.3f}"]
         lines.append(f"#EXT-X-MEDIA-SEQUENCE:{listed[0].sequence if listed else 0}")
+        if self.packaging.needs_init:
+            lines.append(f'#EXT-X-MAP:URI="{INIT_NAME}"')
         for segment in listed:
             if segment.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
@@ -193,7 +268,7 @@ class Segmenter:
     def _part_lines(self, sequence: int, newest: int) -> list[str]:
         if not self.part or sequence < newest - 2:  # parts only for the last segments, as LL-HLS asks
             return []
-        ext = EXTENSIONS[self.codec]
+        ext = self.extension
         return [f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{p.sequence}.{p.index}.{ext}",INDEPENDENT=YES'
                 for p in self.ll_parts.get(sequence, [])]
 

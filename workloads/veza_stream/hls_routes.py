@@ -11,7 +11,7 @@ from aiohttp import web
 from veza_core.web import json_error
 
 from .access import AccessDenied, check_listener
-from .hls import EXTENSIONS, PLAYLIST_TYPE, SEGMENT_TYPES, Segmenter, master_playlist
+from .hls import EXTENSIONS, INIT_TYPE, PLAYLIST_TYPE, SEGMENT_TYPES, Segmenter, master_playlist
 from .state import WORKER
 
 
@@ -113,3 +113,15 @@ async def segment(request: web.Request) -> web.Response:
         return json_error(404, "segment_not_found", "segment expired or not yet cut")
     return web.Response(body=found.data, content_type=SEGMENT_TYPES[segmenter.codec],
                         headers={"Cache-Control": "max-age=60"})
+
+
+async def init(request: web.Request) -> web.Response:
+    """The fMP4 init segment (`EXT-X-MAP`) of an Opus rendition."""
+    if (error := _checked(request)) is not None:
+        return error
+    segmenter = _segmenter(request)
+    if isinstance(segmenter, web.Response):
+        return segmenter
+    if segmenter.packaging.init is None:
+        return json_error(404, "segment_not_found", "this rendition has no init segment (yet)")
+    return web.Response(body=segmenter.packaging.init, content_type=INIT_TYPE, headers={"Cache-Control": "max-age=60"})

@@ -18,6 +18,20 @@ _APPLICATION_AUDIO = 2049
 _SET_BITRATE = 4002
 _GET_LOOKAHEAD = 4027
 _MAX_PACKET = 4000  # bytes; RFC 6716 allows at most 1275 per frame (x3 for 60 ms)
+# Frame length in 48 kHz samples of each TOC configuration (RFC 6716 3.1): SILK 10/20/40/60 ms,
+# hybrid 10/20 ms, CELT 2.5/5/10/20 ms.
+_FRAME_SAMPLES = [480, 960, 1920, 2880] * 3 + [480, 960] * 2 + [120, 240, 480, 960] * 4
+
+
+def packet_samples(packet: bytes) -> int:
+    """Duration of an Opus packet in 48 kHz samples, from its TOC byte (RFC 6716 3.1); 0 if malformed."""
+    if not packet:
+        return 0
+    toc = packet[0]
+    code = toc & 3
+    frames = 1 if code == 0 else 2 if code < 3 else (packet[1] & 0x3F if len(packet) > 1 else 0)
+    return _FRAME_SAMPLES[toc >> 3] * frames
+
 
 @functools.cache
 def load() -> ctypes.CDLL | None:

@@ -1,11 +1,13 @@
-"""Recording (spec `recording.enabled`): the channel's stream archived to S3 by the replica that encodes it.
+"""The channel's stream archived to S3 by the replica that encodes it.
 
-- every rendition, cut into files of ``seconds`` of audio at the same timestamps on every
+- with `recording.enabled`, every rendition, cut into files of ``seconds`` of audio at the same timestamps on every
   rendition (pts counted since the channel began, as for HLS), each a file that decodes on
   its own (Ogg files start with the stream's header pages):
   ``recordings/{channel}/{rendition}/{YYYY-MM-DD}/{HH}/{YYYYmmddTHHMMSSZ}-{pts}.{mp3|aac|ogg}``
   (the wall-clock time is when the file's first audio was encoded, UTC);
-- every HLS segment as it is cut: ``recordings/{channel}/hls/{rendition}/{sequence}.{mp3|aac}``.
+- with `delivery.hls.archive` (the default), every HLS segment as it is cut:
+  ``channels/{channel}/hls/{rendition}/{sequence}.{mp3|aac|m4s}``, and for fMP4 (Opus) renditions
+  their init segment, ``channels/{channel}/hls/{rendition}/init.mp4``, whenever it changes.
 
 Uploads run one at a time in the background with a bounded queue; when S3 is slow or down,
 the oldest waiting file is dropped and counted (``veza_stream_recording_dropped_total``), so
@@ -23,7 +25,7 @@ from collections import deque
 from veza_core.storage import ObjectStore
 
 from .hls import EXTENSIONS as HLS_EXTENSIONS
-from .hls import SEGMENT_TYPES, Segment
+from .hls import INIT_NAME, INIT_TYPE, SEGMENT_TYPES, Segment
 from .metrics import RECORDING_DROPPED, RECORDING_UPLOADED
 from .pump import Batch
 from .transcoder import CONTENT_TYPES, SAMPLE_RATE, Chunk
@@ -51,6 +53,7 @@ class Recorder:
         self.codecs = codecs  # rendition name -> codec
         self.samples = max(1, int(seconds * SAMPLE_RATE))
         self.headers: dict[str, bytes] = {}
+        self.inits: dict[str, bytes] = {}  # the fMP4 init segment stored last, per rendition
         self.parts: dict[str, _Part] = {}
         self.queue: deque[tuple[str, bytes, str]] = deque()
         self.max_pending = max_pending
@@ -89,8 +92,11 @@ class Recorder:
 
     def on_segment(self, rendition: str, segment: Segment) -> None:
         codec = self.codecs.get(rendition, "mp3")
-        key = f"recordings/{self.channel}/hls/{rendition}/{segment.sequence}.{HLS_EXTENSIONS[codec]}"
-        self._enqueue(key, segment.data, SEGMENT_TYPES[codec])
+        prefix = f"channels/{self.channel}/hls/{rendition}"
+        if segment.init is not None and self.inits.get(rendition) != segment.init:
+            self.inits[rendition] = segment.init
+            self._enqueue(f"{prefix}/{INIT_NAME}", segment.init, INIT_TYPE)
+        self._enqueue(f"{prefix}/{segment.sequence}.{HLS_EXTENSIONS[codec]}", segment.data, SEGMENT_TYPES[codec])
 
     def _add(self, rendition: str, chunks: list[Chunk]) -> None:
         for chunk in chunks:

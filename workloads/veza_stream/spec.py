@@ -50,6 +50,7 @@ class Hls(_Spec):
     enabled: bool = True
     target_duration_seconds: float = Field(2.0, alias="targetDurationSeconds", gt=0, le=30)
     part_duration_seconds: float | None = Field(None, alias="partDurationSeconds", gt=0)  # LL-HLS when set
+    archive: bool = True  # every segment stored in S3 by the replica that encodes
 
 
 class Delivery(_Spec):

@@ -22,6 +22,7 @@ from veza_core.web import add_readiness_check, create_app, json_error
 
 from . import hls_routes, ingest, progressive, tracks
 from .channel import Channel
+from .hls import INIT_NAME
 from .icy import DEFAULT_METAINT
 from .leader import LeaderLock
 from .limits import ListenerCounter
@@ -32,6 +33,7 @@ from .relay import RelayPuller
 from .replication import WireError, decode_batch, encode_batch
 from .spec import ChannelSpec
 from .state import WORKER
+from .transcoder import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,16 @@ class Worker:
         self.counter: ListenerCounter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
+        self._headers: dict[str, Chunk] = {}  # the codec header of each rendition this replica encodes
         self.recorder: Recorder | None = None
-        if self.spec.recording.enabled:
+        hls = self.spec.delivery.hls
+        if self.spec.recording.enabled or (hls.enabled and hls.archive):
             self.recorder = Recorder(self.store, self.channel.name, {r.name: r.codec for r in self.spec.renditions},
                                      seconds=recording_seconds)
-            self.channel.on_encoded.append(self.recorder.on_batch)  # only batches this replica encodes
-            self.channel.on_segment.append(self.recorder.on_segment)
+            if self.spec.recording.enabled:
+                self.channel.on_encoded.append(self.recorder.on_batch)  # only batches this replica encodes
+            if hls.enabled and hls.archive:
+                self.channel.on_segment.append(self.recorder.on_segment)
         self.relay: RelayPuller | None = None
         self._relay_task: asyncio.Task[None] | None = None
         if self.channel.relay is not None:
@@ -166,6 +172,13 @@ class Worker:
     def _publish_audio(self, batch: Batch, title: str) -> None:
         if self.nc is None or not self.nc.is_connected:
             return
+        # Every batch leads with each rendition's codec header, so a replica that starts (or missed the
+        # encoder's start) can serve Ogg listeners and HLS init segments; receivers drop repeats.
+        for rendition, chunks in batch.items():
+            if chunks and chunks[0].header:
+                self._headers[rendition] = chunks[0]
+            elif (header := self._headers.get(rendition)) is not None:
+                batch = {**batch, rendition: [header, *chunks]}
         task = asyncio.create_task(self.nc.publish(self.subject("audio"), encode_batch(batch, title)))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
@@ -276,6 +289,7 @@ def create_stream_app(worker: Worker) -> web.Application:
     app.router.add_get(f"{prefix}/now-playing", now_playing)
     app.router.add_get(f"{prefix}/hls/master.m3u8", hls_routes.master)
     app.router.add_get(f"{prefix}/hls/{{rendition}}/index.m3u8", hls_routes.media_playlist)
+    app.router.add_get(f"{prefix}/hls/{{rendition}}/{INIT_NAME}", hls_routes.init)
     app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{part:\\d+}}.{{ext}}", hls_routes.part)
     app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{ext}}", hls_routes.segment)
     app.router.add_put(f"{prefix}/source", ingest.source, expect_handler=ingest.expect_continue)
