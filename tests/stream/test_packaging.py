@@ -37,7 +37,7 @@ def ogg_pages(packets: list[bytes]) -> tuple[bytes, list[bytes]]:
 
 
 def test_packets_come_out_of_pages_whole_even_across_pages() -> None:
-    # 70 kB is more than one page holds (255 × 255 bytes): the packet continues on the next page.
+    # 70 kB is more than one page holds (255 x 255 bytes): the packet continues on the next page.
     packets = [b"\xfc" + bytes([i]) * size for i, size in enumerate((100, 70_000, 254, 255, 510, 3))]
     header, pages = ogg_pages(packets)
     assert ogg.PacketReader().feed(header)[0].startswith(b"OpusHead")
