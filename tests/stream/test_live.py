@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.stream import shout
 from tests.stream.audio import decode_pcm, frequencies_over_time, sine
 from tests.stream.client import open_stream, read_body
 
@@ -97,13 +99,25 @@ async def test_unframed_put_as_ffmpeg_sends_it(fallback_track: None, start_worke
     status, headers, reader, writer = await open_stream("127.0.0.1", worker.port, "/stream/ffsrc/mp3")
     assert status == 200
     listening = asyncio.create_task(read_body(reader, headers, 10**9, 6.0))
-    src_reader, src_writer = await asyncio.open_connection("127.0.0.1", worker.port)
-    src_writer.write(("PUT /stream/ffsrc/source HTTP/1.1\r\nUser-Agent: Lavf/59.27.100\r\nAccept: */*\r\n"
-                      "Expect: 100-continue\r\nConnection: close\r\nHost: 127.0.0.1\r\nIcy-MetaData: 1\r\n"
-                      f"Authorization: {BASIC['Authorization']}\r\nContent-Type: audio/mpeg\r\nIce-Public: 0\r\n"
-                      "Ice-Name: From ffmpeg\r\n\r\n").encode())
-    assert await asyncio.wait_for(src_reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+    async def put(authorization: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        src_reader, src_writer = await asyncio.open_connection("127.0.0.1", worker.port)
+        src_writer.write(("PUT /stream/ffsrc/source HTTP/1.1\r\nUser-Agent: Lavf/59.27.100\r\nAccept: */*\r\n"
+                          "Expect: 100-continue\r\nConnection: close\r\nHost: 127.0.0.1\r\nIcy-MetaData: 1\r\n"
+                          f"Authorization: {authorization}\r\nContent-Type: audio/mpeg\r\nIce-Public: 0\r\n"
+                          "Ice-Name: From ffmpeg\r\n\r\n").encode())
+        return src_reader, src_writer, await asyncio.wait_for(src_reader.readuntil(b"\r\n\r\n"), 5)
+
+    # Refused before `100 Continue`: a client told to go on would take it as a successful login.
+    _, refused, head = await put("Basic " + base64.b64encode(b"source:nope").decode())
+    assert head.startswith(b"HTTP/1.1 401 "), head
+    refused.close()
+    _, src_writer, head = await put(BASIC["Authorization"])
+    assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
     await asyncio.sleep(0.5)
+    _, second, head = await put(BASIC["Authorization"])
+    assert head.startswith(b"HTTP/1.1 409 "), head  # the mount is taken: said before the audio too
+    second.close()
     async for piece in paced(sine(1000, 3.0), 3.0):
         src_writer.write(piece)
         await src_writer.drain()
@@ -115,3 +129,78 @@ async def test_unframed_put_as_ffmpeg_sends_it(fallback_track: None, start_worke
     # The connection took no other request from the audio bytes: the worker logged no 400.
     assert '"status": 400' not in worker.logs()
     assert worker.alive()
+
+
+def source_request(path: str, headers: dict[str, str]) -> bytes:
+    """A `SOURCE` request as libshout sends it: HTTP/1.0, and no body framing whatsoever."""
+    lines = [f"SOURCE {path} HTTP/1.0", "Host: 127.0.0.1", "User-Agent: libshout/2.4.6",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize(("tls", "method"), [(shout.SHOUT_TLS_AUTO, "PUT"), (shout.SHOUT_TLS_DISABLED, "SOURCE")])
+async def test_libshout_broadcasts(fallback_track: None, start_worker: Any, tls: int, method: str) -> None:
+    """A real source client library. In its default TLS mode it asks `OPTIONS *` first (offering a TLS upgrade, RFC
+    2817): answered without one, it goes on in plain HTTP with `PUT`, as to Icecast 2.4. With TLS off it uses the
+    legacy `SOURCE` method: a request without credentials (401), the one with them, then it waits for
+    `HTTP/1.0 200 OK` and sends the audio until it hangs up."""
+    worker = start_worker("legacy", SPEC, VEZA_SOURCE_PASSWORD=PASSWORD)
+    status, headers, reader, writer = await open_stream("127.0.0.1", worker.port, "/stream/legacy/mp3")
+    assert status == 200
+    listening = asyncio.create_task(read_body(reader, headers, 10**9, 6.0))
+    await asyncio.sleep(0.5)
+    sending = asyncio.create_task(asyncio.to_thread(shout.broadcast, worker.port, "/stream/legacy/source", PASSWORD,
+                                                    sine(1000, 3.0), name="From libshout", tls=tls))
+    await asyncio.sleep(2.0)
+    async with aiohttp.ClientSession() as session, session.get(f"{worker.url}/stream/legacy/now-playing") as resp:
+        assert (await resp.json())["title"] == "From libshout"  # its `ice-name`
+    opened, error = await sending
+    assert opened == 0, error
+    body = await listening
+    writer.close()
+    freqs = frequencies_over_time(*decode_pcm(body, "mp3"), 0.25)
+    assert sum(abs(f - 1000) < 20 for f in freqs) >= 8, freqs
+    logs = worker.logs()
+    assert f'"method": "{method}", "path": "/stream/legacy/source", "status": 200' in logs, logs[-2000:]
+    assert ('"method": "OPTIONS", "path": "*", "status": 200' in logs) == (tls == shout.SHOUT_TLS_AUTO)
+    assert '"status": 400' not in logs and "live source connected" in logs
+    result, error = await asyncio.to_thread(shout.broadcast, worker.port, "/stream/legacy/source", "wrong",
+                                            sine(1000, 1.0), tls=tls)
+
+    assert result == shout.SHOUTERR_NOLOGIN
+    assert worker.alive()
+
+
+async def test_bad_source_method_clients_are_refused(fallback_track: None, start_worker: Any) -> None:
+    """A `SOURCE` client is told what is wrong while it waits, before it sends audio; the worker keeps serving."""
+    worker = start_worker("legacy-guarded", SPEC, VEZA_SOURCE_PASSWORD=PASSWORD)
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"source:nope").decode()}
+    cases = [
+        # libshout 2.4 first probes without credentials, keeping the connection for the real request.
+        ({"Content-Type": "audio/mpeg", "Content-Length": "0", "Connection": "Keep-Alive"}, 401,
+         "credentials_required"),
+        ({**wrong, "Content-Type": "audio/mpeg"}, 401, "bad_password"),
+        ({**BASIC, "Content-Type": "video/mp4"}, 415, "unsupported_media_type"),
+    ]
+    for headers, status, code in cases:
+        src_reader, src_writer = await asyncio.open_connection("127.0.0.1", worker.port)
+        src_writer.write(source_request("/stream/legacy-guarded/source", headers))
+        head = (await asyncio.wait_for(src_reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+        assert head.startswith(f"HTTP/1.0 {status} "), head
+        length = int(next(line.split(":", 1)[1] for line in head.split("\r\n")
+                          if line.lower().startswith("content-length:")))
+        assert json.loads(await src_reader.readexactly(length))["error"]["code"] == code
+        src_writer.close()
+    # Not audio: the 200 is out, so the worker just hangs up (the 400 goes to its log, not after the 200).
+    src_reader, src_writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    src_writer.write(source_request("/stream/legacy-guarded/source", {**BASIC, "Content-Type": "audio/mpeg"}))
+    assert await asyncio.wait_for(src_reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.0 200 OK\r\n\r\n"
+    src_writer.write(bytes(range(256)) * 1040)  # just over the probe limit: all read, so no reset on hang-up
+    assert await asyncio.wait_for(src_reader.read(), 10) == b""
+    src_writer.close()
+    status, headers, reader, writer = await open_stream("127.0.0.1", worker.port, "/stream/legacy-guarded/mp3")
+    body = await read_body(reader, headers, 48000, 5.0)
+    writer.close()
+    freqs = frequencies_over_time(*decode_pcm(body, "mp3"), 0.25)
+    assert status == 200 and sum(abs(f - 440) < 15 for f in freqs) >= 4, freqs  # the fallback is still on air
+    assert '"status": 400' in worker.logs() and worker.alive()

@@ -1,4 +1,5 @@
-"""Live ingest: an Icecast-style source client pushes audio with `PUT /stream/{channel}/source`.
+"""Live ingest: an Icecast-style source client pushes audio with `PUT /stream/{channel}/source` (or the legacy
+`SOURCE` method of Icecast < 2.4 on the same path).
 
 The body is streamed into the live source's decoder as it arrives; the request lasts
 as long as the broadcast. Authentication: HTTP Basic with the channel's source
@@ -12,6 +13,7 @@ import logging
 
 import aiohttp
 from aiohttp import StreamReader, web
+from aiohttp.typedefs import Handler
 
 from veza_core.web import json_error
 
@@ -49,6 +51,15 @@ def unframed(request: web.BaseRequest) -> bool:
             and "chunked" not in request.headers.get("Transfer-Encoding", "").lower())
 
 
+def divert(request: web.Request) -> StreamReader:
+    """The connection's bytes from now on, as the request's body: aiohttp's parser would take them as the next
+    request. Only safe while the client waits for an answer, so that none of them has been parsed yet."""
+    reader = StreamReader(request.protocol, 2**16, loop=asyncio.get_running_loop())
+    request.protocol.set_parser(_UnframedBody(reader))  # type: ignore[arg-type]
+    request[UNFRAMED] = reader
+    return reader
+
+
 async def expect_continue(request: web.Request) -> None:
     """`Expect: 100-continue` on the source route: what ffmpeg's icecast:// sends, with a body that has neither
     Content-Length nor chunked encoding (Icecast reads it until the connection closes). aiohttp's parser would take
@@ -56,12 +67,48 @@ async def expect_continue(request: web.Request) -> None:
     stream of our own before the client is told to go on."""
     if request.headers.get("Expect", "").lower() != "100-continue" or request.version != aiohttp.HttpVersion11:
         raise web.HTTPExpectationFailed(text="only Expect: 100-continue is supported")
+    try:
+        admit(request)
+    except AccessDenied:
+        return  # no `100 Continue`: the handler answers with the reason, and the client sends no audio
     if unframed(request) and request.protocol is not None:
-        reader = StreamReader(request.protocol, 2**16, loop=asyncio.get_running_loop())
-        request.protocol.set_parser(_UnframedBody(reader))  # type: ignore[arg-type]
-        request[UNFRAMED] = reader
+        divert(request)
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0
+
+
+async def audio(request: web.Request) -> StreamReader:
+    """The broadcast's bytes, once every check has passed. A legacy `SOURCE` client (libshout) waits for Icecast's
+    bare `HTTP/1.0 200 OK` and then sends the audio unframed until it hangs up."""
+    if request.method != "SOURCE":
+        body = request.get(UNFRAMED)
+        return request.content if body is None else body
+    reader = divert(request)
+    await request.writer.write(b"HTTP/1.0 200 OK\r\n\r\n")
+    request.writer.output_size = 0
+    return reader
+
+
+async def legacy_source(request: web.Request) -> web.StreamResponse:
+    """`SOURCE /stream/{channel}/source`: the PUT handler, with Icecast's answer before the audio. Once that answer
+    is out, the outcome has no place on the wire (it is logged): the connection just ends. A client that sends audio
+    right behind the headers without waiting (ffmpeg's `-legacy_icecast 1`) gets a 400: aiohttp's parser reads
+    those bytes as the next request before any handler runs."""
+    response = await source(request)
+    if UNFRAMED in request and request.transport is not None:
+        request.transport.close()
+    return response
+
+
+@web.middleware
+async def server_options(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`OPTIONS *` (RFC 9110 9.3.7), which libshout sends first in its default TLS mode to offer an upgrade
+    (RFC 2817): answered without one, it goes on in plain HTTP (TLS ends at the Ingress); a 404 would fail it."""
+    if request.method == "OPTIONS" and request.raw_path == "*":
+        return web.Response(headers={"Allow": "GET, HEAD, PUT, SOURCE, OPTIONS"})
+    return await handler(request)
+
+
 # Headers of a source request that the leader needs to see too.
 FORWARD_HEADERS = ("Authorization", "Content-Type", "Ice-Name", "Ice-Description", "Ice-Genre", "Ice-Url")
 
@@ -81,6 +128,24 @@ async def forward(request: web.Request, leader: str, identity: str, body: Stream
         return json_error(503, "not_leader", f"the leader could not be reached: {exc}")
 
 
+def admit(request: web.Request) -> tuple[str, str]:
+    """(broadcaster, format) of a source request that may go on air, or AccessDenied with the reason. Checked before
+    `100 Continue` too: a client told to go on takes that as a successful login (libshout does)."""
+    worker = request.app[WORKER]
+    if request.match_info["channel"] != worker.channel.name:
+        raise AccessDenied(404, "channel_not_found", "no such channel on this worker")
+    live = worker.channel.live
+    if live is None:
+        raise AccessDenied(409, "not_live", "this channel has no live source")
+    broadcaster = check_broadcaster(request, worker.channel.name, worker.source_password, worker.verifier)
+    fmt = INGEST_FORMATS.get(request.content_type)
+    if fmt is None:
+        raise AccessDenied(415, "unsupported_media_type", f"send one of: {', '.join(sorted(INGEST_FORMATS))}")
+    if live.busy():  # known here only on the leader; a follower learns it from the leader's answer
+        raise AccessDenied(409, "source_busy", "another source is already live on this channel")
+    return broadcaster, fmt
+
+
 async def source(request: web.Request) -> web.StreamResponse:
     worker = request.app[WORKER]
     channel = worker.channel
@@ -90,26 +155,17 @@ async def source(request: web.Request) -> web.StreamResponse:
         INGEST_REJECTED.labels(name, code).inc()
         return json_error(status, code, message)
 
-    if request.match_info["channel"] != name:
-        return reject(404, "channel_not_found", "no such channel on this worker")
-    live = channel.live
-    if live is None:
-        return reject(409, "not_live", "this channel has no live source")
     try:
-        broadcaster = check_broadcaster(request, name, worker.source_password, worker.verifier)
+        broadcaster, fmt = admit(request)
     except AccessDenied as exc:
         return reject(exc.status, exc.code, exc.message)
-    fmt = INGEST_FORMATS.get(request.content_type)
-    if fmt is None:
-        return reject(415, "unsupported_media_type", f"send one of: {', '.join(sorted(INGEST_FORMATS))}")
-    body = request.get(UNFRAMED)
-    if body is None:
-        body = request.content
+    live = channel.live
+    assert live is not None  # admitted
     if not channel.encoding:
         leader = await worker.leader_url() if FORWARDED not in request.headers else None
         if leader is None:
             return reject(503, "not_leader", "this replica is not encoding the channel; retry")
-        return await forward(request, leader, worker.identity, body)
+        return await forward(request, leader, worker.identity, await audio(request))
     try:
         session = live.open(fmt, title=request.headers.get("Ice-Name") or broadcaster)
     except RuntimeError:
@@ -117,7 +173,7 @@ async def source(request: web.Request) -> web.StreamResponse:
     log.info("live source connected", extra={"channel": name, "broadcaster": broadcaster, "format": fmt})
     received = 0
     try:
-        async for data in body.iter_any():
+        async for data in (await audio(request)).iter_any():
             received += len(data)
             while not session.feed(data):  # noqa: ASYNC110 (the queue is filled by a thread, not the loop)
                 await asyncio.sleep(0.02)  # the decoder is behind: hold back the client (TCP backpressure)

@@ -154,8 +154,11 @@ class PushedSource:
         self.session: Session | None = None
         self.title = ""
 
+    def busy(self) -> bool:
+        return self.session is not None and not self.session.finished.is_set()
+
     def open(self, fmt: str, title: str = "") -> Session:
-        if self.session is not None and not self.session.finished.is_set():
+        if self.busy():
             raise RuntimeError("a session is already open")
         self.session = Session(fmt, self.name)
         self.title = title or "live"

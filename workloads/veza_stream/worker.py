@@ -284,6 +284,7 @@ async def now_playing(request: web.Request) -> web.Response:
 
 def create_stream_app(worker: Worker) -> web.Application:
     app = create_app("stream", client_max_size=tracks.MAX_UPLOAD_BYTES)
+    app.middlewares.append(ingest.server_options)
     app[WORKER] = worker
     prefix = "/stream/{channel}"
     app.router.add_get(f"{prefix}/now-playing", now_playing)
@@ -293,6 +294,7 @@ def create_stream_app(worker: Worker) -> web.Application:
     app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{part:\\d+}}.{{ext}}", hls_routes.part)
     app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{ext}}", hls_routes.segment)
     app.router.add_put(f"{prefix}/source", ingest.source, expect_handler=ingest.expect_continue)
+    app.router.add_route("SOURCE", f"{prefix}/source", ingest.legacy_source)
     app.router.add_post(f"{prefix}/tracks", tracks.upload)
     app.router.add_get(f"{prefix}/{{rendition}}", progressive.listen)
     app.on_startup.append(worker.start)
