@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.stream import shout
 from tests.stream.audio import decode_pcm, frequencies_over_time, sine
 from tests.stream.client import open_stream, read_body
 from tests.stream.test_live import paced
@@ -58,6 +59,17 @@ async def test_live_source_on_a_follower_is_forwarded_to_the_leader(start_worker
     assert sum(abs(f - 1000) < 20 for f in freqs) >= 8, freqs  # the leader encoded it, the follower relayed it
     assert "live source forwarded to the leader" in follower.logs()
     assert "live source connected" in leader.logs() and "live source connected" not in follower.logs()
+    # A legacy `SOURCE` client (libshout with TLS off) on the follower reaches the leader too, as a PUT.
+    status, headers, reader, writer = await open_stream("127.0.0.1", follower.port, "/stream/fwd/mp3")
+    listening = asyncio.create_task(read_body(reader, headers, 10**9, 4.0))
+    result, error = await asyncio.to_thread(shout.broadcast, follower.port, "/stream/fwd/source", PASSWORD,
+                                            sine(660, 3.0), tls=shout.SHOUT_TLS_DISABLED)
+    assert result == 0, error
+    body = await listening
+    writer.close()
+    freqs = frequencies_over_time(*decode_pcm(body, "mp3"), 0.25)
+    assert sum(abs(f - 660) < 20 for f in freqs) >= 6, freqs
+    assert '"method": "SOURCE", "path": "/stream/fwd/source", "status": 200' in follower.logs()
 
 
 @pytest.fixture(scope="module")
