@@ -51,6 +51,19 @@ def test_packets_come_out_of_pages_whole_even_across_pages() -> None:
             ogg.PacketReader().feed(b"".join(pages)[:cut])
 
 
+def test_header_pages_are_what_comes_before_the_first_audio() -> None:
+    header, pages = ogg_pages([b"\xfc" + bytes(300)] * 5)
+    stream = header + b"".join(pages)
+    for step in (1, 7, 100, len(stream)):  # however the bytes arrive
+        found = ogg.HeaderPages()
+        for start in range(0, len(stream), step):
+            found.feed(stream[start:start + step])
+        assert found.done and bytes(found.data) == header, step
+    not_ogg = ogg.HeaderPages()
+    not_ogg.feed(b"\xff\xfb" + bytes(100))  # MP3: nothing to keep
+    assert not_ogg.done and not not_ogg.data
+
+
 @pytest.mark.parametrize(("packet", "samples"), [
     (bytes([31 << 3]), 960),  # CELT 20 ms, one frame
     (bytes([(16 << 3) | 1, 0]), 240),  # CELT 2.5 ms, two frames

@@ -72,6 +72,45 @@ async def test_live_source_on_a_follower_is_forwarded_to_the_leader(start_worker
     assert '"method": "SOURCE", "path": "/stream/fwd/source", "status": 200' in follower.logs()
 
 
+@pytest.mark.parametrize(("fmt", "ctype"), [("mp3", "audio/mpeg"), ("ogg", "audio/ogg")])
+async def test_a_forwarded_source_survives_a_leader_change(start_worker: Any, redis: Any, nats: Any, fmt: str,
+                                                          ctype: str) -> None:
+    """The leader taking a source forwarded by a follower is killed: the follower is elected and puts the rest of
+    the broadcast on air itself (an Ogg source resumes behind its header pages); the source client notices nothing."""
+    spec = {"source": {"type": "live"}, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
+            "delivery": {"hls": {"enabled": False}}}
+    env = {"VEZA_REDIS_URL": redis.url, "VEZA_NATS_URL": nats.url, "VEZA_SOURCE_PASSWORD": PASSWORD,
+           "VEZA_STREAM_LEADER_TTL": "1.5"}
+    first = start_worker(f"survive-{fmt}", spec, **env)
+    await asyncio.sleep(1.0)
+    second = start_worker(f"survive-{fmt}", spec, **env)
+    await asyncio.sleep(1.0)
+    leader, follower = leader_first([first, second], f"survive-{fmt}")
+    status, headers, reader, writer = await open_stream("127.0.0.1", follower.port, f"/stream/survive-{fmt}/mp3")
+    assert status == 200
+    listening = asyncio.create_task(read_body(reader, headers, 10**9, 10.0))
+    async with aiohttp.ClientSession() as session:
+        broadcast = asyncio.create_task(session.put(
+            f"{follower.url}/stream/survive-{fmt}/source", data=paced(sine(1000, 9.0, fmt), 9.0, 90),
+            headers={**BASIC, "Content-Type": ctype}))
+        await asyncio.sleep(3.0)
+        leader.kill()
+        async with await broadcast as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["seconds"] > 3.0  # what the follower decoded after it took over
+    body = await listening
+    writer.close()
+    freqs = frequencies_over_time(*decode_pcm(body, "mp3"), 0.25)
+    tone = [abs(f - 1000) < 20 for f in freqs]
+    # From the first tone window to the end of the broadcast: what the takeover lost (lock TTL 1.5 s: the follower's
+    # listeners wait, then the new encoder goes on at the same timestamp with the bytes the source sent meanwhile).
+    assert True in tone[:16] and tone[-12:] == [True] * 12, freqs
+    assert tone[tone.index(True):].count(False) <= 4, freqs
+    logs = follower.logs()
+    assert "leader lost during a forwarded source" in logs and "live source connected" in logs
+    assert now_playing(follower, f"survive-{fmt}")["leader"] is True
+
+
 @pytest.fixture(scope="module")
 def track(bucket: Any) -> None:
     bucket.put_object(Bucket="veza-stream-tests", Key="tests/capped440.mp3", Body=sine(440, 3.0, "mp3"))

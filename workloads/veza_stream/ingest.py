@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import StreamReader, web
@@ -17,6 +18,7 @@ from aiohttp.typedefs import Handler
 
 from veza_core.web import json_error
 
+from . import ogg
 from .access import AccessDenied, check_broadcaster
 from .metrics import INGEST_REJECTED
 from .state import WORKER
@@ -113,7 +115,31 @@ async def server_options(request: web.Request, handler: Handler) -> web.StreamRe
 FORWARD_HEADERS = ("Authorization", "Content-Type", "Ice-Name", "Ice-Description", "Ice-Genre", "Ice-Url")
 
 
-async def forward(request: web.Request, leader: str, identity: str, body: StreamReader) -> web.Response:
+class LeaderLost(Exception):
+    """The leader a source was forwarded to went away (or stepped down) during the broadcast."""
+
+
+class SourceStream:
+    """A source client's bytes, resumable on another decoder: when the leader taking them is lost mid-broadcast,
+    what follows goes to the next leader (or to this replica, if it is elected), led by the stream's Ogg header
+    pages, which a new decoder needs first (MP3 decoders find the next frame by themselves)."""
+
+    def __init__(self, body: StreamReader, fmt: str) -> None:
+        self.body = body
+        self.headers = ogg.HeaderPages() if fmt == "ogg" else None
+        self.received = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.received and self.headers is not None and self.headers.data:
+            yield bytes(self.headers.data)  # resumed: a new decoder starts here
+        async for data in self.body.iter_any():
+            self.received += len(data)
+            if self.headers is not None:
+                self.headers.feed(data)
+            yield data
+
+
+async def forward(request: web.Request, leader: str, identity: str, stream: SourceStream) -> web.Response:
     """Stream a live source received by a follower to the leader (which authenticates it again)."""
     headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
     headers[FORWARDED] = identity
@@ -121,11 +147,13 @@ async def forward(request: web.Request, leader: str, identity: str, body: Stream
     log.info("live source forwarded to the leader", extra={"leader": leader})
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session, session.put(
-                f"{leader}{request.path}", data=body.iter_any(), headers=headers) as resp:
+                f"{leader}{request.path}", data=stream.chunks(), headers=headers) as resp:
             answer = await resp.read()
-            return web.Response(status=resp.status, body=answer, content_type=resp.content_type)
     except (aiohttp.ClientError, OSError) as exc:
-        return json_error(503, "not_leader", f"the leader could not be reached: {exc}")
+        raise LeaderLost(str(exc)) from exc
+    if resp.status == 503 and b'"not_leader"' in answer:
+        raise LeaderLost("the replica is no longer the leader")
+    return web.Response(status=resp.status, body=answer, content_type=resp.content_type)
 
 
 def admit(request: web.Request) -> tuple[str, str]:
@@ -161,25 +189,36 @@ async def source(request: web.Request) -> web.StreamResponse:
         return reject(exc.status, exc.code, exc.message)
     live = channel.live
     assert live is not None  # admitted
-    if not channel.encoding:
+    stream: SourceStream | None = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time()  # how long to look for a leader: at once at first, a while after losing one
+    lost: str | None = None  # the leader lost, named by its lock until the lock expires
+    while not channel.encoding:
         leader = await worker.leader_url() if FORWARDED not in request.headers else None
-        if leader is None:
+        if leader is not None and leader != lost:
+            stream = stream or SourceStream(await audio(request), fmt)
+            try:
+                return await forward(request, leader, worker.identity, stream)
+            except LeaderLost as exc:
+                log.warning("leader lost during a forwarded source; waiting for the next",
+                            extra={"channel": name, "leader": leader, "error": str(exc)})
+                lost, deadline = leader, loop.time() + 3 * worker.leader_ttl
+        if loop.time() >= deadline:
             return reject(503, "not_leader", "this replica is not encoding the channel; retry")
-        return await forward(request, leader, worker.identity, await audio(request))
+        await asyncio.sleep(0.2)
     try:
         session = live.open(fmt, title=request.headers.get("Ice-Name") or broadcaster)
     except RuntimeError:
         return reject(409, "source_busy", "another source is already live on this channel")
     log.info("live source connected", extra={"channel": name, "broadcaster": broadcaster, "format": fmt})
-    received = 0
+    stream = stream or SourceStream(await audio(request), fmt)
     try:
-        async for data in (await audio(request)).iter_any():
-            received += len(data)
+        async for data in stream.chunks():
             while not session.feed(data):  # noqa: ASYNC110 (the queue is filled by a thread, not the loop)
                 await asyncio.sleep(0.02)  # the decoder is behind: hold back the client (TCP backpressure)
             if session.error and not session.started.is_set():
                 break
-            if received > PROBE_LIMIT and not session.started.is_set():
+            if stream.received > PROBE_LIMIT and not session.started.is_set():
                 await asyncio.sleep(0.2)
                 if not session.started.is_set():
                     session.error = session.error or "no audio found"
@@ -187,8 +226,8 @@ async def source(request: web.Request) -> web.StreamResponse:
     finally:
         session.end()
     await asyncio.to_thread(session.finished.wait, 5)
-    log.info("live source disconnected", extra={"channel": name, "bytes": received, "error": session.error})
+    log.info("live source disconnected", extra={"channel": name, "bytes": stream.received, "error": session.error})
     if not session.started.is_set():
         return reject(400, "undecodable_source", f"the body is not {fmt} audio: {session.error or 'no audio'}")
-    return web.json_response({"status": "ended", "bytes": received,
+    return web.json_response({"status": "ended", "bytes": stream.received,
                               "seconds": round(session.decoded_samples / 48000, 3)})

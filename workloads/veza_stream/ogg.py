@@ -44,3 +44,33 @@ class PacketReader:
             if pos > len(view):
                 raise OggError("truncated page body")
         return packets
+
+
+class HeaderPages:
+    """The pages an Ogg stream begins with, up to its first audio: what a decoder that joins later needs first.
+
+    Header pages end no audio packet: their granule position is 0 (or -1 when no packet ends on them).
+    """
+
+    def __init__(self, limit: int = 256 * 1024) -> None:
+        self.data = bytearray()
+        self.done = False
+        self._pending = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            return
+        self._pending += data
+        while len(self._pending) >= _HEADER.size:
+            capture, _, _, granule, _, _, _, count = _HEADER.unpack_from(self._pending)
+            end = _HEADER.size + count
+            if capture != b"OggS" or granule not in (0, -1) or len(self.data) > self._limit:
+                self.done = True  # the first audio page (or not Ogg at all): the header is what came before
+                self._pending.clear()
+                return
+            if len(self._pending) < end or len(self._pending) < end + sum(self._pending[_HEADER.size:end]):
+                return  # the rest of the page is still to come
+            end += sum(self._pending[_HEADER.size:end])
+            self.data += self._pending[:end]
+            del self._pending[:end]
