@@ -29,6 +29,9 @@ def _checked(request: web.Request) -> web.Response | None:
 
 
 def _segmenter(request: web.Request) -> Segmenter | web.Response:
+    """The rendition's segmenter, or the answer for a request that may not have it."""
+    if (error := _checked(request)) is not None:
+        return error
     worker = request.app[WORKER]
     segmenter = worker.channel.segmenters.get(request.match_info["rendition"])
     if segmenter is None:
@@ -60,8 +63,6 @@ async def _wait(segmenter: Segmenter, ready: Callable[[], bool], seconds: float)
 
 
 async def media_playlist(request: web.Request) -> web.Response:
-    if (error := _checked(request)) is not None:
-        return error
     segmenter = _segmenter(request)
     if isinstance(segmenter, web.Response):
         return segmenter
@@ -82,8 +83,6 @@ async def media_playlist(request: web.Request) -> web.Response:
 
 async def part(request: web.Request) -> web.Response:
     """An LL-HLS part; the one named by the preload hint is awaited (up to three part durations)."""
-    if (error := _checked(request)) is not None:
-        return error
     segmenter = _segmenter(request)
     if isinstance(segmenter, web.Response):
         return segmenter
@@ -101,8 +100,6 @@ async def part(request: web.Request) -> web.Response:
 
 
 async def segment(request: web.Request) -> web.Response:
-    if (error := _checked(request)) is not None:
-        return error
     segmenter = _segmenter(request)
     if isinstance(segmenter, web.Response):
         return segmenter
@@ -117,8 +114,6 @@ async def segment(request: web.Request) -> web.Response:
 
 async def init(request: web.Request) -> web.Response:
     """The fMP4 init segment (`EXT-X-MAP`) of an Opus rendition."""
-    if (error := _checked(request)) is not None:
-        return error
     segmenter = _segmenter(request)
     if isinstance(segmenter, web.Response):
         return segmenter
