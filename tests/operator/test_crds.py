@@ -69,7 +69,8 @@ def test_defaults_are_applied_by_the_api_server(kube: KubeCluster, operator_inst
                        input=yaml.safe_dump(channel("default", "defaults")))
     spec = yaml.safe_load(out)["spec"]
     assert spec["renditions"] == [{"name": "mp3-128", "codec": "mp3", "bitrateKbps": 128}]
-    assert spec["delivery"] == {"progressive": True, "hls": {"enabled": True, "targetDurationSeconds": 2}}
+    assert spec["delivery"] == {"progressive": True,
+                                "hls": {"enabled": True, "targetDurationSeconds": 2, "archive": True}}
     assert spec["replicas"] == 1 and spec["visibility"] == "public"
 
 
