@@ -29,13 +29,18 @@ def library() -> ctypes.CDLL | None:
     for call in ("shout_open", "shout_close", "shout_sync", "shout_free"):
         getattr(lib, call).argtypes = [ctypes.c_void_p]
     lib.shout_send.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.shout_metadata_new.restype = ctypes.c_void_p
+    lib.shout_metadata_add.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+    lib.shout_metadata_free.argtypes = [ctypes.c_void_p]
+    lib.shout_set_metadata.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.shout_init()
     return lib
 
 
-def broadcast(port: int, mount: str, password: str, mp3: bytes, *, name: str = "",
+def broadcast(port: int, mount: str, password: str, mp3: bytes, *, name: str = "", song: str = "",
               tls: int = SHOUT_TLS_AUTO) -> tuple[int, str]:
-    """Open a source connection to 127.0.0.1:port, send `mp3` in real time (shout_sync paces it) and hang up.
+    """Open a source connection to 127.0.0.1:port, send `mp3` in real time (shout_sync paces it) and hang up;
+    halfway through, set the title to `song` if given (libshout's metadata update, a request of its own).
     Blocking: run it in a thread. Returns the first error code of shout_open or shout_send (0: all sent) and
     libshout's last error text."""
     lib = library()
@@ -54,6 +59,8 @@ def broadcast(port: int, mount: str, password: str, mp3: bytes, *, name: str = "
         if result == 0:
             for start in range(0, len(mp3), 4096):
                 result = lib.shout_send(shout, mp3[start:start + 4096], len(mp3[start:start + 4096]))
+                if result == 0 and song and start < len(mp3) // 2 <= start + 4096:
+                    result = set_title(lib, shout, song)
                 if result != 0:
                     break
                 lib.shout_sync(shout)
@@ -61,3 +68,12 @@ def broadcast(port: int, mount: str, password: str, mp3: bytes, *, name: str = "
         return result, lib.shout_get_error(shout).decode()
     finally:
         lib.shout_free(shout)
+
+
+def set_title(lib: ctypes.CDLL, shout: int, song: str) -> int:
+    metadata = lib.shout_metadata_new()
+    try:
+        lib.shout_metadata_add(metadata, b"song", song.encode())
+        return int(lib.shout_set_metadata(shout, metadata))
+    finally:
+        lib.shout_metadata_free(metadata)

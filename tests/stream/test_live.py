@@ -150,10 +150,15 @@ async def test_libshout_broadcasts(fallback_track: None, start_worker: Any, tls:
     listening = asyncio.create_task(read_body(reader, headers, 10**9, 6.0))
     await asyncio.sleep(0.5)
     sending = asyncio.create_task(asyncio.to_thread(shout.broadcast, worker.port, "/stream/legacy/source", PASSWORD,
-                                                    sine(1000, 3.0), name="From libshout", tls=tls))
-    await asyncio.sleep(2.0)
-    async with aiohttp.ClientSession() as session, session.get(f"{worker.url}/stream/legacy/now-playing") as resp:
-        assert (await resp.json())["title"] == "From libshout"  # its `ice-name`
+                                                    sine(1000, 4.0), name="From libshout", song="Ünïcode & Song",
+                                                    tls=tls))
+    await asyncio.sleep(1.5)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{worker.url}/stream/legacy/now-playing") as resp:
+            assert (await resp.json())["title"] == "From libshout"  # its `ice-name`
+        await asyncio.sleep(1.5)  # halfway through, libshout sends the song title (Icecast's /admin/metadata)
+        async with session.get(f"{worker.url}/stream/legacy/now-playing") as resp:
+            assert (await resp.json())["title"] == "Ünïcode & Song"
     opened, error = await sending
     assert opened == 0, error
     body = await listening
@@ -164,6 +169,7 @@ async def test_libshout_broadcasts(fallback_track: None, start_worker: Any, tls:
     assert f'"method": "{method}", "path": "/stream/legacy/source", "status": 200' in logs, logs[-2000:]
     assert ('"method": "OPTIONS", "path": "*", "status": 200' in logs) == (tls == shout.SHOUT_TLS_AUTO)
     assert '"status": 400' not in logs and "live source connected" in logs
+    assert '"path": "/admin/metadata", "status": 200' in logs
     result, error = await asyncio.to_thread(shout.broadcast, worker.port, "/stream/legacy/source", "wrong",
                                             sine(1000, 1.0), tls=tls)
 
@@ -204,3 +210,14 @@ async def test_bad_source_method_clients_are_refused(fallback_track: None, start
     freqs = frequencies_over_time(*decode_pcm(body, "mp3"), 0.25)
     assert status == 200 and sum(abs(f - 440) < 15 for f in freqs) >= 4, freqs  # the fallback is still on air
     assert '"status": 400' in worker.logs() and worker.alive()
+    # Title updates (Icecast's /admin/metadata) are refused with the reason.
+    async with aiohttp.ClientSession() as session:
+        for path, query, headers, status, code in [
+            ("/admin/metadata", "mount=/stream/legacy-guarded/source&mode=updinfo&song=x", wrong, 401, "bad_password"),
+            ("/admin/metadata", "mount=/stream/other/source&mode=updinfo&song=x", BASIC, 404, "channel_not_found"),
+            ("/stream/legacy-guarded/admin/metadata", "mode=updinfo", BASIC, 400, "bad_title"),
+            ("/stream/legacy-guarded/admin/metadata", "mode=delete&song=x", BASIC, 400, "unsupported_mode"),
+            ("/stream/legacy-guarded/admin/metadata", "mode=updinfo&song=x", BASIC, 409, "source_not_connected"),
+        ]:
+            async with session.get(f"{worker.url}{path}?{query}", headers=headers) as resp:
+                assert resp.status == status and (await resp.json())["error"]["code"] == code, (path, query)

@@ -62,8 +62,12 @@ async def test_live_source_on_a_follower_is_forwarded_to_the_leader(start_worker
     # A legacy `SOURCE` client (libshout with TLS off) on the follower reaches the leader too, as a PUT.
     status, headers, reader, writer = await open_stream("127.0.0.1", follower.port, "/stream/fwd/mp3")
     listening = asyncio.create_task(read_body(reader, headers, 10**9, 4.0))
-    result, error = await asyncio.to_thread(shout.broadcast, follower.port, "/stream/fwd/source", PASSWORD,
-                                            sine(660, 3.0), tls=shout.SHOUT_TLS_DISABLED)
+    sending = asyncio.create_task(asyncio.to_thread(
+        shout.broadcast, follower.port, "/stream/fwd/source", PASSWORD, sine(660, 3.0), song="Via the follower",
+        tls=shout.SHOUT_TLS_DISABLED))
+    await asyncio.sleep(2.5)  # the title update (halfway) went to the follower too, which passed it on
+    assert now_playing(leader, "fwd")["title"] == "Via the follower"
+    result, error = await sending
     assert result == 0, error
     body = await listening
     writer.close()

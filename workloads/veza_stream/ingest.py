@@ -231,3 +231,49 @@ async def source(request: web.Request) -> web.StreamResponse:
         return reject(400, "undecodable_source", f"the body is not {fmt} audio: {session.error or 'no audio'}")
     return web.json_response({"status": "ended", "bytes": stream.received,
                               "seconds": round(session.decoded_samples / 48000, 3)})
+
+
+ICECAST_OK = ('<?xml version="1.0"?>\n<iceresponse><message>Metadata update successful</message>'
+              "<return>1</return></iceresponse>\n")
+MAX_TITLE = 256
+
+
+async def metadata(request: web.Request) -> web.Response:
+    """Icecast's title update for the live source: `GET /admin/metadata?mount=/stream/{channel}/source&mode=updinfo
+    &song=...`, what libshout (ezstream, ices) and butt send to the host they stream to, or the same under
+    `/stream/{channel}/admin/metadata`, which the Ingress routes to the channel. Same auth as the source; a follower
+    passes it on to the leader, which holds the live source."""
+    worker = request.app[WORKER]
+    channel = worker.channel
+    name = request.match_info.get("channel") or request.query.get("mount", "").removeprefix("/stream/").split("/")[0]
+    if name != channel.name:
+        return json_error(404, "channel_not_found", "no such mount on this worker")
+    if request.query.get("mode") != "updinfo":
+        return json_error(400, "unsupported_mode", "only mode=updinfo is supported")
+    song = request.query.get("song") or " - ".join(v for k in ("artist", "title") if (v := request.query.get(k)))
+    if not song or len(song) > MAX_TITLE:
+        return json_error(400, "bad_title", f"song (or artist/title) is required, at most {MAX_TITLE} characters")
+    try:
+        check_broadcaster(request, name, worker.source_password, worker.verifier)
+    except AccessDenied as exc:
+        return json_error(exc.status, exc.code, exc.message)
+    live = channel.live
+    if live is None:
+        return json_error(409, "not_live", "this channel has no live source")
+    if not channel.encoding:
+        leader = await worker.leader_url() if FORWARDED not in request.headers else None
+        if leader is None:
+            return json_error(503, "not_leader", "this replica is not encoding the channel; retry")
+        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: worker.identity}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session, session.get(
+                    f"{leader}/stream/{name}/admin/metadata", params={"mode": "updinfo", "song": song},
+                    headers=headers) as resp:
+                return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
+        except (aiohttp.ClientError, OSError) as exc:
+            return json_error(503, "not_leader", f"the leader could not be reached: {exc}")
+    if not live.busy():
+        return json_error(409, "source_not_connected", "no live source is on air to take the title")
+    live.title = song
+    log.info("live title updated", extra={"channel": name, "title": song})
+    return web.Response(text=ICECAST_OK, content_type="text/xml")

@@ -295,6 +295,8 @@ def create_stream_app(worker: Worker) -> web.Application:
     app.router.add_get(f"{prefix}/hls/{{rendition}}/{{sequence:\\d+}}.{{ext}}", hls_routes.segment)
     app.router.add_put(f"{prefix}/source", ingest.source, expect_handler=ingest.expect_continue)
     app.router.add_route("SOURCE", f"{prefix}/source", ingest.legacy_source)
+    app.router.add_get(f"{prefix}/admin/metadata", ingest.metadata)
+    app.router.add_get("/admin/metadata", ingest.metadata)  # Icecast's path; the mount names the channel
     app.router.add_post(f"{prefix}/tracks", tracks.upload)
     app.router.add_get(f"{prefix}/{{rendition}}", progressive.listen)
     app.on_startup.append(worker.start)
