@@ -4,8 +4,9 @@ a real Icecast source client for the ingest tests (HTTP protocol; TLS "auto" by 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
+
+from veza_stream.syslib import load_library
 
 SHOUT_FORMAT_MP3 = 1
 SHOUT_TLS_DISABLED = 0
@@ -15,10 +16,9 @@ SHOUTERR_NOLOGIN = -3
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("shout")
-    if name is None:
+    lib = load_library("shout", ("libshout.so.3",))
+    if lib is None:
         return None
-    lib = ctypes.CDLL(name)
     lib.shout_new.restype = ctypes.c_void_p
     lib.shout_get_error.restype = ctypes.c_char_p
     lib.shout_get_error.argtypes = [ctypes.c_void_p]

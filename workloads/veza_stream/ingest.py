@@ -115,6 +115,16 @@ async def server_options(request: web.Request, handler: Handler) -> web.StreamRe
 FORWARD_HEADERS = ("Authorization", "Content-Type", "Ice-Name", "Ice-Description", "Ice-Genre", "Ice-Url")
 
 
+def headers_for_leader(request: web.Request, identity: str, names: tuple[str, ...] = FORWARD_HEADERS) -> dict[str, str]:
+    """The request's headers the leader needs, marked as forwarded (the leader forwards it nowhere else)."""
+    return {**{h: request.headers[h] for h in names if h in request.headers}, FORWARDED: identity}
+
+
+async def leader_to_forward_to(request: web.Request) -> str | None:
+    """The leader's URL, or None when it is unknown, this replica, or the request was already forwarded once."""
+    return None if FORWARDED in request.headers else await request.app[WORKER].leader_url()
+
+
 class LeaderLost(Exception):
     """The leader a source was forwarded to went away (or stepped down) during the broadcast."""
 
@@ -141,8 +151,7 @@ class SourceStream:
 
 async def forward(request: web.Request, leader: str, identity: str, stream: SourceStream) -> web.Response:
     """Stream a live source received by a follower to the leader (which authenticates it again)."""
-    headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
-    headers[FORWARDED] = identity
+    headers = headers_for_leader(request, identity)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=None)
     log.info("live source forwarded to the leader", extra={"leader": leader})
     try:
@@ -194,7 +203,7 @@ async def source(request: web.Request) -> web.StreamResponse:
     deadline = loop.time()  # how long to look for a leader: at once at first, a while after losing one
     lost: str | None = None  # the leader lost, named by its lock until the lock expires
     while not channel.encoding:
-        leader = await worker.leader_url() if FORWARDED not in request.headers else None
+        leader = await leader_to_forward_to(request)
         if leader is not None and leader != lost:
             stream = stream or SourceStream(await audio(request), fmt)
             try:
@@ -261,10 +270,10 @@ async def metadata(request: web.Request) -> web.Response:
     if live is None:
         return json_error(409, "not_live", "this channel has no live source")
     if not channel.encoding:
-        leader = await worker.leader_url() if FORWARDED not in request.headers else None
+        leader = await leader_to_forward_to(request)
         if leader is None:
             return json_error(503, "not_leader", "this replica is not encoding the channel; retry")
-        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: worker.identity}
+        headers = headers_for_leader(request, worker.identity, ("Authorization",))
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session, session.get(
                     f"{leader}/stream/{name}/admin/metadata", params={"mode": "updinfo", "song": song},

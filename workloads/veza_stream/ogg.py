@@ -7,12 +7,37 @@ packets that may continue across pages (a lacing value of 255 means "more follow
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 _HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, sequence, crc, segments
 
 
 class OggError(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    flags: int
+    granule: int
+    lacing: bytes  # the sizes of the page's segments
+    body: int  # where its body starts in the buffer it was read from
+    end: int  # and where the page ends
+
+
+def page_at(buffer: bytes | bytearray | memoryview, pos: int = 0) -> Page | None:
+    """The page starting at `pos`, None when the buffer ends inside it; OggError when no page starts there."""
+    if len(buffer) - pos < _HEADER.size:
+        return None
+    capture, _, flags, granule, _, _, _, count = _HEADER.unpack_from(buffer, pos)
+    if capture != b"OggS":
+        raise OggError("not an Ogg page")
+    body = pos + _HEADER.size + count
+    if len(buffer) < body:
+        return None
+    lacing = bytes(buffer[pos + _HEADER.size:body])
+    end = body + sum(lacing)
+    return Page(flags, granule, lacing, body, end) if len(buffer) >= end else None
 
 
 class PacketReader:
@@ -26,23 +51,18 @@ class PacketReader:
         view = memoryview(data)
         pos = 0
         while pos < len(view):
-            if len(view) - pos < _HEADER.size:
-                raise OggError("truncated page header")
-            capture, _, flags, _, _, _, _, count = _HEADER.unpack_from(view, pos)
-            if capture != b"OggS":
-                raise OggError("not an Ogg page")
-            lacing = view[pos + _HEADER.size:pos + _HEADER.size + count]
-            pos += _HEADER.size + count
-            if not flags & 1:
+            page = page_at(view, pos)
+            if page is None:
+                raise OggError("truncated page")
+            if not page.flags & 1:
                 self._partial.clear()  # a page that continues nothing: drop what an earlier loss left behind
-            for value in lacing:
+            pos = page.body
+            for value in page.lacing:
                 self._partial += view[pos:pos + value]
                 pos += value
                 if value < 255:
                     packets.append(bytes(self._partial))
                     self._partial.clear()
-            if pos > len(view):
-                raise OggError("truncated page body")
         return packets
 
 
@@ -62,15 +82,18 @@ class HeaderPages:
         if self.done:
             return
         self._pending += data
-        while len(self._pending) >= _HEADER.size:
-            capture, _, _, granule, _, _, _, count = _HEADER.unpack_from(self._pending)
-            end = _HEADER.size + count
-            if capture != b"OggS" or granule not in (0, -1) or len(self.data) > self._limit:
-                self.done = True  # the first audio page (or not Ogg at all): the header is what came before
-                self._pending.clear()
-                return
-            if len(self._pending) < end or len(self._pending) < end + sum(self._pending[_HEADER.size:end]):
-                return  # the rest of the page is still to come
-            end += sum(self._pending[_HEADER.size:end])
-            self.data += self._pending[:end]
-            del self._pending[:end]
+        while not self.done:
+            try:
+                page = page_at(self._pending)
+            except OggError:
+                page = None
+                self.done = True  # not Ogg at all: nothing to keep
+            if page is None:
+                break  # or the rest of the page is still to come
+            if page.granule not in (0, -1) or len(self.data) > self._limit:
+                self.done = True  # the first audio page: the header is what came before
+                break
+            self.data += self._pending[:page.end]
+            del self._pending[:page.end]
+        if self.done:
+            self._pending.clear()

@@ -18,7 +18,7 @@ import av
 import av.audio.resampler
 from av.audio.codeccontext import AudioCodecContext
 
-from . import lame, opus
+from . import lame, ogg, opus
 from .spec import Rendition
 
 log = logging.getLogger(__name__)
@@ -254,8 +254,8 @@ class OpusOgg(_Encoder):
 
 def _pre_skip(header: bytes) -> int:
     """The pre-skip field of the OpusHead packet in these header pages (RFC 7845 5.1)."""
-    at = header.find(b"OpusHead")
-    return int.from_bytes(header[at + 10:at + 12], "little") if at >= 0 else -1
+    head = next(iter(ogg.PacketReader().feed(header)), b"")
+    return int.from_bytes(head[10:12], "little") if head.startswith(b"OpusHead") else -1
 
 
 def make_encoder(rendition: Rendition, start_pts: int = 0, *, prefer_system_codecs: bool = True) -> _Encoder:

@@ -80,7 +80,6 @@ class Worker:
         self.counter: ListenerCounter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
-        self._headers: dict[str, Chunk] = {}  # the codec header of each rendition this replica encodes
         self.recorder: Recorder | None = None
         hls = self.spec.delivery.hls
         if self.spec.recording.enabled or (hls.enabled and hls.archive):
@@ -172,13 +171,12 @@ class Worker:
     def _publish_audio(self, batch: Batch, title: str) -> None:
         if self.nc is None or not self.nc.is_connected:
             return
-        # Every batch leads with each rendition's codec header, so a replica that starts (or missed the
-        # encoder's start) can serve Ogg listeners and HLS init segments; receivers drop repeats.
+        # Every batch leads with each rendition's codec header (the channel received ours first), so a replica
+        # that starts after the encoder can serve Ogg listeners and HLS init segments; receivers drop repeats.
         for rendition, chunks in batch.items():
-            if chunks and chunks[0].header:
-                self._headers[rendition] = chunks[0]
-            elif (header := self._headers.get(rendition)) is not None:
-                batch = {**batch, rendition: [header, *chunks]}
+            header = self.channel.headers.get(rendition)
+            if header is not None and not (chunks and chunks[0].header):
+                batch = {**batch, rendition: [Chunk(header, 0, 0, header=True), *chunks]}
         task = asyncio.create_task(self.nc.publish(self.subject("audio"), encode_batch(batch, title)))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
