@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the Go tools the tests need (Kubernetes control plane, etcd, kwok,
-# helm, OpenTofu) from the pinned wrapper modules in hack/tools/*, and caches
+# Builds the Go tools the tests need (Kubernetes control plane and node, etcd,
+# kwok, helm, OpenTofu, containerd, CoreDNS, Traefik, the pod sandbox program)
+# from the pinned wrapper modules in hack/tools/*, and caches
 # the binaries under $VEZA_CACHE/bin/<tool>-<version>. A second run builds
 # nothing. Prints the directory holding the binaries on its last line.
 #
@@ -18,6 +19,10 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.21.4
 TOFU_VERSION=v1.11.6
+CONTAINERD_VERSION=v2.3.7
+COREDNS_VERSION=v1.14.7
+TRAEFIK_VERSION=v3.6.12
+PAUSE_VERSION=1.0  # hack/tools/pause: bump when main.go changes
 
 kube_minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
 kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$kube_minor"
@@ -38,7 +43,7 @@ build() {
   echo "building $name $version: ${missing[*]}" >&2
   local out; out=$(mktemp -d "$cache/build.XXXXXX")
   local start=$SECONDS
-  (cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/" "${missing[@]}")
+  (cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath ${GO_TAGS:+-tags "$GO_TAGS"} -ldflags "$ldflags" -o "$out/" "${missing[@]}")
   # go names each binary after its package path's last element (or the one
   # before a /vN suffix); map them back to the names we asked for.
   local i
@@ -51,17 +56,28 @@ build() {
   echo "built $name $version in $((SECONDS - start)) s" >&2
 }
 
-want=${*:-kubernetes etcd kwok helm opentofu}
+want=${*:-kubernetes etcd kwok helm opentofu containerd coredns traefik pause}
 for tool in $want; do
   case $tool in
     kubernetes) build kubernetes "$KUBE_VERSION" kubernetes "$kube_ldflags" \
         kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
         kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
-        kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kubectl=k8s.io/kubernetes/cmd/kubectl ;;
+        kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kubectl=k8s.io/kubernetes/cmd/kubectl \
+        kubelet=k8s.io/kubernetes/cmd/kubelet kube-proxy=k8s.io/kubernetes/cmd/kube-proxy ;;
     etcd) build etcd "$ETCD_VERSION" etcd "-s -w" etcd=go.etcd.io/etcd/server/v3 ;;
     kwok) build kwok "$KWOK_VERSION" kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" kwok=sigs.k8s.io/kwok/cmd/kwok ;;
     helm) build helm "$HELM_VERSION" helm "$helm_ldflags" helm=helm.sh/helm/v3/cmd/helm ;;
     opentofu) build opentofu "$TOFU_VERSION" opentofu "-s -w" tofu=github.com/opentofu/opentofu/cmd/tofu ;;
+    # The real node's container runtime (design: its own config, socket and root; never Docker's).
+    containerd) GO_TAGS=no_btrfs,no_devmapper,no_zfs build containerd "$CONTAINERD_VERSION" containerd \
+        "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+        containerd=github.com/containerd/containerd/v2/cmd/containerd \
+        containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+        ctr=github.com/containerd/containerd/v2/cmd/ctr ;;
+    coredns) build coredns "$COREDNS_VERSION" coredns "-s -w" coredns=github.com/coredns/coredns ;;
+    traefik) build traefik "$TRAEFIK_VERSION" traefik "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+        traefik=github.com/traefik/traefik/v3/cmd/traefik ;;
+    pause) build pause "$PAUSE_VERSION" pause "-s -w" pause=veza.dev/hack/tools/pause ;;
     *) echo "unknown tool: $tool" >&2; exit 2 ;;
   esac
 done
@@ -82,9 +98,24 @@ if [[ -x $bin/kwok-$KWOK_VERSION && ! -s $kwok_stages ]]; then
 fi
 ln -sf "kwok-$KWOK_VERSION-stages.yaml" "$bin/kwok-stages.yaml"
 
+# The Gateway API CRDs (standard channel) at the version Traefik implements, from its module.
+if [[ -x $bin/traefik-$TRAEFIK_VERSION ]]; then
+  gw_version=$(cd "$here/tools/traefik" && go list -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
+  gw_crds=$bin/gateway-api-$gw_version-crds.yaml
+  if [[ ! -s $gw_crds ]]; then
+    gw_dir=$(cd "$here/tools/traefik" && go mod download -json sigs.k8s.io/gateway-api | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    for f in "$gw_dir"/config/crd/standard/*.yaml; do echo "---"; cat "$f"; done > "$gw_crds.tmp"
+    mv "$gw_crds.tmp" "$gw_crds"
+  fi
+  ln -sf "gateway-api-$gw_version-crds.yaml" "$bin/gateway-api-crds.yaml"
+fi
+
 # Stable names (kube-apiserver, etcd, helm, ...) pointing at the pinned versions.
 link() { ln -sf "$1-$2" "$bin/$1"; }
 link kube-apiserver "$KUBE_VERSION"; link kube-controller-manager "$KUBE_VERSION"
 link kube-scheduler "$KUBE_VERSION"; link kubectl "$KUBE_VERSION"
+link kubelet "$KUBE_VERSION"; link kube-proxy "$KUBE_VERSION"
+for exe in containerd containerd-shim-runc-v2 ctr; do link "$exe" "$CONTAINERD_VERSION"; done
+link coredns "$COREDNS_VERSION"; link traefik "$TRAEFIK_VERSION"; link pause "$PAUSE_VERSION"
 link etcd "$ETCD_VERSION"; link kwok "$KWOK_VERSION"; link helm "$HELM_VERSION"; link tofu "$TOFU_VERSION"
 echo "$bin"

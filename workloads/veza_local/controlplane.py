@@ -5,6 +5,9 @@ processes; kwok plays the kubelet of one fake Node, so pods of Deployments get
 scheduled and become Ready. The binaries are built from Go modules by
 ``hack/build-tools.sh`` and cached by version (``$VEZA_CACHE/bin``).
 
+With ``fake_node=False`` and an ``address`` pods can reach, the same control
+plane serves a real node instead (``veza_local.node``).
+
 Used by the test suite and the benchmarks; clients reach it through the
 kubeconfig it writes (an admin token in the group system:masters).
 """
@@ -52,8 +55,8 @@ class _Component(LocalService):
     scheme: ClassVar[str] = "https"
     start_timeout = 90.0
 
-    def __init__(self, plane: ControlPlane) -> None:
-        super().__init__(plane.dir)
+    def __init__(self, plane: ControlPlane, host: str = LOOPBACK) -> None:
+        super().__init__(plane.dir, host=host)
         self.plane = plane
 
     def client_flags(self) -> list[str]:
@@ -105,6 +108,10 @@ class KubeApiserver(_Component):
     name = "kube-apiserver"
     health_path = "/readyz"
 
+    def __init__(self, plane: ControlPlane, host: str = LOOPBACK) -> None:
+        super().__init__(plane, host)
+        self.extra_flags: list[str] = []
+
     @property
     def url(self) -> str:
         return f"https://{self.host}:{self.port}"
@@ -126,6 +133,7 @@ class KubeApiserver(_Component):
             # Write requests are logged, so tests and benchmarks can count them.
             f"--audit-policy-file={p.audit_policy}", f"--audit-log-path={p.audit_log}",
             "--audit-log-maxsize=200",
+            *self.extra_flags,
         ]
 
     @property
@@ -182,12 +190,19 @@ AUDIT_POLICY = {
 
 
 class ControlPlane:
-    """etcd + kube-apiserver + controller-manager + scheduler + kwok with one fake Node."""
+    """etcd + kube-apiserver + controller-manager + scheduler (+ kwok with one fake Node).
 
-    def __init__(self, base_dir: Path) -> None:
+    `address` is where the API server listens and what it advertises (the `kubernetes`
+    Service's endpoint): loopback unless real pods must reach it.
+    """
+
+    def __init__(self, base_dir: Path, *, address: str = LOOPBACK, fake_node: bool = True) -> None:
         self.dir = Path(base_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.fake_node = fake_node
         self.admin_token = secrets.token_hex(24)
+        # Static tokens (user, groups) of other clients, e.g. a kubelet; see add_token.
+        self._tokens: list[tuple[str, str, str]] = []
         self.tokens_file = self.dir / "tokens.csv"
         self.sa_private_key = self.dir / "sa.key"
         self.sa_public_key = self.dir / "sa.pub"
@@ -195,14 +210,21 @@ class ControlPlane:
         self.audit_log = self.dir / "audit.log"
         self.kubeconfig = self.dir / "kubeconfig"
         self.etcd = Etcd(self)
-        self.apiserver = KubeApiserver(self)
+        self.apiserver = KubeApiserver(self, address)
         self.controller_manager = KubeControllerManager(self)
         self.scheduler = KubeScheduler(self)
         self.kwok = Kwok(self)
 
     @property
     def components(self) -> list[_Component]:
-        return [self.etcd, self.apiserver, self.controller_manager, self.scheduler, self.kwok]
+        parts: list[_Component] = [self.etcd, self.apiserver, self.controller_manager, self.scheduler]
+        return [*parts, self.kwok] if self.fake_node else parts
+
+    def add_token(self, user: str, groups: str = "") -> str:
+        """A bearer token for `user` (comma-separated `groups`); call before start()."""
+        token = secrets.token_hex(24)
+        self._tokens.append((token, user, groups))
+        return token
 
     def start(self) -> Self:
         self._write_credentials()
@@ -212,9 +234,10 @@ class ControlPlane:
             self._write_kubeconfig()
             self.controller_manager.start()
             self.scheduler.start()
-            self.kwok.start()
-            self._create_fake_node()
-            self._wait_for_cluster()
+            if self.fake_node:
+                self.kwok.start()
+                self._create_fake_node()
+                self.wait_for_node(FAKE_NODE)
         except BaseException:
             self.stop()
             raise
@@ -241,7 +264,9 @@ class ControlPlane:
             serialization.NoEncryption()))
         self.sa_public_key.write_bytes(key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.tokens_file.write_text(f'{self.admin_token},veza-admin,veza-admin,"system:masters"\n')
+        lines = [f'{self.admin_token},veza-admin,veza-admin,"system:masters"']
+        lines += [f'{token},{user},{user},"{groups}"' for token, user, groups in self._tokens]
+        self.tokens_file.write_text("\n".join(lines) + "\n")
         self.tokens_file.chmod(0o600)
         self.audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
 
@@ -288,12 +313,12 @@ class ControlPlane:
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
 
-    def _wait_for_cluster(self, timeout: float = 90.0) -> None:
-        """Until the fake Node is Ready and the default ServiceAccount exists (pods need both)."""
+    def wait_for_node(self, node: str, timeout: float = 90.0) -> None:
+        """Until `node` is Ready and the default ServiceAccount exists (pods need both)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            ready = self.kubectl("get", "node", FAKE_NODE, "-o",
+            ready = self.kubectl("get", "node", node, "-o",
                                  "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
             sa = self.kubectl("get", "serviceaccount", "default", "-o", "name", check=False)
             if ready.strip() == "True" and sa.strip():
