@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 UV_VERSION=0.13.8
 # What the platform needs to run (`veza up`), and what only the tests need on top.
 APT_PACKAGES=(redis-server libmp3lame0 libopus0)
-APT_DEV_PACKAGES=(chromium libshout3)  # the browser test; a real Icecast source client library for the ingest tests
+APT_DEV_PACKAGES=(chromium libshout3 ffmpeg)  # the browser test; Icecast source clients for the ingest tests
 # The end-to-end suite's real node: runc, CNI plugins, what kube-proxy and the network setup call.
 APT_DEV_PACKAGES+=(runc containernetworking-plugins conntrack iptables iproute2)
 [ "${1:-}" = --runtime ] || APT_PACKAGES+=("${APT_DEV_PACKAGES[@]}")

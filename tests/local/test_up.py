@@ -8,18 +8,30 @@ Redis-less mode.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import secrets
+import shutil
 import socket
+import struct
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.local.upproc import EXAMPLES, Up, alive, descendants
+from tests.stream.audio import decode_pcm, frequencies_over_time, sine
+from tests.stream.client import open_stream, read_body
+from veza_core.auth import AUDIENCE_CHAT, TokenIssuer
+from veza_core.keys import KeySet
 from veza_local import crfiles
 from veza_operator import wiring
 from veza_operator.models import VezaPlatformSpec
@@ -32,13 +44,52 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("up") / "data"
 
 
+@dataclass
+class Answer:
+    path: str
+    printed: bool  # the URL was printed before this request was sent
+    status: int | None  # None: nothing listened yet
+    retry_after: str | None
+    content_type: str | None
+
+
+def watch_startup(up: Up, answers: list[Answer], stop: threading.Event) -> None:
+    """What a client polling the entry point gets while `veza up` starts, until a while after the URL is out."""
+    after = 0
+    while not stop.is_set() and after < 20 and up.proc.poll() is None:
+        for path, accept in (("/api/v1/rooms", "application/json"), ("/", "text/html")):
+            printed = "Veza is up:" in up.output()
+            after += printed
+            request = urllib.request.Request(up.url + path, headers={"Accept": accept})  # noqa: S310 - loopback
+            try:
+                with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback
+                    answers.append(Answer(path, printed, resp.status, resp.headers.get("Retry-After"),
+                                          resp.headers.get_content_type()))
+            except urllib.error.HTTPError as exc:
+                answers.append(Answer(path, printed, exc.code, exc.headers.get("Retry-After"),
+                                      exc.headers.get_content_type()))
+            except OSError:
+                answers.append(Answer(path, printed, None, None, None))
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
-def running(data_dir: Path) -> Iterator[Up]:
+def startup() -> list[Answer]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def running(data_dir: Path, startup: list[Answer]) -> Iterator[Up]:
     up = Up(data_dir)
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_startup, args=(up, startup, stop), daemon=True)
+    watcher.start()
     try:
         up.wait_ready()
+        watcher.join(30)
         yield up
     finally:
+        stop.set()
         up.kill()
 
 
@@ -136,6 +187,136 @@ async def test_stream_through_the_entry_point(running: Up) -> None:
             assert received >= 32_000
 
 
+def test_nothing_is_served_before_the_url_and_no_502_after(running: Up, startup: list[Answer]) -> None:
+    """Until every worker is ready the entry point answers 503 with Retry-After (the page, too: a browser gets a
+    page that reloads itself); from the moment the URL is printed, the API and the page answer."""
+    before = [a for a in startup if not a.printed]
+    after = [a for a in startup if a.printed]
+    assert any(a.status == 503 for a in before), before  # the gate was seen, not just a fast start
+    for a in before:
+        assert a.status in (None, 503), a
+        if a.status == 503:
+            assert a.retry_after == "1", a
+            assert a.content_type == ("text/html" if a.path == "/" else "application/json"), a
+    assert len(after) >= 10 and all(a.status == 200 for a in after), after
+
+
+def _handshake_headers(*protocols: str) -> dict[str, str]:
+    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(secrets.token_bytes(16)).decode()}
+    if protocols:
+        headers["Sec-WebSocket-Protocol"] = ", ".join(protocols)
+    return headers
+
+
+async def test_chat_refusals_arrive_intact_through_the_entry_point(running: Up) -> None:
+    """The chat worker refuses a WebSocket before the upgrade with a status and a JSON error (docs/chat-protocol.md);
+    through the entry point the client gets exactly that answer."""
+    issuer = TokenIssuer(KeySet(running.data_dir / "jwt-keys"), issuer=running.url)
+    stranger = TokenIssuer(KeySet(running.data_dir / "jwt-keys"), issuer="https://elsewhere.example")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{running.url}/api/v1/auth/login",
+                             json={"email": "dev@veza.local", "password": "veza-dev-password"}) as r:
+            api_token = (await r.json())["access_token"]  # audience veza-api
+        cases = [
+            ((), 401, "token_missing"),
+            (("veza.chat.v1", "bearer.not-a-jwt"), 401, "token_malformed"),
+            (("veza.chat.v1", f"bearer.{api_token}"), 401, "token_audience"),
+            (("veza.chat.v1", f"bearer.{issuer.issue('u1', audience=AUDIENCE_CHAT, ttl=-60)}"), 401,
+             "token_expired"),
+            (("veza.chat.v1", f"bearer.{stranger.issue('u1', audience=AUDIENCE_CHAT)}"), 401, "token_issuer"),
+            (("veza.chat.v1", f"bearer.{issuer.issue('u1', audience=AUDIENCE_CHAT, room='other')}"), 403,
+             "token_room"),
+        ]
+        direct = f"http://127.0.0.1:{running.worker_ports()['chat-general']}"
+        for protocols, status, code in cases:
+            answers = []
+            for base in (running.url, direct):
+                async with http.get(f"{base}/chat/general/ws", headers=_handshake_headers(*protocols)) as r:
+                    answers.append((r.status, r.reason, r.content_type, "X-Request-Id" in r.headers, await r.read()))
+            through, worker = answers
+            assert worker[0] == status and json.loads(worker[4])["error"]["code"] == code, (code, worker)
+            assert through == worker, code
+
+
+def _broadcast_command(port: int, password: str, mp3: Path) -> list[str]:
+    """The command docs/local.md gives, quieter."""
+    ffmpeg = shutil.which("ffmpeg")
+    assert ffmpeg, "ffmpeg is needed (Debian package; hack/bootstrap.sh installs it)"
+    return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-i", str(mp3), "-c", "copy",
+            "-ice_name", "Live from ffmpeg", "-f", "mp3", f"icecast://source:{password}@127.0.0.1:{port}/stream/radio/source"]
+
+
+async def test_ffmpeg_broadcasts_through_the_entry_point(running: Up, tmp_path: Path) -> None:
+    """ffmpeg's icecast:// output (PUT, `Expect: 100-continue`, a body read until it hangs up) goes on air through
+    the URL `veza up` prints, with the example channel's password from its Secret; a wrong one gets a 401 that
+    ffmpeg reports, before it sends any audio."""
+    password = crfiles.load([EXAMPLES]).secrets["radio-source"]["password"]
+    mp3 = tmp_path / "live.mp3"
+    mp3.write_bytes(sine(1000, 4.0))
+
+    wrong = await asyncio.create_subprocess_exec(*_broadcast_command(running.port, "wrong", mp3),
+                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(wrong.communicate(), 20)
+    assert wrong.returncode != 0 and b"401 Unauthorized" in err, err
+
+    status, headers, reader, writer = await open_stream("127.0.0.1", running.port, "/stream/radio/mp3-128")
+    assert status == 200
+    listening = asyncio.create_task(read_body(reader, headers, 10**9, 8.0))
+    await asyncio.sleep(1.0)
+    ffmpeg = await asyncio.create_subprocess_exec(*_broadcast_command(running.port, password, mp3),
+                                                  stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(2.5)
+    async with aiohttp.ClientSession() as http, http.get(f"{running.url}/stream/radio/now-playing") as r:
+        playing = await r.json()
+    assert playing["source"] == "live" and playing["title"] == "Live from ffmpeg", playing
+    _, err = await asyncio.wait_for(ffmpeg.communicate(), 20)
+    assert ffmpeg.returncode == 0, err
+    body = await listening
+    writer.close()
+    freqs = frequencies_over_time(*decode_pcm(body, "mp3"), 0.25)
+    assert sum(abs(f - 1000) < 20 for f in freqs) >= 8, freqs  # ~3 s of the broadcast reached the listener
+    lines = [json.loads(line) for line in (running.data_dir / "logs" / "stream-radio.log").read_text().splitlines()
+             if line.startswith("{")]
+    ended = [line for line in lines if line.get("msg") == "live source disconnected"]
+    assert ended and ended[-1]["bytes"] >= 0.95 * mp3.stat().st_size and ended[-1]["error"] is None, ended
+    sources = [line["status"] for line in lines if line.get("path") == "/stream/radio/source"]
+    assert sources[-2:] == [401, 200], sources
+
+
+def _hang_up(port: int, path: str, *, version: str = "1.1", headers: str = "", reset: bool = False,
+             stall: float = 0.0) -> None:
+    """A listener that goes away: after the first bytes, with a FIN or a reset, or after not reading for a while."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        if stall:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+        if stall:
+            time.sleep(stall)
+        else:
+            assert b" 200 " in s.recv(100)
+        if reset:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_listeners_that_disconnect_leave_no_traceback(running: Up) -> None:
+    """Listeners going away is normal: neither the entry point nor the stream worker logs a traceback for it."""
+    worker = running.worker_ports()["stream-radio"]
+    with urllib.request.urlopen(f"{running.url}/stream/radio/hls/mp3-128/index.m3u8") as resp:  # noqa: S310
+        segment = [line for line in resp.read().decode().splitlines() if line and not line.startswith("#")][-1]
+    for port in (running.port, worker):
+        for path in ("/stream/radio/mp3-128", "/stream/radio/opus-96", f"/stream/radio/hls/mp3-128/{segment}"):
+            _hang_up(port, path)
+            _hang_up(port, path, reset=True)
+            _hang_up(port, path, version="1.0")
+            _hang_up(port, path, headers="Icy-MetaData: 1\r\n", reset=True)
+        _hang_up(port, "/stream/radio/mp3-128", stall=2.0)
+    time.sleep(1.0)
+    logs = {"veza up": running.output()} | {p.name: p.read_text() for p in (running.data_dir / "logs").glob("*.log")}
+    for name, text in logs.items():
+        assert "Traceback" not in text and "Error handling request" not in text, (name, text[-3000:])
+
+
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
@@ -169,7 +350,11 @@ def test_workers_get_the_operators_environment(running: Up) -> None:
         for key, value in cluster.items():
             if key in overrides or key in connections:
                 continue
+            if isinstance(value, wiring.SecretValue):  # the example channel's source password, from its Secret
+                value = crs.secrets[value.secret][value.key]
             assert env[key] == value, (component, key)
+        if component == "stream":
+            assert env["VEZA_SOURCE_PASSWORD"] == crs.secrets["radio-source"]["password"]
         assert env["VEZA_PUBLIC_URL"] == env["VEZA_JWT_ISSUER"] == running.url
         assert env["VEZA_HTTP_HOST"] == "127.0.0.1"
         assert env["VEZA_DATABASE_URL"].startswith("postgresql://postgres@127.0.0.1:")
@@ -177,6 +362,35 @@ def test_workers_get_the_operators_environment(running: Up) -> None:
         assert Path(env["VEZA_JWT_KEYS_DIR"]) == running.data_dir.resolve() / "jwt-keys"
         if resource is not None:
             assert json.loads(env["VEZA_RESOURCE_SPEC"]) == wiring.worker_spec(resource.spec)
+
+
+def test_a_crashed_worker_is_503_until_restarted(running: Up) -> None:
+    """While a crashed worker is restarted (as its Deployment would be), its route answers 503 with Retry-After,
+    not 502, then the worker answers again."""
+    os.kill(_worker_pid(running, "chat"), 9)
+    deadline = time.monotonic() + 5
+    seen: list[tuple[int, str | None]] = []
+    while time.monotonic() < deadline and 503 not in [s for s, _ in seen]:
+        try:
+            with urllib.request.urlopen(f"{running.url}/chat/general/history", timeout=5):  # noqa: S310
+                pass
+        except urllib.error.HTTPError as exc:
+            seen.append((exc.code, exc.headers.get("Retry-After")))
+            if exc.code == 503:
+                assert json.loads(exc.read())["error"]["code"] == "upstream_unavailable"
+        time.sleep(0.02)
+    assert (503, "1") in seen and 502 not in [s for s, _ in seen], seen
+    deadline = time.monotonic() + 60
+    status = 503
+    while time.monotonic() < deadline and status == 503:
+        time.sleep(0.2)
+        try:
+            with urllib.request.urlopen(f"{running.url}/chat/general/history", timeout=5) as resp:  # noqa: S310
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+    assert status == 401  # the restarted worker itself: no token
+    assert "chat-general exited with -9; restarting" in running.output()
 
 
 def test_a_second_up_on_the_same_data_dir_is_refused(running: Up) -> None:

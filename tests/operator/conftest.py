@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,11 @@ class OperatorProcess:
     """`veza operator` as a child process, authenticated as the chart's ServiceAccount."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, *, peering: str | None = PEERING,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, namespaces: Sequence[str] = (),
+                 veza: Sequence[str] = (sys.executable, "-m", "veza_cli.main")) -> None:
         self.kubeconfig = kubeconfig
+        self.namespaces = list(namespaces)  # watched; none: the whole cluster
+        self.veza = list(veza)  # the `veza` command (another environment's console script)
         self.log_path = log_path
         self.peering = peering
         self.extra_env = extra_env or {}
@@ -43,9 +46,11 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "VEZA_RESYNC_SECONDS": "3",
                "VEZA_PEERING_LIFETIME": "6", "VEZA_CAPABILITY_TTL": "2", **self.extra_env}
-        args = [sys.executable, "-m", "veza_cli.main", "operator", "--bind", "127.0.0.1",
+        args = [*self.veza, "operator", "--bind", "127.0.0.1",
                 "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)]
         args += ["--peering", self.peering] if self.peering else ["--standalone"]
+        for namespace in self.namespaces:
+            args += ["--namespace", namespace]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)

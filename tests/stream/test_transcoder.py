@@ -10,9 +10,10 @@ import pytest
 
 from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
 from veza_stream import opus
+from veza_stream.pump import silence
 from veza_stream.sources import decode
 from veza_stream.spec import Rendition
-from veza_stream.transcoder import SAMPLE_RATE, OpusOgg, Transcoder
+from veza_stream.transcoder import CANONICAL_FORMAT, LAYOUT, SAMPLE_RATE, OpusOgg, Transcoder
 
 FORMATS = {"mp3": "mp3", "aac": "aac", "opus": "ogg"}
 
@@ -63,3 +64,16 @@ def test_system_libopus_times_packets_as_pyav_does() -> None:
         samples, rate = decode_pcm(body, "ogg")
         assert abs(dominant_frequency(samples, rate) - 440) < 5
     assert timing[True] == timing[False]
+
+
+def test_silence_is_silent_canonical_audio() -> None:
+    """The pump's filler when nothing is on air: PyAV leaves new planes uninitialised, so it zeroes them itself."""
+    for samples in (1024, 960, 1):
+        frame = silence(samples)
+        assert (frame.format.name, frame.layout.name, frame.sample_rate) == (CANONICAL_FORMAT, LAYOUT, SAMPLE_RATE)
+        pcm = frame.to_ndarray()
+        assert pcm.shape == (2, samples) and not pcm.any()
+    transcoder = Transcoder([Rendition(name="mp3", codec="mp3", bitrateKbps=128)])
+    chunks = [c for _ in range(100) for c in transcoder.encode(silence())["mp3"]]
+    samples, rate = decode_pcm(transcoder.headers()["mp3"] + b"".join(c.data for c in chunks), "mp3")
+    assert len(samples) > rate and abs(samples).max() < 1e-3

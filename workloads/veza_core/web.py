@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .logs import request_id
@@ -84,6 +84,36 @@ def _json_http_error(exc: web.HTTPException) -> web.HTTPException:
                             headers={k: v for k, v in exc.headers.items() if k.lower() in keep})
     new.set_status(exc.status, exc.reason)
     return new
+
+
+class _UnframedBody:
+    """Takes the connection's bytes after the headers, for a request without Content-Length or chunked encoding."""
+
+    def __init__(self, reader: StreamReader) -> None:
+        self.reader = reader
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.reader.feed_data(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.reader.feed_eof()
+
+
+def unframed(request: web.BaseRequest) -> bool:
+    """Neither Content-Length nor chunked: what Icecast source clients (ffmpeg's icecast://) send, read until the
+    connection closes. aiohttp's parser takes such a request as bodiless."""
+    return ("Content-Length" not in request.headers
+            and "chunked" not in request.headers.get("Transfer-Encoding", "").lower())
+
+
+def divert_body(request: web.BaseRequest) -> StreamReader:
+    """The connection's bytes from now on, as the body of an unframed request (aiohttp's parser would take them as
+    the next request); they end when the client closes. Only safe while the client waits for an answer (before
+    `100 Continue`), so that none of them has been parsed yet; the connection cannot be reused afterwards."""
+    reader = StreamReader(request.protocol, 2**16, loop=asyncio.get_running_loop())
+    request.protocol.set_parser(_UnframedBody(reader))  # type: ignore[arg-type]
+    return reader
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -415,6 +415,7 @@ class Up:
         await asyncio.gather(*(self._wait_ready(w, prefix) for w, prefix in planned))
 
         await self._declare(api, p)
+        routes.ready = True  # until now the entry point answered 503 + Retry-After to everything (docs/local.md)
         console.line("")
         console.line(console.bold(f"Veza is up: {self.public_url}/") + f"   (ready in {console.elapsed().strip()})")
         console.line(f"  dev login: {DEV_EMAIL} / {DEV_PASSWORD} (platform admin)")

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler
 
-from veza_core.web import json_error
+from veza_core.web import divert_body, json_error, unframed
 
 from . import ogg
 from .access import AccessDenied, check_broadcaster
@@ -34,30 +34,9 @@ FORWARDED = "X-Veza-Forwarded-By"
 UNFRAMED: web.RequestKey[StreamReader] = web.RequestKey("veza_unframed_body", StreamReader)
 
 
-class _UnframedBody:
-    """Takes the connection's bytes after the headers, for a PUT without Content-Length or chunked encoding."""
-
-    def __init__(self, reader: StreamReader) -> None:
-        self.reader = reader
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.reader.feed_data(data)
-        return False, b""
-
-    def feed_eof(self) -> None:
-        self.reader.feed_eof()
-
-
-def unframed(request: web.BaseRequest) -> bool:
-    return ("Content-Length" not in request.headers
-            and "chunked" not in request.headers.get("Transfer-Encoding", "").lower())
-
-
 def divert(request: web.Request) -> StreamReader:
-    """The connection's bytes from now on, as the request's body: aiohttp's parser would take them as the next
-    request. Only safe while the client waits for an answer, so that none of them has been parsed yet."""
-    reader = StreamReader(request.protocol, 2**16, loop=asyncio.get_running_loop())
-    request.protocol.set_parser(_UnframedBody(reader))  # type: ignore[arg-type]
+    """The connection's bytes from now on, as the request's body (see `veza_core.web.divert_body`)."""
+    reader = divert_body(request)
     request[UNFRAMED] = reader
     return reader
 
