@@ -193,8 +193,13 @@ def test_nothing_is_served_before_the_url_and_no_502_after(running: Up, startup:
     before = [a for a in startup if not a.printed]
     after = [a for a in startup if a.printed]
     assert any(a.status == 503 for a in before), before  # the gate was seen, not just a fast start
+    for path in ("/", "/api/v1/rooms"):
+        # Nothing listening, then 503s, then 200s (the last ones may be sent just before the URL is printed).
+        statuses = [a.status for a in startup if a.path == path]
+        assert set(statuses) <= {None, 503, 200}, statuses
+        first_ok = statuses.index(200)
+        assert set(statuses[first_ok:]) == {200} and None not in statuses[statuses.index(503):], statuses
     for a in before:
-        assert a.status in (None, 503), a
         if a.status == 503:
             assert a.retry_after == "1", a
             assert a.content_type == ("text/html" if a.path == "/" else "application/json"), a

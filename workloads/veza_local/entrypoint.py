@@ -140,9 +140,11 @@ def create_app(routes: Routes, extra_routes: Callable[[web.Application], None] |
     session_key = web.AppKey("session", aiohttp.ClientSession)
 
     async def on_startup(app: web.Application) -> None:
+        # No keep-alive to the workers (a loopback connect is cheap): a pooled connection to a worker that has just
+        # crashed would fail the next request with a 502, where a fresh connect is refused and answered 503.
         app[session_key] = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None),
-            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0), middlewares=(keep_handshake_refusals,))
+            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None), auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0, force_close=True), middlewares=(keep_handshake_refusals,))
 
     async def on_cleanup(app: web.Application) -> None:
         await app[session_key].close()
