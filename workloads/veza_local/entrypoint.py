@@ -23,12 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDictProxy
 
 from veza_core.web import divert_body, unframed
 
@@ -72,7 +71,8 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-def _copy_headers(upstream: CIMultiDictProxy[str], response: web.StreamResponse) -> None:
+def _copy_headers(upstream: Mapping[str, str], response: web.StreamResponse) -> None:
+    # items() of aiohttp's multidict headers: every value of a repeated header (Set-Cookie), in order.
     for key, value in upstream.items():
         if key.lower() not in HOP_BY_HOP:
             response.headers.add(key, value)
@@ -90,7 +90,7 @@ def unavailable(request: web.Request, code: str, message: str) -> web.Response:
 class HandshakeRefused(Exception):
     """The upstream answered a WebSocket handshake with something else than 101: the whole answer, to pass on."""
 
-    def __init__(self, status: int, reason: str | None, headers: CIMultiDictProxy[str], body: bytes) -> None:
+    def __init__(self, status: int, reason: str | None, headers: Mapping[str, str], body: bytes) -> None:
         super().__init__(f"{status} {reason}")
         self.status, self.reason, self.headers, self.body = status, reason, headers, body
 
