@@ -1,27 +1,38 @@
-# syntax=docker/dockerfile:1
 # One image for everything Veza runs: `veza operator`, `veza api|chat|stream|migrate`.
-# Build: docker build -t ghcr.io/veza-platform/veza:0.1.0 .
-# (Not built in this repository's CI: its machines have no container engine; hadolint and
-# checkov check this file in tests/packaging.)
+# Build (BuildKit): DOCKER_BUILDKIT=1 docker build -t ghcr.io/veza-platform/veza:0.1.0 .
+# Behind a TLS-intercepting proxy, hand pip and uv the machine's CA bundle as a build secret (it is
+# mounted for those commands only and never lands in a layer):
+#   --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt
+# BASE_IMAGE: a Debian bookworm image with python3.11 and pip; the tests build an equivalent of the
+# default from Debian packages (workloads/veza_local/images.py, docs/deploy.md).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+# checkov:skip=CKV_DOCKER_7:The base image is the BASE_IMAGE build argument, whose default above carries the version tag 3.11-slim-bookworm (checkov cannot expand build arguments).
 
 # -- build: the virtual environment from uv.lock, then the project itself ------------------
-FROM python:3.11-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/opt/veza \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install --no-cache-dir uv==0.13.8
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && pip install --no-cache-dir uv==0.13.8
 WORKDIR /src
 # Dependencies first (their layer is reused while only the code changes).
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --no-install-project
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca UV_NATIVE_TLS=1; fi \
+    && uv sync --frozen --no-dev --no-install-project
 COPY operator/ operator/
 COPY workloads/ workloads/
-RUN uv sync --frozen --no-dev --no-editable
+# (the project's build backend, hatchling, comes from PyPI too)
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca UV_NATIVE_TLS=1; fi \
+    && uv sync --frozen --no-dev --no-editable
 
 # -- runtime ----------------------------------------------------------------------------------
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="veza" \
       org.opencontainers.image.description="Veza: Kubernetes-native real-time chat and audio streaming (operator and workers)" \

@@ -12,6 +12,8 @@ APT_PACKAGES=(redis-server libmp3lame0 libopus0)
 APT_DEV_PACKAGES=(chromium libshout3 ffmpeg)  # the browser test; Icecast source clients for the ingest tests
 # The end-to-end suite's real node: runc, CNI plugins, what kube-proxy and the network setup call.
 APT_DEV_PACKAGES+=(runc containernetworking-plugins conntrack iptables iproute2)
+# The image tests: a container engine (Debian's, with BuildKit) and mmdebstrap for the Debian base image.
+APT_DEV_PACKAGES+=(docker.io mmdebstrap)
 [ "${1:-}" = --runtime ] || APT_PACKAGES+=("${APT_DEV_PACKAGES[@]}")
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

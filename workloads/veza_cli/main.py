@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -30,10 +31,19 @@ def _load(name: str) -> ModuleType | None:
         raise
 
 
+def version() -> str:
+    """The installed package's version (the image and the wheel carry the project's metadata)."""
+    try:
+        return importlib.metadata.version("veza")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The parser; only the selected subcommand's module is imported (each pulls in its own heavy
     dependencies: PyAV, boto3, asyncpg, kopf), so `veza operator` does not carry the workers' memory."""
     parser = argparse.ArgumentParser(prog="veza", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"veza {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
