@@ -19,6 +19,12 @@ from veza_local.controlplane import ControlPlane
 from veza_local.services import LocalService, NatsService, PostgresService, RedisService, S3Service
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end suite runs last: its cluster (a dozen pods) lives until the session ends, and
+    would otherwise load the machine under the timing-sensitive tests that follow it."""
+    items.sort(key=lambda item: "/tests/e2e/" in str(item.path))
+
+
 def _started(service: LocalService) -> Iterator[LocalService]:
     service.start()
     try:

@@ -106,8 +106,13 @@ class Cluster:
     def __init__(self, base_dir: Path) -> None:
         self.dir = Path(base_dir)
         self.node = Node(self.dir)
-        self.plane = ControlPlane(self.dir / "plane", address=NODE_IP, fake_node=False)
+        self._plane: ControlPlane | None = None  # made in start(): its address exists only then
         self.front_door_port = 0
+
+    @property
+    def plane(self) -> ControlPlane:
+        assert self._plane is not None, "the cluster is not started"
+        return self._plane
 
     @property
     def kubeconfig(self) -> Path:
@@ -128,6 +133,7 @@ class Cluster:
     def start(self, images: list[Path] | None = None) -> Self:
         """Bring up everything; `images` (archives) are imported into the node before it runs pods."""
         Node.prepare_host()
+        self._plane = ControlPlane(self.dir / "plane", address=NODE_IP, fake_node=False)
         self.node.configure(self.plane)
         try:
             self.plane.start()
@@ -141,7 +147,8 @@ class Cluster:
 
     def stop(self) -> None:
         self.node.stop()
-        self.plane.stop()
+        if self._plane is not None:
+            self._plane.stop()
 
     def __enter__(self) -> Self:
         return self.start()

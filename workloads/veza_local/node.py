@@ -456,19 +456,20 @@ def cleanup_host() -> None:
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
     with contextlib.suppress(ServiceError):  # no kube-proxy built: no rules of its to remove
         subprocess.run([tool("kube-proxy"), "--cleanup"], capture_output=True, check=False, timeout=60)
-    _remove_cni_rules()
+    _remove_chains(("CNI-", "KUBE-"))
 
 
-def _remove_cni_rules() -> None:
-    """Drop the iptables chains the CNI plugins made (masquerade, firewall, hostport)."""
-    for table in ("nat", "filter"):
+def _remove_chains(prefixes: tuple[str, ...]) -> None:
+    """Drop iptables chains the node made: the CNI plugins' (masquerade, firewall, hostport), and the
+    kubelet's and kube-proxy's (`KUBE-FIREWALL`, canaries) that `kube-proxy --cleanup` leaves."""
+    for table in ("nat", "filter", "mangle"):
         rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
         chains = {line[1:].split()[0] for line in rules.splitlines()
-                  if line.startswith(":CNI-")}
+                  if line.startswith(":") and line[1:].startswith(prefixes)}
         for line in rules.splitlines():
             # Jumps into a CNI chain from the built-in chains go first, then the chains themselves.
             rule = shlex.split(line)
-            if rule[:1] == ["-A"] and not rule[1].startswith("CNI-") and any(f"-j {c}" in line for c in chains):
+            if rule[:1] == ["-A"] and not rule[1].startswith(prefixes) and any(f"-j {c}" in line for c in chains):
                 subprocess.run(["iptables", "-t", table, "-D", *rule[1:]], capture_output=True, check=False)
         for chain in chains:
             subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True, check=False)
