@@ -16,6 +16,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
 import sys
 import time
@@ -41,8 +42,11 @@ WRITES = Counter("veza_operator_api_writes_total", "Write requests sent to the A
 QUEUE_DEPTH = Gauge("veza_operator_queue_depth", "Reconciles waiting to run")
 
 
-# Children whose status a reconciler reads: a worker Deployment's readiness, a Job's outcome.
-CHILD_STATUS_READ = frozenset({"Deployment", "Job"})
+# Children whose status a reconciler reads: a worker Deployment's readiness, a Job's outcome, a Gateway's
+# verdict on an HTTPRoute.
+CHILD_STATUS_READ = frozenset({"Deployment", "Job", "HTTPRoute"})
+# How long the answer to "is this optional API served?" is trusted.
+CAPABILITY_TTL = float(os.environ.get("VEZA_CAPABILITY_TTL", "60"))
 
 
 def _slim(body: dict[str, Any], *, keep_status: bool = True) -> dict[str, Any]:
@@ -117,8 +121,7 @@ class Context:
     requeue: Callable[[Key, float], None] = lambda key, delay: None
     capabilities: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
 
-    async def capability(self, group_version: str, resource: str,
-                         ttl: float = float(os.environ.get("VEZA_CAPABILITY_TTL", "60"))) -> bool:
+    async def capability(self, group_version: str, resource: str, ttl: float = CAPABILITY_TTL) -> bool:
         """Whether an optional API (e.g. ServiceMonitor) is served; re-asked at most once per `ttl`."""
         known = self.capabilities.get((group_version, resource))
         if known is not None and time.monotonic() - known[1] < ttl:
@@ -167,7 +170,7 @@ class Context:
 
 # Kinds the operator may delete when a spec no longer asks for them (never Secrets: the keys).
 _PRUNABLE = {"Deployment", "Service", "Ingress", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-             "NetworkPolicy", "Job", "ConfigMap", "ServiceAccount", "ServiceMonitor"}
+             "NetworkPolicy", "Job", "ConfigMap", "ServiceAccount", "ServiceMonitor", "HTTPRoute"}
 
 async def post_event(ctx: Context, body: dict[str, Any], type: str, reason: str, message: str) -> None:
     """A Kubernetes Event (on transitions only); failing to post one never fails a reconcile."""
@@ -218,6 +221,7 @@ class Reconciler:
         self.running: set[Key] = set()
         self.again: set[Key] = set()  # requested while running: run once more afterwards
         self.failures: dict[Key, int] = {}
+        self.due: dict[Key, float] = {}  # when the earliest delayed request of a key fires (loop time)
         self.tasks: list[asyncio.Task[None]] = []
         self.since_trim = 0
         ctx.requeue = self.request_later
@@ -233,7 +237,23 @@ class Reconciler:
             QUEUE_DEPTH.set(len(self.pending))
 
     def request_later(self, key: Key, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, self.request, key)
+        """Request `key` after `delay`, unless a delayed request of it already fires sooner.
+
+        A resource waiting for something (a Secret, an API) asks again on every reconcile; without
+        this, each resync or event would start one more chain of delayed reconciles that never ends.
+        """
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        if self.due.get(key, math.inf) <= due:
+            return
+        self.due[key] = due
+
+        def fire() -> None:
+            if self.due.get(key) == due:
+                del self.due[key]
+            self.request(key)
+
+        loop.call_later(delay, fire)
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._work(), name=f"reconciler-{i}") for i in range(self.workers)]

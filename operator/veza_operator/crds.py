@@ -35,6 +35,7 @@ class Kind:
 
 PLATFORM = Kind("VezaPlatform", "vezaplatforms", "vezaplatform", ("vzp",), models.VezaPlatformSpec, False, (
     {"name": "Host", "type": "string", "jsonPath": ".spec.ingress.host"},
+    {"name": "Gateway", "type": "string", "jsonPath": ".spec.gateway.name", "priority": 1},
     {"name": "Image", "type": "string", "jsonPath": ".spec.image.tag", "priority": 1},
 ))
 CHAT_ROOM = Kind("ChatRoom", "chatrooms", "chatroom", ("vzroom",), models.ChatRoomSpec, True, (

@@ -39,6 +39,7 @@ CHILD_RESOURCES = [
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("batch", "v1", "jobs"),
     ("monitoring.coreos.com", "v1", "servicemonitors"),  # when the Prometheus Operator is installed
+    ("gateway.networking.k8s.io", "v1", "httproutes"),  # when the Gateway API is installed
 ]
 
 

@@ -37,6 +37,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "Job": ("/apis/batch/v1", "jobs"),
     "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     "VezaPlatform": (f"/apis/{GROUP}/{VERSION}", "vezaplatforms"),
     "ChatRoom": (f"/apis/{GROUP}/{VERSION}", "chatrooms"),
     "StreamChannel": (f"/apis/{GROUP}/{VERSION}", "streamchannels"),

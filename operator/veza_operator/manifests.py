@@ -148,6 +148,21 @@ def ingress(name: str, owner: Owner, *, host: str, paths: list[tuple[str, str]],
             "metadata": metadata(name, owner, labels, annotations or None), "spec": spec}
 
 
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+def http_route(name: str, owner: Owner, *, host: str, paths: list[tuple[str, str]], parent: dict[str, Any],
+               labels: dict[str, str]) -> dict[str, Any]:
+    """A Gateway API HTTPRoute: path prefixes of the platform's host to Services (port 80), no rewrite.
+
+    What `ingress` routes, attached to the Gateway `parent` (a parentRef).
+    """
+    return {"apiVersion": f"{GATEWAY_GROUP}/v1", "kind": "HTTPRoute", "metadata": metadata(name, owner, labels),
+            "spec": {"parentRefs": [parent], "hostnames": [host], "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                 "backendRefs": [{"kind": "Service", "name": svc, "port": 80}]} for path, svc in paths]}}
+
+
 def pod_disruption_budget(w: Workload) -> dict[str, Any]:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": metadata(w.name, w.owner, w.labels),

@@ -17,6 +17,7 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 def cel(rule: str, message: str) -> dict[str, Any]:
@@ -135,11 +136,28 @@ class IngressTLS(Model):
 
 
 class IngressSpec(Model):
+    enabled: bool = Field(True, description="Create the Ingresses; turn off for a platform served through "
+                                            "spec.gateway only (host still names the platform).")
     className: str | None = Field(None, description="IngressClass name; empty for the cluster default.")
-    host: str = Field(description="Public host name of the platform.", min_length=1, max_length=253,
-                      pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    tls: IngressTLS | None = Field(None, description="Serve HTTPS with this Secret.")
+    host: str = Field(description="Public host name of the platform, for its Ingresses and HTTPRoutes.",
+                      min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    tls: IngressTLS | None = Field(None, description="Serve HTTPS with this Secret (the public URL is then https).")
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations for every Ingress.")
+
+
+class GatewayRef(Model):
+    """A Gateway (Gateway API, gateway.networking.k8s.io/v1) the platform's HTTPRoutes attach to."""
+
+    name: str = Field(description="Name of the Gateway.", min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    namespace: str | None = Field(
+        None, min_length=1, max_length=63, pattern=DNS_LABEL,
+        description="Namespace of the Gateway; empty for the platform's namespace. A Gateway in another "
+                    "namespace must admit routes from this one (listeners[].allowedRoutes.namespaces).")
+    sectionName: str | None = Field(
+        None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="Name of the listener to attach to; empty for every listener that admits the routes.")
+    https: bool = Field(False, description="The Gateway terminates TLS for the host: the public URL is https "
+                                           "(what ingress.tls says for the Ingresses).")
 
 
 class Image(Model):
@@ -173,11 +191,36 @@ class Observability(Model):
     otlpEndpoint: str | None = Field(None, pattern=r"^https?://", description="OTLP endpoint for traces.")
 
 
+class LabelSelectorRequirement(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("(self.operator in ['In', 'NotIn']) == (size(self.values) > 0)",
+            "In and NotIn need values; Exists and DoesNotExist take none")]})
+
+    key: str = Field(description="Label key.", min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="How the key relates to values.")
+    values: list[str] = Field(default_factory=list, max_length=64,
+                              description="Label values (In, NotIn); empty for Exists and DoesNotExist.")
+
+
+class NamespaceSelector(Model):
+    """A label selector of namespaces (metav1.LabelSelector): every term must match; empty selects all."""
+
+    matchLabels: dict[str, str] = Field(default_factory=dict, description="Labels the namespace must carry.")
+    matchExpressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, max_length=16, description="Label requirements the namespace must meet.")
+
+
+# Names no product: the platform engineer labels the namespace of their front door.
+FRONT_DOOR_LABEL = "veza.io/front-door"
+
+
 class NetworkPolicies(Model):
     enabled: bool = Field(True, description="Default-deny plus what the workers need.")
-    ingressNamespaceLabels: dict[str, str] = Field(
-        default_factory=lambda: {"kubernetes.io/metadata.name": "ingress-nginx"},
-        description="Labels of the namespace the Ingress controller runs in (allowed to reach workers).")
+    frontDoorNamespaceSelector: NamespaceSelector = Field(
+        default_factory=lambda: NamespaceSelector(matchLabels={FRONT_DOOR_LABEL: "true"}),
+        description="Namespaces allowed to reach the workers' HTTP port: where the Ingress controller or the "
+                    "Gateway's proxies run (label it veza.io/front-door=true, or select it otherwise). "
+                    "An empty selector admits every namespace.")
 
 
 class VezaPlatformSpec(Model):
@@ -185,7 +228,11 @@ class VezaPlatformSpec(Model):
 
     connections: Connections = Field(description="Backing services (existing PostgreSQL, Redis, NATS, S3).")
     auth: Auth = Field(default_factory=Auth, description="Tokens and login.")
-    ingress: IngressSpec = Field(description="How end clients reach the platform.")
+    ingress: IngressSpec = Field(description="How end clients reach the platform: its host, and Ingresses "
+                                             "unless disabled.")
+    gateway: GatewayRef | None = Field(
+        None, description="Also route the platform through this Gateway (Gateway API): an HTTPRoute per "
+                          "platform, room and channel on ingress.host, when the cluster serves the API.")
     image: Image = Field(default_factory=Image, description="The worker image, used by every workload.")
     api: ApiSpec = Field(default_factory=ApiSpec, description="The backend API Deployment.")
     defaults: Defaults = Field(default_factory=Defaults, description="Defaults for rooms and channels.")

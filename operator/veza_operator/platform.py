@@ -1,9 +1,9 @@
-"""VezaPlatform: the API Deployment, the Ingress, the JWT keys, migrations, and policies.
+"""VezaPlatform: the API Deployment, the Ingress or HTTPRoute, the JWT keys, migrations, and policies.
 
 The JWT key Secret is created once when absent and never rewritten: rotating
 keys is an explicit operation (docs/api.md, "Keys and rotation"), not a side effect of a
-reconcile. Rooms and channels get their own Ingress objects on the same host
-(controllers merge Ingresses of one host), so adding a room never rewrites a
+reconcile. Rooms and channels get their own Ingress (and HTTPRoute) objects on the same
+host (Ingress controllers and Gateways merge them), so adding a room never rewrites a
 shared object.
 """
 
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from veza_core import keys as jwt_keys
 
-from . import manifests, wiring
+from . import frontdoor, manifests, wiring
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import VezaPlatformSpec, describe_error
@@ -51,12 +51,21 @@ def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str
 
 
 def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any]]:
-    """Default-deny for every pod of the platform, then HTTP from the Ingress controller and each other.
+    """Default-deny for every pod of the platform, then HTTP from the front door and each other.
 
-    Egress stays open: PostgreSQL, Redis, NATS and S3 live wherever the platform
-    points, often outside the cluster.
+    The front door (Ingress controller or Gateway proxies) is found by the namespace
+    selector of the spec. Egress stays open: PostgreSQL, Redis, NATS and S3 live
+    wherever the platform points, often outside the cluster.
     """
     pods = {"matchLabels": {PLATFORM_LABEL: owner.name}}
+    front_door = spec.networkPolicies.frontDoorNamespaceSelector
+    namespaces: dict[str, Any] = {}
+    if front_door.matchLabels:
+        namespaces["matchLabels"] = dict(front_door.matchLabels)
+    if front_door.matchExpressions:
+        namespaces["matchExpressions"] = [
+            {"key": e.key, "operator": e.operator, **({"values": list(e.values)} if e.values else {})}
+            for e in front_door.matchExpressions]
     labels = {PLATFORM_LABEL: owner.name}
     deny = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": metadata(f"{owner.name}-default-deny", owner, labels),
@@ -64,8 +73,7 @@ def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any
     allow = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
              "metadata": metadata(f"{owner.name}-allow-http", owner, labels),
              "spec": {"podSelector": pods, "policyTypes": ["Ingress"], "ingress": [{
-                 "from": [{"namespaceSelector": {"matchLabels": dict(spec.networkPolicies.ingressNamespaceLabels)}},
-                          {"podSelector": pods}],
+                 "from": [{"namespaceSelector": namespaces}, {"podSelector": pods}],
                  "ports": [{"protocol": "TCP", "port": wiring.HTTP_PORT}]}]}}
     return [deny, allow]
 
@@ -79,9 +87,9 @@ def service_monitor(owner: Owner, spec: VezaPlatformSpec) -> dict[str, Any]:
                      "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}}
 
 
-def build_children(owner: Owner, spec: VezaPlatformSpec, *, service_monitors: bool = False
-                   ) -> list[dict[str, Any]]:
-    """Everything a platform owns; `service_monitors` when the cluster serves the Prometheus Operator's API."""
+def build_children(owner: Owner, spec: VezaPlatformSpec, *, service_monitors: bool = False,
+                   http_routes: bool = False) -> list[dict[str, Any]]:
+    """Everything a platform owns; `service_monitors` and `http_routes` when the cluster serves those APIs."""
     labels = {PLATFORM_LABEL: owner.name}
     api = api_workload(owner, spec, api_name(owner.name), API_COMPONENT, spec.api.replicas)
     migrate = api_workload(owner, spec, migration_job_name(owner.name, spec), "migrate", 1)
@@ -95,10 +103,7 @@ def build_children(owner: Owner, spec: VezaPlatformSpec, *, service_monitors: bo
         manifests.job(migrate),
         manifests.deployment(api),
         manifests.service(api),
-        manifests.ingress(owner.name, owner, host=spec.ingress.host, paths=[("/", api.name)],
-                          class_name=spec.ingress.className,
-                          tls_secret=spec.ingress.tls.secretName if spec.ingress.tls else None,
-                          annotations=spec.ingress.annotations, labels=labels),
+        *frontdoor.children(owner.name, owner, spec, [("/", api.name)], labels, http_routes=http_routes),
     ]
     if spec.api.replicas > 1:
         children.append(manifests.pod_disruption_budget(api))
@@ -170,7 +175,8 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     missing = await _missing_secrets(ctx, namespace, wiring.secrets_referenced(spec) | {secret_name})
 
     monitors = await ctx.capability("monitoring.coreos.com/v1", "servicemonitors")
-    await ctx.sync_children(key, build_children(owner, spec, service_monitors=monitors))
+    routes = await frontdoor.serves_routes(ctx, spec)
+    await ctx.sync_children(key, build_children(owner, spec, service_monitors=monitors, http_routes=routes))
 
     if missing:
         ctx.requeue(key, 10.0)  # heal by itself once the Secrets appear
@@ -189,4 +195,7 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
                             "api")
     if health.ready and not job_status.get("succeeded"):
         health = Health(False, "Migrating", "Waiting for the database migration Job.", progressing=True)
+    door = frontdoor.health(ctx, key, spec, name, routes)
+    if door is not None and not health.degraded:
+        health = door
     await report(health)

@@ -30,7 +30,9 @@ EnvValue = str | SecretValue
 
 
 def public_url(spec: VezaPlatformSpec) -> str:
-    scheme = "https" if spec.ingress.tls else "http"
+    """Where end clients reach the platform; also the JWT issuer, so the scheme is declared, never guessed."""
+    https = spec.ingress.tls is not None or (spec.gateway is not None and spec.gateway.https)
+    scheme = "https" if https else "http"
     return f"{scheme}://{spec.ingress.host}"
 
 

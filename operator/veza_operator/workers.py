@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import manifests, wiring
+from . import frontdoor, manifests, wiring
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import (
@@ -48,8 +48,9 @@ def platform_service_account(platform: str) -> str:
 
 
 def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dict[str, Any],
-                   platform_name: str, platform: VezaPlatformSpec) -> list[dict[str, Any]]:
-    """Deployment, Service, Ingress route, and (when they apply) a PDB and an HPA."""
+                   platform_name: str, platform: VezaPlatformSpec, *, http_routes: bool = False
+                   ) -> list[dict[str, Any]]:
+    """Deployment, Service, Ingress and HTTPRoute (as the platform asks), and when they apply a PDB and an HPA."""
     name = worker_name(wk.component, owner.name)
     selector = selector_labels(platform_name, wk.component, owner.name)
     workload = manifests.Workload(
@@ -61,11 +62,8 @@ def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dic
         metrics=platform.observability.metrics.enabled,
     )
     children = [manifests.deployment(workload), manifests.service(workload),
-                manifests.ingress(name, owner, host=platform.ingress.host,
-                                  paths=[(f"{wk.path_prefix}/{owner.name}", name)],
-                                  class_name=platform.ingress.className,
-                                  tls_secret=platform.ingress.tls.secretName if platform.ingress.tls else None,
-                                  annotations=platform.ingress.annotations, labels=workload.labels)]
+                *frontdoor.children(name, owner, platform, [(f"{wk.path_prefix}/{owner.name}", name)],
+                                    workload.labels, http_routes=http_routes)]
     autoscaling = spec.autoscaling is not None and spec.autoscaling.enabled
     if spec.replicas > 1 or (autoscaling and spec.autoscaling is not None and spec.autoscaling.minReplicas > 1):
         children.append(manifests.pod_disruption_budget(workload))
@@ -120,11 +118,15 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
         return
 
     owner = Owner.of(body)
-    children = build_children(wk, owner, spec, raw_spec, platform_name, platform)
+    routes = await frontdoor.serves_routes(ctx, platform)
+    children = build_children(wk, owner, spec, raw_spec, platform_name, platform, http_routes=routes)
     await ctx.sync_children(key, children)
 
     deployment = ctx.store.children.get(("Deployment", namespace, worker_name(wk.component, name)))
     health = workers_health(deployment, spec.replicas, f"{wk.component} worker")
+    door = frontdoor.health(ctx, key, platform, worker_name(wk.component, name), routes)
+    if door is not None and not health.degraded:
+        health = door
     dstatus = (deployment or {}).get("status") or {}
     await report(health, replicas=dstatus.get("replicas", 0), readyReplicas=dstatus.get("readyReplicas", 0),
                  selector=selector_string(selector_labels(platform_name, wk.component, name)),

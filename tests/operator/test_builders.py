@@ -1,19 +1,22 @@
-"""Pure builders: spec in, manifests out (no cluster)."""
+"""Pure builders: spec in, manifests out; and the reconcile queue (no cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 from tests.operator.conftest import platform
 from veza_operator import platform as platform_mod
 from veza_operator.chatroom import CHAT_ROOM
-from veza_operator.controller import Store
+from veza_operator.controller import Context, Key, Reconciler, Store
+from veza_operator.frontdoor import route_health
 from veza_operator.kube import is_subset
-from veza_operator.models import ChatRoomSpec, VezaPlatformSpec
+from veza_operator.models import ChatRoomSpec, StreamChannelSpec, VezaPlatformSpec
 from veza_operator.naming import Owner
 from veza_operator.streamchannel import STREAM_CHANNEL
-from veza_operator.wiring import SecretValue, resolve_env, worker_env
+from veza_operator.wiring import SecretValue, public_url, resolve_env, worker_env
 from veza_operator.workers import build_children
 
 PLATFORM = VezaPlatformSpec.model_validate(platform("ns")["spec"])
@@ -68,8 +71,6 @@ def test_pdb_only_with_several_replicas_and_hpa_only_with_autoscaling() -> None:
 
 def test_channel_worker_runs_the_stream_command() -> None:
     raw = {"platformRef": {"name": "demo"}, "source": {"type": "live"}}
-    from veza_operator.models import StreamChannelSpec
-
     children = by_kind(build_children(STREAM_CHANNEL, Owner("StreamChannel", "radio", "ns", "u"),
                                       StreamChannelSpec.model_validate(raw), raw, "demo", PLATFORM))
     assert children["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["stream"]
@@ -146,3 +147,157 @@ def test_store_keeps_what_reconciles_read_and_shares_repeated_strings() -> None:
     key = next(k for k in deployment["metadata"] if k == "labels")
     assert key is next(k for k in service["metadata"] if k == "labels")
     assert deployment["metadata"]["namespace"] is service["metadata"]["namespace"]
+
+
+# -- the front door: Ingresses, Gateway API HTTPRoutes, the NetworkPolicy selector ------------
+
+GATEWAY = {"name": "public", "namespace": "gateway-system", "sectionName": "https"}
+PARENT = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "gateway-system",
+          "sectionName": "https"}
+
+
+def platform_spec(**spec: Any) -> VezaPlatformSpec:
+    return VezaPlatformSpec.model_validate(platform("ns", **spec)["spec"])
+
+
+def all_children(platform_spec: VezaPlatformSpec, *, http_routes: bool) -> dict[str, list[dict[str, Any]]]:
+    """Every child of a platform, a room and a channel on it, by kind."""
+    out: list[dict[str, Any]] = platform_mod.build_children(Owner("VezaPlatform", "demo", "ns", "u"), platform_spec,
+                                                            http_routes=http_routes)
+    room_raw = {"platformRef": {"name": "demo"}}
+    out += build_children(CHAT_ROOM, ROOM_OWNER, ChatRoomSpec.model_validate(room_raw), room_raw, "demo",
+                          platform_spec, http_routes=http_routes)
+    chan_raw = {"platformRef": {"name": "demo"}, "source": {"type": "live"}}
+    out += build_children(STREAM_CHANNEL, Owner("StreamChannel", "radio", "ns", "u"),
+                          StreamChannelSpec.model_validate(chan_raw), chan_raw, "demo", platform_spec,
+                          http_routes=http_routes)
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for child in out:
+        kinds.setdefault(child["kind"], []).append(child)
+    return kinds
+
+
+def test_an_http_route_per_platform_room_and_channel_like_their_ingresses() -> None:
+    kinds = all_children(platform_spec(gateway=GATEWAY), http_routes=True)
+    routes = {r["metadata"]["name"]: r for r in kinds["HTTPRoute"]}
+    ingresses = {i["metadata"]["name"]: i for i in kinds["Ingress"]}
+    assert set(routes) == set(ingresses) == {"demo", "chat-general", "stream-radio"}
+    for name, (path, service) in {"demo": ("/", "demo-api"), "chat-general": ("/chat/general", "chat-general"),
+                                  "stream-radio": ("/stream/radio", "stream-radio")}.items():
+        route = routes[name]
+        assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert route["spec"] == {
+            "parentRefs": [PARENT], "hostnames": ["veza.test"],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                       "backendRefs": [{"kind": "Service", "name": service, "port": 80}]}]}
+        ingress = ingresses[name]
+        assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == path
+        assert route["metadata"]["labels"] == ingress["metadata"]["labels"]
+        assert route["metadata"]["ownerReferences"] == ingress["metadata"]["ownerReferences"]
+        assert "annotations" not in route["metadata"], "Ingress annotations are for Ingress controllers"
+
+
+def test_routes_only_with_a_gateway_named_and_the_api_served() -> None:
+    assert "HTTPRoute" not in all_children(platform_spec(gateway=GATEWAY), http_routes=False)
+    assert "HTTPRoute" not in all_children(platform_spec(), http_routes=True)
+
+
+def test_gateway_in_the_platform_namespace_and_every_listener_by_default() -> None:
+    (route, *_) = all_children(platform_spec(gateway={"name": "public"}), http_routes=True)["HTTPRoute"]
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                            "name": "public", "namespace": "ns"}]
+
+
+def test_gateway_only_platform_has_no_ingress_and_keeps_its_public_url() -> None:
+    kinds = all_children(platform_spec(ingress={"host": "veza.test", "enabled": False}, gateway=GATEWAY),
+                         http_routes=True)
+    assert "Ingress" not in kinds and len(kinds["HTTPRoute"]) == 3
+    assert public_url(platform_spec(ingress={"host": "veza.test", "enabled": False}, gateway=GATEWAY)) == \
+        "http://veza.test"
+    assert public_url(platform_spec(ingress={"host": "veza.test", "enabled": False},
+                                    gateway={**GATEWAY, "https": True})) == "https://veza.test"
+    assert platform_spec().ingress.enabled, "Ingresses stay on by default"
+
+
+def route_with(*parents: dict[str, Any], generation: int = 2) -> dict[str, Any]:
+    return {"kind": "HTTPRoute", "metadata": {"name": "chat-general", "namespace": "ns", "generation": generation},
+            "status": {"parents": list(parents)}}
+
+
+def parent_status(ref: dict[str, Any], *conditions: tuple[str, str, str, str], generation: int = 2
+                  ) -> dict[str, Any]:
+    return {"parentRef": ref, "controllerName": "example.com/gateway", "conditions": [
+        {"type": t, "status": s, "reason": r, "message": m, "observedGeneration": generation,
+         "lastTransitionTime": "2025-01-01T00:00:00Z"} for t, s, r, m in conditions]}
+
+
+def test_a_route_the_gateway_did_not_accept_degrades_its_owner_with_the_gateways_message() -> None:
+    refused = route_with(parent_status(PARENT, ("Accepted", "False", "NotAllowedByListeners", "no listener admits ns"),
+                                       ("ResolvedRefs", "True", "ResolvedRefs", "")))
+    health = route_health(refused, PARENT)
+    assert health is not None and health.degraded and not health.ready
+    assert health.reason == "RouteNotAccepted"
+    assert "gateway-system/public" in health.message and "NotAllowedByListeners: no listener admits ns" in \
+        health.message
+
+    unresolved = route_with(parent_status(PARENT, ("Accepted", "True", "Accepted", ""),
+                                          ("ResolvedRefs", "False", "BackendNotFound", "service missing")))
+    health = route_health(unresolved, PARENT)
+    assert health is not None and health.reason == "RouteRefsNotResolved" and "service missing" in health.message
+
+
+def test_route_verdicts_of_other_gateways_older_generations_or_none_are_not_problems() -> None:
+    accepted = route_with(parent_status(PARENT, ("Accepted", "True", "Accepted", ""),
+                                        ("ResolvedRefs", "True", "ResolvedRefs", "")))
+    assert route_health(accepted, PARENT) is None
+    other = route_with(parent_status({**PARENT, "sectionName": "http"},
+                                     ("Accepted", "False", "NotAllowedByListeners", "")))
+    assert route_health(other, PARENT) is None, "another listener's verdict"
+    stale = route_with(parent_status(PARENT, ("Accepted", "False", "NoMatchingParent", ""), generation=1))
+    assert route_health(stale, PARENT) is None, "computed for the previous spec"
+    assert route_health(route_with(), PARENT) is None, "no controller has answered yet"
+    assert route_health(None, PARENT) is None
+    implicit = route_with(parent_status({"name": "public", "namespace": "gateway-system", "sectionName": "https"},
+                                        ("Accepted", "False", "NotAllowedByListeners", "")))
+    assert route_health(implicit, PARENT) is not None, "group and kind default to Gateway"
+
+
+def allow_http(spec: VezaPlatformSpec) -> dict[str, Any]:
+    policies = platform_mod.network_policies(Owner("VezaPlatform", "demo", "ns", "u"), spec)
+    return next(p for p in policies if p["metadata"]["name"] == "demo-allow-http")
+
+
+def test_front_door_namespace_selector_comes_from_the_spec() -> None:
+    (front_door, own_pods) = allow_http(platform_spec())["spec"]["ingress"][0]["from"]
+    assert front_door == {"namespaceSelector": {"matchLabels": {"veza.io/front-door": "true"}}}
+    assert own_pods == {"podSelector": {"matchLabels": {"veza.io/platform": "demo"}}}
+
+    custom = platform_spec(networkPolicies={"frontDoorNamespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["traefik", "envoy-gateway-system"]},
+        {"key": "example.com/edge", "operator": "Exists"}]}})
+    assert allow_http(custom)["spec"]["ingress"][0]["from"][0] == {"namespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["traefik", "envoy-gateway-system"]},
+        {"key": "example.com/edge", "operator": "Exists"}]}}, "setting expressions drops the default label"
+
+
+async def test_delayed_requests_of_one_resource_do_not_pile_up() -> None:
+    """A resource waiting for something asks again on every reconcile: one chain, not one per event."""
+    runs: list[float] = []
+
+    async def waiting(ctx: Context, key: Key) -> None:
+        runs.append(time.monotonic())
+        ctx.requeue(key, 0.1)
+
+    # The queue alone is under test: it never calls the API.
+    reconciler = Reconciler(Context(client=None, store=Store()), {"ChatRoom": waiting}, workers=2)
+    reconciler.start()
+    try:
+        for _ in range(5):  # events and resyncs while it waits
+            reconciler.request(("ChatRoom", "ns", "a"))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.0)
+    finally:
+        await reconciler.stop()
+    # One chain: ~5 direct runs + ~10 delayed ones in the second; five chains would make ~55.
+    assert len(runs) < 30, len(runs)
+    assert len(runs) > 8, "the delayed requests still run"

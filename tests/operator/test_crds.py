@@ -54,6 +54,10 @@ def test_every_field_is_described_and_kinds_are_discoverable() -> None:
     (platform("default", "p1", auth={"accessTokenTTLSeconds": 3600, "refreshTokenTTLSeconds": 600}),
      "refreshTokenTTLSeconds must exceed accessTokenTTLSeconds"),
     ({**room("default", "Bad_Name")}, "metadata.name"),
+    (platform("default", "p2", networkPolicies={"frontDoorNamespaceSelector": {
+        "matchExpressions": [{"key": "edge", "operator": "In"}]}}),
+     "In and NotIn need values; Exists and DoesNotExist take none"),
+    (platform("default", "p3", gateway={"name": "Public_Gateway"}), "spec.gateway.name"),
 ])
 def test_api_server_rejects_invalid_resources(kube: KubeCluster, operator_install: object, manifest: dict,
                                               message: str) -> None:
@@ -72,6 +76,17 @@ def test_defaults_are_applied_by_the_api_server(kube: KubeCluster, operator_inst
     assert spec["delivery"] == {"progressive": True,
                                 "hls": {"enabled": True, "targetDurationSeconds": 2, "archive": True}}
     assert spec["replicas"] == 1 and spec["visibility"] == "public"
+
+
+@pytest.mark.kube
+def test_platform_defaults_keep_ingresses_and_name_no_ingress_controller(kube: KubeCluster,
+                                                                         operator_install: object) -> None:
+    out = kube.kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-",
+                       input=yaml.safe_dump(platform("default", "defaults")))
+    spec = yaml.safe_load(out)["spec"]
+    assert spec["ingress"]["enabled"] is True and "gateway" not in spec
+    assert spec["networkPolicies"]["frontDoorNamespaceSelector"] == {
+        "matchLabels": {"veza.io/front-door": "true"}, "matchExpressions": []}
 
 
 @pytest.mark.kube

@@ -95,6 +95,14 @@ def test_operator_contract_templates_still_render() -> None:
     assert kinds(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
 
 
+def test_operator_rbac_on_the_gateway_api_is_httproutes_only() -> None:
+    """Least privilege: the operator manages HTTPRoutes; it reads no Gateway and writes no ReferenceGrant."""
+    role = next(d for d in render("--show-only", "templates/rbac.yaml") if d["kind"] == "ClusterRole")
+    rules = [r for r in role["rules"] if "gateway.networking.k8s.io" in r["apiGroups"]]
+    assert rules == [{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+                      "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]
+
+
 def test_monitoring_objects_only_when_their_api_is_served() -> None:
     assert not kinds(render()) & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
     with_api = render(*[a for api in MONITORING_APIS for a in ("--api-versions", api)])
