@@ -227,17 +227,19 @@ def test_every_worker_starts_from_the_runtime_set(runtime: Path, tmp_path: Path,
 @pytest.mark.kube
 def test_the_operator_runs_from_the_runtime_set(runtime: Path, kube: KubeCluster, operator_install: Path,
                                                 tmp_path: Path) -> None:
-    """`veza operator` from the runtime set, with the chart's RBAC: live, and it reconciles (its own metrics count
-    the reconcile, whatever other operator the session runs)."""
+    """`veza operator` from the runtime set (the CRDs installed as the chart does): live, and it reconciles; its own
+    metrics count the reconcile, whatever other operator the session runs. It watches its own namespace only, so it
+    never competes with the suite's shared operator elsewhere; as a namespaced kopf lists namespaces, which the
+    chart's RBAC (tested in tests/operator) does not grant, it uses the cluster's admin kubeconfig."""
     ns = kube.create_namespace("runtime")
-    operator = OperatorProcess(operator_install, tmp_path / "operator.log", peering=None, namespaces=[ns],
+    operator = OperatorProcess(kube.kubeconfig, tmp_path / "operator.log", peering=None, namespaces=[ns],
                                veza=[str(runtime / "bin" / "veza")],
                                extra_env={"PATH": f"{runtime / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
                                           "PYTHONPATH": "", "VIRTUAL_ENV": str(runtime)})
     try:
         operator.start()
         kube.apply(room(ns, "lobby", platform_name="absent"))
-        wait_condition(kube, "chatroom", "lobby", ns, status="False", reason="PlatformNotFound")
+        wait_condition(kube, "chatroom", "lobby", ns, status="False", reason="PlatformNotFound", timeout=30)
         counted = re.findall(r'^veza_operator_reconciles_total\{kind="[^"]+",result="ok"\} ([0-9.]+)$',
                              operator.metrics(), re.MULTILINE)
         assert sum(float(n) for n in counted) >= 1, operator.log_tail()
@@ -245,4 +247,3 @@ def test_the_operator_runs_from_the_runtime_set(runtime: Path, kube: KubeCluster
     finally:
         operator.stop()
         kube.delete_namespace(ns)
-
