@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,7 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
         kube.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=yaml.safe_dump_all(example_manifests(image)))
         result = Platform(kube=kube, cluster=cluster, image=image, next_image=next_image)
         result.wait_ready("vezaplatform/demo", "chatroom/general", "streamchannel/radio", timeout=420)
+        _wait_front_door(result)
         print(f"e2e platform ready in {time.monotonic() - started:.0f} s at {cluster.front_door}")
         yield result
     finally:
@@ -188,11 +190,30 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
             service.stop()
 
 
+def _wait_front_door(platform: Platform, timeout: float = 60) -> None:
+    """Until the front door routes to every workload: Traefik applies new endpoints a moment after
+    the pods are Ready (it batches provider updates), as any controller may."""
+    paths = {"/.well-known/jwks.json": 200, "/chat/general/history": 401, "/stream/radio/now-playing": 200}
+    deadline = time.monotonic() + timeout
+    pending = dict(paths)
+    while pending:
+        for path, status in list(pending.items()):
+            request = urllib.request.Request(platform.url(path), headers=platform.headers)  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - the front door
+                    answered = response.status
+            except urllib.error.HTTPError as error:
+                answered = error.code
+            except OSError:
+                answered = 0
+            if answered == status:
+                del pending[path]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"the front door does not route {sorted(pending)} within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def _normalized(image: str) -> str:
     """How containerd names an image the kubelet asks for as `image`."""
     name = image if "/" in image.split(":", 1)[0] else f"library/{image}"
     return name if "." in name.split("/", 1)[0] else f"docker.io/{name}"
-
-
-def run_ok(*args: str, timeout: float = 60) -> str:
-    return subprocess.run(args, capture_output=True, text=True, check=True, timeout=timeout).stdout

@@ -74,6 +74,8 @@ async def test_bad_sources_are_refused_and_the_worker_survives(fallback_track: N
             ({**BASIC, "Content-Type": "text/plain"}, mp3, 415, "unsupported_media_type"),
             ({**BASIC, "Content-Type": "audio/mpeg"}, bytes(range(256)) * 1500, 400, "undecodable_source"),
             ({"Content-Type": "audio/mpeg", "Authorization": "Bearer not.a.jwt"}, mp3, 503, "auth_unavailable"),
+            # An Icecast PUT after an HTTP proxy dropped its unframed body.
+            ({**BASIC, "Content-Type": "audio/mpeg"}, b"", 400, "empty_source"),
         ]
         for headers, body, status, code in cases:
             async with session.put(url, data=body, headers=headers) as resp:

@@ -215,6 +215,11 @@ async def source(request: web.Request) -> web.StreamResponse:
         session.end()
     await asyncio.to_thread(session.finished.wait, 5)
     log.info("live source disconnected", extra={"channel": name, "bytes": stream.received, "error": session.error})
+    if not session.started.is_set() and stream.received == 0:
+        # What an Icecast source's unframed PUT becomes behind an HTTP proxy (Traefik, nginx, Envoy):
+        # without Content-Length or chunked framing the proxy forwards it without a body.
+        return reject(400, "empty_source", "no audio arrived: through an HTTP proxy, send the audio with chunked "
+                                           "transfer encoding (docs/streaming.md, 'Behind the front door')")
     if not session.started.is_set():
         return reject(400, "undecodable_source", f"the body is not {fmt} audio: {session.error or 'no audio'}")
     return web.json_response({"status": "ended", "bytes": stream.received,

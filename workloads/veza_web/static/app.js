@@ -397,7 +397,12 @@ function renderTyping() {
 }
 setInterval(renderTyping, 1000);
 
-function cid() { return crypto.randomUUID(); }
+// crypto.randomUUID exists only in secure contexts (HTTPS, localhost); a platform served over plain
+// HTTP on its own host name has getRandomValues only.
+function cid() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 function setComposerContext(ctx) {
   state.reply = ctx?.reply ?? null;
