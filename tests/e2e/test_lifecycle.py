@@ -69,17 +69,20 @@ class Conversation:
         seen = self.seen[index]
         client = await connect_chat(self.platform, self.tokens[0], after=self.start_seq)
         self._ready += 1
-        while True:
-            try:
-                frame = await client.recv(timeout=30)
-            except (TimeoutError, aiohttp.ClientError):
-                frame = None
-            if frame is None:  # the pod went away: resume after what we have, on any replica
-                await client.close()
-                client = await self._client(self.tokens[0], seen[-1] if seen else self.start_seq)
-                continue
-            if frame["type"] == "event" and frame["kind"] == "message":
-                seen.append(frame["seq"])
+        try:
+            while True:
+                try:
+                    frame = await client.recv(timeout=30)
+                except (TimeoutError, aiohttp.ClientError):
+                    frame = None
+                if frame is None:  # the pod went away: resume after what we have, on any replica
+                    await client.close()
+                    client = await self._client(self.tokens[0], seen[-1] if seen else self.start_seq)
+                    continue
+                if frame["type"] == "event" and frame["kind"] == "message":
+                    seen.append(frame["seq"])
+        finally:  # cancelled by stop()
+            await client.close()
 
     async def _send(self, token: str) -> None:
         client = await connect_chat(self.platform, token)
