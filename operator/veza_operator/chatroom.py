@@ -19,7 +19,7 @@ from . import manifests, wiring
 from .controller import Context, Key, post_event
 from .models import ChatRoomSpec, VezaPlatformSpec
 from .naming import OWNER_KIND, OWNER_NAME, Owner, selector_labels
-from .workers import WorkerKind, platform_service_account, reconcile
+from .workers import WorkerKind, platform_service_account, reconcile, worker_image
 
 CHAT_ROOM = WorkerKind(kind="ChatRoom", component="chat", spec_model=ChatRoomSpec, path_prefix="/chat",
                        load_metric="veza_chat_connections")
@@ -32,12 +32,16 @@ def purge_job_name(room: str, uid: str) -> str:
 
 def purge_job(room_body: dict[str, Any], platform_body: dict[str, Any], platform: VezaPlatformSpec
               ) -> dict[str, Any]:
-    """The Job deleting a room's history, owned by the platform and labelled for the room."""
+    """The Job deleting a room's history, owned by the platform and labelled for the room.
+
+    It runs the platform's worker image (the migrated one), like the room's workers.
+    """
     room = Owner.of(room_body)
     owner = Owner.of(platform_body)
     workload = manifests.Workload(
         owner=owner, name=purge_job_name(room.name, room.uid), component="chat-purge", args=["chat", "--purge"],
-        image=platform.image, replicas=1, resources=platform.defaults.chat.resources,
+        image=worker_image(platform, platform_body.get("status")), replicas=1,
+        resources=platform.defaults.chat.resources,
         env=wiring.worker_env(owner.name, owner.namespace, platform, "chat", room.name, room_body.get("spec")),
         selector=selector_labels(owner.name, "chat-purge", room.name),
         service_account=platform_service_account(owner.name), keys_secret=wiring.keys_secret_name(owner.name, platform),

@@ -25,6 +25,9 @@ class Health:
     message: str
     progressing: bool = False
     degraded: bool = False
+    # Progressing's own (reason, message) when it differs from Ready's: a platform serving its
+    # running version (Ready=True, WorkersReady) while the next one migrates (Progressing=True, Migrating).
+    progress: tuple[str, str] | None = None
 
     @property
     def event_type(self) -> str:
@@ -38,13 +41,15 @@ def now() -> str:
 def conditions(health: Health, generation: int, previous: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Ready/Progressing/Degraded; a condition keeps its lastTransitionTime while its status holds."""
     before = {c.get("type"): c for c in previous or []}
-    progressing = (health.reason, health.message) if health.progressing else ("Stable", "Nothing to roll out.")
+    in_progress = health.progressing or health.progress is not None
+    progressing = (health.progress or (health.reason, health.message)) if in_progress \
+        else ("Stable", "Nothing to roll out.")
     degraded = (health.reason, health.message) if health.degraded else ("AsExpected", "No problem found.")
     wanted = [
         (READY, health.ready, health.reason, health.message),
-        (PROGRESSING, health.progressing, *progressing),
+        (PROGRESSING, in_progress, *progressing),
         (DEGRADED, health.degraded, *degraded),
-        (RECONCILING, health.progressing, *progressing),
+        (RECONCILING, in_progress, *progressing),
         (STALLED, health.degraded, *degraded),
     ]
     out = []

@@ -37,6 +37,7 @@ PLATFORM = Kind("VezaPlatform", "vezaplatforms", "vezaplatform", ("vzp",), model
     {"name": "Host", "type": "string", "jsonPath": ".spec.ingress.host"},
     {"name": "Gateway", "type": "string", "jsonPath": ".spec.gateway.name", "priority": 1},
     {"name": "Image", "type": "string", "jsonPath": ".spec.image.tag", "priority": 1},
+    {"name": "Workers", "type": "string", "jsonPath": ".status.workerImage", "priority": 1},
 ))
 CHAT_ROOM = Kind("ChatRoom", "chatrooms", "chatroom", ("vzroom",), models.ChatRoomSpec, True, (
     {"name": "Platform", "type": "string", "jsonPath": ".spec.platformRef.name"},
@@ -92,6 +93,10 @@ def status_schema(kind: Kind) -> dict[str, Any]:
             "channels": {"type": "integer", "description": "StreamChannels that reference this platform."},
             "keysSecret": {"type": "string", "description": "Secret holding the JWT signing keys."},
             "migratedVersion": {"type": "string", "description": "Worker version whose migrations ran."},
+            "workerImage": {"type": "string",
+                            "description": "Image (repository:tag) the API, rooms and channels run: the newest "
+                                           "whose migration Job succeeded. After a spec.image change the workers "
+                                           "stay on it until the new image's migrations have run."},
         }
     return {"type": "object", "description": f"Observed state of the {kind.kind}.", "properties": props}
 

@@ -55,7 +55,9 @@ class Runtime:
             "StreamChannel": reconcile_stream_channel,
         }, workers=workers)
         self.resync_seconds = resync_seconds
-        self.platform_generations: dict[Key, int] = {}
+        # What of a platform its rooms and channels are built from: its generation (the spec) and
+        # status.workerImage (the migrated image their workers run).
+        self.platform_versions: dict[Key, tuple[int, str | None]] = {}
         self.resync_task: asyncio.Task[None] | None = None
 
     async def resync_forever(self) -> None:
@@ -120,10 +122,11 @@ def _owner_event(kind: str) -> Any:
             runtime.store.put_owner(raw)
             runtime.reconciler.request(key)
         if kind == "VezaPlatform":
-            generation = body.metadata.get("generation", 0)
-            if runtime.platform_generations.get(key) != generation:
-                # A spec change (or a platform appearing) concerns every room and channel on it.
-                runtime.platform_generations[key] = generation
+            version = (body.metadata.get("generation", 0), (raw.get("status") or {}).get("workerImage"))
+            if runtime.platform_versions.get(key) != version:
+                # A spec change, a newly migrated worker image (or a platform appearing) concerns every room
+                # and channel on it; the echo of any other status patch does not.
+                runtime.platform_versions[key] = version
                 for other in ("ChatRoom", "StreamChannel"):
                     for ref in runtime.store.referencing(other, key[1], key[2]):
                         runtime.reconciler.request(ref)

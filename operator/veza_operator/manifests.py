@@ -47,7 +47,7 @@ def container(w: Workload, *, serving: bool = True) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2}
     spec: dict[str, Any] = {
         "name": w.component,
-        "image": f"{w.image.repository}:{w.image.tag}",
+        "image": w.image.reference,
         "imagePullPolicy": w.image.pullPolicy,
         "args": w.args,
         # POD_IP: how replicas reach each other (a stream follower forwards a live source to its leader).

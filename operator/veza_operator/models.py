@@ -165,6 +165,18 @@ class Image(Model):
     tag: str = Field("0.1.0", min_length=1, max_length=128, description="Worker image tag.")
     pullPolicy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Pull policy.")
 
+    @property
+    def reference(self) -> str:
+        """The full image reference, repository:tag."""
+        return f"{self.repository}:{self.tag}"
+
+    def at(self, reference: str) -> Image:
+        """This image (same pull policy) at another reference repository:tag, e.g. status.workerImage."""
+        repository, _, tag = reference.rpartition(":")
+        if not repository or not tag or "/" in tag:
+            return self
+        return self.model_copy(update={"repository": repository, "tag": tag})
+
 
 class ApiSpec(Model):
     replicas: int = Field(2, ge=0, le=100, description="Backend API replicas.")

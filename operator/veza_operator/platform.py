@@ -1,5 +1,11 @@
 """VezaPlatform: the API Deployment, the Ingress or HTTPRoute, the JWT keys, migrations, and policies.
 
+Upgrades migrate first: a new `spec.image` gets its migration Job at once, while every worker
+(the API, each room and channel) stays on `status.workerImage`, the newest image whose migration
+Job succeeded. When the Job succeeds the platform records the new image there and the workers roll
+to it (rooms and channels read it from the platform's status). A failed Job leaves them where they
+are. On first install nothing is migrated yet and the workers start with the spec's image at once.
+
 The JWT key Secret is created once when absent and never rewritten: rotating
 keys is an explicit operation (docs/api.md, "Keys and rotation"), not a side effect of a
 reconcile. Rooms and channels get their own Ingress (and HTTPRoute) objects on the same
@@ -11,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -20,9 +27,9 @@ from veza_core import keys as jwt_keys
 from . import frontdoor, manifests, wiring
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
-from .models import VezaPlatformSpec, describe_error
+from .models import Image, VezaPlatformSpec, describe_error
 from .naming import PLATFORM_LABEL, Owner, metadata, selector_labels
-from .workers import platform_service_account
+from .workers import platform_service_account, worker_image
 
 API_COMPONENT = "api"
 
@@ -33,15 +40,60 @@ def api_name(platform: str) -> str:
 
 def migration_job_name(platform: str, spec: VezaPlatformSpec) -> str:
     """One Job per worker version: a new image runs its migrations once."""
-    version = hashlib.sha256(f"{spec.image.repository}:{spec.image.tag}".encode()).hexdigest()[:8]
+    version = hashlib.sha256(spec.image.reference.encode()).hexdigest()[:8]
     return f"{platform}-migrate-{version}"
 
 
-def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str, replicas: int
-                 ) -> manifests.Workload:
-    """The API server (component "api") or the migration Job (component "migrate") of a platform."""
+MIGRATION_BACKOFF_LIMIT = 6
+Migration = Literal["Succeeded", "Failed", "Running"]
+
+
+def migration_state(job: dict[str, Any] | None) -> Migration:
+    """What the migration Job of the spec's image says (Running also while it does not exist yet)."""
+    status = (job or {}).get("status") or {}
+    if status.get("succeeded"):
+        return "Succeeded"
+    failed = any(c.get("type") == "Failed" and c.get("status") == "True" for c in status.get("conditions") or [])
+    if failed or status.get("failed", 0) >= MIGRATION_BACKOFF_LIMIT:
+        return "Failed"
+    return "Running"
+
+
+@dataclass(frozen=True)
+class Images:
+    """Which image the platform migrates and which its workers run."""
+
+    target: str  # the spec's image, repository:tag: its migration Job runs now
+    workers: Image  # what the API, rooms and channels run
+    recorded: str | None  # status.workerImage: the newest image whose migration Job succeeded
+    migration: Migration
+
+    @property
+    def waiting(self) -> bool:
+        """Workers stay on an older, migrated image until the target's migrations have run."""
+        return self.workers.reference != self.target
+
+
+def choose_images(spec: VezaPlatformSpec, previous_status: dict[str, Any] | None, job: dict[str, Any] | None
+                  ) -> Images:
+    """Workers run the newest image whose migration Job succeeded; before any did (first install), the spec's."""
+    migration = migration_state(job)
+    recorded = (previous_status or {}).get("workerImage") or None
+    if migration == "Succeeded":
+        recorded = spec.image.reference
+    return Images(target=spec.image.reference, workers=worker_image(spec, {"workerImage": recorded}),
+                  recorded=recorded, migration=migration)
+
+
+def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str, replicas: int,
+                 image: Image | None = None) -> manifests.Workload:
+    """The API server (component "api") or the migration Job (component "migrate") of a platform.
+
+    The migration Job always runs the spec's image; the API runs `image` (the worker image) when given.
+    """
     return manifests.Workload(
-        owner=owner, name=name, component=component, args=[component], image=spec.image, replicas=replicas,
+        owner=owner, name=name, component=component, args=[component], image=image or spec.image,
+        replicas=replicas,
         resources=spec.api.resources, env=wiring.worker_env(owner.name, owner.namespace, spec, API_COMPONENT),
         selector=selector_labels(owner.name, component, owner.name),
         service_account=f"{owner.name}-api", keys_secret=wiring.keys_secret_name(owner.name, spec),
@@ -87,11 +139,15 @@ def service_monitor(owner: Owner, spec: VezaPlatformSpec) -> dict[str, Any]:
                      "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}}
 
 
-def build_children(owner: Owner, spec: VezaPlatformSpec, *, service_monitors: bool = False,
-                   http_routes: bool = False) -> list[dict[str, Any]]:
-    """Everything a platform owns; `service_monitors` and `http_routes` when the cluster serves those APIs."""
+def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image | None = None,
+                   service_monitors: bool = False, http_routes: bool = False) -> list[dict[str, Any]]:
+    """Everything a platform owns; `service_monitors` and `http_routes` when the cluster serves those APIs.
+
+    The migration Job runs the spec's image, the API Deployment `worker_image` (`choose_images`;
+    the spec's image when not given).
+    """
     labels = {PLATFORM_LABEL: owner.name}
-    api = api_workload(owner, spec, api_name(owner.name), API_COMPONENT, spec.api.replicas)
+    api = api_workload(owner, spec, api_name(owner.name), API_COMPONENT, spec.api.replicas, worker_image)
     migrate = api_workload(owner, spec, migration_job_name(owner.name, spec), "migrate", 1)
     config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(f"{owner.name}-config", owner, labels),
               "data": {"publicURL": wiring.public_url(spec), "issuer": wiring.public_url(spec),
@@ -174,27 +230,42 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
         await ctx.client.create(keys_secret(owner, secret_name))
     missing = await _missing_secrets(ctx, namespace, wiring.secrets_referenced(spec) | {secret_name})
 
+    images = choose_images(spec, previous, ctx.store.children.get(("Job", namespace, migration_job_name(name, spec))))
+    if images.recorded is not None:
+        status["workerImage"] = images.recorded  # its change rolls every room and channel (handlers.py)
+    if images.migration == "Succeeded":
+        status["migratedVersion"] = spec.image.tag
+
     monitors = await ctx.capability("monitoring.coreos.com/v1", "servicemonitors")
     routes = await frontdoor.serves_routes(ctx, spec)
-    await ctx.sync_children(key, build_children(owner, spec, service_monitors=monitors, http_routes=routes))
+    await ctx.sync_children(key, build_children(owner, spec, worker_image=images.workers,
+                                                service_monitors=monitors, http_routes=routes))
 
     if missing:
         ctx.requeue(key, 10.0)  # heal by itself once the Secrets appear
         await report(Health(False, "SecretNotFound", f"Secret(s) not found: {', '.join(missing)}.",
                             degraded=True))
         return
-    job = ctx.store.children.get(("Job", namespace, migration_job_name(name, spec)))
-    job_status = (job or {}).get("status") or {}
-    if job_status.get("succeeded"):
-        status["migratedVersion"] = spec.image.tag
-    elif job_status.get("failed", 0) >= 6:
-        await report(Health(False, "MigrationFailed", "The database migration Job failed; see its logs.",
-                            degraded=True))
+    stay = f" Workers stay on {images.workers.reference}." if images.waiting else ""
+    if images.migration == "Failed":
+        await report(Health(False, "MigrationFailed", f"The database migration Job of {images.target} failed; "
+                                                      f"see its logs.{stay}", degraded=True))
         return
     health = workers_health(ctx.store.children.get(("Deployment", namespace, api_name(name))), spec.api.replicas,
                             "api")
-    if health.ready and not job_status.get("succeeded"):
-        health = Health(False, "Migrating", "Waiting for the database migration Job.", progressing=True)
+    if images.migration == "Running":
+        if images.waiting:
+            # Users are served by the running, migrated version: Ready says how it does; Progressing says
+            # that the next one is on its way.
+            if not health.degraded:
+                health = Health(health.ready, health.reason, health.message, progressing=health.progressing,
+                                progress=("Migrating", f"Waiting for the database migration Job of "
+                                                       f"{images.target}.{stay}"))
+        elif images.recorded is None and health.ready:
+            # First install: the workers run the spec's image, whose schema is not there yet. (An image
+            # migrated before, whose Job runs again after a change back to it, holds nothing back.)
+            health = Health(False, "Migrating", f"Waiting for the database migration Job of {images.target}.",
+                            progressing=True)
     door = frontdoor.health(ctx, key, spec, name, routes)
     if door is not None and not health.degraded:
         health = door

@@ -18,6 +18,7 @@ from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import (
     ChatRoomSpec,
+    Image,
     Resources,
     StreamChannelSpec,
     VezaPlatformSpec,
@@ -47,14 +48,28 @@ def platform_service_account(platform: str) -> str:
     return f"{platform}-worker"
 
 
+def worker_image(platform: VezaPlatformSpec, status: dict[str, Any] | None) -> Image:
+    """The image every worker of a platform runs (API, rooms, channels, purge Jobs).
+
+    `status.workerImage` is the newest image whose migration Job succeeded: after an image change
+    the workers stay on it until the new image's migrations have run. Before any migration
+    succeeded (first install) the workers run the spec's image at once.
+    """
+    recorded = (status or {}).get("workerImage")
+    return platform.image.at(recorded) if isinstance(recorded, str) and recorded else platform.image
+
+
 def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dict[str, Any],
-                   platform_name: str, platform: VezaPlatformSpec, *, http_routes: bool = False
-                   ) -> list[dict[str, Any]]:
-    """Deployment, Service, Ingress and HTTPRoute (as the platform asks), and when they apply a PDB and an HPA."""
+                   platform_name: str, platform: VezaPlatformSpec, *, image: Image | None = None,
+                   http_routes: bool = False) -> list[dict[str, Any]]:
+    """Deployment, Service, Ingress and HTTPRoute (as the platform asks), and when they apply a PDB and an HPA.
+
+    `image` is the platform's worker image (`worker_image`); the spec's image when not given.
+    """
     name = worker_name(wk.component, owner.name)
     selector = selector_labels(platform_name, wk.component, owner.name)
     workload = manifests.Workload(
-        owner=owner, name=name, component=wk.component, args=[wk.component], image=platform.image,
+        owner=owner, name=name, component=wk.component, args=[wk.component], image=image or platform.image,
         replicas=spec.replicas, resources=wk.resources(spec, platform),
         env=wiring.worker_env(platform_name, owner.namespace, platform, wk.component, owner.name, raw_spec),
         selector=selector, service_account=platform_service_account(platform_name),
@@ -119,7 +134,8 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
 
     owner = Owner.of(body)
     routes = await frontdoor.serves_routes(ctx, platform)
-    children = build_children(wk, owner, spec, raw_spec, platform_name, platform, http_routes=routes)
+    children = build_children(wk, owner, spec, raw_spec, platform_name, platform,
+                              image=worker_image(platform, platform_body.get("status")), http_routes=routes)
     await ctx.sync_children(key, children)
 
     deployment = ctx.store.children.get(("Deployment", namespace, worker_name(wk.component, name)))

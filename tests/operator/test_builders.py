@@ -9,7 +9,8 @@ from typing import Any
 
 from tests.operator.conftest import platform
 from veza_operator import platform as platform_mod
-from veza_operator.chatroom import CHAT_ROOM
+from veza_operator.chatroom import CHAT_ROOM, purge_job
+from veza_operator.conditions import Health, conditions
 from veza_operator.controller import Context, Key, Reconciler, Store
 from veza_operator.frontdoor import route_health
 from veza_operator.kube import is_subset
@@ -17,7 +18,7 @@ from veza_operator.models import ChatRoomSpec, StreamChannelSpec, VezaPlatformSp
 from veza_operator.naming import Owner
 from veza_operator.streamchannel import STREAM_CHANNEL
 from veza_operator.wiring import SecretValue, public_url, resolve_env, worker_env
-from veza_operator.workers import build_children
+from veza_operator.workers import build_children, worker_image
 
 PLATFORM = VezaPlatformSpec.model_validate(platform("ns")["spec"])
 ROOM_OWNER = Owner("ChatRoom", "general", "ns", "uid-1")
@@ -301,3 +302,100 @@ async def test_delayed_requests_of_one_resource_do_not_pile_up() -> None:
     # One chain: ~5 direct runs + ~10 delayed ones in the second; five chains would make ~55.
     assert len(runs) < 30, len(runs)
     assert len(runs) > 8, "the delayed requests still run"
+
+
+# -- upgrades migrate first ------------------------------------------------------------
+
+OLD, NEW = "ghcr.io/veza-platform/veza:0.1.0", "ghcr.io/veza-platform/veza:0.2.0"
+UPGRADED = VezaPlatformSpec.model_validate(platform("ns", image={"tag": "0.2.0"})["spec"])
+
+
+def job_with(**status: Any) -> dict[str, Any]:
+    return {"kind": "Job", "metadata": {"name": "demo-migrate-x"}, "status": status}
+
+
+def test_workers_run_the_newest_image_whose_migration_succeeded() -> None:
+    # First install: nothing migrated yet, the workers start with the spec's image at once.
+    first = platform_mod.choose_images(PLATFORM, None, None)
+    assert (first.workers.reference, first.recorded, first.migration, first.waiting) == (OLD, None, "Running", False)
+    done = platform_mod.choose_images(PLATFORM, {}, job_with(succeeded=1))
+    assert (done.workers.reference, done.recorded, done.migration) == (OLD, OLD, "Succeeded")
+
+    # An image change: the new Job runs, the workers stay on the migrated image ...
+    waiting = platform_mod.choose_images(UPGRADED, {"workerImage": OLD}, None)
+    assert (waiting.target, waiting.workers.reference, waiting.recorded, waiting.waiting) == (NEW, OLD, OLD, True)
+    assert platform_mod.choose_images(UPGRADED, {"workerImage": OLD}, job_with(active=1)).workers.reference == OLD
+    # ... until it succeeded; a failed Job (backoff limit, or its Failed condition) leaves them there.
+    rolled = platform_mod.choose_images(UPGRADED, {"workerImage": OLD}, job_with(succeeded=1))
+    assert (rolled.workers.reference, rolled.recorded, rolled.waiting) == (NEW, NEW, False)
+    for failed in (job_with(failed=6), job_with(failed=1, conditions=[{"type": "Failed", "status": "True"}])):
+        out = platform_mod.choose_images(UPGRADED, {"workerImage": OLD}, failed)
+        assert (out.migration, out.workers.reference, out.recorded) == ("Failed", OLD, OLD)
+    assert platform_mod.migration_state(job_with(failed=2)) == "Running", "retries left"
+
+
+def test_the_migration_job_runs_the_new_image_while_the_api_keeps_the_migrated_one() -> None:
+    owner = Owner("VezaPlatform", "demo", "ns", "u")
+    waiting = platform_mod.choose_images(UPGRADED, {"workerImage": OLD}, None)
+    children = {(c["kind"], c["metadata"]["name"]): c
+                for c in platform_mod.build_children(owner, UPGRADED, worker_image=waiting.workers)}
+    job = children[("Job", platform_mod.migration_job_name("demo", UPGRADED))]["spec"]["template"]["spec"]
+    api = children[("Deployment", "demo-api")]["spec"]["template"]["spec"]
+    assert job["containers"][0]["image"] == NEW
+    assert api["containers"][0]["image"] == OLD
+    assert api["containers"][0]["imagePullPolicy"] == UPGRADED.image.pullPolicy
+
+
+def test_rooms_channels_and_purge_jobs_read_the_worker_image_from_the_platform_status() -> None:
+    assert worker_image(UPGRADED, None).reference == NEW, "no status yet: the spec's image (first install)"
+    assert worker_image(UPGRADED, {"workerImage": OLD}).reference == OLD
+    registry = worker_image(UPGRADED, {"workerImage": "registry.local:5000/veza/veza:0.1.0"})
+    assert (registry.repository, registry.tag) == ("registry.local:5000/veza/veza", "0.1.0")
+
+    raw = {"platformRef": {"name": "demo"}}
+    for wk, spec, owner in [(CHAT_ROOM, ChatRoomSpec.model_validate(raw), ROOM_OWNER),
+                            (STREAM_CHANNEL, StreamChannelSpec.model_validate({**raw, "source": {"type": "live"}}),
+                             Owner("StreamChannel", "radio", "ns", "u"))]:
+        dep = by_kind(build_children(wk, owner, spec, raw, "demo", UPGRADED,
+                                     image=worker_image(UPGRADED, {"workerImage": OLD})))["Deployment"]
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == OLD
+    room_body = {"kind": "ChatRoom", "metadata": {"name": "general", "namespace": "ns", "uid": "uid-1"}, "spec": raw}
+    platform_body = {"kind": "VezaPlatform", "metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
+                     "status": {"workerImage": OLD}}
+    assert purge_job(room_body, platform_body, UPGRADED)["spec"]["template"]["spec"]["containers"][0]["image"] == OLD
+
+
+def test_migrating_keeps_ready_and_says_so_in_progressing() -> None:
+    conds = {c["type"]: c for c in conditions(
+        Health(True, "WorkersReady", "1/1 api replicas ready.", progress=("Migrating", "Waiting.")), 3, None)}
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("True", "WorkersReady")
+    for kind in ("Progressing", "Reconciling"):
+        assert (conds[kind]["status"], conds[kind]["reason"], conds[kind]["message"]) == ("True", "Migrating",
+                                                                                          "Waiting.")
+    assert conds["Degraded"]["status"] == "False"
+
+
+def test_a_newly_migrated_worker_image_reconciles_the_platforms_rooms_and_channels() -> None:
+    import kopf
+
+    from veza_operator.handlers import Runtime, _owner_event
+
+    async def run() -> list[list[Key]]:
+        runtime = Runtime(client=None, workers=1, resync_seconds=600)  # type: ignore[arg-type]
+        memo = kopf.Memo(runtime=runtime)
+        for kind, name in [("ChatRoom", "general"), ("StreamChannel", "radio")]:
+            runtime.store.put_owner({"kind": kind, "metadata": {"namespace": "ns", "name": name},
+                                     "spec": {"platformRef": {"name": "demo"}}})
+        asked = []
+        for status in [{}, {"rooms": 1}, {"workerImage": OLD}, {"workerImage": OLD, "rooms": 2},
+                       {"workerImage": NEW}]:
+            body = {"kind": "VezaPlatform", "metadata": {"namespace": "ns", "name": "demo", "generation": 1},
+                    "status": status}
+            await _owner_event("VezaPlatform")(type="MODIFIED", body=kopf.Body(body), memo=memo)
+            asked.append(sorted(runtime.reconciler.pending - {("VezaPlatform", "ns", "demo")}))
+            runtime.reconciler.pending.clear()
+        return asked
+
+    rooms = [("ChatRoom", "ns", "general"), ("StreamChannel", "ns", "radio")]
+    # First sight, then only a change of the worker image (not the echo of other status fields).
+    assert asyncio.run(run()) == [rooms, [], rooms, [], rooms]

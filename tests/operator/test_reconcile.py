@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,9 @@ from tests.operator.conftest import (
 )
 from tests.support.kube import KubeCluster
 from veza_local.controlplane import wait_for
+from veza_operator import platform as platform_mod
 from veza_operator.models import VezaPlatformSpec
+from veza_operator.naming import OWNER_KIND, OWNER_NAME, Owner
 from veza_operator.platform import migration_job_name
 
 pytestmark = pytest.mark.kube
@@ -119,9 +122,104 @@ def test_platform_change_rolls_every_room_and_channel(kube: KubeCluster, ns: str
         return {kube.get("deployment", name, ns)["spec"]["template"]["spec"]["containers"][0]["image"]
                 for name in ("chat-a", "chat-b", "stream-c", "demo-api")}
 
+    # kwok completes the new migration Job at once; then the workers roll to the migrated image.
     wait_for(lambda: images() == {"ghcr.io/veza-platform/veza:9.9.9"}, timeout=30, message="all rolled")
     job = migration_job_name("demo", VezaPlatformSpec.model_validate(platform(ns, image={"tag": "9.9.9"})["spec"]))
-    wait_for(lambda: kube.get("job", job, ns), timeout=20, message="migration Job of the new version")
+    assert (kube.get("job", job, ns) or {}).get("status", {}).get("succeeded") == 1
+    status = (kube.get("vezaplatform", "demo", ns) or {})["status"]
+    assert (status["workerImage"], status["migratedVersion"]) == ("ghcr.io/veza-platform/veza:9.9.9", "9.9.9")
+
+
+WORKERS = ("demo-api", "chat-a", "stream-c")
+
+
+def worker_templates(kube: KubeCluster, ns: str) -> dict[str, tuple[str, int]]:
+    """Each worker Deployment's image and generation (a template change bumps it)."""
+    out = {}
+    for name in WORKERS:
+        dep = kube.get("deployment", name, ns)
+        assert dep is not None, name
+        out[name] = (dep["spec"]["template"]["spec"]["containers"][0]["image"], dep["metadata"]["generation"])
+    return out
+
+
+def hold_migration(kube: KubeCluster, ns: str, tag: str) -> str:
+    """Create the migration Job of `tag` before the operator does, suspended: a migration still running.
+
+    kwok completes Job pods at once. This is the Job the operator builds, without its owner labels
+    (until the platform asks for it the operator would prune a Job labelled as its own): the operator
+    adds them by applying its manifest, leaves `suspend` alone, and the test decides when the
+    migration succeeds or fails.
+    """
+    body = kube.get("vezaplatform", "demo", ns)
+    assert body is not None
+    spec = VezaPlatformSpec.model_validate(platform(ns, image={"tag": tag})["spec"])
+    job = next(c for c in platform_mod.build_children(Owner.of(body), spec) if c["kind"] == "Job")
+    for label in (OWNER_KIND, OWNER_NAME):
+        del job["metadata"]["labels"][label]
+    job["spec"]["suspend"] = True
+    kube.apply(job)
+    return str(job["metadata"]["name"])
+
+
+def test_an_upgrade_migrates_before_any_worker_rolls(kube: KubeCluster, ns: str) -> None:
+    old, new, newer = (f"ghcr.io/veza-platform/veza:{tag}" for tag in ("0.1.0", "9.9.9", "9.9.10"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "a"), channel(ns, "c"))
+    for kind, name in [("chatroom", "a"), ("streamchannel", "c"), ("vezaplatform", "demo")]:
+        wait_condition(kube, kind, name, ns)
+    assert (kube.get("vezaplatform", "demo", ns) or {})["status"]["workerImage"] == old
+    before = worker_templates(kube, ns)
+    assert {image for image, _ in before.values()} == {old}
+
+    # The new image's migration Job runs; every worker stays on the migrated image, still Ready.
+    job = hold_migration(kube, ns, "9.9.9")
+    kube.apply(platform(ns, image={"tag": "9.9.9"}))
+
+    def migrating() -> dict[str, Any] | None:
+        p = kube.get("vezaplatform", "demo", ns)
+        cond = condition(p, "Progressing")
+        return p if cond and (cond["status"], cond["reason"]) == ("True", "Migrating") else None
+
+    p = wait_for(migrating, timeout=30, message="platform Progressing=True Migrating")
+    assert new in condition(p, "Progressing")["message"] and old in condition(p, "Progressing")["message"]
+    assert (condition(p)["status"], condition(p)["reason"]) == ("True", "WorkersReady"), "users are served"
+    assert condition(p, "Degraded")["status"] == "False"
+    assert p["status"]["workerImage"] == old and p["status"]["migratedVersion"] == "0.1.0"
+    assert worker_templates(kube, ns) == before
+    assert (kube.get("job", job, ns) or {})["spec"]["template"]["spec"]["containers"][0]["image"] == new
+    # Resyncs while the migration runs change nothing and write nothing.
+    time.sleep(4)
+    if kube.plane is not None:
+        since = len(kube.plane.audit_events())
+        time.sleep(7)  # two resyncs (VEZA_RESYNC_SECONDS=3)
+        writes = [w for w in writes_by(kube, OPERATOR_USER, since) if w["objectRef"].get("namespace") == ns]
+        assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
+    assert worker_templates(kube, ns) == before
+    for kind, name in [("chatroom", "a"), ("streamchannel", "c")]:
+        assert condition(kube.get(kind, name, ns))["status"] == "True"
+
+    # The migration succeeds: the platform records the image, then the API and every room and channel roll.
+    kube.kubectl("patch", "job", job, "-n", ns, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    wait_for(lambda: {image for image, _ in worker_templates(kube, ns).values()} == {new}, timeout=30,
+             message="every worker on the migrated image")
+    assert (kube.get("job", job, ns) or {})["status"].get("succeeded") == 1
+    p = wait_condition(kube, "vezaplatform", "demo", ns)
+    assert (p["status"]["workerImage"], p["status"]["migratedVersion"]) == (new, "9.9.9")
+    assert condition(p, "Progressing")["status"] == "False"
+    rolled = worker_templates(kube, ns)
+
+    # A failed migration leaves every worker on the image migrated last.
+    failing = hold_migration(kube, ns, "9.9.10")
+    kube.apply(platform(ns, image={"tag": "9.9.10"}))
+    wait_for(migrating, timeout=30, message="platform Progressing=True Migrating")
+    kube.kubectl("patch", "job", failing, "-n", ns, "--subresource=status", "--type=merge",
+                 "-p", '{"status": {"failed": 7}}')
+    p = wait_condition(kube, "vezaplatform", "demo", ns, status="False", reason="MigrationFailed")
+    assert newer in condition(p)["message"] and new in condition(p)["message"]
+    assert condition(p, "Degraded")["status"] == "True"
+    assert p["status"]["workerImage"] == new
+    time.sleep(4)  # a resync or two
+    assert worker_templates(kube, ns) == rolled
 
 
 def test_room_before_platform_heals_when_platform_appears(kube: KubeCluster, ns: str) -> None:
