@@ -26,10 +26,11 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.support.images import engine_or_skip
 from tests.support.kube import KubeCluster
 
 from veza_local.cluster import Cluster
-from veza_local.images import DockerEngine, EngineError, build_veza_image, save_image
+from veza_local.images import build_veza_image, save_image
 from veza_local.node import NODE_IP, POD_SUBNET, unsupported_reason
 from veza_local.services import LocalService, NatsService, PostgresService, RedisService, S3Service
 
@@ -131,17 +132,11 @@ def veza_image_archive() -> Iterator[tuple[str, Path]]:
     """The image from the Dockerfile (cached by content), saved for import into the node."""
     if reason := unsupported_reason():
         pytest.skip(f"no real node here: {reason}")
-    engine = DockerEngine()
-    try:
-        engine.start()
-    except EngineError as exc:
-        pytest.skip(f"no container engine can start here: {exc}")
-    try:
+    # The node needs only the archive: the engine stops after it, giving its CPU and memory back.
+    with engine_or_skip() as engine:
         image = build_veza_image(engine)
-        yield image, save_image(engine, image)
-    finally:
-        # The node needs only the archive; the engine's CPU and memory go back to the tests.
-        engine.stop()
+        archive = save_image(engine, image)
+    yield image, archive
 
 
 @pytest.fixture(scope="session")

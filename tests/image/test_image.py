@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.images import engine_or_skip
 from veza_cli.main import COMMANDS
 from veza_local.images import (
     REPO,
     DockerEngine,
-    EngineError,
     build_base_image,
     build_veza_image,
     context_files,
@@ -48,15 +48,8 @@ PACKAGES = [Path(p).name for p in PYPROJECT["tool"]["hatch"]["build"]["targets"]
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[DockerEngine]:
-    engine = DockerEngine()
-    try:
-        engine.start()
-    except EngineError as exc:
-        pytest.skip(f"no container engine can start here: {exc}")
-    try:
+    with engine_or_skip() as engine:
         yield engine
-    finally:
-        engine.stop()
 
 
 @pytest.fixture(scope="module")

@@ -42,17 +42,23 @@ def test_failover_to_the_standby_replica(kube: KubeCluster, operator_install: Pa
     first = OperatorProcess(operator_install, tmp_path / "a.log", extra_env={"POD_ID": "replica-a"}).start()
     second = OperatorProcess(operator_install, tmp_path / "b.log", extra_env={"POD_ID": "replica-b"}).start()
     try:
-        wait_for(lambda: len(active_identities(kube)) >= 2, timeout=30, message="both replicas keep peering")
+        ours = ("replica-a", "replica-b")
+        wait_for(lambda: set(ours) <= set(active_identities(kube)), timeout=30, message="both replicas keep peering")
+        # Counted from here: a replica that started alone worked until it saw its peer (the cluster
+        # holds other tests' resources), which says nothing about the standby pausing.
+        baseline = {first: reconciles(first), second: reconciles(second)}
         ns = kube.create_namespace("peer")
         kube.apply(connections_secret(ns), platform(ns), room(ns, "before"))
         wait_condition(kube, "chatroom", "before", ns)
 
         # The replica with the highest priority is the active one: kill it without notice.
-        peers = active_identities(kube)
+        # Only these two: the record of a replica stopped just before (the shared operator) lingers
+        # until its keep-alive expires, and may hold the highest priority meanwhile.
+        peers = {ident: priority for ident, priority in active_identities(kube).items() if ident in ours}
         top = max(peers, key=lambda ident: peers[ident])
         victim, survivor = (first, second) if top == "replica-a" else (second, first)
-        assert reconciles(victim) > 0, "the active replica did the work"
-        assert reconciles(survivor) == 0, "the standby stayed paused"
+        assert reconciles(victim) > baseline[victim], "the active replica did the work"
+        assert reconciles(survivor) == baseline[survivor], "the standby stayed paused"
         victim.stop(signal.SIGKILL)
 
         kube.apply(room(ns, "after"))

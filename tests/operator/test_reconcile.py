@@ -116,6 +116,9 @@ def test_platform_change_rolls_every_room_and_channel(kube: KubeCluster, ns: str
     kube.apply(connections_secret(ns), platform(ns), room(ns, "a"), room(ns, "b"), channel(ns, "c"))
     for kind, name in [("chatroom", "a"), ("chatroom", "b"), ("streamchannel", "c")]:
         wait_condition(kube, kind, name, ns)
+    # The first image's migration has run (until then workers take the spec's image at once, as at install).
+    wait_for(lambda: ((kube.get("vezaplatform", "demo", ns) or {}).get("status") or {}).get("workerImage"),
+             timeout=30, message="first migration recorded")
     kube.apply(platform(ns, image={"tag": "9.9.9"}))
 
     def images() -> set[str]:
