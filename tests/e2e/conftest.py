@@ -31,7 +31,7 @@ from tests.support.kube import KubeCluster
 
 from veza_local.cluster import Cluster
 from veza_local.images import build_veza_image, save_image
-from veza_local.node import NODE_IP, POD_SUBNET, unsupported_reason
+from veza_local.node import NODE_IP, POD_SUBNET, leftovers, unsupported_reason
 from veza_local.services import LocalService, NatsService, PostgresService, RedisService, S3Service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,6 +183,8 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
         cluster.stop()
         for service in reversed(services):
             service.stop()
+    # A stopped node leaves nothing behind (processes, mounts, the bridge): the next run starts clean.
+    assert not leftovers(), leftovers()
 
 
 def _wait_front_door(platform: Platform, timeout: float = 60) -> None:

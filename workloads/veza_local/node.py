@@ -432,7 +432,8 @@ def _shim_pids() -> list[int]:
         with contextlib.suppress(OSError):
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
             ours = str(RUN_DIR).encode() in b" ".join(cmdline)
-            if cmdline and cmdline[0].endswith(b"containerd-shim-runc-v2") and ours:
+            # The cached binary is named with its version (containerd-shim-runc-v2-v2.3.7).
+            if b"containerd-shim-runc-v2" in cmdline[0] and ours:
                 pids.append(int(proc.name))
     return pids
 
@@ -459,6 +460,16 @@ def cleanup_host() -> None:
     _remove_chains(("CNI-", "KUBE-"))
 
 
+def leftovers() -> list[str]:
+    """What of a node is still on the host (empty after `cleanup_host`): shims, mounts, the bridge."""
+    found = [f"containerd shim {pid}" for pid in _shim_pids()]
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    found += [f"mount {m}" for m in mounts if m.startswith((str(RUN_DIR), str(STATE_DIR)))]
+    if Path("/sys/class/net", BRIDGE).exists():
+        found.append(f"bridge {BRIDGE}")
+    return found
+
+
 def _remove_chains(prefixes: tuple[str, ...]) -> None:
     """Drop iptables chains the node made: the CNI plugins' (masquerade, firewall, hostport), and the
     kubelet's and kube-proxy's (`KUBE-FIREWALL`, canaries) that `kube-proxy --cleanup` leaves."""
@@ -477,5 +488,5 @@ def _remove_chains(prefixes: tuple[str, ...]) -> None:
             subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True, check=False)
 
 
-__all__ = ["CLUSTER_DNS", "NODE_IP", "NODE_NAME", "PAUSE_IMAGE", "Node", "NodeError", "cleanup_host",
+__all__ = ["CLUSTER_DNS", "NODE_IP", "NODE_NAME", "PAUSE_IMAGE", "Node", "NodeError", "cleanup_host", "leftovers",
            "unsupported_reason"]
