@@ -118,10 +118,6 @@ def _collect_diagnostics(kube: KubeCluster) -> None:
             (ARTIFACTS / f"{ns}_{name}.log").write_text(logs)
 
 
-def _start(service: LocalService) -> LocalService:
-    return service.start()
-
-
 @pytest.fixture(scope="session")
 def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e")
@@ -155,8 +151,8 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
         # Managed services outside the cluster, on the node's address.
         base = e2e_dir / "services"
         postgres = PostgresService(base, host=NODE_IP, clients=str(POD_SUBNET))
-        services += [_start(postgres), _start(RedisService(base, host=NODE_IP)),
-                     _start(NatsService(base, host=NODE_IP)), _start(S3Service(base, host=NODE_IP))]
+        services += [postgres.start(), RedisService(base, host=NODE_IP).start(),
+                     NatsService(base, host=NODE_IP).start(), S3Service(base, host=NODE_IP).start()]
         postgres.execute(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'; "
                          f"ALTER DATABASE {postgres.database} OWNER TO {DB_USER}")
         kube.kubectl("create", "namespace", NAMESPACE)

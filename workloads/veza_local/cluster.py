@@ -27,7 +27,6 @@ import yaml
 
 from .controlplane import ControlPlane, tool, tools_bin_dir
 from .node import CLUSTER_DNS, NODE_IP, PAUSE_IMAGE, Node, NodeError
-from .services import ServiceError
 
 ADDONS = Path(__file__).with_name("addons")
 FRONT_DOOR_NAMESPACE = "veza-front-door"
@@ -202,4 +201,4 @@ class Cluster:
         ])
 
 
-__all__ = ["FRONT_DOOR_NAMESPACE", "GATEWAY_NAME", "Cluster", "ServiceError", "scratch_image", "system_images"]
+__all__ = ["FRONT_DOOR_NAMESPACE", "GATEWAY_NAME", "Cluster", "scratch_image", "system_images"]

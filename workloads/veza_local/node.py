@@ -86,6 +86,15 @@ def _run(*args: str, check: bool = True, input: bytes | None = None, timeout: fl
     return result.stdout.decode(errors="replace")
 
 
+def _healthz(port: int) -> bool:
+    """The kubelet's and kube-proxy's health endpoint on loopback answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/healthz", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def _tools_path() -> str:
     # containerd finds its shim on PATH: ours (v2) must come before Debian's.
     return f"{tools_bin_dir()}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
@@ -287,11 +296,7 @@ class Kubelet(LocalService):
         return {"env": {**os.environ, "PATH": _tools_path()}}
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.healthz_port}/healthz", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return _healthz(self.healthz_port)
 
 
 class KubeProxy(LocalService):
@@ -317,11 +322,7 @@ class KubeProxy(LocalService):
                 "--conntrack-max-per-core=0", "--v=1"]
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/healthz", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return _healthz(self.port)
 
 
 # -- the node as a whole -----------------------------------------------------------------------
