@@ -224,10 +224,11 @@ class Reconciler:
         self.due: dict[Key, float] = {}  # when the earliest delayed request of a key fires (loop time)
         self.tasks: list[asyncio.Task[None]] = []
         self.since_trim = 0
+        self.paused = False  # a standby replica: requests are dropped until it resumes
         ctx.requeue = self.request_later
 
     def request(self, key: Key) -> None:
-        if key[0] not in self.handlers:
+        if key[0] not in self.handlers or self.paused:
             return
         if key in self.running:
             self.again.add(key)
@@ -254,6 +255,20 @@ class Reconciler:
             self.request(key)
 
         loop.call_later(delay, fire)
+
+    def pause(self) -> None:
+        """Drop every waiting and delayed request; reconciles already running finish."""
+        self.paused = True
+        self.pending.clear()
+        self.again.clear()
+        self.due.clear()
+        self.failures.clear()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        QUEUE_DEPTH.set(0)
+
+    def resume(self) -> None:
+        self.paused = False
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._work(), name=f"reconciler-{i}") for i in range(self.workers)]

@@ -20,6 +20,7 @@ from .controller import Context, Key, Reconciler, Store
 from .kube import KubeClient
 from .models import GROUP, VERSION
 from .naming import MANAGED_BY, OWNER_KIND, OWNER_NAME
+from .peering import PauseFollower
 from .platform import reconcile_platform
 from .streamchannel import reconcile_stream_channel
 
@@ -59,6 +60,23 @@ class Runtime:
         # status.workerImage (the migrated image their workers run).
         self.platform_versions: dict[Key, tuple[int, str | None]] = {}
         self.resync_task: asyncio.Task[None] | None = None
+        self.paused = False  # kopf's peering made this replica a standby (see `peering.py`)
+        self.pause_follower = PauseFollower(self.pause, self.resume)
+
+    def pause(self) -> None:
+        """Stand by: kopf stops the watches, so the store would only go stale; forget it all."""
+        self.paused = True
+        self.reconciler.pause()
+        self.store.owners.clear()
+        self.store.children.clear()
+        self.platform_versions.clear()
+        log.info("peering: standing by")
+
+    def resume(self) -> None:
+        """kopf lists every watched resource again on resuming, which refills the store."""
+        self.paused = False
+        self.reconciler.resume()
+        log.info("peering: active")
 
     async def resync_forever(self) -> None:
         """Reconcile everything now and then: a safety net, and a no-op when all is in order."""
@@ -90,6 +108,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         workers=int(os.environ.get("VEZA_RECONCILE_WORKERS", "16")),
         resync_seconds=float(os.environ.get("VEZA_RESYNC_SECONDS", "600")),
     )
+    runtime.pause_follower.attach()
+    if settings.peering.mandatory and not settings.peering.standalone:
+        # kopf starts a peering replica paused and announces only the resume, once it has seen
+        # that no peer of higher priority is alive.
+        runtime.pause()
     runtime.reconciler.start()
     runtime.resync_task = asyncio.create_task(runtime.resync_forever())
     memo.runtime = runtime
@@ -99,6 +122,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
+        runtime.pause_follower.detach()
         if runtime.resync_task:
             runtime.resync_task.cancel()
         await runtime.reconciler.stop()
@@ -114,6 +138,8 @@ def queue_depth(memo: kopf.Memo, **_: Any) -> int:
 def _owner_event(kind: str) -> Any:
     async def handler(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo.runtime
+        if runtime.paused:
+            return  # an event that slipped through as kopf paused: resuming lists everything again
         raw = dict(body)
         key: Key = (kind, body.metadata.namespace or "", body.metadata.name or "")
         if type == "DELETED":
@@ -141,6 +167,8 @@ def _owner_event(kind: str) -> Any:
 
 async def _child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
+    if runtime.paused:
+        return
     raw = dict(body)
     if type == "DELETED":
         runtime.store.children.pop((raw["kind"], body.metadata.namespace or "", body.metadata.name or ""), None)

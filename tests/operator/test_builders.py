@@ -304,6 +304,30 @@ async def test_delayed_requests_of_one_resource_do_not_pile_up() -> None:
     assert len(runs) > 8, "the delayed requests still run"
 
 
+async def test_a_paused_reconciler_drops_what_waits_and_ignores_requests() -> None:
+    """A standby replica: nothing queued, delayed or retried runs until it resumes."""
+    runs: list[Key] = []
+
+    async def record(ctx: Context, key: Key) -> None:
+        runs.append(key)
+
+    reconciler = Reconciler(Context(client=None, store=Store()), {"ChatRoom": record}, workers=1)
+    reconciler.request(("ChatRoom", "ns", "queued"))
+    reconciler.request_later(("ChatRoom", "ns", "delayed"), 0.05)
+    reconciler.pause()
+    reconciler.request(("ChatRoom", "ns", "while-paused"))
+    reconciler.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert runs == []
+        reconciler.resume()
+        reconciler.request(("ChatRoom", "ns", "after"))
+        await asyncio.sleep(0.1)
+    finally:
+        await reconciler.stop()
+    assert runs == [("ChatRoom", "ns", "after")]
+
+
 # -- upgrades migrate first ------------------------------------------------------------
 
 OLD, NEW = "ghcr.io/veza-platform/veza:0.1.0", "ghcr.io/veza-platform/veza:0.2.0"

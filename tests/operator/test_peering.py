@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,27 +37,44 @@ def reconciles(replica: OperatorProcess) -> float:
     return total
 
 
+def paused(replica: OperatorProcess) -> bool:
+    """Whether the replica's last word on peering was that it stands by (it starts so)."""
+    state = False
+    for line in replica.log_path.read_text(errors="replace").splitlines():
+        if "peering: standing by" in line:
+            state = True
+        elif "peering: active" in line:
+            state = False
+    return state
+
+
 def test_failover_to_the_standby_replica(kube: KubeCluster, operator_install: Path, tmp_path: Path,
                                          solo_cluster: None) -> None:
+    ns = kube.create_namespace("peer")
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "before"))
     # POD_ID names a replica in the peering records (the chart sets it from the pod name).
+    # The first replica starts alone and fills its store, so that whichever of the two becomes the
+    # standby, it may be one that has something it could reconcile.
     first = OperatorProcess(operator_install, tmp_path / "a.log", extra_env={"POD_ID": "replica-a"}).start()
-    second = OperatorProcess(operator_install, tmp_path / "b.log", extra_env={"POD_ID": "replica-b"}).start()
+    second: OperatorProcess | None = None
     try:
-        ours = ("replica-a", "replica-b")
-        wait_for(lambda: set(ours) <= set(active_identities(kube)), timeout=30, message="both replicas keep peering")
-        # Counted from here: a replica that started alone worked until it saw its peer (the cluster
-        # holds other tests' resources), which says nothing about the standby pausing.
-        baseline = {first: reconciles(first), second: reconciles(second)}
-        ns = kube.create_namespace("peer")
-        kube.apply(connections_secret(ns), platform(ns), room(ns, "before"))
         wait_condition(kube, "chatroom", "before", ns)
-
-        # The replica with the highest priority is the active one: kill it without notice.
-        # Only these two: the record of a replica stopped just before (the shared operator) lingers
-        # until its keep-alive expires, and may hold the highest priority meanwhile.
+        second = OperatorProcess(operator_install, tmp_path / "b.log", extra_env={"POD_ID": "replica-b"}).start()
+        ours = {"replica-a": first, "replica-b": second}
+        wait_for(lambda: set(ours) <= set(active_identities(kube)), timeout=30, message="both replicas keep peering")
+        # The record of a replica stopped just before (the shared operator) lingers until its
+        # keep-alive expires and may pause both meanwhile: the victim is the higher of ours.
         peers = {ident: priority for ident, priority in active_identities(kube).items() if ident in ours}
         top = max(peers, key=lambda ident: peers[ident])
-        victim, survivor = (first, second) if top == "replica-a" else (second, first)
+        victim = ours[top]
+        survivor = second if victim is first else first
+        wait_for(lambda: paused(survivor) and not paused(victim), timeout=30, message="one active, one standby")
+
+        baseline = {first: reconciles(first), second: reconciles(second)}
+        kube.apply(room(ns, "during"))
+        wait_condition(kube, "chatroom", "during", ns)
+        # Let the standby's resync (every 3 s here) come round twice.
+        time.sleep(7)
         assert reconciles(victim) > baseline[victim], "the active replica did the work"
         assert reconciles(survivor) == baseline[survivor], "the standby stayed paused"
         victim.stop(signal.SIGKILL)
@@ -64,8 +82,10 @@ def test_failover_to_the_standby_replica(kube: KubeCluster, operator_install: Pa
         kube.apply(room(ns, "after"))
         # The survivor resumes once the dead replica's keep-alive expires (VEZA_PEERING_LIFETIME=6 s).
         wait_condition(kube, "chatroom", "after", ns, timeout=45)
-        assert survivor.alive() and reconciles(survivor) > 0
+        assert survivor.alive() and reconciles(survivor) > baseline[survivor]
+        assert not paused(survivor)
         kube.delete_namespace(ns)
     finally:
         first.stop()
-        second.stop()
+        if second is not None:
+            second.stop()
