@@ -1,5 +1,5 @@
 """The HTTP skeleton every worker shares: health, readiness, metrics, request ids,
-JSON errors and access logs, and a graceful shutdown on SIGTERM.
+JSON errors (`HttpError`) and access logs, and a graceful shutdown on SIGTERM.
 
 Liveness (`/healthz`) only says the event loop answers; readiness (`/readyz`)
 runs the worker's dependency checks and turns 503 while draining, so the
@@ -36,6 +36,28 @@ def json_error(status: int, code: str, message: str, **extra: Any) -> web.Respon
     return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
+class HttpError(Exception):
+    """An answer other than success, raised from anywhere below a handler.
+
+    The shared middleware renders it as {"error": {"code", "message", **extra}} with `status` and
+    `headers` (a Retry-After, a WWW-Authenticate). `code` is stable: clients branch on it.
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        response = json_error(self.status, self.code, self.message, **self.extra)
+        response.headers.update(self.headers)
+        return response
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                   ) -> web.StreamResponse:
@@ -48,6 +70,8 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
     try:
         try:
             response = await handler(request)
+        except HttpError as exc:
+            response = exc.response()
         except web.HTTPException as exc:
             # Turn aiohttp's plain-text errors into the JSON shape clients expect.
             if exc.status >= 400 and exc.content_type != "application/json":
