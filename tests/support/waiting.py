@@ -26,7 +26,7 @@ async def wait_for(check: Callable[[], T | Awaitable[T]], *, timeout: float = 10
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not met within {timeout} s (last: {value!r})")
         await asyncio.sleep(interval)
