@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs (Debian
 # packages, Python packages from uv.lock, Go-built Kubernetes tools cached by
-# version), then static checks (ruff, mypy), then pytest against real servers.
+# version), then static checks (ruff, mypy, the import layers), then pytest
+# against real servers.
 # Extra arguments go to pytest, e.g. hack/test.sh tests/environment -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ printf '\033[1m==> ruff\033[0m\n'
 .venv/bin/ruff check .
 printf '\033[1m==> mypy\033[0m\n'
 .venv/bin/mypy
+printf '\033[1m==> import layers\033[0m\n'
+.venv/bin/lint-imports --no-cache --no-logo
 printf '\033[1m==> pytest\033[0m\n'
 # pytest exits 5 when no test ran; set -e makes that a failure too.
 exec .venv/bin/pytest "$@"
