@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from tests.support.api import ISSUER, PASSWORD, ApiServer, Client
 from veza_core.auth import AUDIENCE_API, TokenVerifier
 from veza_core.keys import KeySet
-
-from .conftest import ISSUER, PASSWORD, ApiServer, Client
 
 
 async def test_register_login_and_profile(client: Client, api_server: ApiServer) -> None:

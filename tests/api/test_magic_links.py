@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email
 import re
 import uuid
@@ -14,9 +13,9 @@ import asyncpg
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.support.api import ApiServer, Client, ServerFactory
+from tests.support.waiting import wait_for
 from veza_local.services import free_port
-
-from .conftest import ApiServer, Client, ServerFactory
 
 
 class Inbox:
@@ -27,16 +26,17 @@ class Inbox:
         self.messages.append(email.message_from_bytes(envelope.content))
         return "250 OK"
 
+    def latest_link(self, address: str) -> str | None:
+        for message in reversed(self.messages):
+            if message["To"] == address:
+                body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
+                found = re.search(r"token=([A-Za-z0-9_\-]+)", body)
+                assert found, body
+                return found.group(1)
+        return None
+
     async def link_for(self, address: str) -> str:
-        for _ in range(100):
-            for message in reversed(self.messages):
-                if message["To"] == address:
-                    body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
-                    found = re.search(r"token=([A-Za-z0-9_\-]+)", body)
-                    assert found, body
-                    return found.group(1)
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no mail for {address}")
+        return await wait_for(lambda: self.latest_link(address), timeout=5, message=f"a mail for {address}")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from urllib.parse import quote
 
-from .conftest import PASSWORD, ApiServer, Client, ServerFactory
+from tests.support.api import PASSWORD, ApiServer, Client, ServerFactory
 
 
 async def test_brute_force_logins_are_rate_limited(make_api: ServerFactory) -> None:

@@ -33,9 +33,8 @@ from pyop.provider import Provider
 from pyop.subject_identifier import HashBasedSubjectIdentifierFactory
 from pyop.userinfo import Userinfo
 
+from tests.support.api import ApiServer, Client, ServerFactory
 from veza_local.services import free_port
-
-from .conftest import ApiServer, Client, ServerFactory
 
 CLIENT_ID, CLIENT_SECRET = "veza", "s3cret-for-tests"
 

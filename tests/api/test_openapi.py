@@ -1,6 +1,6 @@
 """The OpenAPI document is served, describes every route, and its schemas are valid JSON Schema.
 
-Answers are validated against it by every API test (see openapi_check.py).
+Answers are validated against it by every API test (see tests/support/api.py).
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ import re
 
 from jsonschema import Draft202012Validator
 
+from tests.support.api import Client, check_response, operation_for
 from veza_api.app import create_api_app
 from veza_api.openapi import document
 from veza_api.settings import ApiSettings
-
-from .conftest import Client
-from .openapi_check import check_response, operation_for
 
 
 def test_every_route_is_documented() -> None:

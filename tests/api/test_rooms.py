@@ -6,9 +6,8 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from tests.support.api import PASSWORD, ApiServer, Client
 from veza_local.services import RedisService
-
-from .conftest import PASSWORD, ApiServer, Client
 
 
 def _name() -> str:

@@ -8,9 +8,8 @@ import math
 import av
 import numpy as np
 
+from tests.support.api import ApiServer, Client, ServerFactory
 from veza_core.storage import ObjectStore
-
-from .conftest import ApiServer, Client, ServerFactory
 
 
 def tone(fmt: str, codec: str, seconds: float = 1.0, rate: int = 44100) -> bytes:

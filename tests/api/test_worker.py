@@ -10,13 +10,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from tests.support.api import PASSWORD, Client, ServerFactory, write_keys
+from tests.support.waiting import wait_for
 from veza_core.keys import generate_signing_key
 from veza_local.services import LocalService, RedisService, S3Service, free_port
-
-from .conftest import PASSWORD, Client, ServerFactory, write_keys
 
 
 async def test_veza_api_serves_and_stops_gracefully(api_database: str, redis: RedisService, s3_env: S3Service,
@@ -30,15 +31,14 @@ async def test_veza_api_serves_and_stops_gracefully(api_database: str, redis: Re
                             stderr=subprocess.PIPE, text=True)
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
+            async def readiness() -> dict[str, Any] | None:
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        ready = await resp.json()
-                        if resp.status == 200:
-                            break
+                        return await resp.json() if resp.status == 200 else None
                 except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+                    return None
+
+            ready = await wait_for(readiness, timeout=15, interval=0.1, message="veza api ready")
             assert ready["checks"] == {"postgres": True, "s3": True, "signing_key": True}
             async with session.get(f"http://127.0.0.1:{port}/.well-known/jwks.json") as resp:
                 assert resp.status == 200 and len((await resp.json())["keys"]) == 1

@@ -1,4 +1,5 @@
-"""The API application: routes, middleware, and the resources they share."""
+"""The API application: routes, middleware, and the context they share (built once
+from the settings `cli.run` read, kept under `context.API`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from . import accounts, audit, magiclinks, moderation, oidc, openapi, rooms, tok
 from .context import API, Api
 from .mail import Mailer
 from .middleware import MIDDLEWARES
-from .oidc import OidcClient
+from .oidc_client import OidcClient
 from .passwords import Passwords
 from .settings import ApiSettings
 

@@ -1,10 +1,10 @@
-"""What every handler needs, built once per process and kept on the application."""
+"""What every handler needs, built once per process and kept on the application
+under the typed key `API` (handlers read it with `request.app[API]`)."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -16,12 +16,10 @@ from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
 from veza_core.storage import ObjectStore
 
+from .mail import Mailer
+from .oidc_client import OidcClient
 from .passwords import Passwords
 from .settings import ApiSettings
-
-if TYPE_CHECKING:
-    from .mail import Mailer
-    from .oidc import OidcClient
 
 
 @dataclass
@@ -45,10 +43,6 @@ class Api:
 
 
 API = web.AppKey("veza_api", Api)
-
-
-def api(request: web.Request) -> Api:
-    return request.app[API]
 
 
 def client_ip(request: web.Request) -> str:

@@ -1,29 +1,23 @@
-"""API errors: raised anywhere, answered as {"error": {"code", "message"}} by the middleware."""
+"""Shorthands for the common error answers, all `veza_core.web.HttpError` (the
+shared middleware renders them as {"error": {"code", "message"}}), and the
+request-body parser that answers 413/400/422.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from veza_core.web import HttpError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-        self.extra = extra
-
-
-def not_found(what: str = "resource") -> ApiError:
-    return ApiError(404, "not_found", f"{what} not found")
+def not_found(what: str = "resource") -> HttpError:
+    return HttpError(404, "not_found", f"{what} not found")
 
 
 def parse_uuid(value: str, what: str = "id") -> uuid.UUID:
@@ -31,11 +25,11 @@ def parse_uuid(value: str, what: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError as exc:
-        raise ApiError(404, "not_found", f"{what} not found") from exc
+        raise not_found(what) from exc
 
 
-def forbidden(message: str = "you may not do this") -> ApiError:
-    return ApiError(403, "forbidden", message)
+def forbidden(message: str = "you may not do this") -> HttpError:
+    return HttpError(403, "forbidden", message)
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:
@@ -43,12 +37,12 @@ async def read_json(request: web.Request, model: type[M]) -> M:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(413, "body_too_large", "the request body is too large") from exc
+        raise HttpError(413, "body_too_large", "the request body is too large") from exc
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from exc
+            raise HttpError(400, "invalid_json", "the body is not valid JSON") from exc
         problems = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
-        raise ApiError(422, "invalid_body", "the body does not match the expected shape",
-                       problems=problems[:20]) from exc
+        raise HttpError(422, "invalid_body", "the body does not match the expected shape",
+                        problems=problems[:20]) from exc

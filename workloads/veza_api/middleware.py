@@ -1,6 +1,6 @@
 """The API's request pipeline, after the shared `observe` (request ids, JSON access
-logs, metrics): CORS → errors → body size → per-IP rate limit → authentication →
-per-user rate limit.
+logs, metrics, and rendering of `HttpError`): CORS → body size → per-IP rate
+limit → authentication → per-user rate limit.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from veza_core.auth import TokenError, token_from_request
-from veza_core.web import json_error
+from veza_core.web import HttpError, json_error
 
-from .accounts import too_many
-from .context import api, client_ip
-from .errors import ApiError
+from .context import API, client_ip
 from .rbac import REQUEST_PRINCIPAL
-from .sessions import is_revoked
+from .services.accounts import too_many
+from .services.sessions import is_revoked
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("veza.api")
@@ -28,21 +27,11 @@ CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
 CORS_HEADERS = "Authorization, Content-Type, X-Request-Id"
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        response = json_error(exc.status, exc.code, exc.message, **exc.extra)
-        response.headers.update(exc.headers)
-        return response
-
-
 def _allowed_origin(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
     if not origin:
         return None
-    allowed = api(request).settings.cors_origin_set
+    allowed = request.app[API].settings.cors_origin_set
     if "*" in allowed or origin.rstrip("/") in allowed:
         return origin
     return None
@@ -59,27 +48,35 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
             "Access-Control-Allow-Headers": CORS_HEADERS, "Access-Control-Max-Age": "600", "Vary": "Origin"})
     try:
         response = await handler(request)
+    except HttpError as exc:
+        # Rendered by `observe`, outside us: it takes these headers along.
+        if origin is not None:
+            exc.headers.update(_cors_headers(origin))
+        raise
     except web.HTTPException as exc:
         if origin is not None:
             exc.headers["Access-Control-Allow-Origin"] = origin
             exc.headers["Vary"] = "Origin"
         raise
     if origin is not None and not response.prepared:
-        # Tokens travel in the Authorization header, never in cookies: no credentials mode.
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-Id"
-        response.headers["Vary"] = "Origin"
+        response.headers.update(_cors_headers(origin))
     return response
+
+
+def _cors_headers(origin: str) -> dict[str, str]:
+    # Tokens travel in the Authorization header, never in cookies: no credentials mode.
+    return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Retry-After, X-Request-Id",
+            "Vary": "Origin"}
 
 
 @web.middleware
 async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     """413 before reading a body whose declared size is too big (aiohttp also stops
     undeclared chunked bodies at `client_max_size` while reading them)."""
-    settings = api(request).settings
+    settings = request.app[API].settings
     limit = settings.max_track_bytes if request.path in UPLOAD_PATHS else settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes")
+        raise HttpError(413, "body_too_large", f"the body exceeds {limit} bytes")
     return await handler(request)
 
 
@@ -88,15 +85,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     """Verifies a bearer token when one is sent; endpoints decide whether they need one."""
     token = token_from_request(request)
     if token is not None and request.path.startswith("/api/"):
-        ctx = api(request)
+        ctx = request.app[API]
         try:
             who = ctx.verifier.verify(token)
         except TokenError as exc:
-            raise ApiError(401, exc.code, exc.message,
+            raise HttpError(401, exc.code, exc.message,
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
         sid = who.claims.get("sid")
         if not isinstance(sid, str) or await is_revoked(ctx, sid):
-            raise ApiError(401, "token_revoked", "the session of this token has ended",
+            raise HttpError(401, "token_revoked", "the session of this token has ended",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         request[REQUEST_PRINCIPAL] = who
     return await handler(request)
@@ -106,7 +103,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 async def limit_ip(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token bucket in Redis per client IP; before authentication, so guessing tokens costs too."""
     if request.path.startswith("/api/"):
-        ctx = api(request)
+        ctx = request.app[API]
         s = ctx.settings
         decision = await ctx.limiter.hit(f"ip:{client_ip(request)}", rate=s.rate_ip_per_second,
                                          burst=s.rate_ip_burst)
@@ -120,7 +117,7 @@ async def limit_user(request: web.Request, handler: Handler) -> web.StreamRespon
     """Token bucket per authenticated user, wherever their requests come from."""
     who = request.get(REQUEST_PRINCIPAL)
     if who is not None:
-        ctx = api(request)
+        ctx = request.app[API]
         s = ctx.settings
         decision = await ctx.limiter.hit(f"user:{who.subject}", rate=s.rate_user_per_second,
                                          burst=s.rate_user_burst)
@@ -130,4 +127,4 @@ async def limit_user(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 # cors outermost, so error answers carry CORS headers too and browsers can read them.
-MIDDLEWARES = [cors, errors, body_limit, limit_ip, authenticate, limit_user]
+MIDDLEWARES = [cors, body_limit, limit_ip, authenticate, limit_user]

@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 
+from veza_core.config import Settings
 from veza_core.db import migrate
 from veza_core.logs import configure_logging
 
@@ -20,19 +20,21 @@ log = logging.getLogger("veza.migrate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", default=os.environ.get("VEZA_DATABASE_URL"),
-                        help="PostgreSQL URL (default: $VEZA_DATABASE_URL)")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: $VEZA_DATABASE_URL)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="give up after this many seconds (waiting for the lock included)")
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging("migrate", os.environ.get("VEZA_LOG_LEVEL", "INFO"))
-    if not args.database_url:
+    settings = Settings.from_env()  # the environment, read once: VEZA_DATABASE_URL, VEZA_LOG_LEVEL
+    configure_logging("migrate", settings.log_level)
+    # The flag wins, even when given empty (then there is no URL).
+    database_url = settings.database_url if args.database_url is None else args.database_url
+    if not database_url:
         print("veza migrate: no database URL (--database-url or VEZA_DATABASE_URL)", file=sys.stderr)
         return 2
     try:
-        applied = asyncio.run(asyncio.wait_for(migrate(args.database_url), args.timeout))
+        applied = asyncio.run(asyncio.wait_for(migrate(database_url), args.timeout))
     except (OSError, TimeoutError) as exc:
         log.error("migration failed", extra={"error": repr(exc)})
         return 1

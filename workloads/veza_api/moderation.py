@@ -8,22 +8,15 @@ member of equal or higher rank.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field
 
-from . import audit
-from .context import api
+from .bodies import Action
+from .context import API, client_ip
 from .errors import forbidden, not_found, parse_uuid, read_json
-from .rbac import ROOM_ROLES, is_admin, require_room_role, resource_name, room_role, user_id
-
-
-class Action(BaseModel):
-    action: Literal["ban", "unban", "mute", "unmute"]
-    user_id: str
-    reason: str = Field("", max_length=500)
-    duration_seconds: int | None = Field(None, ge=1, le=366 * 24 * 3600)
+from .rbac import is_platform_admin, require_room_role, resource_name, user_id
+from .services import audit
+from .services.roles import ROOM_ROLES, room_role
 
 
 def _rank(role: str | None) -> int:
@@ -32,13 +25,13 @@ def _rank(role: str | None) -> int:
 
 async def moderate(request: web.Request) -> web.Response:
     room = resource_name(request, "room")
-    ctx = api(request)
+    ctx = request.app[API]
     if not await ctx.pool.fetchval("SELECT 1 FROM rooms WHERE name = $1", room):
         raise not_found("room")
     actor = await require_room_role(request, room, "moderator")
     body = await read_json(request, Action)
     target = parse_uuid(body.user_id, "user")
-    if not await is_admin(request, actor):
+    if not await is_platform_admin(request, actor):
         mine, theirs = await room_role(ctx.pool, room, user_id(actor)), await room_role(ctx.pool, room, target)
         if _rank(theirs) >= _rank(mine):
             raise forbidden("you cannot moderate someone of your rank or above")
@@ -48,7 +41,7 @@ async def moderate(request: web.Request) -> web.Response:
             "INSERT INTO room_moderation (room, user_id, action, reason, actor_id, until)"
             " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
             room, target, body.action, body.reason, user_id(actor), until)
-        await audit.record(conn, "room.moderation", actor=actor.subject, subject=str(target), request=request,
+        await audit.record(conn, "room.moderation", actor=actor.subject, subject=str(target), ip=client_ip(request),
                            room=room, action=body.action, reason=body.reason, until=until)
     return web.json_response({"id": row["id"], "room": room, "user_id": str(target), "action": body.action,
                               "reason": body.reason, "until": until.isoformat() if until else None,
@@ -58,7 +51,7 @@ async def moderate(request: web.Request) -> web.Response:
 async def list_actions(request: web.Request) -> web.Response:
     room = resource_name(request, "room")
     await require_room_role(request, room, "moderator")
-    rows = await api(request).pool.fetch(
+    rows = await request.app[API].pool.fetch(
         "SELECT * FROM room_moderation WHERE room = $1 ORDER BY id DESC LIMIT 200", room)
     return web.json_response({"actions": [
         {"id": r["id"], "room": r["room"], "user_id": str(r["user_id"]), "action": r["action"],

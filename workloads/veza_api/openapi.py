@@ -2,7 +2,7 @@
 
 Request bodies come from the pydantic models the handlers parse with, so they
 cannot drift; response shapes are written here, and the test suite validates
-every answer it receives against them (tests/api/openapi_check.py) and checks
+every answer it receives against them (tests/support/api.py) and checks
 that every route is documented.
 """
 
@@ -14,12 +14,19 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from .accounts import Credentials, RefreshRequest, Registration
-from .magiclinks import LinkRequest, LinkToken
-from .moderation import Action
-from .rooms import Declaration, RoleGrant
-from .tokens import ServiceTokenRequest
-from .users import ProfileUpdate, UserUpdate
+from .bodies import (
+    Action,
+    Credentials,
+    Declaration,
+    LinkRequest,
+    LinkToken,
+    ProfileUpdate,
+    RefreshRequest,
+    Registration,
+    RoleGrant,
+    ServiceTokenRequest,
+    UserUpdate,
+)
 
 REF = "#/components/schemas/{model}"
 

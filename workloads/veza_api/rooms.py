@@ -14,53 +14,25 @@ When Redis is unreachable those figures are null, and the rest still answers.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, Field
 from redis.exceptions import RedisError, ResponseError
 
 from veza_core import directory
 from veza_core.auth import Principal
+from veza_core.web import HttpError
 
-from . import audit
-from .context import Api, api
-from .errors import ApiError, forbidden, not_found, parse_uuid, read_json
-from .rbac import (
-    CHANNEL_ROLES,
-    ROOM_ROLES,
-    at_least,
-    channel_role,
-    is_admin,
-    principal,
-    require_admin,
-    require_room_role,
-    resource_name,
-    room_role,
-    user_id,
-)
+from .bodies import Declaration, RoleGrant
+from .context import API, Api, client_ip
+from .errors import forbidden, not_found, parse_uuid, read_json
+from .rbac import is_platform_admin, principal, require_admin, require_room_role, resource_name, user_id
+from .services import audit
+from .services.roles import CHANNEL_ROLES, ROOM_ROLES, at_least, channel_role, room_role
 
 KINDS = {"room": ("rooms", "room_roles", "room", ROOM_ROLES),
          "channel": ("channels", "channel_roles", "channel", CHANNEL_ROLES)}
-
-
-class Member(BaseModel):
-    user: str
-    role: str
-
-
-class Declaration(BaseModel):
-    """What the operator knows of a ChatRoom / StreamChannel."""
-
-    title: str = Field(min_length=1, max_length=200)
-    visibility: Literal["public", "private"] = "public"
-    # When given, replaces the resource's roles (the CR's spec.members is the source of truth).
-    members: list[Member] | None = Field(None, max_length=10_000)
-
-
-class RoleGrant(BaseModel):
-    role: str
 
 
 async def _visible(request: web.Request, kind: str, row: asyncpg.Record | None) -> asyncpg.Record:
@@ -71,9 +43,9 @@ async def _visible(request: web.Request, kind: str, row: asyncpg.Record | None) 
         return row
     who = principal(request)
     if who is not None:
-        ctx = api(request)
+        ctx = request.app[API]
         role = await (room_role if kind == "room" else channel_role)(ctx.pool, row["name"], user_id(who))
-        if role is not None or await is_admin(request, who):
+        if role is not None or await is_platform_admin(request, who):
             return row
     raise not_found(kind)  # a private resource is not even confirmed to exist
 
@@ -81,8 +53,8 @@ async def _visible(request: web.Request, kind: str, row: asyncpg.Record | None) 
 async def _rows(request: web.Request, kind: str) -> list[asyncpg.Record]:
     table, roles_table, column, _ = KINDS[kind]
     who = principal(request)
-    ctx = api(request)
-    if who is not None and await is_admin(request, who):
+    ctx = request.app[API]
+    if who is not None and await is_platform_admin(request, who):
         return await ctx.pool.fetch(f"SELECT * FROM {table} ORDER BY name")  # noqa: S608 - fixed names
     uid = user_id(who) if who is not None else None
     return await ctx.pool.fetch(
@@ -141,21 +113,21 @@ async def _my_role(request: web.Request, kind: str, name: str) -> str | None:
     who = principal(request)
     if who is None:
         return None
-    return await (room_role if kind == "room" else channel_role)(api(request).pool, name, user_id(who))
+    return await (room_role if kind == "room" else channel_role)(request.app[API].pool, name, user_id(who))
 
 
 async def list_rooms(request: web.Request) -> web.Response:
     """GET /api/v1/rooms: public rooms for anyone; private ones for their members and admins."""
     rows = await _rows(request, "room")
-    counts = await member_counts(api(request), [r["name"] for r in rows])
+    counts = await member_counts(request.app[API], [r["name"] for r in rows])
     return web.json_response({"rooms": [_json(r, member_count=counts[r["name"]]) for r in rows]})
 
 
 async def get_room(request: web.Request) -> web.Response:
     name = resource_name(request, "room")
-    row = await _visible(request, "room", await api(request).pool.fetchrow("SELECT * FROM rooms WHERE name = $1",
+    row = await _visible(request, "room", await request.app[API].pool.fetchrow("SELECT * FROM rooms WHERE name = $1",
                                                                            name))
-    counts = await member_counts(api(request), [name])
+    counts = await member_counts(request.app[API], [name])
     return web.json_response(_json(row, member_count=counts[name], your_role=await _my_role(request, "room", name)))
 
 
@@ -166,7 +138,7 @@ async def list_channels(request: web.Request) -> web.Response:
 
 async def get_channel(request: web.Request) -> web.Response:
     name = resource_name(request, "channel")
-    ctx = api(request)
+    ctx = request.app[API]
     row = await _visible(request, "channel", await ctx.pool.fetchrow("SELECT * FROM channels WHERE name = $1", name))
     return web.json_response(_json(row, now_playing=await now_playing(ctx, name),
                                    your_role=await _my_role(request, "channel", name)))
@@ -178,7 +150,7 @@ async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Princ
     _, roles_table, column, ladder = KINDS[kind]
     uid = parse_uuid(target, "user")
     if role is not None and role not in ladder:
-        raise ApiError(422, "invalid_role", f"{kind} roles are {', '.join(ladder)}")
+        raise HttpError(422, "invalid_role", f"{kind} roles are {', '.join(ladder)}")
     before = await conn.fetchval(
         f"SELECT role FROM {roles_table} WHERE {column} = $1 AND user_id = $2", name, uid)  # noqa: S608
     if before == role:
@@ -191,10 +163,10 @@ async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Princ
             f" ON CONFLICT ({column}, user_id) DO UPDATE SET role = excluded.role, granted_at = now()",
             name, uid, role)
     if before is not None:
-        await audit.record(conn, "role.revoked", actor=actor.subject, subject=str(uid), request=request,
+        await audit.record(conn, "role.revoked", actor=actor.subject, subject=str(uid), ip=client_ip(request),
                            scope=f"{kind}/{name}", role=before)
     if role is not None:
-        await audit.record(conn, "role.granted", actor=actor.subject, subject=str(uid), request=request,
+        await audit.record(conn, "role.granted", actor=actor.subject, subject=str(uid), ip=client_ip(request),
                            scope=f"{kind}/{name}", role=role)
 
 
@@ -206,7 +178,7 @@ def declare(kind: str) -> Any:
         admin = await require_admin(request)
         name = resource_name(request, kind)
         body = await read_json(request, Declaration)
-        ctx = api(request)
+        ctx = request.app[API]
         async with ctx.pool.acquire() as conn, conn.transaction():
             row = await directory.declare(conn, kind, name, body.title, body.visibility)  # type: ignore[arg-type]
             if body.members is not None:
@@ -228,12 +200,12 @@ def undeclare(kind: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
         admin = await require_admin(request)
         name = resource_name(request, kind)
-        ctx = api(request)
+        ctx = request.app[API]
         deleted = await ctx.pool.fetchval(f"DELETE FROM {table} WHERE name = $1 RETURNING name", name)  # noqa: S608
         if deleted is None:
             raise not_found(kind)
         await audit.record(ctx.pool, f"{kind}.deleted", actor=admin.subject, subject=f"{kind}/{name}",
-                           request=request)
+                           ip=client_ip(request))
         return web.Response(status=204)
 
     return handler
@@ -252,7 +224,7 @@ def member_role(kind: str, grant: bool) -> Any:
         Channels: platform admins only.
         """
         name = resource_name(request, kind)
-        ctx = api(request)
+        ctx = request.app[API]
         await _require_exists(ctx, kind, name)
         role = (await read_json(request, RoleGrant)).role if grant else None
         target = request.match_info["user_id"]
@@ -261,7 +233,7 @@ def member_role(kind: str, grant: bool) -> Any:
         else:
             actor = await require_room_role(request, name, "moderator")
             mine = await room_role(ctx.pool, name, user_id(actor))
-            if not at_least(mine, "owner", ROOM_ROLES) and not await is_admin(request, actor):
+            if not at_least(mine, "owner", ROOM_ROLES) and not await is_platform_admin(request, actor):
                 theirs = await room_role(ctx.pool, name, parse_uuid(target, "user"))
                 if role not in (None, "member") or theirs not in (None, "member"):
                     raise forbidden("moderators manage plain members only")

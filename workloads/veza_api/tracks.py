@@ -19,10 +19,12 @@ import asyncpg
 import av
 from aiohttp import web
 
-from . import audit
-from .context import api
-from .errors import ApiError, forbidden, not_found, parse_uuid
-from .rbac import is_admin, require_user, user_id
+from veza_core.web import HttpError
+
+from .context import API, client_ip
+from .errors import forbidden, not_found, parse_uuid
+from .rbac import is_platform_admin, require_user, user_id
+from .services import audit
 
 ACCEPTED_CODECS = frozenset({"mp3", "mp3float", "aac", "opus", "libopus", "vorbis", "libvorbis", "flac", "alac",
                              "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_u8", "pcm_s16be"})
@@ -83,9 +85,9 @@ def probe(path: str) -> Probe:
 async def _may_upload(request: web.Request) -> bool:
     """Platform admins and broadcasters of any channel manage tracks."""
     who = require_user(request)
-    if await is_admin(request, who):
+    if await is_platform_admin(request, who):
         return True
-    return bool(await api(request).pool.fetchval(
+    return bool(await request.app[API].pool.fetchval(
         "SELECT 1 FROM channel_roles WHERE user_id = $1 AND role = 'broadcaster' LIMIT 1", user_id(who)))
 
 
@@ -104,8 +106,8 @@ async def upload(request: web.Request) -> web.Response:
         raise forbidden("admins and broadcasters only")
     title = request.query.get("title", "").strip()
     if not 1 <= len(title) <= 200:
-        raise ApiError(422, "invalid_title", "give the track a title of 1 to 200 characters (?title=)")
-    ctx = api(request)
+        raise HttpError(422, "invalid_title", "give the track a title of 1 to 200 characters (?title=)")
+    ctx = request.app[API]
     limit = ctx.settings.max_track_bytes
     fd, path = tempfile.mkstemp(prefix="veza-track-")
     try:
@@ -114,16 +116,16 @@ async def upload(request: web.Request) -> web.Response:
             async for chunk in request.content.iter_chunked(256 * 1024):
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, "body_too_large", f"tracks are limited to {limit} bytes")
+                    raise HttpError(413, "body_too_large", f"tracks are limited to {limit} bytes")
                 out.write(chunk)
         if size == 0:
-            raise ApiError(422, "corrupt_media", "the body is empty")
+            raise HttpError(422, "corrupt_media", "the body is empty")
         try:
             found = await asyncio.to_thread(probe, path)
         except ProbeError as exc:
-            raise ApiError(exc.status, exc.code, exc.message) from exc
+            raise HttpError(exc.status, exc.code, exc.message) from exc
         if found.duration_s > ctx.settings.max_track_seconds:
-            raise ApiError(422, "too_long", f"tracks are limited to {ctx.settings.max_track_seconds:.0f} s")
+            raise HttpError(422, "too_long", f"tracks are limited to {ctx.settings.max_track_seconds:.0f} s")
         track_id = uuid.uuid4()
         key = f"tracks/{track_id}/original"
         with open(path, "rb") as f:  # noqa: ASYNC230 - a local temp file, read once
@@ -138,7 +140,7 @@ async def upload(request: web.Request) -> web.Response:
         " container, sample_rate, channels) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
         track_id, title, user_id(who), key, found.content_type, size, found.duration_s, found.codec,
         found.container, found.sample_rate, found.channels)
-    await audit.record(ctx.pool, "track.uploaded", actor=who.subject, subject=str(track_id), request=request,
+    await audit.record(ctx.pool, "track.uploaded", actor=who.subject, subject=str(track_id), ip=client_ip(request),
                        size=size, codec=found.codec)
     return web.json_response(_json(row), status=201)
 
@@ -146,14 +148,14 @@ async def upload(request: web.Request) -> web.Response:
 async def list_tracks(request: web.Request) -> web.Response:
     if not await _may_upload(request):
         raise forbidden("admins and broadcasters only")
-    rows = await api(request).pool.fetch("SELECT * FROM tracks ORDER BY created_at DESC LIMIT 500")
+    rows = await request.app[API].pool.fetch("SELECT * FROM tracks ORDER BY created_at DESC LIMIT 500")
     return web.json_response({"tracks": [_json(r) for r in rows]})
 
 
 async def get_track(request: web.Request) -> web.Response:
     if not await _may_upload(request):
         raise forbidden("admins and broadcasters only")
-    row = await api(request).pool.fetchrow("SELECT * FROM tracks WHERE id = $1",
+    row = await request.app[API].pool.fetchrow("SELECT * FROM tracks WHERE id = $1",
                                            parse_uuid(request.match_info["id"], "track"))
     if row is None:
         raise not_found("track")
@@ -163,15 +165,15 @@ async def get_track(request: web.Request) -> web.Response:
 async def delete_track(request: web.Request) -> web.Response:
     """Owners and admins; removes the original and whatever the stream worker derived from it."""
     who = require_user(request)
-    ctx = api(request)
+    ctx = request.app[API]
     track_id = parse_uuid(request.match_info["id"], "track")
     row = await ctx.pool.fetchrow("SELECT owner_id FROM tracks WHERE id = $1", track_id)
     if row is None:
         raise not_found("track")
-    if row["owner_id"] != user_id(who) and not await is_admin(request, who):
+    if row["owner_id"] != user_id(who) and not await is_platform_admin(request, who):
         raise forbidden("only the owner or an admin deletes a track")
     for key in await ctx.store.list(f"tracks/{track_id}/"):
         await ctx.store.delete(key)
     await ctx.pool.execute("DELETE FROM tracks WHERE id = $1", track_id)
-    await audit.record(ctx.pool, "track.deleted", actor=who.subject, subject=str(track_id), request=request)
+    await audit.record(ctx.pool, "track.deleted", actor=who.subject, subject=str(track_id), ip=client_ip(request))
     return web.Response(status=204)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from redis.exceptions import RedisError
 
-from .context import Api
+from ..context import Api
 
 
 def token_hash(token: str) -> bytes:

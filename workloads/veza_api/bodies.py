@@ -1,0 +1,76 @@
+"""Request bodies: the pydantic models the handlers parse with and the OpenAPI
+document publishes (so the two cannot drift). Kept apart from the route modules
+so that the document and every route can import them without importing routes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from .services.roles import PLATFORM_ROLES
+
+# Deliberately loose: the address is proven by use (magic links), not by its shape.
+EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+
+
+class Registration(BaseModel):
+    email: str = Field(max_length=254, pattern=EMAIL_PATTERN)
+    password: str = Field(min_length=10, max_length=1024)
+    display_name: str = Field(min_length=1, max_length=100)
+
+
+class Credentials(BaseModel):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=1024)
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(max_length=512)
+
+
+class LinkRequest(BaseModel):
+    email: str = Field(max_length=254, pattern=EMAIL_PATTERN)
+
+
+class LinkToken(BaseModel):
+    token: str = Field(max_length=256)
+
+
+class ServiceTokenRequest(BaseModel):
+    audience: str
+
+
+class ProfileUpdate(BaseModel):
+    display_name: str = Field(min_length=1, max_length=100)
+
+
+class UserUpdate(BaseModel):
+    roles: list[str] | None = Field(None, max_length=len(PLATFORM_ROLES))
+    disabled: bool | None = None
+
+
+class Member(BaseModel):
+    user: str
+    role: str
+
+
+class Declaration(BaseModel):
+    """What the operator knows of a ChatRoom / StreamChannel."""
+
+    title: str = Field(min_length=1, max_length=200)
+    visibility: Literal["public", "private"] = "public"
+    # When given, replaces the resource's roles (the CR's spec.members is the source of truth).
+    members: list[Member] | None = Field(None, max_length=10_000)
+
+
+class RoleGrant(BaseModel):
+    role: str
+
+
+class Action(BaseModel):
+    action: Literal["ban", "unban", "mute", "unmute"]
+    user_id: str
+    reason: str = Field("", max_length=500)
+    duration_seconds: int | None = Field(None, ge=1, le=366 * 24 * 3600)

@@ -1,0 +1,119 @@
+"""Accounts and logins, whichever way the caller proves who they are: register,
+password login, refresh, logout, and what every login method shares (the
+per-IP and per-account attempt limit, finding or creating the account of a
+proven email, opening a session).
+
+`ip` is the client's address, for the attempt limit and the audit log.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import asyncpg
+
+from veza_core.auth import Principal
+from veza_core.ratelimit import Decision
+from veza_core.web import HttpError
+
+from ..context import Api
+from . import audit
+from .sessions import revoke_session, rotate, start_session
+from .tokens import token_pair
+from .users import create_user, find_by_email, find_by_id, normalise_email
+
+
+def too_many(decision: Decision, what: str) -> HttpError:
+    wait = max(1, math.ceil(decision.retry_after))
+    return HttpError(429, "rate_limited", f"too many {what}; retry in {wait} s", headers={"Retry-After": str(wait)})
+
+
+async def limit_attempts(ctx: Api, kind: str, account: str, ip: str) -> None:
+    """Per client IP and per account, so neither one address nor a botnet can hammer one account."""
+    s = ctx.settings
+    rate = s.rate_login_per_minute / 60
+    for key in (f"{kind}-ip:{ip}", f"{kind}-account:{account}"):
+        decision = await ctx.limiter.hit(key, rate=rate, burst=s.rate_login_burst)
+        if not decision.allowed:
+            raise too_many(decision, f"{kind} attempts")
+
+
+async def open_session(ctx: Api, user: asyncpg.Record, method: str, ip: str) -> dict[str, Any]:
+    """A new session for `user`, audited; the answer of every successful login."""
+    session_id, refresh_token = await start_session(ctx, user["id"], method)
+    await audit.record(ctx.pool, "login.success", actor=str(user["id"]), subject=str(user["id"]), ip=ip,
+                       method=method, session=str(session_id))
+    return await token_pair(ctx, user, session_id, refresh_token)
+
+
+async def user_for_email(ctx: Api, email: str, display_name: str, method: str, ip: str) -> asyncpg.Record:
+    """The account of an email the login `method` proved, created (without a password) if there is none."""
+    user = await find_by_email(ctx.pool, email)
+    if user is None:
+        await create_user(ctx.pool, email=email, display_name=display_name, password_hash=None,
+                          bootstrap_admin=ctx.settings.bootstrap_admin_email)
+        user = await find_by_email(ctx.pool, email)  # whoever won a race, with its password hash column
+        assert user is not None
+        await audit.record(ctx.pool, "user.registered", actor=str(user["id"]), subject=str(user["id"]), ip=ip,
+                           method=method)
+    return user
+
+
+async def register(ctx: Api, *, email: str, password: str, display_name: str, ip: str) -> asyncpg.Record:
+    await limit_attempts(ctx, "register", normalise_email(email), ip)
+    password_hash = await ctx.passwords.hash(password)
+    user = await create_user(ctx.pool, email=email, display_name=display_name.strip() or display_name,
+                             password_hash=password_hash, bootstrap_admin=ctx.settings.bootstrap_admin_email)
+    if user is None:
+        raise HttpError(409, "email_taken", "an account with this email already exists")
+    await audit.record(ctx.pool, "user.registered", actor=str(user["id"]), subject=str(user["id"]), ip=ip)
+    if user["roles"]:
+        await audit.record(ctx.pool, "role.granted", subject=str(user["id"]), ip=ip, role="admin",
+                           scope="platform", reason="bootstrap admin email")
+    return user
+
+
+async def password_login(ctx: Api, *, email: str, password: str, ip: str) -> dict[str, Any]:
+    email = normalise_email(email)
+    await limit_attempts(ctx, "login", email, ip)
+    user = await find_by_email(ctx.pool, email)
+    ok = await ctx.passwords.verify(user["password_hash"] if user else None, password)
+    if not ok or user is None or user["disabled"]:
+        await audit.record(ctx.pool, "login.failure", actor=str(user["id"]) if user else None, subject=email,
+                           ip=ip, reason="disabled" if ok and user else "bad credentials")
+        raise HttpError(401, "invalid_credentials", "wrong email or password")
+    if ctx.passwords.needs_rehash(user["password_hash"]):
+        # The cost settings changed since this hash was made: upgrade it now that we know the password.
+        await ctx.pool.execute("UPDATE users SET password_hash = $2 WHERE id = $1", user["id"],
+                               await ctx.passwords.hash(password))
+    return await open_session(ctx, user, "password", ip)
+
+
+async def refresh(ctx: Api, refresh_token: str, ip: str) -> dict[str, Any]:
+    """The next token pair of the session; a reused refresh token ends the session."""
+    result = await rotate(ctx, refresh_token)
+    actor = str(result.user_id) if result.user_id else None
+    subject = str(result.session_id) if result.session_id else None
+    if result.outcome == "reused":
+        await audit.record(ctx.pool, "token.reuse", actor=actor, subject=subject, ip=ip, action="session revoked")
+        raise HttpError(401, "refresh_token_reused", "this refresh token was already used; the session is revoked")
+    if result.outcome != "ok" or result.session_id is None or result.refresh_token is None:
+        await audit.record(ctx.pool, "token.refresh_failure", actor=actor, subject=subject, ip=ip,
+                           reason=result.outcome)
+        raise HttpError(401, "invalid_refresh_token", "the refresh token is unknown, expired or revoked")
+    assert result.user_id is not None  # a rotated token belongs to a session, which belongs to a user
+    user = await find_by_id(ctx.pool, result.user_id)
+    if user is None or user["disabled"]:
+        await revoke_session(ctx, result.session_id, "user disabled")
+        raise HttpError(401, "invalid_refresh_token", "the account is disabled")
+    await audit.record(ctx.pool, "token.refresh", actor=actor, subject=subject, ip=ip)
+    return await token_pair(ctx, user, result.session_id, result.refresh_token)
+
+
+async def logout(ctx: Api, who: Principal, ip: str) -> None:
+    """Ends the session of the access token: its refresh tokens and access tokens stop working."""
+    sid = uuid.UUID(str(who.claims["sid"]))  # the auth middleware accepts only tokens with a valid sid
+    await revoke_session(ctx, sid, "logout")
+    await audit.record(ctx.pool, "session.logout", actor=who.subject, subject=str(sid), ip=ip)

@@ -1,0 +1,82 @@
+"""Login through an external OpenID Connect provider: authorization code flow with PKCE.
+
+`begin` keeps a fresh `state`, `nonce` and code verifier server-side for ten
+minutes and gives the provider's authorization URL (with the S256 challenge);
+`finish` exchanges the code with the verifier, checks the ID token (signature
+from the provider's JWKS, issuer, audience, nonce, expiry), finds or creates the
+Veza user and opens a session.
+
+A provider's subject is linked to a user once (`oidc_identities`); on first
+login an existing account is linked only if the provider says the email is
+verified, so an unverified address cannot take over someone's account.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from veza_core.web import HttpError
+
+from ..context import Api
+from ..oidc_client import OidcClient, OidcError
+from . import audit
+from .accounts import open_session, user_for_email
+
+REQUEST_TTL = timedelta(minutes=10)
+
+
+def client(ctx: Api) -> OidcClient:
+    if ctx.oidc is None:
+        raise HttpError(404, "oidc_not_configured", "no OIDC provider is configured for this platform")
+    return ctx.oidc
+
+
+async def begin(ctx: Api) -> str:
+    """The provider's authorization URL for a new login attempt."""
+    provider = client(ctx)
+    state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
+    await ctx.pool.execute("DELETE FROM oidc_requests WHERE expires_at < now()")
+    await ctx.pool.execute(
+        "INSERT INTO oidc_requests (state, code_verifier, nonce, expires_at) VALUES ($1, $2, $3, $4)",
+        state, verifier, nonce, datetime.now(UTC) + REQUEST_TTL)
+    try:
+        return await provider.authorization_url(state, nonce, verifier)
+    except OidcError as exc:
+        raise HttpError(502, "oidc_unavailable", "the identity provider cannot be reached") from exc
+
+
+async def finish(ctx: Api, *, code: str, state: str, ip: str) -> dict[str, Any]:
+    """Veza tokens for the provider's answer to the attempt `state`."""
+    provider = client(ctx)
+    pending = await ctx.pool.fetchrow(  # single use: the row goes whatever happens next
+        "DELETE FROM oidc_requests WHERE state = $1 AND expires_at > now() RETURNING code_verifier, nonce", state)
+    if pending is None:
+        raise HttpError(400, "invalid_state", "this login attempt is unknown or expired; start again")
+    try:
+        tokens = await provider.exchange(code, pending["code_verifier"])
+        claims = await provider.verify_id_token(str(tokens.get("id_token", "")), pending["nonce"])
+        if "email" not in claims:
+            extra = await provider.userinfo(str(tokens.get("access_token", "")))
+            if extra.get("sub") == claims["sub"]:  # OIDC Core 5.3.2: otherwise the answer must not be used
+                claims = {**extra, **claims}
+    except OidcError as exc:
+        await audit.record(ctx.pool, "login.failure", ip=ip, method="oidc", reason=str(exc)[:300])
+        raise HttpError(401, "oidc_failed", "the identity provider's answer could not be verified") from exc
+
+    subject = str(claims["sub"])
+    user_id = await ctx.pool.fetchval("SELECT user_id FROM oidc_identities WHERE issuer = $1 AND subject = $2",
+                                      provider.issuer, subject)
+    user = await ctx.pool.fetchrow("SELECT * FROM users WHERE id = $1", user_id) if user_id else None
+    if user is None:
+        email = claims.get("email")
+        if not isinstance(email, str) or "@" not in email or claims.get("email_verified") is not True:
+            raise HttpError(403, "oidc_email_unverified", "the identity provider gave no verified email")
+        name = str(claims.get("name") or email.split("@", 1)[0])[:100]
+        user = await user_for_email(ctx, email, name, "oidc", ip)
+        await ctx.pool.execute("INSERT INTO oidc_identities (issuer, subject, user_id) VALUES ($1, $2, $3)"
+                               " ON CONFLICT DO NOTHING", provider.issuer, subject, user["id"])
+    if user["disabled"]:
+        raise HttpError(401, "account_disabled", "this account is disabled")
+    return await open_session(ctx, user, "oidc", ip)
