@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = ApiSettings.from_env()
+    settings = ApiSettings.from_env()  # the only read of the environment; passed down from here
     assert isinstance(settings, ApiSettings)  # from_env builds the class it is called on
     configure_logging("api", settings.log_level)
     app = create_api_app(settings)
