@@ -15,13 +15,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from veza_core.specs import ChatRoomSpec
+
 from . import manifests, wiring
 from .controller import Context, Key, post_event
-from .models import ChatRoomSpec, VezaPlatformSpec
+from .models import VezaPlatformSpec
 from .naming import OWNER_KIND, OWNER_NAME, Owner, selector_labels
 from .workers import WorkerKind, platform_service_account, reconcile, worker_image
 
-CHAT_ROOM = WorkerKind(kind="ChatRoom", component="chat", spec_model=ChatRoomSpec, path_prefix="/chat",
+CHAT_WORKERS = WorkerKind(kind="ChatRoom", component="chat", spec_model=ChatRoomSpec, path_prefix="/chat",
                        load_metric="veza_chat_connections")
 PURGE_FINALIZER = "veza.io/purge-history"
 
@@ -100,4 +102,4 @@ async def reconcile_chat_room(ctx: Context, key: Key) -> None:
     if wants != (PURGE_FINALIZER in finalizers):
         await _set_finalizer(ctx, body, wants)
         return  # the watch event of that change brings us back with the new resourceVersion
-    await reconcile(CHAT_ROOM, ctx, key)
+    await reconcile(CHAT_WORKERS, ctx, key)

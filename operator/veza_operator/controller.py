@@ -17,17 +17,16 @@ import ctypes
 import ctypes.util
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from .conditions import same_status
-from .kube import ApiError, KubeClient, is_subset
+from .kube import ApiError, ApiKind, KubeClient, is_subset
 from .naming import OWNER_KIND, OWNER_NAME
 
 log = logging.getLogger("veza.operator")
@@ -41,12 +40,6 @@ RETRIES = Counter("veza_operator_retries_total", "Reconciles scheduled again aft
 WRITES = Counter("veza_operator_api_writes_total", "Write requests sent to the API server", ["kind", "verb"])
 QUEUE_DEPTH = Gauge("veza_operator_queue_depth", "Reconciles waiting to run")
 
-
-# Children whose status a reconciler reads: a worker Deployment's readiness, a Job's outcome, a Gateway's
-# verdict on an HTTPRoute.
-CHILD_STATUS_READ = frozenset({"Deployment", "Job", "HTTPRoute"})
-# How long the answer to "is this optional API served?" is trusted.
-CAPABILITY_TTL = float(os.environ.get("VEZA_CAPABILITY_TTL", "60"))
 
 
 def _slim(body: dict[str, Any], *, keep_status: bool = True) -> dict[str, Any]:
@@ -84,8 +77,12 @@ def _older(new: dict[str, Any], current: dict[str, Any] | None) -> bool:
 
 @dataclass
 class Store:
-    """The latest body of every custom resource and every child, by (kind, namespace, name)."""
+    """The latest body of every custom resource and every child, by (kind, namespace, name).
 
+    A child's status is kept only for the kinds in `status_read` (`kinds.STATUS_READ`).
+    """
+
+    status_read: frozenset[str] = frozenset()
     owners: dict[Key, dict[str, Any]] = field(default_factory=dict)
     children: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
@@ -99,7 +96,7 @@ class Store:
         key = (body["kind"], meta["namespace"], meta["name"])
         if _older(body, self.children.get(key)):
             return  # a watch event still on its way when our own write's answer arrived
-        self.children[key] = _slim(body, keep_status=body["kind"] in CHILD_STATUS_READ)
+        self.children[key] = _slim(body, keep_status=body["kind"] in self.status_read)
 
     def owned_by(self, owner: Key) -> list[dict[str, Any]]:
         kind, namespace, name = owner
@@ -114,20 +111,27 @@ class Store:
 
 @dataclass
 class Context:
-    """What a reconcile function needs: the API client and the store."""
+    """What a reconcile function needs: the API client, the store, and what this process remembers."""
 
     client: KubeClient
     store: Store
     requeue: Callable[[Key, float], None] = lambda key, delay: None
+    kinds: Mapping[str, ApiKind] = field(default_factory=dict)  # `kinds.API`
+    prunable: frozenset[str] = frozenset()  # kinds a reconcile may delete (`kinds.PRUNABLE`)
+    capability_ttl: float = 60.0  # how long the answer to "is this optional API served?" is trusted
     capabilities: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
+    # Existence of referenced Secrets (namespace, name) -> when seen, remembered briefly so that bursts of
+    # reconciles (a thousand rooms created at once) do not turn into a thousand GETs.
+    secrets_seen: dict[tuple[str, str], float] = field(default_factory=dict)
 
-    async def capability(self, group_version: str, resource: str, ttl: float = CAPABILITY_TTL) -> bool:
-        """Whether an optional API (e.g. ServiceMonitor) is served; re-asked at most once per `ttl`."""
-        known = self.capabilities.get((group_version, resource))
-        if known is not None and time.monotonic() - known[1] < ttl:
+    async def capability(self, kind: str) -> bool:
+        """Whether an optional API (e.g. ServiceMonitor) is served; re-asked at most once per `capability_ttl`."""
+        api = self.kinds[kind]
+        known = self.capabilities.get((api.group_version, api.plural))
+        if known is not None and time.monotonic() - known[1] < self.capability_ttl:
             return known[0]
-        served = await self.client.serves(group_version, resource)
-        self.capabilities[(group_version, resource)] = (served, time.monotonic())
+        served = await self.client.serves(api.group_version, api.plural)
+        self.capabilities[(api.group_version, api.plural)] = (served, time.monotonic())
         return served
 
     async def sync_children(self, owner: Key, desired: list[dict[str, Any]], *, prune: bool = True) -> int:
@@ -150,7 +154,7 @@ class Context:
                 self.store.put_child(applied)  # so the next reconcile does not apply it again
         for child in self.store.owned_by(owner) if prune else []:
             key = (child["kind"], child["metadata"]["namespace"], child["metadata"]["name"])
-            if key not in wanted and key[0] in _PRUNABLE:
+            if key not in wanted and key[0] in self.prunable:
                 await self.client.delete(*key)
                 WRITES.labels(key[0], "delete").inc()
                 self.store.children.pop(key, None)
@@ -168,9 +172,6 @@ class Context:
         return True
 
 
-# Kinds the operator may delete when a spec no longer asks for them (never Secrets: the keys).
-_PRUNABLE = {"Deployment", "Service", "Ingress", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-             "NetworkPolicy", "Job", "ConfigMap", "ServiceAccount", "ServiceMonitor", "HTTPRoute"}
 
 async def post_event(ctx: Context, body: dict[str, Any], type: str, reason: str, message: str) -> None:
     """A Kubernetes Event (on transitions only); failing to post one never fails a reconcile."""
@@ -210,7 +211,7 @@ def release_freed_memory() -> None:
 class Reconciler:
     """A deduplicating work queue of reconciles with per-key serialisation and retry backoff."""
 
-    def __init__(self, ctx: Context, handlers: dict[str, ReconcileFn], *, workers: int = 16,
+    def __init__(self, ctx: Context, handlers: Mapping[str, ReconcileFn], *, workers: int = 16,
                  max_backoff: float = 60.0) -> None:
         self.ctx = ctx
         self.handlers = handlers

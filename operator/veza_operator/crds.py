@@ -1,4 +1,6 @@
-"""CustomResourceDefinitions generated from the pydantic models in `models.py`.
+"""CustomResourceDefinitions generated from the spec models (`veza_core.specs`, `models.py`).
+
+The kinds, their names and printer columns come from the registry (`kinds.OWNERS`).
 
 `veza crds --write` regenerates `crds/*.yaml` and the chart's copies; a test
 fails when the committed files are stale.
@@ -7,50 +9,18 @@ fails when the committed files are stale.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-from . import models
-from .models import GROUP, VERSION, Model
+from veza_core.specs import API_RULES
 
+from .kinds import OWNERS, OwnerKind
+from .models import DNS_LABEL, GROUP, VERSION
 
-@dataclass(frozen=True)
-class Kind:
-    kind: str
-    plural: str
-    singular: str
-    short_names: tuple[str, ...]
-    spec_model: type[BaseModel]
-    scalable: bool
-    extra_columns: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def crd_name(self) -> str:
-        return f"{self.plural}.{GROUP}"
-
-
-PLATFORM = Kind("VezaPlatform", "vezaplatforms", "vezaplatform", ("vzp",), models.VezaPlatformSpec, False, (
-    {"name": "Host", "type": "string", "jsonPath": ".spec.ingress.host"},
-    {"name": "Gateway", "type": "string", "jsonPath": ".spec.gateway.name", "priority": 1},
-    {"name": "Image", "type": "string", "jsonPath": ".spec.image.tag", "priority": 1},
-    {"name": "Workers", "type": "string", "jsonPath": ".status.workerImage", "priority": 1},
-))
-CHAT_ROOM = Kind("ChatRoom", "chatrooms", "chatroom", ("vzroom",), models.ChatRoomSpec, True, (
-    {"name": "Platform", "type": "string", "jsonPath": ".spec.platformRef.name"},
-    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
-    {"name": "Visibility", "type": "string", "jsonPath": ".spec.visibility", "priority": 1},
-))
-STREAM_CHANNEL = Kind("StreamChannel", "streamchannels", "streamchannel", ("vzchan",), models.StreamChannelSpec,
-                      True, (
-    {"name": "Platform", "type": "string", "jsonPath": ".spec.platformRef.name"},
-    {"name": "Source", "type": "string", "jsonPath": ".spec.source.type"},
-    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
-))
-KINDS = (PLATFORM, CHAT_ROOM, STREAM_CHANNEL)
+KINDS = OWNERS  # the custom resources a CRD is generated for
 MAX_NAME_LENGTH = 48
 
 
@@ -73,7 +43,7 @@ CONDITION_SCHEMA: dict[str, Any] = {
 }
 
 
-def status_schema(kind: Kind) -> dict[str, Any]:
+def status_schema(kind: OwnerKind) -> dict[str, Any]:
     props: dict[str, Any] = {
         "observedGeneration": {"type": "integer", "description": "The .metadata.generation last reconciled."},
         "conditions": {"type": "array", "description": "Ready, Progressing and Degraded (and Reconciling, Stalled).",
@@ -115,6 +85,8 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             merged["description"] = schema["description"]
         if "default" in schema:
             merged["default"] = schema["default"]
+        if API_RULES in schema:
+            merged[API_RULES] = schema[API_RULES]
         return merged
     if "anyOf" in schema:  # Optional[X]: X, and "absent" stands for null
         options = [o for o in schema.pop("anyOf") if o.get("type") != "null"]
@@ -127,6 +99,7 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in schema.items() if k not in _DROP}
     if "properties" in out:
         out["properties"] = {name: _structural(p, defs) for name, p in out["properties"].items()}
+        _apply_api_rules(out)
     if isinstance(out.get("items"), dict):
         out["items"] = _structural(out["items"], defs)
     if isinstance(out.get("additionalProperties"), dict):
@@ -138,6 +111,30 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _apply_api_rules(schema: dict[str, Any]) -> None:
+    """What the API server enforces beyond what a worker accepts (`veza_core.specs.api`): tighter
+    bounds, required fields, and fields a CR leaves absent."""
+    for name, prop in schema["properties"].items():
+        rules = prop.pop(API_RULES, None)
+        if rules is None:
+            continue
+        if any(k in rules["schema"] for k in ("minimum", "maximum")):
+            for bound in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                prop.pop(bound, None)
+        prop.update(rules["schema"])
+        if not rules["default"]:
+            prop.pop("default", None)
+        if rules["required"] and name not in schema.get("required", []):
+            schema["required"] = [*schema.get("required", []), name]
+
+
+def _api_default(field: Any) -> bool:
+    """Whether the CRD gives the field its model default (see `veza_core.specs.api`)."""
+    extra = field.json_schema_extra
+    rules = extra.get(API_RULES) if isinstance(extra, dict) else None
+    return rules is None or bool(rules["default"])
+
+
 def _fill_factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
     """pydantic leaves out defaults made by default_factory; Kubernetes needs them to default fields.
 
@@ -145,11 +142,11 @@ def _fill_factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> No
     (CEL rules included) before it would apply the nested ones.
     """
     for name, field in model.model_fields.items():
-        prop = schema.get("properties", {}).get(name)
+        prop = schema.get("properties", {}).get(field.alias or name)
         if prop is None:
             continue
         sub = _model_of(field.annotation)
-        if field.default_factory is not None and "default" not in prop:
+        if field.default_factory is not None and "default" not in prop and _api_default(field):
             value = field.get_default(call_default_factory=True)
             prop["default"] = _dump(value)
         if sub is not None:
@@ -170,11 +167,11 @@ def _dump(value: Any) -> Any:
     if isinstance(value, list):
         return [_dump(v) for v in value]
     if isinstance(value, BaseModel):
-        return value.model_dump(exclude_none=True)
+        return value.model_dump(exclude_none=True, by_alias=True)
     return value
 
 
-def spec_schema(model: type[Model] | type[BaseModel]) -> dict[str, Any]:
+def spec_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(mode="validation")
     schema = _structural(raw, raw.get("$defs", {}))
     _fill_factory_defaults(schema, model)
@@ -194,11 +191,11 @@ def _check_descriptions(schema: dict[str, Any], path: str) -> None:
 
 # -- the CRDs -----------------------------------------------------------------------------
 
-def crd(kind: Kind) -> dict[str, Any]:
+def crd(kind: OwnerKind) -> dict[str, Any]:
     columns = [
         {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
         {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
-        *kind.extra_columns,
+        *kind.columns,
         {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
@@ -228,7 +225,7 @@ def crd(kind: Kind) -> dict[str, Any]:
                         "kind": {"type": "string", "description": "Kind of this object."},
                         # Child objects are named "<prefix>-<name>": names must stay short DNS labels.
                         "metadata": {"type": "object", "properties": {"name": {
-                            "type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": models.DNS_LABEL}}},
+                            "type": "string", "maxLength": MAX_NAME_LENGTH, "pattern": DNS_LABEL}}},
                         "spec": spec_schema(kind.spec_model) | {
                             "description": (kind.spec_model.__doc__ or "").strip()},
                         "status": status_schema(kind),
@@ -260,7 +257,7 @@ PEERING_CRDS = (("clusterkopfpeerings", "ClusterKopfPeering", "Cluster"), ("kopf
 HEADER = "# Generated from operator/veza_operator/crds.py by `veza crds --write`. Do not edit.\n"
 
 
-def render(kind: Kind) -> str:
+def render(kind: OwnerKind) -> str:
     return HEADER + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import manifests
 from .conditions import Health
-from .controller import CAPABILITY_TTL, Context, Key
+from .controller import Context, Key
 from .models import GatewayRef, VezaPlatformSpec
 from .naming import Owner
 
@@ -47,7 +47,7 @@ def children(name: str, owner: Owner, platform: VezaPlatformSpec, paths: list[tu
 
 async def serves_routes(ctx: Context, platform: VezaPlatformSpec) -> bool:
     """Whether to create HTTPRoutes: a Gateway is named and the API is served (only then asked)."""
-    return platform.gateway is not None and await ctx.capability(GATEWAY_API, "httproutes")
+    return platform.gateway is not None and await ctx.capability("HTTPRoute")
 
 
 def route_health(route: dict[str, Any] | None, parent: dict[str, Any]) -> Health | None:
@@ -90,7 +90,7 @@ def health(ctx: Context, key: Key, platform: VezaPlatformSpec, route_name: str, 
         return None
     if not served:
         # No watch event will say when the API arrives: look again once the capability may have changed.
-        ctx.requeue(key, CAPABILITY_TTL)
+        ctx.requeue(key, ctx.capability_ttl)
         return Health(False, "GatewayAPINotInstalled",
                       f"spec.gateway names Gateway {platform.gateway.name}, but the cluster does not serve "
                       f"{GATEWAY_API} HTTPRoutes; install the Gateway API CRDs (standard channel). "

@@ -9,53 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 from typing import Any
 
 import kopf
 
-from .chatroom import reconcile_chat_room
+from . import kinds
 from .controller import Context, Key, Reconciler, Store
 from .kube import KubeClient
-from .models import GROUP, VERSION
 from .naming import MANAGED_BY, OWNER_KIND, OWNER_NAME
 from .peering import PauseFollower
-from .platform import reconcile_platform
-from .streamchannel import reconcile_stream_channel
+from .settings import Settings
 
 log = logging.getLogger("veza.operator")
-
-OWNER_RESOURCES = {"VezaPlatform": "vezaplatforms", "ChatRoom": "chatrooms", "StreamChannel": "streamchannels"}
-
-# What the operator creates and watches (only objects labelled as managed by it).
-CHILD_RESOURCES = [
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "serviceaccounts"),
-    ("", "v1", "configmaps"),
-    ("networking.k8s.io", "v1", "ingresses"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("batch", "v1", "jobs"),
-    ("monitoring.coreos.com", "v1", "servicemonitors"),  # when the Prometheus Operator is installed
-    ("gateway.networking.k8s.io", "v1", "httproutes"),  # when the Gateway API is installed
-]
 
 
 class Runtime:
     """The operator's state, kept in kopf's memo."""
 
-    def __init__(self, client: KubeClient, workers: int, resync_seconds: float) -> None:
-        self.store = Store()
-        self.ctx = Context(client=client, store=self.store)
-        self.reconciler = Reconciler(self.ctx, {
-            "VezaPlatform": reconcile_platform,
-            "ChatRoom": reconcile_chat_room,
-            "StreamChannel": reconcile_stream_channel,
-        }, workers=workers)
-        self.resync_seconds = resync_seconds
+    def __init__(self, client: KubeClient, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(status_read=kinds.STATUS_READ)
+        self.ctx = Context(client=client, store=self.store, kinds=kinds.API, prunable=kinds.PRUNABLE,
+                           capability_ttl=settings.capability_ttl)
+        self.reconciler = Reconciler(self.ctx, kinds.RECONCILERS, workers=settings.reconcile_workers)
+        self.resync_seconds = settings.resync_seconds
         # What of a platform its rooms and channels are built from: its generation (the spec) and
         # status.workerImage (the migrated image their workers run).
         self.platform_versions: dict[Key, tuple[int, str | None]] = {}
@@ -88,26 +66,23 @@ class Runtime:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours: Settings = memo.get("settings") or Settings()  # `cli.run` puts them in the memo
     # Watches can stall silently (kopf's most reported problem): bound them on both ends.
-    settings.watching.server_timeout = int(os.environ.get("VEZA_WATCH_SERVER_TIMEOUT", "270"))
+    settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     # Bounded concurrency of kopf's per-object workers.
     settings.batching.worker_limit = 64
     # Peering: one active replica; a replica killed without notice is forgotten after `lifetime`.
-    settings.peering.lifetime = int(os.environ.get("VEZA_PEERING_LIFETIME", "20"))
+    settings.peering.lifetime = ours.peering_lifetime
     settings.peering.priority = random.randint(1, 1_000_000)
     settings.peering.stealth = False
     # Nothing in kopf's own persistence is used (no change handlers), but keep its marks in our domain.
     settings.persistence.finalizer = "veza.io/finalizer"
     settings.posting.level = logging.INFO
 
-    runtime = Runtime(
-        KubeClient(settings),
-        workers=int(os.environ.get("VEZA_RECONCILE_WORKERS", "16")),
-        resync_seconds=float(os.environ.get("VEZA_RESYNC_SECONDS", "600")),
-    )
+    runtime = Runtime(KubeClient(settings, kinds.API), ours)
     runtime.pause_follower.attach()
     if settings.peering.mandatory and not settings.peering.standalone:
         # kopf starts a peering replica paused and announces only the resume, once it has seen
@@ -180,10 +155,13 @@ async def _child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: 
 
 
 def register() -> None:
-    for kind, plural in OWNER_RESOURCES.items():
-        kopf.on.event(GROUP, VERSION, plural, id=f"watch-{plural}")(_owner_event(kind))
-    for group, version, plural in CHILD_RESOURCES:
-        kopf.on.event(group, version, plural, labels=dict(MANAGED_BY), id=f"watch-{plural}")(_child_event)
+    for owner in kinds.OWNERS:
+        api = owner.api
+        kopf.on.event(api.group, api.version, api.plural, id=f"watch-{api.plural}")(_owner_event(owner.kind))
+    for child in kinds.CHILDREN:
+        if child.watched:  # only objects labelled as managed by the operator
+            kopf.on.event(child.group, child.version, child.plural, labels=dict(MANAGED_BY),
+                          id=f"watch-{child.plural}")(_child_event)
 
 
 register()

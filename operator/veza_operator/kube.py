@@ -12,36 +12,42 @@ import base64
 import json
 import ssl
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import kopf
 
-from .models import GROUP, VERSION
 from .naming import FIELD_MANAGER
 
-# kind -> (API path prefix, plural). Only the kinds the operator writes or reads.
-KINDS: dict[str, tuple[str, str]] = {
-    "Deployment": ("/apis/apps/v1", "deployments"),
-    "Service": ("/api/v1", "services"),
-    "ServiceAccount": ("/api/v1", "serviceaccounts"),
-    "ConfigMap": ("/api/v1", "configmaps"),
-    "Secret": ("/api/v1", "secrets"),
-    "Event": ("/api/v1", "events"),
-    "Ingress": ("/apis/networking.k8s.io/v1", "ingresses"),
-    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
-    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
-    "Job": ("/apis/batch/v1", "jobs"),
-    "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors"),
-    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
-    "VezaPlatform": (f"/apis/{GROUP}/{VERSION}", "vezaplatforms"),
-    "ChatRoom": (f"/apis/{GROUP}/{VERSION}", "chatrooms"),
-    "StreamChannel": (f"/apis/{GROUP}/{VERSION}", "streamchannels"),
-}
+if TYPE_CHECKING:  # kopf is imported where the operator runs, not by `veza crds` or `veza up`
+    import kopf
+
+
+@dataclass(frozen=True)
+class ApiKind:
+    """Where a kind lives in the API and what the operator does with it (`kinds.py` lists them all)."""
+
+    kind: str
+    group: str  # "" for the core API
+    version: str
+    plural: str
+    verbs: frozenset[str]  # what the chart's RBAC must grant on it
+    watched: bool = False  # kopf watches it (only objects labelled as managed by the operator)
+    prunable: bool = False  # deleted when a spec no longer asks for it
+    status_read: bool = False  # a reconcile reads its status: the store keeps it
+    optional: bool = False  # served only when an API is installed (Prometheus Operator, Gateway API)
+
+    @property
+    def group_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def prefix(self) -> str:
+        """The API path prefix: /api/v1 or /apis/<group>/<version>."""
+        return f"/apis/{self.group_version}" if self.group else f"/api/{self.version}"
 
 
 @dataclass
@@ -54,6 +60,8 @@ class ApiError(Exception):
 
 
 def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    import kopf
+
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise kopf.LoginError("no in-cluster ServiceAccount and no kubeconfig found")
@@ -79,8 +87,9 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 
 
 class KubeClient:
-    def __init__(self, settings: kopf.OperatorSettings, *, pool_size: int = 32) -> None:
+    def __init__(self, settings: kopf.OperatorSettings, kinds: Mapping[str, ApiKind], *, pool_size: int = 32) -> None:
         self.settings = settings
+        self.kinds = kinds
         self.pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
         self._info: kopf.ConnectionInfo | None = None
@@ -103,8 +112,8 @@ class KubeClient:
             self._session = None
 
     def _path(self, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
-        prefix, plural = KINDS[kind]
-        path = f"{prefix}/namespaces/{namespace}/{plural}"
+        api = self.kinds[kind]
+        path = f"{api.prefix}/namespaces/{namespace}/{api.plural}"
         if name:
             path += f"/{name}"
         if sub:

@@ -1,27 +1,29 @@
-"""The custom resources' specs as pydantic models: the one source of truth.
+"""The API group, and the VezaPlatform spec: the custom resource only the operator reads.
 
-`crds.py` turns these into the CRDs' OpenAPI schemas (descriptions, defaults,
-enums, bounds and the CEL rules given in `json_schema_extra`); the operator
-parses specs with the same models; `veza up` validates CR files with them.
-Field names are camelCase, as Kubernetes APIs are.
+The ChatRoom and StreamChannel specs, which their workers read too, live in the shared core
+(`veza_core.specs`, with the pieces this module reuses). `crds.py` turns both into the CRDs'
+OpenAPI schemas (descriptions, defaults, enums, bounds and the CEL rules given in
+`json_schema_extra`); the operator parses specs with the same models; `veza up` validates CR
+files with them. Field names here are camelCase, as Kubernetes APIs are.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from veza_core.specs import DNS_LABEL as DNS_LABEL
+from veza_core.specs import LocalObjectRef as LocalObjectRef
+from veza_core.specs import Resources as Resources
+from veza_core.specs import SecretKeyRef as SecretKeyRef
+from veza_core.specs import cel
 
 GROUP = "veza.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-
-
-def cel(rule: str, message: str) -> dict[str, Any]:
-    return {"rule": rule, "message": message}
 
 
 def describe_error(exc: ValidationError) -> str:
@@ -35,41 +37,6 @@ class Model(BaseModel):
     # Unknown fields are dropped by the API server's structural pruning anyway;
     # ignoring them here keeps `veza up` and the operator lenient in the same way.
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-# -- shared pieces ---------------------------------------------------------------
-
-
-class SecretKeyRef(Model):
-    """A key of a Secret in the resource's namespace."""
-
-    name: str = Field(description="Name of the Secret.", min_length=1, max_length=253)
-    key: str = Field(description="Key inside the Secret.", min_length=1, max_length=253)
-
-
-class LocalObjectRef(Model):
-    name: str = Field(description="Name of the referenced object, in the same namespace.",
-                      min_length=1, max_length=63, pattern=DNS_LABEL)
-
-
-class Resources(Model):
-    """Compute resources of one worker container (Kubernetes quantities)."""
-
-    requests: dict[str, str] = Field(default_factory=lambda: {"cpu": "100m", "memory": "128Mi"},
-                                     description="Minimum resources reserved, e.g. {cpu: 100m, memory: 128Mi}.")
-    limits: dict[str, str] = Field(default_factory=lambda: {"memory": "512Mi"},
-                                   description="Maximum resources, e.g. {memory: 512Mi}.")
-
-
-class Autoscaling(Model):
-    """Horizontal autoscaling on the load each worker reports."""
-
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas")]})
-
-    enabled: bool = Field(False, description="Scale between minReplicas and maxReplicas by load.")
-    minReplicas: int = Field(1, ge=1, le=100, description="Fewest replicas.")
-    maxReplicas: int = Field(4, ge=1, le=100, description="Most replicas.")
 
 
 # -- VezaPlatform ------------------------------------------------------------------
@@ -250,168 +217,3 @@ class VezaPlatformSpec(Model):
     defaults: Defaults = Field(default_factory=Defaults, description="Defaults for rooms and channels.")
     observability: Observability = Field(default_factory=Observability, description="Metrics and traces.")
     networkPolicies: NetworkPolicies = Field(default_factory=NetworkPolicies, description="NetworkPolicies.")
-
-
-# -- ChatRoom ------------------------------------------------------------------------
-
-
-class ChatAutoscaling(Autoscaling):
-    targetConnectionsPerReplica: int = Field(2000, ge=10, le=100000,
-                                             description="Connections per replica to aim for.")
-
-    @property
-    def target_per_replica(self) -> int:
-        return self.targetConnectionsPerReplica
-
-
-class ChatLimits(Model):
-    maxMembers: int = Field(10000, ge=1, le=1000000, description="Most members connected at once.")
-    maxMessageBytes: int = Field(4096, ge=16, le=65536, description="Largest message text, in bytes.")
-    messagesPerMinute: int = Field(60, ge=1, le=6000, description="Messages one user may send per minute.")
-
-
-class Retention(Model):
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("has(self.days) || has(self.maxMessages)", "set days, maxMessages or both")]})
-
-    days: int | None = Field(None, ge=1, le=36500, description="Delete messages older than this.")
-    maxMessages: int | None = Field(None, ge=100, description="Keep at most this many messages.")
-
-
-class RoomMember(Model):
-    user: str = Field(description="User id.", min_length=1, max_length=128)
-    role: Literal["owner", "moderator", "member"] = Field("member", description="Role in the room.")
-
-
-class Moderation(Model):
-    slowModeSeconds: int = Field(0, ge=0, le=3600, description="Least time between two messages of a user.")
-    blockedWords: list[str] = Field(default_factory=list, max_length=500,
-                                    description="Messages containing these words are refused.")
-    maxMentions: int | None = Field(None, ge=0, le=100, description="Most @mentions in one message.")
-
-
-class ChatRoomSpec(Model):
-    """One chat room and the workers that serve it."""
-
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("self.visibility == 'public' || (has(self.members) && self.members.exists(m, m.role == 'owner'))",
-            "a private room needs at least one member with role owner"),
-        cel("!has(self.autoscaling) || !self.autoscaling.enabled || "
-            "(self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
-            "replicas must lie within the autoscaling bounds"),
-    ]})
-
-    platformRef: LocalObjectRef = Field(description="The VezaPlatform this room belongs to.")
-    title: str | None = Field(None, max_length=200, description="Display name; defaults to the room name.")
-    replicas: int = Field(1, ge=0, le=100, description="Chat worker replicas (the scale subresource).")
-    autoscaling: ChatAutoscaling | None = Field(None, description="Scale on connections per replica.")
-    limits: ChatLimits = Field(default_factory=ChatLimits, description="Per-room limits.")
-    retention: Retention | None = Field(None, description="How long history is kept; forever when empty.")
-    visibility: Literal["public", "private"] = Field("public", description="Private rooms admit members only.")
-    members: list[RoomMember] | None = Field(None, max_length=10000, description="Members and their roles.")
-    moderation: Moderation = Field(default_factory=Moderation, description="Moderation settings.")
-    deletionPolicy: Literal["Retain", "Delete"] = Field(
-        "Retain", description="What happens to the history when the room is deleted.")
-    channelRef: LocalObjectRef | None = Field(None, description="A StreamChannel to listen along with.")
-    resources: Resources | None = Field(None, description="Overrides the platform's chat defaults.")
-
-
-# -- StreamChannel -------------------------------------------------------------------
-
-
-class Playlist(Model):
-    tracks: list[str] = Field(min_length=1, max_length=10000, description="Track ids or S3 keys, in order.")
-    shuffle: bool = Field(False, description="Play in random order.")
-
-
-class Relay(Model):
-    url: str = Field(pattern=r"^https?://", description="Upstream stream URL.")
-    allowedHosts: list[str] = Field(default_factory=list, description="Hosts the relay may reach; the URL's "
-                                                                      "host must be listed.")
-
-
-class Fallback(Model):
-    playlist: Playlist = Field(description="Played while the live source or relay is down.")
-
-
-class Source(Model):
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("self.type != 'playlist' || has(self.playlist)", "type playlist needs playlist"),
-        cel("self.type != 'relay' || has(self.relay)", "type relay needs relay"),
-    ]})
-
-    type: Literal["live", "playlist", "relay"] = Field(description="Where the audio comes from.")
-    playlist: Playlist | None = Field(None, description="Tracks to play (type playlist).")
-    relay: Relay | None = Field(None, description="Upstream to pull (type relay).")
-    fallback: Fallback | None = Field(None, description="What plays when the live source drops.")
-    passwordSecretRef: SecretKeyRef | None = Field(None, description="Source password for live ingest.")
-
-
-class Rendition(Model):
-    name: str = Field(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9-]*$",
-                      description="Name in URLs, e.g. mp3-128.")
-    codec: Literal["opus", "mp3", "aac"] = Field(description="Codec.")
-    bitrateKbps: int = Field(128, ge=16, le=512, description="Bitrate in kbit/s.")
-
-
-class Hls(Model):
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("!has(self.partDurationSeconds) || self.partDurationSeconds * 2.0 <= double(self.targetDurationSeconds)",
-            "partDurationSeconds must be at most half of targetDurationSeconds")]})
-
-    enabled: bool = Field(True, description="Serve HLS.")
-    targetDurationSeconds: int = Field(2, ge=1, le=10, description="Segment target duration.")
-    partDurationSeconds: float | None = Field(
-        None, ge=0.1, le=5.0,
-        description="Low-Latency HLS: cut segments into parts of this duration (e.g. 0.5), with blocking "
-                    "playlist reloads and preload hints. Unset serves plain HLS.")
-    archive: bool = Field(True, description="Store every HLS segment (and each rendition's init segment) in S3 "
-                                            "under channels/{channel}/hls/{rendition}/.")
-
-
-class Delivery(Model):
-    progressive: bool = Field(True, description="Serve progressive HTTP (Icecast-compatible).")
-    hls: Hls = Field(default_factory=Hls, description="HLS delivery.")
-
-
-class StreamAutoscaling(Autoscaling):
-    targetListenersPerReplica: int = Field(5000, ge=10, le=100000, description="Listeners per replica.")
-
-    @property
-    def target_per_replica(self) -> int:
-        return self.targetListenersPerReplica
-
-
-class ListenerLimits(Model):
-    maxListeners: int | None = Field(None, ge=1, description="Most listeners at once; unlimited when empty.")
-
-
-class Recording(Model):
-    enabled: bool = Field(False, description="Archive the stream to S3.")
-
-
-def _default_renditions() -> list[Rendition]:
-    return [Rendition(name="mp3-128", codec="mp3", bitrateKbps=128)]
-
-
-class StreamChannelSpec(Model):
-    """One audio channel and the workers that serve it."""
-
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("self.renditions.all(r, self.renditions.exists_one(o, o.name == r.name))",
-            "rendition names must be unique"),
-        cel("self.delivery.progressive || self.delivery.hls.enabled", "enable progressive or HLS delivery"),
-    ]})
-
-    platformRef: LocalObjectRef = Field(description="The VezaPlatform this channel belongs to.")
-    title: str | None = Field(None, max_length=200, description="Display name; defaults to the channel name.")
-    source: Source = Field(description="Where the audio comes from.")
-    renditions: list[Rendition] = Field(default_factory=_default_renditions, min_length=1, max_length=8,
-                                        description="Encodings served to listeners.")
-    delivery: Delivery = Field(default_factory=Delivery, description="How listeners receive audio.")
-    replicas: int = Field(1, ge=0, le=100, description="Stream worker replicas (the scale subresource).")
-    autoscaling: StreamAutoscaling | None = Field(None, description="Scale on listeners per replica.")
-    limits: ListenerLimits = Field(default_factory=ListenerLimits, description="Listener limits.")
-    recording: Recording = Field(default_factory=Recording, description="Recording to S3.")
-    visibility: Literal["public", "private"] = Field("public", description="Private channels need a token.")
-    resources: Resources | None = Field(None, description="Overrides the platform's stream defaults.")

@@ -176,23 +176,21 @@ def keys_secret(owner: Owner, name: str) -> dict[str, Any]:
             "stringData": jwt_keys.secret_data([jwt_keys.generate_signing_key()])}
 
 
-# Existence of referenced Secrets, remembered briefly so that bursts of reconciles
-# (a thousand rooms created at once) do not turn into a thousand GETs.
-_SECRET_TTL = 30.0
-_secrets_seen: dict[tuple[str, str], float] = {}
+# How long a referenced Secret seen to exist is not asked for again (`Context.secrets_seen`).
+SECRET_TTL = 30.0
 
 
 async def _missing_secrets(ctx: Context, namespace: str, names: set[str]) -> list[str]:
     missing = []
     for name in sorted(names):
-        seen = _secrets_seen.get((namespace, name))
-        if seen is not None and time.monotonic() - seen < _SECRET_TTL:
+        seen = ctx.secrets_seen.get((namespace, name))
+        if seen is not None and time.monotonic() - seen < SECRET_TTL:
             continue
         if await ctx.client.get("Secret", namespace, name) is None:
-            _secrets_seen.pop((namespace, name), None)
+            ctx.secrets_seen.pop((namespace, name), None)
             missing.append(name)
         else:
-            _secrets_seen[(namespace, name)] = time.monotonic()
+            ctx.secrets_seen[(namespace, name)] = time.monotonic()
     return missing
 
 
@@ -236,7 +234,7 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     if images.migration == "Succeeded":
         status["migratedVersion"] = spec.image.tag
 
-    monitors = await ctx.capability("monitoring.coreos.com/v1", "servicemonitors")
+    monitors = await ctx.capability("ServiceMonitor")
     routes = await frontdoor.serves_routes(ctx, spec)
     await ctx.sync_children(key, build_children(owner, spec, worker_image=images.workers,
                                                 service_monitors=monitors, http_routes=routes))

@@ -6,13 +6,14 @@ listener capacity, while one leader per channel does the encoding.
 
 from __future__ import annotations
 
+from veza_core.specs import StreamChannelSpec
+
 from .controller import Context, Key
-from .models import StreamChannelSpec
 from .workers import WorkerKind, reconcile
 
-STREAM_CHANNEL = WorkerKind(kind="StreamChannel", component="stream", spec_model=StreamChannelSpec,
+STREAM_WORKERS = WorkerKind(kind="StreamChannel", component="stream", spec_model=StreamChannelSpec,
                             path_prefix="/stream", load_metric="veza_stream_listeners")
 
 
 async def reconcile_stream_channel(ctx: Context, key: Key) -> None:
-    await reconcile(STREAM_CHANNEL, ctx, key)
+    await reconcile(STREAM_WORKERS, ctx, key)

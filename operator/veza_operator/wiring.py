@@ -12,6 +12,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from veza_core.specs import (
+    ChatRoomSpec,
+    ChatRoomWorkerSpec,
+    StreamChannelSpec,
+    StreamChannelWorkerSpec,
+    operator_only_fields,
+)
+
 from .models import VezaPlatformSpec
 
 JWT_KEYS_DIR = "/var/run/veza/jwt"
@@ -42,7 +50,9 @@ def keys_secret_name(platform: str, spec: VezaPlatformSpec) -> str:
 
 # Spec fields that only the operator reads: keeping them out of the pods' environment means
 # scaling (by hand or by the HPA) or changing the deletion policy never restarts a worker.
-OPERATOR_ONLY_FIELDS = frozenset({"replicas", "autoscaling", "resources", "deletionPolicy", "platformRef"})
+# (replicas, autoscaling, resources, deletionPolicy, platformRef: what the CR specs add to the worker specs.)
+OPERATOR_ONLY_FIELDS = (operator_only_fields(ChatRoomWorkerSpec, ChatRoomSpec)
+                        | operator_only_fields(StreamChannelWorkerSpec, StreamChannelSpec))
 
 
 def worker_spec(raw_spec: dict[str, Any] | None) -> dict[str, Any]:

@@ -10,20 +10,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
+
+from veza_core.specs import ChatRoomSpec, Resources, StreamChannelSpec
 
 from . import frontdoor, manifests, wiring
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
-from .models import (
-    ChatRoomSpec,
-    Image,
-    Resources,
-    StreamChannelSpec,
-    VezaPlatformSpec,
-    describe_error,
-)
+from .models import Image, VezaPlatformSpec, describe_error
 from .naming import Owner, selector_labels, selector_string, worker_name
 
 log = logging.getLogger("veza.operator")
@@ -35,7 +31,7 @@ WorkerSpec = ChatRoomSpec | StreamChannelSpec
 class WorkerKind:
     kind: str  # ChatRoom | StreamChannel
     component: str  # chat | stream (also the `veza` subcommand)
-    spec_model: type[BaseModel]
+    spec_model: type[ChatRoomSpec] | type[StreamChannelSpec]
     path_prefix: str  # URL prefix on the platform's host
     load_metric: str  # per-pod metric the HPA scales on
 
@@ -80,12 +76,12 @@ def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dic
                 *frontdoor.children(name, owner, platform, [(f"{wk.path_prefix}/{owner.name}", name)],
                                     workload.labels, http_routes=http_routes)]
     autoscaling = spec.autoscaling is not None and spec.autoscaling.enabled
-    if spec.replicas > 1 or (autoscaling and spec.autoscaling is not None and spec.autoscaling.minReplicas > 1):
+    if spec.replicas > 1 or (autoscaling and spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
         children.append(manifests.pod_disruption_budget(workload))
     if autoscaling and spec.autoscaling is not None:
         children.append(manifests.autoscaler(name, owner, workload.labels,
-                                             min_replicas=spec.autoscaling.minReplicas,
-                                             max_replicas=spec.autoscaling.maxReplicas, metric=wk.load_metric,
+                                             min_replicas=spec.autoscaling.min_replicas,
+                                             max_replicas=spec.autoscaling.max_replicas, metric=wk.load_metric,
                                              target_per_pod=spec.autoscaling.target_per_replica))
     return children
 
@@ -111,11 +107,11 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
             await post_event(ctx, body, health.event_type, health.reason, health.message)
 
     try:
-        spec: WorkerSpec = wk.spec_model.model_validate(raw_spec)  # type: ignore[assignment]
+        spec: WorkerSpec = wk.spec_model.model_validate(raw_spec)
     except ValidationError as exc:
         await report(Health(False, "InvalidSpec", describe_error(exc), degraded=True))
         return
-    platform_name = spec.platformRef.name
+    platform_name = spec.platform_ref.name
     platform_body = ctx.store.owners.get(("VezaPlatform", namespace, platform_name))
     if platform_body is None:
         await report(Health(False, "PlatformNotFound", f"VezaPlatform {platform_name!r} does not exist in "
@@ -151,10 +147,8 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
 
 def _spec_problem(wk: WorkerKind, spec: WorkerSpec) -> str | None:
     """Checks the schema cannot express (they need data outside the object)."""
-    if isinstance(spec, StreamChannelSpec) and spec.source.relay is not None and spec.source.relay.allowedHosts:
-        from urllib.parse import urlsplit
-
+    if isinstance(spec, StreamChannelSpec) and spec.source.relay.allowed_hosts:
         host = urlsplit(spec.source.relay.url).hostname or ""
-        if host not in spec.source.relay.allowedHosts:
+        if host not in spec.source.relay.allowed_hosts:
             return f"relay host {host!r} is not in relay.allowedHosts"
     return None

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from tests.chat.conftest import Chat
 from veza_chat.spec import RoomSpec
-from veza_operator.models import ChatRoomSpec
+from veza_core.specs import ChatRoomSpec
 
 
 async def test_members_hash_is_what_the_api_counts(chat: Chat, redis: Any) -> None:

@@ -7,16 +7,18 @@ import json
 import time
 from typing import Any
 
-from tests.operator.conftest import platform
+from tests.support.operator import platform
+from veza_core.specs import ChatRoomSpec, StreamChannelSpec
+from veza_operator import kinds
 from veza_operator import platform as platform_mod
-from veza_operator.chatroom import CHAT_ROOM, purge_job
+from veza_operator.chatroom import CHAT_WORKERS, purge_job
 from veza_operator.conditions import Health, conditions
 from veza_operator.controller import Context, Key, Reconciler, Store
 from veza_operator.frontdoor import route_health
 from veza_operator.kube import is_subset
-from veza_operator.models import ChatRoomSpec, StreamChannelSpec, VezaPlatformSpec
+from veza_operator.models import VezaPlatformSpec
 from veza_operator.naming import Owner
-from veza_operator.streamchannel import STREAM_CHANNEL
+from veza_operator.streamchannel import STREAM_WORKERS
 from veza_operator.wiring import SecretValue, public_url, resolve_env, worker_env
 from veza_operator.workers import build_children, worker_image
 
@@ -30,7 +32,7 @@ def by_kind(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def room_children(**spec: Any) -> dict[str, dict[str, Any]]:
     raw = {"platformRef": {"name": "demo"}, **spec}
-    return by_kind(build_children(CHAT_ROOM, ROOM_OWNER, ChatRoomSpec.model_validate(raw), raw, "demo", PLATFORM))
+    return by_kind(build_children(CHAT_WORKERS, ROOM_OWNER, ChatRoomSpec.model_validate(raw), raw, "demo", PLATFORM))
 
 
 def test_room_gets_deployment_service_and_ingress_route() -> None:
@@ -72,7 +74,7 @@ def test_pdb_only_with_several_replicas_and_hpa_only_with_autoscaling() -> None:
 
 def test_channel_worker_runs_the_stream_command() -> None:
     raw = {"platformRef": {"name": "demo"}, "source": {"type": "live"}}
-    children = by_kind(build_children(STREAM_CHANNEL, Owner("StreamChannel", "radio", "ns", "u"),
+    children = by_kind(build_children(STREAM_WORKERS, Owner("StreamChannel", "radio", "ns", "u"),
                                       StreamChannelSpec.model_validate(raw), raw, "demo", PLATFORM))
     assert children["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["stream"]
     assert children["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/stream/radio"
@@ -132,7 +134,7 @@ def test_scaling_does_not_change_the_pod_template() -> None:
 
 
 def test_store_keeps_what_reconciles_read_and_shares_repeated_strings() -> None:
-    store = Store()
+    store = Store(status_read=kinds.STATUS_READ)
     children = room_children()
     for kind in ("Deployment", "Service"):
         observed = json.loads(json.dumps(children[kind]))  # a parsed body, as from a watch
@@ -166,10 +168,10 @@ def all_children(platform_spec: VezaPlatformSpec, *, http_routes: bool) -> dict[
     out: list[dict[str, Any]] = platform_mod.build_children(Owner("VezaPlatform", "demo", "ns", "u"), platform_spec,
                                                             http_routes=http_routes)
     room_raw = {"platformRef": {"name": "demo"}}
-    out += build_children(CHAT_ROOM, ROOM_OWNER, ChatRoomSpec.model_validate(room_raw), room_raw, "demo",
+    out += build_children(CHAT_WORKERS, ROOM_OWNER, ChatRoomSpec.model_validate(room_raw), room_raw, "demo",
                           platform_spec, http_routes=http_routes)
     chan_raw = {"platformRef": {"name": "demo"}, "source": {"type": "live"}}
-    out += build_children(STREAM_CHANNEL, Owner("StreamChannel", "radio", "ns", "u"),
+    out += build_children(STREAM_WORKERS, Owner("StreamChannel", "radio", "ns", "u"),
                           StreamChannelSpec.model_validate(chan_raw), chan_raw, "demo", platform_spec,
                           http_routes=http_routes)
     kinds: dict[str, list[dict[str, Any]]] = {}
@@ -377,8 +379,8 @@ def test_rooms_channels_and_purge_jobs_read_the_worker_image_from_the_platform_s
     assert (registry.repository, registry.tag) == ("registry.local:5000/veza/veza", "0.1.0")
 
     raw = {"platformRef": {"name": "demo"}}
-    for wk, spec, owner in [(CHAT_ROOM, ChatRoomSpec.model_validate(raw), ROOM_OWNER),
-                            (STREAM_CHANNEL, StreamChannelSpec.model_validate({**raw, "source": {"type": "live"}}),
+    for wk, spec, owner in [(CHAT_WORKERS, ChatRoomSpec.model_validate(raw), ROOM_OWNER),
+                            (STREAM_WORKERS, StreamChannelSpec.model_validate({**raw, "source": {"type": "live"}}),
                              Owner("StreamChannel", "radio", "ns", "u"))]:
         dep = by_kind(build_children(wk, owner, spec, raw, "demo", UPGRADED,
                                      image=worker_image(UPGRADED, {"workerImage": OLD})))["Deployment"]
@@ -403,9 +405,10 @@ def test_a_newly_migrated_worker_image_reconciles_the_platforms_rooms_and_channe
     import kopf
 
     from veza_operator.handlers import Runtime, _owner_event
+    from veza_operator.settings import Settings
 
     async def run() -> list[list[Key]]:
-        runtime = Runtime(client=None, workers=1, resync_seconds=600)  # type: ignore[arg-type]
+        runtime = Runtime(client=None, settings=Settings())  # type: ignore[arg-type]
         memo = kopf.Memo(runtime=runtime)
         for kind, name in [("ChatRoom", "general"), ("StreamChannel", "radio")]:
             runtime.store.put_owner({"kind": kind, "metadata": {"namespace": "ns", "name": name},

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.operator.conftest import REPO, channel, platform, room
 from tests.support.kube import KubeCluster
+from tests.support.operator import REPO, channel, platform, room
 from veza_operator.crds import KINDS, crd_files
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.operator.conftest import (
+from tests.support.kube import KubeCluster
+from tests.support.operator import (
     OPERATOR_USER,
     OperatorProcess,
     channel,
@@ -26,7 +27,6 @@ from tests.operator.conftest import (
     wait_condition,
     writes_by,
 )
-from tests.support.kube import KubeCluster
 from veza_local.controlplane import tool, wait_for
 
 pytestmark = pytest.mark.kube

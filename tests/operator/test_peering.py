@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.conftest import PEERING, OperatorProcess, connections_secret, platform, room, wait_condition
 from tests.support.kube import KubeCluster
+from tests.support.operator import PEERING, OperatorProcess, connections_secret, platform, room, wait_condition
 from veza_local.controlplane import wait_for
 
 pytestmark = pytest.mark.kube

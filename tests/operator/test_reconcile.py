@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.operator.conftest import (
+from tests.support.kube import KubeCluster
+from tests.support.operator import (
     OPERATOR_USER,
     OperatorProcess,
     channel,
@@ -19,7 +20,6 @@ from tests.operator.conftest import (
     wait_condition,
     writes_by,
 )
-from tests.support.kube import KubeCluster
 from veza_local.controlplane import wait_for
 from veza_operator import platform as platform_mod
 from veza_operator.models import VezaPlatformSpec

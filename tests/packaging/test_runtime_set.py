@@ -28,8 +28,8 @@ import asyncpg
 import pytest
 
 from tests.local.upproc import EXAMPLES
-from tests.operator.conftest import OperatorProcess, room, wait_condition
 from tests.support.kube import KubeCluster
+from tests.support.operator import OperatorProcess, room, wait_condition
 from veza_local import up
 from veza_local.demo_audio import prepare_demo_tracks, upload_demo_tracks
 from veza_local.services import NatsService, PostgresService, RedisService, S3Service, free_port

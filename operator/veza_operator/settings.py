@@ -1,0 +1,40 @@
+"""The operator's settings: read from the environment once, in `cli.run`, and passed down.
+
+The command-line flags override the variables of the same meaning (`--peering` and VEZA_PEERING...);
+everything else is tuning that only the environment sets. kopf's handlers reach these settings
+through the `Runtime` in kopf's memo. (Named `Settings`: kopf has its own `OperatorSettings`.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Settings(BaseModel):
+    """Every knob of `veza operator`, with the environment variable that sets it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    peering: str = Field("veza", description="VEZA_PEERING: replicas with the same name keep one active")
+    liveness_port: int = Field(8080, description="VEZA_LIVENESS_PORT: /healthz port (0: off)")
+    metrics_port: int = Field(9090, description="VEZA_METRICS_PORT: Prometheus port (0: off)")
+    bind: str = Field("0.0.0.0", description="VEZA_BIND: address of the liveness and metrics ports")
+    log_level: str = Field("INFO", description="VEZA_LOG_LEVEL")
+    # Watches can stall silently (kopf's most reported problem): they are bounded on both ends.
+    watch_server_timeout: int = Field(270, description="VEZA_WATCH_SERVER_TIMEOUT: seconds a watch lasts")
+    peering_lifetime: int = Field(20, description="VEZA_PEERING_LIFETIME: seconds before a silent replica "
+                                                  "is forgotten")
+    reconcile_workers: int = Field(16, ge=1, description="VEZA_RECONCILE_WORKERS: reconciles run at once")
+    resync_seconds: float = Field(600.0, gt=0, description="VEZA_RESYNC_SECONDS: period of the full resync")
+    capability_ttl: float = Field(60.0, ge=0, description="VEZA_CAPABILITY_TTL: seconds the answer to 'is "
+                                                          "this optional API served?' is trusted")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values = {name: env[f"VEZA_{name.upper()}"] for name in cls.model_fields
+                  if env.get(f"VEZA_{name.upper()}", "") != ""}
+        return cls.model_validate(values)

@@ -1,0 +1,155 @@
+"""Driving the operator in tests: its process, the custom resources tests apply, and what they wait for.
+
+The fixtures that install and run it live in tests/operator/conftest.py; everything a test module
+imports is here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.support.kube import KubeCluster
+from veza_local.controlplane import wait_for
+from veza_local.services import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_NAMESPACE = "veza-system"
+OPERATOR_SA = "veza"
+# A release and peering of their own, so the chart tests' renders of the same chart never collide.
+RELEASE = "veza-e2e"
+PEERING = "veza-e2e"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
+
+
+class OperatorProcess:
+    """`veza operator` as a child process, authenticated as the chart's ServiceAccount."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, *, peering: str | None = PEERING,
+                 extra_env: dict[str, str] | None = None, namespaces: Sequence[str] = (),
+                 veza: Sequence[str] = (sys.executable, "-m", "veza_cli.main")) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespaces = list(namespaces)  # watched; none: the whole cluster
+        self.veza = list(veza)  # the `veza` command (another environment's console script)
+        self.log_path = log_path
+        self.peering = peering
+        self.extra_env = extra_env or {}
+        self.liveness_port = free_port()
+        self.metrics_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "VEZA_RESYNC_SECONDS": "3",
+               "VEZA_PEERING_LIFETIME": "6", "VEZA_CAPABILITY_TTL": "2", **self.extra_env}
+        args = [*self.veza, "operator", "--bind", "127.0.0.1",
+                "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port)]
+        args += ["--peering", self.peering] if self.peering else ["--standalone"]
+        for namespace in self.namespaces:
+            args += ["--namespace", namespace]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        wait_for(self.alive, timeout=30, message="operator liveness endpoint")
+        return self
+
+    def alive(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"operator exited; log:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+            return resp.read().decode()
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+
+
+def connections_secret(ns: str, name: str = "veza-connections") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+            "stringData": {"postgres-uri": "postgresql://veza:pw@postgres:5432/veza",
+                           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}}
+
+
+def platform(ns: str, name: str = "demo", **spec: Any) -> dict[str, Any]:
+    body = {
+        "connections": {
+            "postgres": {"uriSecretRef": {"name": "veza-connections", "key": "postgres-uri"}},
+            "redis": {"url": "redis://redis:6379/0"},
+            "nats": {"url": "nats://nats:4222"},
+            "s3": {"bucket": "veza-test", "credentialsSecretRef": {"name": "veza-connections"}},
+        },
+        "ingress": {"host": "veza.test"},
+        "api": {"replicas": 1},
+    }
+    body.update(spec)
+    return {"apiVersion": "veza.io/v1alpha1", "kind": "VezaPlatform", "metadata": {"name": name, "namespace": ns},
+            "spec": body}
+
+
+def room(ns: str, name: str, platform_name: str = "demo", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "veza.io/v1alpha1", "kind": "ChatRoom", "metadata": {"name": name, "namespace": ns},
+            "spec": {"platformRef": {"name": platform_name}, **spec}}
+
+
+def channel(ns: str, name: str, platform_name: str = "demo", **spec: Any) -> dict[str, Any]:
+    body = {"platformRef": {"name": platform_name}, "source": {"type": "live"}, **spec}
+    return {"apiVersion": "veza.io/v1alpha1", "kind": "StreamChannel",
+            "metadata": {"name": name, "namespace": ns}, "spec": body}
+
+
+def condition(obj: dict[str, Any] | None, kind: str = "Ready") -> dict[str, Any] | None:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == kind:
+            return dict(cond)
+    return None
+
+
+def wait_condition(kube: KubeCluster, resource: str, name: str, ns: str, *, status: str = "True",
+                   reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = kube.get(resource, name, ns)
+        cond = condition(obj)
+        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+            return obj
+        return None
+
+    try:
+        return wait_for(check, timeout=timeout, message=f"{resource}/{name} Ready={status} {reason or ''}")
+    except TimeoutError:
+        obj = kube.get(resource, name, ns)
+        status = json.dumps((obj or {}).get("status"), indent=1)
+        raise AssertionError(f"{resource}/{name} did not reach the condition; status: {status}") from None
+
+
+def writes_by(kube: KubeCluster, user: str, since: int) -> list[dict[str, Any]]:
+    """Write requests `user` made after the `since`-th audit event (local control plane only)."""
+    assert kube.plane is not None
+    return [e for e in kube.plane.audit_events()[since:] if e.get("user", {}).get("username") == user]
+
