@@ -1,15 +1,18 @@
-"""`veza chat`: run the chat worker for the ChatRoom named in VEZA_RESOURCE_NAME."""
+"""`veza chat`: run the chat worker for the ChatRoom named in VEZA_RESOURCE_NAME.
+
+The one place the worker reads its environment (`ChatSettings.from_env`); flags override it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import os
 
 from veza_core import web as core_web
-from veza_core.config import Settings
 from veza_core.logs import configure_logging
+
+from .settings import ChatSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="delete the room's whole history, then exit (deletionPolicy Delete runs this as a Job)")
 
 
-async def purge(settings: Settings) -> int:
+async def purge(settings: ChatSettings) -> int:
     from .store import Store
 
     if not settings.resource_name or not settings.database_url:
@@ -37,15 +40,15 @@ async def purge(settings: Settings) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .server import create_app
+    from .app import create_app
 
-    settings = Settings.from_env()
-    settings = settings.model_copy(update={"component": "chat"})
+    settings = ChatSettings.from_env().model_copy(update={"component": "chat"})
     configure_logging("chat", settings.log_level)
     if args.purge:
         return asyncio.run(purge(settings))
-    migrate = not args.no_migrate and os.environ.get("VEZA_CHAT_MIGRATE", "1") != "0"
-    app = create_app(settings, run_migrations=migrate)
+    if args.no_migrate:
+        settings = settings.model_copy(update={"chat_migrate": False})
+    app = create_app(settings)
     core_web.run(app, args.host or settings.http_host, args.port or settings.http_port,
                  shutdown_grace=settings.shutdown_grace_seconds)
     return 0

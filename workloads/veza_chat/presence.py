@@ -15,7 +15,6 @@ and leave, rewritten whole on every heartbeat, and expiring with the heartbeats.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,14 +24,13 @@ from redis.exceptions import RedisError
 
 from veza_core.breaker import CircuitBreaker
 
-TTL = float(os.environ.get("VEZA_CHAT_PRESENCE_TTL_SECONDS", "15"))
-HEARTBEAT = TTL / 3
-
 
 class Presence:
     def __init__(self, redis: aioredis.Redis | None, prefix: str, worker_id: str,
-                 breaker: CircuitBreaker | None = None, *, members_key: str | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, *, members_key: str | None = None,
+                 ttl: float = 15.0) -> None:
         self.redis = redis
+        self.ttl = ttl
         self.worker_id = worker_id
         self.members_key = members_key
         self.workers_key = f"{prefix}:workers"
@@ -40,6 +38,11 @@ class Presence:
         self.breaker = breaker or CircuitBreaker("chat-presence", errors=(RedisError, OSError))
         self.local: dict[str, list[object]] = {}  # user -> [name, connections]
         self.remote: dict[str, dict[str, str]] = {}  # worker -> {user: name}
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Three heartbeats per TTL: one lost heartbeat does not make a replica's users vanish."""
+        return self.ttl / 3
 
     def present(self, user: str) -> bool:
         return user in self.local or any(user in users for users in self.remote.values())
@@ -70,7 +73,7 @@ class Presence:
             async def join(r: aioredis.Redis) -> None:
                 async with r.pipeline(transaction=True) as pipe:
                     pipe.hset(members_key, user, name)
-                    pipe.expire(members_key, max(1, round(TTL * 2)))
+                    pipe.expire(members_key, max(1, round(self.ttl * 2)))
                     await pipe.execute()
 
             await self._redis(join)
@@ -116,12 +119,12 @@ class Presence:
                 pipe.delete(mine)
                 if self.local:
                     pipe.hset(mine, mapping={u: str(v[0]) for u, v in self.local.items()})
-                pipe.expire(mine, max(1, round(TTL)))
+                pipe.expire(mine, max(1, round(self.ttl)))
                 pipe.zadd(self.workers_key, {self.worker_id: now})
-                pipe.zremrangebyscore(self.workers_key, "-inf", now - TTL)
-                pipe.expire(self.workers_key, max(1, round(TTL * 4)))
+                pipe.zremrangebyscore(self.workers_key, "-inf", now - self.ttl)
+                pipe.expire(self.workers_key, max(1, round(self.ttl * 4)))
                 await pipe.execute()
-            raw = await self.redis.zrangebyscore(self.workers_key, now - TTL, "+inf")
+            raw = await self.redis.zrangebyscore(self.workers_key, now - self.ttl, "+inf")
             workers = [w.decode() if isinstance(w, bytes) else str(w) for w in raw]
             others = [w for w in workers if w != self.worker_id]
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -147,7 +150,7 @@ class Presence:
                     if after:
                         mapping: dict[Any, Any] = dict(after)  # redis-py's Mapping type is invariant
                         pipe.hset(members_key, mapping=mapping)
-                    pipe.expire(members_key, max(1, round(TTL * 2)))
+                    pipe.expire(members_key, max(1, round(self.ttl * 2)))
                     await pipe.execute()
 
             await self._redis(rewrite)

@@ -103,8 +103,10 @@ class Client:
 
 
 class Room:
-    def __init__(self, name: str, fetch_after: FetchAfter, l2_range: RangeCache | None = None) -> None:
+    def __init__(self, name: str, fetch_after: FetchAfter, l2_range: RangeCache | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = name
+        self.clock = clock  # epoch seconds, compared with commit times for the delivery delay
         self.fetch_after = fetch_after
         self.l2_range = l2_range
         self.delivered = 0
@@ -219,7 +221,7 @@ class Room:
         # One observation per batch, of its oldest message: the worst commit-to-delivery delay in it.
         oldest = next((ts for _, _, ts in batch if ts is not None), None)
         if oldest is not None:
-            metrics.FANOUT_SECONDS.observe(max(0.0, time.time() - oldest / 1000))
+            metrics.FANOUT_SECONDS.observe(max(0.0, self.clock() - oldest / 1000))
 
     def drop_slow(self, client: Client) -> None:
         if client.closing:

@@ -206,8 +206,9 @@ class Store:
             await conn.execute("DELETE FROM rooms WHERE name = $1", self.room)
         return int(status.split()[-1])
 
-    async def apply_retention(self, days: float | None, max_messages: int | None) -> int:
-        """Delete events older than `days` / beyond the newest `max_messages`; one replica at a time."""
+    async def apply_retention(self, days: float | None, max_messages: int | None, *, now: float) -> int:
+        """Delete events older than `days` before `now` (epoch seconds, the worker's clock) / beyond the
+        newest `max_messages`; one replica at a time."""
         deleted = 0
         async with self._pool().acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext('veza-chat-retention:' || $1))",
@@ -220,9 +221,9 @@ class Store:
             if days is not None:
                 # Oldest first along the primary key (created_at grows with seq), at most 100k a run.
                 old = await conn.fetchval(
-                    "SELECT max(seq) FROM (SELECT seq, created_at FROM chat_events WHERE room = $1"
-                    " ORDER BY seq LIMIT 100000) oldest WHERE created_at < now() - make_interval(secs => $2)",
-                    self.room, days * 86400.0)
+                    "SELECT max(seq) FROM (SELECT seq, created_at FROM chat_events WHERE room = $1 ORDER BY seq"
+                    " LIMIT 100000) oldest WHERE created_at < to_timestamp($2) - make_interval(secs => $3)",
+                    self.room, now, days * 86400.0)
                 floor = max(floor, int(old or 0))
             if floor:
                 status = await conn.execute("DELETE FROM chat_events WHERE room = $1 AND seq <= $2", self.room, floor)

@@ -1,0 +1,77 @@
+"""The chat worker's HTTP handlers (served under /chat/{room}/): thin, they check the room and
+the token, parse the query, and hand over to the service (REST) or to a session (WebSocket)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from veza_core.auth import token_from_request
+from veza_core.web import HttpError
+
+from . import protocol as p
+from .room import Client
+from .service import CHAT, ChatService
+from .session import Session
+from .store import StoreUnavailable
+
+
+def serving_room(request: web.Request) -> ChatService:
+    """The service, when it serves the room in the URL and takes requests now."""
+    service = request.app[CHAT]
+    if request.match_info["room"] != service.room_name:
+        raise HttpError(404, "room_not_found", "this worker does not serve that room")
+    service.check_serving()
+    return service
+
+
+def query_int(request: web.Request, name: str, minimum: int, maximum: int = 2**62) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or not (minimum <= int(value) <= maximum):
+        raise HttpError(400, "bad_request", f"expected an integer in {minimum}..{maximum}, got {value[:20]!r}")
+    return int(value)
+
+
+async def history(request: web.Request) -> web.Response:
+    service = serving_room(request)
+    service.authorize(token_from_request(request))
+    before = query_int(request, "before", 1)
+    after = query_int(request, "after", 0)
+    limit = query_int(request, "limit", 1, p.MAX_HISTORY) or 50
+    try:
+        events, more = await service.history_page(before, after, limit)
+        last = await service.store.last_seq()
+    except (StoreUnavailable, OSError) as exc:
+        raise HttpError(503, p.STORE_UNAVAILABLE, f"history is unavailable: {exc}") from None
+    return web.json_response({"room": service.room_name, "last_seq": last, "events": events, "has_more": more})
+
+
+async def reads(request: web.Request) -> web.Response:
+    """Read receipts: the last read seq of every user who sent one."""
+    service = serving_room(request)
+    service.authorize(token_from_request(request))
+    try:
+        found = await service.store.reads()
+    except (StoreUnavailable, OSError) as exc:
+        raise HttpError(503, p.STORE_UNAVAILABLE, f"receipts are unavailable: {exc}") from None
+    return web.json_response({"room": service.room_name, "reads": found})
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    service = serving_room(request)
+    principal, role = service.authorize(token_from_request(request))
+    after = query_int(request, "after", 0)
+    if service.room_full(principal.subject):
+        raise HttpError(403, p.ROOM_FULL, "the room is full")
+    ws = web.WebSocketResponse(protocols=(p.PROTOCOL,), heartbeat=30.0, compress=False, autoping=True,
+                               max_msg_size=service.spec.limits.max_message_bytes * 6 + 4096)
+    await ws.prepare(request)
+    await Session(service, Client(ws, request, principal.subject, principal.name, role)).run(after)
+    return ws
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/chat/{room}/ws", websocket)
+    app.router.add_get("/chat/{room}/history", history)
+    app.router.add_get("/chat/{room}/reads", reads)

@@ -1,0 +1,345 @@
+"""The chat service of one replica: lifecycle, polling, and the room's shared state.
+
+One `ChatService` per process, kept on the application under the typed key `CHAT` (handlers
+read it with `request.app[CHAT]`). It owns what every socket of the room shares: the store and
+its group committer, the sequencer (`Room`), fan-out to the other replicas, presence, the
+active sanctions, and the draining flag. Per-socket work lives in session.py, authorisation in
+access.py, the HTTP handlers in routes.py.
+
+Background loops: boot (migrations and the store, retried until PostgreSQL answers), the
+catch-up poll under fan-out (which also reloads sanctions and applies retention), presence
+heartbeats, and the coalesced presence broadcast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from veza_core.auth import AUDIENCE_CHAT, Principal, TokenVerifier
+from veza_core.breaker import CircuitBreaker
+from veza_core.db import migrate
+from veza_core.keys import KeySet
+from veza_core.ratelimit import RateLimiter
+from veza_core.web import HttpError
+
+from . import access, metrics
+from . import protocol as p
+from .cache import RecentCache
+from .fanout import Fanout
+from .limits import BatchedLimiter
+from .presence import Presence
+from .room import Client, Room, encode
+from .settings import ChatSettings
+from .spec import RoomSpec
+from .store import GroupCommitter, Store
+
+log = logging.getLogger("veza.chat")
+
+PRESENCE_COALESCE = 0.5  # join/leave frames are batched: one frame per window, however many users moved
+
+
+class ChatService:
+    def __init__(self, settings: ChatSettings, *, clock: Callable[[], float] = time.time) -> None:
+        if not settings.resource_name:
+            raise ValueError("VEZA_RESOURCE_NAME (the ChatRoom's name) is required")
+        if not settings.database_url:
+            raise ValueError("VEZA_DATABASE_URL is required")
+        self.settings = settings
+        self.clock = clock  # epoch seconds: sanction expiry and retention by age
+        self.room_name = settings.resource_name
+        self.spec = RoomSpec.model_validate(settings.resource_spec or {})
+        self.worker_id = secrets.token_hex(6)
+        self.keys = KeySet(settings.jwt_keys_dir)
+        self.verifier = TokenVerifier(self.keys, issuer=settings.jwt_issuer, audience=AUDIENCE_CHAT,
+                                      algorithms=settings.jwt_algorithms)
+        prefix = f"veza:{settings.platform}:chat:{self.room_name}"
+        self.redis: aioredis.Redis | None = None
+        if settings.redis_url:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=32, timeout=1.0, socket_timeout=0.5, socket_connect_timeout=0.5)
+            self.redis = aioredis.Redis(connection_pool=pool)
+        # One breaker for every Redis use: once Redis is known down, all of them go local at once.
+        breaker = CircuitBreaker("chat-redis", errors=(RedisError, OSError))
+        self.limiter = BatchedLimiter(RateLimiter(self.redis, prefix=f"{prefix}:rl", breaker=breaker))
+        self.cache = RecentCache(self.redis, f"{prefix}:recent", breaker) if self.redis is not None else None
+        self.presence = Presence(self.redis, prefix, self.worker_id, breaker,
+                                 members_key=f"veza:{settings.platform}:room:{self.room_name}:members",
+                                 ttl=settings.chat_presence_ttl_seconds)
+        self.store = Store(settings.database_url, self.room_name)
+        self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None, clock=clock)
+        self.committer = GroupCommitter(self.store, self._committed)
+        self.fanout = Fanout(settings.nats_url, platform=settings.platform, room=self.room_name,
+                             worker_id=self.worker_id, on_events=self.room.feed, on_signal=self._on_signal)
+        self.sanctions: dict[tuple[str, str], float | None] = {}  # (user, ban|mute) -> until (epoch) or None
+        self.booted = asyncio.Event()
+        self.draining = False
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.presence_joined: dict[str, str] = {}
+        self.presence_left: set[str] = set()
+        self.msg_rate = self.spec.limits.messages_per_minute / 60.0
+        self.msg_burst = max(1.0, self.spec.limits.messages_per_minute / 6.0)
+        self.frame_rate = max(20.0, 3 * self.msg_rate)
+        self.frame_burst = 3 * self.frame_rate
+
+    # -- lifecycle --------------------------------------------------------
+    async def start(self) -> None:
+        self.fanout.start()
+        self.tasks.append(asyncio.create_task(self._boot(), name="chat-boot"))
+
+    async def _boot(self) -> None:
+        assert self.settings.database_url is not None
+        while True:
+            try:
+                if self.settings.chat_migrate:
+                    await migrate(self.settings.database_url)
+                await self.store.open(self.spec.title, self.spec.visibility)
+                last = await self.store.last_seq()
+                await self._load_sanctions()
+                break
+            except Exception as exc:
+                log.warning("database not reachable yet, retrying", extra={"error": repr(exc)})
+                await self.store.close()
+                self.store.pool = None
+                await asyncio.sleep(1.0)
+        self.room.start(last)
+        self.committer.start()
+        self.tasks += [asyncio.create_task(self._poll(), name="chat-poll"),
+                       asyncio.create_task(self._heartbeat(), name="chat-presence"),
+                       asyncio.create_task(self._presence_flush(), name="chat-presence-flush")]
+        self.booted.set()
+        log.info("chat room ready", extra={"room": self.room_name, "last_seq": last, "worker": self.worker_id})
+
+    async def shutdown(self) -> None:
+        """SIGTERM: refuse new sends, finish the in-flight ones (ack them), close sockets with 1012."""
+        self.draining = True
+        grace = self.settings.shutdown_grace_seconds
+        if self.booted.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.committer.drain(), grace / 2)
+        inflight = [t for c in self.room.clients for t in c.inflight]
+        if inflight:
+            await asyncio.wait(inflight, timeout=grace / 4)
+        clients = list(self.room.clients)
+        for c in clients:
+            c.flush()  # acks queued by the last in-flight sends
+            c.closing = True
+        await asyncio.gather(*(c.ws.close(code=p.CLOSE_SERVICE_RESTART, message=b"service restart")
+                               for c in clients), return_exceptions=True)
+        await self.presence.withdraw()
+        await self.fanout.close()
+
+    async def cleanup(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.room.stop()
+        if self.booted.is_set():
+            await self.committer.stop()
+        await self.store.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+
+    def check_serving(self) -> None:
+        """Refuse requests while draining (clients reconnect elsewhere) or before the store is open."""
+        if self.draining:
+            raise HttpError(503, p.SHUTTING_DOWN, "the worker is restarting; reconnect")
+        if not self.booted.is_set():
+            raise HttpError(503, "not_ready", "the worker is starting")
+
+    def authorize(self, token: str | None) -> tuple[Principal, str]:
+        """(principal, room role) of a bearer token, or an HttpError with a stable code."""
+        return access.authorize(token, self.verifier, self.room_name, self.spec,
+                                banned=lambda user: self.sanctioned(user, "ban"))
+
+    # -- polling ----------------------------------------------------------
+    async def _poll(self) -> None:
+        """Safety net under fan-out: whatever PostgreSQL committed reaches this replica's sockets."""
+        seen_last = 0
+        ticks = 0
+        interval = self.settings.chat_retention_interval_seconds
+        next_retention = time.monotonic() + min(5.0, interval)
+        while True:
+            await asyncio.sleep(1.0 if self.fanout.connected else 0.25)
+            ticks += 1
+            try:
+                last = await self.store.last_seq()
+                # With NATS up, only chase what stayed missing for a whole tick (fan-out is in flight otherwise).
+                target = min(last, seen_last) if self.fanout.connected else last
+                seen_last = last
+                if target > self.room.delivered:
+                    await self.room.catch_up(target)
+                if ticks % 10 == 0:
+                    await self._load_sanctions()
+                retention = self.spec.retention
+                if (retention.days or retention.max_messages) and time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + interval
+                    await self.apply_retention()
+            except Exception as exc:
+                log.warning("poll failed", extra={"error": repr(exc)})
+
+    async def apply_retention(self) -> None:
+        """Delete what the spec's retention no longer keeps, and forget it in the caches."""
+        retention = self.spec.retention
+        removed = await self.store.apply_retention(retention.days, retention.max_messages, now=self.clock())
+        if removed:
+            log.info("retention applied", extra={"deleted": removed})
+        first = await self.store.first_seq()
+        floor = (first - 1) if first is not None else self.room.delivered
+        self.room.trim(floor)
+        if self.cache is not None:
+            await self.cache.trim(floor)
+
+    async def _fetch_after(self, after: int, upto: int, limit: int) -> list[dict[str, Any]]:
+        return await self.store.events_after(after, limit, upto)
+
+    def _committed(self, events: list[dict[str, Any]]) -> None:
+        metrics.EVENTS_COMMITTED.inc(len(events))
+        items = [encode(ev) for ev in events]
+        self.room.feed(items)
+        self.fanout.publish_events(items)
+        if self.cache is not None:
+            task = asyncio.get_running_loop().create_task(self.cache.add(items))
+            task.add_done_callback(lambda t: t.exception())
+
+    async def history_page(self, before: int | None, after: int | None,
+                           limit: int) -> tuple[list[dict[str, Any]], bool]:
+        if after is not None:
+            events = await self.store.events_after(after, limit + 1, (before - 1) if before else None)
+            more = len(events) > limit
+            events = events[:limit]
+        else:
+            events = await self.store.events_before(before or 2**62, limit + 1)
+            more = len(events) > limit
+            events = events[-limit:]
+        return await self.store.with_reactions(events), more
+
+    # -- sanctions ----------------------------------------------------------
+    async def _load_sanctions(self) -> None:
+        self.sanctions = {(u, k): until for u, k, until in await self.store.sanctions()}
+
+    def sanctioned(self, user: str, kind: str) -> bool:
+        key = (user, kind)
+        if key not in self.sanctions:
+            return False
+        until = self.sanctions[key]
+        if until is not None and until <= self.clock():
+            del self.sanctions[key]
+            return False
+        return True
+
+    async def moderate(self, action: str, user: str, *, by: str, seconds: int | None,
+                       reason: str | None) -> None:
+        """A moderator's action: stored, applied here, announced to the room on every replica."""
+        until = self.clock() + seconds if seconds else None
+        if action in ("mute", "ban"):
+            await self.store.sanction(user, action, until, reason, by)
+        elif action in ("unmute", "unban"):
+            await self.store.lift(user, action[2:])
+        out: dict[str, Any] = {"type": "moderation", "action": action, "user": user, "by": by}
+        if until is not None:
+            out["until"] = int(until * 1000)
+        if reason:
+            out["reason"] = reason
+        data = p.dumps(out)
+        self._apply_moderation(action, user, until)
+        await self.room.broadcast(data)
+        await self.fanout.signal({"kind": "moderation", "action": action, "user": user, "until": until,
+                                  "frame": data})
+
+    def _apply_moderation(self, action: str, user: str, until: float | None) -> None:
+        if action in ("mute", "ban"):
+            self.sanctions[(user, action)] = until
+        elif action in ("unmute", "unban"):
+            self.sanctions.pop((user, action[2:]), None)
+        if action in ("kick", "ban"):
+            code = p.CLOSE_BANNED if action == "ban" else p.CLOSE_KICKED
+            for c in list(self.room.clients):
+                if c.user == user and not c.closing:
+                    c.closing = True
+                    self.room.clients.discard(c)
+                    asyncio.get_running_loop().create_task(c.ws.close(code=code, message=action.encode()))
+
+    # -- presence -----------------------------------------------------------
+    def room_full(self, user: str) -> bool:
+        """A newcomer would exceed maxMembers (a user already present may open more sockets)."""
+        return not self.presence.present(user) and self.presence.count() >= self.spec.limits.max_members
+
+    async def join(self, client: Client) -> None:
+        """A socket joins: it gets the room's live events, and the room hears of a new user."""
+        self.room.clients.add(client)
+        metrics.CONNECTIONS.inc()
+        if await self.presence.add(client.user, client.name):
+            self._presence_changed(client.user, client.name, True)
+        await self.fanout.signal({"kind": "presence", "op": "join", "user": client.user, "name": client.name})
+
+    async def leave(self, client: Client) -> None:
+        client.closing = True
+        self.room.clients.discard(client)
+        metrics.CONNECTIONS.dec()
+        if await self.presence.remove(client.user):
+            self._presence_changed(client.user, client.name, False)
+        if not self.presence.local.get(client.user):
+            await self.fanout.signal({"kind": "presence", "op": "leave", "user": client.user})
+
+    async def _heartbeat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                change = await self.presence.heartbeat()
+                if change is not None:
+                    joined, left = change
+                    self.presence_joined.update(joined)
+                    self.presence_left.update(left)
+            await asyncio.sleep(self.presence.heartbeat_every)
+
+    def _presence_changed(self, user: str, name: str, joined: bool) -> None:
+        if joined:
+            self.presence_left.discard(user)
+            self.presence_joined[user] = name
+        else:
+            self.presence_joined.pop(user, None)
+            self.presence_left.add(user)
+
+    async def _presence_flush(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_COALESCE)
+            joined, self.presence_joined = self.presence_joined, {}
+            left, self.presence_left = self.presence_left, set()
+            if self.presence.count() > self.settings.chat_presence_events_max_users:
+                continue  # a large room: clients ask for the list instead of hearing every join
+            if joined:
+                await self.room.broadcast(p.dumps({"type": "presence", "op": "join", "users": [
+                    {"id": u, "name": n} for u, n in joined.items()]}))
+            if left:
+                await self.room.broadcast(p.dumps({"type": "presence", "op": "leave", "users": [
+                    {"id": u} for u in sorted(left)]}))
+
+    # -- signals between replicas ---------------------------------------------
+    def _on_signal(self, data: dict[str, Any]) -> None:
+        kind = data.get("kind")
+        if kind == "presence":
+            if self.presence.remote_change(data["w"], data["op"], data["user"], data.get("name", "")):
+                self._presence_changed(data["user"], data.get("name", ""), data["op"] == "join")
+        elif kind == "frame":
+            asyncio.get_running_loop().create_task(self.room.broadcast(data["frame"]))
+        elif kind == "moderation":
+            self._apply_moderation(data["action"], data["user"], data.get("until"))
+            asyncio.get_running_loop().create_task(self.room.broadcast(data["frame"]))
+
+    async def emit(self, frame: dict[str, Any], *, exclude: Client | None = None) -> None:
+        """An ephemeral frame to this room on every replica."""
+        data = p.dumps(frame)
+        await self.room.broadcast(data, exclude=exclude)
+        await self.fanout.signal({"kind": "frame", "frame": data})
+
+
+CHAT = web.AppKey("chat_service", ChatService)

@@ -1,0 +1,40 @@
+"""Settings of the chat worker: the shared ones plus what only chat reads.
+
+Read once, in `cli.run`, from the same `VEZA_<FIELD>` environment variables as every worker
+(`Settings.from_env` walks the model's fields, so `chat_migrate` is `VEZA_CHAT_MIGRATE`), then
+passed down: nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import field_validator
+
+from veza_core.config import Settings
+
+
+class ChatSettings(Settings):
+    component: str = "chat"
+
+    # Apply database migrations at start (a migration Job does it when off; `--no-migrate` too).
+    chat_migrate: bool = True
+    # Presence entries expire after this long without a heartbeat; heartbeats run every third of it.
+    chat_presence_ttl_seconds: float = 15.0
+    # Above this many present users, join/leave frames are not broadcast (clients ask for the list).
+    chat_presence_events_max_users: int = 200
+    # How often retention runs (when the room's spec asks for it).
+    chat_retention_interval_seconds: float = 60.0
+
+    @field_validator("chat_migrate", mode="before")
+    @classmethod
+    def _only_zero_turns_off(cls, value: Any) -> Any:
+        # The variable was documented as 1/0: any value but "0" keeps migrations on, as before.
+        return value != "0" if isinstance(value, str) else value
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ChatSettings:
+        settings = super().from_env(env)
+        assert isinstance(settings, ChatSettings)  # from_env builds the class it is called on
+        return settings
