@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import time
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.chat.conftest import ISSUER, Chat, ChatClient
+from tests.support.chat import ISSUER, Chat, ChatClient
+from tests.support.waiting import wait_for
 
 
 def b64(data: dict | bytes) -> str:
@@ -164,8 +165,16 @@ async def test_moderation_mute_kick_ban_across_workers(chat: Chat) -> None:
         assert err.value.status == 403
     await mod.send({"type": "moderate", "action": "unban", "user": "troll"})
     await mod.expect("moderation", action="unban")
-    await asyncio.sleep(0.3)
-    assert (await chat.connect(b, "troll")).welcome["user"]["id"] == "troll"
+
+    async def admitted_on_b() -> ChatClient | None:
+        """The unban reaches b as a signal: until then, b still refuses."""
+        try:
+            return await chat.connect(b, "troll")
+        except aiohttp.WSServerHandshakeError:
+            return None
+
+    again = await wait_for(admitted_on_b, timeout=5, message="troll admitted on b after the unban")
+    assert again.welcome["user"]["id"] == "troll"
 
 
 async def _closed(client: ChatClient) -> None:
@@ -173,41 +182,55 @@ async def _closed(client: ChatClient) -> None:
         pass
 
 
+async def history_after(client: ChatClient, after: int = 0) -> list[dict[str, Any]]:
+    ref = f"h{len(client.frames)}"
+    await client.send({"type": "history", "ref": ref, "after": after})
+    return list((await client.expect("history", ref=ref))["events"])
+
+
 async def test_retention_trims_history(chat: Chat) -> None:
-    a = await chat.worker({"retention": {"maxMessages": 5}, "limits": {"messagesPerMinute": 100000}},
-                          VEZA_CHAT_RETENTION_INTERVAL_SECONDS="0.5")
+    settings = chat.settings({"retention": {"maxMessages": 5}, "limits": {"messagesPerMinute": 100000}},
+                             chat_retention_interval_seconds=0.5)
+    a = await chat.serve(settings)
     c = await chat.connect(a, "alice")
     for i in range(12):
         await c.send({"type": "send", "cid": str(i), "text": str(i)})
         await c.expect("ack", cid=str(i))
-    deadline = time.monotonic() + 15
-    while True:
-        await c.send({"type": "history", "ref": "h", "after": 0})
-        page = await c.expect("history", ref="h")
-        if [e["seq"] for e in page["events"]] == [8, 9, 10, 11, 12]:
-            break
-        assert time.monotonic() < deadline, page
-        await asyncio.sleep(0.5)
+
+    async def trimmed() -> bool:
+        return [e["seq"] for e in await history_after(c)] == [8, 9, 10, 11, 12]
+
+    await wait_for(trimmed, timeout=15, interval=0.25, message="history trimmed to the last 5")
     late = await chat.connect(a, "bob", after=0)
     resumed = await late.expect("resumed")
     assert resumed["truncated"] is True and late.events() == [8, 9, 10, 11, 12]
 
 
 async def test_retention_by_age(chat: Chat) -> None:
-    a = await chat.worker({"retention": {"days": 2 / 86400}, "limits": {"messagesPerMinute": 100000}},
-                          VEZA_CHAT_RETENTION_INTERVAL_SECONDS="0.5")
+    """Messages older than a day go. The worker's clock is moved a day past a cutoff that lies
+    between the old messages and the new one, so nothing waits for them to age."""
+    cutoff: list[float] = []
+
+    def clock() -> float:
+        return cutoff[0] + 86400 if cutoff else time.time()
+
+    settings = chat.settings({"retention": {"days": 1}, "limits": {"messagesPerMinute": 100000}},
+                             chat_retention_interval_seconds=0.5)
+    a = await chat.serve(settings, clock=clock)
     c = await chat.connect(a, "alice")
     for i in range(3):
         await c.send({"type": "send", "cid": f"old{i}", "text": "old"})
         await c.expect("ack", cid=f"old{i}")
-    await asyncio.sleep(2.5)
+    last_old = (await c.expect("event", seq=3))["ts"]  # commit times, in ms
+    # The new message must be committed at least 2 ms later, so that a cutoff fits between.
+    await wait_for(lambda: time.time() * 1000 >= last_old + 2, message="2 ms past the old messages")
     await c.send({"type": "send", "cid": "new", "text": "new"})
     await c.expect("ack", cid="new")
-    deadline = time.monotonic() + 10
-    while True:
-        await c.send({"type": "history", "ref": "h", "after": 0})
-        page = await c.expect("history", ref="h")
-        if [e["text"] for e in page["events"]] == ["new"]:
-            break
-        assert time.monotonic() < deadline, page
-        await asyncio.sleep(0.5)
+    assert (await c.expect("event", seq=4))["ts"] >= last_old + 2
+    assert [e["text"] for e in await history_after(c)] == ["old"] * 3 + ["new"], "a day has not passed yet"
+    cutoff.append((last_old + 1.5) / 1000)
+
+    async def only_new() -> bool:
+        return [e["text"] for e in await history_after(c)] == ["new"]
+
+    await wait_for(only_new, timeout=10, interval=0.25, message="the old messages gone, the new one kept")

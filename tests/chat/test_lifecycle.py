@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -12,7 +11,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from tests.chat.conftest import Chat
+from tests.support.chat import Chat
+from tests.support.waiting import wait_for
 from veza_chat.spec import RoomSpec
 from veza_core.specs import ChatRoomSpec
 
@@ -27,12 +27,10 @@ async def test_members_hash_is_what_the_api_counts(chat: Chat, redis: Any) -> No
         assert await client.hlen(key) == 2
         await bob.close()
 
-        async def count() -> int:
-            while (n := await client.hlen(key)) != 1:
-                await asyncio.sleep(0.05)
-            return n
+        async def bob_left() -> bool:
+            return await client.hlen(key) == 1
 
-        assert await asyncio.wait_for(count(), 10) == 1
+        await wait_for(bob_left, timeout=10, message="bob gone from the members hash")
         assert await client.hget(key, "alice") == b"Alice"
         assert await client.ttl(key) > 0, "the hash expires if every worker dies"
         await alice.close()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 
 import aiohttp
 
-from tests.chat.conftest import HISTORY_SCHEMA, Chat, ChatClient
+from tests.support.chat import HISTORY_SCHEMA, Chat, ChatClient
+from tests.support.waiting import wait_for
 
 
 async def presence_change(client: ChatClient, op: str, user: str, timeout: float = 10) -> None:
@@ -169,10 +170,16 @@ async def test_typing_read_receipts_and_presence(chat: Chat) -> None:
                         headers={"Authorization": f"Bearer {chat.token('carol')}"}) as resp:
         assert await resp.json() == {"room": chat.room, "reads": {"bob": seq}}
 
-    await asyncio.sleep(0.1)
-    await bob.send({"type": "presence", "ref": "p"})
-    listed = await bob.expect("presence", op="list")
-    assert {u["id"] for u in listed["users"]} == {"alice", "bob"}
+    asked = itertools.count()
+
+    async def both_listed() -> bool:
+        ref = f"p{next(asked)}"
+        await bob.send({"type": "presence", "ref": ref})
+        listed = await bob.expect("presence", op="list", ref=ref)
+        return {u["id"] for u in listed["users"]} == {"alice", "bob"}
+
+    # Alice's join reaches bob's replica as a signal: it may still be on its way.
+    await wait_for(both_listed, timeout=5, message="alice and bob listed on bob's replica")
     carol = await chat.connect(b, "carol")
     await presence_change(alice, "join", "carol")
     await carol.close()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +15,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from tests.chat.conftest import Chat, ChatClient
+from tests.support.chat import Chat, ChatClient
+from tests.support.waiting import wait_for
 from veza_local.services import LocalService, NatsService, PostgresService, RedisService
 
 pytestmark = pytest.mark.slow
@@ -34,6 +38,16 @@ async def read_until_seq(client: ChatClient, seq: int, timeout: float = 20) -> N
 
 def acks(client: ChatClient) -> dict[str, int]:
     return {f["cid"]: f["seq"] for f in client.frames if f["type"] == "ack"}
+
+
+def workers_connected(nats: NatsService, room: str) -> int:
+    """The room's workers connected to this NATS server (its monitoring endpoint names the clients)."""
+    try:
+        with urllib.request.urlopen(f"http://{nats.host}:{nats.monitor_port}/connz?limit=1000", timeout=1) as resp:
+            connections = json.load(resp)["connections"]
+    except OSError:
+        return 0
+    return sum(1 for c in connections if c.get("name", "").startswith(f"veza-chat-{room}-"))
 
 
 async def test_kill_9_during_a_stream_then_resume_on_the_other_worker(chat: Chat, postgres: Any) -> None:
@@ -122,16 +136,21 @@ async def test_redis_stopped_mid_test_sends_still_work_and_recover(
     listed = await carol.expect("presence", op="list")
     assert {"alice", "bob", "carol"} <= {u["id"] for u in listed["users"]}
     r.start()
-    await asyncio.sleep(2.5)  # the breakers' reset_after: the next call probes Redis again
-    for i in range(3):
-        await alice.send({"type": "send", "cid": f"up{i}", "text": "z"})
-        await alice.expect("ack", cid=f"up{i}")
     client = aioredis.from_url(r.url)
-    try:
+    sent = itertools.count()
+
+    async def limits_back_in_redis() -> bool:
+        """Sends keep working; once a breaker's reset_after has passed, its probe finds Redis again."""
+        cid = f"up{next(sent)}"
+        await alice.send({"type": "send", "cid": cid, "text": "z"})
+        await alice.expect("ack", cid=cid)
         keys = [k.decode() for k in await client.keys(f"veza:test:chat:{chat.room}:*")]
+        return any(k.endswith(":rl:user:alice") for k in keys)
+
+    try:
+        await wait_for(limits_back_in_redis, timeout=15, interval=0.25, message="rate limits back in Redis")
     finally:
         await client.aclose()
-    assert any(k.endswith(":rl:user:alice") for k in keys), keys
 
 
 async def test_nats_restarted_no_loss(
@@ -147,7 +166,8 @@ async def test_nats_restarted_no_loss(
             n.stop()
         if phase == "after":
             n.start()
-            await asyncio.sleep(1.5)
+            await wait_for(lambda: workers_connected(n, chat.room) == 2, timeout=15,
+                           message="both workers reconnected to NATS")
         for i in range(20):
             await alice.send({"type": "send", "cid": f"{phase}{i}", "text": phase})
         while len(acks(alice)) < total + 20:
@@ -172,20 +192,18 @@ async def test_postgres_down_sends_refused_never_acked_then_recover(
     assert error["code"] == "store_unavailable"
     assert "lost" not in acks(alice)
     pg.start()
-    deadline = time.monotonic() + 20
-    while True:
+
+    async def retried_and_acked() -> dict[str, Any] | None:
+        """The client's retry with the same cid: refused while the store reconnects, then acked."""
         await alice.send({"type": "send", "cid": "lost", "text": "y"})
-        frame: dict[str, Any] | None = None
-        while frame is None:
+        while True:
             f = await alice.recv()
             assert f is not None
             if f.get("cid") == "lost" and f["type"] in ("ack", "error"):
-                frame = f
-        if frame["type"] == "ack":
-            break
-        assert time.monotonic() < deadline, frame
-        await asyncio.sleep(0.5)
-    assert frame["seq"] == 2
+                return f if f["type"] == "ack" else None
+
+    ack = await wait_for(retried_and_acked, timeout=20, interval=0.5, message="the retried send acked")
+    assert ack["seq"] == 2
 
 
 async def test_sigterm_closes_with_1012_after_acking_in_flight_sends(chat: Chat) -> None:

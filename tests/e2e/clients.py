@@ -7,8 +7,8 @@ import uuid
 from typing import Any
 
 import aiohttp
-from tests.chat.conftest import ChatClient
 from tests.e2e.conftest import Platform
+from tests.support.chat import ChatClient
 
 PASSWORD = "e2e-password-1"
 

@@ -16,9 +16,9 @@ import uuid
 from datetime import datetime
 
 import aiohttp
-from tests.chat.conftest import ChatClient
 from tests.e2e.clients import Account, chat_worker_connections, connect_chat
 from tests.e2e.conftest import Platform
+from tests.support.chat import ChatClient
 
 SEND_INTERVAL = 1.2  # under the example room's 60 messages a minute per user
 

@@ -1,0 +1,251 @@
+"""Helpers of the chat tests: chat workers (real `veza chat` processes, or the app served in the
+test's own event loop when a test hands it settings or a clock), a client that validates every
+frame it sends or receives against docs/schemas/chat/v1, and the test constants."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+from aiohttp import web
+from referencing import Registry, Resource
+
+from tests.support.waiting import wait_for
+from veza_chat.app import create_app
+from veza_chat.service import CHAT
+from veza_chat.settings import ChatSettings
+from veza_core.auth import AUDIENCE_CHAT, TokenIssuer
+from veza_local.services import free_port
+
+ISSUER = "https://veza.test"
+# Tests send quickly: the default room allows it (limits have their own tests).
+FAST_SPEC = {"limits": {"messagesPerMinute": 1_000_000}}
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "chat" / "v1"
+
+
+def _schemas() -> tuple[jsonschema.Draft202012Validator, jsonschema.Draft202012Validator,
+                        jsonschema.Draft202012Validator]:
+    docs = {name: json.loads((SCHEMAS / name).read_text())
+            for name in ("client-frame.json", "server-frame.json", "history-response.json")}
+    registry: Registry = Registry().with_resources(
+        [(doc["$id"], Resource.from_contents(doc)) for doc in docs.values()])
+    return tuple(jsonschema.Draft202012Validator(docs[n], registry=registry)  # type: ignore[return-value]
+                 for n in ("client-frame.json", "server-frame.json", "history-response.json"))
+
+
+CLIENT_SCHEMA, SERVER_SCHEMA, HISTORY_SCHEMA = _schemas()
+
+
+class ChatWorker:
+    """One `veza chat` process on a random port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env, "VEZA_HTTP_HOST": "127.0.0.1", "VEZA_HTTP_PORT": str(self.port)}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ChatWorker:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "veza_cli.main", "chat"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        return self
+
+    async def ready(self, timeout: float = 30.0) -> ChatWorker:
+        async with aiohttp.ClientSession() as http:
+
+            async def answers_ready() -> bool:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"chat worker exited {self.proc.returncode}:\n{self.log()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(self.url + "/readyz") as resp:
+                        return resp.status == 200
+                return False
+
+            try:
+                await wait_for(answers_ready, timeout=timeout, interval=0.1, message="chat worker ready")
+            except AssertionError:
+                raise RuntimeError(f"chat worker not ready:\n{self.log()}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+
+class InProcessWorker:
+    """The chat app served in the test's own event loop, built from a settings object and a clock."""
+
+    def __init__(self, settings: ChatSettings, clock: Callable[[], float]) -> None:
+        self.app = create_app(settings, clock=clock)
+        self.runner = web.AppRunner(self.app, shutdown_timeout=settings.shutdown_grace_seconds)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30.0) -> InProcessWorker:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await wait_for(self.app[CHAT].booted.is_set, timeout=timeout, message="chat service booted")
+        return self
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+Worker = ChatWorker | InProcessWorker
+
+
+class ChatClient:
+    """An aiohttp WebSocket client that checks every frame against the JSON Schemas."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession) -> None:
+        self.ws = ws
+        self.session = session
+        self.frames: list[dict[str, Any]] = []
+        self.consumed: set[int] = set()  # indexes of frames `expect` already returned
+        self.welcome: dict[str, Any] = {}
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        CLIENT_SCHEMA.validate(frame)
+        await self.ws.send_str(json.dumps(frame))
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """The next frame, or None when the socket closed."""
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            return None
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        frame = json.loads(msg.data)
+        SERVER_SCHEMA.validate(frame)
+        self.frames.append(frame)
+        return frame
+
+    async def expect(self, frame_type: str, /, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        for i, frame in enumerate(self.frames):
+            matches = frame["type"] == frame_type and all(frame.get(k) == v for k, v in match.items())
+            if i not in self.consumed and matches:
+                self.consumed.add(i)
+                return frame
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {frame_type} frame matching {match}; got {self.frames[-5:]}")
+            try:
+                frame = await self.recv(left)
+            except TimeoutError:
+                raise TimeoutError(f"no {frame_type} frame matching {match}; got {self.frames[-5:]}") from None
+            if frame is None:
+                raise ConnectionError(f"closed ({self.ws.close_code}) while waiting for {frame_type}")
+            if frame["type"] == frame_type and all(frame.get(k) == v for k, v in match.items()):
+                self.consumed.add(len(self.frames) - 1)
+                return frame
+
+    def events(self) -> list[int]:
+        return [f["seq"] for f in self.frames if f["type"] == "event"]
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+
+class Chat:
+    """What a test needs: workers, tokens and clients for one fresh room."""
+
+    def __init__(self, tmp: Path, keys_dir: Path, issuer: TokenIssuer, services: dict[str, str]) -> None:
+        self.tmp = tmp
+        self.keys_dir = keys_dir
+        self.issuer = issuer
+        self.services = services
+        self.room = "r" + uuid.uuid4().hex[:10]
+        self.workers: list[ChatWorker] = []
+        self.in_process: list[InProcessWorker] = []
+        self.clients: list[ChatClient] = []
+
+    def env(self, spec: dict[str, Any] | None = None, **extra: str) -> dict[str, str]:
+        return {"VEZA_PLATFORM": "test", "VEZA_RESOURCE_NAME": self.room,
+                "VEZA_RESOURCE_SPEC": json.dumps(spec if spec is not None else FAST_SPEC), "VEZA_JWT_ISSUER": ISSUER,
+                "VEZA_JWT_KEYS_DIR": str(self.keys_dir), "VEZA_SHUTDOWN_GRACE_SECONDS": "5", **self.services, **extra}
+
+    def settings(self, spec: dict[str, Any] | None = None, **fields: Any) -> ChatSettings:
+        """The settings a worker of this room reads from `env(spec)`, with `fields` changed."""
+        return ChatSettings.from_env(self.env(spec)).model_copy(update=fields)
+
+    async def worker(self, spec: dict[str, Any] | None = None, **extra: str) -> ChatWorker:
+        w = ChatWorker(self.env(spec, **extra), self.tmp / f"worker-{len(self.workers)}.log").start()
+        self.workers.append(w)
+        return await w.ready()
+
+    async def serve(self, settings: ChatSettings, *, clock: Callable[[], float] = time.time) -> InProcessWorker:
+        """A worker in this process (no kill, no SIGTERM): for tests that pass settings or a clock."""
+        w = InProcessWorker(settings, clock)
+        self.in_process.append(w)
+        return await w.start()
+
+    def token(self, user: str = "alice", **claims: Any) -> str:
+        claims.setdefault("name", user.title())
+        return self.issuer.issue(user, audience=claims.pop("audience", AUDIENCE_CHAT), **claims)
+
+    async def connect(self, worker: Worker, user: str = "alice", *, after: int | None = None,
+                      token: str | None = None, via_header: bool = False, **claims: Any) -> ChatClient:
+        token = token or self.token(user, **claims)
+        session = aiohttp.ClientSession()
+        url = f"{worker.url}/chat/{self.room}/ws" + (f"?after={after}" if after is not None else "")
+        try:
+            if via_header:
+                ws = await session.ws_connect(url, protocols=("veza.chat.v1",),
+                                              headers={"Authorization": f"Bearer {token}"})
+            else:
+                ws = await session.ws_connect(url, protocols=("veza.chat.v1", f"bearer.{token}"))
+        except Exception:
+            await session.close()
+            raise
+        client = ChatClient(ws, session)
+        self.clients.append(client)
+        client.welcome = await client.expect("welcome")
+        return client
+
+    async def close(self) -> None:
+        for c in self.clients:
+            with contextlib.suppress(Exception):
+                await c.close()
+        for w in self.workers:
+            w.terminate()
+        for ip in self.in_process:
+            await ip.stop()
+        for w in self.workers:
+            if w.proc is not None:
+                try:
+                    w.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    w.kill()
