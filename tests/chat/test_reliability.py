@@ -157,6 +157,7 @@ async def test_nats_restarted_no_loss(
         chat_factory: Callable[..., Chat], service_factory: Callable[[type[LocalService]], LocalService],
         postgres: PostgresService, redis: RedisService) -> None:
     n = service_factory(NatsService)
+    assert isinstance(n, NatsService)
     chat = chat_factory(VEZA_DATABASE_URL=postgres.url, VEZA_NATS_URL=n.url, VEZA_REDIS_URL=redis.url)
     a, b = await chat.worker(), await chat.worker()
     alice, bob = await chat.connect(a, "alice"), await chat.connect(b, "bob")

@@ -1,15 +1,19 @@
-"""The per-replica sequencer alone (room.Room): order, exactly once, gap fills racing fan-out."""
+"""The per-replica sequencer alone (room.Room): order, exactly once, gap fills racing fan-out,
+and the commit-to-delivery delay read on the room's clock."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from prometheus_client import REGISTRY
+
+from tests.support.waiting import wait_for
 from veza_chat.room import Encoded, Room, encode
 
 
-def event(seq: int) -> dict[str, Any]:
-    return {"seq": seq, "kind": "message", "id": str(seq), "author": {"id": "a"}, "ts": 0, "text": str(seq)}
+def event(seq: int, ts: int = 0) -> dict[str, Any]:
+    return {"seq": seq, "kind": "message", "id": str(seq), "author": {"id": "a"}, "ts": ts, "text": str(seq)}
 
 
 def ev(seq: int) -> Encoded:
@@ -34,19 +38,22 @@ async def test_out_of_order_events_are_delivered_in_order_once() -> None:
 
 
 async def test_gap_fill_racing_fan_out_never_rewinds() -> None:
-    fetching = asyncio.Event()
+    fetching, answer = asyncio.Event(), asyncio.Event()
 
     async def slow_fetch(after: int, upto: int, limit: int) -> list[dict[str, Any]]:
         fetching.set()
-        await asyncio.sleep(0.1)
+        await answer.wait()  # the query is still running while fan-out delivers
         return [event(s) for s in range(after + 1, upto + 1)][:limit]
 
     room = Room("r", slow_fetch)
     room.feed([ev(4), ev(5)])  # 1..3 missing: a fill starts after the grace period
     await fetching.wait()
     room.feed([ev(1), ev(2), ev(3), ev(6)])  # fan-out brings them while the query runs
-    await asyncio.sleep(0.2)
     assert delivered(room) == [1, 2, 3, 4, 5, 6]
+    answer.set()
+    assert room.gap_task is not None
+    await room.gap_task
+    assert delivered(room) == [1, 2, 3, 4, 5, 6] and room.delivered == 6 and not room.pending
     await room.stop()
 
 
@@ -56,8 +63,28 @@ async def test_hole_left_by_retention_is_skipped() -> None:
 
     room = Room("r", fetch)
     room.feed([ev(10)])
-    await asyncio.sleep(0.1)
-    assert delivered(room) == [8, 9, 10]
+    await wait_for(lambda: delivered(room) == [8, 9, 10], timeout=5, message="the gap below 10 filled")
     await room.catch_up(12)
     assert delivered(room) == [8, 9, 10, 11, 12]
+    await room.stop()
+
+
+def fanout_seconds() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("veza_chat_fanout_seconds_count") or 0.0
+    total = REGISTRY.get_sample_value("veza_chat_fanout_seconds_sum") or 0.0
+    return count, total
+
+
+async def test_delivery_delay_is_read_on_the_rooms_clock() -> None:
+    """One observation per delivered batch: the room's clock minus the oldest commit time in it."""
+    async def fetch(after: int, upto: int, limit: int) -> list[dict[str, Any]]:
+        raise AssertionError("no gap")
+
+    room = Room("r", fetch, clock=lambda: 1000.25)
+    room.start(0)
+    before = fanout_seconds()
+    room.feed([encode(event(1, ts=1_000_000)), encode(event(2, ts=1_000_200))])  # committed at 1000.0 and 1000.2
+    await wait_for(lambda: fanout_seconds()[0] > before[0], timeout=5, message="the batch delivered")
+    count, total = fanout_seconds()
+    assert count == before[0] + 1 and abs(total - before[1] - 0.25) < 1e-9
     await room.stop()
