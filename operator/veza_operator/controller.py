@@ -48,7 +48,8 @@ def _slim(body: dict[str, Any], *, keep_status: bool = True) -> dict[str, Any]:
     parsed body would otherwise hold its own copies of them."""
     slim = {k: v for k, v in body.items() if k != "status" or keep_status}
     slim["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-    return _shared(slim)
+    shared: dict[str, Any] = _shared(slim)
+    return shared
 
 
 def _shared(value: Any) -> Any:

@@ -23,6 +23,8 @@ from tests.support.operator import (
     condition,
     connections_secret,
     platform,
+    quiet,
+    resync_rounds,
     room,
     wait_condition,
     writes_by,
@@ -180,7 +182,7 @@ def test_route_the_gateway_does_not_accept_degrades_its_owner(kube: KubeCluster,
 
 
 @pytest.mark.usefixtures("gateway_api")
-def test_no_writes_when_nothing_changes_with_routes(kube: KubeCluster, ns: str) -> None:
+def test_no_writes_when_nothing_changes_with_routes(kube: KubeCluster, ns: str, operator: OperatorProcess) -> None:
     if kube.plane is None:
         pytest.skip("counting write requests needs the local control plane's audit log")
     kube.apply(connections_secret(ns), platform(ns, gateway={"name": "public"}), room(ns, "quiet"),
@@ -190,8 +192,7 @@ def test_no_writes_when_nothing_changes_with_routes(kube: KubeCluster, ns: str) 
     for name in ("demo", "chat-quiet", "stream-still"):
         wait_for(lambda name=name: route(kube, name, ns), timeout=20, message=f"HTTPRoute {name}")
         set_route_verdict(kube, name, ns, parent, accepted=True)
-    time.sleep(4)  # let the last status echoes settle
-    since = len(kube.plane.audit_events())
-    time.sleep(10)  # three full resyncs (VEZA_RESYNC_SECONDS=3)
+    since = quiet(kube, ns)  # the last status echoes settled
+    resync_rounds(kube, operator, 2)  # every resource reconciled again, twice (VEZA_RESYNC_SECONDS=3)
     writes = [w for w in writes_by(kube, OPERATOR_USER, since) if w["objectRef"].get("namespace") == ns]
     assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]

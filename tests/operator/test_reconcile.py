@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -16,6 +15,8 @@ from tests.support.operator import (
     condition,
     connections_secret,
     platform,
+    quiet,
+    resync_rounds,
     room,
     wait_condition,
     writes_by,
@@ -72,9 +73,8 @@ def test_no_writes_when_nothing_changes(kube: KubeCluster, ns: str, operator: Op
     wait_condition(kube, "chatroom", "quiet", ns)
     wait_condition(kube, "streamchannel", "still", ns)
     wait_condition(kube, "vezaplatform", "demo", ns)
-    time.sleep(4)  # let the last status echoes settle
-    since = len(kube.plane.audit_events())
-    time.sleep(10)  # three full resyncs (VEZA_RESYNC_SECONDS=3)
+    since = quiet(kube, ns)  # the last status echoes settled
+    resync_rounds(kube, operator, 2)  # every resource reconciled again, twice (VEZA_RESYNC_SECONDS=3)
     # Peering keep-alives are the operator's heartbeat, not reconciles; other namespaces may be
     # shutting down from earlier tests (real changes): only this quiet namespace counts.
     writes = [w for w in writes_by(kube, OPERATOR_USER, since) if w["objectRef"].get("namespace") == ns]
@@ -165,7 +165,7 @@ def hold_migration(kube: KubeCluster, ns: str, tag: str) -> str:
     return str(job["metadata"]["name"])
 
 
-def test_an_upgrade_migrates_before_any_worker_rolls(kube: KubeCluster, ns: str) -> None:
+def test_an_upgrade_migrates_before_any_worker_rolls(kube: KubeCluster, ns: str, operator: OperatorProcess) -> None:
     old, new, newer = (f"ghcr.io/veza-platform/veza:{tag}" for tag in ("0.1.0", "9.9.9", "9.9.10"))
     kube.apply(connections_secret(ns), platform(ns), room(ns, "a"), channel(ns, "c"))
     for kind, name in [("chatroom", "a"), ("streamchannel", "c"), ("vezaplatform", "demo")]:
@@ -191,10 +191,9 @@ def test_an_upgrade_migrates_before_any_worker_rolls(kube: KubeCluster, ns: str)
     assert worker_templates(kube, ns) == before
     assert (kube.get("job", job, ns) or {})["spec"]["template"]["spec"]["containers"][0]["image"] == new
     # Resyncs while the migration runs change nothing and write nothing.
-    time.sleep(4)
     if kube.plane is not None:
-        since = len(kube.plane.audit_events())
-        time.sleep(7)  # two resyncs (VEZA_RESYNC_SECONDS=3)
+        since = quiet(kube, ns)
+        resync_rounds(kube, operator, 2)
         writes = [w for w in writes_by(kube, OPERATOR_USER, since) if w["objectRef"].get("namespace") == ns]
         assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
     assert worker_templates(kube, ns) == before
@@ -221,7 +220,7 @@ def test_an_upgrade_migrates_before_any_worker_rolls(kube: KubeCluster, ns: str)
     assert newer in condition(p)["message"] and new in condition(p)["message"]
     assert condition(p, "Degraded")["status"] == "True"
     assert p["status"]["workerImage"] == new
-    time.sleep(4)  # a resync or two
+    resync_rounds(kube, operator, 1)  # what a resync does after the failure
     assert worker_templates(kube, ns) == rolled
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +72,11 @@ class OperatorProcess:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
             return resp.read().decode()
+
+    def reconciles(self) -> float:
+        """Reconciles run so far, of every kind and outcome (veza_operator_reconciles_total)."""
+        return sum(float(line.rsplit(" ", 1)[1]) for line in self.metrics().splitlines()
+                   if line.startswith("veza_operator_reconciles_total{"))
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -153,3 +159,36 @@ def writes_by(kube: KubeCluster, user: str, since: int) -> list[dict[str, Any]]:
     assert kube.plane is not None
     return [e for e in kube.plane.audit_events()[since:] if e.get("user", {}).get("username") == user]
 
+
+def quiet(kube: KubeCluster, ns: str, *, for_seconds: float = 3.0, timeout: float = 60) -> int:
+    """Wait until the operator has written nothing in `ns` for `for_seconds` (one resync period here):
+    the last status echoes have settled. Returns the audit log position later writes count from."""
+    assert kube.plane is not None
+    seen = {"writes": -1, "since": time.monotonic()}
+
+    def settled() -> int | None:
+        events = kube.plane.audit_events() if kube.plane is not None else []
+        writes = len([e for e in events if e.get("user", {}).get("username") == OPERATOR_USER
+                      and e.get("objectRef", {}).get("namespace") == ns])
+        if writes != seen["writes"]:
+            seen.update(writes=writes, since=time.monotonic())
+            return None
+        return len(events) if time.monotonic() - seen["since"] >= for_seconds else None
+
+    return int(wait_for(settled, timeout=timeout, interval=0.25, message=f"the operator quiet in {ns}"))
+
+
+def owners_in_cluster(kube: KubeCluster) -> int:
+    out = kube.kubectl("get", "vezaplatforms,chatrooms,streamchannels", "--all-namespaces", "-o", "name")
+    return len(out.split())
+
+
+def resync_rounds(kube: KubeCluster, operator: OperatorProcess, rounds: int = 2, timeout: float = 60) -> None:
+    """Wait until the operator has reconciled as often as `rounds` full resyncs take.
+
+    A resync reconciles every custom resource in the cluster; this is how a test proves that
+    reconciles of its own resources ran, and changed nothing, without guessing a time.
+    """
+    start, owners = operator.reconciles(), owners_in_cluster(kube)
+    wait_for(lambda: operator.reconciles() - start >= rounds * owners, timeout=timeout,
+             message=f"{rounds} resync rounds of {owners} resources")
