@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from tests.support.operator import platform
+from tests.support.waiting import wait_for
 from veza_core.specs import ChatRoomSpec, StreamChannelSpec
 from veza_operator import kinds
 from veza_operator import platform as platform_mod
@@ -298,7 +299,7 @@ async def test_delayed_requests_of_one_resource_do_not_pile_up() -> None:
         for _ in range(5):  # events and resyncs while it waits
             reconciler.request(("ChatRoom", "ns", "a"))
             await asyncio.sleep(0.02)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the point: count the runs of one second of waiting
     finally:
         await reconciler.stop()
     # One chain: ~5 direct runs + ~10 delayed ones in the second; five chains would make ~55.
@@ -320,11 +321,11 @@ async def test_a_paused_reconciler_drops_what_waits_and_ignores_requests() -> No
     reconciler.request(("ChatRoom", "ns", "while-paused"))
     reconciler.start()
     try:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the point: the delayed request was due after 0.05 s, and does not run
         assert runs == []
         reconciler.resume()
         reconciler.request(("ChatRoom", "ns", "after"))
-        await asyncio.sleep(0.1)
+        await wait_for(lambda: runs, timeout=5, message="a request after resuming runs")
     finally:
         await reconciler.stop()
     assert runs == [("ChatRoom", "ns", "after")]

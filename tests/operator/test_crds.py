@@ -49,6 +49,7 @@ def test_every_field_is_described_and_kinds_are_discoverable() -> None:
      "rendition names must be unique"),
     (channel("default", "c2", renditions=[{"name": "a", "codec": "flac"}]), "Unsupported value"),
     (channel("default", "c3", source={"type": "playlist"}), "type playlist needs playlist"),
+    (channel("default", "c5", renditions=[{"name": "hls", "codec": "mp3"}]), "are reserved paths"),
     (channel("default", "c4", delivery={"hls": {"targetDurationSeconds": 1, "partDurationSeconds": 0.75}}),
      "partDurationSeconds must be at most half of targetDurationSeconds"),
     (platform("default", "p1", auth={"accessTokenTTLSeconds": 3600, "refreshTokenTTLSeconds": 600}),
