@@ -12,13 +12,19 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
-async def wait_for(check: Callable[[], T | Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05,
-                   message: str = "condition") -> T:
+@overload
+async def wait_for(check: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ...,
+                   message: str = ...) -> T: ...
+@overload
+async def wait_for(check: Callable[[], T], *, timeout: float = ..., interval: float = ...,
+                   message: str = ...) -> T: ...
+async def wait_for(check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05,
+                   message: str = "condition") -> Any:
     """Poll `check()` until it returns a truthy value (awaited if a coroutine); return that value."""
     deadline = time.monotonic() + timeout
     while True:
