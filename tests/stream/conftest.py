@@ -1,15 +1,11 @@
-"""Stream worker fixtures: tracks in the shared S3, worker processes started with `veza stream`."""
+"""Stream worker fixtures: tracks in the shared S3, worker processes started with `veza stream`
+(helpers in tests/support/stream.py and tests/support/audio.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,57 +13,9 @@ from typing import Any
 import boto3
 import pytest
 
-from veza_local.services import S3Service, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-VEZA = str(Path(sys.executable).parent / "veza")
-BUCKET = "veza-stream-tests"
-
-
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, **env, "VEZA_HTTP_HOST": "127.0.0.1", "VEZA_HTTP_PORT": str(self.port)}
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> WorkerProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen([VEZA, "stream"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=0.5):  # noqa: S310 (http to loopback)
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"worker did not start: {self.log_path.read_text()[-3000:]}")
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def logs(self) -> str:
-        return self.log_path.read_text()
+from tests.support.audio import sine
+from tests.support.stream import BUCKET, WorkerProcess
+from veza_local.services import S3Service
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +29,7 @@ def bucket(s3: S3Service) -> Any:
 
 @pytest.fixture(scope="session")
 def tracks(bucket: Any) -> None:
-    """The two tracks the playlist SPEC of test_playlist.py plays."""
-    from tests.stream.audio import sine
-
+    """The two tracks tests.support.stream.PLAYLIST_SPEC plays."""
     bucket.put_object(Bucket=BUCKET, Key="tests/a440.mp3", Body=sine(440, 2.0, "mp3", title="Tone A"))
     bucket.put_object(Bucket=BUCKET, Key="tests/b880.ogg", Body=sine(880, 2.0, "ogg", title="Tone B"))
 

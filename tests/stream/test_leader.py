@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import urllib.request
 from typing import Any
 
 import pytest
 
-from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
-from tests.stream.client import listen, open_stream, read_body
+from tests.support.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
+from tests.support.stream import listen, now_playing, open_stream, read_body
+from tests.support.waiting import wait_for
 
 SPEC = {"source": {"type": "playlist", "playlist": {"tracks": ["tests/leader330.mp3"]}},
         "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
@@ -23,11 +23,6 @@ def track(bucket: Any) -> None:
     bucket.put_object(Bucket="veza-stream-tests", Key="tests/leader330.mp3", Body=sine(330, 3.0, "mp3"))
 
 
-def now_playing(worker: Any, channel: str = "relay-one") -> dict[str, Any]:
-    with urllib.request.urlopen(f"{worker.url}/stream/{channel}/now-playing", timeout=3) as r:  # noqa: S310
-        return dict(json.loads(r.read()))
-
-
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=3) as r:  # noqa: S310
         return bytes(r.read())
@@ -36,10 +31,9 @@ def fetch(url: str) -> bytes:
 async def test_leader_killed_follower_continues(track: None, start_worker: Any, redis: Any, nats: Any) -> None:
     env = {"VEZA_REDIS_URL": redis.url, "VEZA_NATS_URL": nats.url, "VEZA_STREAM_LEADER_TTL": "1.5"}
     first = start_worker("relay-one", SPEC, **env)
-    await asyncio.sleep(1.0)
+    await wait_for(lambda: now_playing(first, "relay-one")["leader"], timeout=10, message="the first replica leads")
     second = start_worker("relay-one", SPEC, **env)
-    await asyncio.sleep(1.0)
-    roles = [now_playing(first)["leader"], now_playing(second)["leader"]]
+    roles = [now_playing(first, "relay-one")["leader"], now_playing(second, "relay-one")["leader"]]
     assert roles == [True, False], roles  # exactly one encoder
     leader, follower = first, second
 
@@ -50,7 +44,7 @@ async def test_leader_killed_follower_continues(track: None, start_worker: Any, 
     killed_at = time.monotonic()
     after = await read_body(reader, headers, 10**9, 6.0)  # the same connection, across the takeover
     writer.close()
-    assert now_playing(follower)["leader"] is True
+    assert now_playing(follower, "relay-one")["leader"] is True
     for body in (before, after):
         samples, rate = decode_pcm(body, "mp3")
         freqs = frequencies_over_time(samples, rate, 0.25)
@@ -73,9 +67,9 @@ async def test_a_replica_started_late_serves_ogg_and_fmp4(track: None, start_wor
     spec = {**SPEC, "renditions": [{"name": "opus", "codec": "opus", "bitrateKbps": 64}]}
     env = {"VEZA_REDIS_URL": redis.url, "VEZA_NATS_URL": nats.url}
     leader = start_worker("late", spec, **env)
-    await asyncio.sleep(2.0)
+    await wait_for(lambda: now_playing(leader, "late")["leader"], timeout=10, message="the first replica leads")
+    await asyncio.sleep(2.0)  # the point: the follower starts well after the encoder sent its codec header
     follower = start_worker("late", spec, **env)
-    await asyncio.sleep(0.5)
     assert now_playing(leader, "late")["leader"] and not now_playing(follower, "late")["leader"]
     status, _, body = await listen("127.0.0.1", follower.port, "/stream/late/opus", 3.0)
     assert status == 200 and body.startswith(b"OggS") and body.count(b"OpusHead") == 1

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.stream import shout
-from tests.stream.audio import decode_pcm, frequencies_over_time, sine
-from tests.stream.client import open_stream, read_body
+from tests.support import shout
+from tests.support.audio import decode_pcm, frequencies_over_time, sine
+from tests.support.stream import now_playing, open_stream, paced, read_body
+from tests.support.waiting import wait_for
 
 PASSWORD = "hackme-please"
 SPEC = {
@@ -29,21 +29,13 @@ def fallback_track(bucket: Any) -> None:
     bucket.put_object(Bucket="veza-stream-tests", Key="tests/fallback440.mp3", Body=sine(440, 3.0, "mp3"))
 
 
-async def paced(data: bytes, seconds: float, pieces: int = 40) -> AsyncIterator[bytes]:
-    """The body of a source client sending in real time."""
-    step = -(-len(data) // pieces)
-    for i in range(0, len(data), step):
-        yield data[i:i + step]
-        await asyncio.sleep(seconds / pieces)
-
-
 @pytest.mark.parametrize("fmt,ctype", [("mp3", "audio/mpeg"), ("ogg", "audio/ogg")])
 async def test_live_source_then_fallback(fallback_track: None, start_worker: Any, fmt: str, ctype: str) -> None:
     worker = start_worker("live", SPEC, VEZA_SOURCE_PASSWORD=PASSWORD)
     status, headers, reader, writer = await open_stream("127.0.0.1", worker.port, "/stream/live/mp3")
     assert status == 200
     listening = asyncio.create_task(read_body(reader, headers, 10**9, 9.0))
-    await asyncio.sleep(2.0)  # fallback playlist on air
+    await asyncio.sleep(2.0)  # two seconds of the fallback playlist, heard before the live source
     async with aiohttp.ClientSession() as session, session.put(
             f"{worker.url}/stream/live/source", data=paced(sine(1000, 3.0, fmt), 3.0),
             headers={**BASIC, "Content-Type": ctype, "Ice-Name": "Live show"}) as resp:
@@ -154,13 +146,11 @@ async def test_libshout_broadcasts(fallback_track: None, start_worker: Any, tls:
     sending = asyncio.create_task(asyncio.to_thread(shout.broadcast, worker.port, "/stream/legacy/source", PASSWORD,
                                                     sine(1000, 4.0), name="From libshout", song="Ünïcode & Song",
                                                     tls=tls))
-    await asyncio.sleep(1.5)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{worker.url}/stream/legacy/now-playing") as resp:
-            assert (await resp.json())["title"] == "From libshout"  # its `ice-name`
-        await asyncio.sleep(1.5)  # halfway through, libshout sends the song title (Icecast's /admin/metadata)
-        async with session.get(f"{worker.url}/stream/legacy/now-playing") as resp:
-            assert (await resp.json())["title"] == "Ünïcode & Song"
+    await wait_for(lambda: now_playing(worker, "legacy")["title"] == "From libshout", timeout=5,
+                   message="its `ice-name` as the title")
+    # Halfway through, libshout sends the song title (Icecast's /admin/metadata).
+    await wait_for(lambda: now_playing(worker, "legacy")["title"] == "Ünïcode & Song", timeout=5,
+                   message="the song title")
     opened, error = await sending
     assert opened == 0, error
     body = await listening

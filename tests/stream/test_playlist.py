@@ -8,16 +8,10 @@ import re
 import urllib.request
 from typing import Any
 
-from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, packet_times
-from tests.stream.client import listen
-
-SPEC = {
-    "source": {"type": "playlist", "playlist": {"tracks": ["tests/a440.mp3", "tests/b880.ogg"]}},
-    "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128},
-                   {"name": "aac", "codec": "aac", "bitrateKbps": 96},
-                   {"name": "opus", "codec": "opus", "bitrateKbps": 64}],
-    "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1}},
-}
+from tests.support.audio import decode_pcm, dominant_frequency, frequencies_over_time, packet_times
+from tests.support.stream import PLAYLIST_SPEC as SPEC
+from tests.support.stream import listen
+from tests.support.waiting import wait_for
 
 
 def get(url: str) -> tuple[int, bytes, str]:
@@ -75,7 +69,13 @@ async def test_icy_metadata_at_metaint(tracks: None, start_worker: Any) -> None:
 
 async def test_hls_playlists_and_segments(tracks: None, start_worker: Any) -> None:
     worker = start_worker("hls", SPEC)
-    await asyncio.sleep(5)
+
+    def segments_listed(rendition: str) -> int:
+        lines = get(f"{worker.url}/stream/hls/hls/{rendition}/index.m3u8")[1].decode().splitlines()
+        return sum(1 for line in lines if line and not line.startswith("#"))
+
+    await wait_for(lambda: all(segments_listed(r) >= 3 for r in ("mp3", "aac", "opus")), timeout=15,
+                   interval=0.2, message="three segments of every rendition")
     status, body, ctype = get(f"{worker.url}/stream/hls/hls/master.m3u8")
     assert status == 200 and ctype.startswith("application/vnd.apple.mpegurl")
     master = body.decode().splitlines()
@@ -124,8 +124,16 @@ async def test_ll_hls_parts_and_blocking_reload(tracks: None, start_worker: Any)
                                    {"name": "opus", "codec": "opus", "bitrateKbps": 64}],
             "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 2, "partDurationSeconds": 0.5}}}
     worker = start_worker("lowlat", spec)
-    await asyncio.sleep(4.5)
     base = f"{worker.url}/stream/lowlat/hls/mp3"
+
+    def segment_and_parts(url: str) -> bool:
+        lines = get(url)[1].decode().splitlines()
+        return any(line and not line.startswith("#") for line in lines) and any(
+            line.startswith("#EXT-X-PART:") for line in lines)
+
+    await wait_for(lambda: all(segment_and_parts(f"{worker.url}/stream/lowlat/hls/{r}/index.m3u8")
+                               for r in ("mp3", "opus")), timeout=15, interval=0.2,
+                   message="a whole segment and parts of both renditions")
     _, body, _ = get(f"{base}/index.m3u8")
     lines = body.decode().splitlines()
     assert "#EXT-X-PART-INF:PART-TARGET=0.500" in lines

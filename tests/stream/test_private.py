@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.stream.audio import decode_pcm, dominant_frequency, sine
-from tests.stream.client import listen
+from tests.support.audio import decode_pcm, dominant_frequency, sine
+from tests.support.stream import listen, now_playing
+from tests.support.waiting import wait_for
 from veza_core.auth import AUDIENCE_API, AUDIENCE_STREAM, TokenIssuer
 from veza_core.keys import KeySet, generate_signing_key, secret_data
 
@@ -54,7 +54,8 @@ async def test_private_channel_needs_a_listener_token(track: None, start_worker:
         assert status == 401, (case, status, body)
         error = json.loads(body)["error"]
         assert code is None or error["code"] == code, (case, error)
-    await asyncio.sleep(1.0)
+    await wait_for(lambda: now_playing(worker, "secret")["source"] == "playlist", timeout=10,
+                   message="the playlist on air")
     for headers, path in (({"Authorization": f"Bearer {good}"}, "/stream/secret/mp3"),
                           ({}, f"/stream/secret/mp3?token={good}")):
         status, _, body = await listen("127.0.0.1", worker.port, path, 2.0, headers=headers)

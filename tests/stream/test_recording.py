@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from tests.stream.audio import decode_pcm, dominant_frequency, sine
+from tests.support.audio import decode_pcm, dominant_frequency, sine
+from tests.support.stream import BUCKET
+from tests.support.waiting import wait_for
 
-BUCKET = "veza-stream-tests"
 SPEC = {"source": {"type": "playlist", "playlist": {"tracks": ["tests/record550.mp3"]}},
         "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128},
                        {"name": "opus", "codec": "opus", "bitrateKbps": 64}],
@@ -30,7 +31,7 @@ def keys(bucket: Any, prefix: str) -> list[str]:
 
 async def test_recording_archives_renditions_and_hls(track: None, bucket: Any, start_worker: Any) -> None:
     worker = start_worker("taped", SPEC, VEZA_STREAM_RECORDING_SECONDS="2")
-    await asyncio.sleep(7.5)
+    await asyncio.sleep(7.5)  # the point: 7.5 s of the channel recorded
     worker.stop()  # the files being recorded are uploaded at shutdown, cut short
     for rendition, ext, fmt in (("mp3", "mp3", "mp3"), ("opus", "ogg", "ogg")):
         files = keys(bucket, f"recordings/taped/{rendition}/")
@@ -71,9 +72,9 @@ async def test_hls_segments_are_archived_unless_turned_off(track: None, bucket: 
     archived = start_worker("archived", plain)
     unarchived = start_worker("unarchived", {
         **plain, "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1, "archive": False}}})
-    await asyncio.sleep(4.5)
-    assert len(keys(bucket, "channels/archived/hls/mp3/")) >= 2
-    assert "channels/archived/hls/opus/init.mp4" in keys(bucket, "channels/archived/hls/opus/")
+    await wait_for(lambda: len(keys(bucket, "channels/archived/hls/mp3/")) >= 2
+                   and "channels/archived/hls/opus/init.mp4" in keys(bucket, "channels/archived/hls/opus/"),
+                   timeout=15, interval=0.2, message="segments archived")
     assert not keys(bucket, "recordings/archived/")
     assert not keys(bucket, "channels/unarchived/") and not keys(bucket, "recordings/unarchived/")
     # ... while that channel serves HLS all the same.

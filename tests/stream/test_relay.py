@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import urllib.request
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.stream.audio import decode_pcm, frequencies_over_time, sine
-from tests.stream.client import open_stream, read_body
+from tests.support.audio import decode_pcm, frequencies_over_time, sine
+from tests.support.stream import now_playing, open_stream, read_body
+from tests.support.waiting import wait_for
 from veza_stream.relay import RelayPolicy, RelayRefused
 
 FALLBACK = {"playlist": {"tracks": ["tests/relay-fallback440.mp3"]}}
@@ -96,11 +95,6 @@ class Upstream:
         self.loop.close()
 
 
-def now_playing(worker: Any, channel: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{worker.url}/stream/{channel}/now-playing", timeout=3) as r:  # noqa: S310
-        return dict(json.loads(r.read()))
-
-
 def relay_spec(url: str, allowed: list[str]) -> dict[str, Any]:
     return {"source": {"type": "relay", "relay": {"url": url, "allowedHosts": allowed}, "fallback": FALLBACK},
             "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
@@ -148,7 +142,8 @@ async def test_relay_refuses_hosts_addresses_and_redirects(fallback_track: None,
             "relay-scheme": ("file:///etc/passwd", ["127.0.0.1"], "scheme_not_allowed"),
         }
         workers = {name: start_worker(name, relay_spec(url, allowed)) for name, (url, allowed, _) in cases.items()}
-        await asyncio.sleep(2.0)
+        await wait_for(lambda: all(now_playing(workers[name], name)["relay"]["error"] for name in cases), timeout=10,
+                       message="every relay refused")
         heard = await asyncio.wait_for(asyncio.gather(
             *(_listen(workers[name].port, f"/stream/{name}/mp3") for name in cases)), 15)
         for (name, (_, _, code)), (status, _, body) in zip(cases.items(), heard, strict=True):

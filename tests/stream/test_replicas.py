@@ -5,42 +5,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import urllib.request
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.stream import shout
-from tests.stream.audio import decode_pcm, frequencies_over_time, sine
-from tests.stream.client import open_stream, read_body
-from tests.stream.test_live import paced
+from tests.support import shout
+from tests.support.audio import decode_pcm, frequencies_over_time, sine
+from tests.support.stream import now_playing, open_stream, paced, read_body
+from tests.support.waiting import wait_for
 from veza_local.services import RedisService
 
 PASSWORD = "relay-me"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"source:{PASSWORD}".encode()).decode()}
 
 
-def now_playing(worker: Any, channel: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{worker.url}/stream/{channel}/now-playing", timeout=3) as r:  # noqa: S310
-        return dict(json.loads(r.read()))
-
-
-def leader_first(workers: list[Any], channel: str) -> list[Any]:
-    roles = [now_playing(w, channel)["leader"] for w in workers]
-    assert sorted(roles) == [False, True], roles
-    return sorted(workers, key=lambda w: not now_playing(w, channel)["leader"])
+async def two_replicas(start_worker: Any, channel: str, spec: dict[str, Any], env: dict[str, str]) -> list[Any]:
+    """[leader, follower]: the first replica started is elected before the second starts."""
+    first = start_worker(channel, spec, **env)
+    await wait_for(lambda: now_playing(first, channel)["leader"], timeout=10, message="the first replica leads")
+    second = start_worker(channel, spec, **env)
+    assert not now_playing(second, channel)["leader"]
+    return [first, second]
 
 
 async def test_live_source_on_a_follower_is_forwarded_to_the_leader(start_worker: Any, redis: Any, nats: Any) -> None:
     spec = {"source": {"type": "live"}, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
             "delivery": {"hls": {"enabled": False}}}
     env = {"VEZA_REDIS_URL": redis.url, "VEZA_NATS_URL": nats.url, "VEZA_SOURCE_PASSWORD": PASSWORD}
-    first = start_worker("fwd", spec, **env)
-    await asyncio.sleep(1.0)
-    second = start_worker("fwd", spec, **env)
-    await asyncio.sleep(1.0)
-    leader, follower = leader_first([first, second], "fwd")
+    leader, follower = await two_replicas(start_worker, "fwd", spec, env)
     status, headers, reader, writer = await open_stream("127.0.0.1", follower.port, "/stream/fwd/mp3")
     assert status == 200
     listening = asyncio.create_task(read_body(reader, headers, 10**9, 6.0))
@@ -65,8 +58,9 @@ async def test_live_source_on_a_follower_is_forwarded_to_the_leader(start_worker
     sending = asyncio.create_task(asyncio.to_thread(
         shout.broadcast, follower.port, "/stream/fwd/source", PASSWORD, sine(660, 3.0), song="Via the follower",
         tls=shout.SHOUT_TLS_DISABLED))
-    await asyncio.sleep(2.5)  # the title update (halfway) went to the follower too, which passed it on
-    assert now_playing(leader, "fwd")["title"] == "Via the follower"
+    # The title update (halfway) went to the follower too, which passed it on.
+    await wait_for(lambda: now_playing(leader, "fwd")["title"] == "Via the follower", timeout=5,
+                   message="the leader has the title sent to the follower")
     result, error = await sending
     assert result == 0, error
     body = await listening
@@ -85,11 +79,7 @@ async def test_a_forwarded_source_survives_a_leader_change(start_worker: Any, re
             "delivery": {"hls": {"enabled": False}}}
     env = {"VEZA_REDIS_URL": redis.url, "VEZA_NATS_URL": nats.url, "VEZA_SOURCE_PASSWORD": PASSWORD,
            "VEZA_STREAM_LEADER_TTL": "1.5"}
-    first = start_worker(f"survive-{fmt}", spec, **env)
-    await asyncio.sleep(1.0)
-    second = start_worker(f"survive-{fmt}", spec, **env)
-    await asyncio.sleep(1.0)
-    leader, follower = leader_first([first, second], f"survive-{fmt}")
+    leader, follower = await two_replicas(start_worker, f"survive-{fmt}", spec, env)
     status, headers, reader, writer = await open_stream("127.0.0.1", follower.port, f"/stream/survive-{fmt}/mp3")
     assert status == 200
     listening = asyncio.create_task(read_body(reader, headers, 10**9, 10.0))
@@ -131,16 +121,16 @@ async def test_listener_limit_counts_every_replica(track: None, start_worker: An
     b = start_worker("capped", spec, **env)
     held = [await open_stream("127.0.0.1", w.port, "/stream/capped/mp3") for w in (a, b)]
     assert [h[0] for h in held] == [200, 200]
-    await asyncio.sleep(4.5)  # two heartbeats: each replica knows the other's listener
-    assert now_playing(a, "capped")["listenersTotal"] == 2
+    await wait_for(lambda: all(now_playing(w, "capped")["listenersTotal"] == 2 for w in (a, b)), timeout=10,
+                   message="each replica counts the other's listener (heartbeats)")
     for worker in (a, b):  # one listener on each replica: the channel is full
         status, _, body = await _get(worker.port, "/stream/capped/mp3")
         assert status == 503 and json.loads(body)["error"]["code"] == "listener_limit"
     # Redis goes away: each replica applies the limit to its own listeners (1 of 2): both accept again.
     redis.stop()
-    await asyncio.sleep(4.5)
+    await wait_for(lambda: all(now_playing(w, "capped")["listenersTotal"] == 1 for w in (a, b)), timeout=10,
+                   message="each replica counts its own listeners alone")
     for worker in (a, b):
-        assert now_playing(worker, "capped")["listenersTotal"] == 1
         status, _, _ = await _get(worker.port, "/stream/capped/mp3")
         assert status == 200
     for h in held:

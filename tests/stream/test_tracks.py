@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.stream.audio import decode_pcm, dominant_frequency, sine
+from tests.support.audio import decode_pcm, dominant_frequency, sine
 
 PASSWORD = "upload-secret"
 SPEC = {"source": {"type": "playlist", "playlist": {"tracks": []}},

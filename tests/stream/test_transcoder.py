@@ -8,7 +8,7 @@ import itertools
 import av
 import pytest
 
-from tests.stream.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
+from tests.support.audio import decode_pcm, dominant_frequency, frequencies_over_time, sine
 from veza_stream import opus
 from veza_stream.pump import silence
 from veza_stream.sources import decode

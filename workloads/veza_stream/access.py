@@ -1,4 +1,8 @@
-"""Who may listen to a private channel and who may broadcast to a channel."""
+"""Who may listen to a private channel and who may broadcast to a channel.
+
+`Access` (under `ACCESS` on the app) holds what the checks need for this worker's channel; the
+functions below do the checks and raise `AccessDenied`, an `HttpError` the shared middleware renders.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,37 @@ import hmac
 from aiohttp import web
 
 from veza_core.auth import TokenError, TokenVerifier, token_from_request
+from veza_core.web import HttpError
 
 BROADCASTER = "broadcaster"
 
 
-class AccessDenied(Exception):
+class AccessDenied(HttpError):
+    """A listener or broadcaster refused: 401, 403, or 503 when tokens cannot be verified."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        super().__init__(status, code, message)
+
+
+class Access:
+    """The channel's gate: its visibility, source password and token verifier."""
+
+    def __init__(self, channel: str, *, private: bool, source_password: str | None,
+                 verifier: TokenVerifier | None) -> None:
+        self.channel = channel
+        self.private = private
+        self.source_password = source_password
+        self.verifier = verifier
+
+    def listener(self, request: web.Request) -> None:
+        check_listener(request, self.channel, self.private, self.verifier)
+
+    def broadcaster(self, request: web.Request) -> str:
+        """The broadcaster's name."""
+        return check_broadcaster(request, self.channel, self.source_password, self.verifier)
+
+
+ACCESS: web.AppKey[Access] = web.AppKey("stream_access", Access)
 
 
 def _token(request: web.Request) -> str | None:

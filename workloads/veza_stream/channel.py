@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
+
 from .hls import HLS_CODECS, Segment, Segmenter
 from .metrics import HLS_SEGMENTS
 from .pump import Batch, Pump, Source
@@ -138,3 +140,6 @@ class Channel:
             source.close()
         for feed in self.feeds.values():
             feed.close_all("shutdown")
+
+
+CHANNEL: web.AppKey[Channel] = web.AppKey("stream_channel", Channel)

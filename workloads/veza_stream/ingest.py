@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler
 
-from veza_core.web import divert_body, json_error, unframed
+from veza_core.web import HttpError, divert_body, unframed
 
-from . import ogg
-from .access import AccessDenied, check_broadcaster
+from .access import ACCESS
+from .channel import CHANNEL
+from .forwarding import FORWARDED, LeaderLost, SourceStream, headers_for_leader, to_leader
+from .leadership import LEADERSHIP
 from .metrics import INGEST_REJECTED
-from .state import WORKER
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ INGEST_FORMATS = {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/ogg": "ogg", "
 PROBE_LIMIT = 256 * 1024
 
 
-FORWARDED = "X-Veza-Forwarded-By"
 UNFRAMED: web.RequestKey[StreamReader] = web.RequestKey("veza_unframed_body", StreamReader)
 
 
@@ -50,7 +49,7 @@ async def expect_continue(request: web.Request) -> None:
         raise web.HTTPExpectationFailed(text="only Expect: 100-continue is supported")
     try:
         admit(request)
-    except AccessDenied:
+    except HttpError:
         return  # no `100 Continue`: the handler answers with the reason, and the client sends no audio
     if unframed(request) and request.protocol is not None:
         divert(request)
@@ -75,10 +74,11 @@ async def legacy_source(request: web.Request) -> web.StreamResponse:
     is out, the outcome has no place on the wire (it is logged): the connection just ends. A client that sends audio
     right behind the headers without waiting (ffmpeg's `-legacy_icecast 1`) gets a 400: aiohttp's parser reads
     those bytes as the next request before any handler runs."""
-    response = await source(request)
-    if UNFRAMED in request and request.transport is not None:
-        request.transport.close()
-    return response
+    try:
+        return await source(request)
+    finally:
+        if UNFRAMED in request and request.transport is not None:
+            request.transport.close()
 
 
 @web.middleware
@@ -90,91 +90,50 @@ async def server_options(request: web.Request, handler: Handler) -> web.StreamRe
     return await handler(request)
 
 
-# Headers of a source request that the leader needs to see too.
-FORWARD_HEADERS = ("Authorization", "Content-Type", "Ice-Name", "Ice-Description", "Ice-Genre", "Ice-Url")
-
-
-def headers_for_leader(request: web.Request, identity: str, names: tuple[str, ...] = FORWARD_HEADERS) -> dict[str, str]:
-    """The request's headers the leader needs, marked as forwarded (the leader forwards it nowhere else)."""
-    return {**{h: request.headers[h] for h in names if h in request.headers}, FORWARDED: identity}
-
-
 async def leader_to_forward_to(request: web.Request) -> str | None:
     """The leader's URL, or None when it is unknown, this replica, or the request was already forwarded once."""
-    return None if FORWARDED in request.headers else await request.app[WORKER].leader_url()
-
-
-class LeaderLost(Exception):
-    """The leader a source was forwarded to went away (or stepped down) during the broadcast."""
-
-
-class SourceStream:
-    """A source client's bytes, resumable on another decoder: when the leader taking them is lost mid-broadcast,
-    what follows goes to the next leader (or to this replica, if it is elected), led by the stream's Ogg header
-    pages, which a new decoder needs first (MP3 decoders find the next frame by themselves)."""
-
-    def __init__(self, body: StreamReader, fmt: str) -> None:
-        self.body = body
-        self.headers = ogg.HeaderPages() if fmt == "ogg" else None
-        self.received = 0
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        if self.received and self.headers is not None and self.headers.data:
-            yield bytes(self.headers.data)  # resumed: a new decoder starts here
-        async for data in self.body.iter_any():
-            self.received += len(data)
-            if self.headers is not None:
-                self.headers.feed(data)
-            yield data
+    return None if FORWARDED in request.headers else await request.app[LEADERSHIP].leader_url()
 
 
 async def forward(request: web.Request, leader: str, identity: str, stream: SourceStream) -> web.Response:
-    """Stream a live source received by a follower to the leader (which authenticates it again)."""
-    headers = headers_for_leader(request, identity)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=None)
-    log.info("live source forwarded to the leader", extra={"leader": leader})
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.put(
-                f"{leader}{request.path}", data=stream.chunks(), headers=headers) as resp:
-            answer = await resp.read()
-    except (aiohttp.ClientError, OSError) as exc:
-        raise LeaderLost(str(exc)) from exc
-    if resp.status == 503 and b'"not_leader"' in answer:
-        raise LeaderLost("the replica is no longer the leader")
-    return web.Response(status=resp.status, body=answer, content_type=resp.content_type)
+    """The leader's answer to a live source received here (it authenticates the source again)."""
+    headers = headers_for_leader(request.headers, identity)
+    status, body, content_type = await to_leader(leader, request.path, headers, stream)
+    return web.Response(status=status, body=body, content_type=content_type)
 
 
 def admit(request: web.Request) -> tuple[str, str]:
-    """(broadcaster, format) of a source request that may go on air, or AccessDenied with the reason. Checked before
+    """(broadcaster, format) of a source request that may go on air, or HttpError with the reason. Checked before
     `100 Continue` too: a client told to go on takes that as a successful login (libshout does)."""
-    worker = request.app[WORKER]
-    if request.match_info["channel"] != worker.channel.name:
-        raise AccessDenied(404, "channel_not_found", "no such channel on this worker")
-    live = worker.channel.live
+    channel = request.app[CHANNEL]
+    if request.match_info["channel"] != channel.name:
+        raise HttpError(404, "channel_not_found", "no such channel on this worker")
+    live = channel.live
     if live is None:
-        raise AccessDenied(409, "not_live", "this channel has no live source")
-    broadcaster = check_broadcaster(request, worker.channel.name, worker.source_password, worker.verifier)
+        raise HttpError(409, "not_live", "this channel has no live source")
+    broadcaster = request.app[ACCESS].broadcaster(request)
     fmt = INGEST_FORMATS.get(request.content_type)
     if fmt is None:
-        raise AccessDenied(415, "unsupported_media_type", f"send one of: {', '.join(sorted(INGEST_FORMATS))}")
+        raise HttpError(415, "unsupported_media_type", f"send one of: {', '.join(sorted(INGEST_FORMATS))}")
     if live.busy():  # known here only on the leader; a follower learns it from the leader's answer
-        raise AccessDenied(409, "source_busy", "another source is already live on this channel")
+        raise HttpError(409, "source_busy", "another source is already live on this channel")
     return broadcaster, fmt
 
 
 async def source(request: web.Request) -> web.StreamResponse:
-    worker = request.app[WORKER]
-    channel = worker.channel
-    name = channel.name
-
-    def reject(status: int, code: str, message: str) -> web.Response:
-        INGEST_REJECTED.labels(name, code).inc()
-        return json_error(status, code, message)
-
+    """A live broadcast, on air here or forwarded to the leader; every refusal counts in
+    veza_stream_ingest_rejected_total under its code."""
     try:
-        broadcaster, fmt = admit(request)
-    except AccessDenied as exc:
-        return reject(exc.status, exc.code, exc.message)
+        return await _broadcast(request)
+    except HttpError as exc:
+        INGEST_REJECTED.labels(request.app[CHANNEL].name, exc.code).inc()
+        raise
+
+
+async def _broadcast(request: web.Request) -> web.StreamResponse:
+    channel, leadership = request.app[CHANNEL], request.app[LEADERSHIP]
+    name = channel.name
+    broadcaster, fmt = admit(request)
     live = channel.live
     assert live is not None  # admitted
     stream: SourceStream | None = None
@@ -186,18 +145,18 @@ async def source(request: web.Request) -> web.StreamResponse:
         if leader is not None and leader != lost:
             stream = stream or SourceStream(await audio(request), fmt)
             try:
-                return await forward(request, leader, worker.identity, stream)
+                return await forward(request, leader, leadership.identity, stream)
             except LeaderLost as exc:
                 log.warning("leader lost during a forwarded source; waiting for the next",
                             extra={"channel": name, "leader": leader, "error": str(exc)})
-                lost, deadline = leader, loop.time() + 3 * worker.leader_ttl
+                lost, deadline = leader, loop.time() + 3 * leadership.ttl
         if loop.time() >= deadline:
-            return reject(503, "not_leader", "this replica is not encoding the channel; retry")
+            raise HttpError(503, "not_leader", "this replica is not encoding the channel; retry")
         await asyncio.sleep(0.2)
     try:
         session = live.open(fmt, title=request.headers.get("Ice-Name") or broadcaster)
     except RuntimeError:
-        return reject(409, "source_busy", "another source is already live on this channel")
+        raise HttpError(409, "source_busy", "another source is already live on this channel") from None
     log.info("live source connected", extra={"channel": name, "broadcaster": broadcaster, "format": fmt})
     stream = stream or SourceStream(await audio(request), fmt)
     try:
@@ -218,10 +177,10 @@ async def source(request: web.Request) -> web.StreamResponse:
     if not session.started.is_set() and stream.received == 0:
         # What an Icecast source's unframed PUT becomes behind an HTTP proxy (Traefik, nginx, Envoy):
         # without Content-Length or chunked framing the proxy forwards it without a body.
-        return reject(400, "empty_source", "no audio arrived: through an HTTP proxy, send the audio with chunked "
-                                           "transfer encoding (docs/streaming.md, 'Behind the front door')")
+        raise HttpError(400, "empty_source", "no audio arrived: through an HTTP proxy, send the audio with chunked "
+                                             "transfer encoding (docs/streaming.md, 'Behind the front door')")
     if not session.started.is_set():
-        return reject(400, "undecodable_source", f"the body is not {fmt} audio: {session.error or 'no audio'}")
+        raise HttpError(400, "undecodable_source", f"the body is not {fmt} audio: {session.error or 'no audio'}")
     return web.json_response({"status": "ended", "bytes": stream.received,
                               "seconds": round(session.decoded_samples / 48000, 3)})
 
@@ -236,37 +195,33 @@ async def metadata(request: web.Request) -> web.Response:
     &song=...`, what libshout (ezstream, ices) and butt send to the host they stream to, or the same under
     `/stream/{channel}/admin/metadata`, which the Ingress routes to the channel. Same auth as the source; a follower
     passes it on to the leader, which holds the live source."""
-    worker = request.app[WORKER]
-    channel = worker.channel
+    channel = request.app[CHANNEL]
     name = request.match_info.get("channel") or request.query.get("mount", "").removeprefix("/stream/").split("/")[0]
     if name != channel.name:
-        return json_error(404, "channel_not_found", "no such mount on this worker")
+        raise HttpError(404, "channel_not_found", "no such mount on this worker")
     if request.query.get("mode") != "updinfo":
-        return json_error(400, "unsupported_mode", "only mode=updinfo is supported")
+        raise HttpError(400, "unsupported_mode", "only mode=updinfo is supported")
     song = request.query.get("song") or " - ".join(v for k in ("artist", "title") if (v := request.query.get(k)))
     if not song or len(song) > MAX_TITLE:
-        return json_error(400, "bad_title", f"song (or artist/title) is required, at most {MAX_TITLE} characters")
-    try:
-        check_broadcaster(request, name, worker.source_password, worker.verifier)
-    except AccessDenied as exc:
-        return json_error(exc.status, exc.code, exc.message)
+        raise HttpError(400, "bad_title", f"song (or artist/title) is required, at most {MAX_TITLE} characters")
+    request.app[ACCESS].broadcaster(request)
     live = channel.live
     if live is None:
-        return json_error(409, "not_live", "this channel has no live source")
+        raise HttpError(409, "not_live", "this channel has no live source")
     if not channel.encoding:
         leader = await leader_to_forward_to(request)
         if leader is None:
-            return json_error(503, "not_leader", "this replica is not encoding the channel; retry")
-        headers = headers_for_leader(request, worker.identity, ("Authorization",))
+            raise HttpError(503, "not_leader", "this replica is not encoding the channel; retry")
+        headers = headers_for_leader(request.headers, request.app[LEADERSHIP].identity, ("Authorization",))
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session, session.get(
                     f"{leader}/stream/{name}/admin/metadata", params={"mode": "updinfo", "song": song},
                     headers=headers) as resp:
                 return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
         except (aiohttp.ClientError, OSError) as exc:
-            return json_error(503, "not_leader", f"the leader could not be reached: {exc}")
+            raise HttpError(503, "not_leader", f"the leader could not be reached: {exc}") from exc
     if not live.busy():
-        return json_error(409, "source_not_connected", "no live source is on air to take the title")
+        raise HttpError(409, "source_not_connected", "no live source is on air to take the title")
     live.title = song
     log.info("live title updated", extra={"channel": name, "title": song})
     return web.Response(text=ICECAST_OK, content_type="text/xml")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import av
 
+from veza_core.web import HttpError
+
 from .lame import frame_length
 
 MAX_TRACK_BYTES = 100 * 1024 * 1024
@@ -33,14 +35,11 @@ class TrackInfo:
     title: str | None
 
 
-class ProbeError(Exception):
+class ProbeError(HttpError):
     """Why an upload is refused; `status` is the HTTP status to answer with."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        super().__init__(status, code, message)
 
 
 def probe(data: bytes, *, max_bytes: int = MAX_TRACK_BYTES, max_seconds: float = MAX_TRACK_SECONDS) -> TrackInfo:

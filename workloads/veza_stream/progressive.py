@@ -7,36 +7,32 @@ import contextlib
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
-from veza_core.web import json_error
+from veza_core.web import HttpError
 
-from .access import AccessDenied, check_listener
+from .access import ACCESS, AccessDenied
+from .channel import CHANNEL
 from .icy import IcyState
+from .listeners import LISTENERS
 from .metrics import LISTENERS_REJECTED
 from .renditions import Listener, RenditionFeed
-from .state import WORKER
 
 
 async def listen(request: web.Request) -> web.StreamResponse:
-    worker = request.app[WORKER]
-    channel = worker.channel
+    channel, listeners = request.app[CHANNEL], request.app[LISTENERS]
     if request.match_info["channel"] != channel.name:
-        return json_error(404, "channel_not_found", "no such channel on this worker")
+        raise HttpError(404, "channel_not_found", "no such channel on this worker")
     if not channel.spec.delivery.progressive:
-        return json_error(404, "progressive_disabled", "progressive HTTP is disabled for this channel")
+        raise HttpError(404, "progressive_disabled", "progressive HTTP is disabled for this channel")
     feed = channel.feeds.get(request.match_info["rendition"])
     if feed is None:
-        return json_error(404, "rendition_not_found", f"renditions: {', '.join(channel.feeds)}")
+        raise HttpError(404, "rendition_not_found", f"renditions: {', '.join(channel.feeds)}")
     try:
-        check_listener(request, channel.name, channel.spec.visibility == "private", worker.verifier)
+        request.app[ACCESS].listener(request)
     except AccessDenied as exc:
         LISTENERS_REJECTED.labels(channel.name, exc.code).inc()
-        return json_error(exc.status, exc.code, exc.message)
-    limit = channel.spec.limits.max_listeners
-    if limit is not None and worker.listener_total() >= limit:
-        LISTENERS_REJECTED.labels(channel.name, "listener_limit").inc()
-        return json_error(503, "listener_limit", "the channel has reached its listener limit",
-                          retry_after=5)
-    return await serve(request, feed, worker.metaint)
+        raise
+    listeners.admit()
+    return await serve(request, feed, listeners.metaint)
 
 
 async def serve(request: web.Request, feed: RenditionFeed, metaint: int) -> web.StreamResponse:

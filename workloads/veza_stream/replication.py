@@ -20,7 +20,13 @@ _CHUNK = struct.Struct(">qIBI")
 
 
 class WireError(ValueError):
-    pass
+    """A message that is not a batch in this format (or was cut short)."""
+
+
+def _take(data: bytes, pos: int, length: int) -> bytes:
+    if pos + length > len(data):
+        raise WireError(f"truncated: {length} bytes wanted at {pos}, {len(data) - pos} left")
+    return data[pos:pos + length]
 
 
 def encode_batch(batch: Batch, title: str) -> bytes:
@@ -41,14 +47,14 @@ def decode_batch(data: bytes) -> tuple[Batch, str]:
         pos = 4
         (tlen,) = struct.unpack_from(">H", data, pos)
         pos += 2
-        title = data[pos:pos + tlen].decode("utf-8")
+        title = _take(data, pos, tlen).decode("utf-8")
         pos += tlen
         batch: Batch = {}
         renditions = data[pos]
         pos += 1
         for _ in range(renditions):
             nlen = data[pos]
-            name = data[pos + 1:pos + 1 + nlen].decode()
+            name = _take(data, pos + 1, nlen).decode()
             pos += 1 + nlen
             (count,) = struct.unpack_from(">I", data, pos)
             pos += 4
@@ -56,7 +62,7 @@ def decode_batch(data: bytes) -> tuple[Batch, str]:
             for _ in range(count):
                 pts, duration, header, length = _CHUNK.unpack_from(data, pos)
                 pos += _CHUNK.size
-                chunks.append(Chunk(data[pos:pos + length], pts, duration, bool(header)))
+                chunks.append(Chunk(_take(data, pos, length), pts, duration, bool(header)))
                 pos += length
             batch[name] = chunks
         return batch, title

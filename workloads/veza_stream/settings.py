@@ -1,0 +1,79 @@
+"""Settings of the stream worker: the shared ones plus what only the stream worker reads.
+
+Read once, in `cli.run`, from the same `VEZA_<FIELD>` environment variables as every worker
+(`stream_metaint` is `VEZA_STREAM_METAINT`, `source_password` is `VEZA_SOURCE_PASSWORD`), plus
+three under the names Kubernetes and the AWS SDKs give them (`POD_IP`, `AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`); CLI flags override some; then passed down: nothing else in the
+package reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import Field, field_validator
+
+from veza_core.config import Settings
+
+# Fields read from these variables rather than VEZA_<FIELD>.
+UNPREFIXED = {"pod_ip": "POD_IP", "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+              "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY"}
+
+
+class StreamSettings(Settings):
+    component: str = "stream"
+
+    # ICY metadata interval in bytes.
+    stream_metaint: int = 16000
+    # Seconds a leader's Redis lock lives without renewal.
+    stream_leader_ttl: float = 3.0
+    # Longest wait between relay reconnections (at least 0.1 s).
+    stream_relay_max_backoff: float = 30.0
+    # Seconds of audio per recording file (1 s to an hour).
+    stream_recording_seconds: float = 60.0
+    # LL-HLS part duration for channels whose spec sets no partDurationSeconds; 0 leaves them on plain HLS.
+    stream_ll_hls_part: float = 0.0
+    # Seconds of audio collected before each write to listeners (0.02 to 1).
+    stream_write_interval: float = 0.25
+    # This replica's URL for the others; unset: derived from the listen address (or pod_ip).
+    stream_advertise_url: str | None = None
+    # The live source password (Icecast's); unset: broadcasters need a token.
+    source_password: str | None = Field(None, repr=False)
+
+    pod_ip: str | None = None
+    aws_access_key_id: str | None = Field(None, repr=False)
+    aws_secret_access_key: str | None = Field(None, repr=False)
+
+    @field_validator("stream_relay_max_backoff")
+    @classmethod
+    def _backoff_floor(cls, value: float) -> float:
+        return max(value, 0.1)
+
+    @field_validator("stream_recording_seconds")
+    @classmethod
+    def _recording_bounds(cls, value: float) -> float:
+        return min(max(value, 1.0), 3600.0)
+
+    @field_validator("stream_ll_hls_part")
+    @classmethod
+    def _part_floor(cls, value: float) -> float:
+        return max(value, 0.0)
+
+    @field_validator("stream_write_interval")
+    @classmethod
+    def _write_bounds(cls, value: float) -> float:
+        return min(max(value, 0.02), 1.0)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StreamSettings:
+        env = os.environ if env is None else env
+        prefixed = {f"VEZA_{field.upper()}" for field in UNPREFIXED}
+        settings = super().from_env({k: v for k, v in env.items() if k not in prefixed})
+        assert isinstance(settings, StreamSettings)  # from_env builds the class it is called on
+        return settings.model_copy(update={field: env.get(name) or None for field, name in UNPREFIXED.items()})
+
+    def with_overrides(self, **values: object) -> StreamSettings:
+        """These settings with the given fields replaced (None: left as is), validated like the environment's."""
+        given = {name: value for name, value in values.items() if value is not None}
+        return self.model_validate({**self.model_dump(), **given}) if given else self
