@@ -28,8 +28,8 @@ import aiohttp
 import pytest
 
 from tests.local.upproc import EXAMPLES, Up, alive, descendants
-from tests.stream.audio import decode_pcm, frequencies_over_time, sine
-from tests.stream.client import open_stream, read_body
+from tests.support.audio import decode_pcm, frequencies_over_time, sine
+from tests.support.stream import open_stream, read_body
 from veza_core.auth import AUDIENCE_CHAT, TokenIssuer
 from veza_core.keys import KeySet
 from veza_local import crfiles
