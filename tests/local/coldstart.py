@@ -21,7 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.local.upproc import EXAMPLES
+from tests.support.up import EXAMPLES
+from veza_local.controlplane import wait_for
 from veza_local.services import free_port
 
 
@@ -39,16 +40,19 @@ def start(data: Path, timeout: float = 120.0) -> float:
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "veza_cli.main", "up", "-f", str(EXAMPLES), "--data-dir", str(data),
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def usable() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"veza up exited with {proc.returncode}; see {data}/logs")
+        rooms = _ok(f"{base}/api/v1/rooms")
+        return bool(rooms and b'"general"' in rooms and _ok(f"{base}/") and _ok(f"{base}/web/app.js")
+                    and _ok(f"{base}/stream/radio/now-playing"))
+
     try:
-        while time.monotonic() - t0 < timeout:
-            if proc.poll() is not None:
-                raise SystemExit(f"veza up exited with {proc.returncode}; see {data}/logs")
-            rooms = _ok(f"{base}/api/v1/rooms")
-            if rooms and b'"general"' in rooms and _ok(f"{base}/") and _ok(f"{base}/web/app.js") \
-                    and _ok(f"{base}/stream/radio/now-playing"):
-                return time.monotonic() - t0
-            time.sleep(0.05)
-        raise SystemExit(f"not usable within {timeout} s")
+        wait_for(usable, timeout, interval=0.05, message="the page, the API and the stream answering")
+        return time.monotonic() - t0
+    except TimeoutError:
+        raise SystemExit(f"not usable within {timeout} s") from None
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)

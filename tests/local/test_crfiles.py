@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.local.upproc import EXAMPLES, ROOT
 from tests.support.kube import KubeCluster
+from tests.support.up import EXAMPLES, ROOT
 from veza_local import crfiles
 
 SKIPPED = crfiles.SKIPPED_RULES

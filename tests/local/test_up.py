@@ -23,16 +23,19 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.local.upproc import EXAMPLES, Up, alive, descendants
-from tests.support.audio import decode_pcm, frequencies_over_time, sine
-from tests.support.stream import open_stream, read_body
+from tests.stream.audio import decode_pcm, frequencies_over_time, sine
+from tests.stream.client import open_stream, read_body
+from tests.support import waiting
+from tests.support.up import EXAMPLES, Up, alive, descendants
 from veza_core.auth import AUDIENCE_CHAT, TokenIssuer
 from veza_core.keys import KeySet
 from veza_local import crfiles
+from veza_local.controlplane import wait_for
 from veza_operator import wiring
 from veza_operator.models import VezaPlatformSpec
 
@@ -70,7 +73,7 @@ def watch_startup(up: Up, answers: list[Answer], stop: threading.Event) -> None:
                                       exc.headers.get_content_type()))
             except OSError:
                 answers.append(Answer(path, printed, None, None, None))
-        time.sleep(0.05)
+        time.sleep(0.05)  # the pace of a polling client: what it records is the point, not a wait
 
 
 @pytest.fixture(scope="module")
@@ -268,13 +271,20 @@ async def test_ffmpeg_broadcasts_through_the_entry_point(running: Up, tmp_path: 
     status, headers, reader, writer = await open_stream("127.0.0.1", running.port, "/stream/radio/mp3-128")
     assert status == 200
     listening = asyncio.create_task(read_body(reader, headers, 10**9, 8.0))
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the listener hears the playlist first, then the switch to the live source
     ffmpeg = await asyncio.create_subprocess_exec(*_broadcast_command(running.port, password, mp3),
                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    await asyncio.sleep(2.5)
-    async with aiohttp.ClientSession() as http, http.get(f"{running.url}/stream/radio/now-playing") as r:
-        playing = await r.json()
-    assert playing["source"] == "live" and playing["title"] == "Live from ffmpeg", playing
+
+    async def now_playing() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.get(f"{running.url}/stream/radio/now-playing") as r:
+            return dict(await r.json())
+
+    async def on_air() -> dict[str, Any] | None:
+        playing = await now_playing()
+        return playing if playing["source"] == "live" else None
+
+    playing = await waiting.wait_for(on_air, timeout=10, interval=0.1, message="the broadcast on air")
+    assert playing["title"] == "Live from ffmpeg", playing
     _, err = await asyncio.wait_for(ffmpeg.communicate(), 20)
     assert ffmpeg.returncode == 0, err
     body = await listening
@@ -316,7 +326,7 @@ def test_listeners_that_disconnect_leave_no_traceback(running: Up) -> None:
             _hang_up(port, path, version="1.0")
             _hang_up(port, path, headers="Icy-MetaData: 1\r\n", reset=True)
         _hang_up(port, "/stream/radio/mp3-128", stall=2.0)
-    time.sleep(1.0)
+    time.sleep(1.0)  # what the servers would log about the last hang-ups: nothing is waited for, absence is checked
     logs = {"veza up": running.output()} | {p.name: p.read_text() for p in (running.data_dir / "logs").glob("*.log")}
     for name, text in logs.items():
         assert "Traceback" not in text and "Error handling request" not in text, (name, text[-3000:])
@@ -373,28 +383,35 @@ def test_a_crashed_worker_is_503_until_restarted(running: Up) -> None:
     """While a crashed worker is restarted (as its Deployment would be), its route answers 503 with Retry-After,
     not 502, then the worker answers again."""
     os.kill(_worker_pid(running, "chat"), 9)
-    deadline = time.monotonic() + 5
     seen: list[tuple[int, str | None]] = []
-    while time.monotonic() < deadline and 503 not in [s for s, _ in seen]:
-        try:
-            with urllib.request.urlopen(f"{running.url}/chat/general/history", timeout=5):  # noqa: S310
-                pass
-        except urllib.error.HTTPError as exc:
-            seen.append((exc.code, exc.headers.get("Retry-After")))
-            if exc.code == 503:
-                assert json.loads(exc.read())["error"]["code"] == "upstream_unavailable"
-        time.sleep(0.02)
-    assert (503, "1") in seen and 502 not in [s for s, _ in seen], seen
-    deadline = time.monotonic() + 60
-    status = 503
-    while time.monotonic() < deadline and status == 503:
-        time.sleep(0.2)
+
+    def history() -> urllib.error.HTTPError | int:
         try:
             with urllib.request.urlopen(f"{running.url}/chat/general/history", timeout=5) as resp:  # noqa: S310
-                status = resp.status
+                return int(resp.status)
         except urllib.error.HTTPError as exc:
-            status = exc.code
-    assert status == 401  # the restarted worker itself: no token
+            return exc
+
+    def refused() -> bool:
+        answer = history()
+        if isinstance(answer, int):
+            return False
+        seen.append((answer.code, answer.headers.get("Retry-After")))
+        if answer.code == 503:
+            assert json.loads(answer.read())["error"]["code"] == "upstream_unavailable"
+        return answer.code == 503
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(refused, timeout=5, interval=0.02, message="a 503 while the worker is down")
+    assert (503, "1") in seen and 502 not in [s for s, _ in seen], seen
+
+    def answered() -> int | None:
+        answer = history()
+        status = answer if isinstance(answer, int) else answer.code
+        return status if status != 503 else None
+
+    # The restarted worker itself answers: 401, no token.
+    assert wait_for(answered, timeout=60, message="the restarted worker answering") == 401
     assert "chat-general exited with -9; restarting" in running.output()
 
 
@@ -491,9 +508,8 @@ def test_after_kill_9_nothing_is_left_and_the_next_run_starts(tmp_path: Path) ->
         first.proc.kill()  # SIGKILL: no cleanup in veza up itself
         first.proc.wait(10)
         # Workers and services have the parent-death signal: they go by themselves.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(alive(p) for p in below):
-            time.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: not any(alive(p) for p in below), timeout=20, message="the orphans gone")
         assert not [p for p in below if alive(p)], [Path(f"/proc/{p}/cmdline").read_bytes() for p in below
                                                      if alive(p)]
         second = Up(tmp_path / "data")  # same data dir: PostgreSQL recovers, the lock is free

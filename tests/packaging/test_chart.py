@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.packaging.conftest import CHART, MONITORING_APIS, REPO, VALUE_SETS, assert_checkov_clean, helm, values_args
 from tests.support.kube import KubeCluster
+from tests.support.packaging import CHART, MONITORING_APIS, REPO, VALUE_SETS, assert_checkov_clean, helm, values_args
 from veza_local.controlplane import wait_for
 
 VALUES = Path(__file__).parent / "values"

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from tests.packaging.conftest import REPO, assert_checkov_clean
+from tests.support.packaging import REPO, assert_checkov_clean
 
 DOCKERFILE = REPO / "Dockerfile"
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from lupa import LuaRuntime
 
-from tests.packaging.conftest import CHART, REPO, helm
 from tests.support.kube import KubeCluster
 from tests.support.operator import channel, connections_secret, platform, room, wait_condition
+from tests.support.packaging import CHART, REPO, helm
 from veza_local.controlplane import wait_for
 
 pytestmark = pytest.mark.kube

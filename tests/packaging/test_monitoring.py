@@ -8,7 +8,7 @@ import re
 
 import yaml
 
-from tests.packaging.conftest import CHART, REPO, helm
+from tests.support.packaging import CHART, REPO, helm
 
 RULES = CHART / "files" / "prometheus-rules.yaml"
 DASHBOARD = CHART / "files" / "dashboards" / "veza.json"

@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -27,10 +26,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.local.upproc import EXAMPLES
 from tests.support.kube import KubeCluster
 from tests.support.operator import OperatorProcess, room, wait_condition
+from tests.support.up import EXAMPLES
 from veza_local import up
+from veza_local.controlplane import wait_for
 from veza_local.demo_audio import prepare_demo_tracks, upload_demo_tracks
 from veza_local.services import NatsService, PostgresService, RedisService, S3Service, free_port
 from veza_local.supervisor import child_environment
@@ -75,7 +75,7 @@ def source_modules() -> set[str]:
 
 def runtime_environ(extra: dict[str, str] | None = None, *, runtime: Path) -> dict[str, str]:
     """A process environment that can only see the runtime environment's packages."""
-    env = {k: v for k, v in child_environment(extra or {}).items()
+    env = {k: v for k, v in child_environment(extra or {}, os.environ).items()
            if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env["PATH"] = f"{runtime / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -142,15 +142,19 @@ class RuntimeWorker:
             return 0, b"", ""
 
     def wait(self, path: str, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
         status = 0
-        while time.monotonic() < deadline:
+
+        def ok() -> bool:
+            nonlocal status
             assert self.process.poll() is None, f"veza {self.component} exited:\n{self.log()}"
             status, _, _ = self.get(path)
-            if status == 200:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"veza {self.component}: {path} answered {status} for {timeout} s:\n{self.log()}")
+            return status == 200
+
+        try:
+            wait_for(ok, timeout, message=f"veza {self.component} answering {path}")
+        except TimeoutError:
+            raise AssertionError(f"veza {self.component}: {path} answered {status} for {timeout} s:\n{self.log()}"
+                                 ) from None
 
     def stop(self) -> None:
         if self.process.poll() is None:

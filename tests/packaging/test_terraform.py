@@ -16,7 +16,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from tests.packaging.conftest import CHART, TERRAFORM, assert_checkov_clean
+from tests.support.packaging import CHART, TERRAFORM, assert_checkov_clean
 from veza_local.controlplane import tool
 
 MODULES = TERRAFORM / "modules"

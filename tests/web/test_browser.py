@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from tests.local.upproc import ROOT, Up, alive
+from tests.support.up import ROOT, Up, alive
 from tests.support.web import ARGS, CHROMIUM, join, message, register, say
 
 ARTIFACTS = ROOT / "test-artifacts" / "web"
-
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +113,7 @@ def test_two_users_chat_and_listen_along(up: Up, browser: Browser) -> None:
         # The demo playlist alternates two 6 s tones: now-playing changes.
         expect(a.locator("#np-title")).not_to_have_text(first, timeout=20_000)
         t0 = a.evaluate("document.getElementById('audio').currentTime")
-        a.wait_for_timeout(1500)
+        a.wait_for_timeout(1500)  # playback measured over a set time: the wait is the measurement
         assert a.evaluate("document.getElementById('audio').currentTime") > t0 + 0.5
 
         a.screenshot(path=str(ARTIFACTS / "ada-room-and-player.png"))

@@ -14,18 +14,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .services import die_with_parent, stop_process_group
 
 
-def child_environment(env: dict[str, str]) -> dict[str, str]:
-    """The worker's environment: the wiring's variables over a clean base (no VEZA_/AWS_ leaking in)."""
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("VEZA_", "AWS_", "OTEL_")) and k not in ("KUBECONFIG",)}
-    base["PYTHONUNBUFFERED"] = "1"
-    return base | env
+def child_environment(env: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: the wiring's variables over a clean copy of `base`, the environment `veza up`
+    was started with (no VEZA_/AWS_ leaking in)."""
+    clean = {k: v for k, v in base.items()
+             if not k.startswith(("VEZA_", "AWS_", "OTEL_")) and k not in ("KUBECONFIG",)}
+    clean["PYTHONUNBUFFERED"] = "1"
+    return clean | dict(env)
 
 
 def veza_command(*args: str) -> list[str]:
@@ -37,10 +38,11 @@ class Worker:
     """One worker process (a pod's container): `veza <component>` with its environment."""
 
     def __init__(self, name: str, args: Sequence[str], env: dict[str, str], port: int, log_dir: Path,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", *, base_env: Mapping[str, str]) -> None:
         self.name = name
         self.args = list(args)
         self.env = env
+        self.base_env = base_env
         self.host = host
         self.port = port
         self.log_path = log_dir / f"{name}.log"
@@ -56,8 +58,8 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                veza_command(*self.args), env=child_environment(self.env), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                veza_command(*self.args), env=child_environment(self.env, self.base_env), stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=die_with_parent(signal.SIGTERM))  # workers get to shut down gracefully
         self.started_at = time.monotonic()
 

@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,8 +28,25 @@ from typing import Any, TextIO
 import aiohttp
 from aiohttp import web
 
-from . import crfiles
-from .services import LocalService, ServiceError
+import veza_web
+from veza_core import keys
+from veza_operator import wiring
+from veza_operator.models import (
+    Connections,
+    LocalObjectRef,
+    NatsConnection,
+    PostgresConnection,
+    RedisConnection,
+    S3Connection,
+    SecretKeyRef,
+    VezaPlatformSpec,
+)
+
+from . import crfiles, entrypoint
+from .demo_audio import prepare_demo_tracks, upload_demo_tracks
+from .services import LocalService, NatsService, PostgresService, RedisService, S3Service, ServiceError, free_port
+from .settings import UpSettings
+from .supervisor import Worker, stop_all
 
 LOCAL_SECRET = "veza-local-connections"  # noqa: S105 - a Secret name
 NAMESPACE = "default"
@@ -44,8 +62,9 @@ STOP_TIMEOUT = 15.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", action="append", type=Path, metavar="PATH",
                         help="CR YAML file or directory (repeatable; default: examples/)")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("VEZA_DATA_DIR", ".veza")),
-                        help="where PostgreSQL, NATS, keys and logs live across runs (default: .veza)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where PostgreSQL, NATS, keys and logs live across runs "
+                             "(default: $VEZA_DATA_DIR or .veza)")
     parser.add_argument("--reset", action="store_true", help="wipe --data-dir first (all local data)")
     parser.add_argument("--host", default="127.0.0.1", help="entry point address (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="entry point port (default: 8000)")
@@ -66,10 +85,10 @@ class UpError(Exception):
 class Console:
     """Progress lines on stderr: `  name  address  state`."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, stream: TextIO, *, color: bool) -> None:
         self.stream = stream
         self.t0 = time.monotonic()
-        color = stream.isatty() and os.environ.get("NO_COLOR") is None
+        color = color and stream.isatty()
         self.bold = (lambda s: f"\033[1m{s}\033[0m") if color else (lambda s: s)
 
     def elapsed(self) -> str:
@@ -130,7 +149,7 @@ def plan(paths: list[Path], platform: str | None) -> Plan:
 # -- data directory ------------------------------------------------------------------------------
 
 
-def lock_data_dir(data_dir: Path) -> Any:
+def lock_data_dir(data_dir: Path) -> TextIO:
     data_dir.mkdir(parents=True, exist_ok=True)
     handle = open(data_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
     try:
@@ -160,8 +179,6 @@ def reset_data_dir(data_dir: Path) -> None:
 
 def ensure_keys(keys_dir: Path) -> None:
     """JWT signing keys made once and kept (as the operator's <platform>-jwt-keys Secret)."""
-    from veza_core import keys
-
     if (keys_dir / keys.SIGNING_KEYS_FILE).exists() and (keys_dir / keys.PUBLIC_KEYS_FILE).exists():
         return
     keys_dir.mkdir(parents=True, exist_ok=True)
@@ -177,28 +194,17 @@ def ensure_keys(keys_dir: Path) -> None:
 
 @dataclass
 class Services:
-    postgres: Any
-    nats: Any
-    s3: Any
-    redis: Any | None
+    postgres: PostgresService
+    nats: NatsService
+    s3: S3Service
+    redis: RedisService | None
 
     def all(self) -> list[LocalService]:
         return [s for s in (self.postgres, self.nats, self.redis, self.s3) if s is not None]
 
 
-def local_platform_spec(p: Plan, services: Services) -> tuple[Any, dict[str, dict[str, str]]]:
+def local_platform_spec(p: Plan, services: Services) -> tuple[VezaPlatformSpec, dict[str, dict[str, str]]]:
     """The platform spec with `connections` pointing at the local services, and the Secrets to resolve it."""
-    from veza_operator.models import (
-        Connections,
-        LocalObjectRef,
-        NatsConnection,
-        PostgresConnection,
-        RedisConnection,
-        S3Connection,
-        SecretKeyRef,
-        VezaPlatformSpec,
-    )
-
     spec = VezaPlatformSpec.model_validate(p.platform.spec)
     s3 = spec.connections.s3
     connections = Connections(
@@ -214,12 +220,10 @@ def local_platform_spec(p: Plan, services: Services) -> tuple[Any, dict[str, dic
     return spec.model_copy(update={"connections": connections}), secrets
 
 
-def worker_environment(p: Plan, spec: Any, secrets: dict[str, dict[str, str]], component: str,
+def worker_environment(p: Plan, spec: VezaPlatformSpec, secrets: dict[str, dict[str, str]], component: str,
                        resource: crfiles.Resource | None, *, host: str, port: int, public_url: str,
                        keys_dir: Path) -> dict[str, str]:
     """The operator's wiring for this worker, then the few values that must differ on one machine."""
-    from veza_operator import wiring
-
     env = wiring.worker_env(p.platform.name, NAMESPACE, spec, component,
                             resource.name if resource else None, resource.spec if resource else None)
     resolved = wiring.resolve_env(env, secrets)
@@ -239,198 +243,207 @@ def worker_environment(p: Plan, spec: Any, secrets: dict[str, dict[str, str]], c
 # -- the run -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LocalWiring:
+    """What every worker's environment is computed from. Addresses are chosen before the servers start, so
+    every environment is known before anything runs."""
+
+    plan: Plan
+    spec: VezaPlatformSpec
+    secrets: dict[str, dict[str, str]]
+    keys_dir: Path
+    public_url: str
+
+    def env(self, component: str, resource: crfiles.Resource | None, port: int) -> dict[str, str]:
+        return worker_environment(self.plan, self.spec, self.secrets, component, resource, host="127.0.0.1",
+                                  port=port, public_url=self.public_url, keys_dir=self.keys_dir)
+
+
+@dataclass
+class Planned:
+    """A worker of the run and the entry point's route to it."""
+
+    worker: Worker
+    route: str
+
+
 class Up:
-    def __init__(self, args: argparse.Namespace, console: Console) -> None:
-        self.args = args
+    """One run of `veza up`: its steps in order (`run`), and what they started, for `shutdown`."""
+
+    def __init__(self, settings: UpSettings, console: Console) -> None:
+        self.settings = settings
         self.console = console
-        self.data_dir: Path = args.data_dir.resolve()
+        self.data_dir = settings.data_dir
+        self.keys_dir = self.data_dir / "jwt-keys"
+        self.log_dir = self.data_dir / "logs"
+        # Until `ready`, the entry point answers 503 to everything; the routes are filled in once workers are planned.
+        self.routes = entrypoint.Routes(default="http://127.0.0.1:9")
+        self.bindings: dict[str, Any] = {"rooms": {}, "channels": {}}  # the web client's listen-along bindings
         self.services: list[LocalService] = []
         self.starting: list[asyncio.Future[Any]] = []
-        self.workers: list[Any] = []
+        self.workers: list[Worker] = []
         self.runner: web.AppRunner | None = None
         self.stopping = False
         self.public_url = ""
 
-    # -- steps ------------------------------------------------------------------------------------
-    async def start_service(self, service: LocalService, label: str) -> LocalService:
-        t = time.monotonic()
-        self.services.append(service)
-        fut = asyncio.ensure_future(asyncio.to_thread(service.start))
-        self.starting.append(fut)
-        await asyncio.shield(fut)
-        self.console.step(label, f"{service.host}:{service.port}", f"ready ({time.monotonic() - t:.1f} s)")
-        return service
+    async def run(self) -> int:
+        if self.settings.check:
+            self.check_files()
+            return 0
+        await self.open_entry_point()  # first: a port in use fails before anything starts
+        if self.settings.reset:
+            reset_data_dir(self.data_dir)
+            self.console.step("data dir", str(self.data_dir), "reset")
+        # moto's server is the slowest to start and keeps no state: it starts while the files are checked.
+        s3 = S3Service(self.data_dir)
+        s3_started = asyncio.ensure_future(self.start_service(s3, "s3 (moto, in memory)"))
+        p = await self.read_files()
+        tones = self.in_background(asyncio.to_thread(
+            prepare_demo_tracks, [c.spec for c in p.channels], endpoint=s3.url,
+            region=p.platform.spec["connections"]["s3"].get("region", "us-east-1"), access_key=s3.access_key,
+            secret_key=s3.secret_key))
+        services = self.choose_services(s3)
+        spec, secrets = local_platform_spec(p, services)
+        local = LocalWiring(p, spec, secrets, self.keys_dir, self.public_url)
+        migrate = await self.start_services(services, s3_started, local)
+        demo = self.in_background(self.upload_demo_tracks(tones, spec.connections.s3.bucket))
+        await self.migrate(migrate)
+        planned = self.plan_workers(local)
+        await self.start_workers(planned, demo, spec.connections.s3.bucket)
+        self.route(planned)
+        await asyncio.gather(*(self.wait_ready(w.worker, w.route) for w in planned))
+        await self.declare(planned[0].worker, p)
+        self.routes.ready = True  # until now the entry point answered 503 + Retry-After to everything (docs/local.md)
+        self.announce()
+        await self.supervise()
+        return 0
 
-    async def start_entrypoint(self, routes: Any, bindings: dict[str, Any]) -> None:
-        from . import entrypoint
+    # -- the steps, in order ---------------------------------------------------------------------
+    def check_files(self) -> None:
+        """`--check`: the files as the API server would validate them, nothing started."""
+        paths = list(self.settings.files)
+        p = plan(paths, self.settings.platform)
+        for w in p.warnings:
+            self.console.notice(w)
+        self.console.step("CR files", ", ".join(str(x) for x in paths), "valid")
 
-        def extra(app: web.Application) -> None:
-            try:
-                import veza_web
-            except ImportError:
-                return
-            veza_web.add_routes(app, config=lambda: bindings)
-
-        app = entrypoint.create_app(routes, extra)
+    async def open_entry_point(self) -> None:
+        app = entrypoint.create_app(self.routes, lambda app: veza_web.add_routes(app, config=lambda: self.bindings))
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.args.host, self.args.port)
+        host, port = self.settings.host, self.settings.port
+        site = web.TCPSite(self.runner, host, port)
         try:
             await site.start()
         except OSError as exc:
             await self.runner.cleanup()
             self.runner = None
-            raise UpError(f"cannot listen on {self.args.host}:{self.args.port}: {exc.strerror or exc}"
+            raise UpError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
                           f" (port in use? choose another with --port)") from None
+        self.public_url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+        self.console.step("entry point", f"{host}:{port}", "listening")
 
-    async def run(self) -> int:
-        from veza_local.services import NatsService, PostgresService, RedisService, S3Service
-
-        from . import entrypoint
-        from .supervisor import Worker
-
-        args, console = self.args, self.console
-        paths = args.filename or [Path("examples")]
-        if args.check:
-            p = plan(paths, args.platform)
-            for w in p.warnings:
-                console.notice(w)
-            console.step("CR files", ", ".join(str(x) for x in paths), "valid")
-            return 0
-
-        # The entry point first: a port in use fails before anything starts. Routes are filled in below.
-        routes = entrypoint.Routes(default="http://127.0.0.1:9")
-        bindings: dict[str, Any] = {"rooms": {}, "channels": {}}
-        await self.start_entrypoint(routes, bindings)
-        host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        self.public_url = f"http://{host}:{args.port}"
-        console.step("entry point", f"{args.host}:{args.port}", "listening")
-        if args.reset:
-            reset_data_dir(self.data_dir)
-            console.step("data dir", str(self.data_dir), "reset")
-
-        # moto's server is the slowest to start and keeps no state: it starts while the files are checked.
-        try:
-            s3_service = S3Service(self.data_dir)
-        except ServiceError as exc:
-            raise UpError(str(exc)) from None
-        s3_start = asyncio.ensure_future(self.start_service(s3_service, "s3 (moto, in memory)"))
-        p = await asyncio.to_thread(plan, paths, args.platform)
+    async def read_files(self) -> Plan:
+        """The CR files, validated; the web client's bindings from them."""
+        paths = list(self.settings.files)
+        p = await asyncio.to_thread(plan, paths, self.settings.platform)
         for w in p.warnings:
-            console.notice(w)
-        console.step("CR files", ", ".join(str(x) for x in paths),
-                     f"valid: VezaPlatform {p.platform.name}, {len(p.rooms)} ChatRoom(s), "
-                     f"{len(p.channels)} StreamChannel(s)")
-        bindings["rooms"] = {r.name: {"title": r.spec.get("title") or r.name,
-                                      "channel": (r.spec.get("channelRef") or {}).get("name")} for r in p.rooms}
-        bindings["channels"] = {c.name: {"title": c.spec.get("title") or c.name,
-                                         "renditions": c.spec.get("renditions", [])} for c in p.channels}
-        from .demo_audio import prepare_demo_tracks
+            self.console.notice(w)
+        self.console.step("CR files", ", ".join(str(x) for x in paths),
+                          f"valid: VezaPlatform {p.platform.name}, {len(p.rooms)} ChatRoom(s), "
+                          f"{len(p.channels)} StreamChannel(s)")
+        self.bindings["rooms"] = {r.name: {"title": r.spec.get("title") or r.name,
+                                           "channel": (r.spec.get("channelRef") or {}).get("name")} for r in p.rooms}
+        self.bindings["channels"] = {c.name: {"title": c.spec.get("title") or c.name,
+                                              "renditions": c.spec.get("renditions", [])} for c in p.channels}
+        return p
 
-        platform_s3 = p.platform.spec["connections"]["s3"]
-        tones = asyncio.ensure_future(asyncio.to_thread(
-            prepare_demo_tracks, [c.spec for c in p.channels], endpoint=s3_service.url,
-            region=platform_s3.get("region", "us-east-1"), access_key=s3_service.access_key,
-            secret_key=s3_service.secret_key))
-        self.starting.append(tones)
-
-        fresh = not (self.data_dir / "postgres" / "data" / "PG_VERSION").exists()
-        use_redis = not args.no_redis and RedisService.available()
+    def choose_services(self, s3: S3Service) -> Services:
+        """The backing services of this run (Redis when installed and not refused), on addresses chosen now."""
+        use_redis = not self.settings.no_redis and RedisService.available()
         if not use_redis:
-            console.notice("Redis not started (" + ("--no-redis" if args.no_redis else
-                           "redis-server is not installed: apt-get install redis-server") + "); the workers "
-                           "use their in-process fallbacks: presence, rate limits and caches per process, "
-                           "no member counts in the room list")
+            self.console.notice("Redis not started (" + ("--no-redis" if self.settings.no_redis else
+                                "redis-server is not installed: apt-get install redis-server") + "); the workers "
+                                "use their in-process fallbacks: presence, rate limits and caches per process, "
+                                "no member counts in the room list")
         try:
-            services = Services(PostgresService(self.data_dir), NatsService(self.data_dir), s3_service,
-                                RedisService(self.data_dir) if use_redis else None)
+            return Services(PostgresService(self.data_dir), NatsService(self.data_dir), s3,
+                            RedisService(self.data_dir) if use_redis else None)
         except ServiceError as exc:
             raise UpError(str(exc)) from None
-        # Addresses are chosen before the servers start, so every environment can be computed now.
-        spec, secrets = local_platform_spec(p, services)
-        keys_dir = self.data_dir / "jwt-keys"
-        log_dir = self.data_dir / "logs"
 
-        def env_for(component: str, resource: crfiles.Resource | None, port: int) -> dict[str, str]:
-            return worker_environment(p, spec, secrets, component, resource, host="127.0.0.1", port=port,
-                                      public_url=self.public_url, keys_dir=keys_dir)
-
-        pg_start = asyncio.ensure_future(self.start_service(
+    async def start_services(self, services: Services, s3_started: asyncio.Future[Any], local: LocalWiring
+                             ) -> Worker:
+        """PostgreSQL, NATS and Redis in parallel (S3 is on its way); the migration Job starts as soon as
+        PostgreSQL is up, while the others finish. Returns the migration, running."""
+        fresh = not (self.data_dir / "postgres" / "data" / "PG_VERSION").exists()
+        pg_started = asyncio.ensure_future(self.start_service(
             services.postgres, "postgres" + (" (initdb)" if fresh else "")))
         others = asyncio.ensure_future(asyncio.gather(
             self.start_service(services.nats, "nats (jetstream)"),
-            s3_start,
+            s3_started,
             self.start_service(services.redis, "redis") if services.redis is not None else _none()))
-        await asyncio.to_thread(ensure_keys, keys_dir)
+        await asyncio.to_thread(ensure_keys, self.keys_dir)
         try:
-            await pg_start
+            await pg_started
             # The migration Job: `veza migrate` with the API's environment; it needs PostgreSQL only.
-            migrate = Worker("migrate", ["migrate"], env_for("api", None, 0), 0, log_dir)
-            t = time.monotonic()
+            migrate = self.worker("migrate", "migrate", local.env("api", None, 0), 0)
             migrate.start()
             self.workers.append(migrate)
             await others
         except ServiceError as exc:
             raise UpError(str(exc)) from None
+        return migrate
 
-        from .services import free_port
+    async def upload_demo_tracks(self, tones: Awaitable[Any], bucket: str) -> list[str]:
+        client, tracks = await tones
+        return await asyncio.to_thread(upload_demo_tracks, client, tracks, bucket)
 
-        demo = asyncio.ensure_future(self._demo_tracks(tones, spec, services))
-        self.starting.append(demo)
+    async def migrate(self, migrate: Worker) -> None:
         await asyncio.to_thread(migrate.wait)
         self.workers.remove(migrate)
         if migrate.exited() != 0:
             raise UpError(f"migrations failed (exit {migrate.exited()}); see {migrate.log_path}:\n"
                           + migrate.log_tail())
-        console.step("migrations", "postgres", f"applied ({time.monotonic() - t:.1f} s)")
+        self.console.step("migrations", "postgres", f"applied ({time.monotonic() - migrate.started_at:.1f} s)")
 
-        api = Worker("api", ["api"], env_for("api", None, free_port()), 0, log_dir)
-        api.port = int(api.env["VEZA_HTTP_PORT"])
-        planned: list[tuple[Worker, str]] = [(api, "/ /api/v1 /.well-known")]
-        for room in p.rooms:
+    def plan_workers(self, local: LocalWiring) -> list[Planned]:
+        """The API first, then one chat worker per ChatRoom and one stream worker per StreamChannel."""
+        api_port = free_port()
+        planned = [Planned(self.worker("api", "api", local.env("api", None, api_port), api_port),
+                           "/ /api/v1 /.well-known")]
+        for room in local.plan.rooms:
             port = free_port()
-            planned.append((Worker(f"chat-{room.name}", ["chat"], env_for("chat", room, port), port, log_dir),
-                            f"/chat/{room.name}"))
-        for channel in p.channels:
+            planned.append(Planned(self.worker(f"chat-{room.name}", "chat", local.env("chat", room, port), port),
+                                   f"/chat/{room.name}"))
+        for channel in local.plan.channels:
             port = free_port()
-            planned.append((Worker(f"stream-{channel.name}", ["stream"], env_for("stream", channel, port), port,
-                                   log_dir), f"/stream/{channel.name}"))
-        for worker, _ in planned:
-            if worker.name.startswith("stream-"):
-                continue
+            planned.append(Planned(self.worker(f"stream-{channel.name}", "stream",
+                                               local.env("stream", channel, port), port),
+                                   f"/stream/{channel.name}"))
+        return planned
+
+    async def start_workers(self, planned: list[Planned], demo: asyncio.Future[list[str]], bucket: str) -> None:
+        """Every worker; the stream workers once the demo tracks are in S3, as their playlists name them."""
+        streams = [p.worker for p in planned if p.worker.name.startswith("stream-")]
+        for worker in (p.worker for p in planned if p.worker not in streams):
             worker.start()
             self.workers.append(worker)
-        made = await demo  # the channels' playlists must exist before their workers read them
+        made = await demo
         if made:
-            console.step("demo tracks", f"s3://{spec.connections.s3.bucket}", ", ".join(made))
-        for worker, _ in planned:
-            if worker.name.startswith("stream-"):
-                worker.start()
-                self.workers.append(worker)
-        routes.default = api.url
-        for room in p.rooms:
-            routes.prefixes[f"/chat/{room.name}"] = next(w.url for w, _ in planned if w.name == f"chat-{room.name}")
-        for ch in p.channels:
-            routes.prefixes[f"/stream/{ch.name}"] = next(w.url for w, _ in planned if w.name == f"stream-{ch.name}")
-        await asyncio.gather(*(self._wait_ready(w, prefix) for w, prefix in planned))
+            self.console.step("demo tracks", f"s3://{bucket}", ", ".join(made))
+        for worker in streams:
+            worker.start()
+            self.workers.append(worker)
 
-        await self._declare(api, p)
-        routes.ready = True  # until now the entry point answered 503 + Retry-After to everything (docs/local.md)
-        console.line("")
-        console.line(console.bold(f"Veza is up: {self.public_url}/") + f"   (ready in {console.elapsed().strip()})")
-        console.line(f"  dev login: {DEV_EMAIL} / {DEV_PASSWORD} (platform admin)")
-        console.line(f"  data: {self.data_dir} (logs in {log_dir}); Ctrl-C stops everything")
-        console.line("")
-        await self._watch()
-        return 0
+    def route(self, planned: list[Planned]) -> None:
+        """The Ingress's routes: `/chat/<room>` and `/stream/<channel>` to their workers, the rest to the API."""
+        api, *others = planned
+        self.routes.default = api.worker.url
+        for p in others:
+            self.routes.prefixes[p.route] = p.worker.url
 
-    async def _demo_tracks(self, tones: asyncio.Future[Any], spec: Any, services: Services) -> list[str]:
-        from .demo_audio import upload_demo_tracks
-
-        client, tracks = await tones
-        return await asyncio.to_thread(upload_demo_tracks, client, tracks, spec.connections.s3.bucket)
-
-    async def _wait_ready(self, worker: Any, route: str) -> None:
+    async def wait_ready(self, worker: Worker, route: str) -> None:
         t, timeout = time.monotonic(), 90.0
         while time.monotonic() - t < timeout:
             if worker.exited() is not None:
@@ -443,7 +456,7 @@ class Up:
             await asyncio.sleep(0.1)
         raise UpError(f"{worker.name} not ready within {timeout:.0f} s; see {worker.log_path}:\n{worker.log_tail()}")
 
-    async def _declare(self, api: Any, p: Plan) -> None:
+    async def declare(self, api: Worker, p: Plan) -> None:
         """The dev account (platform admin), and the rooms and channels in the API's directory."""
         base = f"{api.url}/api/v1"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
@@ -473,7 +486,15 @@ class Up:
                                                 f"{r.status} {await r.text()}")
         self.console.step("directory", "api", f"{len(p.rooms)} room(s), {len(p.channels)} channel(s) declared")
 
-    async def _watch(self) -> None:
+    def announce(self) -> None:
+        console = self.console
+        console.line("")
+        console.line(console.bold(f"Veza is up: {self.public_url}/") + f"   (ready in {console.elapsed().strip()})")
+        console.line(f"  dev login: {DEV_EMAIL} / {DEV_PASSWORD} (platform admin)")
+        console.line(f"  data: {self.data_dir} (logs in {self.log_dir}); Ctrl-C stops everything")
+        console.line("")
+
+    async def supervise(self) -> None:
         """Until stopped: restart a crashed worker, as its Deployment would (with back-off)."""
         while True:
             await asyncio.sleep(0.5)
@@ -490,8 +511,6 @@ class Up:
                 worker.start()
 
     async def shutdown(self) -> None:
-        from .supervisor import stop_all
-
         self.stopping = True
         t = time.monotonic()
         started = self.runner is not None or bool(self.services or self.workers)
@@ -505,16 +524,32 @@ class Up:
         if started:
             self.console.line(f"stopped in {time.monotonic() - t:.1f} s")
 
+    # -- helpers of the steps ----------------------------------------------------------------------
+    async def start_service(self, service: LocalService, label: str) -> LocalService:
+        t = time.monotonic()
+        self.services.append(service)
+        started = self.in_background(asyncio.to_thread(service.start))
+        await asyncio.shield(started)
+        self.console.step(label, f"{service.host}:{service.port}", f"ready ({time.monotonic() - t:.1f} s)")
+        return service
+
+    def in_background(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Work that runs on while the steps go on; a shutdown waits for it before it stops the services."""
+        future = asyncio.ensure_future(work)
+        self.starting.append(future)
+        return future
+
+    def worker(self, name: str, command: str, env: dict[str, str], port: int) -> Worker:
+        return Worker(name, [command], env, port, self.log_dir, base_env=self.settings.environ)
+
 
 async def _none() -> None:
     return None
 
 
-async def _main(args: argparse.Namespace, console: Console) -> int:
-    up = Up(args, console)
+async def _main(settings: UpSettings, console: Console) -> int:
+    up = Up(settings, console)
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
     main = asyncio.ensure_future(up.run())
     signals = 0
 
@@ -525,8 +560,6 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
             console.line(f"\n{sig.name}: stopping (again to force)...")
             main.cancel()
         else:
-            from .supervisor import stop_all
-
             stop_all(up.workers, 0.1)
             for s in up.services:
                 with contextlib.suppress(Exception):
@@ -544,14 +577,15 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    settings = UpSettings.from_args(args, os.environ)  # the only read of the environment; passed down from here
+    console = Console(sys.stderr, color=settings.color)
     try:
-        lock = None if args.check else lock_data_dir(args.data_dir.resolve())
+        lock = None if settings.check else lock_data_dir(settings.data_dir)
     except UpError as exc:
         console.line(f"veza up: error: {exc}")
         return exc.status
     try:
-        return asyncio.run(_main(args, console))
+        return asyncio.run(_main(settings, console))
     except UpError as exc:
         console.line(f"veza up: error: {exc}")
         return exc.status
@@ -560,4 +594,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.close()
-

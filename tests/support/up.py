@@ -1,4 +1,7 @@
-"""`veza up` as a real subprocess for tests: start on free ports in a temp data dir, wait, SIGINT, audit children."""
+"""`veza up` as a real subprocess for tests: start on free ports in a temp data dir, wait, SIGINT, audit children.
+
+Used by tests/local, tests/web and the packaging tests (the example files).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from veza_local.controlplane import wait_for
 from veza_local.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,15 +71,19 @@ class Up:
         return self.log.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 90.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def printed() -> bool:
             if "Veza is up:" in self.output():
-                self.ready_seconds = time.monotonic() - self.started
-                return self.ready_seconds
+                return True
             if self.proc.poll() is not None:
                 raise AssertionError(f"veza up exited with {self.proc.returncode}:\n{self.output()}")
-            time.sleep(0.1)
-        raise AssertionError(f"veza up not ready within {timeout} s:\n{self.output()}")
+            return False
+
+        try:
+            wait_for(printed, timeout, interval=0.1, message="veza up printing its URL")
+        except TimeoutError:
+            raise AssertionError(f"veza up not ready within {timeout} s:\n{self.output()}") from None
+        self.ready_seconds = time.monotonic() - self.started
+        return self.ready_seconds
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         try:
