@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +164,39 @@ def test_no_process_left_after_stop(tmp_path: Path) -> None:
     pg.stop()
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
+
+
+# A process that becomes the reaper of its orphans and does not reap them, starts PostgreSQL from a child it
+# then kills with SIGKILL (as `veza up` is killed), and starts PostgreSQL again on the same data directory while
+# the killed postmaster is still a zombie.
+ZOMBIE_POSTMASTER = """
+import ctypes, subprocess, sys, time
+from pathlib import Path
+from veza_local.services import PostgresService
+
+ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+base = Path(sys.argv[1])
+parent = subprocess.Popen([sys.executable, "-c", (
+    "import sys, time; from pathlib import Path; from veza_local.services import PostgresService; "
+    "print(PostgresService(Path(sys.argv[1])).start().process.pid, flush=True); time.sleep(600)"), str(base)],
+    stdout=subprocess.PIPE, text=True)
+postmaster = int(parent.stdout.readline())
+parent.kill()
+parent.wait()
+deadline = time.monotonic() + 10  # the postmaster goes with its parent (parent-death signal)
+while Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    assert time.monotonic() < deadline, "the postmaster outlived its parent"
+    time.sleep(0.05)
+again = PostgresService(base).start()
+print(again.execute("SELECT 'recovered'").strip())
+again.stop()
+"""
+
+
+def test_postgres_starts_while_the_killed_server_is_a_zombie(tmp_path: Path) -> None:
+    """A server killed with its parent stays a zombie until its new parent (init) reaps it, seconds later on
+    some machines; PostgreSQL takes the zombie's PID in postmaster.pid for a live server. The next start must
+    not depend on how fast init reaps."""
+    result = subprocess.run([sys.executable, "-c", ZOMBIE_POSTMASTER, str(tmp_path)], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "recovered", result.stdout + result.stderr

@@ -194,6 +194,7 @@ class PostgresService(LocalService):
             if self.log_path.exists():
                 os.chown(self.log_path, uid, -1)
         if (self.data / "PG_VERSION").exists():
+            self._drop_locks_of_a_dead_server()
             return
         subprocess.run(
             [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
@@ -208,6 +209,23 @@ class PostgresService(LocalService):
             hba = self.data / "pg_hba.conf"
             hba.write_text(f"host all all {self.host}/32 trust\nhost all all {self.clients} scram-sha-256\n"
                            + hba.read_text())
+
+    def _drop_locks_of_a_dead_server(self) -> None:
+        """Remove the lock files of a server that has exited but is still a zombie.
+
+        A server killed with its parent (`veza up` under SIGKILL: the parent-death signal) is reparented to
+        init and stays a zombie until init reaps it, which takes seconds on some machines. PostgreSQL takes
+        the zombie's PID in postmaster.pid for a live server and refuses to start ("lock file already
+        exists"). A zombie holds nothing; children of that server still attached to its shared memory are
+        still refused by PostgreSQL's own check, which does not need the lock file.
+        """
+        for lock in (self.data / "postmaster.pid", *self.dir.glob(".s.PGSQL.*.lock")):
+            try:
+                pid = int(lock.read_text().split("\n", 1)[0])
+            except (OSError, ValueError):
+                continue
+            if pid > 0 and _exited(pid):
+                lock.unlink(missing_ok=True)
 
     def command(self) -> list[str]:
         return [str(self.bin / "postgres"), "-D", str(self.data), "-h", self.host, "-p", str(self.port),
@@ -381,6 +399,21 @@ def stop_process_group(proc: subprocess.Popen[bytes], sig: signal.Signals, timeo
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _exited(pid: int) -> bool:
+    """The process has exited: gone, or a zombie whose status its parent has not collected yet."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another account's process: alive
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False  # alive as far as can be told
+    return state in ("Z", "X")
 
 
 def _ensure_system_user(name: str) -> None:
