@@ -6,6 +6,9 @@ S3 endpoint, runs the migrations, then runs the API, one chat worker per
 ChatRoom and one stream worker per StreamChannel with the environment the
 operator gives their pods (`veza_operator.wiring.worker_env`), behind one HTTP
 entry point with the Ingress's routes. Ctrl-C stops everything. See docs/local.md.
+
+`Up.run` reads as the list of those steps, one method each; the settings (`UpSettings`) are read
+from the environment once, in `run`, and passed down.
 """
 
 from __future__ import annotations
@@ -298,10 +301,7 @@ class Up:
         s3 = S3Service(self.data_dir)
         s3_started = asyncio.ensure_future(self.start_service(s3, "s3 (moto, in memory)"))
         p = await self.read_files()
-        tones = self.in_background(asyncio.to_thread(
-            prepare_demo_tracks, [c.spec for c in p.channels], endpoint=s3.url,
-            region=p.platform.spec["connections"]["s3"].get("region", "us-east-1"), access_key=s3.access_key,
-            secret_key=s3.secret_key))
+        tones = self.make_demo_tones(p, s3)
         services = self.choose_services(s3)
         spec, secrets = local_platform_spec(p, services)
         local = LocalWiring(p, spec, secrets, self.keys_dir, self.public_url)
@@ -358,6 +358,13 @@ class Up:
                                               "renditions": c.spec.get("renditions", [])} for c in p.channels}
         return p
 
+    def make_demo_tones(self, p: Plan, s3: S3Service) -> asyncio.Future[Any]:
+        """The playlists' demo tones, encoded in a thread while the services start (S3 need not be up yet)."""
+        return self.in_background(asyncio.to_thread(
+            prepare_demo_tracks, [c.spec for c in p.channels], endpoint=s3.url,
+            region=p.platform.spec["connections"]["s3"].get("region", "us-east-1"), access_key=s3.access_key,
+            secret_key=s3.secret_key))
+
     def choose_services(self, s3: S3Service) -> Services:
         """The backing services of this run (Redis when installed and not refused), on addresses chosen now."""
         use_redis = not self.settings.no_redis and RedisService.available()
@@ -396,10 +403,12 @@ class Up:
         return migrate
 
     async def upload_demo_tracks(self, tones: Awaitable[Any], bucket: str) -> list[str]:
+        """The tones into the bucket (made if missing), once S3 is up; the keys uploaded."""
         client, tracks = await tones
         return await asyncio.to_thread(upload_demo_tracks, client, tracks, bucket)
 
     async def migrate(self, migrate: Worker) -> None:
+        """Until the migration Job is done; its failure ends the run."""
         await asyncio.to_thread(migrate.wait)
         self.workers.remove(migrate)
         if migrate.exited() != 0:
