@@ -28,9 +28,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.stream.audio import decode_pcm, frequencies_over_time, sine
-from tests.stream.client import open_stream, read_body
 from tests.support import waiting
+from tests.support.audio import decode_pcm, frequencies_over_time, sine
+from tests.support.stream import open_stream, read_body
 from tests.support.up import EXAMPLES, Up, alive, descendants
 from veza_core.auth import AUDIENCE_CHAT, TokenIssuer
 from veza_core.keys import KeySet
