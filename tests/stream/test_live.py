@@ -108,7 +108,7 @@ async def test_unframed_put_as_ffmpeg_sends_it(fallback_track: None, start_worke
     refused.close()
     _, src_writer, head = await put(BASIC["Authorization"])
     assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: "live source connected" in worker.logs(), timeout=5, message="the first source on air")
     _, second, head = await put(BASIC["Authorization"])
     assert head.startswith(b"HTTP/1.1 409 "), head  # the mount is taken: said before the audio too
     second.close()
@@ -142,7 +142,6 @@ async def test_libshout_broadcasts(fallback_track: None, start_worker: Any, tls:
     status, headers, reader, writer = await open_stream("127.0.0.1", worker.port, "/stream/legacy/mp3")
     assert status == 200
     listening = asyncio.create_task(read_body(reader, headers, 10**9, 6.0))
-    await asyncio.sleep(0.5)
     sending = asyncio.create_task(asyncio.to_thread(shout.broadcast, worker.port, "/stream/legacy/source", PASSWORD,
                                                     sine(1000, 4.0), name="From libshout", song="Ünïcode & Song",
                                                     tls=tls))

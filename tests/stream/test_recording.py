@@ -72,12 +72,19 @@ async def test_hls_segments_are_archived_unless_turned_off(track: None, bucket: 
     archived = start_worker("archived", plain)
     unarchived = start_worker("unarchived", {
         **plain, "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1, "archive": False}}})
+
+    def served(worker: Any, channel: str) -> int:
+        """Segments the channel's mp3 playlist lists."""
+        with urllib.request.urlopen(f"{worker.url}/stream/{channel}/hls/mp3/index.m3u8", timeout=3) as r:  # noqa: S310
+            return r.read().count(b".mp3")
+
     await wait_for(lambda: len(keys(bucket, "channels/archived/hls/mp3/")) >= 2
                    and "channels/archived/hls/opus/init.mp4" in keys(bucket, "channels/archived/hls/opus/"),
                    timeout=15, interval=0.2, message="segments archived")
+    # The other channel cuts segments all the same (two, as many as the first one archived)...
+    await wait_for(lambda: served(unarchived, "unarchived") >= 2, timeout=15, interval=0.2,
+                   message="segments served without the archive")
     assert not keys(bucket, "recordings/archived/")
+    # ... and archives none of them.
     assert not keys(bucket, "channels/unarchived/") and not keys(bucket, "recordings/unarchived/")
-    # ... while that channel serves HLS all the same.
-    with urllib.request.urlopen(f"{unarchived.url}/stream/unarchived/hls/mp3/index.m3u8", timeout=3) as r:  # noqa: S310
-        assert b".mp3" in r.read()
     assert archived.alive() and unarchived.alive()

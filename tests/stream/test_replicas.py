@@ -87,7 +87,7 @@ async def test_a_forwarded_source_survives_a_leader_change(start_worker: Any, re
         broadcast = asyncio.create_task(session.put(
             f"{follower.url}/stream/survive-{fmt}/source", data=paced(sine(1000, 9.0, fmt), 9.0, 90),
             headers={**BASIC, "Content-Type": ctype}))
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(3.0)  # the point: the leader dies three seconds into the broadcast
         leader.kill()
         async with await broadcast as resp:
             assert resp.status == 200, await resp.text()
