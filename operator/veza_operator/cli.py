@@ -60,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
         standalone=args.standalone,
         peering_name=None if args.standalone else settings.peering,
         liveness_endpoint=liveness,
-        memo=kopf.Memo(settings=settings),
+        memo=kopf.Memo(settings=settings, namespaces=tuple(args.namespace)),
     )
     return 0

@@ -98,7 +98,12 @@ def workers_health(deployment: dict[str, Any] | None, replicas: int, what: str) 
     generation = deployment["metadata"].get("generation", 0)
     ready = status.get("readyReplicas", 0)
     updated = status.get("updatedReplicas", 0)
-    if status.get("observedGeneration", 0) < generation or updated < replicas or ready < replicas:
+    if status.get("observedGeneration", 0) < generation:
+        return Health(False, "RollingOut", f"The {what} Deployment has a new spec to roll out.", progressing=True)
+    if updated < replicas:
+        return Health(False, "RollingOut", f"{updated}/{replicas} {what} replicas updated, {ready} ready.",
+                      progressing=True)
+    if ready < replicas:
         return Health(False, "RollingOut", f"{ready}/{replicas} {what} replicas ready.", progressing=True)
     if replicas == 0:
         return Health(True, "ScaledToZero", f"{what} is scaled to zero replicas.")

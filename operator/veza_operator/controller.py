@@ -89,7 +89,8 @@ class Store:
 
     def put_owner(self, body: dict[str, Any]) -> Key:
         key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
-        self.owners[key] = _slim(body)
+        if not _older(body, self.owners.get(key)):  # a list's answer may be older than an event
+            self.owners[key] = _slim(body)
         return key
 
     def put_child(self, body: dict[str, Any]) -> None:
@@ -228,6 +229,11 @@ class Reconciler:
         self.since_trim = 0
         self.paused = False  # a standby replica: requests are dropped until it resumes
         ctx.requeue = self.request_later
+        for kind in handlers:  # every series an alert reads exists at 0 from the start
+            RECONCILES.labels(kind, "ok")
+            RECONCILES.labels(kind, "error")
+            RETRIES.labels(kind)
+            RECONCILE_SECONDS.labels(kind)
 
     def request(self, key: Key) -> None:
         if key[0] not in self.handlers or self.paused:

@@ -25,25 +25,37 @@ log = logging.getLogger("veza.operator")
 
 
 class Runtime:
-    """The operator's state, kept in kopf's memo."""
+    """The operator's state, kept in kopf's memo.
 
-    def __init__(self, client: KubeClient, settings: Settings) -> None:
+    A replica is a standby (kopf's peering paused it), filling (it lists every kind it watches), or
+    active. Reconciles run only when active: a reconcile on a half-filled store would take a
+    platform or a child not listed yet for missing, and flap conditions, post Events and re-apply
+    children on every restart and failover.
+    """
+
+    def __init__(self, client: KubeClient, settings: Settings, namespaces: tuple[str, ...] = ()) -> None:
         self.settings = settings
+        self.namespaces = namespaces  # watched; none: the whole cluster
         self.store = Store(status_read=kinds.STATUS_READ)
         self.ctx = Context(client=client, store=self.store, kinds=kinds.API, prunable=kinds.PRUNABLE,
                            capability_ttl=settings.capability_ttl)
         self.reconciler = Reconciler(self.ctx, kinds.RECONCILERS, workers=settings.reconcile_workers)
+        self.reconciler.pause()  # until the store is filled
         self.resync_seconds = settings.resync_seconds
-        # What of a platform its rooms and channels are built from: its generation (the spec) and
-        # status.workerImage (the migrated image their workers run).
-        self.platform_versions: dict[Key, tuple[int, str | None]] = {}
+        # What of a platform its rooms and channels are built from: its uid (a re-created platform),
+        # generation (the spec) and status.workerImage (the migrated image their workers run).
+        self.platform_versions: dict[Key, tuple[str, int, str | None]] = {}
         self.resync_task: asyncio.Task[None] | None = None
-        self.paused = False  # kopf's peering made this replica a standby (see `peering.py`)
+        self.fill_task: asyncio.Task[None] | None = None
+        self.paused = True  # kopf's peering made this replica a standby (see `peering.py`)
         self.pause_follower = PauseFollower(self.pause, self.resume)
 
     def pause(self) -> None:
         """Stand by: kopf stops the watches, so the store would only go stale; forget it all."""
         self.paused = True
+        if self.fill_task is not None:
+            self.fill_task.cancel()
+            self.fill_task = None
         self.reconciler.pause()
         self.store.owners.clear()
         self.store.children.clear()
@@ -51,10 +63,41 @@ class Runtime:
         log.info("peering: standing by")
 
     def resume(self) -> None:
-        """kopf lists every watched resource again on resuming, which refills the store."""
+        """Take over: fill the store (kopf's events fill it too, from now on), then reconcile."""
         self.paused = False
-        self.reconciler.resume()
+        if self.fill_task is None:
+            self.fill_task = asyncio.get_running_loop().create_task(self.fill_then_reconcile())
         log.info("peering: active")
+
+    async def fill_then_reconcile(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.fill_store()
+                break
+            except Exception as exc:  # the API server unreachable, a transient error: try again
+                log.warning("could not list the cluster", extra={"error": repr(exc), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.reconciler.resume()
+        for key in list(self.store.owners):
+            self.reconciler.request(key)
+        log.info("store filled", extra={"owners": len(self.store.owners), "children": len(self.store.children)})
+
+    async def fill_store(self) -> None:
+        """List every kind the operator watches, as kopf's watches see it."""
+        client = self.ctx.client
+        for namespace in self.namespaces or (None,):
+            for owner in kinds.OWNERS:
+                for body in await client.list(owner.kind, namespace):
+                    key = self.store.put_owner(body)
+                    if owner is kinds.PLATFORM:
+                        self.platform_versions[key] = platform_version(self.store.owners[key])
+            selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+            for child in kinds.CHILDREN:
+                if child.watched and (not child.optional or await self.ctx.capability(child.kind)):
+                    for body in await client.list(child.kind, namespace, selector):
+                        self.store.put_child(body)
 
     async def resync_forever(self) -> None:
         """Reconcile everything now and then: a safety net, and a no-op when all is in order."""
@@ -62,6 +105,11 @@ class Runtime:
             await asyncio.sleep(self.resync_seconds)
             for key in list(self.store.owners):
                 self.reconciler.request(key)
+
+
+def platform_version(body: dict[str, Any]) -> tuple[str, int, str | None]:
+    meta = body.get("metadata") or {}
+    return meta.get("uid", ""), meta.get("generation", 0), (body.get("status") or {}).get("workerImage")
 
 
 @kopf.on.startup()
@@ -82,13 +130,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = "veza.io/finalizer"
     settings.posting.level = logging.INFO
 
-    runtime = Runtime(KubeClient(settings, kinds.API), ours)
+    runtime = Runtime(KubeClient(settings, kinds.API), ours, tuple(memo.get("namespaces") or ()))
     runtime.pause_follower.attach()
-    if settings.peering.mandatory and not settings.peering.standalone:
+    runtime.reconciler.start()
+    if not settings.peering.mandatory or settings.peering.standalone:
+        runtime.resume()
+    else:
         # kopf starts a peering replica paused and announces only the resume, once it has seen
         # that no peer of higher priority is alive.
-        runtime.pause()
-    runtime.reconciler.start()
+        log.info("peering: standing by")
     runtime.resync_task = asyncio.create_task(runtime.resync_forever())
     memo.runtime = runtime
 
@@ -98,8 +148,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         runtime.pause_follower.detach()
-        if runtime.resync_task:
-            runtime.resync_task.cancel()
+        for task in (runtime.resync_task, runtime.fill_task):
+            if task is not None:
+                task.cancel()
         await runtime.reconciler.stop()
         await runtime.ctx.client.close()
 
@@ -123,11 +174,14 @@ def _owner_event(kind: str) -> Any:
             runtime.store.put_owner(raw)
             runtime.reconciler.request(key)
         if kind == "VezaPlatform":
-            version = (body.metadata.get("generation", 0), (raw.get("status") or {}).get("workerImage"))
+            version = None if type == "DELETED" else platform_version(raw)
             if runtime.platform_versions.get(key) != version:
-                # A spec change, a newly migrated worker image (or a platform appearing) concerns every room
-                # and channel on it; the echo of any other status patch does not.
-                runtime.platform_versions[key] = version
+                # A spec change, a newly migrated worker image, a platform appearing, deleted or
+                # re-created concerns every room and channel on it; the echo of a status patch does not.
+                if version is None:
+                    runtime.platform_versions.pop(key, None)
+                else:
+                    runtime.platform_versions[key] = version
                 for other in ("ChatRoom", "StreamChannel"):
                     for ref in runtime.store.referencing(other, key[1], key[2]):
                         runtime.reconciler.request(ref)

@@ -165,6 +165,23 @@ class KubeClient:
             raise
         return True
 
+    async def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+                   page: int = 500) -> list[dict[str, Any]]:
+        """Every object of `kind` (in `namespace`, or all namespaces), page by page, with kind and
+        apiVersion set on each (a list's items carry neither)."""
+        api = self.kinds[kind]
+        path = f"{api.prefix}/namespaces/{namespace}/{api.plural}" if namespace else f"{api.prefix}/{api.plural}"
+        params = {"limit": str(page), **({"labelSelector": label_selector} if label_selector else {})}
+        items: list[dict[str, Any]] = []
+        while True:
+            found = await self._call("GET", path, params=params)
+            for item in found.get("items") or []:
+                items.append({"apiVersion": api.group_version, "kind": kind, **item})
+            token = (found.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params["continue"] = token
+
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await self._call("GET", self._path(kind, namespace, name))

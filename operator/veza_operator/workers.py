@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -114,6 +115,14 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     platform_name = spec.platform_ref.name
     platform_body = ctx.store.owners.get(("VezaPlatform", namespace, platform_name))
     if platform_body is None:
+        never_served = ready_reason((body.get("status") or {}).get("conditions")) in (
+            None, ("False", "WaitingForPlatform"))
+        if never_served and age(body) < PLATFORM_GRACE_SECONDS:
+            # Applied together (`kubectl apply -f examples/`), a room may arrive just before its platform.
+            await report(Health(False, "WaitingForPlatform", f"Waiting for VezaPlatform {platform_name!r}.",
+                                progressing=True))
+            ctx.requeue(key, 2.0)
+            return
         await report(Health(False, "PlatformNotFound", f"VezaPlatform {platform_name!r} does not exist in "
                                                        f"namespace {namespace!r}.", degraded=True))
         return
@@ -126,6 +135,13 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     problem = _spec_problem(wk, spec)
     if problem:
         await report(Health(False, "InvalidSpec", problem, degraded=True))
+        return
+
+    if ("ServiceAccount", namespace, platform_service_account(platform_name)) not in ctx.store.children:
+        # Pods of a Deployment created before the platform's worker ServiceAccount fail to create.
+        await report(Health(False, "WaitingForPlatform", f"Waiting for VezaPlatform {platform_name!r} to "
+                                                         "create its worker ServiceAccount.", progressing=True))
+        ctx.requeue(key, 2.0)
         return
 
     owner = Owner.of(body)
@@ -143,6 +159,18 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     await report(health, replicas=dstatus.get("replicas", 0), readyReplicas=dstatus.get("readyReplicas", 0),
                  selector=selector_string(selector_labels(platform_name, wk.component, name)),
                  url=url(wk, name, platform))
+
+
+# How long a new room or channel waits for its platform before reporting it missing (a Warning).
+PLATFORM_GRACE_SECONDS = 30.0
+
+
+def age(body: dict[str, Any]) -> float:
+    """Seconds since the object was created (0 when unknown)."""
+    created = body["metadata"].get("creationTimestamp")
+    if not created:
+        return 0.0
+    return (datetime.now(UTC) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
 
 
 def _spec_problem(wk: WorkerKind, spec: WorkerSpec) -> str | None:

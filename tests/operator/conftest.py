@@ -45,3 +45,11 @@ def ns(kube: KubeCluster, operator: OperatorProcess) -> Iterator[str]:
     name = kube.create_namespace("op")
     yield name
     kube.delete_namespace(name)
+
+
+@pytest.fixture
+def operator_stepped_aside(operator: OperatorProcess) -> Iterator[None]:
+    """The shared operator steps aside while a test runs its own replicas, then comes back."""
+    operator.stop()
+    yield
+    operator.start()

@@ -402,7 +402,7 @@ def test_migrating_keeps_ready_and_says_so_in_progressing() -> None:
     assert conds["Degraded"]["status"] == "False"
 
 
-def test_a_newly_migrated_worker_image_reconciles_the_platforms_rooms_and_channels() -> None:
+def test_a_migrated_image_or_a_deleted_or_recreated_platform_reconciles_its_rooms_and_channels() -> None:
     import kopf
 
     from veza_operator.handlers import Runtime, _owner_event
@@ -410,20 +410,27 @@ def test_a_newly_migrated_worker_image_reconciles_the_platforms_rooms_and_channe
 
     async def run() -> list[list[Key]]:
         runtime = Runtime(client=None, settings=Settings())  # type: ignore[arg-type]
+        runtime.paused = False  # active, its store filled (nothing to list here)
+        runtime.reconciler.resume()
         memo = kopf.Memo(runtime=runtime)
         for kind, name in [("ChatRoom", "general"), ("StreamChannel", "radio")]:
             runtime.store.put_owner({"kind": kind, "metadata": {"namespace": "ns", "name": name},
                                      "spec": {"platformRef": {"name": "demo"}}})
         asked = []
-        for status in [{}, {"rooms": 1}, {"workerImage": OLD}, {"workerImage": OLD, "rooms": 2},
-                       {"workerImage": NEW}]:
-            body = {"kind": "VezaPlatform", "metadata": {"namespace": "ns", "name": "demo", "generation": 1},
-                    "status": status}
-            await _owner_event("VezaPlatform")(type="MODIFIED", body=kopf.Body(body), memo=memo)
+        for event, uid, status in [("ADDED", "a", {}), ("MODIFIED", "a", {"rooms": 1}),
+                                   ("MODIFIED", "a", {"workerImage": OLD}),
+                                   ("MODIFIED", "a", {"workerImage": OLD, "rooms": 2}),
+                                   ("MODIFIED", "a", {"workerImage": NEW}),
+                                   ("DELETED", "a", {"workerImage": NEW}),
+                                   ("ADDED", "b", {})]:
+            body = {"kind": "VezaPlatform", "metadata": {"namespace": "ns", "name": "demo", "generation": 1,
+                                                         "uid": uid}, "status": status}
+            await _owner_event("VezaPlatform")(type=event, body=kopf.Body(body), memo=memo)
             asked.append(sorted(runtime.reconciler.pending - {("VezaPlatform", "ns", "demo")}))
             runtime.reconciler.pending.clear()
         return asked
 
     rooms = [("ChatRoom", "ns", "general"), ("StreamChannel", "ns", "radio")]
-    # First sight, then only a change of the worker image (not the echo of other status fields).
-    assert asyncio.run(run()) == [rooms, [], rooms, [], rooms]
+    # First sight, then only a change of the worker image (not the echo of other status fields);
+    # a deletion and a re-creation (same generation, another uid) concern them too.
+    assert asyncio.run(run()) == [rooms, [], rooms, [], rooms, rooms, rooms]

@@ -89,3 +89,14 @@ def test_workers_health(observed: dict[str, Any] | None, replicas: int, expected
     health = workers_health(observed, replicas, "chat worker")
     assert (health.reason, health.ready, health.progressing, health.degraded) == expected
     assert health.event_type == ("Warning" if health.degraded else "Normal")
+
+
+@pytest.mark.parametrize("observed", [
+    deployment(2, observedGeneration=1, readyReplicas=3, updatedReplicas=3),
+    deployment(observedGeneration=1, readyReplicas=3, updatedReplicas=1),
+    deployment(observedGeneration=1, readyReplicas=1, updatedReplicas=3),
+])
+def test_a_rollout_message_never_says_all_replicas_are_ready(observed: dict[str, Any]) -> None:
+    health = workers_health(observed, 3, "chat worker")
+    assert (health.ready, health.reason) == (False, "RollingOut")
+    assert "3/3 chat worker replicas ready" not in health.message, health.message

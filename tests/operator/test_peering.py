@@ -4,52 +4,26 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.kube import KubeCluster
-from tests.support.operator import PEERING, OperatorProcess, connections_secret, platform, room, wait_condition
+from tests.support.operator import (
+    OperatorProcess,
+    active_identities,
+    connections_secret,
+    platform,
+    room,
+    wait_condition,
+)
 from veza_local.controlplane import wait_for
 
 pytestmark = pytest.mark.kube
 
 
-@pytest.fixture
-def solo_cluster(operator: OperatorProcess) -> Iterator[None]:
-    """The shared operator steps aside while this test runs its own replicas, then comes back."""
-    operator.stop()
-    yield
-    operator.start()
-
-
-def active_identities(kube: KubeCluster) -> dict[str, int]:
-    peering = kube.get("clusterkopfpeering", PEERING) or {}
-    return {ident: info.get("priority", 0) for ident, info in (peering.get("status") or {}).items() if info}
-
-
-def reconciles(replica: OperatorProcess) -> float:
-    total = 0.0
-    for line in replica.metrics().splitlines():
-        if line.startswith("veza_operator_reconciles_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def paused(replica: OperatorProcess) -> bool:
-    """Whether the replica's last word on peering was that it stands by (it starts so)."""
-    state = False
-    for line in replica.log_path.read_text(errors="replace").splitlines():
-        if "peering: standing by" in line:
-            state = True
-        elif "peering: active" in line:
-            state = False
-    return state
-
-
 def test_failover_to_the_standby_replica(kube: KubeCluster, operator_install: Path, tmp_path: Path,
-                                         solo_cluster: None) -> None:
+                                         operator_stepped_aside: None) -> None:
     ns = kube.create_namespace("peer")
     kube.apply(connections_secret(ns), platform(ns), room(ns, "before"))
     # POD_ID names a replica in the peering records (the chart sets it from the pod name).
@@ -68,22 +42,23 @@ def test_failover_to_the_standby_replica(kube: KubeCluster, operator_install: Pa
         top = max(peers, key=lambda ident: peers[ident])
         victim = ours[top]
         survivor = second if victim is first else first
-        wait_for(lambda: paused(survivor) and not paused(victim), timeout=30, message="one active, one standby")
+        wait_for(lambda: survivor.standing_by() and not victim.standing_by(), timeout=30,
+                 message="one active, one standby")
 
-        baseline = {first: reconciles(first), second: reconciles(second)}
+        baseline = {first: first.reconciles(), second: second.reconciles()}
         kube.apply(room(ns, "during"))
         wait_condition(kube, "chatroom", "during", ns)
         # Let the standby's resync (every 3 s here) come round twice.
         time.sleep(7)
-        assert reconciles(victim) > baseline[victim], "the active replica did the work"
-        assert reconciles(survivor) == baseline[survivor], "the standby stayed paused"
+        assert victim.reconciles() > baseline[victim], "the active replica did the work"
+        assert survivor.reconciles() == baseline[survivor], "the standby stayed paused"
         victim.stop(signal.SIGKILL)
 
         kube.apply(room(ns, "after"))
         # The survivor resumes once the dead replica's keep-alive expires (VEZA_PEERING_LIFETIME=6 s).
         wait_condition(kube, "chatroom", "after", ns, timeout=45)
-        assert survivor.alive() and reconciles(survivor) > baseline[survivor]
-        assert not paused(survivor)
+        assert survivor.alive() and survivor.reconciles() > baseline[survivor]
+        assert not survivor.standing_by()
         kube.delete_namespace(ns)
     finally:
         first.stop()

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.kube import KubeCluster
-from veza_local.controlplane import wait_for
+from veza_local.controlplane import tool, wait_for
 from veza_local.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +88,16 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+
+    def standing_by(self) -> bool:
+        """Whether the replica's last word on peering was that it stands by (a peering replica starts so)."""
+        state = self.peering is not None
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if "peering: standing by" in line:
+                state = True
+            elif "peering: active" in line:
+                state = False
+        return state
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -192,3 +203,72 @@ def resync_rounds(kube: KubeCluster, operator: OperatorProcess, rounds: int = 2,
     start, owners = operator.reconciles(), owners_in_cluster(kube)
     wait_for(lambda: operator.reconciles() - start >= rounds * owners, timeout=timeout,
              message=f"{rounds} resync rounds of {owners} resources")
+
+
+def active_identities(kube: KubeCluster) -> dict[str, int]:
+    """The replicas in the peering record, with their priorities."""
+    peering = kube.get("clusterkopfpeering", PEERING) or {}
+    return {ident: info.get("priority", 0) for ident, info in (peering.get("status") or {}).items() if info}
+
+
+OWNER_PLURALS = ("vezaplatforms", "chatrooms", "streamchannels")
+
+
+def ready_states(kube: KubeCluster, ns: str) -> dict[str, tuple[str, str]]:
+    """Every custom resource of `ns` with its Ready condition's (status, reason)."""
+    items = json.loads(kube.kubectl("get", ",".join(OWNER_PLURALS), "-n", ns, "-o", "json"))["items"]
+    states = {}
+    for item in items:
+        cond = condition(item) or {}
+        states[f"{item['kind']}/{item['metadata']['name']}"] = (cond.get("status", ""), cond.get("reason", ""))
+    return states
+
+
+class ConditionWatch:
+    """Watches (`kubectl get --watch-only`) the custom resources of a namespace and records the Ready
+    condition of every change it sees; `changes()` lists those that differ from the state at start."""
+
+    def __init__(self, kube: KubeCluster, ns: str) -> None:
+        self.kube = kube
+        self.ns = ns
+        self.lines: list[str] = []
+        self.processes: list[subprocess.Popen[str]] = []
+        self.threads: list[threading.Thread] = []
+        self.start_states: dict[str, tuple[str, str]] = {}
+
+    def __enter__(self) -> ConditionWatch:
+        self.start_states = ready_states(self.kube, self.ns)
+        template = ('{.kind}/{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} '
+                    '{.status.conditions[?(@.type=="Ready")].reason}{"\\n"}')
+        for plural in OWNER_PLURALS:
+            proc = subprocess.Popen([tool("kubectl"), f"--kubeconfig={self.kube.kubeconfig}", "get", plural,
+                                     "-n", self.ns, "--watch-only", "-o", f"jsonpath={template}"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+            thread.start()
+            self.processes.append(proc)
+            self.threads.append(thread)
+        time.sleep(1)  # the watches are established (a change before this would go unseen)
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip():
+                self.lines.append(line.strip())
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.processes:
+            proc.terminate()
+            proc.wait(10)
+        for thread in self.threads:
+            thread.join(5)
+
+    def changes(self) -> list[str]:
+        seen = []
+        for line in self.lines:
+            name, _, rest = line.partition(" ")
+            status, _, reason = rest.partition(" ")
+            if self.start_states.get(name) != (status, reason):
+                seen.append(line)
+        return seen

@@ -86,6 +86,7 @@ class RenditionFeed:
                  max_buffer: int = 256 * 1024, sample_rate: int = 48000, write_interval: float = 0.25) -> None:
         self.channel = channel
         self.name = name
+        LISTENERS_DROPPED.labels(channel, name)  # the alert on it reads 0, not "no data", from the start
         self.content_type = content_type
         self.header = b""
         self.recent: deque[Chunk] = deque()  # written to every listener; the burst comes from here
