@@ -87,6 +87,16 @@ class Platform:
                     s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", []))
         return counts
 
+    def front_door_routers(self) -> set[str]:
+        """The providers of the routers Traefik serves for the platform's host right now
+        (`kubernetes`: Ingresses, `kubernetesgateway`: HTTPRoutes), from its API on the pod's admin port."""
+        pod = json.loads(self.kube.kubectl("-n", "veza-front-door", "get", "pods", "-l",
+                                           "app.kubernetes.io/name=traefik", "-o", "json"))["items"][0]
+        url = f"http://{pod['status']['podIP']}:8080/api/http/routers"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            routers = json.loads(response.read())
+        return {r["provider"] for r in routers if self.host in r.get("rule", "")}
+
     def wait_ready(self, *resources: str, timeout: int = 300) -> None:
         self.kubectl("wait", "--for=condition=Ready", f"--timeout={timeout}s", *resources)
 

@@ -13,12 +13,15 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import aiohttp
 from tests.e2e.clients import Account, chat_worker_connections, connect_chat
 from tests.e2e.conftest import Platform
 from tests.support.chat import ChatClient
+from tests.support.waiting import wait_for
 
 SEND_INTERVAL = 1.2  # under the example room's 60 messages a minute per user
 
@@ -119,11 +122,9 @@ async def _tokens(platform: Platform, count: int) -> list[str]:
                 for i in range(count)]
 
 
-async def _wait(condition, timeout: float, message: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, message
-        await asyncio.sleep(1)
+async def _wait(condition: Callable[[], Any], timeout: float, message: str) -> None:
+    """`wait_for` with a blocking check (kubectl, the front door's API) run off the event loop."""
+    await wait_for(lambda: asyncio.to_thread(condition), timeout=timeout, interval=1, message=message)
 
 
 async def test_deleting_a_chat_pod_loses_no_acknowledged_message(platform: Platform) -> None:
@@ -190,6 +191,10 @@ async def test_routes_move_to_the_gateway_api_and_back(platform: Platform) -> No
                        for r in items)
 
         await _wait(accepted, 60, "HTTPRoutes not Accepted by the Gateway")
+        # Traefik applies provider changes a moment later (it batches them): until it serves the
+        # host from HTTPRoutes only, a request could still go through a deleted Ingress's router.
+        await _wait(lambda: platform.front_door_routers() == {"kubernetesgateway"}, 60,
+                    "the front door still serves Ingress routes")
         # Only the Gateway routes now: the API and a WebSocket still answer through the front door.
         async with aiohttp.ClientSession() as session:
             account = await Account(platform, "Gate").register(session)
@@ -202,6 +207,8 @@ async def test_routes_move_to_the_gateway_api_and_back(platform: Platform) -> No
                 "Ingresses not back")
     await _wait(lambda: not json.loads(platform.kubectl("get", "httproutes", "-o", "json"))["items"], 60,
                 "HTTPRoutes not pruned")
+    await _wait(lambda: platform.front_door_routers() == {"kubernetes"}, 60,
+                "the front door does not serve the Ingress routes alone")
 
 
 async def _listen(platform: Platform, stop: asyncio.Event, received: list[int]) -> None:
