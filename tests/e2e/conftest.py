@@ -20,12 +20,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from tests.support.e2e import ARTIFACTS, DB_PASSWORD, DB_USER, NAMESPACE, OPERATOR_NAMESPACE, Platform
 from tests.support.images import engine_or_skip
 from tests.support.kube import KubeCluster
 
@@ -36,71 +36,6 @@ from veza_local.services import LocalService, NatsService, PostgresService, Redi
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-ARTIFACTS = REPO / "test-artifacts" / "e2e"
-NAMESPACE = "veza-e2e"
-OPERATOR_NAMESPACE = "veza-system"
-# From examples/platform.yaml: the platform's host and the connection Secret's values.
-HOST = "veza.example.com"
-DB_USER, DB_PASSWORD = "veza", "change-me"
-
-
-@dataclass
-class Platform:
-    """What the tests get: the cluster, the images, and the front door."""
-
-    kube: KubeCluster
-    cluster: Cluster
-    image: str
-    next_image: str  # the same build under a second tag, for the upgrade test
-    namespace: str = NAMESPACE
-    host: str = HOST
-
-    @property
-    def front_door(self) -> str:
-        return self.cluster.front_door
-
-    def url(self, path: str) -> str:
-        return self.front_door + path
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Host": self.host}
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        return self.kube.kubectl("-n", self.namespace, *args, input=input, check=check)
-
-    def pods(self, selector: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = json.loads(self.kubectl("get", "pods", "-l", selector, "-o", "json"))["items"]
-        return items
-
-    def ready_pods(self, selector: str) -> list[str]:
-        return [p["metadata"]["name"] for p in self.pods(selector)
-                if p["metadata"].get("deletionTimestamp") is None
-                and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
-
-    def restarts(self) -> dict[str, int]:
-        """Container restarts of every pod in the platform's and the operator's namespaces."""
-        counts: dict[str, int] = {}
-        for ns in (self.namespace, OPERATOR_NAMESPACE):
-            for pod in json.loads(self.kube.kubectl("-n", ns, "get", "pods", "-o", "json"))["items"]:
-                counts[f"{ns}/{pod['metadata']['name']}"] = sum(
-                    s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", []))
-        return counts
-
-    def front_door_routers(self) -> set[str]:
-        """The providers of the routers Traefik serves for the platform's host right now
-        (`kubernetes`: Ingresses, `kubernetesgateway`: HTTPRoutes), from its API on the pod's admin port."""
-        pod = json.loads(self.kube.kubectl("-n", "veza-front-door", "get", "pods", "-l",
-                                           "app.kubernetes.io/name=traefik", "-o", "json"))["items"][0]
-        url = f"http://{pod['status']['podIP']}:8080/api/http/routers"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            routers = json.loads(response.read())
-        return {r["provider"] for r in routers if self.host in r.get("rule", "")}
-
-    def wait_ready(self, *resources: str, timeout: int = 300) -> None:
-        self.kubectl("wait", "--for=condition=Ready", f"--timeout={timeout}s", *resources)
-
-
 def example_manifests(image: str) -> list[dict[str, Any]]:
     """examples/{platform,chatroom,streamchannel}.yaml as they are, with the worker image set to
     the one built here (what a kustomize `images:` entry does)."""

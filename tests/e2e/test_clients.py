@@ -13,9 +13,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from tests.e2e.clients import Account, chat_worker_connections, connect_chat
-from tests.e2e.conftest import ARTIFACTS, Platform
 from tests.support.audio import decode_pcm, dominant_frequency
+from tests.support.e2e import ARTIFACTS, Account, Platform, chat_worker_connections, connect_chat
 from tests.support.web import ARGS, CHROMIUM, join, message, register, say
 
 SOURCE_PASSWORD = "veza-dev-source"  # examples/streamchannel.yaml's Secret

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from tests.e2e.conftest import OPERATOR_NAMESPACE, Platform
+from tests.support.e2e import OPERATOR_NAMESPACE, Platform
 
 
 def test_operator_runs_as_a_pod_and_every_resource_is_ready(platform: Platform) -> None:

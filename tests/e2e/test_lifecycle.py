@@ -18,9 +18,8 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from tests.e2e.clients import Account, chat_worker_connections, connect_chat
-from tests.e2e.conftest import Platform
 from tests.support.chat import ChatClient
+from tests.support.e2e import Account, Platform, chat_worker_connections, connect_chat
 from tests.support.waiting import wait_for
 
 SEND_INTERVAL = 1.2  # under the example room's 60 messages a minute per user
