@@ -37,7 +37,7 @@ async def test_private_channel_needs_a_listener_token(track: None, start_worker:
     issuer = TokenIssuer(KeySet.from_private_keys([key]), issuer=ISSUER)
     other = TokenIssuer(KeySet.from_private_keys([generate_signing_key()]), issuer=ISSUER)
     worker = start_worker("secret", SPEC, VEZA_JWT_KEYS_DIR=str(tmp_path / "keys"), VEZA_JWT_ISSUER=ISSUER)
-    good = issuer.issue("u1", audience=AUDIENCE_STREAM, name="ann")
+    good = issuer.issue("u1", audience=AUDIENCE_STREAM, name="ann", res={"channel/secret": "listener"})
     refused = {
         "no token": ({}, "/stream/secret/mp3", "token_required"),
         "api audience": ({"Authorization": f"Bearer {issuer.issue('u1', audience=AUDIENCE_API)}"},
@@ -54,6 +54,17 @@ async def test_private_channel_needs_a_listener_token(track: None, start_worker:
         assert status == 401, (case, status, body)
         error = json.loads(body)["error"]
         assert code is None or error["code"] == code, (case, error)
+    # Signed in, but with no role on this channel (a role on another, or on a room of that name):
+    # any user of the platform could otherwise listen to every private channel.
+    strangers = {
+        "no role": issuer.issue("u2", audience=AUDIENCE_STREAM, name="eve"),
+        "another channel": issuer.issue("u2", audience=AUDIENCE_STREAM, res={"channel/other": "broadcaster"}),
+        "a room": issuer.issue("u2", audience=AUDIENCE_STREAM, res={"room/secret": "owner"}),
+    }
+    for case, token in strangers.items():
+        for path in (f"/stream/secret/mp3?token={token}", f"/stream/secret/hls/master.m3u8?token={token}"):
+            status, _, body = await listen("127.0.0.1", worker.port, path, 1.0)
+            assert status == 403 and json.loads(body)["error"]["code"] == "not_listener", (case, path, status)
     await wait_for(lambda: now_playing(worker, "secret")["source"] == "playlist", timeout=10,
                    message="the playlist on air")
     for headers, path in (({"Authorization": f"Bearer {good}"}, "/stream/secret/mp3"),
@@ -64,4 +75,9 @@ async def test_private_channel_needs_a_listener_token(track: None, start_worker:
         assert len(samples) / rate > 1.5 and abs(dominant_frequency(samples, rate) - 770) < 10
     status, _, body = await listen("127.0.0.1", worker.port, f"/stream/secret/hls/master.m3u8?token={good}", 1.0)
     assert status == 200 and body.startswith(b"#EXTM3U")
+    for case, token in {"broadcaster": issuer.issue("u3", audience=AUDIENCE_STREAM,
+                                                    res={"channel/secret": "broadcaster"}),
+                        "admin": issuer.issue("u4", audience=AUDIENCE_STREAM, roles=["admin"])}.items():
+        status, _, _ = await listen("127.0.0.1", worker.port, f"/stream/secret/hls/master.m3u8?token={token}", 1.0)
+        assert status == 200, case
     assert worker.alive()

@@ -16,6 +16,7 @@ from veza_core.auth import TokenError, TokenVerifier, token_from_request
 from veza_core.web import HttpError
 
 BROADCASTER = "broadcaster"
+LISTENER_ROLES = frozenset({"listener", BROADCASTER})
 
 
 class AccessDenied(HttpError):
@@ -60,9 +61,13 @@ def check_listener(request: web.Request, channel: str, private: bool, verifier: 
     if verifier is None:
         raise AccessDenied(503, "auth_unavailable", "token verification is not configured")
     try:
-        verifier.verify(token)
+        principal = verifier.verify(token)
     except TokenError as exc:
         raise AccessDenied(401, exc.code, exc.message) from exc
+    # A valid token only says who the caller is; a private channel is for those granted a role on it
+    # (the API puts `res: {"channel/<name>": "listener" | "broadcaster"}` in stream tokens).
+    if principal.resource_role("channel", channel) not in LISTENER_ROLES and not principal.is_admin:
+        raise AccessDenied(403, "not_listener", "the token does not grant listening to this private channel")
 
 
 def check_broadcaster(request: web.Request, channel: str, password: str | None,
