@@ -65,6 +65,17 @@ async def test_bad_frames_get_error_frames_and_the_worker_survives(chat: Chat) -
     assert (await again.expect("ack", cid="after"))["seq"] == 2
 
 
+async def test_a_deeply_nested_frame_is_refused_and_the_worker_survives(chat: Chat) -> None:
+    # A few kilobytes of brackets exhausted the JSON parser's stack: an uncaught RecursionError.
+    a = await chat.worker({})
+    c = await chat.connect(a, "alice")
+    for raw in ("[" * 3000 + "]" * 3000, '{"type":"send","cid":"n","text":' + "[" * 3000 + "]" * 3000 + "}"):
+        await c.ws.send_str(raw)
+        assert (await c.expect("error"))["code"] == "bad_json"
+    await c.send({"type": "send", "cid": "fine", "text": "still here"})
+    await c.expect("ack", cid="fine")
+
+
 async def test_forged_and_misdirected_tokens_are_rejected(chat: Chat) -> None:
     a = await chat.worker()
     url = f"{a.url}/chat/{chat.room}/ws"

@@ -54,6 +54,11 @@ def test_malformed_json_is_bad_json(raw: str) -> None:
     assert code_of(raw) == p.BAD_JSON
 
 
+def test_deep_nesting_is_bad_json_not_a_crash() -> None:
+    assert code_of("[" * 100_000 + "]" * 100_000) == p.BAD_JSON
+    assert code_of('{"type": "send", "cid": "c", "text": ' + "{\"a\": " * 5000 + "1" + "}" * 5001) == p.BAD_JSON
+
+
 @pytest.mark.parametrize("raw", ['"just a string"', "[1, 2]", "42", "null", "true"])
 def test_a_frame_is_an_object(raw: str) -> None:
     assert code_of(raw) == p.BAD_FRAME

@@ -87,6 +87,8 @@ def parse_client_frame(raw: str) -> dict[str, Any]:
         frame = json.loads(raw)
     except ValueError as exc:
         raise FrameError(BAD_JSON, "the frame is not valid JSON") from exc
+    except RecursionError as exc:  # `[[[[…]]]]`: a few kilobytes of brackets exhaust the parser's stack
+        raise FrameError(BAD_JSON, "the frame nests too deeply") from exc
     if not isinstance(frame, dict):
         raise FrameError(BAD_FRAME, "a frame is a JSON object")
     kind = frame.get("type")
