@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import smtplib
+import ssl
 from email.message import EmailMessage
 
 from .settings import ApiSettings
@@ -31,14 +33,18 @@ class Mailer:
 
         def deliver() -> None:
             assert s.smtp_host
-            with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=10) as smtp:
-                if s.smtp_starttls:
-                    smtp.starttls()
+            # A magic link read in transit is a login: the certificate and the host name are checked
+            # (smtplib checks neither without a context).
+            tls = ssl.create_default_context(cafile=s.smtp_ca_file)
+            connect = (functools.partial(smtplib.SMTP_SSL, context=tls) if s.smtp_implicit_tls else smtplib.SMTP)
+            with connect(s.smtp_host, s.smtp_port, timeout=10) as smtp:
+                if s.smtp_starttls and not s.smtp_implicit_tls:
+                    smtp.starttls(context=tls)
                 if s.smtp_username and s.smtp_password:
                     smtp.login(s.smtp_username, s.smtp_password)
                 smtp.send_message(message)
 
         try:
             await asyncio.to_thread(deliver)
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException) as exc:  # ssl.SSLError is an OSError
             raise MailError(str(exc)) from exc

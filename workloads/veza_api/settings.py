@@ -50,6 +50,10 @@ class ApiSettings(Settings):
     smtp_port: int = 25
     smtp_from: str = "veza@localhost"
     smtp_starttls: bool = False
+    # TLS from the first byte (SMTPS, usually port 465) instead of STARTTLS.
+    smtp_implicit_tls: bool = False
+    # Either way the server's certificate and name are verified, against the system's CAs or this bundle.
+    smtp_ca_file: str | None = None
     smtp_username: str | None = None
     smtp_password: str | None = None
 
