@@ -174,7 +174,18 @@ def test_policy_addresses() -> None:
         with pytest.raises(RelayRefused) as refused:
             policy.check_address(internal)
         assert refused.value.code == "address_not_allowed", internal
-    for fine in ("93.184.216.34", "2606:2800:220:1::1", "10.1.2.3", "127.0.0.1"):
+    # IPv6 addresses that lead to an internal IPv4 one (`ipaddress` calls the first three global).
+    for wrapped in ("64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "::a9fe:a9fe", "64:ff9b:1::a00:1",
+                    "64:ff9b::7f00:1"):
+        with pytest.raises(RelayRefused):
+            policy.check_address(wrapped)
+    # The metadata addresses stay refused even when a spec lists them.
+    generous = RelayPolicy(["169.254.0.0/16", "fd00::/8", "0.0.0.0/0"])
+    for metadata in ("169.254.169.254", "fd00:ec2::254", "64:ff9b::a9fe:a9fe", "100.100.100.200"):
+        with pytest.raises(RelayRefused):
+            generous.check_address(metadata)
+    generous.check_address("10.0.0.1")  # listed: allowed
+    for fine in ("93.184.216.34", "2606:2800:220:1::1", "10.1.2.3", "127.0.0.1", "64:ff9b::5db8:d822"):
         policy.check_address(fine)  # public, or internal but listed explicitly
     assert policy.check_url("https://Radio.Example.com./stream") == "radio.example.com"
     for url, code in (("http://evil.example.com/", "host_not_allowed"),

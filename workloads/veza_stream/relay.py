@@ -13,6 +13,10 @@ Where the relay may connect is checked, since the URL comes from a custom resour
   ``allowedHosts`` (``127.0.0.1``, ``10.0.0.0/8``). The check runs in the connector's
   resolver, on the very addresses aiohttp then connects to, so DNS cannot answer
   differently between check and connect;
+- an IPv6 address that carries an IPv4 one (NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``,
+  IPv4-compatible ``::/96``, Teredo) must pass the check for that IPv4 address too;
+- the cloud metadata addresses (169.254.0.0/16, fd00:ec2::/32, 100.100.100.200) are refused even
+  when ``allowedHosts`` lists them;
 - redirects are followed (at most 3) only to the same host; a redirect elsewhere is refused.
 
 Failures back off exponentially (1 s doubling to 30 s, with jitter); a connection that
@@ -84,12 +88,41 @@ class RelayPolicy:
         ip: Address = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        if ip.is_global and not ip.is_multicast:
+        # Never, whatever allowedHosts says: the cloud metadata endpoints (a resource's author must
+        # not reach the node's credentials).
+        for checked in (ip, *embedded_ipv4(ip)):
+            if any(checked in network for network in ALWAYS_DENIED):
+                raise RelayRefused("address_not_allowed", f"the relay host resolves to {ip}, a metadata address")
+        # An IPv6 address carrying an IPv4 one (NAT64, 6to4, IPv4-compatible, Teredo) reaches that
+        # IPv4 address: both must pass. `ipaddress` calls 64:ff9b::/96 and 2002::/16 global.
+        if all(c.is_global and not c.is_multicast for c in (ip, *embedded_ipv4(ip))):
             return
         if any(ip in network for network in self.networks):
             return  # an internal address the spec lists explicitly
         raise RelayRefused("address_not_allowed",
                            f"the relay host resolves to {ip}, an internal address not listed in allowedHosts")
+
+
+# Cloud metadata services (AWS, GCP, Azure, OpenStack: 169.254.169.254; AWS over IPv6; Alibaba).
+ALWAYS_DENIED: tuple[Network, ...] = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fd00:ec2::/32"),
+                                      ipaddress.ip_network("100.100.100.200/32"))
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip: Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to (the last 32 bits of NAT64 and IPv4-compatible
+    addresses, 6to4's, both ends of Teredo)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found: list[ipaddress.IPv4Address] = []
+    if any(ip in network for network in NAT64) or (ip in IPV4_COMPATIBLE and int(ip) > 1):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
 
 
 class CheckedResolver(AbstractResolver):
