@@ -65,7 +65,12 @@ async def test_private_channel_needs_a_listener_token(track: None, start_worker:
         for path in (f"/stream/secret/mp3?token={token}", f"/stream/secret/hls/master.m3u8?token={token}"):
             status, _, body = await listen("127.0.0.1", worker.port, path, 1.0)
             assert status == 403 and json.loads(body)["error"]["code"] == "not_listener", (case, path, status)
-    await wait_for(lambda: now_playing(worker, "secret")["source"] == "playlist", timeout=10,
+    # What is on air on a private channel is its listeners' business too.
+    for token, expected in ((None, 401), (strangers["no role"], 403)):
+        query = f"?token={token}" if token else ""
+        status, _, body = await listen("127.0.0.1", worker.port, f"/stream/secret/now-playing{query}", 1.0)
+        assert status == expected, (status, body)
+    await wait_for(lambda: now_playing(worker, "secret", good)["source"] == "playlist", timeout=10,
                    message="the playlist on air")
     for headers, path in (({"Authorization": f"Bearer {good}"}, "/stream/secret/mp3"),
                           ({}, f"/stream/secret/mp3?token={good}")):

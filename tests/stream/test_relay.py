@@ -12,7 +12,7 @@ from aiohttp import web
 from tests.support.audio import decode_pcm, frequencies_over_time, sine
 from tests.support.stream import now_playing, open_stream, read_body
 from tests.support.waiting import wait_for
-from veza_stream.relay import RelayPolicy, RelayRefused
+from veza_stream.relay import RelayPolicy, RelayRefused, without_credentials
 
 FALLBACK = {"playlist": {"tracks": ["tests/relay-fallback440.mp3"]}}
 
@@ -185,6 +185,9 @@ def test_policy_addresses() -> None:
         with pytest.raises(RelayRefused):
             generous.check_address(metadata)
     generous.check_address("10.0.0.1")  # listed: allowed
+    # now-playing shows the relay's URL, never the credentials it may hold.
+    assert without_credentials("http://dj:s3cret@radio.example.com:8000/live?x=1") == \
+        "http://radio.example.com:8000/live?x=1"
     for fine in ("93.184.216.34", "2606:2800:220:1::1", "10.1.2.3", "127.0.0.1", "64:ff9b::5db8:d822"):
         policy.check_address(fine)  # public, or internal but listed explicitly
     assert policy.check_url("https://Radio.Example.com./stream") == "radio.example.com"

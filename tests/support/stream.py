@@ -81,8 +81,9 @@ class WorkerProcess:
         return self.log_path.read_text()
 
 
-def now_playing(worker: WorkerProcess, channel: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{worker.url}/stream/{channel}/now-playing", timeout=3) as r:  # noqa: S310
+def now_playing(worker: WorkerProcess, channel: str, token: str | None = None) -> dict[str, Any]:
+    query = f"?token={token}" if token else ""
+    with urllib.request.urlopen(f"{worker.url}/stream/{channel}/now-playing{query}", timeout=3) as r:  # noqa: S310
         return dict(json.loads(r.read()))
 
 

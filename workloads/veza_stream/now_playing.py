@@ -1,4 +1,6 @@
-"""`GET /stream/{channel}/now-playing`: what is on air, who encodes it, how many listen."""
+"""`GET /stream/{channel}/now-playing`: what is on air, who encodes it, how many listen.
+
+A private channel's is for its listeners only (the same check as its audio)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from aiohttp import web
 
 from veza_core.web import HttpError
 
+from .access import ACCESS
 from .listeners import LISTENERS
 
 
@@ -13,4 +16,5 @@ async def now_playing(request: web.Request) -> web.Response:
     listeners = request.app[LISTENERS]
     if request.match_info["channel"] != listeners.channel.name:
         raise HttpError(404, "channel_not_found", "no such channel on this worker")
+    request.app[ACCESS].listener(request)
     return web.json_response(listeners.now_playing())

@@ -110,6 +110,15 @@ NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
+def without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
 def embedded_ipv4(ip: Address) -> list[ipaddress.IPv4Address]:
     """The IPv4 addresses an IPv6 address leads to (the last 32 bits of NAT64 and IPv4-compatible
     addresses, 6to4's, both ends of Teredo)."""
@@ -223,7 +232,10 @@ class RelayPuller:
         self.attempts = 0
 
     def status(self) -> dict[str, Any]:
-        return {"url": self.url, "connected": self.connected, "error": self.error, "attempts": self.attempts}
+        # now-playing is public on a public channel: never the credentials a relay URL may hold.
+        return {"url": without_credentials(self.url), "connected": self.connected,
+                "error": self.error and self.error.replace(self.url, without_credentials(self.url)),
+                "attempts": self.attempts}
 
     async def run(self) -> None:
         """Pull forever (cancel to stop)."""
