@@ -86,6 +86,37 @@ async def test_bad_sources_are_refused_and_the_worker_survives(fallback_track: N
     assert worker.alive()
 
 
+async def test_guessing_the_source_password_is_cut_short(fallback_track: None, start_worker: Any) -> None:
+    """Five wrong passwords from an address, then 429 with Retry-After for that address alone (even
+    with the right password), counted once per request, also for `Expect: 100-continue`."""
+    worker = start_worker("guessed", SPEC, VEZA_SOURCE_PASSWORD=PASSWORD)
+    url = f"{worker.url}/stream/guessed/source"
+    guesses = [{"Content-Type": "audio/mpeg", "Expect": "100-continue",
+                "Authorization": "Basic " + base64.b64encode(f"source:guess{i}".encode()).decode()} for i in range(5)]
+    async with aiohttp.ClientSession() as session:
+        for headers in guesses:
+            async with session.put(url, data=b"x", headers=headers) as resp:
+                assert resp.status == 401 and (await resp.json())["error"]["code"] == "bad_password"
+        for headers in (guesses[0], {**BASIC, "Content-Type": "audio/mpeg"}):
+            async with session.put(url, data=b"x", headers=headers) as resp:
+                assert resp.status == 429, await resp.text()
+                assert (await resp.json())["error"]["code"] == "too_many_attempts"
+                assert 1 <= int(resp.headers["Retry-After"]) <= 61
+    # Behind the front door the proxy's last X-Forwarded-For entry is the client: counted apart.
+    async with aiohttp.ClientSession() as session:
+        for client, code in (("203.0.113.9", "bad_password"), ("127.0.0.1, 203.0.113.7", "empty_source")):
+            headers = {**(guesses[0] if code == "bad_password" else BASIC), "Content-Type": "audio/mpeg",
+                       "X-Forwarded-For": client}
+            async with session.put(url, data=b"", headers=headers) as resp:
+                assert (await resp.json())["error"]["code"] == code, client
+    # Another address is not locked out by this one's guesses.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as other, \
+            other.put(url, data=b"", headers={**BASIC, "Content-Type": "audio/mpeg"}) as resp:
+        assert (await resp.json())["error"]["code"] == "empty_source"  # past the password check
+    assert worker.alive()
+
+
 async def test_unframed_put_as_ffmpeg_sends_it(fallback_track: None, start_worker: Any) -> None:
     """ffmpeg's icecast:// output: PUT with `Expect: 100-continue`, no Content-Length, no chunked encoding, the audio
     until the connection closes."""

@@ -11,8 +11,10 @@ import binascii
 import hmac
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from veza_core.auth import TokenError, TokenVerifier, token_from_request
+from veza_core.ratelimit import RateLimiter
 from veza_core.web import HttpError
 
 BROADCASTER = "broadcaster"
@@ -20,14 +22,25 @@ LISTENER_ROLES = frozenset({"listener", BROADCASTER})
 
 
 class AccessDenied(HttpError):
-    """A listener or broadcaster refused: 401, 403, or 503 when tokens cannot be verified."""
+    """A listener or broadcaster refused: 401, 403, 429 after too many wrong source passwords, or 503
+    when tokens cannot be verified."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, code, message)
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, code, message, headers=headers)
+
+
+# Wrong source passwords an address may try: 5 at once, then one a minute (a password of the
+# platform's making is out of reach at that pace; a real source that mistyped waits a minute).
+PASSWORD_FAILURES_BURST = 5.0
+PASSWORD_FAILURES_RATE = 1 / 60
+# The outcome of the broadcaster check, kept on the request: a source request is checked before
+# `100 Continue` and again by its handler, and a wrong password must count once.
+CHECKED = "veza.stream.broadcaster"
 
 
 class Access:
-    """The channel's gate: its visibility, source password and token verifier."""
+    """The channel's gate: its visibility, source password and token verifier, and the count of
+    wrong source passwords per address (shared by the replicas through Redis once it is there)."""
 
     def __init__(self, channel: str, *, private: bool, source_password: str | None,
                  verifier: TokenVerifier | None) -> None:
@@ -35,16 +48,61 @@ class Access:
         self.private = private
         self.source_password = source_password
         self.verifier = verifier
+        self.password_failures = RateLimiter(None, prefix=f"stream:{channel}:source-failures")
+
+    def share_failures(self, redis: Redis, prefix: str) -> None:
+        self.password_failures = RateLimiter(redis, prefix=prefix)
 
     def listener(self, request: web.Request) -> None:
         check_listener(request, self.channel, self.private, self.verifier)
 
-    def broadcaster(self, request: web.Request) -> str:
+    async def broadcaster(self, request: web.Request) -> str:
         """The broadcaster's name."""
-        return check_broadcaster(request, self.channel, self.source_password, self.verifier)
+        checked = request.get(CHECKED)
+        if isinstance(checked, HttpError):
+            raise checked
+        if isinstance(checked, str):
+            return checked
+        try:
+            name = await self._broadcaster(request)
+        except HttpError as exc:
+            request[CHECKED] = exc
+            raise
+        request[CHECKED] = name
+        return name
+
+    async def _broadcaster(self, request: web.Request) -> str:
+        if request.headers.get("Authorization", "")[:6].lower() != "basic ":
+            return check_broadcaster(request, self.channel, self.source_password, self.verifier)
+        key = client_address(request)
+        left = await self.password_failures.hit(key, rate=PASSWORD_FAILURES_RATE, burst=PASSWORD_FAILURES_BURST,
+                                                cost=0)
+        if left.remaining < 1:
+            wait = max(1, int((1 - left.remaining) / PASSWORD_FAILURES_RATE) + 1)
+            raise AccessDenied(429, "too_many_attempts", "too many wrong source passwords from this address",
+                               headers={"Retry-After": str(wait)})
+        try:
+            return check_broadcaster(request, self.channel, self.source_password, self.verifier)
+        except AccessDenied as exc:
+            if exc.code == "bad_password":
+                await self.password_failures.hit(key, rate=PASSWORD_FAILURES_RATE, burst=PASSWORD_FAILURES_BURST)
+            raise
 
 
 ACCESS: web.AppKey[Access] = web.AppKey("stream_access", Access)
+
+
+def client_address(request: web.Request) -> str:
+    """Whom to count wrong passwords against: behind the front door every request comes from the
+    proxy, which appends the client's address to X-Forwarded-For (its last entry; the entries
+    before it are the client's to invent). Without the header, the peer itself.
+
+    Stream workers take traffic only from the front door (the platform's NetworkPolicies), so one
+    trusted hop is the rule here.
+    """
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    last = forwarded.rsplit(",", 1)[-1].strip()
+    return last or request.remote or "unknown"
 
 
 def _token(request: web.Request) -> str | None:

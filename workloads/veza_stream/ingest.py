@@ -48,7 +48,7 @@ async def expect_continue(request: web.Request) -> None:
     if request.headers.get("Expect", "").lower() != "100-continue" or request.version != aiohttp.HttpVersion11:
         raise web.HTTPExpectationFailed(text="only Expect: 100-continue is supported")
     try:
-        admit(request)
+        await admit(request)
     except HttpError:
         return  # no `100 Continue`: the handler answers with the reason, and the client sends no audio
     if unframed(request) and request.protocol is not None:
@@ -102,7 +102,7 @@ async def forward(request: web.Request, leader: str, identity: str, stream: Sour
     return web.Response(status=status, body=body, content_type=content_type)
 
 
-def admit(request: web.Request) -> tuple[str, str]:
+async def admit(request: web.Request) -> tuple[str, str]:
     """(broadcaster, format) of a source request that may go on air, or HttpError with the reason. Checked before
     `100 Continue` too: a client told to go on takes that as a successful login (libshout does)."""
     channel = request.app[CHANNEL]
@@ -111,7 +111,7 @@ def admit(request: web.Request) -> tuple[str, str]:
     live = channel.live
     if live is None:
         raise HttpError(409, "not_live", "this channel has no live source")
-    broadcaster = request.app[ACCESS].broadcaster(request)
+    broadcaster = await request.app[ACCESS].broadcaster(request)
     fmt = INGEST_FORMATS.get(request.content_type)
     if fmt is None:
         raise HttpError(415, "unsupported_media_type", f"send one of: {', '.join(sorted(INGEST_FORMATS))}")
@@ -133,7 +133,7 @@ async def source(request: web.Request) -> web.StreamResponse:
 async def _broadcast(request: web.Request) -> web.StreamResponse:
     channel, leadership = request.app[CHANNEL], request.app[LEADERSHIP]
     name = channel.name
-    broadcaster, fmt = admit(request)
+    broadcaster, fmt = await admit(request)
     live = channel.live
     assert live is not None  # admitted
     stream: SourceStream | None = None
@@ -204,7 +204,7 @@ async def metadata(request: web.Request) -> web.Response:
     song = request.query.get("song") or " - ".join(v for k in ("artist", "title") if (v := request.query.get(k)))
     if not song or len(song) > MAX_TITLE:
         raise HttpError(400, "bad_title", f"song (or artist/title) is required, at most {MAX_TITLE} characters")
-    request.app[ACCESS].broadcaster(request)
+    await request.app[ACCESS].broadcaster(request)
     live = channel.live
     if live is None:
         raise HttpError(409, "not_live", "this channel has no live source")

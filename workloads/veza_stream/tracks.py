@@ -24,7 +24,7 @@ TRACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 async def upload(request: web.Request) -> web.Response:
     access = request.app[ACCESS]
     try:
-        access.broadcaster(request)
+        await access.broadcaster(request)
         track_id = request.query.get("id", "")
         if not TRACK_ID.match(track_id):
             raise HttpError(400, "bad_track_id", "query parameter id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}")

@@ -110,6 +110,7 @@ class Worker:
             self.redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
             base = f"veza:{settings.platform}:stream:{name}"
             self.listeners.share_counts(self.redis, f"{base}:listeners")
+            self.access.share_failures(self.redis, f"{base}:source-failures")
             # The API reads now-playing from this hash (docs/api.md, Redis contract).
             self.announcer.on_redis(self.redis, f"veza:{settings.platform}:channel:{name}:now_playing")
         # Without Redis a single replica encodes on its own.
