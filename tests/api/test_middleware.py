@@ -135,3 +135,17 @@ async def test_concurrent_refreshes_of_one_token_let_exactly_one_through(client:
     winner = next(r for r in replies if r.status == 200)
     assert (await client.as_user(winner.body["access_token"]).get("/api/v1/me")).status == 401
     assert uuid.UUID(winner.body["user_id"])
+
+
+async def test_metrics_and_readiness_are_not_published_through_the_front_door(api_server: ApiServer) -> None:
+    """The platform's `/` route sends everything to the API: through it (the proxy adds
+    X-Forwarded-For) /metrics and /readyz answer 404; the kubelet and Prometheus, which reach the
+    pod directly, still get them."""
+    base, session = api_server.client.base, api_server.client.session
+    for path in ("/metrics", "/readyz"):
+        async with session.get(base + path, headers={"X-Forwarded-For": "198.51.100.4"}) as resp:
+            assert resp.status == 404, path
+        async with session.get(base + path) as resp:
+            assert resp.status == 200, path
+    async with session.get(base + "/healthz", headers={"X-Forwarded-For": "198.51.100.4"}) as resp:
+        assert resp.status == 200

@@ -34,6 +34,10 @@ async def test_register_login_and_api_through_the_front_door(platform: Platform)
         # Another host is not the platform: the front door has no route for it.
         async with session.get(platform.url("/api/v1/rooms"), headers={"Host": "other.example.com"}) as r:
             assert r.status == 404
+        # The API's metrics and readiness details are for Prometheus and the kubelet, not the public.
+        for path in ("/metrics", "/readyz"):
+            async with session.get(platform.url(path), headers=platform.headers) as r:
+                assert r.status == 404, path
 
 
 async def test_chat_across_two_replicas(platform: Platform) -> None:

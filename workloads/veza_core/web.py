@@ -144,7 +144,16 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _internal(request: web.Request) -> None:
+    """Readiness details and metrics are for the kubelet and Prometheus, which reach the pod
+    directly; through the front door (which adds X-Forwarded-For) the API's `/` route would
+    publish them to anyone."""
+    if "X-Forwarded-For" in request.headers:
+        raise HttpError(404, "not_found", "not found")
+
+
 async def readyz(request: web.Request) -> web.Response:
+    _internal(request)
     if request.app[DRAINING].is_set():
         return web.json_response({"status": "draining"}, status=503)
     component = request.app[COMPONENT]
@@ -161,6 +170,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    _internal(request)
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
