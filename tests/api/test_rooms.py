@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 
+import aiohttp
+import pytest
 import redis.asyncio as aioredis
 
-from tests.support.api import PASSWORD, ApiServer, Client
-from veza_local.services import RedisService
+from tests.support.api import ISSUER, PASSWORD, ApiServer, Client
+from tests.support.chat import Chat, ChatClient
+from veza_core.auth import TokenIssuer
+from veza_core.keys import KeySet, generate_signing_key
+from veza_local.services import NatsService, RedisService
 
 
 def _name() -> str:
@@ -142,3 +149,46 @@ async def test_admin_manages_platform_roles_and_disables_users(client: Client, a
     assert login.status == 401
     assert (await admin.patch(f"/api/v1/admin/users/{uuid.uuid4()}", {"disabled": True})).status == 404
     assert (await admin.patch("/api/v1/admin/users/not-a-uuid", {"disabled": True})).status == 404
+
+
+async def test_a_ban_through_the_api_is_enforced_by_the_chat_workers(
+        client: Client, admin: Client, api_server: ApiServer, nats: NatsService, redis: RedisService,
+        tmp_path: Path) -> None:
+    """A moderator bans over REST; the member's open socket on a real chat worker (same database, the
+    API's keys) is closed with 4003 and the member cannot come back. Bans made through the API were
+    written where no worker looked: a banned user kept posting."""
+    chat = Chat(tmp_path, api_server.keys_dir, TokenIssuer(KeySet.from_private_keys([generate_signing_key()]),
+                                                          issuer=ISSUER),
+                {"VEZA_DATABASE_URL": api_server.database_url, "VEZA_NATS_URL": nats.url,
+                 "VEZA_REDIS_URL": redis.url})
+    try:
+        moderator, member = [await client.register_and_login() for _ in range(2)]
+        await admin.put(f"/api/v1/admin/rooms/{chat.room}", {"title": "Room", "members": [
+            {"user": moderator["user_id"], "role": "moderator"}]})
+        reply = await client.as_user(member["access_token"]).post("/api/v1/auth/service-token",
+                                                                  {"audience": "veza-chat"})
+        assert reply.status == 200, reply.body
+        worker = await chat.worker()
+        socket = await chat.connect(worker, token=reply.body["token"])
+        await socket.send({"type": "send", "cid": "before", "text": "hello"})
+        await socket.expect("ack", cid="before")
+
+        ban = await client.as_user(moderator["access_token"]).post(
+            f"/api/v1/rooms/{chat.room}/moderation", {"action": "ban", "user_id": member["user_id"], "reason": "spam"})
+        assert ban.status == 201, ban.body
+        # Workers reload sanctions every ~10 s (and at once when a moderator acts over the WebSocket).
+        closed = await asyncio.wait_for(_closed(socket), timeout=30)
+        assert closed == 4003, closed
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await chat.connect(worker, token=reply.body["token"])
+        assert refused.value.status == 403
+    finally:
+        await chat.close()
+
+
+async def _closed(socket: ChatClient) -> int | None:
+    """Read the socket until the server closes it; its close code."""
+    while True:
+        message = await socket.ws.receive()
+        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            return socket.ws.close_code

@@ -1,7 +1,7 @@
 """Moderation actions on a room, taken by its moderators and owners (or admins).
 
-Decisions are stored in `room_moderation` and audited; the chat worker enforces
-them (it reads the table or the latest action per user). Nobody can act on a
+Decisions are logged in `room_moderation` and audited; the sanctions they put in force
+go to `chat_sanctions` (`services/sanctions.py`), which the chat workers enforce. Nobody can act on a
 member of equal or higher rank.
 """
 
@@ -15,7 +15,7 @@ from .bodies import Action
 from .context import API, client_ip
 from .errors import forbidden, not_found, parse_uuid, read_json
 from .rbac import is_platform_admin, require_room_role, resource_name, user_id
-from .services import audit
+from .services import audit, sanctions
 from .services.roles import ROOM_ROLES, room_role
 
 
@@ -41,6 +41,7 @@ async def moderate(request: web.Request) -> web.Response:
             "INSERT INTO room_moderation (room, user_id, action, reason, actor_id, until)"
             " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
             room, target, body.action, body.reason, user_id(actor), until)
+        await sanctions.apply(conn, room, target, body.action, until=until, reason=body.reason, by=user_id(actor))
         await audit.record(conn, "room.moderation", actor=actor.subject, subject=str(target), ip=client_ip(request),
                            room=room, action=body.action, reason=body.reason, until=until)
     return web.json_response({"id": row["id"], "room": room, "user_id": str(target), "action": body.action,

@@ -225,7 +225,12 @@ class ChatService:
 
     # -- sanctions ----------------------------------------------------------
     async def _load_sanctions(self) -> None:
+        """The sanctions in force, as stored by moderators here, on other replicas or through the
+        API; the sockets of a user banned meanwhile are closed."""
         self.sanctions = {(u, k): until for u, k, until in await self.store.sanctions()}
+        for user, kind in list(self.sanctions):
+            if kind == "ban" and self.sanctioned(user, "ban"):
+                self.close_sockets_of(user, p.CLOSE_BANNED, "ban")
 
     def sanctioned(self, user: str, kind: str) -> bool:
         key = (user, kind)
@@ -262,12 +267,14 @@ class ChatService:
         elif action in ("unmute", "unban"):
             self.sanctions.pop((user, action[2:]), None)
         if action in ("kick", "ban"):
-            code = p.CLOSE_BANNED if action == "ban" else p.CLOSE_KICKED
-            for c in list(self.room.clients):
-                if c.user == user and not c.closing:
-                    c.closing = True
-                    self.room.clients.discard(c)
-                    asyncio.get_running_loop().create_task(c.ws.close(code=code, message=action.encode()))
+            self.close_sockets_of(user, p.CLOSE_BANNED if action == "ban" else p.CLOSE_KICKED, action)
+
+    def close_sockets_of(self, user: str, code: int, reason: str) -> None:
+        for c in list(self.room.clients):
+            if c.user == user and not c.closing:
+                c.closing = True
+                self.room.clients.discard(c)
+                asyncio.get_running_loop().create_task(c.ws.close(code=code, message=reason.encode()))
 
     # -- presence -----------------------------------------------------------
     def room_full(self, user: str) -> bool:

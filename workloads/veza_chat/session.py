@@ -139,6 +139,11 @@ class Session:
         kind = frame["type"]
         if service.draining:
             raise p.FrameError(p.SHUTTING_DOWN, "the worker is restarting; resend on the next connection")
+        if service.sanctioned(client.user, "ban"):
+            # A ban learned from the database (REST, or another replica while NATS is down) may
+            # reach this socket after its close was decided: nothing more is accepted meanwhile.
+            service.close_sockets_of(client.user, p.CLOSE_BANNED, "ban")
+            raise p.FrameError(p.BANNED, "you are banned from this room")
         if service.sanctioned(client.user, "mute") and not (kind == "delete"):
             raise p.FrameError(p.MUTED, "you are muted in this room")
         text = frame.get("text")
