@@ -45,6 +45,15 @@ async def test_upload_probe_and_store(bucket: Any, start_worker: Any) -> None:
                 assert (await resp.json())["error"]["code"] == code
         async with session.post(url, params={"id": "t5"}, data=good) as resp:
             assert resp.status == 401
+        # A stored track is never replaced (the bucket is the platform's: another channel's
+        # broadcaster could overwrite any track by its id), and without an id the worker names it.
+        async with session.post(url, params={"id": "t660"}, data=sine(440, 1.0, "mp3"), headers=AUTH) as resp:
+            assert resp.status == 409 and (await resp.json())["error"]["code"] == "track_exists"
+        assert bucket.get_object(Bucket="veza-stream-tests", Key="tracks/t660/original")["Body"].read() == good
+        async with session.post(url, data=good, headers=AUTH) as resp:
+            assert resp.status == 201
+            named = (await resp.json())["id"]
+        assert len(named) == 32 and named != "t660"
         # Oversized: refused from Content-Length before the body is read.
         huge = b"\0" * (100 * 1024 * 1024 + 10)
         async with session.post(url, params={"id": "t6"}, data=huge, headers=AUTH) as resp:

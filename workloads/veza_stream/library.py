@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from veza_core.storage import ObjectStore
+from veza_core.web import HttpError
 
 from .probe import probe
 from .sources import decode
@@ -39,10 +40,15 @@ class TrackLibrary:
         self.renditions = renditions
 
     async def add(self, track_id: str, data: bytes, content_type: str) -> dict[str, Any]:
-        """Probe and store an upload (ProbeError if it is not usable audio): what was stored, what the probe found."""
+        """Probe and store an upload (ProbeError if it is not usable audio): what was stored, what the probe found.
+
+        A stored track is never replaced: the bucket is shared by the platform's channels, and a
+        broadcaster of one must not overwrite another's tracks (HttpError 409 `track_exists`)."""
+        prefix = f"tracks/{track_id}"
+        if await self.store.head(f"{prefix}/original") is not None:
+            raise HttpError(409, "track_exists", f"track {track_id!r} exists; upload under a new id")
         info = await asyncio.to_thread(probe, data)
         renditions = await asyncio.to_thread(transcode_file, data, self.renditions)
-        prefix = f"tracks/{track_id}"
         await self.store.put(f"{prefix}/original", data, content_type)
         codecs = {r.name: r.codec for r in self.renditions}
         stored = {}
