@@ -19,6 +19,8 @@ async def test_register_login_and_profile(client: Client, api_server: ApiServer)
 
     login = await client.post("/api/v1/auth/login", {"email": "ADA@example.org", "password": PASSWORD})
     assert login.status == 200 and login.body["token_type"] == "Bearer"
+    # Tokens must not be kept by any cache between the client and the API.
+    assert login.headers["Cache-Control"] == "no-store", login.headers
     # The access token is what the shared verifier expects: EdDSA, kid, issuer, audience veza-api.
     principal = TokenVerifier(KeySet(api_server.keys_dir), issuer=ISSUER, audience=AUDIENCE_API).verify(
         login.body["access_token"])

@@ -127,4 +127,16 @@ async def limit_user(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 # cors outermost, so error answers carry CORS headers too and browsers can read them.
-MIDDLEWARES = [cors, body_limit, limit_ip, authenticate, limit_user]
+@web.middleware
+async def no_store(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers under /auth/ carry tokens (access, refresh, service, the OIDC callback's): no cache,
+    shared or private, may keep them."""
+    response = await handler(request)
+    if request.path.startswith(AUTH_PREFIX):
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+    return response
+
+
+AUTH_PREFIX = "/api/v1/auth/"
+MIDDLEWARES = [cors, no_store, body_limit, limit_ip, authenticate, limit_user]
