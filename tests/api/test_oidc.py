@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from jwkest.jwk import RSAKey
+from pydantic import ValidationError
 from pyop.authz_state import AuthorizationState
 from pyop.exceptions import BearerTokenError, InvalidAuthenticationRequest, OAuthError
 from pyop.provider import Provider
@@ -34,6 +35,7 @@ from pyop.subject_identifier import HashBasedSubjectIdentifierFactory
 from pyop.userinfo import Userinfo
 
 from tests.support.api import ApiServer, Client, ServerFactory
+from veza_api.settings import ApiSettings
 from veza_local.services import free_port
 
 CLIENT_ID, CLIENT_SECRET = "veza", "s3cret-for-tests"
@@ -218,3 +220,11 @@ async def test_the_provider_enforces_pkce(provider_and_api: tuple[OpenIdProvider
 async def test_without_a_provider_oidc_is_not_found(client: Client) -> None:
     reply = await client.get("/api/v1/auth/oidc/login")
     assert reply.status == 404 and reply.body["error"]["code"] == "oidc_not_configured"
+
+
+def test_an_issuer_over_plain_http_is_refused_at_start() -> None:
+    """Discovery, keys and the code exchange come from the issuer: over HTTP anyone on the path could
+    sign users in. The API refuses the configuration (`veza api` exits with "invalid configuration")."""
+    with pytest.raises(ValidationError, match="https"):
+        ApiSettings.from_env({"VEZA_OIDC_ISSUER": "http://idp.example.com", "VEZA_OIDC_CLIENT_ID": "veza"})
+    assert ApiSettings.from_env({"VEZA_OIDC_ISSUER": "https://idp.example.com"}).oidc_issuer == "https://idp.example.com"

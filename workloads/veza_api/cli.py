@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from veza_core.logs import configure_logging
 from veza_core.web import run as serve
@@ -17,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = ApiSettings.from_env()  # the only read of the environment; passed down from here
+    try:
+        settings = ApiSettings.from_env()  # the only read of the environment; passed down from here
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        print(f"veza api: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     assert isinstance(settings, ApiSettings)  # from_env builds the class it is called on
     configure_logging("api", settings.log_level)
     app = create_api_app(settings)

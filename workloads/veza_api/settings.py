@@ -6,7 +6,9 @@ Read from the same `VEZA_<FIELD>` environment variables as every worker
 
 from __future__ import annotations
 
-from pydantic import Field
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
 
 from veza_core.config import Settings
 
@@ -63,6 +65,15 @@ class ApiSettings(Settings):
     oidc_redirect_url: str | None = Field(None, description="default: public_url + /api/v1/auth/oidc/callback")
     oidc_scopes: str = "openid email profile"
     oidc_ca_file: str | None = Field(None, description="CA bundle for a provider with a private CA")
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer_over_https(cls, value: str | None) -> str | None:
+        # Discovery, keys and the code exchange all come from the issuer: over plain HTTP anyone on
+        # the path could hand out keys and sign users in as anyone.
+        if value and urlsplit(value).scheme != "https":
+            raise ValueError("the OIDC issuer must be an https:// URL")
+        return value
 
     @property
     def cors_origin_set(self) -> frozenset[str]:
