@@ -192,3 +192,22 @@ async def _closed(socket: ChatClient) -> int | None:
         message = await socket.ws.receive()
         if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
             return socket.ws.close_code
+
+
+async def test_room_management_does_not_tell_strangers_which_rooms_exist(client: Client, admin: Client) -> None:
+    """401 for anyone anonymous and 403 for a stranger, whether or not the room exists: a 404 before
+    the check listed private room names to whoever asked."""
+    private = _name()
+    owner, stranger = [await client.register_and_login() for _ in range(2)]
+    await admin.put(f"/api/v1/admin/rooms/{private}", {"title": "Hidden", "visibility": "private", "members": [
+        {"user": owner["user_id"], "role": "owner"}]})
+    as_stranger = client.as_user(stranger["access_token"])
+    for room in (private, _name()):
+        member = f"/api/v1/rooms/{room}/members/{stranger['user_id']}"
+        assert (await client.put(member, {"role": "member"})).status == 401, room
+        assert (await as_stranger.put(member, {"role": "member"})).status == 403, room
+        assert (await as_stranger.delete(member)).status == 403, room
+        moderation = f"/api/v1/rooms/{room}/moderation"
+        assert (await as_stranger.post(moderation, {"action": "ban", "user_id": owner["user_id"]})).status == 403
+    assert (await admin.put(f"/api/v1/rooms/{_name()}/members/{stranger['user_id']}",
+                            {"role": "member"})).status == 404, "an admin still learns that a room is missing"

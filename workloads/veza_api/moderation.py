@@ -26,9 +26,9 @@ def _rank(role: str | None) -> int:
 async def moderate(request: web.Request) -> web.Response:
     room = resource_name(request, "room")
     ctx = request.app[API]
+    actor = await require_room_role(request, room, "moderator")  # before the 404: room names stay private
     if not await ctx.pool.fetchval("SELECT 1 FROM rooms WHERE name = $1", room):
         raise not_found("room")
-    actor = await require_room_role(request, room, "moderator")
     body = await read_json(request, Action)
     target = parse_uuid(body.user_id, "user")
     if not await is_platform_admin(request, actor):

@@ -225,13 +225,16 @@ def member_role(kind: str, grant: bool) -> Any:
         """
         name = resource_name(request, kind)
         ctx = request.app[API]
-        await _require_exists(ctx, kind, name)
-        role = (await read_json(request, RoleGrant)).role if grant else None
-        target = request.match_info["user_id"]
+        # Who may act comes first: answering 404 before 401/403 would tell anyone which private
+        # rooms exist.
         if kind == "channel":
             actor = await require_admin(request)
         else:
             actor = await require_room_role(request, name, "moderator")
+        await _require_exists(ctx, kind, name)
+        role = (await read_json(request, RoleGrant)).role if grant else None
+        target = request.match_info["user_id"]
+        if kind == "room":
             mine = await room_role(ctx.pool, name, user_id(actor))
             if not at_least(mine, "owner", ROOM_ROLES) and not await is_platform_admin(request, actor):
                 theirs = await room_role(ctx.pool, name, parse_uuid(target, "user"))
