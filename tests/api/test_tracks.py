@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import io
 import math
+import wave
+from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from tests.support.api import ApiServer, Client, ServerFactory
+from veza_api.tracks import ProbeError, probe
 from veza_core.storage import ObjectStore
+from veza_stream.probe import ProbeError as StreamProbeError
+from veza_stream.probe import probe as stream_probe
 
 
 def tone(fmt: str, codec: str, seconds: float = 1.0, rate: int = 44100) -> bytes:
@@ -98,3 +104,25 @@ async def test_bad_uploads_are_refused(client: Client, admin: Client, make_api: 
     async with root.session.post(root.base + "/api/v1/tracks", params={"title": "chunked"}, data=stream(),
                                  headers={"Authorization": f"Bearer {root.token}"}) as resp:
         assert resp.status == 413
+
+
+def test_an_upload_naming_other_files_is_refused(tmp_path: Path) -> None:
+    """An ffconcat "audio file" makes libavformat read the files it names (here a neighbour in the
+    upload directory): only the demuxers of accepted containers may probe an upload."""
+    neighbour = tmp_path / "someone-elses.wav"
+    with wave.open(str(neighbour), "wb") as out:  # one second of a 440 Hz tone, 16-bit mono
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"".join(int(8000 * math.sin(2 * math.pi * 440 * i / 8000)).to_bytes(2, "little", signed=True)
+                                 for i in range(8000)))
+    upload = tmp_path / "upload"
+    upload.write_text(f"ffconcat version 1.0\nfile {neighbour.name}\n")
+    with pytest.raises(ProbeError) as refused:
+        probe(str(upload))
+    # Refused when opened, before any demuxer reads the neighbour (the concat demuxer used to read
+    # and decode it, and the upload fell only on its missing duration).
+    assert (refused.value.status, refused.value.message) == (422, "the file is not readable audio")
+    assert probe(str(neighbour)).container == "wav"  # the same audio, uploaded itself, is fine
+    with pytest.raises(StreamProbeError):
+        stream_probe(upload.read_bytes())

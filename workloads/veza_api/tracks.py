@@ -19,6 +19,7 @@ import asyncpg
 import av
 from aiohttp import web
 
+from veza_core.media import UNTRUSTED_AUDIO
 from veza_core.web import HttpError
 
 from .context import API, client_ip
@@ -55,7 +56,7 @@ class Probe:
 def probe(path: str) -> Probe:
     """What the file holds; raises ProbeError for anything we would not stream."""
     try:
-        with av.open(path, metadata_errors="ignore") as container:
+        with av.open(path, metadata_errors="ignore", container_options=UNTRUSTED_AUDIO) as container:
             audio = next((s for s in container.streams if s.type == "audio"), None)
             if audio is None:
                 raise ProbeError(415, "unsupported_media", "the file holds no audio stream")

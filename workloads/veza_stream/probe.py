@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import av
 
+from veza_core.media import UNTRUSTED_AUDIO
 from veza_core.web import HttpError
 
 from .lame import frame_length
@@ -48,8 +49,8 @@ def probe(data: bytes, *, max_bytes: int = MAX_TRACK_BYTES, max_seconds: float =
     if not data:
         raise ProbeError(400, "track_empty", "the upload is empty")
     try:
-        container = av.open(io.BytesIO(data), "r")
-    except (av.error.FFmpegError, ValueError) as exc:
+        container = av.open(io.BytesIO(data), "r", container_options=UNTRUSTED_AUDIO)
+    except (av.error.FFmpegError, ValueError) as exc:  # a demuxer outside the allow-list too
         raise ProbeError(422, "track_unreadable", "not an audio file we can read") from exc
     with container:
         if container.format.name not in SUPPORTED_CONTAINERS or not container.streams.audio:
