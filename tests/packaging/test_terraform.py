@@ -121,3 +121,18 @@ def test_checkov_terraform_is_clean(checkov_reports: dict[str, dict[str, Any]]) 
     assert report["summary"]["resource_count"] >= 50
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
     assert skipped == {"CKV_AWS_111", "CKV_AWS_356", "CKV_AWS_109", "CKV2_AWS_62", "CKV_AWS_144"}, skipped
+
+
+def test_nodes_keep_pods_away_from_instance_metadata() -> None:
+    """IMDSv2 only, hop limit 1: a pod (a compromised worker decoding untrusted audio) cannot fetch
+    the node's IAM credentials from 169.254.169.254."""
+    with (TERRAFORM / "modules" / "eks" / "main.tf").open() as f:
+        parsed = hcl2.load(f)
+    resources = {(unquote(t), unquote(n)): b for r in parsed["resource"] for t, named in r.items()
+                 for n, b in named.items()}
+    template = resources[("aws_launch_template", "node")]
+    metadata = template["metadata_options"][0]
+    assert unquote(metadata["http_tokens"]) == "required"
+    assert int(metadata["http_put_response_hop_limit"]) == 1
+    group = resources[("aws_eks_node_group", "default")]
+    assert "aws_launch_template.node.id" in unquote(group["launch_template"][0]["id"])
