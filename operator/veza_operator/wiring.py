@@ -99,6 +99,10 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
             env["VEZA_OIDC_CLIENT_ID"] = spec.auth.oidc.clientID
             ref = spec.auth.oidc.clientSecretRef
             env["VEZA_OIDC_CLIENT_SECRET"] = SecretValue(ref.name, ref.key)
+    if component == "chat":
+        # The schema is changed by the migration Job (or `veza up`'s migration step) only: a worker
+        # that may alter it holds more privilege than serving a room needs.
+        env["VEZA_CHAT_MIGRATE"] = "0"
     password_ref = ((resource_spec or {}).get("source") or {}).get("passwordSecretRef")
     if component == "stream" and password_ref:
         env["VEZA_SOURCE_PASSWORD"] = SecretValue(password_ref["name"], password_ref["key"])

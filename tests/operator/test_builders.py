@@ -118,6 +118,13 @@ def test_api_environment_uses_the_names_the_api_reads() -> None:
     assert settings.database_url == "postgresql://x" and settings.jwt_issuer == "http://veza.test"
 
 
+def test_chat_workers_never_migrate_the_schema() -> None:
+    """Migrations run in the migration Job (or `veza up`'s step) only."""
+    assert worker_env("demo", "ns", PLATFORM, "chat", "general", {"platformRef": {"name": "demo"}}
+                      )["VEZA_CHAT_MIGRATE"] == "0"
+    assert "VEZA_CHAT_MIGRATE" not in worker_env("demo", "ns", PLATFORM, "api")
+
+
 def test_live_source_password_comes_from_its_secret() -> None:
     raw = {"platformRef": {"name": "demo"},
            "source": {"type": "live", "passwordSecretRef": {"name": "radio-source", "key": "password"}}}
