@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.chat import ISSUER, Chat, ChatClient
+from tests.support.chat import FAST_SPEC, ISSUER, Chat, ChatClient
 from tests.support.waiting import wait_for
 
 
@@ -186,6 +186,35 @@ async def test_moderation_mute_kick_ban_across_workers(chat: Chat) -> None:
 
     again = await wait_for(admitted_on_b, timeout=5, message="troll admitted on b after the unban")
     assert again.welcome["user"]["id"] == "troll"
+
+
+async def test_moderators_cannot_act_above_their_rank_nor_edit_others(chat: Chat) -> None:
+    """The REST rules, over the WebSocket too: a moderator could ban the room's owner or an admin,
+    and rewrite anyone's words."""
+    a = await chat.worker({"members": [{"user": "olga", "role": "owner"}], **FAST_SPEC})
+    mod = await chat.connect(a, "mia", res={f"room/{chat.room}": "moderator"})
+    other_mod = await chat.connect(a, "max", res={f"room/{chat.room}": "moderator"})
+    admin = await chat.connect(a, "root", roles=["admin"])
+    writer = await chat.connect(a, "wes")
+    for target in ("olga", "max", "root"):  # the owner offline (the spec says so), a peer, an admin online
+        await mod.send({"type": "moderate", "action": "ban", "user": target})
+        assert (await mod.expect("error"))["code"] == "forbidden", target
+    await other_mod.send({"type": "moderate", "action": "mute", "user": "mia", "seconds": 60})
+    assert (await other_mod.expect("error"))["code"] == "forbidden"
+
+    await writer.send({"type": "send", "cid": "w1", "text": "my words"})
+    seq = (await writer.expect("ack", cid="w1"))["seq"]
+    await mod.send({"type": "edit", "cid": "e1", "seq": seq, "text": "someone else's words"})
+    assert (await mod.expect("error", cid="e1"))["code"] == "forbidden"
+    await mod.send({"type": "delete", "cid": "d1", "seq": seq})
+    await mod.expect("ack", cid="d1")  # removing is a moderator's job
+
+    # Down the ranks it works, and an admin can be neither banned nor refused for a ban.
+    await admin.send({"type": "moderate", "action": "mute", "user": "mia", "seconds": 60})
+    await mod.expect("moderation", action="mute", user="mia")
+    await mod.send({"type": "moderate", "action": "ban", "user": "wes"})
+    await _closed(writer)
+    assert writer.ws.close_code == 4003
 
 
 async def _closed(client: ChatClient) -> None:

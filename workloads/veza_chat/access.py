@@ -27,12 +27,20 @@ def authorize(token: str | None, verifier: TokenVerifier, room: str, spec: RoomS
         raise HttpError(401, exc.code, exc.message) from None
     if not token_allows_room(principal, room):
         raise HttpError(403, "token_room", "the token is for another room")
-    if banned(principal.subject):
+    if banned(principal.subject) and not principal.is_admin:  # nobody in a room outranks an admin
         raise HttpError(403, p.BANNED, "you are banned from this room")
     role = room_role(principal, room, spec)
     if role is None:
         raise HttpError(403, p.NOT_MEMBER, "this room is private")
     return principal, role
+
+
+RANKS = ("member", "moderator", "owner", "admin")
+
+
+def rank(role: str | None) -> int:
+    """A role's rank in a room (a stranger and a plain member rank lowest)."""
+    return RANKS.index(role) if role in RANKS else 0
 
 
 def token_allows_room(principal: Principal, room: str) -> bool:

@@ -269,6 +269,14 @@ class ChatService:
         if action in ("kick", "ban"):
             self.close_sockets_of(user, p.CLOSE_BANNED if action == "ban" else p.CLOSE_KICKED, action)
 
+    def rank_of(self, user: str) -> str | None:
+        """The highest role this replica knows `user` to hold here: the spec's member list, and
+        the roles the tokens of their open sockets carry (a role only a token grants is unknown
+        while its holder is away)."""
+        roles = [self.spec.member_role(user), *(c.role for c in self.room.clients if c.user == user)]
+        known = [r for r in roles if r]
+        return max(known, key=access.rank) if known else None
+
     def close_sockets_of(self, user: str, code: int, reason: str) -> None:
         for c in list(self.room.clients):
             if c.user == user and not c.closing:

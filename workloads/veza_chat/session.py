@@ -11,18 +11,21 @@ the socket stays open.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
 
 from aiohttp import WSMsgType
 
-from . import metrics
+from . import access, metrics
 from . import protocol as p
 from .room import Client
 from .service import ChatService
 from .spec import RoomSpec
 from .store import Op, StoreUnavailable
+
+log = logging.getLogger("veza.chat")
 
 MENTION = re.compile(r"(?<!\w)@\w+")
 MAX_INFLIGHT_PER_SOCKET = 256
@@ -166,7 +169,10 @@ class Session:
         target = await service.store.event(frame["seq"])
         if target is None or target["kind"] != "message" or target.get("deleted"):
             raise p.FrameError(p.NOT_FOUND, "no such message")
-        if kind in ("edit", "delete") and target["author"]["id"] != client.user and not client.is_moderator:
+        # Moderators remove what others wrote; words are changed only by whoever wrote them.
+        if kind == "edit" and target["author"]["id"] != client.user:
+            raise p.FrameError(p.FORBIDDEN, "only the author may edit a message")
+        if kind == "delete" and target["author"]["id"] != client.user and not client.is_moderator:
             raise p.FrameError(p.FORBIDDEN, "only the author or a moderator may do that")
         if kind == "edit":
             return Op("edit", client.user, client.name, frame["cid"], body=text, target=frame["seq"])
@@ -214,6 +220,14 @@ class Session:
             if not client.is_moderator:
                 await self.error(p.FORBIDDEN, "moderators only")
                 return
+            # As over REST: nobody acts on someone of equal or higher rank (a moderator on the owner,
+            # anyone on an admin).
+            if access.rank(service.rank_of(frame["user"])) >= access.rank(client.role):
+                await self.error(p.FORBIDDEN, "you cannot moderate someone of your rank or above")
+                return
+            log.info("moderation", extra={"room": service.room_name, "action": frame["action"],
+                                          "user": frame["user"], "by": client.user, "by_role": client.role,
+                                          "seconds": frame.get("seconds"), "reason": frame.get("reason")})
             await service.moderate(frame["action"], frame["user"], by=client.user, seconds=frame.get("seconds"),
                                    reason=frame.get("reason"))
 
