@@ -54,6 +54,12 @@ def test_malformed_json_is_bad_json(raw: str) -> None:
     assert code_of(raw) == p.BAD_JSON
 
 
+def test_a_moderation_action_of_another_type_is_bad_frame() -> None:
+    # Found by tests/fuzz: an object as the action raised TypeError (unhashable), not FrameError.
+    for action in ({"a": 1}, ["ban"], 5, None):
+        assert code_of(json.dumps({"type": "moderate", "action": action, "user": "u"})) == p.BAD_FRAME
+
+
 def test_deep_nesting_is_bad_json_not_a_crash() -> None:
     assert code_of("[" * 100_000 + "]" * 100_000) == p.BAD_JSON
     assert code_of('{"type": "send", "cid": "c", "text": ' + "{\"a\": " * 5000 + "1" + "}" * 5001) == p.BAD_JSON

@@ -128,7 +128,8 @@ def parse_client_frame(raw: str) -> dict[str, Any]:
         _int(frame, "after", required=False, minimum=0)
         _int(frame, "limit", required=False, minimum=1, maximum=MAX_HISTORY)
     elif kind == "moderate":
-        if frame.get("action") not in MODERATION_ACTIONS:
+        action = frame.get("action")
+        if not isinstance(action, str) or action not in MODERATION_ACTIONS:  # a dict is unhashable: TypeError
             raise FrameError(BAD_FRAME, "'action' is one of " + ", ".join(sorted(MODERATION_ACTIONS)))
         _str(frame, "user", MAX_USER)
         _int(frame, "seconds", required=False, minimum=1, maximum=10 * 365 * 86400)
