@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -215,6 +216,18 @@ async def test_moderators_cannot_act_above_their_rank_nor_edit_others(chat: Chat
     await mod.send({"type": "moderate", "action": "ban", "user": "wes"})
     await _closed(writer)
     assert writer.ws.close_code == 4003
+
+
+async def test_a_socket_closes_when_its_token_expires(chat: Chat) -> None:
+    """A token let a socket in for as long as it stayed open: an expired session kept listening."""
+    a = await chat.worker()
+    short = await chat.connect(a, "sam", token=chat.token("sam", ttl=2))
+    lasting = await chat.connect(a, "lea")
+    started = time.monotonic()
+    await asyncio.wait_for(_closed(short), timeout=10)
+    assert short.ws.close_code == 4004 and time.monotonic() - started < 5
+    await lasting.send({"type": "send", "cid": "still", "text": "here"})
+    await lasting.expect("ack", cid="still")
 
 
 async def _closed(client: ChatClient) -> None:

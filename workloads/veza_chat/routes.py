@@ -3,6 +3,9 @@ the token, parse the query, and hand over to the service (REST) or to a session 
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiohttp import web
 
 from veza_core.auth import token_from_request
@@ -67,7 +70,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=(p.PROTOCOL,), heartbeat=30.0, compress=False, autoping=True,
                                max_msg_size=service.spec.limits.max_message_bytes * 6 + 4096)
     await ws.prepare(request)
-    await Session(service, Client(ws, request, principal.subject, principal.name, role)).run(after)
+    client = Client(ws, request, principal.subject, principal.name, role)
+    # The token let this socket in until it expires, not for as long as it stays open.
+    exp = principal.claims.get("exp")
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, float(exp) - time.time()), service.close_socket, client, p.CLOSE_TOKEN_EXPIRED, "token expired",
+    ) if isinstance(exp, int | float) else None
+    try:
+        await Session(service, client).run(after)
+    finally:
+        if expiry is not None:
+            expiry.cancel()
     return ws
 
 

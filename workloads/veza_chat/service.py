@@ -279,10 +279,14 @@ class ChatService:
 
     def close_sockets_of(self, user: str, code: int, reason: str) -> None:
         for c in list(self.room.clients):
-            if c.user == user and not c.closing:
-                c.closing = True
-                self.room.clients.discard(c)
-                asyncio.get_running_loop().create_task(c.ws.close(code=code, message=reason.encode()))
+            if c.user == user:
+                self.close_socket(c, code, reason)
+
+    def close_socket(self, client: Client, code: int, reason: str) -> None:
+        if not client.closing:
+            client.closing = True
+            self.room.clients.discard(client)
+            asyncio.get_running_loop().create_task(client.ws.close(code=code, message=reason.encode()))
 
     # -- presence -----------------------------------------------------------
     def room_full(self, user: str) -> bool:
