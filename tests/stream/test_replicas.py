@@ -16,7 +16,7 @@ from tests.support.stream import now_playing, open_stream, paced, read_body
 from tests.support.waiting import wait_for
 from veza_local.services import RedisService
 
-PASSWORD = "relay-me"
+PASSWORD = "relay-me-please"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"source:{PASSWORD}".encode()).decode()}
 
 

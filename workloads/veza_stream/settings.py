@@ -21,6 +21,9 @@ UNPREFIXED = {"pod_ip": "POD_IP", "aws_access_key_id": "AWS_ACCESS_KEY_ID",
               "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY"}
 
 
+MIN_SOURCE_PASSWORD = 12
+
+
 class StreamSettings(Settings):
     component: str = "stream"
 
@@ -44,6 +47,15 @@ class StreamSettings(Settings):
     pod_ip: str | None = None
     aws_access_key_id: str | None = Field(None, repr=False)
     aws_secret_access_key: str | None = Field(None, repr=False)
+
+    @field_validator("source_password")
+    @classmethod
+    def _strong_enough(cls, value: str | None) -> str | None:
+        # Five guesses per address, then one a minute (access.py): at 12 characters or more a
+        # password is out of reach at that pace; a short one is not.
+        if value is not None and len(value) < MIN_SOURCE_PASSWORD:
+            raise ValueError(f"the source password must have at least {MIN_SOURCE_PASSWORD} characters")
+        return value
 
     @field_validator("stream_relay_max_backoff")
     @classmethod
