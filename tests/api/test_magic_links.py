@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import email
-import re
 import uuid
 from collections.abc import Iterator
-from email.message import Message
-from typing import Any
 
 import asyncpg
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.support.api import ApiServer, Client, ServerFactory
-from tests.support.waiting import wait_for
+from tests.support.api import ApiServer, Client, Inbox, ServerFactory
 from veza_local.services import free_port
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd calls this hook by name
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-    def latest_link(self, address: str) -> str | None:
-        for message in reversed(self.messages):
-            if message["To"] == address:
-                body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
-                found = re.search(r"token=([A-Za-z0-9_\-]+)", body)
-                assert found, body
-                return found.group(1)
-        return None
-
-    async def link_for(self, address: str) -> str:
-        return await wait_for(lambda: self.latest_link(address), timeout=5, message=f"a mail for {address}")
 
 
 @pytest.fixture(scope="module")

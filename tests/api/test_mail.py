@@ -7,11 +7,9 @@ in the middle presenting a certificate the platform does not trust, or one for a
 from __future__ import annotations
 
 import datetime
-import email
 import ipaddress
 import ssl
 from collections.abc import Iterator
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +20,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.api import Inbox
 from tests.support.waiting import wait_for
 from veza_api.mail import Mailer, MailError
 from veza_api.settings import ApiSettings
 from veza_local.services import free_port
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd calls this hook by name
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
 
 
 def certificate(directory: Path, name: str) -> tuple[Path, Path]:

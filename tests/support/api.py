@@ -7,6 +7,7 @@ body matches its schema.
 
 from __future__ import annotations
 
+import email
 import functools
 import json
 import re
@@ -14,6 +15,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -21,6 +23,7 @@ from urllib.parse import unquote
 import aiohttp
 from jsonschema import Draft202012Validator
 
+from tests.support.waiting import wait_for
 from veza_api.openapi import document
 from veza_api.settings import ApiSettings
 from veza_core.keys import secret_data
@@ -143,3 +146,26 @@ def write_keys(directory: Path, keys: list[dict[str, Any]]) -> None:
         tmp = directory / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(directory / name)  # atomic, like a Secret volume's symlink swap
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every mail the API sends (magic links)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd calls this hook by name
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def latest_link(self, address: str) -> str | None:
+        for message in reversed(self.messages):
+            if message["To"] == address:
+                body = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
+                found = re.search(r"token=([A-Za-z0-9_\-]+)", body)
+                assert found, body
+                return found.group(1)
+        return None
+
+    async def link_for(self, address: str) -> str:
+        return await wait_for(lambda: self.latest_link(address), timeout=5, message=f"a mail for {address}")

@@ -9,10 +9,11 @@ package reads the environment.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from veza_core.config import Settings
 
@@ -22,6 +23,13 @@ UNPREFIXED = {"pod_ip": "POD_IP", "aws_access_key_id": "AWS_ACCESS_KEY_ID",
 
 
 MIN_SOURCE_PASSWORD = 12
+# Tuning values kept within what works (out-of-range values are brought back, not refused).
+CLAMPED: dict[str, tuple[float, float]] = {
+    "stream_relay_max_backoff": (0.1, math.inf),
+    "stream_recording_seconds": (1.0, 3600.0),
+    "stream_ll_hls_part": (0.0, math.inf),
+    "stream_write_interval": (0.02, 1.0),
+}
 
 
 class StreamSettings(Settings):
@@ -57,25 +65,11 @@ class StreamSettings(Settings):
             raise ValueError(f"the source password must have at least {MIN_SOURCE_PASSWORD} characters")
         return value
 
-    @field_validator("stream_relay_max_backoff")
+    @field_validator(*CLAMPED)
     @classmethod
-    def _backoff_floor(cls, value: float) -> float:
-        return max(value, 0.1)
-
-    @field_validator("stream_recording_seconds")
-    @classmethod
-    def _recording_bounds(cls, value: float) -> float:
-        return min(max(value, 1.0), 3600.0)
-
-    @field_validator("stream_ll_hls_part")
-    @classmethod
-    def _part_floor(cls, value: float) -> float:
-        return max(value, 0.0)
-
-    @field_validator("stream_write_interval")
-    @classmethod
-    def _write_bounds(cls, value: float) -> float:
-        return min(max(value, 0.02), 1.0)
+    def _clamp(cls, value: float, info: ValidationInfo) -> float:
+        low, high = CLAMPED[info.field_name or ""]
+        return min(max(value, low), high)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StreamSettings:
