@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import asyncpg
+from collections.abc import Callable
 
-from tests.support.api import ISSUER, PASSWORD, ApiServer, Client
+import asyncpg
+import redis.asyncio as aioredis
+
+from tests.support.api import ISSUER, PASSWORD, ApiServer, Client, ServerFactory
 from veza_core.auth import AUDIENCE_API, TokenVerifier
 from veza_core.keys import KeySet
+from veza_local.services import LocalService, RedisService
 
 
 async def test_register_login_and_profile(client: Client, api_server: ApiServer) -> None:
@@ -89,6 +93,26 @@ async def test_logout_ends_access_and_refresh(client: Client) -> None:
     # Other sessions of the same user are untouched.
     other = await client.post("/api/v1/auth/login", {"email": tokens["email"], "password": PASSWORD})
     assert (await client.as_user(other.body["access_token"]).get("/api/v1/me")).status == 200
+
+
+async def test_a_revocation_survives_redis_forgetting_it(make_api: ServerFactory,
+                                                          service_factory: Callable[[type[LocalService]], LocalService]
+                                                          ) -> None:
+    """Redis only caches revocations: flushed (an eviction, a restart), PostgreSQL still refuses the token."""
+    cache = service_factory(RedisService)
+    assert isinstance(cache, RedisService)
+    server = await make_api(redis_url=cache.url)
+    tokens = await server.client.register_and_login()
+    me = server.client.as_user(tokens["access_token"])
+    assert (await me.get("/api/v1/me")).status == 200  # an "active" answer is cached now
+    assert (await me.post("/api/v1/auth/logout")).status == 204
+    flusher = aioredis.from_url(cache.url)
+    try:
+        await flusher.flushall()
+    finally:
+        await flusher.aclose()
+    after = await me.get("/api/v1/me")
+    assert after.status == 401 and after.body["error"]["code"] == "token_revoked"
 
 
 async def test_audit_log_records_security_events(client: Client, admin: Client) -> None:

@@ -4,10 +4,16 @@ A login opens a session; its refresh tokens form a family. Each refresh token is
 opaque, used once, and stored only as its sha256. Presenting a token that was
 already used means someone holds a copy: the whole session is revoked.
 
-Access tokens carry the session id (claim `sid`). Revoking a session marks it in
-Redis for as long as an access token can live, so the auth middleware refuses
-its access tokens at once; if Redis is unreachable the middleware asks
-PostgreSQL instead (slower, same answer).
+Access tokens carry the session id (claim `sid`). PostgreSQL holds whether a
+session is revoked; Redis only caches that answer for the auth middleware:
+"revoked" for as long as an access token can live, "active" for
+`ACTIVE_CACHE_SECONDS`. A miss (eviction, a flush, a restart) asks PostgreSQL
+again, so a revoked token never works again because Redis forgot it. Revoking
+overwrites the cached answer, and a reader caches "active" only where no answer
+is cached (SET NX), so a read racing a revocation cannot hide it; only a
+revocation whose Redis write failed leaves an "active" answer standing, for at
+most `ACTIVE_CACHE_SECONDS`. If Redis is unreachable the middleware asks
+PostgreSQL directly (slower, same answer).
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from ..context import Api
+
+# How long an "active" answer may be served from Redis (the staleness bound when a revocation's Redis
+# write fails): short, since every miss costs one indexed PostgreSQL read.
+ACTIVE_CACHE_SECONDS = 10
+REVOKED, ACTIVE = b"revoked", b"active"
 
 
 def token_hash(token: str) -> bytes:
@@ -88,17 +99,27 @@ async def revoke_user_sessions(ctx: Api, user_id: uuid.UUID, why: str) -> None:
     await mark_revoked(ctx, [r["id"] for r in rows])
 
 
+def _state_key(ctx: Api, session_id: uuid.UUID) -> str:
+    return ctx.redis_key("session-state", str(session_id))
+
+
 async def mark_revoked(ctx: Api, session_ids: list[uuid.UUID]) -> None:
+    """Caches "revoked" for sessions PostgreSQL already says are revoked (overwriting "active")."""
     if not session_ids:
         return
     ttl = ctx.settings.access_ttl_seconds + 60  # an access token's life plus the verifier's leeway
     try:
         async with ctx.redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.set(ctx.redis_key("session-revoked", str(sid)), "1", ex=ttl)
+                pipe.set(_state_key(ctx, sid), REVOKED, ex=ttl)
             await pipe.execute()
     except (RedisError, OSError):
-        pass  # PostgreSQL holds the truth; the middleware falls back to it while Redis is away
+        pass  # PostgreSQL holds the truth; a cached "active" answer lapses within ACTIVE_CACHE_SECONDS
+
+
+async def _revoked_in_postgres(ctx: Api, sid: uuid.UUID) -> bool:
+    row = await ctx.pool.fetchrow("SELECT revoked_at FROM sessions WHERE id = $1", sid)
+    return row is None or row["revoked_at"] is not None
 
 
 async def is_revoked(ctx: Api, session_id: str) -> bool:
@@ -107,11 +128,19 @@ async def is_revoked(ctx: Api, session_id: str) -> bool:
     except ValueError:
         return True
 
-    async def from_redis() -> bool:
-        return bool(await ctx.redis.exists(ctx.redis_key("session-revoked", str(sid))))
+    async def cached() -> bool:
+        key = _state_key(ctx, sid)
+        state = await ctx.redis.get(key)
+        if state is not None:
+            return bool(state == REVOKED)
+        revoked = await _revoked_in_postgres(ctx, sid)
+        if revoked:
+            await ctx.redis.set(key, REVOKED, ex=ctx.settings.access_ttl_seconds + 60)
+        else:  # NX: a revocation written meanwhile wins over this older answer
+            await ctx.redis.set(key, ACTIVE, ex=ACTIVE_CACHE_SECONDS, nx=True)
+        return revoked
 
     async def from_postgres() -> bool:
-        row = await ctx.pool.fetchrow("SELECT revoked_at FROM sessions WHERE id = $1", sid)
-        return row is None or row["revoked_at"] is not None
+        return await _revoked_in_postgres(ctx, sid)
 
-    return await ctx.redis_breaker.call(from_redis, from_postgres)
+    return await ctx.redis_breaker.call(cached, from_postgres)
