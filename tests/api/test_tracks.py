@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
+import os
+import tracemalloc
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import av
 import numpy as np
 import pytest
 
-from tests.support.api import ApiServer, Client, ServerFactory
+from tests.support.api import PASSWORD, ApiServer, Client, ServerFactory
+from tests.support.waiting import wait_for
 from veza_api.tracks import ProbeError, probe
 from veza_core.storage import ObjectStore
 from veza_stream.probe import ProbeError as StreamProbeError
@@ -126,3 +132,59 @@ def test_an_upload_naming_other_files_is_refused(tmp_path: Path) -> None:
     assert probe(str(neighbour)).container == "wav"  # the same audio, uploaded itself, is fine
     with pytest.raises(StreamProbeError):
         stream_probe(upload.read_bytes())
+
+
+async def test_concurrent_uploads_are_bounded(client: Client, admin: Client, make_api: ServerFactory) -> None:
+    """Each upload holds a temporary file and its parts in memory: with no bound, enough slow uploads at
+    once exhausted the API's memory. Beyond `max_concurrent_uploads` an upload is refused at once."""
+    await _broadcaster(client, admin)  # the channel and the role live in the shared database
+    user = await client.register_and_login()
+    await admin.put(f"/api/v1/channels/uploads/members/{user['user_id']}", {"role": "broadcaster"})
+    server = await make_api(max_concurrent_uploads=1)
+    login = await server.client.post("/api/v1/auth/login", {"email": user["email"], "password": PASSWORD})
+    uploader = server.client.as_user(login.body["access_token"])
+    wav = tone("wav", "pcm_s16le", seconds=2.0)
+    finish = asyncio.Event()
+
+    async def slowly() -> AsyncIterator[bytes]:
+        yield wav[:4096]
+        await finish.wait()
+        yield wav[4096:]
+
+    url = f"{server.client.base}/api/v1/tracks?title=Slow"
+    headers = {"Authorization": f"Bearer {uploader.token}", "X-Forwarded-For": uploader.ip}
+    async with aiohttp.ClientSession() as http:
+        first = asyncio.ensure_future(http.post(url, data=slowly(), headers=headers))
+
+        async def slot_taken() -> bool:  # an empty body is refused as such (422) while a slot is free
+            return (await uploader.call("POST", "/api/v1/tracks", data=b"", title="Probe")).status == 503
+
+        await wait_for(slot_taken, timeout=10, message="the slow upload holds its slot")
+        busy = await uploader.call("POST", "/api/v1/tracks", data=wav, title="Second")
+        assert busy.status == 503 and busy.body["error"]["code"] == "uploads_busy", busy.body
+        assert busy.headers["Retry-After"] == "5"
+        finish.set()
+        async with await first as done:
+            assert done.status == 201, await done.text()
+    again = await uploader.call("POST", "/api/v1/tracks", data=wav, title="Second")
+    assert again.status == 201, again.body
+
+
+async def test_uploads_reach_s3_in_parts(api_server: ApiServer, tmp_path: Path) -> None:
+    """The stored file is sent in 8 MiB parts: what one upload holds stays bounded however large the
+    track (it read the whole file into memory, then sent it in one PUT)."""
+    s = api_server.settings
+    store = ObjectStore(s.s3_bucket, endpoint_url=s.s3_endpoint, region=s.s3_region)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(40 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        await store.put_file("tests/parts/big.bin", str(big), "application/octet-stream")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 1024 * 1024, f"uploading 40 MiB held {peak / 2**20:.1f} MiB"
+    head = await store.head("tests/parts/big.bin")
+    assert head is not None and head["ContentLength"] == 40 * 1024 * 1024
+    assert head["ETag"].strip('"').endswith("-5"), head["ETag"]  # a multipart upload of 5 parts
+    await store.delete("tests/parts/big.bin")

@@ -3,6 +3,10 @@ transcodes from (`tracks/{id}/original`), probed with PyAV on the way in.
 
 Only what PyAV can open, holding an audio stream in a codec we accept whose
 first frames decode, gets stored; everything else is refused with a 4xx.
+
+Memory stays bounded: the body goes to a temporary file, the probe decodes a few
+frames, S3 receives the file in parts; and at most `max_concurrent_uploads`
+uploads run at once per API process (others get 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncpg
 import av
 from aiohttp import web
 
+from veza_core.auth import Principal
 from veza_core.media import UNTRUSTED_AUDIO
 from veza_core.web import HttpError
 
@@ -32,6 +37,7 @@ ACCEPTED_CODECS = frozenset({"mp3", "mp3float", "aac", "opus", "libopus", "vorbi
 CONTENT_TYPES = {"mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav", "flac": "audio/flac",
                  "aac": "audio/aac", "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4", "matroska,webm": "audio/webm"}
 FRAMES_TO_DECODE = 50  # enough to catch a broken stream without decoding hours of audio
+UPLOADS = web.AppKey("veza_api_uploads", asyncio.Semaphore)  # uploads in progress, bounded per process
 
 
 class ProbeError(Exception):
@@ -108,6 +114,15 @@ async def upload(request: web.Request) -> web.Response:
     title = request.query.get("title", "").strip()
     if not 1 <= len(title) <= 200:
         raise HttpError(422, "invalid_title", "give the track a title of 1 to 200 characters (?title=)")
+    uploads = request.app[UPLOADS]
+    if uploads.locked():  # refuse at once rather than queue bodies the client is still sending
+        raise HttpError(503, "uploads_busy", "too many uploads in progress; retry shortly",
+                        headers={"Retry-After": "5"})
+    async with uploads:
+        return await _store_upload(request, who, title)
+
+
+async def _store_upload(request: web.Request, who: Principal, title: str) -> web.Response:
     ctx = request.app[API]
     limit = ctx.settings.max_track_bytes
     fd, path = tempfile.mkstemp(prefix="veza-track-")
@@ -129,10 +144,8 @@ async def upload(request: web.Request) -> web.Response:
             raise HttpError(422, "too_long", f"tracks are limited to {ctx.settings.max_track_seconds:.0f} s")
         track_id = uuid.uuid4()
         key = f"tracks/{track_id}/original"
-        with open(path, "rb") as f:  # noqa: ASYNC230 - a local temp file, read once
-            data = f.read()
-        await ctx.store.put(key, data, found.content_type, title=title.encode("ascii", "replace").decode(),
-                            codec=found.codec, duration=str(found.duration_s))
+        await ctx.store.put_file(key, path, found.content_type, title=title.encode("ascii", "replace").decode(),
+                                 codec=found.codec, duration=str(found.duration_s))
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
