@@ -76,6 +76,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     app = create_app("api", client_max_size=settings.max_body_bytes)
     app.middlewares.extend(MIDDLEWARES)
     add_routes(app)
+    app[tracks.UPLOADS] = asyncio.Semaphore(settings.max_concurrent_uploads)
     # The web client at `/` (the platform's Ingress sends `/` to the API); static files only.
     import veza_web
 

@@ -22,6 +22,7 @@ class ApiSettings(Settings):
     max_body_bytes: int = 64 * 1024
     max_track_bytes: int = 50 * 1024 * 1024
     max_track_seconds: float = 4 * 3600
+    max_concurrent_uploads: int = Field(2, ge=1, le=64)  # per process: each holds a temp file and ~16 MiB
 
     access_ttl_seconds: int = 900
     service_token_ttl_seconds: int = 300
