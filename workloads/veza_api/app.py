@@ -20,6 +20,7 @@ from veza_core.storage import ObjectStore
 from veza_core.web import add_readiness_check, create_app
 
 from . import accounts, audit, magiclinks, moderation, oidc, openapi, rooms, tokens, tracks, users
+from .bus import Publisher
 from .context import API, Api
 from .mail import Mailer
 from .middleware import MIDDLEWARES
@@ -101,8 +102,10 @@ def create_api_app(settings: ApiSettings) -> web.Application:
             store=ObjectStore(settings.s3_bucket, endpoint_url=settings.s3_endpoint, region=settings.s3_region),
             mailer=Mailer(settings),
             oidc=OidcClient(settings) if settings.oidc_issuer and settings.oidc_client_id else None,
+            publisher=Publisher(settings.nats_url, name=f"veza-api-{settings.platform}"),
         )
         app[API] = ctx
+        ctx.publisher.start()
         try:
             await asyncio.wait_for(ctx.store.ensure_bucket(), 10)
         except Exception as exc:  # S3 may come later; uploads fail until then, the rest works
@@ -120,6 +123,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         try:
             yield
         finally:
+            await ctx.publisher.close()
             await redis.aclose()
             await pool.close()
 

@@ -16,6 +16,7 @@ from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
 from veza_core.storage import ObjectStore
 
+from .bus import Publisher
 from .mail import Mailer
 from .oidc_client import OidcClient
 from .passwords import Passwords
@@ -36,6 +37,7 @@ class Api:
     store: ObjectStore
     mailer: Mailer
     oidc: OidcClient | None = None
+    publisher: Publisher = field(default_factory=lambda: Publisher(None))
     active_kid: str | None = field(default=None)
 
     def redis_key(self, *parts: str) -> str:

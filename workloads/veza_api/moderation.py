@@ -15,7 +15,7 @@ from .bodies import Action
 from .context import API, client_ip
 from .errors import forbidden, not_found, parse_uuid, read_json
 from .rbac import is_platform_admin, require_room_role, resource_name, user_id
-from .services import audit, sanctions
+from .services import audit, events, sanctions
 from .services.roles import ROOM_ROLES, room_role
 
 
@@ -44,6 +44,8 @@ async def moderate(request: web.Request) -> web.Response:
         await sanctions.apply(conn, room, target, body.action, until=until, reason=body.reason, by=user_id(actor))
         await audit.record(conn, "room.moderation", actor=actor.subject, subject=str(target), ip=client_ip(request),
                            room=room, action=body.action, reason=body.reason, until=until)
+    if body.action == "ban":  # whatever their stored role, a banned user is out of the room
+        await events.membership_changed(ctx, room, target, None)
     return web.json_response({"id": row["id"], "room": room, "user_id": str(target), "action": body.action,
                               "reason": body.reason, "until": until.isoformat() if until else None,
                               "created_at": row["created_at"].isoformat()}, status=201)

@@ -28,7 +28,7 @@ from .bodies import Declaration, RoleGrant
 from .context import API, Api, client_ip
 from .errors import forbidden, not_found, parse_uuid, read_json
 from .rbac import is_platform_admin, principal, require_admin, require_room_role, resource_name, user_id
-from .services import audit
+from .services import audit, events
 from .services.roles import CHANNEL_ROLES, ROOM_ROLES, at_least, channel_role, room_role
 
 KINDS = {"room": ("rooms", "room_roles", "room", ROOM_ROLES),
@@ -145,8 +145,8 @@ async def get_channel(request: web.Request) -> web.Response:
 
 
 async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Principal, kind: str, name: str,
-                    target: str, role: str | None) -> None:
-    """Grant, change or (role None) revoke one user's role on a room or channel, audited."""
+                    target: str, role: str | None) -> bool:
+    """Grant, change or (role None) revoke one user's role on a room or channel, audited; True if it changed."""
     _, roles_table, column, ladder = KINDS[kind]
     uid = parse_uuid(target, "user")
     if role is not None and role not in ladder:
@@ -154,7 +154,7 @@ async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Princ
     before = await conn.fetchval(
         f"SELECT role FROM {roles_table} WHERE {column} = $1 AND user_id = $2", name, uid)  # noqa: S608
     if before == role:
-        return
+        return False
     if role is None:
         await conn.execute(f"DELETE FROM {roles_table} WHERE {column} = $1 AND user_id = $2", name, uid)  # noqa: S608
     else:
@@ -168,6 +168,14 @@ async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Princ
     if role is not None:
         await audit.record(conn, "role.granted", actor=actor.subject, subject=str(uid), ip=client_ip(request),
                            scope=f"{kind}/{name}", role=role)
+    return True
+
+
+async def _announce(ctx: Api, kind: str, name: str, changes: dict[str, str | None]) -> None:
+    """Room role changes, once committed, for the chat workers (channels have no such subscriber)."""
+    if kind == "room":
+        for uid, role in changes.items():
+            await events.membership_changed(ctx, name, uid, role)
 
 
 def declare(kind: str) -> Any:
@@ -179,16 +187,19 @@ def declare(kind: str) -> Any:
         name = resource_name(request, kind)
         body = await read_json(request, Declaration)
         ctx = request.app[API]
+        changes: dict[str, str | None] = {}
         async with ctx.pool.acquire() as conn, conn.transaction():
             row = await directory.declare(conn, kind, name, body.title, body.visibility)  # type: ignore[arg-type]
             if body.members is not None:
                 wanted = {str(parse_uuid(m.user, "user")): m.role for m in body.members}
                 current = await conn.fetch(f"SELECT user_id FROM {roles_table} WHERE {column} = $1", name)  # noqa: S608
-                for r in current:
-                    if str(r["user_id"]) not in wanted:
-                        await _set_role(conn, request, admin, kind, name, str(r["user_id"]), None)
+                for gone in {str(r["user_id"]) for r in current} - wanted.keys():
+                    if await _set_role(conn, request, admin, kind, name, gone, None):
+                        changes[gone] = None
                 for uid, role in wanted.items():
-                    await _set_role(conn, request, admin, kind, name, uid, role)
+                    if await _set_role(conn, request, admin, kind, name, uid, role):
+                        changes[uid] = role
+        await _announce(ctx, kind, name, changes)
         return web.json_response(_json(row), status=201 if row["created"] else 200)
 
     return handler
@@ -241,7 +252,9 @@ def member_role(kind: str, grant: bool) -> Any:
                 if role not in (None, "member") or theirs not in (None, "member"):
                     raise forbidden("moderators manage plain members only")
         async with ctx.pool.acquire() as conn, conn.transaction():
-            await _set_role(conn, request, actor, kind, name, target, role)
+            changed = await _set_role(conn, request, actor, kind, name, target, role)
+        if changed:
+            await _announce(ctx, kind, name, {str(parse_uuid(target, "user")): role})
         return web.Response(status=204)
 
     return handler

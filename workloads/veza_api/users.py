@@ -82,5 +82,5 @@ async def patch_user(request: web.Request) -> web.Response:
             await audit.record(conn, "user.disabled" if disabled else "user.enabled", actor=admin.subject,
                                subject=str(target), ip=ip)
     if disabled and not before["disabled"]:
-        await revoke_user_sessions(ctx, target, "user disabled")
+        await revoke_user_sessions(ctx, target, "user disabled", "disabled")
     return web.json_response(user_json(row))

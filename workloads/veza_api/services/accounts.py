@@ -106,7 +106,7 @@ async def refresh(ctx: Api, refresh_token: str, ip: str) -> dict[str, Any]:
     assert result.user_id is not None  # a rotated token belongs to a session, which belongs to a user
     user = await find_by_id(ctx.pool, result.user_id)
     if user is None or user["disabled"]:
-        await revoke_session(ctx, result.session_id, "user disabled")
+        await revoke_session(ctx, result.session_id, "user disabled", "disabled")
         raise HttpError(401, "invalid_refresh_token", "the account is disabled")
     await audit.record(ctx.pool, "token.refresh", actor=actor, subject=subject, ip=ip)
     return await token_pair(ctx, user, result.session_id, result.refresh_token)
@@ -115,5 +115,5 @@ async def refresh(ctx: Api, refresh_token: str, ip: str) -> dict[str, Any]:
 async def logout(ctx: Api, who: Principal, ip: str) -> None:
     """Ends the session of the access token: its refresh tokens and access tokens stop working."""
     sid = uuid.UUID(str(who.claims["sid"]))  # the auth middleware accepts only tokens with a valid sid
-    await revoke_session(ctx, sid, "logout")
+    await revoke_session(ctx, sid, "logout", "logout")
     await audit.record(ctx.pool, "session.logout", actor=who.subject, subject=str(sid), ip=ip)

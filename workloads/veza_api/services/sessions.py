@@ -28,6 +28,7 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from ..context import Api
+from . import events
 
 # How long an "active" answer may be served from Redis (the staleness bound when a revocation's Redis
 # write fails): short, since every miss costs one indexed PostgreSQL read.
@@ -84,19 +85,24 @@ async def rotate(ctx: Api, token: str) -> Rotation:
             await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", token_hash(token))
             return Rotation("ok", sid, uid, await _new_refresh_token(conn, ctx, sid))
     await mark_revoked(ctx, [sid])
+    await events.session_revoked(ctx, uid, sid, "reused")
     return outcome
 
 
-async def revoke_session(ctx: Api, session_id: uuid.UUID, why: str) -> None:
-    await ctx.pool.execute("UPDATE sessions SET revoked_at = coalesce(revoked_at, now()), revoked_why = $2"
-                           " WHERE id = $1", session_id, why)
+async def revoke_session(ctx: Api, session_id: uuid.UUID, why: str, reason: str) -> None:
+    """Ends one session; `why` is kept in the database, `reason` is the event's stable code."""
+    user = await ctx.pool.fetchval("UPDATE sessions SET revoked_at = coalesce(revoked_at, now()), revoked_why = $2"
+                                   " WHERE id = $1 RETURNING user_id", session_id, why)
     await mark_revoked(ctx, [session_id])
+    if user is not None:
+        await events.session_revoked(ctx, user, session_id, reason)
 
 
-async def revoke_user_sessions(ctx: Api, user_id: uuid.UUID, why: str) -> None:
+async def revoke_user_sessions(ctx: Api, user_id: uuid.UUID, why: str, reason: str) -> None:
     rows = await ctx.pool.fetch("UPDATE sessions SET revoked_at = now(), revoked_why = $2"
                                 " WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id, why)
     await mark_revoked(ctx, [r["id"] for r in rows])
+    await events.session_revoked(ctx, user_id, None, reason)
 
 
 def _state_key(ctx: Api, session_id: uuid.UUID) -> str:

@@ -60,5 +60,7 @@ async def service_token(ctx: Api, who: Principal, audience: str) -> dict[str, An
     res = await resource_claims(ctx.pool, uid)
     await note_active_key(ctx)
     ttl = ctx.settings.service_token_ttl_seconds
-    token = ctx.issuer.issue(who.subject, audience=audience, ttl=ttl, name=who.name, roles=roles, res=res)
+    # The session lets the chat and stream workers close this token's sockets when the session ends.
+    session = {"sid": who.claims["sid"]} if isinstance(who.claims.get("sid"), str) else {}
+    token = ctx.issuer.issue(who.subject, audience=audience, ttl=ttl, name=who.name, roles=roles, res=res, **session)
     return {"token": token, "audience": audience, "expires_in": ttl}

@@ -1,0 +1,70 @@
+"""Events the API publishes on NATS for the chat and stream workers (session revocations, room
+membership changes), best effort: the API works without NATS, it only counts what it could not say.
+
+Built once from the settings and kept on the context; the connection is made in the background and
+retried until it succeeds, so a NATS that is down at start delays nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from nats.aio.client import Client
+from prometheus_client import Counter
+
+from veza_core import bus
+
+log = logging.getLogger("veza.api")
+
+PUBLISHED = Counter("veza_api_bus_published_total", "Events published on NATS", ["event"])
+PUBLISH_FAILURES = Counter("veza_api_bus_publish_failures_total",
+                           "Events not published because NATS was unset, unreachable or refused them", ["event"])
+
+
+class Publisher:
+    def __init__(self, url: str | None, *, name: str = "veza-api") -> None:
+        self.url = url
+        self.name = name
+        self.nc: Client | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.url:
+            self._connecting = asyncio.create_task(self._connect(), name="api-nats-connect")
+
+    async def _connect(self) -> None:
+        assert self.url is not None
+        while self.nc is None:
+            try:
+                self.nc = await bus.connect(self.url, name=self.name)
+            except Exception as exc:  # nats raises several unrelated types; retry whatever it was
+                log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+
+    async def publish(self, subject: str, event: str, payload: dict[str, Any]) -> bool:
+        """Send `payload` as JSON; False (logged and counted) when it could not be sent now."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return self._failed(event, subject, "not connected")
+        try:
+            await nc.publish(subject, json.dumps(payload, separators=(",", ":")).encode())
+        except Exception as exc:  # best effort: an event lost must never fail the request that caused it
+            return self._failed(event, subject, repr(exc))
+        PUBLISHED.labels(event).inc()
+        return True
+
+    def _failed(self, event: str, subject: str, why: str) -> bool:
+        PUBLISH_FAILURES.labels(event).inc()
+        log.warning("event not published", extra={"subject": subject, "error": why})
+        return False
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 2.0)
