@@ -8,6 +8,7 @@ no privilege escalation, all capabilities dropped, RuntimeDefault seccomp.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,8 @@ def container(w: Workload, *, serving: bool = True) -> dict[str, Any]:
         "volumeMounts": [
             {"name": "jwt-keys", "mountPath": wiring.JWT_KEYS_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir: the root fs is read-only
+            *({"name": name, "mountPath": directory, "readOnly": True}
+              for name, directory, _ in secret_file_volumes(w)),
         ],
     }
     if serving:
@@ -70,6 +73,18 @@ def container(w: Workload, *, serving: bool = True) -> dict[str, Any]:
         spec["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
                                  "failureThreshold": 3}
     return spec
+
+
+def secret_file_volumes(w: Workload) -> list[tuple[str, str, list[wiring.SecretFile]]]:
+    """The directories of the workload's secret files (`wiring.SecretFile`): (volume name, directory, files).
+
+    One projected volume per directory, so that files of several Secrets share it (a NATS .creds file
+    and the NATS CA); a Secret's update reaches the files (no subPath).
+    """
+    by_dir: dict[str, list[wiring.SecretFile]] = {}
+    for f in wiring.secret_files(w.env):
+        by_dir.setdefault(posixpath.dirname(f.path), []).append(f)
+    return [(f"secret-{posixpath.basename(d)}", d, files) for d, files in sorted(by_dir.items())]
 
 
 def pod_spec(w: Workload, *, serving: bool = True) -> dict[str, Any]:
@@ -86,6 +101,10 @@ def pod_spec(w: Workload, *, serving: bool = True) -> dict[str, Any]:
                 "secretName": w.keys_secret,
                 "items": [{"key": item, "path": item} for item in w.keys_items]}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+            # Readable by the workers' group (fsGroup) only.
+            *({"name": name, "projected": {"defaultMode": 0o440, "sources": [
+                {"secret": {"name": f.secret, "items": [{"key": f.key, "path": posixpath.basename(f.path)}]}}
+                for f in files]}} for name, _, files in secret_file_volumes(w)),
         ],
     }
 

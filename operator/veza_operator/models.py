@@ -42,9 +42,21 @@ class Model(BaseModel):
 # -- VezaPlatform ------------------------------------------------------------------
 
 
+class PostgresComponents(Model):
+    """A database URI per component, each for a role granted only what that component needs."""
+
+    api: SecretKeyRef | None = Field(None, description="Secret key holding the API's PostgreSQL URI.")
+    chat: SecretKeyRef | None = Field(None, description="Secret key holding the chat workers' PostgreSQL URI.")
+    stream: SecretKeyRef | None = Field(None, description="Secret key holding the stream workers' PostgreSQL URI.")
+
+
 class PostgresConnection(Model):
     uriSecretRef: SecretKeyRef = Field(
-        description="Secret key holding the PostgreSQL URI (postgresql://user:password@host:5432/db).")
+        description="Secret key holding the PostgreSQL URI (postgresql://user:password@host:5432/db) of the "
+                    "schema owner: the migration Job's, and every component's without its own URI.")
+    components: PostgresComponents = Field(
+        default_factory=PostgresComponents,
+        description="Optional per-component URIs (a role per component); a component without one uses uriSecretRef.")
 
 
 class RedisConnection(Model):
@@ -55,10 +67,26 @@ class RedisConnection(Model):
     urlSecretRef: SecretKeyRef | None = Field(None, description="Secret key holding a Redis URL with credentials.")
 
 
+class NatsUsers(Model):
+    """A NATS user per component (Secrets with keys `user` and `password`), each with its own subject permissions."""
+
+    api: LocalObjectRef | None = Field(None, description="Secret with the API's NATS user and password.")
+    chat: LocalObjectRef | None = Field(None, description="Secret with the chat workers' NATS user and password.")
+    stream: LocalObjectRef | None = Field(None, description="Secret with the stream workers' NATS user and password.")
+
+
+class NatsTLS(Model):
+    caSecretRef: SecretKeyRef | None = Field(None, description="Secret key holding the CA certificate (PEM) that "
+                                                                "signed the NATS servers' certificates.")
+
+
 class NatsConnection(Model):
     url: str = Field(description="NATS server URL(s), comma-separated, e.g. nats://nats:4222.",
                      pattern=r"^(nats|tls)://")
-    credentialsSecretRef: SecretKeyRef | None = Field(None, description="Secret key holding a NATS .creds file.")
+    credentialsSecretRef: SecretKeyRef | None = Field(
+        None, description="Secret key holding a NATS .creds file, mounted read-only into every worker.")
+    users: NatsUsers = Field(default_factory=NatsUsers, description="Optional NATS user per component.")
+    tls: NatsTLS = Field(default_factory=NatsTLS, description="TLS towards the NATS servers.")
 
 
 class S3Connection(Model):
@@ -109,7 +137,12 @@ class IngressSpec(Model):
     host: str = Field(description="Public host name of the platform, for its Ingresses and HTTPRoutes.",
                       min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     tls: IngressTLS | None = Field(None, description="Serve HTTPS with this Secret (the public URL is then https).")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations for every Ingress.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations for every Ingress (only "
+                                                                          "those the operator's settings allow).")
+    trustedProxies: int = Field(
+        1, ge=0, le=10, description="Proxies in front of the workers (the Ingress controller or Gateway, plus any "
+                                    "load balancer that adds X-Forwarded-For): how many entries from the end of "
+                                    "X-Forwarded-For the workers trust for the client's address.")
 
 
 class GatewayRef(Model):

@@ -94,7 +94,9 @@ def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str
     return manifests.Workload(
         owner=owner, name=name, component=component, args=[component], image=image or spec.image,
         replicas=replicas,
-        resources=spec.api.resources, env=wiring.worker_env(owner.name, owner.namespace, spec, API_COMPONENT),
+        resources=spec.api.resources,
+        # The migration Job connects as the schema owner; the API as its own role when it has one.
+        env=wiring.worker_env(owner.name, owner.namespace, spec, API_COMPONENT, schema_owner=component == "migrate"),
         selector=selector_labels(owner.name, component, owner.name),
         service_account=f"{owner.name}-api", keys_secret=wiring.keys_secret_name(owner.name, spec),
         keys_items=(jwt_keys.PUBLIC_KEYS_FILE, jwt_keys.SIGNING_KEYS_FILE),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from veza_core.specs import (
@@ -20,10 +21,14 @@ from veza_core.specs import (
     operator_only_fields,
 )
 
-from .models import VezaPlatformSpec
+from .models import LocalObjectRef, SecretKeyRef, VezaPlatformSpec
 
 JWT_KEYS_DIR = "/var/run/veza/jwt"
+NATS_DIR = "/var/run/veza/nats"
+NATS_CREDS_FILE = f"{NATS_DIR}/user.creds"
+NATS_CA_FILE = f"{NATS_DIR}/ca.crt"
 HTTP_PORT = 8080
+COMPONENTS = ("api", "chat", "stream")
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,20 @@ class SecretValue:
     key: str
 
 
-EnvValue = str | SecretValue
+@dataclass(frozen=True)
+class SecretFile:
+    """An environment value that is the path of a file holding a Secret's key (mounted read-only in pods).
+
+    For what a client library reads from a file (a NATS .creds file, a CA certificate), and so that
+    the value stays out of the process environment.
+    """
+
+    secret: str
+    key: str
+    path: str
+
+
+EnvValue = str | SecretValue | SecretFile
 
 
 def public_url(spec: VezaPlatformSpec) -> str:
@@ -60,10 +78,24 @@ def worker_spec(raw_spec: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (raw_spec or {}).items() if k not in OPERATOR_ONLY_FIELDS}
 
 
+def database_ref(spec: VezaPlatformSpec, component: str, *, schema_owner: bool = False) -> SecretValue:
+    """The component's own PostgreSQL URI when the platform names one, else the schema owner's."""
+    postgres = spec.connections.postgres
+    own: SecretKeyRef | None = None
+    if component in COMPONENTS and not schema_owner:
+        own = getattr(postgres.components, component)
+    ref = own or postgres.uriSecretRef
+    return SecretValue(ref.name, ref.key)
+
+
 def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component: str,
                resource_name: str | None = None, resource_spec: dict[str, Any] | None = None,
-               ) -> dict[str, EnvValue]:
-    """The environment of one worker: platform connections plus the room or channel it serves."""
+               *, schema_owner: bool = False) -> dict[str, EnvValue]:
+    """The environment of one worker: platform connections plus the room or channel it serves.
+
+    `schema_owner`: the migration Job's environment, with the URI of the role that owns the schema
+    (`uriSecretRef`) whatever the component's own URI.
+    """
     conn = spec.connections
     env: dict[str, EnvValue] = {
         "VEZA_PLATFORM": platform,
@@ -73,11 +105,24 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
         "VEZA_PUBLIC_URL": public_url(spec),
         "VEZA_JWT_ISSUER": public_url(spec),
         "VEZA_JWT_KEYS_DIR": JWT_KEYS_DIR,
-        "VEZA_DATABASE_URL": SecretValue(conn.postgres.uriSecretRef.name, conn.postgres.uriSecretRef.key),
+        "VEZA_DATABASE_URL": database_ref(spec, component, schema_owner=schema_owner),
         "VEZA_NATS_URL": conn.nats.url,
         "VEZA_S3_BUCKET": conn.s3.bucket,
         "VEZA_S3_REGION": conn.s3.region,
+        # Behind the front door every peer is a proxy: the client's address is this many hops from
+        # the end of X-Forwarded-For.
+        "VEZA_TRUSTED_PROXIES": str(spec.ingress.trustedProxies),
     }
+    if conn.nats.credentialsSecretRef is not None:
+        creds = conn.nats.credentialsSecretRef
+        env["VEZA_NATS_CREDS"] = SecretFile(creds.name, creds.key, NATS_CREDS_FILE)
+    nats_user: LocalObjectRef | None = getattr(conn.nats.users, component) if component in COMPONENTS else None
+    if nats_user is not None:
+        env["VEZA_NATS_USER"] = SecretValue(nats_user.name, "user")
+        env["VEZA_NATS_PASSWORD"] = SecretValue(nats_user.name, "password")
+    if conn.nats.tls.caSecretRef is not None:
+        ca = conn.nats.tls.caSecretRef
+        env["VEZA_NATS_TLS_CA"] = SecretFile(ca.name, ca.key, NATS_CA_FILE)
     if conn.redis.urlSecretRef is not None:
         env["VEZA_REDIS_URL"] = SecretValue(conn.redis.urlSecretRef.name, conn.redis.urlSecretRef.key)
     elif conn.redis.url:
@@ -112,33 +157,60 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
     return env
 
 
+def secrets_of(env: dict[str, EnvValue]) -> set[str]:
+    """Names of the Secrets an environment takes values or files from."""
+    return {v.secret for v in env.values() if isinstance(v, SecretValue | SecretFile)}
+
+
 def secrets_referenced(spec: VezaPlatformSpec) -> set[str]:
-    """Names of the Secrets a platform's workers cannot start without."""
-    env = worker_env("p", "ns", spec, "api")
-    return {v.secret for v in env.values() if isinstance(v, SecretValue)}
+    """Names of the Secrets a platform's workers cannot start without (every component, and the migration Job)."""
+    names = secrets_of(worker_env("p", "ns", spec, "api", schema_owner=True))
+    for component in COMPONENTS:
+        names |= secrets_of(worker_env("p", "ns", spec, component))
+    return names
+
+
+def secret_files(env: dict[str, EnvValue]) -> list[SecretFile]:
+    return sorted((v for v in env.values() if isinstance(v, SecretFile)), key=lambda f: f.path)
 
 
 def to_k8s_env(env: dict[str, EnvValue]) -> list[dict[str, Any]]:
-    """Pod-spec `env` entries, secrets as `secretKeyRef`s."""
+    """Pod-spec `env` entries, secrets as `secretKeyRef`s, secret files as their paths (mounted by the pod spec)."""
     out: list[dict[str, Any]] = []
     for name in sorted(env):
         value = env[name]
         if isinstance(value, SecretValue):
             out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": value.secret, "key": value.key}}})
+        elif isinstance(value, SecretFile):
+            out.append({"name": name, "value": value.path})
         else:
             out.append({"name": name, "value": value})
     return out
 
 
-def resolve_env(env: dict[str, EnvValue], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Plain environment for a local process, secret values looked up in `secrets`."""
+def resolve_env(env: dict[str, EnvValue], secrets: dict[str, dict[str, str]],
+                files_dir: Path | None = None) -> dict[str, str]:
+    """Plain environment for a local process, secret values looked up in `secrets`.
+
+    Secret files are written (owner-only) under `files_dir`, which they need.
+    """
     resolved: dict[str, str] = {}
     for name, value in env.items():
-        if isinstance(value, SecretValue):
+        if isinstance(value, SecretValue | SecretFile):
             try:
-                resolved[name] = secrets[value.secret][value.key]
+                text = secrets[value.secret][value.key]
             except KeyError:
                 raise KeyError(f"secret {value.secret!r} has no key {value.key!r}") from None
+            if isinstance(value, SecretValue):
+                resolved[name] = text
+                continue
+            if files_dir is None:
+                raise ValueError(f"{name} names a file: a directory for secret files is needed")
+            path = files_dir / value.path.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.touch(mode=0o600)
+            path.write_text(text)
+            resolved[name] = str(path)
         else:
             resolved[name] = value
     return resolved
