@@ -36,6 +36,8 @@ from pyop.userinfo import Userinfo
 
 from tests.support.api import ApiServer, Client, ServerFactory
 from veza_api.settings import ApiSettings
+from veza_core.auth import TokenIssuer
+from veza_core.keys import KeySet
 from veza_local.services import free_port
 
 CLIENT_ID, CLIENT_SECRET = "veza", "s3cret-for-tests"
@@ -138,6 +140,9 @@ async def provider_and_api(make_api: ServerFactory, tmp_path_factory: pytest.Tem
     await server.close()
 
 
+PENDING_COOKIE = "veza_oidc_login"
+
+
 async def _follow(client: Client, url: str) -> str:
     """One redirect, the way a browser would follow it (trusting the test provider's certificate)."""
     async with client.session.get(url, allow_redirects=False, ssl=False) as resp:
@@ -145,33 +150,86 @@ async def _follow(client: Client, url: str) -> str:
         return resp.headers["Location"]
 
 
+async def _start(client: Client) -> tuple[str, str]:
+    """A browser starting a login: the provider's URL, and the pending-login cookie it was given."""
+    start = await client.get("/api/v1/auth/oidc/login")
+    assert start.status == 302, start.body
+    cookie = start.headers.get("Set-Cookie", f"{PENDING_COOKIE}=")
+    if "SameSite" in cookie:
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/api/v1/auth/oidc/" in cookie, cookie
+    return start.headers["Location"], cookie.split(";", 1)[0].split("=", 1)[1]
+
+
+async def _callback(client: Client, back: str, cookie: str | None) -> Any:
+    """The provider's redirect back, followed by a browser holding `cookie` (None: no cookie)."""
+    query = {k: v[0] for k, v in parse_qs(urlsplit(back).query).items()}
+    headers = {"Cookie": f"{PENDING_COOKIE}={cookie}"} if cookie else {}
+    return await client.get(urlsplit(back).path, headers=headers, **query)
+
+
 async def test_code_flow_with_pkce_logs_in_and_links_the_identity(
         provider_and_api: tuple[OpenIdProvider, ApiServer]) -> None:
     idp, server = provider_and_api
     client = Client(server.client.base, server.client.session)
     idp.current["user"] = "alice"
-    start = await client.get("/api/v1/auth/oidc/login")
-    assert start.status == 302
-    to_provider = start.headers["Location"]
+    to_provider, cookie = await _start(client)
+    assert cookie, "the pending login is kept in the browser"
     params = parse_qs(urlsplit(to_provider).query)
     assert to_provider.startswith(f"{idp.issuer}/authorize")
     assert params["code_challenge_method"] == ["S256"] and params["nonce"] and params["state"]
 
     back = await _follow(client, to_provider)
-    callback = await client.get(urlsplit(back).path, **{k: v[0] for k, v in parse_qs(urlsplit(back).query).items()})
+    callback = await _callback(client, back, cookie)
     assert callback.status == 200, callback.body
+    assert f"{PENDING_COOKIE}=" in callback.headers["Set-Cookie"]  # the browser forgets the pending login
     me = await client.as_user(callback.body["access_token"]).get("/api/v1/me")
     assert me.body["email"] == idp.users["alice"]["email"] and me.body["display_name"] == "Alice"
 
-    # The same code cannot be used twice (state is single use, and so is the code at the provider).
-    replay = await client.get(urlsplit(back).path, **{k: v[0] for k, v in parse_qs(urlsplit(back).query).items()})
+    # The same callback cannot be used twice: the browser no longer holds the pending login, and the code
+    # is single use at the provider.
+    replay = await _callback(client, back, None)
     assert replay.status == 400 and replay.body["error"]["code"] == "invalid_state"
+    assert (await _callback(client, back, cookie)).status == 401
 
     # A second login finds the same user through the linked identity.
-    start = await client.get("/api/v1/auth/oidc/login")
-    back = await _follow(client, start.headers["Location"])
-    again = await client.get(urlsplit(back).path, **{k: v[0] for k, v in parse_qs(urlsplit(back).query).items()})
+    to_provider, cookie = await _start(client)
+    again = await _callback(client, await _follow(client, to_provider), cookie)
     assert again.status == 200 and again.body["user_id"] == callback.body["user_id"]
+
+
+async def test_a_callback_from_another_browser_is_refused(provider_and_api: tuple[OpenIdProvider, ApiServer]
+                                                          ) -> None:
+    """Login CSRF: an attacker starts a login, stops at the provider's redirect and makes the victim's browser
+    follow it, which would log the victim in as the attacker. Without the cookie of the browser that started
+    that login (none, or the victim's own for another login) the callback is refused."""
+    idp, server = provider_and_api
+    client = Client(server.client.base, server.client.session)
+    idp.current["user"] = "alice"
+    attackers_provider_url, _attackers_cookie = await _start(client)
+    attackers_callback = await _follow(client, attackers_provider_url)
+    _victims_provider_url, victims_cookie = await _start(client)
+    for cookie in (None, victims_cookie, "not-a-signed-login"):
+        reply = await _callback(client, attackers_callback, cookie)
+        assert reply.status == 400 and reply.body["error"]["code"] == "invalid_state", (cookie, reply.body)
+
+
+async def _rows(database_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {t["tablename"]: await conn.fetchval(f'SELECT count(*) FROM "{t["tablename"]}"')  # noqa: S608
+                for t in tables}
+    finally:
+        await conn.close()
+
+
+async def test_anonymous_login_starts_store_nothing(provider_and_api: tuple[OpenIdProvider, ApiServer]) -> None:
+    _, server = provider_and_api
+    client = Client(server.client.base, server.client.session)
+    before = await _rows(server.database_url)
+    for _ in range(20):
+        await _start(client)
+    assert await _rows(server.database_url) == before
 
 
 async def test_unverified_email_cannot_take_over_an_account(
@@ -179,9 +237,8 @@ async def test_unverified_email_cannot_take_over_an_account(
     idp, server = provider_and_api
     client = Client(server.client.base, server.client.session)
     idp.current["user"] = "mallory"
-    start = await client.get("/api/v1/auth/oidc/login")
-    back = await _follow(client, start.headers["Location"])
-    reply = await client.get(urlsplit(back).path, **{k: v[0] for k, v in parse_qs(urlsplit(back).query).items()})
+    to_provider, cookie = await _start(client)
+    reply = await _callback(client, await _follow(client, to_provider), cookie)
     assert reply.status == 403 and reply.body["error"]["code"] == "oidc_email_unverified"
 
 
@@ -189,31 +246,34 @@ async def test_tampered_callbacks_are_refused(provider_and_api: tuple[OpenIdProv
     idp, server = provider_and_api
     client = Client(server.client.base, server.client.session)
     idp.current["user"] = "alice"
-    start = await client.get("/api/v1/auth/oidc/login")
-    back = await _follow(client, start.headers["Location"])
+    to_provider, cookie = await _start(client)
+    back = await _follow(client, to_provider)
     query = {k: v[0] for k, v in parse_qs(urlsplit(back).query).items()}
-    forged_code = await client.get("/api/v1/auth/oidc/callback", code="forged", state=query["state"])
+    with_cookie = {"Cookie": f"{PENDING_COOKIE}={cookie}"}
+    forged_code = await client.get("/api/v1/auth/oidc/callback", headers=with_cookie, code="forged",
+                                   state=query["state"])
     assert forged_code.status == 401 and forged_code.body["error"]["code"] == "oidc_failed"
-    assert (await client.get("/api/v1/auth/oidc/callback", code=query["code"], state="forged")).status == 400
+    forged_state = await client.get("/api/v1/auth/oidc/callback", headers=with_cookie, code=query["code"],
+                                    state="forged")
+    assert forged_state.status == 400
     assert (await client.get("/api/v1/auth/oidc/callback")).status == 400
     denied = await client.get("/api/v1/auth/oidc/callback", error="access_denied", state="x")
     assert denied.status == 401
 
 
 async def test_the_provider_enforces_pkce(provider_and_api: tuple[OpenIdProvider, ApiServer]) -> None:
-    """A code presented with another verifier (what an attacker who stole the code has) is refused."""
+    """A code presented with another verifier (what an attacker who stole the code has) is refused: a pending
+    login signed with the API's own key, for the right state, carrying another verifier."""
     idp, server = provider_and_api
     client = Client(server.client.base, server.client.session)
     idp.current["user"] = "alice"
-    start = await client.get("/api/v1/auth/oidc/login")
-    back = await _follow(client, start.headers["Location"])
+    to_provider, _ = await _start(client)
+    back = await _follow(client, to_provider)
     query = {k: v[0] for k, v in parse_qs(urlsplit(back).query).items()}
-    conn = await asyncpg.connect(server.database_url)
-    try:
-        await conn.execute("UPDATE oidc_requests SET code_verifier = $2 WHERE state = $1", query["state"], "x" * 64)
-    finally:
-        await conn.close()
-    reply = await client.get("/api/v1/auth/oidc/callback", **query)
+    nonce = parse_qs(urlsplit(to_provider).query)["nonce"][0]
+    forged = TokenIssuer(KeySet(server.keys_dir), issuer=server.settings.jwt_issuer).issue(
+        "oidc-login", audience="veza-oidc-login", ttl=600, state=query["state"], nonce=nonce, verifier="x" * 64)
+    reply = await _callback(client, back, forged)
     assert reply.status == 401 and reply.body["error"]["code"] == "oidc_failed"
 
 

@@ -13,9 +13,22 @@ from veza_core.web import HttpError
 from .context import API, client_ip
 from .services import oidc_login
 
+# The pending login lives in the browser that started it: HttpOnly (no script reads it), Lax (sent on the
+# provider's top-level redirect back, not on cross-site subrequests), only to the OIDC routes.
+PENDING_COOKIE = "veza_oidc_login"
+COOKIE_PATH = "/api/v1/auth/oidc/"
+
+
+def _secure(request: web.Request) -> bool:
+    return request.app[API].settings.public_url.startswith("https://") or request.secure
+
 
 async def login(request: web.Request) -> web.Response:
-    raise web.HTTPFound(await oidc_login.begin(request.app[API]))
+    url, pending = await oidc_login.begin(request.app[API])
+    found = web.HTTPFound(url)
+    found.set_cookie(PENDING_COOKIE, pending, max_age=int(oidc_login.REQUEST_TTL.total_seconds()), path=COOKIE_PATH,
+                     httponly=True, secure=_secure(request), samesite="Lax")
+    raise found
 
 
 async def callback(request: web.Request) -> web.Response:
@@ -27,4 +40,7 @@ async def callback(request: web.Request) -> web.Response:
     code, state = q.get("code", ""), q.get("state", "")
     if not code or not state or len(code) > 2048 or len(state) > 256:
         raise HttpError(400, "invalid_callback", "code and state are required")
-    return web.json_response(await oidc_login.finish(ctx, code=code, state=state, ip=client_ip(request)))
+    answer = web.json_response(await oidc_login.finish(ctx, code=code, state=state, ip=client_ip(request),
+                                                       pending_login=request.cookies.get(PENDING_COOKIE)))
+    answer.del_cookie(PENDING_COOKIE, path=COOKIE_PATH)  # single use in this browser
+    return answer

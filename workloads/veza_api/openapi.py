@@ -159,10 +159,13 @@ def paths() -> dict[str, dict[str, Any]]:
                                              body=LinkRequest, errors=(503,))},
         f"{v1}/auth/magic-link/verify": {"post": op("Log in with a magic-link token", {200: "TokenPair"},
                                                     auth="none", body=LinkToken, errors=(401,))},
-        f"{v1}/auth/oidc/login": {"get": op("Start OIDC login: redirects (302) to the provider", {302: None},
+        f"{v1}/auth/oidc/login": {"get": op("Start OIDC login: redirects (302) to the provider and sets the "
+                                            "pending-login cookie (HttpOnly, SameSite=Lax) the callback requires",
+                                            {302: None},
                                             auth="none", errors=(404, 502))},
         f"{v1}/auth/oidc/callback": {"get": op(
-            "OIDC redirect target: exchanges the code (PKCE) and answers with Veza tokens", {200: "TokenPair"},
+            "OIDC redirect target, in the browser that started the login (its pending-login cookie must match "
+            "`state`): exchanges the code (PKCE) and answers with Veza tokens", {200: "TokenPair"},
             auth="none", errors=(400, 401, 403, 404),
             params=[query("code"), query("state"), query("error")])},
         f"{v1}/me": {"get": op("The caller's profile and resource roles", {200: "Me"}, errors=(404,)),

@@ -1,10 +1,15 @@
 """Login through an external OpenID Connect provider: authorization code flow with PKCE.
 
-`begin` keeps a fresh `state`, `nonce` and code verifier server-side for ten
-minutes and gives the provider's authorization URL (with the S256 challenge);
-`finish` exchanges the code with the verifier, checks the ID token (signature
-from the provider's JWKS, issuer, audience, nonce, expiry), finds or creates the
-Veza user and opens a session.
+`begin` makes a fresh `state`, `nonce` and code verifier and gives the
+provider's authorization URL (with the S256 challenge) and the *pending login*:
+those three values in a JWT the API signs for itself (audience
+`veza-oidc-login`, ten minutes), which the route keeps in an HttpOnly cookie.
+Nothing is stored server-side, so an anonymous start costs no row, and the
+callback works only in the browser that started the login: `finish` requires
+that cookie and its `state` to match the callback's (a login CSRF brings a
+callback without it). It then exchanges the code with the verifier, checks the
+ID token (signature from the provider's JWKS, issuer, audience, nonce, expiry),
+finds or creates the Veza user and opens a session.
 
 A provider's subject is linked to a user once (`oidc_identities`); on first
 login an existing account is linked only if the provider says the email is
@@ -14,9 +19,11 @@ verified, so an unverified address cannot take over someone's account.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from veza_core.auth import TokenError, TokenVerifier
 from veza_core.web import HttpError
 
 from ..context import Api
@@ -33,30 +40,49 @@ def client(ctx: Api) -> OidcClient:
     return ctx.oidc
 
 
-async def begin(ctx: Api) -> str:
-    """The provider's authorization URL for a new login attempt."""
+AUDIENCE_PENDING = "veza-oidc-login"
+
+
+@dataclass(frozen=True)
+class Pending:
+    state: str
+    nonce: str
+    verifier: str
+
+
+async def begin(ctx: Api) -> tuple[str, str]:
+    """The provider's authorization URL for a new login attempt, and its pending login (signed)."""
     provider = client(ctx)
     state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
-    await ctx.pool.execute("DELETE FROM oidc_requests WHERE expires_at < now()")
-    await ctx.pool.execute(
-        "INSERT INTO oidc_requests (state, code_verifier, nonce, expires_at) VALUES ($1, $2, $3, $4)",
-        state, verifier, nonce, datetime.now(UTC) + REQUEST_TTL)
     try:
-        return await provider.authorization_url(state, nonce, verifier)
+        url = await provider.authorization_url(state, nonce, verifier)
     except OidcError as exc:
         raise HttpError(502, "oidc_unavailable", "the identity provider cannot be reached") from exc
+    pending = ctx.issuer.issue("oidc-login", audience=AUDIENCE_PENDING, ttl=REQUEST_TTL.total_seconds(),
+                               state=state, nonce=nonce, verifier=verifier)
+    return url, pending
 
 
-async def finish(ctx: Api, *, code: str, state: str, ip: str) -> dict[str, Any]:
-    """Veza tokens for the provider's answer to the attempt `state`."""
-    provider = client(ctx)
-    pending = await ctx.pool.fetchrow(  # single use: the row goes whatever happens next
-        "DELETE FROM oidc_requests WHERE state = $1 AND expires_at > now() RETURNING code_verifier, nonce", state)
-    if pending is None:
-        raise HttpError(400, "invalid_state", "this login attempt is unknown or expired; start again")
+def _pending(ctx: Api, signed: str | None, state: str) -> Pending:
+    """The login this browser started, if it is the one the callback answers."""
+    verifier = TokenVerifier(ctx.keys, issuer=ctx.issuer.issuer, audience=AUDIENCE_PENDING,
+                             algorithms=ctx.settings.jwt_algorithms)
     try:
-        tokens = await provider.exchange(code, pending["code_verifier"])
-        claims = await provider.verify_id_token(str(tokens.get("id_token", "")), pending["nonce"])
+        claims = verifier.verify(signed or "").claims
+    except TokenError as exc:
+        raise HttpError(400, "invalid_state", "this browser started no login, or it expired; start again") from exc
+    if not secrets.compare_digest(str(claims.get("state", "")), state):
+        raise HttpError(400, "invalid_state", "this callback answers another login; start again")
+    return Pending(str(claims["state"]), str(claims["nonce"]), str(claims["verifier"]))
+
+
+async def finish(ctx: Api, *, code: str, state: str, pending_login: str | None, ip: str) -> dict[str, Any]:
+    """Veza tokens for the provider's answer to the attempt `state`, started by this browser."""
+    provider = client(ctx)
+    pending = _pending(ctx, pending_login, state)
+    try:
+        tokens = await provider.exchange(code, pending.verifier)
+        claims = await provider.verify_id_token(str(tokens.get("id_token", "")), pending.nonce)
         if "email" not in claims:
             extra = await provider.userinfo(str(tokens.get("access_token", "")))
             if extra.get("sub") == claims["sub"]:  # OIDC Core 5.3.2: otherwise the answer must not be used
