@@ -8,12 +8,13 @@ no privilege escalation, all capabilities dropped, RuntimeDefault seccomp.
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import wiring
-from .models import Image, Resources
+from .models import ANYWHERE, METADATA_ADDRESSES, EgressPeers, Image, NamespaceSelector, Resources
 from .naming import Owner, metadata
 
 WORKER_UID = 10001
@@ -219,3 +220,54 @@ def autoscaler(name: str, owner: Owner, labels: dict[str, str], *, min_replicas:
 def service_account(name: str, owner: Owner, labels: dict[str, str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(name, owner, labels),
             "automountServiceAccountToken": False}
+
+
+def label_selector(selector: NamespaceSelector) -> dict[str, Any]:
+    """A metav1.LabelSelector from the spec's model (empty: everything)."""
+    out: dict[str, Any] = {}
+    if selector.matchLabels:
+        out["matchLabels"] = dict(selector.matchLabels)
+    if selector.matchExpressions:
+        out["matchExpressions"] = [
+            {"key": e.key, "operator": e.operator, **({"values": list(e.values)} if e.values else {})}
+            for e in selector.matchExpressions]
+    return out
+
+
+def ip_block(cidr: str) -> dict[str, Any]:
+    """An egress ipBlock that never reaches a cloud metadata address, however wide `cidr` is."""
+    network = ipaddress.ip_network(cidr, strict=False)
+    excepted = [m for m in METADATA_ADDRESSES if (meta := ipaddress.ip_network(m)).version == network.version
+                and meta.subnet_of(network)]  # type: ignore[arg-type]
+    return {"ipBlock": {"cidr": str(network), **({"except": excepted} if excepted else {})}}
+
+
+def egress_peers(peers: EgressPeers) -> list[dict[str, Any]]:
+    """NetworkPolicy `to` peers: the CIDRs (metadata addresses excepted) and the namespaces' pods."""
+    out = [ip_block(cidr) for cidr in peers.cidrs]
+    if peers.namespaceSelector is not None:
+        out.append({"namespaceSelector": label_selector(peers.namespaceSelector)})
+    return out
+
+
+def internet() -> list[dict[str, Any]]:
+    """Every address but the metadata ones, and every namespace's pods."""
+    return egress_peers(EgressPeers(cidrs=list(ANYWHERE), namespaceSelector=NamespaceSelector()))
+
+
+def tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in sorted(set(ports))]
+
+
+def network_policy(name: str, owner: Owner, labels: dict[str, str], pods: dict[str, Any], *,
+                   ingress: list[dict[str, Any]] | None = None,
+                   egress: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A NetworkPolicy of the pods `pods` selects; a direction given (even empty: deny all) is governed."""
+    spec: dict[str, Any] = {"podSelector": pods, "policyTypes": []}
+    for direction, rules in (("Ingress", ingress), ("Egress", egress)):
+        if rules is not None:
+            spec["policyTypes"].append(direction)
+            if rules:
+                spec[direction.lower()] = rules
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata(name, owner, labels), "spec": spec}

@@ -9,9 +9,10 @@ files with them. Field names here are camelCase, as Kubernetes APIs are.
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from veza_core.specs import DNS_LABEL as DNS_LABEL
 from veza_core.specs import LocalObjectRef as LocalObjectRef
@@ -226,8 +227,61 @@ class NamespaceSelector(Model):
 FRONT_DOOR_LABEL = "veza.io/front-door"
 
 
+# Cloud metadata endpoints (AWS, and the others' IPv4 one): no egress rule ever reaches them, whatever
+# CIDR the spec names (pods would fetch the node's credentials).
+METADATA_ADDRESSES = ("169.254.169.254/32", "fd00:ec2::254/128")
+ANYWHERE = ["0.0.0.0/0", "::/0"]
+
+
+class EgressPeers(Model):
+    """Where workers may connect: addresses outside the cluster, and namespaces whose pods (behind Services) serve."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("size(self.cidrs) > 0 || has(self.namespaceSelector)", "name cidrs, a namespaceSelector or both")]})
+
+    cidrs: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$", max_length=43)]] = Field(
+        default_factory=list, max_length=32,
+        description="CIDRs (IPv4 or IPv6) outside the cluster, e.g. a managed database's subnet. The cloud "
+                    "metadata addresses (169.254.169.254, fd00:ec2::254) are always excepted.")
+    namespaceSelector: NamespaceSelector | None = Field(
+        None, description="Namespaces whose pods may be reached (a backing service behind a Service in the "
+                          "cluster); an empty selector selects every namespace.")
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list, max_length=16, description="TCP ports (DNS: UDP and TCP); empty: every port.")
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            network = ipaddress.ip_network(cidr, strict=False)  # ValueError: not a CIDR
+            if any(network.version == m.version and network.subnet_of(m)  # type: ignore[arg-type]
+                   for m in map(ipaddress.ip_network, METADATA_ADDRESSES)):
+                raise ValueError(f"{cidr} is a cloud metadata address: workers never reach it")
+        return cidrs
+
+
+def _anywhere(*ports: int) -> EgressPeers:
+    return EgressPeers(cidrs=list(ANYWHERE), namespaceSelector=NamespaceSelector(), ports=list(ports))
+
+
+class Egress(Model):
+    """Where the workers may connect; the defaults reach anything but the metadata addresses."""
+
+    dns: EgressPeers = Field(
+        default_factory=lambda: _anywhere(53),
+        description="The cluster's DNS (port 53, UDP and TCP; ports default to 53). Default: any address and "
+                    "namespace, which also reaches a node-local cache; narrow it to "
+                    "namespaceSelector {matchLabels: {kubernetes.io/metadata.name: kube-system}}.")
+    backends: list[EgressPeers] = Field(
+        default_factory=lambda: [_anywhere()], max_length=16,
+        description="PostgreSQL, Redis, NATS and S3 (and an OTLP collector, an SMTP server): where every "
+                    "worker and Job may connect. Default: any address and namespace on every port (they may "
+                    "be anywhere); declare their CIDRs or namespaces and ports to narrow it.")
+
+
 class NetworkPolicies(Model):
-    enabled: bool = Field(True, description="Default-deny plus what the workers need.")
+    enabled: bool = Field(True, description="Default-deny (ingress and egress) plus what the workers need.")
+    egress: Egress = Field(default_factory=Egress, description="Where the workers may connect.")
     frontDoorNamespaceSelector: NamespaceSelector = Field(
         default_factory=lambda: NamespaceSelector(matchLabels={FRONT_DOOR_LABEL: "true"}),
         description="Namespaces allowed to reach the workers' HTTP port: where the Ingress controller or the "

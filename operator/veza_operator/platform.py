@@ -28,8 +28,8 @@ from . import frontdoor, manifests, wiring
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
-from .naming import PLATFORM_LABEL, Owner, metadata, selector_labels
-from .workers import platform_service_account, worker_image
+from .naming import COMPONENT_LABEL, PLATFORM_LABEL, Owner, metadata, selector_labels
+from .workers import platform_service_account, url_port, worker_image
 
 API_COMPONENT = "api"
 
@@ -105,31 +105,40 @@ def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str
 
 
 def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any]]:
-    """Default-deny for every pod of the platform, then HTTP from the front door and each other.
+    """Default-deny both ways for every pod of the platform, then what the workers need.
 
-    The front door (Ingress controller or Gateway proxies) is found by the namespace
-    selector of the spec. Egress stays open: PostgreSQL, Redis, NATS and S3 live
-    wherever the platform points, often outside the cluster.
+    In: HTTP from the front door (the spec's namespace selector) and from each other. Out: DNS, the
+    backing services where the spec says they are (PostgreSQL, Redis, NATS, S3 live wherever the
+    platform points, often outside the cluster), each other's HTTP port (a stream follower forwards
+    a live source to its leader), the OTLP collector, and for the API its OIDC provider. Never a
+    cloud metadata address. Replies to the front door need no egress rule; a relay channel adds its
+    own policy (`workers.relay_policy`).
     """
     pods = {"matchLabels": {PLATFORM_LABEL: owner.name}}
-    front_door = spec.networkPolicies.frontDoorNamespaceSelector
-    namespaces: dict[str, Any] = {}
-    if front_door.matchLabels:
-        namespaces["matchLabels"] = dict(front_door.matchLabels)
-    if front_door.matchExpressions:
-        namespaces["matchExpressions"] = [
-            {"key": e.key, "operator": e.operator, **({"values": list(e.values)} if e.values else {})}
-            for e in front_door.matchExpressions]
     labels = {PLATFORM_LABEL: owner.name}
-    deny = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata(f"{owner.name}-default-deny", owner, labels),
-            "spec": {"podSelector": pods, "policyTypes": ["Ingress"]}}
-    allow = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-             "metadata": metadata(f"{owner.name}-allow-http", owner, labels),
-             "spec": {"podSelector": pods, "policyTypes": ["Ingress"], "ingress": [{
-                 "from": [{"namespaceSelector": namespaces}, {"podSelector": pods}],
-                 "ports": [{"protocol": "TCP", "port": wiring.HTTP_PORT}]}]}}
-    return [deny, allow]
+    policy = spec.networkPolicies
+    front_door = {"namespaceSelector": manifests.label_selector(policy.frontDoorNamespaceSelector)}
+    dns = policy.egress.dns
+    egress: list[dict[str, Any]] = [
+        {"to": manifests.egress_peers(dns),
+         "ports": [{"protocol": proto, "port": port} for port in dns.ports or [53] for proto in ("UDP", "TCP")]},
+        *({"to": manifests.egress_peers(peers), **({"ports": manifests.tcp(*peers.ports)} if peers.ports else {})}
+          for peers in policy.egress.backends),
+        {"to": [{"podSelector": pods}], "ports": manifests.tcp(wiring.HTTP_PORT)},
+    ]
+    if spec.observability.otlpEndpoint:
+        egress.append({"to": manifests.internet(), "ports": manifests.tcp(url_port(spec.observability.otlpEndpoint))})
+    out = [
+        manifests.network_policy(f"{owner.name}-default-deny", owner, labels, pods, ingress=[], egress=[]),
+        manifests.network_policy(f"{owner.name}-allow-http", owner, labels, pods, ingress=[{
+            "from": [front_door, {"podSelector": pods}], "ports": manifests.tcp(wiring.HTTP_PORT)}]),
+        manifests.network_policy(f"{owner.name}-allow-egress", owner, labels, pods, egress=egress),
+    ]
+    if spec.auth.oidc is not None:
+        api_pods = {"matchLabels": {PLATFORM_LABEL: owner.name, COMPONENT_LABEL: API_COMPONENT}}
+        out.append(manifests.network_policy(f"{owner.name}-api-oidc", owner, labels, api_pods, egress=[
+            {"to": manifests.internet(), "ports": manifests.tcp(url_port(spec.auth.oidc.issuerURL))}]))
+    return out
 
 
 def service_monitor(owner: Owner, spec: VezaPlatformSpec) -> dict[str, Any]:

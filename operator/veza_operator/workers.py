@@ -56,6 +56,23 @@ def worker_image(platform: VezaPlatformSpec, status: dict[str, Any] | None) -> I
     return platform.image.at(recorded) if isinstance(recorded, str) and recorded else platform.image
 
 
+def url_port(url: str) -> int:
+    """The TCP port a URL connects to (its scheme's default when it names none)."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme in ("https", "tls") else 80)
+
+
+def relay_policy(owner: Owner, spec: StreamChannelSpec, selector: dict[str, str], labels: dict[str, str]
+                 ) -> dict[str, Any]:
+    """A relay channel's workers may reach the internet on the relay's port (and 80/443: a redirect may change
+    the scheme), never a metadata address. Which hosts is the stream worker's check (`allowedHosts`): a
+    NetworkPolicy knows no host names."""
+    ports = manifests.tcp(url_port(spec.source.relay.url), 80, 443)
+    return manifests.network_policy(f"{worker_name('stream', owner.name)}-relay", owner, labels,
+                                    {"matchLabels": dict(selector)},
+                                    egress=[{"to": manifests.internet(), "ports": ports}])
+
+
 def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dict[str, Any],
                    platform_name: str, platform: VezaPlatformSpec, *, image: Image | None = None,
                    http_routes: bool = False) -> list[dict[str, Any]]:
@@ -76,6 +93,9 @@ def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dic
     children = [manifests.deployment(workload), manifests.service(workload),
                 *frontdoor.children(name, owner, platform, [(f"{wk.path_prefix}/{owner.name}", name)],
                                     workload.labels, http_routes=http_routes)]
+    if (isinstance(spec, StreamChannelSpec) and spec.source.type == "relay"
+            and platform.networkPolicies.enabled):
+        children.append(relay_policy(owner, spec, selector, workload.labels))
     autoscaling = spec.autoscaling is not None and spec.autoscaling.enabled
     if spec.replicas > 1 or (autoscaling and spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
         children.append(manifests.pod_disruption_budget(workload))

@@ -85,7 +85,7 @@ def test_platform_children_and_migration_job_per_version() -> None:
     owner = Owner("VezaPlatform", "demo", "ns", "u")
     kinds = [c["kind"] for c in platform_mod.build_children(owner, PLATFORM)]
     assert sorted(kinds) == sorted(["ConfigMap", "ServiceAccount", "ServiceAccount", "Job", "Deployment", "Service",
-                                    "Ingress", "NetworkPolicy", "NetworkPolicy"])
+                                    "Ingress", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy"])
     newer = PLATFORM.model_copy(update={"image": PLATFORM.image.model_copy(update={"tag": "9.9.9"})})
     assert platform_mod.migration_job_name("demo", PLATFORM) != platform_mod.migration_job_name("demo", newer)
 

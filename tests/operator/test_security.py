@@ -8,6 +8,7 @@ on the operator (its RBAC, the specs it is handed), the test performs it and sho
 from __future__ import annotations
 
 import copy
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
@@ -189,3 +190,102 @@ def test_the_api_server_accepts_the_workers_wired_with_every_connection_option(k
     assert out["spec"]["connections"]["nats"] == NATS
     assert out["spec"]["connections"]["postgres"]["components"] == spec["connections"]["postgres"]["components"]
     assert out["spec"]["ingress"]["trustedProxies"] == 2
+
+
+# -- 12: egress NetworkPolicies -------------------------------------------------------------------
+
+METADATA = {"169.254.169.254/32", "fd00:ec2::254/128"}
+RELAY = {"platformRef": {"name": "demo"},
+         "source": {"type": "relay", "relay": {"url": "https://radio.example.org:8443/live",
+                                               "allowedHosts": ["radio.example.org"]}}}
+
+
+def policies(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c["metadata"]["name"]: c for c in children if c["kind"] == "NetworkPolicy"}
+
+
+def reaches_metadata(rule: dict[str, Any]) -> bool:
+    """Whether an egress rule admits a cloud metadata address (a rule without `to` admits everything)."""
+    if not rule.get("to"):
+        return True
+    for peer in rule["to"]:
+        block = peer.get("ipBlock")
+        if block is None:
+            continue  # pods of selected namespaces: never the link-local metadata addresses
+        network = ipaddress.ip_network(block["cidr"])
+        for meta in METADATA:
+            m = ipaddress.ip_network(meta)
+            inside = m.version == network.version and m.subnet_of(network)  # type: ignore[arg-type]
+            if inside and meta not in block.get("except", []):
+                return True
+    return False
+
+
+def test_every_pod_of_the_platform_is_denied_egress_but_what_it_needs_and_never_a_metadata_address() -> None:
+    spec = platform_spec(auth={"oidc": {"issuerURL": "https://login.example.com", "clientID": "veza",
+                                        "clientSecretRef": {"name": "oidc", "key": "secret"}}},
+                         observability={"otlpEndpoint": "http://otel.monitoring:4318"})
+    found = policies(everything(spec, RELAY))
+    assert set(found) == {"demo-default-deny", "demo-allow-http", "demo-allow-egress", "demo-api-oidc",
+                          "stream-radio-relay"}
+    deny = found["demo-default-deny"]["spec"]
+    assert deny == {"podSelector": {"matchLabels": {"veza.io/platform": "demo"}},
+                    "policyTypes": ["Ingress", "Egress"]}, "deny both ways, allow rules add up"
+    for name, policy in found.items():
+        for rule in policy["spec"].get("egress", []):
+            assert not reaches_metadata(rule), (name, rule)
+    egress = found["demo-allow-egress"]["spec"]["egress"]
+    dns, backends, platform_pods, otlp = egress
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    assert "ports" not in backends, "by default the backing services may be anywhere, on any port"
+    assert platform_pods == {"to": [{"podSelector": {"matchLabels": {"veza.io/platform": "demo"}}}],
+                             "ports": [{"protocol": "TCP", "port": 8080}]}
+    assert otlp["ports"] == [{"protocol": "TCP", "port": 4318}]
+    oidc = found["demo-api-oidc"]["spec"]
+    assert oidc["podSelector"]["matchLabels"] == {"veza.io/platform": "demo", "app.kubernetes.io/component": "api"}
+    assert oidc["egress"][0]["ports"] == [{"protocol": "TCP", "port": 443}]
+    relay = found["stream-radio-relay"]["spec"]
+    assert relay["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "stream-radio"
+    assert {p["port"] for p in relay["egress"][0]["ports"]} == {8443, 80, 443}
+    assert "stream-radio-relay" not in policies(everything(spec)), "a live channel reaches no internet"
+
+
+DECLARED = {"dns": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+            "backends": [{"cidrs": ["10.20.0.0/16", "fd00::/8"], "ports": [5432, 6379]},
+                         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nats"}},
+                          "ports": [4222]},
+                         {"cidrs": ["169.254.0.0/16"], "ports": [443]}]}
+
+
+def test_the_platform_engineer_declares_where_the_backing_services_are() -> None:
+    spec = platform_spec(networkPolicies={"egress": DECLARED})
+    egress = policies(everything(spec))["demo-allow-egress"]["spec"]["egress"]
+    dns, databases, nats, link_local, _ = egress
+    assert dns["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert databases == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}},
+                                {"ipBlock": {"cidr": "fd00::/8", "except": ["fd00:ec2::254/128"]}}],
+                         "ports": [{"protocol": "TCP", "port": 5432}, {"protocol": "TCP", "port": 6379}]}
+    assert nats["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nats"}}}]
+    assert link_local["to"] == [{"ipBlock": {"cidr": "169.254.0.0/16", "except": ["169.254.169.254/32"]}}]
+    for cidr in ("169.254.169.254/32", "fd00:ec2::254/128"):
+        with pytest.raises(ValueError, match="metadata"):
+            platform_spec(networkPolicies={"egress": {"backends": [{"cidrs": [cidr]}]}})
+
+
+@pytest.mark.kube
+def test_the_api_server_accepts_the_egress_policies(kube: KubeCluster, scratch: str) -> None:
+    oidc = {"oidc": {"issuerURL": "https://login.example.com", "clientID": "veza",
+                     "clientSecretRef": {"name": "oidc", "key": "secret"}}}
+    for spec in (platform_spec(auth=oidc, observability={"otlpEndpoint": "https://otel.example.com"}),
+                 platform_spec(networkPolicies={"egress": DECLARED})):
+        found = [c for c in everything(spec, RELAY) if c["kind"] == "NetworkPolicy"]
+        assert_accepted(kube, scratch, found)
+    # The CRD takes the declarations (and refuses what is no CIDR).
+    body = platform(scratch, networkPolicies={"egress": DECLARED})
+    out = yaml.safe_load(kube.kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-",
+                                      input=yaml.safe_dump(body)))
+    assert out["spec"]["networkPolicies"]["egress"]["backends"][0]["cidrs"] == ["10.20.0.0/16", "fd00::/8"]
+    bad = platform(scratch, networkPolicies={"egress": {"backends": [{"cidrs": ["postgres.example.com"]}]}})
+    refused = kube.run("kubectl", "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(bad), check=False)
+    assert refused.returncode != 0 and "cidrs" in refused.stderr
