@@ -27,6 +27,23 @@ async def test_brute_force_logins_are_rate_limited(make_api: ServerFactory) -> N
     assert other["access_token"]
 
 
+async def test_failing_logins_for_someone_else_cannot_lock_them_out(make_api: ServerFactory) -> None:
+    """An attacker fails logins for a victim's address until limited: the victim still logs in from where they
+    log in (an address with a recent successful login), and the attacker stays limited."""
+    server = await make_api(rate_login_per_minute=1, rate_login_burst=3)
+    victim = await server.client.register_and_login()  # from the victim's usual address
+    attacker = Client(server.client.base, server.client.session)
+    statuses = [(await attacker.post("/api/v1/auth/login", {"email": victim["email"], "password": f"guess {i}"}
+                                     )).status for i in range(6)]
+    assert statuses[-1] == 429 and 401 in statuses, statuses
+
+    for _ in range(2):
+        again = await server.client.post("/api/v1/auth/login", {"email": victim["email"], "password": PASSWORD})
+        assert again.status == 200, again.body
+    still = await attacker.post("/api/v1/auth/login", {"email": victim["email"], "password": PASSWORD})
+    assert still.status == 429
+
+
 async def test_per_ip_and_per_user_request_limits(make_api: ServerFactory) -> None:
     server = await make_api(rate_ip_per_second=1, rate_ip_burst=5, rate_user_per_second=1, rate_user_burst=3)
     anonymous = Client(server.client.base, server.client.session)

@@ -1,18 +1,21 @@
 """Accounts and logins, whichever way the caller proves who they are: register,
 password login, refresh, logout, and what every login method shares (the
-per-IP and per-account attempt limit, finding or creating the account of a
-proven email, opening a session).
+attempt limits, finding or creating the account of a proven email, opening a
+session).
 
 `ip` is the client's address, for the attempt limit and the audit log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import uuid
 from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from veza_core.auth import Principal
 from veza_core.ratelimit import Decision
@@ -30,11 +33,42 @@ def too_many(decision: Decision, what: str) -> HttpError:
     return HttpError(429, "rate_limited", f"too many {what}; retry in {wait} s", headers={"Retry-After": str(wait)})
 
 
+# How long a successful login makes its client address "known" for the account (exempt from the
+# account's own bucket).
+KNOWN_ADDRESS_SECONDS = 30 * 24 * 3600
+
+
+def _known_key(ctx: Api, account: str, ip: str) -> str:
+    digest = hashlib.sha256(normalise_email(account).encode()).hexdigest()[:32]  # no addresses in key names
+    return ctx.redis_key("login-known", digest, ip)
+
+
+async def _known_address(ctx: Api, account: str, ip: str) -> bool:
+    async def from_redis() -> bool:
+        return bool(await ctx.redis.exists(_known_key(ctx, account, ip)))
+
+    async def unknown() -> bool:
+        return False
+
+    return await ctx.redis_breaker.call(from_redis, unknown)
+
+
+async def remember_address(ctx: Api, account: str, ip: str) -> None:
+    # Without Redis the owner meets the account's bucket from this address, as from any new one.
+    with contextlib.suppress(RedisError, OSError):
+        await ctx.redis.set(_known_key(ctx, account, ip), b"1", ex=KNOWN_ADDRESS_SECONDS)
+
+
 async def limit_attempts(ctx: Api, kind: str, account: str, ip: str) -> None:
-    """Per client IP and per account, so neither one address nor a botnet can hammer one account."""
+    """Attempts per client address, whatever the account; and per account, but only from addresses that
+    have not logged in to it lately. A botnet still meets the account's bucket, while nobody can lock the
+    owner out of their account from where they usually log in by failing logins for it elsewhere."""
     s = ctx.settings
     rate = s.rate_login_per_minute / 60
-    for key in (f"{kind}-ip:{ip}", f"{kind}-account:{account}"):
+    keys = [f"{kind}-ip:{ip}"]
+    if not await _known_address(ctx, account, ip):
+        keys.append(f"{kind}-account:{account}")
+    for key in keys:
         decision = await ctx.limiter.hit(key, rate=rate, burst=s.rate_login_burst)
         if not decision.allowed:
             raise too_many(decision, f"{kind} attempts")
@@ -43,6 +77,7 @@ async def limit_attempts(ctx: Api, kind: str, account: str, ip: str) -> None:
 async def open_session(ctx: Api, user: asyncpg.Record, method: str, ip: str) -> dict[str, Any]:
     """A new session for `user`, audited; the answer of every successful login."""
     session_id, refresh_token = await start_session(ctx, user["id"], method)
+    await remember_address(ctx, user["email"], ip)
     await audit.record(ctx.pool, "login.success", actor=str(user["id"]), subject=str(user["id"]), ip=ip,
                        method=method, session=str(session_id))
     return await token_pair(ctx, user, session_id, refresh_token)
