@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.api import ISSUER, ServerFactory
 from tests.support.chat import Chat
+from veza_core import directory
 from veza_core.auth import TokenIssuer
 from veza_core.grants import CROSS_RANGE, Schema
 from veza_core.keys import KeySet, generate_signing_key
@@ -70,7 +71,8 @@ async def test_a_compromised_worker_cannot_make_itself_admin(component_urls: dic
         await _refused(component_urls[component], "UPDATE users SET roles = '{admin}'")
         await _refused(component_urls[component], "INSERT INTO users (email, display_name) VALUES ('x@y', 'x')")
     await _refused(component_urls["chat"], "SELECT * FROM sessions")
-    await _refused(component_urls["stream"], "SELECT * FROM tracks")  # the stream worker has no database at all
+    await _refused(component_urls["stream"], "SELECT * FROM tracks")  # it declares its channel, nothing more
+    await _refused(component_urls["stream"], "DELETE FROM channels")
     # Only the schema owner changes the schema: no worker drops history or adds a table.
     for component in ("api", "chat"):
         await _refused(component_urls[component], "DROP TABLE chat_events")
@@ -134,3 +136,14 @@ async def test_the_api_and_a_chat_worker_run_under_their_roles(
         assert (await client.as_user(renewed.body["access_token"]).post("/api/v1/auth/logout")).status == 204
     finally:
         await chat.close()
+
+
+async def test_a_stream_worker_declares_its_channel_under_its_role(component_urls: dict[str, str]) -> None:
+    conn = await asyncpg.connect(component_urls["stream"])
+    try:
+        name = f"c{uuid.uuid4().hex[:8]}"
+        await directory.declare(conn, "channel", name, "Radio", "public")
+        await directory.declare(conn, "channel", name, "Radio 2", "public")  # again, on a restart
+        assert await conn.fetchval("SELECT title FROM channels WHERE name = $1", name) == "Radio 2"
+    finally:
+        await conn.close()

@@ -1,8 +1,9 @@
 """What each component may do in PostgreSQL: one role per component, granted by the migrations.
 
 The schema owner (the migration Job's URL) creates the tables; a worker connects as its own role and
-gets only what its code runs. A stream worker, which decodes untrusted audio, gets no database at all;
-a chat worker writes its own tables and the directory of rooms, never `users` or sessions.
+gets only what its code runs. A stream worker, which decodes untrusted audio, may only declare its
+channel in the directory; a chat worker writes its own tables and the directory of rooms; neither
+reads or writes `users`, sessions or roles.
 
 Tables are found by migration range (docs/development.md): 0001-0099 belong to the API, 0100-0199 to
 chat. What a component needs from another range is listed in ``CROSS_RANGE``. Grants are re-applied
@@ -31,9 +32,10 @@ CROSS_RANGE: dict[str, dict[str, tuple[str, ...]]] = {
     "api": {"chat_sanctions": WRITE},  # bans and mutes through REST: one sanctions table
     # A room's workers declare it in the directory (veza_core.directory) and a purge removes it.
     "chat": {"rooms": WRITE},
+    "stream": {"channels": ("SELECT", "INSERT", "UPDATE")},  # a channel's workers declare it (announcer)
 }
 
-COMPONENTS = ("api", "chat", "stream")  # stream: no grants, it never connects
+COMPONENTS = ("api", "chat", "stream")  # stream owns no range: it only declares its channel
 
 _CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?([a-z_][a-z0-9_]*)", re.IGNORECASE)
 _CREATE_FUNCTION = re.compile(r"CREATE (?:OR REPLACE )?FUNCTION ([a-z_][a-z0-9_]*)", re.IGNORECASE)
