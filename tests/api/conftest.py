@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
+from aiosmtpd.controller import Controller
 
-from tests.support.api import ADMIN_EMAIL, ISSUER, ApiServer, Client, ServerFactory, write_keys
+from tests.support.api import ADMIN_EMAIL, ISSUER, ApiServer, Client, Inbox, ServerFactory, write_keys
 from veza_api.app import create_api_app
 from veza_api.settings import ApiSettings
 from veza_core.db import migrate
 from veza_core.keys import generate_signing_key
-from veza_local.services import PostgresService, RedisService, S3Service
+from veza_local.services import PostgresService, RedisService, S3Service, free_port
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,17 @@ def s3_env(s3: S3Service) -> S3Service:
 
 
 @pytest.fixture(scope="session")
-async def make_api(api_database: str, redis: RedisService, s3_env: S3Service,
+def mailbox() -> Iterator[tuple[Controller, Inbox]]:
+    """A real SMTP server (aiosmtpd) every API server of the tests mails to, unless told otherwise."""
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, inbox
+    controller.stop()
+
+
+@pytest.fixture(scope="session")
+async def make_api(api_database: str, redis: RedisService, s3_env: S3Service, mailbox: tuple[Controller, Inbox],
                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerFactory]:
     """Starts API servers (settings overridable); all stopped at the end of the session."""
     started: list[tuple[TestServer, aiohttp.ClientSession]] = []
@@ -57,6 +68,7 @@ async def make_api(api_database: str, redis: RedisService, s3_env: S3Service,
             # Generous limits by default; the rate-limit tests start servers with tight ones.
             "rate_login_per_minute": 600, "rate_login_burst": 50, "rate_ip_per_second": 1000,
             "rate_ip_burst": 1000, "rate_user_per_second": 1000, "rate_user_burst": 1000, "shutdown_grace_seconds": 1,
+            "smtp_host": "127.0.0.1", "smtp_port": mailbox[0].port, "public_url": "https://veza.test",
         }
         values.update(overrides)
         settings = ApiSettings.model_validate(values)
@@ -65,7 +77,8 @@ async def make_api(api_database: str, redis: RedisService, s3_env: S3Service,
         session = aiohttp.ClientSession()
         started.append((server, session))
         base = str(server.make_url("")).rstrip("/")
-        return ApiServer(Client(base, session), settings, keys_dir, api_database)
+        inbox = mailbox[1] if settings.smtp_host == "127.0.0.1" and settings.smtp_port == mailbox[0].port else None
+        return ApiServer(Client(base, session, inbox=inbox), settings, keys_dir, api_database)
 
     yield make
     for server, session in started:
@@ -80,12 +93,12 @@ async def api_server(make_api: ServerFactory) -> ApiServer:
 
 @pytest.fixture
 def client(api_server: ApiServer) -> Client:
-    return Client(api_server.client.base, api_server.client.session)
+    return Client(api_server.client.base, api_server.client.session, inbox=api_server.client.inbox)
 
 
 @pytest.fixture(scope="session")
 async def admin(api_server: ApiServer) -> Client:
     """A client logged in as the platform's bootstrap admin."""
-    base = Client(api_server.client.base, api_server.client.session)
-    tokens = await base.register_and_login(ADMIN_EMAIL, name="Root")
+    base = Client(api_server.client.base, api_server.client.session, inbox=api_server.client.inbox)
+    tokens = await base.register_and_login(ADMIN_EMAIL, name="Root")  # confirmed by mail: admin from then on
     return base.as_user(tokens["access_token"])

@@ -34,7 +34,7 @@ from pyop.provider import Provider
 from pyop.subject_identifier import HashBasedSubjectIdentifierFactory
 from pyop.userinfo import Userinfo
 
-from tests.support.api import ApiServer, Client, ServerFactory
+from tests.support.api import PASSWORD, ApiServer, Client, ServerFactory
 from veza_api.settings import ApiSettings
 from veza_core.auth import TokenIssuer
 from veza_core.keys import KeySet
@@ -82,6 +82,7 @@ async def provider_and_api(make_api: ServerFactory, tmp_path_factory: pytest.Tem
     users = {
         "alice": {"email": f"alice-{uuid.uuid4().hex[:6]}@idp.test", "email_verified": True, "name": "Alice"},
         "mallory": {"email": "root@veza.test", "email_verified": False, "name": "Mallory"},
+        "carol": {"email": f"carol-{uuid.uuid4().hex[:6]}@idp.test", "email_verified": True, "name": "Carol"},
     }
     provider = Provider(
         RSAKey(key=RSA.generate(2048), alg="RS256", kid="idp-1"),
@@ -240,6 +241,22 @@ async def test_unverified_email_cannot_take_over_an_account(
     to_provider, cookie = await _start(client)
     reply = await _callback(client, await _follow(client, to_provider), cookie)
     assert reply.status == 403 and reply.body["error"]["code"] == "oidc_email_unverified"
+
+
+async def test_a_verified_oidc_login_takes_a_pre_registered_account_back(
+        provider_and_api: tuple[OpenIdProvider, ApiServer]) -> None:
+    """An attacker registered Carol's address with their own password before Carol first came by OIDC: her
+    verified login keeps the account but clears that password and ends the attacker's sessions."""
+    idp, server = provider_and_api
+    client = Client(server.client.base, server.client.session)
+    carol = idp.users["carol"]["email"]
+    squat = await client.register_and_login(carol)
+    idp.current["user"] = "carol"
+    to_provider, cookie = await _start(client)
+    login = await _callback(client, await _follow(client, to_provider), cookie)
+    assert login.status == 200 and login.body["user_id"] == squat["user_id"]
+    assert (await client.post("/api/v1/auth/login", {"email": carol, "password": PASSWORD})).status == 401
+    assert (await client.as_user(squat["access_token"]).get("/api/v1/me")).status == 401
 
 
 async def test_tampered_callbacks_are_refused(provider_and_api: tuple[OpenIdProvider, ApiServer]) -> None:

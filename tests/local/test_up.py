@@ -100,7 +100,7 @@ async def login(http: aiohttp.ClientSession, base: str, email: str, *, register:
     if register:
         async with http.post(f"{base}/api/v1/auth/register",
                              json={"email": email, "password": PASSWORD, "display_name": email.split("@")[0]}) as r:
-            assert r.status == 201, await r.text()
+            assert r.status == 202, await r.text()
     async with http.post(f"{base}/api/v1/auth/login", json={"email": email, "password": PASSWORD}) as r:
         assert r.status == 200, await r.text()
         return dict(await r.json())
@@ -360,7 +360,8 @@ def test_workers_get_the_operators_environment(running: Up) -> None:
         cluster = wiring.worker_env("demo", "default", platform, component, resource.name if resource else None,
                                     resource.spec if resource else None)
         veza_vars = {k for k in env if k.startswith(("VEZA_", "AWS_"))}
-        extra = {"VEZA_BOOTSTRAP_ADMIN_EMAIL", "VEZA_RATE_LOGIN_BURST"} if component == "api" else set()
+        api_only = {"VEZA_BOOTSTRAP_ADMIN_EMAIL", "VEZA_RATE_LOGIN_BURST", "VEZA_MAIL_DIR"}
+        extra = api_only if component == "api" else set()
         assert veza_vars == set(cluster) | extra | {"VEZA_HTTP_HOST"}, component
         for key, value in cluster.items():
             if key in overrides or key in connections:

@@ -99,7 +99,7 @@ class Account:
         self.user_id = ""
 
     async def register(self, session: aiohttp.ClientSession) -> Account:
-        await self._post(session, "/api/v1/auth/register", 201,
+        await self._post(session, "/api/v1/auth/register", 202,
                          {"email": self.email, "password": PASSWORD, "display_name": self.name})
         body = await self._post(session, "/api/v1/auth/login", 200, {"email": self.email, "password": PASSWORD})
         self.access_token, self.user_id = body["access_token"], body["user_id"]

@@ -8,15 +8,15 @@ from .bodies import Credentials, RefreshRequest, Registration
 from .context import API, client_ip
 from .errors import read_json
 from .rbac import require_user
-from .services import accounts
-from .services.users import user_json
+from .services import accounts, registration
 
 
 async def register(request: web.Request) -> web.Response:
+    """The same answer whether or not the address has an account (see `services.registration`)."""
     body = await read_json(request, Registration)
-    user = await accounts.register(request.app[API], email=body.email, password=body.password,
-                                   display_name=body.display_name, ip=client_ip(request))
-    return web.json_response(user_json(user), status=201)
+    await registration.register(request.app[API], email=body.email, password=body.password,
+                                display_name=body.display_name, ip=client_ip(request))
+    return web.json_response({"status": "check_email"}, status=202)
 
 
 async def login(request: web.Request) -> web.Response:

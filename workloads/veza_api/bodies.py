@@ -36,6 +36,8 @@ class LinkRequest(BaseModel):
 
 class LinkToken(BaseModel):
     token: str = Field(max_length=256)
+    # Required by the link mailed at registration (it confirms the address of that password's account).
+    password: str | None = Field(None, max_length=1024)
 
 
 class ServiceTokenRequest(BaseModel):

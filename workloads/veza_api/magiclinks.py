@@ -19,4 +19,5 @@ async def request_link(request: web.Request) -> web.Response:
 
 async def redeem_link(request: web.Request) -> web.Response:
     body = await read_json(request, LinkToken)
-    return web.json_response(await magic_links.redeem(request.app[API], body.token, client_ip(request)))
+    return web.json_response(await magic_links.redeem(request.app[API], body.token, body.password,
+                                                      client_ip(request)))

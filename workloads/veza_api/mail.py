@@ -1,4 +1,5 @@
-"""Outgoing mail over SMTP (magic links). smtplib is blocking: it runs in a thread."""
+"""Outgoing mail over SMTP (login links, registration confirmations). smtplib is blocking: it runs in a
+thread. For local development, `VEZA_MAIL_DIR` writes each mail to a file instead."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import functools
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
+from pathlib import Path
 
 from .settings import ApiSettings
 
@@ -21,15 +24,18 @@ class Mailer:
 
     @property
     def configured(self) -> bool:
-        return bool(self.settings.smtp_host)
+        return bool(self.settings.smtp_host or self.settings.mail_dir)
 
     async def send(self, to: str, subject: str, body: str) -> None:
         s = self.settings
-        if not s.smtp_host:
-            raise MailError("no SMTP server configured")
         message = EmailMessage()
         message["From"], message["To"], message["Subject"] = s.smtp_from, to, subject
         message.set_content(body)
+        if s.mail_dir and not s.smtp_host:
+            await asyncio.to_thread(self._write, Path(s.mail_dir), message)
+            return
+        if not s.smtp_host:
+            raise MailError("no SMTP server configured")
 
         def deliver() -> None:
             assert s.smtp_host
@@ -47,4 +53,12 @@ class Mailer:
         try:
             await asyncio.to_thread(deliver)
         except (OSError, smtplib.SMTPException) as exc:  # ssl.SSLError is an OSError
+            raise MailError(str(exc)) from exc
+
+    @staticmethod
+    def _write(directory: Path, message: EmailMessage) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f"{time.time_ns()}.eml").write_bytes(bytes(message))
+        except OSError as exc:
             raise MailError(str(exc)) from exc

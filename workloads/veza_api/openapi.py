@@ -51,7 +51,9 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
 RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": obj({"error": obj({"code": STR, "message": STR})}),
     "User": obj({"id": UUID, "email": STR, "display_name": STR, "roles": {"type": "array", "items": STR},
-                 "disabled": BOOL, "created_at": TIME}),
+                 "disabled": BOOL, "created_at": TIME,
+                 "email_verified": {"type": "boolean", "description": "the owner proved the address (a confirmed "
+                                    "registration, a magic link or OIDC); unverified accounts never become admin"}}),
     "Me": {"allOf": [ref("User"), obj({"resources": {"type": "object", "additionalProperties": STR,
                                                       "description": 'roles per resource, e.g. {"room/general": '
                                                                      '"moderator"}'}})]},
@@ -79,6 +81,7 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                        "ip": nullable(STR), "request_id": nullable(STR), "details": {"type": "object"}}),
     "AuditPage": obj({"entries": {"type": "array", "items": ref("AuditEntry")}, "next_before": nullable(INT)}),
     "MagicLinkSent": obj({"status": {"const": "sent"}, "expires_in": INT}),
+    "RegistrationAccepted": obj({"status": {"const": "check_email"}}),
 }
 
 REQUEST_MODELS: list[type[BaseModel]] = [Registration, Credentials, RefreshRequest, ProfileUpdate,
@@ -146,8 +149,10 @@ def paths() -> dict[str, dict[str, Any]]:
         "/.well-known/jwks.json": {"get": op("Public keys verifying Veza tokens (all keys valid now)",
                                              {200: "JWKS"}, auth="none")},
         f"{v1}/openapi.json": {"get": op("This document", {200: None}, auth="none")},
-        f"{v1}/auth/register": {"post": op("Create an account with a password", {201: "User"}, auth="none",
-                                           body=Registration, errors=(409,))},
+        f"{v1}/auth/register": {"post": op(
+            "Create an account with a password. The same 202 whether or not the address has an account: a new one "
+            "is mailed a link to confirm it (redeemed with the password), an existing one's owner a login link",
+            {202: "RegistrationAccepted"}, auth="none", body=Registration, errors=(503,))},
         f"{v1}/auth/login": {"post": op("Log in with email and password", {200: "TokenPair"}, auth="none",
                                         body=Credentials, errors=(401,))},
         f"{v1}/auth/refresh": {"post": op("Rotate a refresh token (reuse revokes the session)", {200: "TokenPair"},
@@ -157,7 +162,8 @@ def paths() -> dict[str, dict[str, Any]]:
                                                 {200: "ServiceToken"}, body=ServiceTokenRequest)},
         f"{v1}/auth/magic-link": {"post": op("Email a single-use login link", {202: "MagicLinkSent"}, auth="none",
                                              body=LinkRequest, errors=(503,))},
-        f"{v1}/auth/magic-link/verify": {"post": op("Log in with a magic-link token", {200: "TokenPair"},
+        f"{v1}/auth/magic-link/verify": {"post": op("Log in with a mailed link's token (a registration's link "
+                                                    "also needs the account's password)", {200: "TokenPair"},
                                                     auth="none", body=LinkToken, errors=(401,))},
         f"{v1}/auth/oidc/login": {"get": op("Start OIDC login: redirects (302) to the provider and sets the "
                                             "pending-login cookie (HttpOnly, SameSite=Lax) the callback requires",

@@ -46,7 +46,8 @@ class ApiSettings(Settings):
     rate_login_per_minute: float = 10.0
     rate_login_burst: float = 5.0
 
-    # The first account registered with this email becomes a platform admin.
+    # The account of this email becomes a platform admin once its address is proven (a confirmed
+    # registration, a magic link, or OIDC with email_verified).
     bootstrap_admin_email: str | None = None
 
     smtp_host: str | None = None
@@ -59,6 +60,8 @@ class ApiSettings(Settings):
     smtp_ca_file: str | None = None
     smtp_username: str | None = None
     smtp_password: str | None = None
+    # Local development (`veza up`): each mail is written to this directory as a file instead of sent.
+    mail_dir: str | None = None
 
     oidc_issuer: str | None = Field(None, description="OIDC provider's issuer URL (discovery at /.well-known/...)")
     oidc_client_id: str | None = None

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -240,7 +242,22 @@ def worker_environment(p: Plan, spec: VezaPlatformSpec, secrets: dict[str, dict[
     if component == "api":
         resolved["VEZA_BOOTSTRAP_ADMIN_EMAIL"] = DEV_EMAIL
         resolved["VEZA_RATE_LOGIN_BURST"] = LOCAL_LOGIN_BURST
+        # No SMTP here: mails (login links, the dev account's confirmation) are files in the data dir.
+        resolved["VEZA_MAIL_DIR"] = str(keys_dir.parent / "mail")
     return resolved
+
+
+def confirmation_token(mail_dir: Path, address: str) -> str | None:
+    """The token of the newest registration confirmation the API wrote to `mail_dir` for `address`."""
+    for path in sorted(mail_dir.glob("*.eml"), reverse=True):
+        message = email.message_from_bytes(path.read_bytes())
+        if message["To"] != address:
+            continue
+        payload = message.get_payload(decode=True)
+        text = payload.decode() if isinstance(payload, bytes) else ""
+        found = re.search(r"#token=([A-Za-z0-9_\-]+)&confirm=1", text)
+        return found.group(1) if found else None
+    return None
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -475,11 +492,19 @@ class Up:
 
             status, body = await login()
             if status == 401:
+                # A new dev account is confirmed with the link the API mailed (a file here), which makes it the
+                # platform admin (VEZA_BOOTSTRAP_ADMIN_EMAIL counts only once the address is proven).
                 async with http.post(f"{base}/auth/register", json={
                         "email": DEV_EMAIL, "password": DEV_PASSWORD, "display_name": DEV_NAME}) as r:
-                    if r.status not in (201, 409):
+                    if r.status != 202:
                         raise UpError(f"could not create the dev account: {r.status} {await r.text()}")
-                status, body = await login()
+                token = confirmation_token(self.data_dir / "mail", DEV_EMAIL)
+                if token is None:
+                    status, body = await login()
+                else:
+                    async with http.post(f"{base}/auth/magic-link/verify",
+                                         json={"token": token, "password": DEV_PASSWORD}) as r:
+                        status, body = r.status, await r.json()
             if status != 200:
                 raise UpError(f"dev login failed: {status} {json.dumps(body)}")
             auth = {"Authorization": f"Bearer {body['access_token']}"}

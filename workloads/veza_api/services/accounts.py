@@ -23,7 +23,7 @@ from veza_core.web import HttpError
 
 from ..context import Api
 from . import audit
-from .sessions import revoke_session, rotate, start_session
+from .sessions import revoke_session, revoke_user_sessions, rotate, start_session
 from .tokens import token_pair
 from .users import create_user, find_by_email, find_by_id, normalise_email
 
@@ -83,30 +83,54 @@ async def open_session(ctx: Api, user: asyncpg.Record, method: str, ip: str) -> 
     return await token_pair(ctx, user, session_id, refresh_token)
 
 
-async def user_for_email(ctx: Api, email: str, display_name: str, method: str, ip: str) -> asyncpg.Record:
-    """The account of an email the login `method` proved, created (without a password) if there is none."""
+async def grant_bootstrap_admin(ctx: Api, conn: asyncpg.Connection, user: asyncpg.Record, ip: str) -> None:
+    """`admin` for the account of VEZA_BOOTSTRAP_ADMIN_EMAIL, at the moment its address is proven."""
+    wanted = ctx.settings.bootstrap_admin_email
+    if not wanted or user["email"] != normalise_email(wanted) or "admin" in user["roles"]:
+        return
+    await conn.execute("UPDATE users SET roles = array_append(roles, 'admin'), updated_at = now() WHERE id = $1",
+                       user["id"])
+    await audit.record(conn, "role.granted", subject=str(user["id"]), ip=ip, role="admin", scope="platform",
+                       reason="bootstrap admin email, verified")
+
+
+async def mark_verified(ctx: Api, user: asyncpg.Record, method: str, ip: str, *, keep_password: bool) -> bool:
+    """Records that the account's address is proven; True if it was not before.
+
+    Proven by someone who did not show the password (a magic link, OIDC), the account may have been
+    registered by someone else: its password is cleared and its sessions end, so whoever set it is out.
+    """
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        proven = await conn.fetchrow(
+            "UPDATE users SET email_verified_at = now(), updated_at = now(),"
+            " password_hash = CASE WHEN $2 THEN password_hash END"
+            " WHERE id = $1 AND email_verified_at IS NULL RETURNING id, email, roles", user["id"], keep_password)
+        if proven is None:
+            return False
+        await audit.record(conn, "user.email_verified", actor=str(user["id"]), subject=str(user["id"]), ip=ip,
+                           method=method, password_cleared=not keep_password and user["password_hash"] is not None)
+        await grant_bootstrap_admin(ctx, conn, proven, ip)
+    if not keep_password:
+        await revoke_user_sessions(ctx, user["id"], "address proven by another login", "email_verified")
+    return True
+
+
+async def verified_login_account(ctx: Api, email: str, display_name: str, method: str, ip: str) -> asyncpg.Record:
+    """The account of an email the login `method` proved: created (verified, without a password) if there is
+    none, and if it was unverified, now verified with its password cleared (`mark_verified`)."""
     user = await find_by_email(ctx.pool, email)
     if user is None:
-        await create_user(ctx.pool, email=email, display_name=display_name, password_hash=None,
-                          bootstrap_admin=ctx.settings.bootstrap_admin_email)
+        made = await create_user(ctx.pool, email=email, display_name=display_name, password_hash=None, verified=True)
+        if made is not None:
+            await audit.record(ctx.pool, "user.registered", actor=str(made["id"]), subject=str(made["id"]), ip=ip,
+                               method=method)
+            async with ctx.pool.acquire() as conn:
+                await grant_bootstrap_admin(ctx, conn, made, ip)
         user = await find_by_email(ctx.pool, email)  # whoever won a race, with its password hash column
         assert user is not None
-        await audit.record(ctx.pool, "user.registered", actor=str(user["id"]), subject=str(user["id"]), ip=ip,
-                           method=method)
-    return user
-
-
-async def register(ctx: Api, *, email: str, password: str, display_name: str, ip: str) -> asyncpg.Record:
-    await limit_attempts(ctx, "register", normalise_email(email), ip)
-    password_hash = await ctx.passwords.hash(password)
-    user = await create_user(ctx.pool, email=email, display_name=display_name.strip() or display_name,
-                             password_hash=password_hash, bootstrap_admin=ctx.settings.bootstrap_admin_email)
-    if user is None:
-        raise HttpError(409, "email_taken", "an account with this email already exists")
-    await audit.record(ctx.pool, "user.registered", actor=str(user["id"]), subject=str(user["id"]), ip=ip)
-    if user["roles"]:
-        await audit.record(ctx.pool, "role.granted", subject=str(user["id"]), ip=ip, role="admin",
-                           scope="platform", reason="bootstrap admin email")
+    elif await mark_verified(ctx, user, method, ip, keep_password=False):
+        user = await find_by_email(ctx.pool, email)
+        assert user is not None
     return user
 
 

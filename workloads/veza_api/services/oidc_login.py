@@ -29,7 +29,7 @@ from veza_core.web import HttpError
 from ..context import Api
 from ..oidc_client import OidcClient, OidcError
 from . import audit
-from .accounts import open_session, user_for_email
+from .accounts import open_session, verified_login_account
 
 REQUEST_TTL = timedelta(minutes=10)
 
@@ -100,7 +100,7 @@ async def finish(ctx: Api, *, code: str, state: str, pending_login: str | None, 
         if not isinstance(email, str) or "@" not in email or claims.get("email_verified") is not True:
             raise HttpError(403, "oidc_email_unverified", "the identity provider gave no verified email")
         name = str(claims.get("name") or email.split("@", 1)[0])[:100]
-        user = await user_for_email(ctx, email, name, "oidc", ip)
+        user = await verified_login_account(ctx, email, name, "oidc", ip)
         await ctx.pool.execute("INSERT INTO oidc_identities (issuer, subject, user_id) VALUES ($1, $2, $3)"
                                " ON CONFLICT DO NOTHING", provider.issuer, subject, user["id"])
     if user["disabled"]:
