@@ -10,6 +10,7 @@ test-artifacts/web/. Ctrl-C (SIGINT) of `veza up` leaves no process behind.
 
 from __future__ import annotations
 
+import email
 import json
 import os
 import re
@@ -140,6 +141,30 @@ def test_login_page_renders_offline(up: Up, browser: Browser) -> None:
         form.get_by_label("Password").fill("veza-dev-password")
         form.get_by_role("button", name="Log in").click()
         expect(page.locator("#me-name")).to_have_text("Dev", timeout=10_000)
+    finally:
+        ctx.close()
+
+
+def test_an_emailed_login_link_logs_in(up: Up, browser: Browser) -> None:
+    """The link a login mail carries (`veza up` writes mails to files) holds its token in the fragment only, and
+    opening it in the browser ends logged in."""
+    address = "linked@example.com"
+    ctx = browser.new_context()
+    try:
+        asked = ctx.request.post(up.url + "/api/v1/auth/magic-link", data={"email": address})
+        assert asked.status == 202, asked.text()
+        [mail] = [m for m in (email.message_from_bytes(p.read_bytes()) for p in (up.data_dir / "mail").glob("*.eml"))
+                  if m["To"] == address]
+        text = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+        link = re.search(r"http\S+/login/magic\S*", text)
+        assert link, text
+        url = link.group(0)
+        assert "?" not in url and "#token=" in url, url
+        page = ctx.new_page()
+        page.goto(url)
+        expect(page.locator("#me-name")).to_have_text("linked", timeout=15_000)
+        assert "token" not in page.url
+        page.screenshot(path=str(ARTIFACTS / "magic-link.png"))
     finally:
         ctx.close()
 

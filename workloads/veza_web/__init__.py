@@ -1,6 +1,7 @@
 """The Veza web client: static files (plain JavaScript and CSS, no build step, nothing loaded from outside).
 
-`add_routes(app)` serves the page at `/` and its files under `/web/`. In a cluster
+`add_routes(app)` serves the page at `/`, the page mailed links open at `/login/magic` (the token in
+the fragment), and their files under `/web/`. In a cluster
 the API mounts it (the platform Ingress sends `/` to the API); `veza up`'s entry
 point serves it too, with `config` giving the room -> channel bindings
 (listen-along) from the CR files at `/web/config.json`.
@@ -22,6 +23,9 @@ def add_routes(app: web.Application, config: Callable[[], dict[str, Any]] | None
     async def index(request: web.Request) -> web.StreamResponse:
         return _file("index.html")
 
+    async def magic(request: web.Request) -> web.StreamResponse:
+        return _file("magic.html")
+
     async def asset(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name == "config.json":
@@ -30,6 +34,7 @@ def add_routes(app: web.Application, config: Callable[[], dict[str, Any]] | None
         return _file(name)
 
     app.router.add_get("/", index)
+    app.router.add_get("/login/magic", magic)
     app.router.add_get("/web/{name}", asset)
 
 

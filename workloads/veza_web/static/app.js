@@ -80,9 +80,16 @@ $("register-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const f = new FormData(e.target);
   try {
+    // 202 "check your email" whether or not the address had an account (nobody learns which): a new account
+    // logs in with its password now and is confirmed by the mailed link; an existing one's owner got a login link.
     await api("POST", "/auth/register", { email: f.get("email"), password: f.get("password"),
       display_name: f.get("display_name") }, false);
-    await login(f.get("email"), f.get("password"));
+    try { await login(f.get("email"), f.get("password")); }
+    catch (err) {
+      if (err.status !== 401) throw err;
+      $("auth-error").textContent = "Check your email: this address may already have an account.";
+      return;
+    }
     $("auth-error").textContent = ""; show();
   } catch (err) { $("auth-error").textContent = `Registration failed: ${err.message}`; }
 });
