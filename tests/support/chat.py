@@ -26,12 +26,16 @@ from veza_chat.app import create_app
 from veza_chat.service import CHAT
 from veza_chat.settings import ChatSettings
 from veza_core.auth import AUDIENCE_CHAT, TokenIssuer
-from veza_local.services import free_port
+from veza_local.services import NatsService, free_port
 
 ISSUER = "https://veza.test"
 # Tests send quickly: the default room allows it (limits have their own tests).
 FAST_SPEC = {"limits": {"messagesPerMinute": 1_000_000}}
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "chat" / "v1"
+NATS_AUTHORIZATION = Path(__file__).resolve().parents[2] / "examples" / "nats" / "authorization.conf"
+NATS_PASSWORDS = {"VEZA_NATS_API_PASSWORD": "api-" + uuid.uuid4().hex,
+                  "VEZA_NATS_CHAT_PASSWORD": "chat-" + uuid.uuid4().hex,
+                  "VEZA_NATS_STREAM_PASSWORD": "stream-" + uuid.uuid4().hex}
 
 
 def _schemas() -> tuple[jsonschema.Draft202012Validator, jsonschema.Draft202012Validator,
@@ -249,3 +253,38 @@ class Chat:
                     w.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     w.kill()
+
+
+async def nats_subscribed(monitor_url: str, subject: str, timeout: float = 15.0) -> None:
+    """Wait until some client of the NATS server whose monitoring endpoint is `monitor_url` subscribes to `subject`
+    (a worker reports ready before its NATS subscriptions are in place)."""
+    async with aiohttp.ClientSession() as http:
+
+        async def listed() -> bool:
+            async with http.get(f"{monitor_url}/connz?subs=1&limit=1024") as resp:
+                connz = await resp.json()
+            return any(subject in (c.get("subscriptions_list") or []) for c in connz.get("connections") or [])
+
+        await wait_for(listed, timeout=timeout, interval=0.1, message=f"a subscription to {subject}")
+
+
+async def metric(url: str, name: str, **labels: str) -> float:
+    """The value of one sample of the /metrics of the worker at `url` (0 when it has none yet)."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            sample, _, value = line.rpartition(" ")
+            got = sample[len(name):].strip("{}")
+            if ",".join(sorted(got.split(","))) == want:
+                return float(value)
+    return 0.0
+
+
+def authorized_nats(base: Path) -> NatsService:
+    """A nats-server (not started) with the shipped authorization block, examples/nats/authorization.conf; the
+    users' passwords are NATS_PASSWORDS."""
+    service = NatsService(base, config="include ./authorization.conf\n", env=NATS_PASSWORDS)
+    (service.dir / "authorization.conf").write_text(NATS_AUTHORIZATION.read_text())
+    return service

@@ -13,23 +13,28 @@ from veza_core.auth import Principal, TokenError, TokenVerifier
 from veza_core.web import HttpError
 
 from . import protocol as p
+from .revocations import Revocations
 from .spec import RoomSpec
 
 
 def authorize(token: str | None, verifier: TokenVerifier, room: str, spec: RoomSpec, *,
-              banned: Callable[[str], bool]) -> tuple[Principal, str]:
-    """(principal, room role) or an HttpError with a stable code."""
+              banned: Callable[[str], bool], revocations: Revocations | None = None) -> tuple[Principal, str]:
+    """(principal, room role) or an HttpError with a stable code. `revocations`: what the API said since the
+    token was issued (a revoked session, a changed role), which wins over the token."""
     if token is None:
         raise HttpError(401, "token_missing", "a bearer token is required")
     try:
         principal = verifier.verify(token)
     except TokenError as exc:
         raise HttpError(401, exc.code, exc.message) from None
+    if revocations is not None and revocations.revoked(principal):
+        raise HttpError(401, p.SESSION_REVOKED, "the session of this token has ended: sign in again")
     if not token_allows_room(principal, room):
         raise HttpError(403, "token_room", "the token is for another room")
     if banned(principal.subject) and not principal.is_admin:  # nobody in a room outranks an admin
         raise HttpError(403, p.BANNED, "you are banned from this room")
-    role = room_role(principal, room, spec)
+    role = room_role(principal, room, spec,
+                     revocations.role_override(principal) if revocations is not None else (False, None))
     if role is None:
         raise HttpError(403, p.NOT_MEMBER, "this room is private")
     return principal, role
@@ -52,11 +57,16 @@ def token_allows_room(principal: Principal, room: str) -> bool:
     return isinstance(rooms, list) and room in rooms
 
 
-def room_role(principal: Principal, room: str, spec: RoomSpec) -> str | None:
-    """admin, a role granted by the token or the spec's member list, else member of a public room;
-    None for a stranger to a private room."""
-    role = ("admin" if principal.is_admin else None) or principal.resource_role("room", room) \
-        or spec.member_role(principal.subject)
-    if role is None and spec.visibility == "public":
-        return "member"
-    return role
+def room_role(principal: Principal, room: str, spec: RoomSpec,
+              override: tuple[bool, str | None] = (False, None)) -> str | None:
+    """admin, a role granted by the token (or, `override` = (True, role), by the API since the token was
+    issued) or the spec's member list, else member of a public room; None for a stranger to a private room."""
+    changed, granted = override
+    role = ("admin" if principal.is_admin else None) or (granted if changed else principal.resource_role("room", room))
+    return role or default_role(principal.subject, spec)
+
+
+def default_role(user: str, spec: RoomSpec) -> str | None:
+    """The role of a user whom no token or API grant gives one: the spec's member list, else member of a public
+    room; None for a stranger to a private room."""
+    return spec.member_role(user) or ("member" if spec.visibility == "public" else None)

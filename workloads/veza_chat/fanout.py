@@ -6,13 +6,16 @@ every replica subscribes to that subject and feeds the events to its sequencer.
 Publishes wait in an in-memory outbox while NATS is away and go out in order
 when it returns; replicas that missed anything meanwhile fill the gap from
 PostgreSQL (see room.py), so NATS being down delays nothing but fan-out.
+
+It also hears the API: session revocations (``veza.<platform>.user.*.revoked``) and role changes
+on the room (``veza.<platform>.room.<room>.membership``). Everything received is checked
+(inbound.py) before it is handed on; what fails is dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 from collections import deque
@@ -25,25 +28,35 @@ from nats.js import JetStreamContext
 
 from veza_core import bus
 
+from . import inbound
 from .protocol import dumps
 from .room import Encoded
 
 log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 10_000
+MAX_EVENTS_BYTES = 8 * 1024 * 1024  # a group commit of a few thousand events at most (NATS allows 1 MiB by default)
 
 
 class Fanout:
     def __init__(self, url: str | None, *, platform: str, room: str, worker_id: str,
                  on_events: Callable[[list[Encoded]], None],
-                 on_signal: Callable[[dict[str, Any]], None]) -> None:
+                 on_signal: Callable[[inbound.PresenceSignal | inbound.FrameSignal | inbound.ModerationSignal], None],
+                 on_revoked: Callable[[inbound.Revoked], None] | None = None,
+                 on_membership: Callable[[inbound.Membership], None] | None = None,
+                 auth: bus.NatsAuth | None = None) -> None:
         self.url = url
         self.room = room
         self.worker_id = worker_id
+        self.auth = auth
         self.on_events = on_events
         self.on_signal = on_signal
+        self.on_revoked = on_revoked
+        self.on_membership = on_membership
         self.events_subject = bus.subject(platform, "room", room, "events")
         self.signals_subject = bus.subject(platform, "room", room, "signals")
+        self.revoked_subject = bus.subject(platform, "user", "*", "revoked")
+        self.membership_subject = bus.subject(platform, "room", room, "membership")
         self.stream = "VEZA_CHAT_" + re.sub(r"[^A-Za-z0-9_-]", "_", f"{platform}_{room}")
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -63,7 +76,7 @@ class Fanout:
         assert self.url is not None
         while self.nc is None:
             try:
-                self.nc = await bus.connect(self.url, name=f"veza-chat-{self.room}-{self.worker_id}")
+                self.nc = await bus.connect(self.url, name=f"veza-chat-{self.room}-{self.worker_id}", auth=self.auth)
             except Exception as exc:
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
@@ -77,6 +90,8 @@ class Fanout:
                 await asyncio.sleep(1.0)
         await self.nc.subscribe(self.events_subject, cb=self._on_events_msg, pending_msgs_limit=1_000_000)
         await self.nc.subscribe(self.signals_subject, cb=self._on_signal_msg, pending_msgs_limit=1_000_000)
+        await self.nc.subscribe(self.revoked_subject, cb=self._on_revoked_msg)
+        await self.nc.subscribe(self.membership_subject, cb=self._on_membership_msg)
         self.tasks.append(asyncio.create_task(self._publisher(), name="chat-nats-publisher"))
 
     async def close(self, flush_timeout: float = 2.0) -> None:
@@ -122,17 +137,29 @@ class Fanout:
                     self.outbox.popleft()
 
     async def _on_events_msg(self, msg: Msg) -> None:
+        if len(msg.data) > MAX_EVENTS_BYTES:
+            bus.reject(inbound.EVENTS, "too_large", size=len(msg.data))
+            return
         try:
             worker, *lines = msg.data.decode().split("\n")
-            if worker == self.worker_id:
+        except UnicodeDecodeError:
+            bus.reject(inbound.EVENTS, "malformed")
+            return
+        if worker == self.worker_id:
+            return
+        if not re.fullmatch(inbound.WORKER_ID, worker):
+            bus.reject(inbound.EVENTS, "malformed")
+            return
+        items: list[Encoded] = []
+        for line in lines:
+            item = inbound.event_line(line)
+            if item is None:
+                # One bad line spoils the message: what else it says is not to be trusted either.
+                bus.reject(inbound.EVENTS, "malformed", line=line[:80])
                 return
-            items: list[Encoded] = []
-            for line in lines:
-                seq, ts, frame = line.split(" ", 2)
-                items.append((int(seq), frame, None if ts == "-" else int(ts)))
+            items.append(item)
+        if items:
             self.on_events(items)
-        except Exception:
-            log.exception("bad event message on the bus")
 
     # -- ephemeral signals -----------------------------------------------------
     async def signal(self, payload: dict[str, Any]) -> None:
@@ -143,9 +170,28 @@ class Fanout:
             await self.nc.publish(self.signals_subject, dumps({"w": self.worker_id, **payload}).encode())
 
     async def _on_signal_msg(self, msg: Msg) -> None:
-        try:
-            data = json.loads(msg.data)
-            if data.get("w") != self.worker_id:
-                self.on_signal(data)
-        except Exception:
-            log.exception("bad signal message on the bus")
+        signal = bus.parse_json(inbound.Signal, msg.data, subject_kind=inbound.SIGNALS,
+                                max_bytes=inbound.MAX_SIGNAL_BYTES)
+        if signal is not None and signal.root.w != self.worker_id:
+            self.on_signal(signal.root)
+
+    # -- from the API ------------------------------------------------------------
+    async def _on_revoked_msg(self, msg: Msg) -> None:
+        revoked = bus.parse_json(inbound.Revoked, msg.data, subject_kind=inbound.REVOKED,
+                                 max_bytes=inbound.MAX_CONTROL_BYTES)
+        if revoked is None or self.on_revoked is None:
+            return
+        if msg.subject.split(".")[3:4] != [revoked.user]:
+            bus.reject(inbound.REVOKED, "subject_mismatch", subject=msg.subject)
+            return
+        self.on_revoked(revoked)
+
+    async def _on_membership_msg(self, msg: Msg) -> None:
+        change = bus.parse_json(inbound.Membership, msg.data, subject_kind=inbound.MEMBERSHIP,
+                                max_bytes=inbound.MAX_CONTROL_BYTES)
+        if change is None or self.on_membership is None:
+            return
+        if change.room != self.room:
+            bus.reject(inbound.MEMBERSHIP, "subject_mismatch", subject=msg.subject)
+            return
+        self.on_membership(change)

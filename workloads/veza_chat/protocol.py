@@ -31,6 +31,7 @@ STORE_UNAVAILABLE = "store_unavailable"
 SHUTTING_DOWN = "shutting_down"
 ROOM_FULL = "room_full"
 NOT_MEMBER = "not_member"
+SESSION_REVOKED = "session_revoked"
 
 # Close codes.
 CLOSE_SERVICE_RESTART = 1012
@@ -39,6 +40,8 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_KICKED = 4001
 CLOSE_BANNED = 4003
 CLOSE_TOKEN_EXPIRED = 4004
+CLOSE_SESSION_REVOKED = 4005  # logout, a reused refresh token, an account disabled: sign in again
+CLOSE_ROLE_REMOVED = 4006  # no role left in this private room: reconnecting is refused (403 not_member)
 
 MAX_CID = 64
 MAX_REF = 64

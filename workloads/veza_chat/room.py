@@ -19,7 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from . import metrics
+from veza_core import bus
+
+from . import inbound, metrics
 from .protocol import CLOSE_TRY_AGAIN, dumps
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ L1_SIZE = 4096
 DELIVERY_BATCH = 256  # events written to a socket in one go when several are waiting
 
 FetchAfter = Callable[[int, int, int], Awaitable[list[dict[str, Any]]]]
+LastCommitted = Callable[[], Awaitable[int]]
 RangeCache = Callable[[int, int], Awaitable[list[tuple[int, str]] | None]]
 # A committed event as it travels between replicas and to sockets: (seq, `event` frame text,
 # commit time in ms for messages, else None). Encoded once, where it enters the replica.
@@ -53,14 +56,16 @@ def text_frame(data: str) -> bytes:
 
 class Client:
     __slots__ = ("buffer", "closing", "inflight", "last_read", "last_sent", "last_typing", "name", "outq", "role",
-                 "transport", "user", "ws")
+                 "session", "transport", "user", "ws")
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, user: str, name: str, role: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, user: str, name: str, role: str,
+                 session: str | None = None) -> None:
         self.ws = ws
         self.transport = request.transport
         self.user = user
         self.name = name
         self.role = role
+        self.session = session  # the API session the token was issued in (claim `sid`), when it says
         self.last_sent = 0
         # While not None, live events are parked here (welcome or a replay is being sent first).
         self.buffer: list[tuple[int, str]] | None = []
@@ -104,10 +109,11 @@ class Client:
 
 class Room:
     def __init__(self, name: str, fetch_after: FetchAfter, l2_range: RangeCache | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, last_committed: LastCommitted | None = None) -> None:
         self.name = name
         self.clock = clock  # epoch seconds, compared with commit times for the delivery delay
         self.fetch_after = fetch_after
+        self.last_committed = last_committed
         self.l2_range = l2_range
         self.delivered = 0
         self.pending: dict[int, Encoded] = {}
@@ -154,6 +160,21 @@ class Room:
                 await asyncio.sleep(0.5)
                 continue
             metrics.GAP_FILLS.inc(len(events))
+            if not events and self.last_committed is not None:
+                try:
+                    committed = await self.last_committed()
+                except Exception as exc:
+                    log.warning("gap fill failed", extra={"error": repr(exc)})
+                    await asyncio.sleep(0.5)
+                    continue
+                if committed <= upto:
+                    # Events are published after their commit: one PostgreSQL does not have was never
+                    # committed. Whoever published it, it is not the room's, and must not move `delivered`.
+                    forged = [s for s in self.pending if s > committed]
+                    for seq in forged:
+                        del self.pending[seq]
+                    bus.reject(inbound.EVENTS, "not_committed", seq=min(forged))
+                    upto = committed
             # PostgreSQL holds every seq below one that was published (seqs are allocated under the
             # room lock), so a hole in its answer was removed by retention: skip it.
             self._skip_to(events[0]["seq"] - 1 if events else upto)

@@ -70,7 +70,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=(p.PROTOCOL,), heartbeat=30.0, compress=False, autoping=True,
                                max_msg_size=service.spec.limits.max_message_bytes * 6 + 4096)
     await ws.prepare(request)
-    client = Client(ws, request, principal.subject, principal.name, role)
+    sid = principal.claims.get("sid")
+    client = Client(ws, request, principal.subject, principal.name, role, sid if isinstance(sid, str) else None)
+    if service.revocations.revoked(principal):  # revoked while the handshake was under way
+        await ws.close(code=p.CLOSE_SESSION_REVOKED, message=b"session revoked")
+        return ws
     # The token let this socket in until it expires, not for as long as it stays open.
     exp = principal.claims.get("exp")
     expiry = asyncio.get_running_loop().call_later(

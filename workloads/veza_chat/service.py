@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from veza_core import bus
 from veza_core.auth import AUDIENCE_CHAT, Principal, TokenVerifier
 from veza_core.breaker import CircuitBreaker
 from veza_core.db import migrate
@@ -32,13 +33,14 @@ from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
 from veza_core.web import HttpError
 
-from . import access, metrics
+from . import access, inbound, metrics
 from . import protocol as p
 from .cache import RecentCache
 from .fanout import Fanout
 from .limits import BatchedLimiter
 from .presence import Presence
-from .room import Client, Room, encode
+from .revocations import Revocations
+from .room import Client, Encoded, Room, encode
 from .settings import ChatSettings
 from .spec import RoomSpec
 from .store import GroupCommitter, Store
@@ -76,10 +78,14 @@ class ChatService:
                                  members_key=f"veza:{settings.platform}:room:{self.room_name}:members",
                                  ttl=settings.chat_presence_ttl_seconds)
         self.store = Store(settings.database_url, self.room_name)
-        self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None, clock=clock)
+        self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None, clock=clock,
+                         last_committed=self.store.last_seq)
         self.committer = GroupCommitter(self.store, self._committed)
         self.fanout = Fanout(settings.nats_url, platform=settings.platform, room=self.room_name,
-                             worker_id=self.worker_id, on_events=self.room.feed, on_signal=self._on_signal)
+                             worker_id=self.worker_id, on_events=self._remote_events, on_signal=self._on_signal,
+                             on_revoked=self.session_revoked, on_membership=self.membership_changed, auth=settings)
+        self.revocations = Revocations(memory=settings.chat_revocation_memory_seconds, clock=clock)
+        self.known_last = 0  # the room's last seq as PostgreSQL last said
         self.sanctions: dict[tuple[str, str], float | None] = {}  # (user, ban|mute) -> until (epoch) or None
         self.booted = asyncio.Event()
         self.draining = False
@@ -112,6 +118,7 @@ class ChatService:
                 self.store.pool = None
                 await asyncio.sleep(1.0)
         self.room.start(last)
+        self.known_last = last
         self.committer.start()
         self.tasks += [asyncio.create_task(self._poll(), name="chat-poll"),
                        asyncio.create_task(self._heartbeat(), name="chat-presence"),
@@ -159,7 +166,7 @@ class ChatService:
     def authorize(self, token: str | None) -> tuple[Principal, str]:
         """(principal, room role) of a bearer token, or an HttpError with a stable code."""
         return access.authorize(token, self.verifier, self.room_name, self.spec,
-                                banned=lambda user: self.sanctioned(user, "ban"))
+                                banned=lambda user: self.sanctioned(user, "ban"), revocations=self.revocations)
 
     # -- polling ----------------------------------------------------------
     async def _poll(self) -> None:
@@ -176,6 +183,7 @@ class ChatService:
                 # With NATS up, only chase what stayed missing for a whole tick (fan-out is in flight otherwise).
                 target = min(last, seen_last) if self.fanout.connected else last
                 seen_last = last
+                self.known_last = max(self.known_last, last)
                 if target > self.room.delivered:
                     await self.room.catch_up(target)
                 if ticks % 10 == 0:
@@ -342,17 +350,82 @@ class ChatService:
                 await self.room.broadcast(p.dumps({"type": "presence", "op": "leave", "users": [
                     {"id": u} for u in sorted(left)]}))
 
-    # -- signals between replicas ---------------------------------------------
-    def _on_signal(self, data: dict[str, Any]) -> None:
-        kind = data.get("kind")
-        if kind == "presence":
-            if self.presence.remote_change(data["w"], data["op"], data["user"], data.get("name", "")):
-                self._presence_changed(data["user"], data.get("name", ""), data["op"] == "join")
-        elif kind == "frame":
-            asyncio.get_running_loop().create_task(self.room.broadcast(data["frame"]))
-        elif kind == "moderation":
-            self._apply_moderation(data["action"], data["user"], data.get("until"))
-            asyncio.get_running_loop().create_task(self.room.broadcast(data["frame"]))
+    # -- from the other replicas -------------------------------------------------
+    def _remote_events(self, items: list[Encoded]) -> None:
+        """Committed events from another replica's fan-out. A seq far beyond what this replica knows to be
+        committed is no event of this room (and would stop delivery while it waits for the seqs before it)."""
+        bound = max(self.room.delivered, self.known_last) + inbound.SEQ_WINDOW
+        if any(seq > bound for seq, _, _ in items):
+            bus.reject(inbound.EVENTS, "seq_out_of_window", seq=max(seq for seq, _, _ in items), bound=bound)
+            return
+        self.room.feed(items)
+
+    def _on_signal(self, signal: inbound.PresenceSignal | inbound.FrameSignal | inbound.ModerationSignal) -> None:
+        if isinstance(signal, inbound.PresenceSignal):
+            if self.presence.remote_change(signal.w, signal.op, signal.user, signal.name):
+                self._presence_changed(signal.user, signal.name, signal.op == "join")
+        elif isinstance(signal, inbound.FrameSignal):
+            frame = inbound.inner_frame(inbound.RelayedFrame, signal.frame)
+            if frame is not None:
+                asyncio.get_running_loop().create_task(self.room.broadcast(p.dumps(frame)))
+        else:
+            task = asyncio.get_running_loop().create_task(self._remote_moderation(signal))
+            self.tasks.append(task)
+            task.add_done_callback(self.tasks.remove)
+
+    async def _remote_moderation(self, signal: inbound.ModerationSignal) -> None:
+        """A moderation made on another replica. Bans and mutes are stored before they are announced, so one
+        that PostgreSQL does not hold (or still holds, for a lift) is not applied: a peer's word is not enough
+        to close a user's sockets. Kicks are stored nowhere: they are taken from the (validated) signal."""
+        frame = inbound.inner_frame(inbound.ModerationFrame, signal.frame)
+        if frame is None:
+            return
+        if (frame["action"], frame["user"]) != (signal.action, signal.user):
+            bus.reject(inbound.SIGNALS, "invalid_frame")
+            return
+        until = signal.until
+        if signal.action != "kick":
+            kind = signal.action.removeprefix("un")
+            try:
+                in_force = await self.store.sanctions_of(signal.user)
+            except Exception:
+                bus.reject(inbound.SIGNALS, "unconfirmed")  # the next sanctions reload decides
+                return
+            if (kind in in_force) != (signal.action == kind):
+                bus.reject(inbound.SIGNALS, "unconfirmed", action=signal.action)
+                return
+            until = in_force.get(kind)
+            frame.pop("until", None)
+            if until is not None:
+                frame["until"] = int(until * 1000)
+        self._apply_moderation(signal.action, signal.user, until)
+        await self.room.broadcast(p.dumps(frame))
+
+    # -- from the API --------------------------------------------------------------
+    def session_revoked(self, revoked: inbound.Revoked) -> None:
+        """A session ended (logout, a reused refresh token, an account disabled): its sockets close (every
+        socket of the user when no session is named), and its tokens open no new one."""
+        self.revocations.revoke(revoked.user, revoked.session)
+        for c in list(self.room.clients):
+            if c.user == revoked.user and (revoked.session is None or c.session == revoked.session):
+                self.close_socket(c, p.CLOSE_SESSION_REVOKED, "session revoked")
+        log.info("session revoked", extra={"user": revoked.user, "session": revoked.session,
+                                           "reason": revoked.reason})
+
+    def membership_changed(self, change: inbound.Membership) -> None:
+        """The API changed a user's role on this room. It is newer than any token already issued, so it wins
+        over their `res` claim: open sockets take the new role, and in a private room the sockets of a user left
+        without one close (the spec's member list and the admin role still count)."""
+        self.revocations.set_role(change.user, change.role)
+        for c in list(self.room.clients):
+            if c.user != change.user or c.role == "admin":
+                continue
+            role = change.role or access.default_role(c.user, self.spec)
+            if role is None:
+                self.close_socket(c, p.CLOSE_ROLE_REMOVED, "no longer a member")
+            else:
+                c.role = role
+        log.info("room role changed", extra={"user": change.user, "role": change.role})
 
     async def emit(self, frame: dict[str, Any], *, exclude: Client | None = None) -> None:
         """An ephemeral frame to this room on every replica."""

@@ -12,10 +12,11 @@ from typing import Any
 
 from pydantic import field_validator
 
+from veza_core.bus import NatsAuth
 from veza_core.config import Settings
 
 
-class ChatSettings(Settings):
+class ChatSettings(Settings, NatsAuth):
     component: str = "chat"
 
     # Apply database migrations at start (a migration Job does it when off; `--no-migrate` too).
@@ -26,6 +27,9 @@ class ChatSettings(Settings):
     chat_presence_events_max_users: int = 200
     # How often retention runs (when the room's spec asks for it).
     chat_retention_interval_seconds: float = 60.0
+    # How long the API's word on sessions and roles is kept to refuse tokens issued before it: longer than
+    # service tokens live (the API's VEZA_SERVICE_TOKEN_TTL_SECONDS, 300 by default).
+    chat_revocation_memory_seconds: float = 3600.0
 
     @field_validator("chat_migrate", mode="before")
     @classmethod

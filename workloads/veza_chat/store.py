@@ -186,6 +186,13 @@ class Store:
             self.room)
         return [(r["user_id"], r["kind"], None if r["until"] is None else r["until"].timestamp()) for r in rows]
 
+    async def sanctions_of(self, user: str) -> dict[str, float | None]:
+        """The sanctions in force on `user`: {kind: until epoch seconds or None}."""
+        rows = await self._pool().fetch(
+            "SELECT kind, until FROM chat_sanctions WHERE room = $1 AND user_id = $2"
+            " AND (until IS NULL OR until > now())", self.room, user)
+        return {r["kind"]: None if r["until"] is None else r["until"].timestamp() for r in rows}
+
     async def sanction(self, user: str, kind: str, until: float | None, reason: str | None, by: str) -> None:
         await self._pool().execute(
             "INSERT INTO chat_sanctions (room, user_id, kind, until, reason, by_user)"

@@ -13,3 +13,6 @@ DEPENDENCY_UP = Gauge(
     "veza_dependency_up", "1 when a backing service answers, 0 when it does not", ["component", "dependency"])
 CIRCUIT_OPEN = Gauge(
     "veza_circuit_open", "1 while a circuit breaker is open (calls go to the local fallback)", ["name"])
+BUS_REJECTED = Counter(
+    "veza_bus_rejected_total", "Messages from NATS dropped as malformed, out of bounds or unconfirmed",
+    ["subject_kind", "reason"])

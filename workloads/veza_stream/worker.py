@@ -103,7 +103,7 @@ class Worker:
     async def start(self) -> None:
         settings, name = self.settings, self.channel.name
         if settings.nats_url:
-            self.nc = await bus.connect(settings.nats_url, name=f"veza-stream-{name}")
+            self.nc = await bus.connect(settings.nats_url, name=f"veza-stream-{name}", auth=settings)
             await Replicator(self.channel, self.nc, self.subject("audio")).start()
             self.announcer.on_nats(self.nc, titles=self.subject("nowplaying"), listeners=self.subject("listeners"))
         if settings.redis_url:
