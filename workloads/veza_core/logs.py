@@ -1,16 +1,34 @@
-"""JSON logs, one object per line, with the component and (when set) the request id."""
+"""JSON logs, one object per line, with the component and (when set) the request id.
+
+No line carries a credential: query parameters named like tokens, passwords or secrets, bearer
+credentials and anything shaped like a JWT are replaced by `[redacted]` in the finished line,
+whoever logged it (our access log, aiohttp, a library's exception text).
+"""
 
 from __future__ import annotations
 
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+# `token=`, `access_token=`, `password=`… up to the next separator (of a query string, or of the JSON text).
+_SECRET_PARAM = re.compile(r"(?i)(\b[\w.-]*(?:token|ticket|password|passwd|secret)=)[^&;\s\"'\\#]+")
+_BEARER = re.compile(r"(?i)(\bbearer\s+)[\w.~+/=-]+")
+_JWT = re.compile(r"\beyJ[\w-]{2,}\.[\w-]{2,}\.[\w-]+")
+
+
+def redact(text: str) -> str:
+    """`text` without the credentials it may carry (query tokens, bearer credentials, JWTs)."""
+    text = _SECRET_PARAM.sub(r"\1[redacted]", text)
+    text = _BEARER.sub(r"\1[redacted]", text)
+    return _JWT.sub("[redacted]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,7 +50,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str))
 
 
 def configure_logging(component: str, level: str = "INFO") -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import StreamReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .logs import request_id
+from .logs import redact, request_id
 from .metrics import DEPENDENCY_UP, HTTP_LATENCY, HTTP_REQUESTS
 
 log = logging.getLogger("veza.http")
@@ -93,8 +93,9 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
         HTTP_REQUESTS.labels(component, route, request.method, str(status)).inc()
         HTTP_LATENCY.labels(component, route).observe(elapsed)
         if request.path not in QUIET_PATHS:
+            query = {"query": redact(request.query_string)} if request.query_string else {}
             log.info("request", extra={"method": request.method, "path": request.path, "status": status,
-                                       "duration_ms": round(elapsed * 1000, 2), "remote": request.remote})
+                                       "duration_ms": round(elapsed * 1000, 2), "remote": request.remote, **query})
         request_id.reset(token)
 
 
