@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from veza_core.specs import ChatRoomSpec
 
-from . import manifests, wiring
+from . import admission, manifests, wiring
 from .controller import Context, Key, post_event
 from .models import VezaPlatformSpec
 from .naming import OWNER_KIND, OWNER_NAME, Owner, selector_labels
@@ -78,6 +78,12 @@ async def _purge(ctx: Context, key: Key, body: dict[str, Any]) -> None:
         await post_event(ctx, body, "Warning", "HistoryNotPurged",
                          f"VezaPlatform {platform_name!r} is gone; the room's history was not purged.")
         await _set_finalizer(ctx, body, False)
+        return
+    refusal = admission.platform_refusal(platform, worker_image(platform, platform_body.get("status")),
+                                         ctx.settings)
+    if refusal is not None:  # no Job of a refused image: the room waits until the platform is fixed
+        await post_event(ctx, body, "Warning", refusal.reason, f"History not purged yet: {refusal.message}")
+        ctx.requeue(key, 30.0)
         return
     job = purge_job(body, platform_body, platform)
     observed = ctx.store.children.get(("Job", namespace, job["metadata"]["name"]))

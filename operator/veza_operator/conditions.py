@@ -108,3 +108,10 @@ def workers_health(deployment: dict[str, Any] | None, replicas: int, what: str) 
     if replicas == 0:
         return Health(True, "ScaledToZero", f"{what} is scaled to zero replicas.")
     return Health(True, "WorkersReady", f"{ready}/{replicas} {what} replicas ready.")
+
+
+def name_conflict(conflicts: list[str], kind: str) -> Health:
+    """Objects of someone else hold the names of children: they are left alone, never taken over."""
+    return Health(False, "NameConflict", f"{', '.join(conflicts)} exist(s) and were not created for this {kind}: "
+                                         f"the operator does not take them over. Delete or rename them (or label "
+                                         f"them veza.io/usable-by=<platform> to hand them over).", degraded=True)

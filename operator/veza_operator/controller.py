@@ -27,7 +27,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from .conditions import same_status
 from .kube import ApiError, ApiKind, KubeClient, is_subset
-from .naming import OWNER_KIND, OWNER_NAME
+from .naming import OWNER_KIND, OWNER_NAME, foreign
+from .settings import Settings
 
 log = logging.getLogger("veza.operator")
 
@@ -122,9 +123,10 @@ class Context:
     prunable: frozenset[str] = frozenset()  # kinds a reconcile may delete (`kinds.PRUNABLE`)
     capability_ttl: float = 60.0  # how long the answer to "is this optional API served?" is trusted
     capabilities: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
-    # Existence of referenced Secrets (namespace, name) -> when seen, remembered briefly so that bursts of
-    # reconciles (a thousand rooms created at once) do not turn into a thousand GETs.
-    secrets_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Referenced Secrets (namespace, name) -> when seen and their labels and owners, remembered briefly so
+    # that bursts of reconciles (a thousand rooms created at once) do not turn into a thousand GETs.
+    secrets_seen: dict[tuple[str, str], tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)  # what resource authors may ask for (admission.py)
 
     async def capability(self, kind: str) -> bool:
         """Whether an optional API (e.g. ServiceMonitor) is served; re-asked at most once per `capability_ttl`."""
@@ -136,22 +138,27 @@ class Context:
         self.capabilities[(api.group_version, api.plural)] = (served, time.monotonic())
         return served
 
-    async def sync_children(self, owner: Key, desired: list[dict[str, Any]], *, prune: bool = True) -> int:
+    async def sync_children(self, owner: Key, desired: list[dict[str, Any]], *, prune: bool = True) -> list[str]:
         """Apply the children that differ from what the store holds; delete ours that are no longer wanted.
 
-        Returns the number of writes made.
+        A child whose name an object of someone else holds is left alone (never adopted: applying would
+        take it over, and the garbage collector would delete it with our owner). Returns those, as
+        "Kind/name".
         """
-        writes = 0
+        conflicts = []
         wanted = set()
         for manifest in desired:
             key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
             wanted.add(key)
-            observed = self.store.children.get(key)
+            # The store holds only what is labelled as ours; anything else of that name is asked for.
+            observed = self.store.children.get(key) or await self.client.get(*key)
+            if observed is not None and foreign(manifest, observed):
+                conflicts.append(f"{key[0]}/{key[2]}")
+                continue
             if observed is not None and is_subset(manifest, observed):
                 continue
             applied = await self.client.apply(manifest)
             WRITES.labels(manifest["kind"], "apply").inc()
-            writes += 1
             if applied:
                 self.store.put_child(applied)  # so the next reconcile does not apply it again
         for child in self.store.owned_by(owner) if prune else []:
@@ -160,8 +167,7 @@ class Context:
                 await self.client.delete(*key)
                 WRITES.labels(key[0], "delete").inc()
                 self.store.children.pop(key, None)
-                writes += 1
-        return writes
+        return conflicts
 
     async def report(self, key: Key, status: dict[str, Any]) -> bool:
         """Patch the status when it changed; returns whether it wrote."""

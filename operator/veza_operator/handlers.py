@@ -38,7 +38,7 @@ class Runtime:
         self.namespaces = namespaces  # watched; none: the whole cluster
         self.store = Store(status_read=kinds.STATUS_READ)
         self.ctx = Context(client=client, store=self.store, kinds=kinds.API, prunable=kinds.PRUNABLE,
-                           capability_ttl=settings.capability_ttl)
+                           capability_ttl=settings.capability_ttl, settings=settings)
         self.reconciler = Reconciler(self.ctx, kinds.RECONCILERS, workers=settings.reconcile_workers)
         self.reconciler.pause()  # until the store is filled
         self.resync_seconds = settings.resync_seconds

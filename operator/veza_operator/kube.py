@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # kopf is imported where the operator runs, not by `veza crds
     import kopf
 
 
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
 @dataclass(frozen=True)
 class ApiKind:
     """Where a kind lives in the API and what the operator does with it (`kinds.py` lists them all)."""
@@ -121,13 +124,14 @@ class KubeClient:
         return path
 
     async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                    params: dict[str, str] | None = None) -> dict[str, Any]:
+                    params: dict[str, str] | None = None, accept: str | None = None) -> dict[str, Any]:
         for attempt in (1, 2):
             if self._session is None:
                 self._session = self._connect()
             data = None if body is None else json.dumps(body)
+            headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
             async with self._session.request(method, path.lstrip("/"), data=data, params=params,
-                                             headers={"Content-Type": content_type}) as resp:
+                                             headers=headers) as resp:
                 text = await resp.text()
                 if resp.status == 401 and attempt == 1:
                     # The ServiceAccount token was rotated under us: log in again, once.
@@ -189,6 +193,17 @@ class KubeClient:
             if exc.status == 404:
                 return None
             raise
+
+    async def get_metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """An object's metadata only (PartialObjectMetadata): a Secret's labels without its data."""
+        try:
+            found = await self._call("GET", self._path(kind, namespace, name), accept=PARTIAL_METADATA)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        meta: dict[str, Any] = found.get("metadata") or {}
+        return meta
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ OWNER_KIND = "veza.io/owner-kind"
 OWNER_NAME = "veza.io/owner-name"
 PLATFORM_LABEL = "veza.io/platform"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+# The platform engineer's consent: this Secret (or this existing object named like a child) is the platform's.
+USABLE_BY = "veza.io/usable-by"
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,18 @@ def metadata(name: str, owner: Owner, labels: dict[str, str] | None = None,
     if annotations:
         meta["annotations"] = annotations
     return meta
+
+
+def foreign(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:
+    """Whether an existing object named like a child we want belongs to someone else.
+
+    Ours: controlled by the child's owner (its uid). Handed over: labelled usable by the child's
+    platform and controlled by nobody else (e.g. a ServiceAccount made beforehand with an IRSA role).
+    """
+    meta = observed.get("metadata") or {}
+    owner_uids = {ref["uid"] for ref in desired["metadata"].get("ownerReferences") or [] if ref.get("controller")}
+    controllers = {ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")}
+    if controllers & owner_uids:
+        return False
+    platform = desired["metadata"].get("labels", {}).get(PLATFORM_LABEL)
+    return bool(controllers) or platform is None or (meta.get("labels") or {}).get(USABLE_BY) != platform

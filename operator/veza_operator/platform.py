@@ -16,7 +16,6 @@ shared object.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,8 +23,8 @@ from pydantic import ValidationError
 
 from veza_core import keys as jwt_keys
 
-from . import frontdoor, manifests, wiring
-from .conditions import Health, conditions, ready_reason, workers_health
+from . import admission, frontdoor, manifests, wiring
+from .conditions import Health, conditions, name_conflict, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
 from .naming import COMPONENT_LABEL, PLATFORM_LABEL, Owner, metadata, selector_labels
@@ -187,24 +186,6 @@ def keys_secret(owner: Owner, name: str) -> dict[str, Any]:
             "stringData": jwt_keys.secret_data([jwt_keys.generate_signing_key()])}
 
 
-# How long a referenced Secret seen to exist is not asked for again (`Context.secrets_seen`).
-SECRET_TTL = 30.0
-
-
-async def _missing_secrets(ctx: Context, namespace: str, names: set[str]) -> list[str]:
-    missing = []
-    for name in sorted(names):
-        seen = ctx.secrets_seen.get((namespace, name))
-        if seen is not None and time.monotonic() - seen < SECRET_TTL:
-            continue
-        if await ctx.client.get("Secret", namespace, name) is None:
-            ctx.secrets_seen.pop((namespace, name), None)
-            missing.append(name)
-        else:
-            ctx.secrets_seen[(namespace, name)] = time.monotonic()
-    return missing
-
-
 async def reconcile_platform(ctx: Context, key: Key) -> None:
     body = ctx.store.owners.get(key)
     if body is None or body["metadata"].get("deletionTimestamp"):
@@ -231,15 +212,18 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
         return
     owner = Owner.of(body)
     status["url"] = wiring.public_url(spec)
+    images = choose_images(spec, previous, ctx.store.children.get(("Job", namespace, migration_job_name(name, spec))))
+    refusal = admission.platform_refusal(spec, images.workers, ctx.settings)
+    if refusal is not None:  # nothing rolls: the children stay as they are
+        await report(refusal.health())
+        return
 
     secret_name = wiring.keys_secret_name(name, spec)
     status["keysSecret"] = secret_name
     if spec.auth.keysSecretName is None and previous.get("keysSecret") != secret_name:
         # First reconcile (or the name changed): generate the keys unless they exist. Never overwritten.
         await ctx.client.create(keys_secret(owner, secret_name))
-    missing = await _missing_secrets(ctx, namespace, wiring.secrets_referenced(spec) | {secret_name})
 
-    images = choose_images(spec, previous, ctx.store.children.get(("Job", namespace, migration_job_name(name, spec))))
     if images.recorded is not None:
         status["workerImage"] = images.recorded  # its change rolls every room and channel (handlers.py)
     if images.migration == "Succeeded":
@@ -247,14 +231,22 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
 
     monitors = await ctx.capability("ServiceMonitor")
     routes = await frontdoor.serves_routes(ctx, spec)
-    await ctx.sync_children(key, build_children(owner, spec, worker_image=images.workers,
-                                                service_monitors=monitors, http_routes=routes))
-
-    if missing:
-        ctx.requeue(key, 10.0)  # heal by itself once the Secrets appear
-        await report(Health(False, "SecretNotFound", f"Secret(s) not found: {', '.join(missing)}.",
-                            degraded=True))
+    children = build_children(owner, spec, worker_image=images.workers, service_monitors=monitors,
+                              http_routes=routes)
+    # Every Secret the children read, and those the rooms and channels will: nothing is applied until
+    # each exists and is the platform's.
+    names = admission.secrets_in(children) | wiring.secrets_referenced(spec)
+    refusal = await admission.secret_refusal(ctx, namespace, names, name, owner.uid)
+    if refusal is not None:
+        ctx.requeue(key, 10.0)  # Secrets are not watched: heal by looking again
+        await report(refusal.health())
         return
+    conflicts = await ctx.sync_children(key, children)
+    if conflicts:
+        ctx.requeue(key, 30.0)  # someone else's objects are not watched either
+        await report(name_conflict(conflicts, "VezaPlatform"))
+        return
+
     stay = f" Workers stay on {images.workers.reference}." if images.waiting else ""
     if images.migration == "Failed":
         await report(Health(False, "MigrationFailed", f"The database migration Job of {images.target} failed; "

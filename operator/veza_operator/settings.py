@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Ingress annotations that carry controller configuration (ingress-nginx snippets, external auth,
+# mirroring, redirects, extra host names): a resource author must not reach the controller through them.
+DENIED_ANNOTATIONS = ("*snippet*", "*auth-url*", "*auth-signin*", "*auth-tls-match-cn*", "*mirror-*",
+                      "*permanent-redirect*", "*temporal-redirect*", "*server-alias*")
 
 
 class Settings(BaseModel):
@@ -31,6 +36,26 @@ class Settings(BaseModel):
     resync_seconds: float = Field(600.0, gt=0, description="VEZA_RESYNC_SECONDS: period of the full resync")
     capability_ttl: float = Field(60.0, ge=0, description="VEZA_CAPABILITY_TTL: seconds the answer to 'is "
                                                           "this optional API served?' is trusted")
+
+    # What a resource author may make the operator do (docs/operator.md, "What the operator refuses").
+    allowed_image_repositories: tuple[str, ...] = Field(
+        ("ghcr.io/veza-platform/veza",),
+        description="VEZA_ALLOWED_IMAGE_REPOSITORIES: comma-separated image repositories workers may run; an "
+                    "entry ending in / allows every repository under it")
+    ingress_annotations_allowed: tuple[str, ...] = Field(
+        ("*",), description="VEZA_INGRESS_ANNOTATIONS_ALLOWED: comma-separated glob patterns of the annotation "
+                            "keys a platform may set on its Ingresses")
+    ingress_annotations_denied: tuple[str, ...] = Field(
+        DENIED_ANNOTATIONS, description="VEZA_INGRESS_ANNOTATIONS_DENIED: comma-separated glob patterns refused "
+                                        "even when allowed")
+
+    @field_validator("allowed_image_repositories", "ingress_annotations_allowed", "ingress_annotations_denied",
+                     mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

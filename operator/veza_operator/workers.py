@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from veza_core.specs import ChatRoomSpec, Resources, StreamChannelSpec
 
-from . import frontdoor, manifests, wiring
-from .conditions import Health, conditions, ready_reason, workers_health
+from . import admission, frontdoor, manifests, wiring
+from .conditions import Health, conditions, name_conflict, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
 from .naming import Owner, selector_labels, selector_string, worker_name
@@ -157,6 +157,12 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
         await report(Health(False, "InvalidSpec", problem, degraded=True))
         return
 
+    image = worker_image(platform, platform_body.get("status"))
+    refusal = admission.platform_refusal(platform, image, ctx.settings)
+    if refusal is not None:  # the platform reports it too; nothing rolls
+        await report(refusal.health(f"VezaPlatform {platform_name!r}: "))
+        return
+
     if ("ServiceAccount", namespace, platform_service_account(platform_name)) not in ctx.store.children:
         # Pods of a Deployment created before the platform's worker ServiceAccount fail to create.
         await report(Health(False, "WaitingForPlatform", f"Waiting for VezaPlatform {platform_name!r} to "
@@ -166,9 +172,18 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
 
     owner = Owner.of(body)
     routes = await frontdoor.serves_routes(ctx, platform)
-    children = build_children(wk, owner, spec, raw_spec, platform_name, platform,
-                              image=worker_image(platform, platform_body.get("status")), http_routes=routes)
-    await ctx.sync_children(key, children)
+    children = build_children(wk, owner, spec, raw_spec, platform_name, platform, image=image, http_routes=routes)
+    refusal = await admission.secret_refusal(ctx, namespace, admission.secrets_in(children), platform_name,
+                                             platform_body["metadata"].get("uid", ""))
+    if refusal is not None:
+        ctx.requeue(key, 10.0)  # Secrets are not watched: heal by looking again
+        await report(refusal.health())
+        return
+    conflicts = await ctx.sync_children(key, children)
+    if conflicts:
+        ctx.requeue(key, 30.0)  # someone else's objects are not watched either
+        await report(name_conflict(conflicts, wk.kind))
+        return
 
     deployment = ctx.store.children.get(("Deployment", namespace, worker_name(wk.component, name)))
     health = workers_health(deployment, spec.replicas, f"{wk.component} worker")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,12 +17,14 @@ import pytest
 import yaml
 
 from tests.support.kube import KubeCluster
-from tests.support.operator import platform
+from tests.support.operator import channel, condition, connections_secret, platform, room, wait_condition
 from veza_core.specs import ChatRoomSpec, StreamChannelSpec
+from veza_local.controlplane import wait_for
 from veza_operator import platform as platform_mod
 from veza_operator.chatroom import CHAT_WORKERS, purge_job
 from veza_operator.models import VezaPlatformSpec
 from veza_operator.naming import Owner
+from veza_operator.settings import Settings
 from veza_operator.streamchannel import STREAM_WORKERS
 from veza_operator.workers import build_children
 
@@ -289,3 +292,127 @@ def test_the_api_server_accepts_the_egress_policies(kube: KubeCluster, scratch: 
     bad = platform(scratch, networkPolicies={"egress": {"backends": [{"cidrs": ["postgres.example.com"]}]}})
     refused = kube.run("kubectl", "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(bad), check=False)
     assert refused.returncode != 0 and "cidrs" in refused.stderr
+
+
+# -- 10: the operator is no confused deputy --------------------------------------------------------
+
+
+def deployment_images(kube: KubeCluster, ns: str, *names: str) -> dict[str, str]:
+    out = {}
+    for name in names:
+        dep = kube.get("deployment", name, ns)
+        assert dep is not None, name
+        out[name] = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+    return out
+
+
+@pytest.mark.kube
+def test_an_image_from_a_repository_the_operator_does_not_allow_is_refused_and_nothing_rolls(
+        kube: KubeCluster, ns: str) -> None:
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "lobby"))
+    wait_condition(kube, "vezaplatform", "demo", ns)
+    wait_condition(kube, "chatroom", "lobby", ns)
+    before = deployment_images(kube, ns, "demo-api", "chat-lobby")
+    jobs = {j["metadata"]["name"] for j in json.loads(kube.kubectl("get", "jobs", "-n", ns, "-o", "json"))["items"]}
+
+    kube.apply(platform(ns, image={"repository": "registry.evil.example/miner", "tag": "1"}))
+    p = wait_condition(kube, "vezaplatform", "demo", ns, status="False", reason="ImageNotAllowed")
+    assert "registry.evil.example/miner" in condition(p)["message"]
+    r = wait_condition(kube, "chatroom", "lobby", ns, status="False", reason="ImageNotAllowed")
+    assert "VezaPlatform 'demo'" in condition(r)["message"]
+    assert deployment_images(kube, ns, "demo-api", "chat-lobby") == before
+    after = {j["metadata"]["name"] for j in json.loads(kube.kubectl("get", "jobs", "-n", ns, "-o", "json"))["items"]}
+    assert after == jobs, "no migration Job of the refused image"
+
+    kube.apply(platform(ns))  # back to an allowed image: heals
+    wait_condition(kube, "vezaplatform", "demo", ns)
+    wait_condition(kube, "chatroom", "lobby", ns)
+
+
+def secret(ns: str, name: str, labels: dict[str, str] | None = None, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+            "stringData": data or {"password": "another-application's-secret"}}
+
+
+@pytest.mark.kube
+def test_a_secret_not_labelled_for_the_platform_is_never_mounted(kube: KubeCluster, ns: str) -> None:
+    # Another application's Secrets in the same namespace.
+    kube.apply(secret(ns, "billing-db", uri="postgresql://billing:secret@billing/billing"), secret(ns, "billing-admin"))
+    unlabelled = platform(ns)
+    unlabelled["spec"]["connections"]["postgres"]["uriSecretRef"] = {"name": "billing-db", "key": "uri"}
+    kube.apply(connections_secret(ns), unlabelled)
+    p = wait_condition(kube, "vezaplatform", "demo", ns, status="False", reason="SecretNotUsable")
+    assert "billing-db" in condition(p)["message"] and "veza.io/usable-by=demo" in condition(p)["message"]
+    assert kube.get("deployment", "demo-api", ns) is None and kube.get("job", "demo-migrate", ns) is None
+    assert not json.loads(kube.kubectl("get", "deployments,jobs", "-n", ns, "-o", "json"))["items"]
+
+    kube.apply(platform(ns), channel(ns, "radio", source={
+        "type": "live", "passwordSecretRef": {"name": "billing-admin", "key": "password"}}))
+    wait_condition(kube, "vezaplatform", "demo", ns)
+    c = wait_condition(kube, "streamchannel", "radio", ns, status="False", reason="SecretNotUsable")
+    assert "billing-admin" in condition(c)["message"]
+    assert kube.get("deployment", "stream-radio", ns) is None
+
+    # Labelled by whoever owns it (the platform engineer), it is the platform's to use.
+    kube.kubectl("label", "secret", "billing-admin", "-n", ns, "veza.io/usable-by=demo")
+    wait_condition(kube, "streamchannel", "radio", ns, timeout=90)
+
+
+@pytest.mark.kube
+def test_ingress_annotations_that_configure_the_controller_are_refused(kube: KubeCluster, ns: str) -> None:
+    snippet = {"nginx.ingress.kubernetes.io/configuration-snippet": "location / { proxy_pass http://evil; }"}
+    kube.apply(connections_secret(ns), platform(ns, ingress={"host": "veza.test", "annotations": snippet}),
+               room(ns, "lobby"))
+    p = wait_condition(kube, "vezaplatform", "demo", ns, status="False", reason="AnnotationNotAllowed")
+    assert "nginx.ingress.kubernetes.io/configuration-snippet" in condition(p)["message"]
+    wait_condition(kube, "chatroom", "lobby", ns, status="False", reason="AnnotationNotAllowed")
+    assert not json.loads(kube.kubectl("get", "ingresses", "-n", ns, "-o", "json"))["items"]
+
+    fine = {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    kube.apply(platform(ns, ingress={"host": "veza.test", "annotations": fine}))
+    wait_condition(kube, "chatroom", "lobby", ns)
+    ingress = kube.get("ingress", "chat-lobby", ns)
+    assert ingress is not None and ingress["metadata"]["annotations"] == fine
+
+
+@pytest.mark.kube
+def test_an_existing_object_of_the_same_name_is_never_taken_over(kube: KubeCluster, ns: str) -> None:
+    """Someone else's Service is named like a room's: a room named so must not take it over (and have the
+    garbage collector delete it with the room)."""
+    theirs = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "chat-payments", "namespace": ns},
+              "spec": {"selector": {"app": "payments"}, "ports": [{"port": 80, "targetPort": 8443}]}}
+    kube.apply(theirs)
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "payments"))
+    r = wait_condition(kube, "chatroom", "payments", ns, status="False", reason="NameConflict")
+    assert "Service/chat-payments" in condition(r)["message"]
+    service = kube.get("service", "chat-payments", ns)
+    assert service is not None
+    assert not service["metadata"].get("ownerReferences") and "app.kubernetes.io/managed-by" not in (
+        service["metadata"].get("labels") or {})
+    assert service["spec"]["selector"] == {"app": "payments"}
+    kube.kubectl("delete", "chatroom", "payments", "-n", ns)
+    wait_for(lambda: kube.get("deployment", "chat-payments", ns) is None, timeout=60, interval=1,
+             message="the room's own children collected")
+    assert kube.get("service", "chat-payments", ns) is not None, "theirs survives the room"
+
+
+def test_the_allow_lists_come_from_the_operators_settings() -> None:
+    from veza_operator.admission import platform_refusal, repository_allowed, secrets_in
+
+    settings = Settings.from_env({
+        "VEZA_ALLOWED_IMAGE_REPOSITORIES": "ghcr.io/veza-platform/veza, registry.example/veza/",
+        "VEZA_INGRESS_ANNOTATIONS_ALLOWED": "cert-manager.io/*"})
+    assert repository_allowed("registry.example/veza/worker", settings.allowed_image_repositories)
+    assert not repository_allowed("registry.example/vezaxyz", settings.allowed_image_repositories)
+    assert not repository_allowed("ghcr.io/veza-platform/veza-evil", settings.allowed_image_repositories)
+    spec = platform_spec(ingress={"annotations": {"traefik.ingress.kubernetes.io/router.tls": "true"}})
+    refusal = platform_refusal(spec, spec.image, settings)
+    assert refusal is not None and refusal.reason == "AnnotationNotAllowed"
+    for key in ("nginx.ingress.kubernetes.io/server-snippet", "nginx.ingress.kubernetes.io/auth-url",
+                "nginx.ingress.kubernetes.io/configuration-snippet", "nginx.ingress.kubernetes.io/server-alias"):
+        default = platform_refusal(platform_spec(ingress={"annotations": {key: "x"}}), spec.image, Settings())
+        assert default is not None and key in default.message, "refused by default"
+    # Every Secret the children read is checked, wherever the builders put it.
+    tls = platform_spec(ingress={"tls": {"secretName": "veza-tls"}})
+    assert secrets_in(everything(tls, RELAY)) == {"veza-connections", "demo-jwt-keys", "veza-tls"}
+    assert secrets_in(everything(nats_platform())) >= {"nats-creds", "nats-ca", "nats-api", "nats-chat"}

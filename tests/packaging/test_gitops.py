@@ -177,11 +177,13 @@ def test_argocd_and_flux_examples_point_at_the_chart_with_valid_values(tmp_path:
 
 def test_irsa_annotation_on_a_precreated_service_account_survives_the_operator(kube: KubeCluster, ns: str) -> None:
     """terraform/examples/aws creates <platform>-api/-worker with the IRSA annotation before the operator
-    runs; the operator's server-side apply must adopt them and keep the annotation."""
+    runs, labelled as handed to the platform; the operator's server-side apply takes them over and keeps
+    the annotation (without the label it would report a NameConflict and leave them alone)."""
     role = "arn:aws:iam::123456789012:role/veza-prod-workers"
     for sa in ("demo-api", "demo-worker"):
         kube.kubectl("create", "serviceaccount", sa, "-n", ns)
         kube.kubectl("annotate", "serviceaccount", sa, "-n", ns, f"eks.amazonaws.com/role-arn={role}")
+        kube.kubectl("label", "serviceaccount", sa, "-n", ns, "veza.io/usable-by=demo")
     kube.apply(connections_secret(ns), platform(ns), room(ns, "lobby"))
     wait_condition(kube, "vezaplatform", "demo", ns)
     wait_condition(kube, "chatroom", "lobby", ns)

@@ -108,8 +108,10 @@ class OperatorProcess:
 
 
 
-def connections_secret(ns: str, name: str = "veza-connections") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+def connections_secret(ns: str, name: str = "veza-connections", platform_name: str = "demo") -> dict[str, Any]:
+    """The platform's connection Secret, labelled for it (the operator uses no other)."""
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": ns, "labels": {"veza.io/usable-by": platform_name}},
             "stringData": {"postgres-uri": "postgresql://veza:pw@postgres:5432/veza",
                            "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}}
 
