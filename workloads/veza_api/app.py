@@ -102,7 +102,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
             store=ObjectStore(settings.s3_bucket, endpoint_url=settings.s3_endpoint, region=settings.s3_region),
             mailer=Mailer(settings),
             oidc=OidcClient(settings) if settings.oidc_issuer and settings.oidc_client_id else None,
-            publisher=Publisher(settings.nats_url, name=f"veza-api-{settings.platform}"),
+            publisher=Publisher(settings.nats_url, name=f"veza-api-{settings.platform}", auth=settings),
         )
         app[API] = ctx
         ctx.publisher.start()

@@ -26,9 +26,10 @@ PUBLISH_FAILURES = Counter("veza_api_bus_publish_failures_total",
 
 
 class Publisher:
-    def __init__(self, url: str | None, *, name: str = "veza-api") -> None:
+    def __init__(self, url: str | None, *, name: str = "veza-api", auth: bus.NatsAuth | None = None) -> None:
         self.url = url
         self.name = name
+        self.auth = auth
         self.nc: Client | None = None
         self._connecting: asyncio.Task[None] | None = None
 
@@ -40,7 +41,7 @@ class Publisher:
         assert self.url is not None
         while self.nc is None:
             try:
-                self.nc = await bus.connect(self.url, name=self.name)
+                self.nc = await bus.connect(self.url, name=self.name, auth=self.auth)
             except Exception as exc:  # nats raises several unrelated types; retry whatever it was
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)

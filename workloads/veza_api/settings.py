@@ -10,10 +10,11 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from veza_core.bus import NatsAuth
 from veza_core.config import Settings
 
 
-class ApiSettings(Settings):
+class ApiSettings(Settings, NatsAuth):
     component: str = "api"
 
     # Browsers may call the API from these origins (comma-separated; "*" for any).
