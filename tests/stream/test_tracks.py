@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.support.audio import decode_pcm, dominant_frequency, sine
+from tests.support.waiting import wait_for
 
 PASSWORD = "upload-secret"
 SPEC = {"source": {"type": "playlist", "playlist": {"tracks": []}},
@@ -60,4 +64,50 @@ async def test_upload_probe_and_store(bucket: Any, start_worker: Any) -> None:
             assert resp.status == 413 and (await resp.json())["error"]["code"] == "track_too_large"
         async with session.get(f"{worker.url}/healthz") as resp:
             assert resp.status == 200
+    assert worker.alive()
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory in bytes (VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+async def test_uploads_are_bounded_in_number_and_never_held_in_memory(bucket: Any, start_worker: Any) -> None:
+    """An upload was read whole into memory (100 MiB, then its renditions), with no bound on how many ran at once."""
+    worker = start_worker("bounded", SPEC, VEZA_SOURCE_PASSWORD=PASSWORD, VEZA_STREAM_MAX_UPLOADS="1")
+    assert worker.process is not None
+    url = f"{worker.url}/stream/bounded/tracks"
+    good = sine(550, 1.0, "mp3")
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield good[:1000]
+        await release.wait()
+        yield good[1000:]
+
+    async with aiohttp.ClientSession() as session:
+        first = asyncio.create_task(session.post(url, params={"id": "slow"}, data=slow_body(), headers=AUTH))
+        async def refused() -> bool:
+            async with session.post(url, data=good, headers=AUTH) as resp:
+                assert resp.status != 201, "a second upload ran alongside the first"
+                return resp.status == 503 and resp.headers.get("Retry-After") == "10" and (
+                    await resp.json())["error"]["code"] == "uploads_busy"
+
+        # Time for the first upload to reach the worker and take the slot (nothing shows it before its body ends);
+        # a second one sent sooner could take the slot first.
+        await asyncio.sleep(1.0)
+        assert await wait_for(refused, timeout=5, message="the second upload refused while the first runs")
+        release.set()
+        async with await first as resp:
+            assert resp.status == 201, await resp.text()
+        async with session.post(url, params={"id": "second"}, data=good, headers=AUTH) as resp:
+            assert resp.status == 201, await resp.text()
+
+        # 90 MiB go to a temporary file as they arrive: the worker's peak memory hardly moves.
+        before = peak_rss(worker.process.pid)
+        async with session.post(url, params={"id": "big"}, data=b"\0" * (90 << 20), headers=AUTH) as resp:
+            assert resp.status == 422, await resp.text()
+        grown = peak_rss(worker.process.pid) - before
+        assert grown < 40 << 20, f"peak memory grew by {grown >> 20} MiB"
     assert worker.alive()

@@ -3,6 +3,8 @@ app keys, and the worker's lifecycle tied to the app's."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from veza_core.web import add_readiness_check, create_app
@@ -37,13 +39,14 @@ def add_routes(app: web.Application) -> None:
 def create_stream_app(settings: StreamSettings) -> web.Application:
     """The app for the StreamChannel of `settings` (ValueError or ValidationError if they do not describe one)."""
     worker = Worker(settings)
-    app = create_app("stream", client_max_size=tracks.MAX_UPLOAD_BYTES)
+    app = create_app("stream")  # no handler reads a body whole: uploads and sources stream theirs
     app.middlewares.append(ingest.server_options)
     app[CHANNEL] = worker.channel
     app[ACCESS] = worker.access
     app[LEADERSHIP] = worker.leadership
     app[LISTENERS] = worker.listeners
     app[LIBRARY] = worker.library
+    app[tracks.UPLOAD_SLOTS] = asyncio.Semaphore(settings.stream_max_uploads)
     add_routes(app)
 
     async def start(app: web.Application) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import av
 
@@ -43,13 +44,19 @@ class ProbeError(HttpError):
         super().__init__(status, code, message)
 
 
-def probe(data: bytes, *, max_bytes: int = MAX_TRACK_BYTES, max_seconds: float = MAX_TRACK_SECONDS) -> TrackInfo:
-    if len(data) > max_bytes:
+def probe(data: bytes | BinaryIO, *, max_bytes: int = MAX_TRACK_BYTES,
+          max_seconds: float = MAX_TRACK_SECONDS) -> TrackInfo:
+    """What an upload (its bytes, or a file of them: read from the start, never by name) holds; ProbeError when it
+    is not a complete, supported, reasonably sized audio file."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    size = source.seek(0, io.SEEK_END)
+    source.seek(0)
+    if size > max_bytes:
         raise ProbeError(413, "track_too_large", f"tracks are limited to {max_bytes} bytes")
-    if not data:
+    if not size:
         raise ProbeError(400, "track_empty", "the upload is empty")
     try:
-        container = av.open(io.BytesIO(data), "r", container_options=UNTRUSTED_AUDIO)
+        container = av.open(source, "r", container_options=UNTRUSTED_AUDIO)
     except (av.error.FFmpegError, ValueError) as exc:  # a demuxer outside the allow-list too
         raise ProbeError(422, "track_unreadable", "not an audio file we can read") from exc
     with container:

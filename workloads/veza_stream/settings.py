@@ -48,6 +48,9 @@ class StreamSettings(Settings, NatsAuth):
     stream_ll_hls_part: float = 0.0
     # Seconds of audio collected before each write to listeners (0.02 to 1).
     stream_write_interval: float = 0.25
+    # Track uploads processed at once by this replica (each holds one core transcoding and up to 100 MiB plus its
+    # renditions in temporary files); beyond it, 503 `uploads_busy` with Retry-After.
+    stream_max_uploads: int = Field(1, ge=1)
     # This replica's URL for the others; unset: derived from the listen address (or pod_ip).
     stream_advertise_url: str | None = None
     # The live source password (Icecast's); unset: broadcasters need a token.

@@ -2,15 +2,19 @@
 
 Without `id` the worker names the track (a uuid); an id already stored is refused (409), never replaced.
 
-The API's upload endpoint (or an operator with a broadcaster token) sends the raw file.
+The API's upload endpoint (or an operator with a broadcaster token) sends the raw file. It goes to a temporary file
+as it arrives (never whole into memory), and at most `VEZA_STREAM_MAX_UPLOADS` uploads run at once per replica.
 Every refusal counts in veza_stream_ingest_rejected_total under its code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import tempfile
 import uuid
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -25,6 +29,22 @@ log = logging.getLogger("veza.stream")
 
 MAX_UPLOAD_BYTES = MAX_TRACK_BYTES + 1
 TRACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+TOO_LARGE = HttpError(413, "track_too_large", f"tracks are limited to {MAX_TRACK_BYTES} bytes")
+RETRY_AFTER = 10  # seconds: an upload is probed and transcoded in about that (a few minutes of audio)
+# Uploads in progress on this replica (VEZA_STREAM_MAX_UPLOADS): each holds its file and renditions on disk and one
+# core transcoding; beyond it, 503 `uploads_busy` with Retry-After.
+UPLOAD_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("stream_upload_slots", asyncio.Semaphore)
+
+
+async def receive(request: web.Request, body: BinaryIO) -> int:
+    """The request's body into `body` as it arrives (never whole in memory); its size, or 413 past the limit."""
+    size = 0
+    async for data in request.content.iter_chunked(1 << 16):
+        size += len(data)
+        if size > MAX_TRACK_BYTES:
+            raise TOO_LARGE
+        body.write(data)
+    return size
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -35,16 +55,19 @@ async def upload(request: web.Request) -> web.Response:
         track_id = request.query.get("id") or uuid.uuid4().hex
         if not TRACK_ID.match(track_id):
             raise HttpError(400, "bad_track_id", "query parameter id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-        too_large = HttpError(413, "track_too_large", f"tracks are limited to {MAX_TRACK_BYTES} bytes")
         if request.content_length is not None and request.content_length > MAX_TRACK_BYTES:
-            raise too_large
-        try:
-            data = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
-        stored = await request.app[LIBRARY].add(track_id, data, request.content_type or "application/octet-stream")
+            raise TOO_LARGE
+        slots = request.app[UPLOAD_SLOTS]
+        if slots.locked():
+            raise HttpError(503, "uploads_busy", "as many uploads as this replica takes are in progress; retry",
+                            headers={"Retry-After": str(RETRY_AFTER)})
+        async with slots:
+            with tempfile.TemporaryFile(prefix="veza-upload-") as body:
+                size = await receive(request, body)
+                stored = await request.app[LIBRARY].add(track_id, body,
+                                                        request.content_type or "application/octet-stream")
         log.info("track stored", extra={"channel": access.channel, "track": track_id, "by": broadcaster,
-                                        "remote": client_address(request), "bytes": len(data)})
+                                        "remote": client_address(request), "bytes": size})
     except HttpError as exc:
         INGEST_REJECTED.labels(access.channel, exc.code).inc()
         raise
