@@ -139,7 +139,7 @@ def _crc16(data: bytes) -> int:
 
 
 async def test_a_creds_file_sends_its_jwt_and_signs_the_servers_nonce(tmp_path: Path) -> None:
-    """nats-py needs the `nkeys` package for .creds files; the worker signs with `cryptography` instead. A server
+    """A .creds file (a user JWT and its nkey seed): the worker sends the JWT and signs the server's nonce. A server
     in operator mode checks the signature against the user's public key, as done here on the CONNECT it gets."""
     key = Ed25519PrivateKey.generate()
     raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,

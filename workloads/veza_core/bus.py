@@ -11,8 +11,6 @@ arrives from the bus is another pod's word, never trusted as is: consumers valid
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import ssl
@@ -21,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -57,60 +54,13 @@ class NatsAuth(BaseModel):
         return self
 
 
-class _Credentials:
-    """A .creds file read the way nats-py would with the `nkeys` package, with `cryptography` (a dependency
-    already) instead: the user JWT, and the nonce signed with the user's Ed25519 seed. Read at every (re)connect,
-    so a rotated file is picked up."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.user_jwt()  # a missing or malformed file fails at start, not at the first reconnect
-        self._key()
-
-    def _block(self, marker: str) -> str:
-        lines = self.path.read_text().splitlines()
-        for i, line in enumerate(lines):
-            if marker in line and i + 1 < len(lines) and lines[i + 1].strip():
-                return lines[i + 1].strip()
-        raise ValueError(f"{self.path}: no {marker} block")
-
-    def user_jwt(self) -> bytearray:
-        return bytearray(self._block("BEGIN NATS USER JWT").encode())
-
-    def _key(self) -> Ed25519PrivateKey:
-        seed = self._block("BEGIN USER NKEY SEED")
-        try:
-            raw = base64.b32decode(seed + "=" * (-len(seed) % 8))
-        except binascii.Error as exc:
-            raise ValueError(f"{self.path}: the nkey seed is not base32") from exc
-        # [2 prefix bytes: seed of a user][32-byte Ed25519 seed][CRC-16]; "SU..." in text.
-        if len(raw) != 36 or not seed.startswith("SU"):
-            raise ValueError(f"{self.path}: not a user nkey seed")
-        return Ed25519PrivateKey.from_private_bytes(raw[2:34])
-
-    def sign(self, nonce: str) -> bytes:
-        return base64.b64encode(self._key().sign(nonce.encode()))
-
-
-class _Client(Client):
-    """nats-py's client with .creds signing that needs no `nkeys` package (see `_Credentials`)."""
-
-    credentials: _Credentials | None = None
-
-    def _setup_nkeys_connect(self) -> None:
-        if self.credentials is None:
-            super()._setup_nkeys_connect()
-            return
-        self._user_jwt_cb = self.credentials.user_jwt
-        self._signature_cb = self.credentials.sign
-
-
 def connect_options(auth: NatsAuth | None) -> dict[str, Any]:
     """nats-py's connect arguments for these credentials (TLS verified against the CA when one is given)."""
     if auth is None:
         return {}
     options: dict[str, Any] = {}
     if auth.nats_creds is not None:
+        # Read at every (re)connect by nats-py (signing needs the `nkeys` package): a rotated file is picked up.
         options["user_credentials"] = str(auth.nats_creds)
     if auth.nats_user is not None:
         options["user"], options["password"] = auth.nats_user, auth.nats_password
@@ -135,9 +85,7 @@ async def connect(url: str, *, name: str, auth: NatsAuth | None = None) -> Clien
     async def error(exc: Exception) -> None:
         log.warning("nats error", extra={"error": repr(exc)})
 
-    client = _Client()
-    if auth is not None and auth.nats_creds is not None:
-        client.credentials = _Credentials(auth.nats_creds)
+    client = Client()
     options: dict[str, Any] = {"reconnect_time_wait": 0.5, **connect_options(auth)}  # nats-py types it int
     await client.connect(
         url, name=name, max_reconnect_attempts=-1, connect_timeout=2, allow_reconnect=True,
