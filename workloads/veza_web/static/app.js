@@ -262,7 +262,10 @@ async function connect() {
   ws.onclose = (e) => {
     if (state.ws !== ws) return;
     state.ws = null;
-    if (e.code === 4001 || e.code === 4003) { setStatus(e.code === 4003 ? "banned from this room" : "kicked"); return; }
+    // Closes that reconnecting cannot undo (docs/chat-protocol.md, close codes): say why and stop.
+    const final = { 4001: "kicked", 4003: "banned from this room", 4005: "signed out: sign in again",
+                    4006: "you are no longer a member of this room" }[e.code];
+    if (final) { setStatus(final); return; }
     setStatus("disconnected, reconnecting…");
     retry();
   };
