@@ -25,11 +25,12 @@ async def test_upload_probe_and_store(bucket: Any, start_worker: Any) -> None:
     url = f"{worker.url}/stream/library/tracks"
     good = sine(660, 2.0, "mp3", title="Six Sixty")
     async with aiohttp.ClientSession() as session:
-        async with session.post(url, params={"id": "t660"}, data=good, headers=AUTH) as resp:
+        async with session.post(url, data=good, headers=AUTH) as resp:
             assert resp.status == 201, await resp.text()
             info = await resp.json()
         assert info["codec"].startswith("mp3") and abs(info["duration"] - 2.0) < 0.1 and info["title"] == "Six Sixty"
-        original = bucket.get_object(Bucket="veza-stream-tests", Key="tracks/t660/original")["Body"].read()
+        assert len(info["id"]) == 32 and info["original"] == f"channels/library/tracks/{info['id']}/original"
+        original = bucket.get_object(Bucket="veza-stream-tests", Key=info["original"])["Body"].read()
         assert original == good
         for rendition, fmt in (("mp3", "mp3"), ("opus", "ogg")):
             body = bucket.get_object(Bucket="veza-stream-tests", Key=info["renditions"][rendition])["Body"].read()
@@ -37,34 +38,43 @@ async def test_upload_probe_and_store(bucket: Any, start_worker: Any) -> None:
             assert abs(len(samples) / rate - 2.0) < 0.1 and abs(dominant_frequency(samples, rate) - 660) < 10
 
         bad = [
-            ({"id": "t1"}, good[: len(good) // 2], 422, "track_truncated"),
-            ({"id": "t2"}, bytes(range(256)) * 40, 422, "track_unreadable"),
-            ({"id": "t3"}, b"", 400, "track_empty"),
-            ({"id": "../etc"}, good, 400, "bad_track_id"),
-            ({"id": "t4"}, b"GIF89a" + bytes(2000), 422, "track_unreadable"),
+            ({}, good[: len(good) // 2], 422, "track_truncated"),
+            ({}, bytes(range(256)) * 40, 422, "track_unreadable"),
+            ({}, b"", 400, "track_empty"),
+            ({}, b"GIF89a" + bytes(2000), 422, "track_unreadable"),
+            ({"id": "../etc"}, good, 400, "track_id_not_accepted"),
         ]
         for params, body, status, code in bad:
             async with session.post(url, params=params, data=body, headers=AUTH) as resp:
                 assert resp.status == status, (code, await resp.text())
                 assert (await resp.json())["error"]["code"] == code
-        async with session.post(url, params={"id": "t5"}, data=good) as resp:
+        async with session.post(url, data=good) as resp:
             assert resp.status == 401
-        # A stored track is never replaced (the bucket is the platform's: another channel's
-        # broadcaster could overwrite any track by its id), and without an id the worker names it.
-        async with session.post(url, params={"id": "t660"}, data=sine(440, 1.0, "mp3"), headers=AUTH) as resp:
-            assert resp.status == 409 and (await resp.json())["error"]["code"] == "track_exists"
-        assert bucket.get_object(Bucket="veza-stream-tests", Key="tracks/t660/original")["Body"].read() == good
-        async with session.post(url, data=good, headers=AUTH) as resp:
-            assert resp.status == 201
-            named = (await resp.json())["id"]
-        assert len(named) == 32 and named != "t660"
         # Oversized: refused from Content-Length before the body is read.
         huge = b"\0" * (100 * 1024 * 1024 + 10)
-        async with session.post(url, params={"id": "t6"}, data=huge, headers=AUTH) as resp:
+        async with session.post(url, data=huge, headers=AUTH) as resp:
             assert resp.status == 413 and (await resp.json())["error"]["code"] == "track_too_large"
         async with session.get(f"{worker.url}/healthz") as resp:
             assert resp.status == 200
     assert worker.alive()
+
+
+async def test_a_channels_uploader_cannot_replace_another_track(bucket: Any, start_worker: Any) -> None:
+    """A broadcaster of one channel (or anyone with its source password) named the id of the upload, and so
+    could replace any track of the platform's bucket: an API track that every playlist plays by its bare id."""
+    bucket.put_object(Bucket="veza-stream-tests", Key="tracks/victim/original", Body=b"the API's track")
+    worker = start_worker("scoped", SPEC, VEZA_SOURCE_PASSWORD=PASSWORD)
+    url = f"{worker.url}/stream/scoped/tracks"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, params={"id": "victim"}, data=sine(440, 1.0, "mp3"), headers=AUTH) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["code"] == "track_id_not_accepted"
+        async with session.post(url, data=sine(440, 1.0, "mp3"), headers=AUTH) as resp:
+            assert resp.status == 201
+            stored = await resp.json()
+    assert bucket.get_object(Bucket="veza-stream-tests", Key="tracks/victim/original")["Body"].read() == (
+        b"the API's track")
+    written = [stored["original"], *stored["renditions"].values()]
+    assert all(key.startswith("channels/scoped/tracks/") for key in written), written
 
 
 def peak_rss(pid: int) -> int:
@@ -87,26 +97,25 @@ async def test_uploads_are_bounded_in_number_and_never_held_in_memory(bucket: An
         yield good[1000:]
 
     async with aiohttp.ClientSession() as session:
-        first = asyncio.create_task(session.post(url, params={"id": "slow"}, data=slow_body(), headers=AUTH))
-        async def refused() -> bool:
-            async with session.post(url, data=good, headers=AUTH) as resp:
-                assert resp.status != 201, "a second upload ran alongside the first"
-                return resp.status == 503 and resp.headers.get("Retry-After") == "10" and (
-                    await resp.json())["error"]["code"] == "uploads_busy"
+        first = asyncio.create_task(session.post(url, data=slow_body(), headers=AUTH))
 
-        # Time for the first upload to reach the worker and take the slot (nothing shows it before its body ends);
-        # a second one sent sooner could take the slot first.
-        await asyncio.sleep(1.0)
-        assert await wait_for(refused, timeout=5, message="the second upload refused while the first runs")
+        async def slot_taken() -> bool:  # an empty upload is refused as such (400 track_empty) while the slot is free
+            async with session.post(url, data=b"", headers=AUTH) as resp:
+                return resp.status == 503
+
+        await wait_for(slot_taken, timeout=10, message="the first upload holds the slot")
+        async with session.post(url, data=good, headers=AUTH) as resp:
+            assert resp.status == 503, "a second upload ran alongside the first"
+            assert resp.headers.get("Retry-After") == "10" and (await resp.json())["error"]["code"] == "uploads_busy"
         release.set()
         async with await first as resp:
             assert resp.status == 201, await resp.text()
-        async with session.post(url, params={"id": "second"}, data=good, headers=AUTH) as resp:
+        async with session.post(url, data=good, headers=AUTH) as resp:
             assert resp.status == 201, await resp.text()
 
         # 90 MiB go to a temporary file as they arrive: the worker's peak memory hardly moves.
         before = peak_rss(worker.process.pid)
-        async with session.post(url, params={"id": "big"}, data=b"\0" * (90 << 20), headers=AUTH) as resp:
+        async with session.post(url, data=b"\0" * (90 << 20), headers=AUTH) as resp:
             assert resp.status == 422, await resp.text()
         grown = peak_rss(worker.process.pid) - before
         assert grown < 40 << 20, f"peak memory grew by {grown >> 20} MiB"

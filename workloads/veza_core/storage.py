@@ -6,7 +6,7 @@ boto3 is synchronous, so every call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -43,11 +43,18 @@ class ObjectStore:
         await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=key, Body=body,
                                 ContentType=content_type, Metadata=metadata)
 
-    async def put_file(self, key: str, path: str, content_type: str = "application/octet-stream",
+    async def put_file(self, key: str, source: str | BinaryIO, content_type: str = "application/octet-stream",
                        **metadata: str) -> None:
-        """Upload a local file without reading it whole into memory (multipart above 8 MiB)."""
-        await asyncio.to_thread(self.client.upload_file, path, self.bucket, key, Config=FILE_TRANSFER,
-                                ExtraArgs={"ContentType": content_type, "Metadata": metadata})
+        """Upload a local file (a path, or a file open for reading, sent from its start) without reading it
+        whole into memory: multipart above 8 MiB, two parts at a time."""
+        extra = {"ContentType": content_type, "Metadata": metadata}
+        if isinstance(source, str):
+            await asyncio.to_thread(self.client.upload_file, source, self.bucket, key, Config=FILE_TRANSFER,
+                                    ExtraArgs=extra)
+            return
+        source.seek(0)
+        await asyncio.to_thread(self.client.upload_fileobj, source, self.bucket, key, Config=FILE_TRANSFER,
+                                ExtraArgs=extra)
 
     async def get(self, key: str) -> bytes:
         def read() -> bytes:

@@ -1,7 +1,9 @@
 """The channel's track library in S3: an upload probed, stored as it came and in every rendition.
 
-S3 layout: `tracks/{id}/original` plus `tracks/{id}/{rendition}.{ext}`; the playlist plays
-`tracks/{id}/original` for a bare track id.
+S3 layout: `channels/{channel}/tracks/{id}/original` plus `.../{rendition}.{ext}`, the id chosen here.
+A channel's credentials (its source password, a broadcaster token) write under that channel's
+prefix only: never the API's `tracks/{id}` (the playlist's bare ids) nor another channel's. A
+playlist plays such an upload by its key (`original` in the answer).
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tempfile
+import uuid
 from typing import Any, BinaryIO
 
 from aiohttp import web
 
 from veza_core.storage import ObjectStore
-from veza_core.web import HttpError
 
 from .probe import probe
 from .sources import decode
@@ -47,39 +49,32 @@ def transcode_file(source: BinaryIO, renditions: list[Rendition]) -> dict[str, B
 
 
 class TrackLibrary:
-    def __init__(self, store: ObjectStore, renditions: list[Rendition]) -> None:
+    def __init__(self, store: ObjectStore, renditions: list[Rendition], channel: str) -> None:
         self.store = store
         self.renditions = renditions
+        self.channel = channel
 
-    async def add(self, track_id: str, body: BinaryIO, content_type: str) -> dict[str, Any]:
-        """Probe and store an upload, a file read from the start (ProbeError if it is not usable audio): what was
-        stored, what the probe found. Files go to S3 in parts (multipart above 8 MiB), never whole in memory.
-
-        A stored track is never replaced: the bucket is shared by the platform's channels, and a
-        broadcaster of one must not overwrite another's tracks (HttpError 409 `track_exists`)."""
-        prefix = f"tracks/{track_id}"
-        if await self.store.head(f"{prefix}/original") is not None:
-            raise HttpError(409, "track_exists", f"track {track_id!r} exists; upload under a new id")
+    async def add(self, body: BinaryIO, content_type: str) -> dict[str, Any]:
+        """Probe and store an upload, a file read from the start (ProbeError if it is not usable audio), under a
+        new id: what was stored, what the probe found. Files go to S3 in parts, never whole in memory. The bucket
+        is the platform's: naming the id here means an upload never replaces anything."""
+        track_id = uuid.uuid4().hex
+        prefix = f"channels/{self.channel}/tracks/{track_id}"
         info = await asyncio.to_thread(probe, body)
         renditions = await asyncio.to_thread(transcode_file, body, self.renditions)
         try:
-            await self._put(f"{prefix}/original", body, content_type)
+            await self.store.put_file(f"{prefix}/original", body, content_type)
             codecs = {r.name: r.codec for r in self.renditions}
             stored = {}
             for rendition, encoded in renditions.items():
                 key = f"{prefix}/{rendition}.{EXTENSIONS[codecs[rendition]]}"
                 codec = codecs[rendition]
-                await self._put(key, encoded, "audio/" + ("ogg" if codec == "opus" else codec))
+                await self.store.put_file(key, encoded, "audio/" + ("ogg" if codec == "opus" else codec))
                 stored[rendition] = key
         finally:
             for encoded in renditions.values():
                 encoded.close()
         return {"id": track_id, "original": f"{prefix}/original", "renditions": stored, **dataclasses.asdict(info)}
-
-    async def _put(self, key: str, body: BinaryIO, content_type: str) -> None:
-        body.seek(0)
-        await asyncio.to_thread(self.store.client.upload_fileobj, body, self.store.bucket, key,
-                                ExtraArgs={"ContentType": content_type})
 
 
 LIBRARY: web.AppKey[TrackLibrary] = web.AppKey("stream_library", TrackLibrary)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import tempfile
-import uuid
 from typing import BinaryIO
 
 from aiohttp import web
@@ -28,7 +26,6 @@ from .probe import MAX_TRACK_BYTES
 log = logging.getLogger("veza.stream")
 
 MAX_UPLOAD_BYTES = MAX_TRACK_BYTES + 1
-TRACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TOO_LARGE = HttpError(413, "track_too_large", f"tracks are limited to {MAX_TRACK_BYTES} bytes")
 RETRY_AFTER = 10  # seconds: an upload is probed and transcoded in about that (a few minutes of audio)
 # Uploads in progress on this replica (VEZA_STREAM_MAX_UPLOADS): each holds its file and renditions on disk and one
@@ -51,10 +48,8 @@ async def upload(request: web.Request) -> web.Response:
     access = request.app[ACCESS]
     try:
         broadcaster = await access.broadcaster(request)
-        # Without an id the worker names the track; with one, it must be new (never an overwrite).
-        track_id = request.query.get("id") or uuid.uuid4().hex
-        if not TRACK_ID.match(track_id):
-            raise HttpError(400, "bad_track_id", "query parameter id must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+        if "id" in request.query:  # ids chosen by uploaders could name, and so replace, someone else's track
+            raise HttpError(400, "track_id_not_accepted", "the worker names every track: upload without ?id=")
         if request.content_length is not None and request.content_length > MAX_TRACK_BYTES:
             raise TOO_LARGE
         slots = request.app[UPLOAD_SLOTS]
@@ -64,9 +59,8 @@ async def upload(request: web.Request) -> web.Response:
         async with slots:
             with tempfile.TemporaryFile(prefix="veza-upload-") as body:
                 size = await receive(request, body)
-                stored = await request.app[LIBRARY].add(track_id, body,
-                                                        request.content_type or "application/octet-stream")
-        log.info("track stored", extra={"channel": access.channel, "track": track_id, "by": broadcaster,
+                stored = await request.app[LIBRARY].add(body, request.content_type or "application/octet-stream")
+        log.info("track stored", extra={"channel": access.channel, "track": stored["id"], "by": broadcaster,
                                         "remote": client_address(request), "bytes": size})
     except HttpError as exc:
         INGEST_REJECTED.labels(access.channel, exc.code).inc()

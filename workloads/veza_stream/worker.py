@@ -89,7 +89,7 @@ class Worker:
                                                                           settings.pod_ip))
         self.listeners = Listeners(self.channel, identity=identity, metaint=settings.stream_metaint, relay=relay)
         self.announcer = Announcer(self.channel, identity=identity)
-        self.library = TrackLibrary(self.store, self.spec.renditions)
+        self.library = TrackLibrary(self.store, self.spec.renditions, name)
         self.nc: Any = None
         self.redis: Redis | None = None
 
