@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 from typing import Any
 
@@ -140,8 +141,12 @@ async def test_relay_refuses_hosts_addresses_and_redirects(fallback_track: None,
             "relay-redir": (f"http://127.0.0.1:{port}/redirect?to=http://localhost:{port}/live.mp3",
                             ["127.0.0.1", "localhost"], "redirect_refused"),
             "relay-scheme": ("file:///etc/passwd", ["127.0.0.1"], "scheme_not_allowed"),
+            # Listed by the channel, but in a network the platform denies (the operator's deny list).
+            "relay-denied": (f"http://127.0.0.1:{port}/live.mp3", ["127.0.0.1"], "address_not_allowed"),
         }
-        workers = {name: start_worker(name, relay_spec(url, allowed)) for name, (url, allowed, _) in cases.items()}
+        platform_denies = {"relay-denied": {"VEZA_STREAM_RELAY_DENIED_NETWORKS": "10.96.0.0/12, 127.0.0.0/8"}}
+        workers = {name: start_worker(name, relay_spec(url, allowed), **platform_denies.get(name, {}))
+                   for name, (url, allowed, _) in cases.items()}
         await wait_for(lambda: all(now_playing(workers[name], name)["relay"]["error"] for name in cases), timeout=10,
                        message="every relay refused")
         heard = await asyncio.wait_for(asyncio.gather(
@@ -185,6 +190,19 @@ def test_policy_addresses() -> None:
         with pytest.raises(RelayRefused):
             generous.check_address(metadata)
     generous.check_address("10.0.0.1")  # listed: allowed
+    # An address literal in the URL is never resolved (aiohttp connects to it at once): checked with the URL.
+    literal = RelayPolicy(["169.254.169.254", "[fd00:ec2::254]", "127.0.0.1"])
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/"):
+        with pytest.raises(RelayRefused) as refused:
+            literal.check_url(url)
+        assert refused.value.code == "address_not_allowed", url
+    assert literal.check_url("http://127.0.0.1:8000/live") == "127.0.0.1"  # listed, internal: allowed
+    # The platform's deny list wins over what a resource lists, embedded IPv4 included.
+    denied = RelayPolicy(["10.0.0.0/8"], denied=[ipaddress.ip_network("10.96.0.0/12")])
+    for service_range in ("10.96.0.10", "64:ff9b::a60:a"):
+        with pytest.raises(RelayRefused):
+            denied.check_address(service_range)
+    denied.check_address("10.1.2.3")
     # now-playing shows the relay's URL, never the credentials it may hold.
     assert without_credentials("http://dj:s3cret@radio.example.com:8000/live?x=1") == \
         "http://radio.example.com:8000/live?x=1"

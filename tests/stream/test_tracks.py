@@ -99,9 +99,9 @@ async def test_uploads_are_bounded_in_number_and_never_held_in_memory(bucket: An
     async with aiohttp.ClientSession() as session:
         first = asyncio.create_task(session.post(url, data=slow_body(), headers=AUTH))
 
-        async def slot_taken() -> bool:  # an empty upload is refused as such (400 track_empty) while the slot is free
-            async with session.post(url, data=b"", headers=AUTH) as resp:
-                return resp.status == 503
+        async def slot_taken() -> bool:
+            async with session.get(f"{worker.url}/metrics") as resp:
+                return 'veza_stream_uploads_in_progress{channel="bounded"} 1.0' in await resp.text()
 
         await wait_for(slot_taken, timeout=10, message="the first upload holds the slot")
         async with session.post(url, data=good, headers=AUTH) as resp:

@@ -3,7 +3,6 @@ under the typed key `API` (handlers read it with `request.app[API]`)."""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -15,6 +14,7 @@ from veza_core.breaker import CircuitBreaker
 from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
 from veza_core.storage import ObjectStore
+from veza_core.web import client_address
 
 from .bus import Publisher
 from .mail import Mailer
@@ -49,14 +49,4 @@ API = web.AppKey("veza_api", Api)
 
 def client_ip(request: web.Request) -> str:
     """The client's address: from X-Forwarded-For only as far as our own proxies reach."""
-    hops = request.app[API].settings.trusted_proxies
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if hops > 0 and forwarded:
-        chain = [h.strip() for h in forwarded.split(",") if h.strip()]
-        if len(chain) >= hops:
-            candidate = chain[-hops]
-            try:
-                return str(ipaddress.ip_address(candidate))
-            except ValueError:
-                pass
-    return request.remote or "unknown"
+    return client_address(request, request.app[API].settings.trusted_proxies)

@@ -38,7 +38,6 @@ class ApiSettings(Settings, NatsAuth):
 
     # How many proxies (the Ingress) sit in front of us: the client IP is that many
     # hops from the end of X-Forwarded-For. 0 means trust no header.
-    trusted_proxies: int = 0
     rate_ip_per_second: float = 50.0
     rate_ip_burst: float = 100.0
     rate_user_per_second: float = 20.0

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import av
 from aiohttp import web
+from prometheus_client import Gauge
 
 from veza_core.auth import Principal
 from veza_core.media import UNTRUSTED_AUDIO
@@ -38,6 +39,7 @@ CONTENT_TYPES = {"mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav", "f
                  "aac": "audio/aac", "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4", "matroska,webm": "audio/webm"}
 FRAMES_TO_DECODE = 50  # enough to catch a broken stream without decoding hours of audio
 UPLOADS = web.AppKey("veza_api_uploads", asyncio.Semaphore)  # uploads in progress, bounded per process
+UPLOADS_IN_PROGRESS = Gauge("veza_api_uploads_in_progress", "Track uploads being received, probed or stored")
 
 
 class ProbeError(Exception):
@@ -119,7 +121,8 @@ async def upload(request: web.Request) -> web.Response:
         raise HttpError(503, "uploads_busy", "too many uploads in progress; retry shortly",
                         headers={"Retry-After": "5"})
     async with uploads:
-        return await _store_upload(request, who, title)
+        with UPLOADS_IN_PROGRESS.track_inprogress():
+            return await _store_upload(request, who, title)
 
 
 async def _store_upload(request: web.Request, who: Principal, title: str) -> web.Response:

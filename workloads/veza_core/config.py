@@ -44,6 +44,10 @@ class Settings(BaseModel):
     resource_name: str | None = None
     resource_spec: dict[str, Any] = Field(default_factory=dict)
 
+    # Proxies in front of the workers that append to X-Forwarded-For (the front door: the operator sets
+    # ingress.trustedProxies, default 1); 0 trusts no header: the peer is the client.
+    trusted_proxies: int = Field(0, ge=0, le=10)
+
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
 

@@ -9,6 +9,8 @@ Service stops sending traffic before the process stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import secrets
 import time
@@ -30,6 +32,19 @@ DRAINING = web.AppKey("draining", asyncio.Event)
 
 # Paths polled by kubelets and Prometheus: not worth a log line each.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def client_address(request: web.BaseRequest, trusted_proxies: int) -> str:
+    """The client's address, from X-Forwarded-For only as far as the platform's own proxies reach: each
+    proxy appends its peer, so the client is `trusted_proxies` entries from the end (what comes before is
+    the client's to invent). With no trusted proxy, or a header too short or malformed, the peer itself."""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if trusted_proxies > 0 and forwarded:
+        chain = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if len(chain) >= trusted_proxies:
+            with contextlib.suppress(ValueError):
+                return str(ipaddress.ip_address(chain[-trusted_proxies]))
+    return request.remote or "unknown"
 
 
 def json_error(status: int, code: str, message: str, **extra: Any) -> web.Response:

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from veza_core.auth import TokenError, TokenVerifier, token_from_request
 from veza_core.ratelimit import RateLimiter
-from veza_core.web import HttpError
+from veza_core.web import HttpError, client_address
 
 BROADCASTER = "broadcaster"
 LISTENER_ROLES = frozenset({"listener", BROADCASTER})
@@ -43,8 +43,9 @@ class Access:
     wrong source passwords per address (shared by the replicas through Redis once it is there)."""
 
     def __init__(self, channel: str, *, private: bool, source_password: str | None,
-                 verifier: TokenVerifier | None) -> None:
+                 verifier: TokenVerifier | None, trusted_proxies: int = 1) -> None:
         self.channel = channel
+        self.trusted_proxies = trusted_proxies  # whom to count wrong passwords against: see client_address
         self.private = private
         self.source_password = source_password
         self.verifier = verifier
@@ -52,6 +53,10 @@ class Access:
 
     def share_failures(self, redis: Redis, prefix: str) -> None:
         self.password_failures = RateLimiter(redis, prefix=prefix)
+
+    def client(self, request: web.Request) -> str:
+        """The client's address, as far as the front door's X-Forwarded-For reaches (VEZA_TRUSTED_PROXIES)."""
+        return client_address(request, self.trusted_proxies)
 
     def listener(self, request: web.Request) -> None:
         check_listener(request, self.channel, self.private, self.verifier)
@@ -74,7 +79,7 @@ class Access:
     async def _broadcaster(self, request: web.Request) -> str:
         if request.headers.get("Authorization", "")[:6].lower() != "basic ":
             return check_broadcaster(request, self.channel, self.source_password, self.verifier)
-        key = client_address(request)
+        key = self.client(request)
         left = await self.password_failures.hit(key, rate=PASSWORD_FAILURES_RATE, burst=PASSWORD_FAILURES_BURST,
                                                 cost=0)
         if left.remaining < 1:
@@ -90,19 +95,6 @@ class Access:
 
 
 ACCESS: web.AppKey[Access] = web.AppKey("stream_access", Access)
-
-
-def client_address(request: web.Request) -> str:
-    """Whom to count wrong passwords against: behind the front door every request comes from the
-    proxy, which appends the client's address to X-Forwarded-For (its last entry; the entries
-    before it are the client's to invent). Without the header, the peer itself.
-
-    Stream workers take traffic only from the front door (the platform's NetworkPolicies), so one
-    trusted hop is the rule here.
-    """
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    last = forwarded.rsplit(",", 1)[-1].strip()
-    return last or request.remote or "unknown"
 
 
 def _token(request: web.Request) -> str | None:

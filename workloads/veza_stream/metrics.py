@@ -17,6 +17,8 @@ ENCODE_LATENCY = Histogram("veza_stream_encode_seconds", "Wall time to encode on
 LEADER = Gauge("veza_stream_leader", "1 while this replica encodes the channel", ["channel"])
 SOURCE_ACTIVE = Gauge("veza_stream_source_active", "1 for the source currently on air", ["channel", "source"])
 HLS_SEGMENTS = Counter("veza_stream_hls_segments_total", "HLS segments cut", ["channel", "rendition"])
+UPLOADS_IN_PROGRESS = Gauge("veza_stream_uploads_in_progress", "Track uploads being received, probed or transcoded",
+                            ["channel"])
 INGEST_REJECTED = Counter("veza_stream_ingest_rejected_total", "Live sources or uploads refused",
                           ["channel", "reason"])
 RELAY_CONNECTS = Counter("veza_stream_relay_connections_total", "Relay upstream connections, by how they ended",

@@ -61,9 +61,13 @@ class RelayRefused(Exception):
 
 
 class RelayPolicy:
-    def __init__(self, allowed_hosts: list[str]) -> None:
+    """What a channel's relay may reach: its spec's `allowedHosts`, within what the platform allows (`denied`: the
+    platform engineer's networks, refused whatever a resource lists, like the metadata addresses)."""
+
+    def __init__(self, allowed_hosts: list[str], denied: list[Network] | None = None) -> None:
         self.hosts: set[str] = set()
         self.networks: list[Network] = []
+        self.denied: tuple[Network, ...] = (*ALWAYS_DENIED, *(denied or ()))
         for entry in allowed_hosts:
             entry = entry.strip().lower().rstrip(".")
             if not entry:
@@ -82,6 +86,10 @@ class RelayPolicy:
             raise RelayRefused("bad_url", "the relay URL has no host")
         if host not in self.hosts:
             raise RelayRefused("host_not_allowed", f"{host} is not in allowedHosts")
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+            # aiohttp connects to an address literal without asking the resolver: check it here.
+            self.check_address(host.strip("[]"))
         return host
 
     def check_address(self, address: str) -> None:
@@ -91,8 +99,9 @@ class RelayPolicy:
         # Never, whatever allowedHosts says: the cloud metadata endpoints (a resource's author must
         # not reach the node's credentials).
         for checked in (ip, *embedded_ipv4(ip)):
-            if any(checked in network for network in ALWAYS_DENIED):
-                raise RelayRefused("address_not_allowed", f"the relay host resolves to {ip}, a metadata address")
+            if any(checked in network for network in self.denied):
+                raise RelayRefused("address_not_allowed",
+                                   f"the relay host resolves to {ip}, a metadata address or one the platform denies")
         # An IPv6 address carrying an IPv4 one (NAT64, 6to4, IPv4-compatible, Teredo) reaches that
         # IPv4 address: both must pass. `ipaddress` calls 64:ff9b::/96 and 2002::/16 global.
         if all(c.is_global and not c.is_multicast for c in (ip, *embedded_ipv4(ip))):
@@ -220,10 +229,10 @@ class RelayPuller:
     """Keeps the relay source fed from the upstream while this replica encodes."""
 
     def __init__(self, channel: str, spec: Relay, source: PushedSource, *, min_backoff: float = 1.0,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, denied: list[Network] | None = None) -> None:
         self.channel = channel
         self.url = spec.url
-        self.policy = RelayPolicy(spec.allowed_hosts)
+        self.policy = RelayPolicy(spec.allowed_hosts, denied)
         self.source = source
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff

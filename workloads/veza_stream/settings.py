@@ -9,6 +9,7 @@ package reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -35,6 +36,8 @@ CLAMPED: dict[str, tuple[float, float]] = {
 
 class StreamSettings(Settings, NatsAuth):
     component: str = "stream"
+    # Stream workers take traffic from the front door only (the platform's NetworkPolicies): one proxy hop.
+    trusted_proxies: int = Field(1, ge=0, le=10)
 
     # ICY metadata interval in bytes.
     stream_metaint: int = 16000
@@ -51,6 +54,9 @@ class StreamSettings(Settings, NatsAuth):
     # Track uploads processed at once by this replica (each holds one core transcoding and up to 100 MiB plus its
     # renditions in temporary files); beyond it, 503 `uploads_busy` with Retry-After.
     stream_max_uploads: int = Field(1, ge=1)
+    # Networks no relay may reach whatever a channel's allowedHosts lists (comma-separated CIDRs): the platform
+    # engineer's deny list (the operator's VEZA_RELAY_DENIED_NETWORKS), e.g. the cluster's pod and service ranges.
+    stream_relay_denied_networks: str = ""
     # This replica's URL for the others; unset: derived from the listen address (or pod_ip).
     stream_advertise_url: str | None = None
     # The live source password (Icecast's); unset: broadcasters need a token.
@@ -68,6 +74,18 @@ class StreamSettings(Settings, NatsAuth):
         if value is not None and len(value) < MIN_SOURCE_PASSWORD:
             raise ValueError(f"the source password must have at least {MIN_SOURCE_PASSWORD} characters")
         return value
+
+    @field_validator("stream_relay_denied_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the entry
+        return value
+
+    @property
+    def relay_denied_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(e.strip(), strict=False) for e in self.stream_relay_denied_networks.split(",")
+                if e.strip()]
 
     @field_validator(*CLAMPED)
     @classmethod

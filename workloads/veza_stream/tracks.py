@@ -18,9 +18,9 @@ from aiohttp import web
 
 from veza_core.web import HttpError
 
-from .access import ACCESS, client_address
+from .access import ACCESS
 from .library import LIBRARY
-from .metrics import INGEST_REJECTED
+from .metrics import INGEST_REJECTED, UPLOADS_IN_PROGRESS
 from .probe import MAX_TRACK_BYTES
 
 log = logging.getLogger("veza.stream")
@@ -57,11 +57,12 @@ async def upload(request: web.Request) -> web.Response:
             raise HttpError(503, "uploads_busy", "as many uploads as this replica takes are in progress; retry",
                             headers={"Retry-After": str(RETRY_AFTER)})
         async with slots:
-            with tempfile.TemporaryFile(prefix="veza-upload-") as body:
+            in_progress = UPLOADS_IN_PROGRESS.labels(access.channel)
+            with in_progress.track_inprogress(), tempfile.TemporaryFile(prefix="veza-upload-") as body:
                 size = await receive(request, body)
                 stored = await request.app[LIBRARY].add(body, request.content_type or "application/octet-stream")
         log.info("track stored", extra={"channel": access.channel, "track": stored["id"], "by": broadcaster,
-                                        "remote": client_address(request), "bytes": size})
+                                        "remote": access.client(request), "bytes": size})
     except HttpError as exc:
         INGEST_REJECTED.labels(access.channel, exc.code).inc()
         raise

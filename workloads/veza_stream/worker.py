@@ -76,12 +76,13 @@ class Worker:
             verifier = TokenVerifier(KeySet(settings.jwt_keys_dir), issuer=settings.jwt_issuer,
                                      audience=AUDIENCE_STREAM, algorithms=settings.jwt_algorithms)
         self.access = Access(name, private=self.spec.visibility == "private",
-                             source_password=settings.source_password, verifier=verifier)
+                             source_password=settings.source_password, verifier=verifier,
+                             trusted_proxies=settings.trusted_proxies)
         relay = None
         if self.channel.relay is not None:
             backoff = settings.stream_relay_max_backoff
             relay = RelayPuller(name, self.spec.source.relay, self.channel.relay, min_backoff=min(1.0, backoff),
-                                max_backoff=backoff)
+                                max_backoff=backoff, denied=settings.relay_denied_networks)
         self.recorder = recorder_for(self.store, self.channel, self.spec, settings.stream_recording_seconds)
         self.leadership = Leadership(
             self.channel, identity=identity, ttl=settings.stream_leader_ttl, relay=relay, recorder=self.recorder,
