@@ -7,6 +7,7 @@ through the `Runtime` in kopf's memo. (Named `Settings`: kopf has its own `Opera
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 
@@ -49,8 +50,18 @@ class Settings(BaseModel):
         DENIED_ANNOTATIONS, description="VEZA_INGRESS_ANNOTATIONS_DENIED: comma-separated glob patterns refused "
                                         "even when allowed")
 
+    relay_denied_networks: tuple[str, ...] = Field(
+        (), description="VEZA_RELAY_DENIED_NETWORKS: comma-separated CIDRs no relay channel may reach, whatever "
+                        "its allowedHosts lists (e.g. the cluster's pod and service ranges); the cloud metadata "
+                        "addresses are always refused")
+
+    @field_validator("relay_denied_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(ipaddress.ip_network(entry, strict=False)) for entry in value)  # ValueError names it
+
     @field_validator("allowed_image_repositories", "ingress_annotations_allowed", "ingress_annotations_denied",
-                     mode="before")
+                     "relay_denied_networks", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

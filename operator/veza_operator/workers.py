@@ -75,17 +75,21 @@ def relay_policy(owner: Owner, spec: StreamChannelSpec, selector: dict[str, str]
 
 def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dict[str, Any],
                    platform_name: str, platform: VezaPlatformSpec, *, image: Image | None = None,
-                   http_routes: bool = False) -> list[dict[str, Any]]:
+                   http_routes: bool = False, relay_denied: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Deployment, Service, Ingress and HTTPRoute (as the platform asks), and when they apply a PDB and an HPA.
 
-    `image` is the platform's worker image (`worker_image`); the spec's image when not given.
+    `image` is the platform's worker image (`worker_image`); the spec's image when not given. `relay_denied`: the
+    operator's deny list for relays (its settings, never a resource's), given to stream workers.
     """
     name = worker_name(wk.component, owner.name)
     selector = selector_labels(platform_name, wk.component, owner.name)
+    env = wiring.worker_env(platform_name, owner.namespace, platform, wk.component, owner.name, raw_spec)
+    if wk.component == "stream" and relay_denied:
+        env["VEZA_STREAM_RELAY_DENIED_NETWORKS"] = ",".join(relay_denied)
     workload = manifests.Workload(
         owner=owner, name=name, component=wk.component, args=[wk.component], image=image or platform.image,
         replicas=spec.replicas, resources=wk.resources(spec, platform),
-        env=wiring.worker_env(platform_name, owner.namespace, platform, wk.component, owner.name, raw_spec),
+        env=env,
         selector=selector, service_account=platform_service_account(platform_name),
         keys_secret=wiring.keys_secret_name(platform_name, platform),
         metrics=platform.observability.metrics.enabled,
@@ -172,7 +176,8 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
 
     owner = Owner.of(body)
     routes = await frontdoor.serves_routes(ctx, platform)
-    children = build_children(wk, owner, spec, raw_spec, platform_name, platform, image=image, http_routes=routes)
+    children = build_children(wk, owner, spec, raw_spec, platform_name, platform, image=image, http_routes=routes,
+                              relay_denied=ctx.settings.relay_denied_networks)
     refusal = await admission.secret_refusal(ctx, namespace, admission.secrets_in(children), platform_name,
                                              platform_body["metadata"].get("uid", ""))
     if refusal is not None:

@@ -430,6 +430,24 @@ def test_the_allow_lists_come_from_the_operators_settings() -> None:
     assert secrets_in(everything(nats_platform())) >= {"nats-creds", "nats-ca", "nats-api", "nats-chat"}
 
 
+def test_the_platforms_relay_deny_list_reaches_stream_workers_only() -> None:
+    """A relay channel's allowedHosts is the resource author's word; the networks the platform engineer denies
+    (the cluster's own ranges) come from the operator's settings, and no resource changes them."""
+    settings = Settings.from_env({"VEZA_RELAY_DENIED_NETWORKS": "10.96.0.0/12, fd00:10::/64"})
+    assert settings.relay_denied_networks == ("10.96.0.0/12", "fd00:10::/64")
+    with pytest.raises(ValueError, match="not-a-network"):
+        Settings.from_env({"VEZA_RELAY_DENIED_NETWORKS": "not-a-network"})
+    spec = platform_spec()
+    stream = build_children(STREAM_WORKERS, CHANNEL_OWNER, StreamChannelSpec.model_validate(RELAY), RELAY, "demo",
+                            spec, relay_denied=settings.relay_denied_networks)
+    env = env_of(workload(stream, "Deployment", "stream-"))
+    assert env["VEZA_STREAM_RELAY_DENIED_NETWORKS"]["value"] == "10.96.0.0/12,fd00:10::/64"
+    room_raw = {"platformRef": {"name": "demo"}}
+    chat = build_children(CHAT_WORKERS, ROOM_OWNER, ChatRoomSpec.model_validate(room_raw), room_raw, "demo", spec,
+                          relay_denied=settings.relay_denied_networks)
+    assert "VEZA_STREAM_RELAY_DENIED_NETWORKS" not in env_of(workload(chat, "Deployment", "chat-"))
+
+
 # -- 9: an operator watching namespaces holds no rights elsewhere -------------------------------------
 
 

@@ -251,3 +251,13 @@ def test_checkov_rendered_chart_is_clean(checkov_reports: dict[str, dict[str, An
     assert report["summary"]["resource_count"] >= 40
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
     assert skipped <= {"CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15"}, skipped
+
+
+def test_the_relay_deny_list_is_the_operators_setting() -> None:
+    def operator_env(*args: str) -> dict[str, str | None]:
+        operator = next(d for d in render(*args) if d["kind"] == "Deployment")
+        return {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    denied = operator_env("--set", "operator.relayDeniedNetworks={10.96.0.0/12,10.244.0.0/16}")
+    assert denied["VEZA_RELAY_DENIED_NETWORKS"] == "10.96.0.0/12,10.244.0.0/16"
+    assert "VEZA_RELAY_DENIED_NETWORKS" not in operator_env()
