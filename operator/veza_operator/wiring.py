@@ -113,6 +113,13 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
         # the end of X-Forwarded-For.
         "VEZA_TRUSTED_PROXIES": str(spec.ingress.trustedProxies),
     }
+    if schema_owner:
+        # The migration Job grants each component's own role what it needs (veza_core.grants); `veza migrate`
+        # uses only the user name of these URIs.
+        for name in COMPONENTS:
+            own = getattr(conn.postgres.components, name)
+            if own is not None:
+                env[f"VEZA_DATABASE_URL_{name.upper()}"] = SecretValue(own.name, own.key)
     if conn.nats.credentialsSecretRef is not None:
         creds = conn.nats.credentialsSecretRef
         env["VEZA_NATS_CREDS"] = SecretFile(creds.name, creds.key, NATS_CREDS_FILE)

@@ -179,6 +179,11 @@ def test_each_component_connects_with_its_own_database_uri_and_only_the_migratio
     assert urls == {"demo-api": ("db-api", "uri"), "chat-general": ("db-chat", "uri"),
                     "stream-radio": ("db-stream", "uri"), "demo-migrate": ("veza-connections", "postgres-uri"),
                     "purge-general": ("db-chat", "uri")}
+    # The migration Job grants each component's role what it needs: it learns the roles from their URIs.
+    job = env_of(workload(children, "Job", "demo-migrate"))
+    assert {c: secret_ref(job[f"VEZA_DATABASE_URL_{c.upper()}"]) for c in ("api", "chat", "stream")} == {
+        "api": ("db-api", "uri"), "chat": ("db-chat", "uri"), "stream": ("db-stream", "uri")}
+    assert not any(n.startswith("VEZA_DATABASE_URL_") for n in env_of(workload(children, "Deployment", "demo-api")))
     # Chat workers (and the purge Job) never change the schema on a cluster.
     for kind, name in [("Deployment", "chat-general"), ("Job", "purge-general")]:
         assert env_of(workload(children, kind, name))["VEZA_CHAT_MIGRATE"]["value"] == "0"

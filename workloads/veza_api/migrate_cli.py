@@ -5,7 +5,7 @@ lock, so a second run waits and then finds nothing left to do.
 
 Then, when components connect with roles of their own, grant each what it needs
 (`veza_core.grants`): `--grant chat=veza_chat`, or the URL the component uses in
-`VEZA_DATABASE_URL_API` / `VEZA_DATABASE_URL_CHAT` (its user is the role).
+`VEZA_DATABASE_URL_API`, `VEZA_DATABASE_URL_CHAT`, `VEZA_DATABASE_URL_STREAM` (its user is the role).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class MigrateSettings(Settings):
     # user names are used, to grant those roles.
     database_url_api: str = ""
     database_url_chat: str = ""
+    database_url_stream: str = ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def roles_to_grant(settings: MigrateSettings, flags: list[str]) -> dict[str, str]:
     """component -> role, from the component URLs in the environment, then the --grant flags."""
-    roles = {c: role_of(url) for c, url in (("api", settings.database_url_api),
-                                            ("chat", settings.database_url_chat)) if url}
+    roles = {c: role_of(url) for c, url in (("api", settings.database_url_api), ("chat", settings.database_url_chat),
+                                            ("stream", settings.database_url_stream)) if url}
     for flag in flags:
         component, _, role = flag.partition("=")
         if component not in COMPONENTS or not role:
