@@ -166,7 +166,8 @@ def measure_operator(plane: ControlPlane, proc: subprocess.Popen[bytes], rooms: 
                      idle_seconds: float) -> dict[str, Any]:
     api = client(plane.kubeconfig)
     custom, core = kubernetes.client.CustomObjectsApi(api), kubernetes.client.CoreV1Api(api)
-    core.create_namespaced_secret(NS, {"metadata": {"name": "veza-connections"}, "stringData": {
+    core.create_namespaced_secret(NS, {"metadata": {"name": "veza-connections",
+                                                    "labels": {"veza.io/usable-by": "bench"}}, "stringData": {
         "postgres-uri": "postgresql://veza@postgres/veza", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}})
     platform = yaml.safe_load((REPO / "examples" / "platform.yaml").read_text().split("---", 1)[1])
     platform["metadata"] = {"name": "bench"}

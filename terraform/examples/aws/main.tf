@@ -114,6 +114,8 @@ resource "kubernetes_secret_v1" "connections" {
   metadata {
     name      = "veza-connections"
     namespace = kubernetes_namespace_v1.veza.metadata[0].name
+    # The operator reads only Secrets labelled for the platform (docs/operator.md, "What the operator refuses").
+    labels = { "veza.io/usable-by" = local.platform }
   }
   data = {
     postgres-uri = format("postgresql://%s:%s@%s:%d/%s?sslmode=require", module.rds.username,
@@ -130,6 +132,8 @@ resource "kubernetes_service_account_v1" "workers" {
   metadata {
     name      = each.value
     namespace = kubernetes_namespace_v1.veza.metadata[0].name
+    # Created here for IRSA, then handed over: the operator never takes over an object not labelled for it.
+    labels = { "veza.io/usable-by" = local.platform }
     annotations = {
       "eks.amazonaws.com/role-arn" = module.workers_role.role_arn
     }
