@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 from tests.support.audio import decode_pcm, dominant_frequency
 from tests.support.e2e import ARTIFACTS, Account, Platform, chat_worker_connections, connect_chat
+from tests.support.waiting import wait_for
 from tests.support.web import ARGS, CHROMIUM, join, message, register, say
 
 SOURCE_PASSWORD = "veza-dev-source"  # examples/streamchannel.yaml's Secret
@@ -44,7 +45,9 @@ async def test_chat_across_two_replicas(platform: Platform) -> None:
     async with aiohttp.ClientSession() as session:
         ada = await Account(platform, "Ada").register(session)
         token = await ada.service_token(session, "veza-chat")
-    # The front door balances WebSockets over both pods; enough sockets land on each.
+    # The front door balances WebSockets over both pods (once it knows both); enough sockets land on each.
+    await wait_for(lambda: platform.front_door_servers("chat-general") == 2, timeout=30,
+                   message="the front door balances over both chat pods")
     clients = [await connect_chat(platform, token) for _ in range(6)]
     try:
         connections = await chat_worker_connections(platform)

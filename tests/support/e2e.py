@@ -71,15 +71,24 @@ class Platform:
                     s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", []))
         return counts
 
-    def front_door_routers(self) -> set[str]:
-        """The providers of the routers Traefik serves for the platform's host right now
-        (`kubernetes`: Ingresses, `kubernetesgateway`: HTTPRoutes), from its API on the pod's admin port."""
+    def _front_door_api(self, path: str) -> Any:
+        """An answer of Traefik's API (its pod's admin port): what the front door serves right now."""
         pod = json.loads(self.kube.kubectl("-n", "veza-front-door", "get", "pods", "-l",
                                            "app.kubernetes.io/name=traefik", "-o", "json"))["items"][0]
-        url = f"http://{pod['status']['podIP']}:8080/api/http/routers"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            routers = json.loads(response.read())
-        return {r["provider"] for r in routers if self.host in r.get("rule", "")}
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/api{path}", timeout=5) as response:
+            return json.loads(response.read())
+
+    def front_door_routers(self) -> set[str]:
+        """The providers of the routers Traefik serves for the platform's host right now
+        (`kubernetes`: Ingresses, `kubernetesgateway`: HTTPRoutes)."""
+        return {r["provider"] for r in self._front_door_api("/http/routers") if self.host in r.get("rule", "")}
+
+    def front_door_servers(self, service: str) -> int:
+        """How many pods the front door balances the Kubernetes Service `service` over right now: it learns of
+        a pod some time after the pod is Ready (the Deployment counts it available before)."""
+        prefix = f"{self.namespace}-{service}-"
+        return max((len(s.get("loadBalancer", {}).get("servers", [])) for s in self._front_door_api("/http/services")
+                    if s["name"].startswith(prefix)), default=0)
 
     def wait_ready(self, *resources: str, timeout: int = 300) -> None:
         self.kubectl("wait", "--for=condition=Ready", f"--timeout={timeout}s", *resources)
