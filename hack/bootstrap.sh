@@ -10,8 +10,9 @@ UV_VERSION=0.13.8
 # What the platform needs to run (`veza up`), and what only the tests need on top.
 APT_PACKAGES=(redis-server libmp3lame0 libopus0)
 APT_DEV_PACKAGES=(chromium libshout3 ffmpeg)  # the browser test; Icecast source clients for the ingest tests
-# The end-to-end suite's real node: runc, CNI plugins, what kube-proxy and the network setup call.
-APT_DEV_PACKAGES+=(runc containernetworking-plugins conntrack iptables iproute2)
+# The end-to-end suite's real node: runc, CNI plugins, what kube-proxy, kube-router (NetworkPolicies)
+# and the network setup call.
+APT_DEV_PACKAGES+=(runc containernetworking-plugins conntrack iptables ipset iproute2)
 # The image tests: a container engine (Debian's, with BuildKit) and mmdebstrap for the Debian base image.
 APT_DEV_PACKAGES+=(docker.io mmdebstrap)
 [ "${1:-}" = --runtime ] || APT_PACKAGES+=("${APT_DEV_PACKAGES[@]}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Go tools the tests need (Kubernetes control plane and node, etcd,
-# kwok, helm, OpenTofu, containerd, CoreDNS, Traefik, the pod sandbox program)
+# kwok, helm, OpenTofu, containerd, CoreDNS, Traefik, kube-router, the pod sandbox
+# program)
 # from the pinned wrapper modules in hack/tools/*, and caches
 # the binaries under $VEZA_CACHE/bin/<tool>-<version>. A second run builds
 # nothing. Prints the directory holding the binaries on its last line.
@@ -23,6 +24,7 @@ CONTAINERD_VERSION=v2.3.7
 COREDNS_VERSION=v1.14.7
 TRAEFIK_VERSION=v3.6.12
 PROMETHEUS_VERSION=v3.16.0  # hack/tools/prometheus pins the module's v0.316.0 (= Prometheus 3.16.0)
+KUBE_ROUTER_VERSION=v2.1.0
 PAUSE_VERSION=1.0  # hack/tools/pause: bump when main.go changes
 
 kube_minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
@@ -57,7 +59,7 @@ build() {
   echo "built $name $version in $((SECONDS - start)) s" >&2
 }
 
-want=${*:-kubernetes etcd kwok helm opentofu containerd coredns traefik prometheus pause}
+want=${*:-kubernetes etcd kwok helm opentofu containerd coredns traefik kube-router prometheus pause}
 for tool in $want; do
   case $tool in
     kubernetes) build kubernetes "$KUBE_VERSION" kubernetes "$kube_ldflags" \
@@ -78,6 +80,10 @@ for tool in $want; do
     coredns) build coredns "$COREDNS_VERSION" coredns "-s -w" coredns=github.com/coredns/coredns ;;
     traefik) build traefik "$TRAEFIK_VERSION" traefik "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
         traefik=github.com/traefik/traefik/v3/cmd/traefik ;;
+    # The real node's NetworkPolicy engine (only its firewall controller runs).
+    kube-router) build kube-router "$KUBE_ROUTER_VERSION" kube-router \
+        "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+        kube-router=github.com/cloudnativelabs/kube-router/v2/cmd/kube-router ;;
     # Prometheus and promtool evaluate the chart's alerts and dashboard queries in tests (static scrape
     # configs only: no service discovery compiled in, half the build).
     prometheus) GO_TAGS=remove_all_sd build prometheus "$PROMETHEUS_VERSION" prometheus \
@@ -125,5 +131,6 @@ link kubelet "$KUBE_VERSION"; link kube-proxy "$KUBE_VERSION"
 for exe in containerd containerd-shim-runc-v2 ctr; do link "$exe" "$CONTAINERD_VERSION"; done
 link coredns "$COREDNS_VERSION"; link traefik "$TRAEFIK_VERSION"; link pause "$PAUSE_VERSION"
 link prometheus "$PROMETHEUS_VERSION"; link promtool "$PROMETHEUS_VERSION"
+link kube-router "$KUBE_ROUTER_VERSION"
 link etcd "$ETCD_VERSION"; link kwok "$KWOK_VERSION"; link helm "$HELM_VERSION"; link tofu "$TOFU_VERSION"
 echo "$bin"

@@ -1,8 +1,8 @@
 """The end-to-end suite: Veza as a platform engineer runs it, on a real node, through the front door.
 
 One session-scoped platform: the image built from the Dockerfile (`veza_local.images`), a
-one-node cluster with containerd, kubelet, kube-proxy, CoreDNS and Traefik
-(`veza_local.cluster`), PostgreSQL, Redis, NATS and S3 as managed services outside the
+one-node cluster with containerd, kubelet, kube-proxy, kube-router (NetworkPolicies enforced),
+CoreDNS and Traefik (`veza_local.cluster`), PostgreSQL, Redis, NATS and S3 as managed services outside the
 cluster (host processes behind Services without selectors), `helm install` of the chart
 with that image (the operator runs as a pod), then `kubectl apply` of `examples/` into a
 namespace that enforces Pod Security `restricted`. Clients reach it only through the
@@ -36,9 +36,10 @@ from veza_local.services import LocalService, NatsService, PostgresService, Redi
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-def example_manifests(image: str) -> list[dict[str, Any]]:
+def example_manifests(image: str, backend_ports: dict[str, int]) -> list[dict[str, Any]]:
     """examples/{platform,chatroom,streamchannel}.yaml as they are, with the worker image set to
-    the one built here (what a kustomize `images:` entry does)."""
+    the one built here (what a kustomize `images:` entry does) and where the workers connect
+    declared for their egress policy (`egress_policy`)."""
     docs: list[dict[str, Any]] = []
     for name in ("platform.yaml", "chatroom.yaml", "streamchannel.yaml"):
         docs += [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
@@ -46,7 +47,24 @@ def example_manifests(image: str) -> list[dict[str, Any]]:
     for doc in docs:
         if doc["kind"] == "VezaPlatform":
             doc["spec"]["image"] = {"repository": repository, "tag": tag}
+            doc["spec"]["networkPolicies"] = {"egress": egress_policy(backend_ports)}
     return docs
+
+
+def egress_policy(ports: dict[str, int]) -> dict[str, Any]:
+    """What a platform engineer declares instead of the defaults (anywhere, any port): PostgreSQL, Redis
+    and NATS at their address on their ports, S3 on the internet on its port, DNS in kube-system.
+
+    A policy sees the ports the Services forward to, not the Services' own: the host's ports, and
+    1053 for DNS (this cluster's CoreDNS runs without privilege, so not on 53)."""
+    return {
+        "dns": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "ports": [53, 1053]},
+        "backends": [
+            {"cidrs": [f"{NODE_IP}/32"], "ports": sorted(ports[name] for name in ("postgres", "redis", "nats"))},
+            {"cidrs": ["0.0.0.0/0"], "ports": [ports["minio"]]},
+        ],
+    }
 
 
 def _collect_diagnostics(kube: KubeCluster) -> None:
@@ -104,16 +122,24 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
         kube.kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted",
                      "pod-security.kubernetes.io/warn=restricted")
         # The names examples/platform.yaml points at.
+        backend_ports: dict[str, int] = {}
         for name, port, service in (("postgres", 5432, services[0]), ("redis", 6379, services[1]),
                                     ("nats", 4222, services[2]), ("minio", 9000, services[3])):
             cluster.expose_host_service(NAMESPACE, name, port, service.port)
+            backend_ports[name] = service.port
 
         repository, tag = image.rsplit(":", 1)
+        # The operator's egress policy admits the API server's ports: 443 and 6443, and this one's own.
+        api_ports = [443, 6443, cluster.plane.apiserver.port]
         kube.helm("install", "veza", str(REPO / "charts" / "veza"), "-n", OPERATOR_NAMESPACE, "--create-namespace",
                   "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
-                  "--wait", "--timeout", "5m")
-        kube.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=yaml.safe_dump_all(example_manifests(image)))
-        result = Platform(kube=kube, cluster=cluster, image=image, next_image=next_image)
+                  "--set-json", f"networkPolicy.apiServer.ports={json.dumps(api_ports)}")
+        _admit_cluster_dns_port(kube)
+        kube.kubectl("-n", OPERATOR_NAMESPACE, "wait", "--for=condition=Available", "deployment", "--all",
+                     "--timeout=300s")
+        kube.kubectl("-n", NAMESPACE, "apply", "-f", "-",
+                     input=yaml.safe_dump_all(example_manifests(image, backend_ports)))
+        result = Platform(kube=kube, cluster=cluster, image=image, next_image=next_image, backend_ports=backend_ports)
         result.wait_ready("vezaplatform/demo", "chatroom/general", "streamchannel/radio", timeout=420)
         _wait_front_door(result)
         print(f"e2e platform ready in {time.monotonic() - started:.0f} s at {cluster.front_door}")
@@ -126,6 +152,17 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
             service.stop()
     # A stopped node leaves nothing behind (processes, mounts, the bridge): the next run starts clean.
     assert not leftovers(), leftovers()
+
+
+def _admit_cluster_dns_port(kube: KubeCluster) -> None:
+    """The chart's operator policy admits DNS on port 53, the port of the cluster DNS pods of common
+    clusters; this cluster's CoreDNS runs without privilege on 1053 behind the Service's 53, and a
+    policy sees the pod's port. Patched right after the install: the operator retries its first lookups."""
+    name = kube.kubectl("-n", OPERATOR_NAMESPACE, "get", "networkpolicy", "-o", "name").split()
+    assert len(name) == 1, name
+    patch = [{"op": "add", "path": "/spec/egress/0/ports/-", "value": {"port": 1053, "protocol": proto}}
+             for proto in ("UDP", "TCP")]
+    kube.kubectl("-n", OPERATOR_NAMESPACE, "patch", name[0], "--type=json", "-p", json.dumps(patch))
 
 
 def _wait_front_door(platform: Platform, timeout: float = 60) -> None:

@@ -6,10 +6,15 @@ in tests/e2e/conftest.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
+import subprocess
+import threading
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,9 @@ class Platform:
     next_image: str  # the same build under a second tag, for the upgrade test
     namespace: str = NAMESPACE
     host: str = HOST
+    # The managed services' host ports by Service name (postgres, redis, nats, minio): what the
+    # platform's `networkPolicies.egress.backends` declares.
+    backend_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def front_door(self) -> str:
@@ -95,6 +103,77 @@ class Platform:
 
 
 PASSWORD = "e2e-password-1"
+
+# A cloud's instance metadata endpoint, stood in for on this host (`metadata_address`).
+METADATA_ADDRESS = "169.254.169.254"
+METADATA_LABEL = "lo:veza-imds"
+STAND_IN_BODY = b"veza e2e stand-in: reached\n"
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    subprocess.run(["ip", *args], capture_output=True, check=check)
+
+
+@contextlib.contextmanager
+def metadata_address() -> Iterator[str]:
+    """169.254.169.254 on this host's loopback (labelled `lo:veza-imds`), like the metadata endpoint a
+    cloud node reaches: a pod's packets to it go to the node like any other, so only a policy stops them."""
+    address = f"{METADATA_ADDRESS}/32"
+    _ip("addr", "del", address, "dev", "lo", check=False)  # left by a killed run
+    _ip("addr", "add", address, "dev", "lo", "label", METADATA_LABEL)
+    try:
+        yield METADATA_ADDRESS
+    finally:
+        _ip("addr", "del", address, "dev", "lo", check=False)
+
+
+class _StandIn(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(STAND_IN_BODY)))
+        self.end_headers()
+        self.wfile.write(STAND_IN_BODY)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def stand_in_servers(addresses: list[tuple[str, int]]) -> Iterator[None]:
+    """An HTTP server answering 200 on each (address, port) of this host, for as long as the block runs."""
+    servers = [http.server.ThreadingHTTPServer(address, _StandIn) for address in addresses]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+# Run in a pod (`python -c PROBE target...`): per "host:port", "open" plus the first line of whatever the
+# server says first to an HTTP GET, or the error connecting (ConnectionRefusedError: rejected; TimeoutError).
+PROBE = """
+import json, socket, sys
+out = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        conn = socket.create_connection((host, int(port)), timeout=5)
+    except OSError as error:
+        out[target] = type(error).__name__
+        continue
+    out[target] = "open"
+    try:
+        conn.sendall(b"GET / HTTP/1.0\\r\\nHost: probe\\r\\n\\r\\n")
+        out[target] += " " + conn.recv(200).decode(errors="replace").splitlines()[0]
+    except (OSError, IndexError):
+        pass
+    conn.close()
+print(json.dumps(out))
+"""
 
 
 class Account:

@@ -1,9 +1,10 @@
-"""A real Kubernetes node on this machine: containerd, kubelet, kube-proxy and CNI.
+"""A real Kubernetes node on this machine: containerd, kubelet, kube-proxy, CNI and kube-router.
 
 It joins a `ControlPlane` started with ``fake_node=False`` at the node's address,
 so pods run for real: images imported into containerd, Pod Security enforced,
-Services through kube-proxy's iptables rules, cluster DNS from CoreDNS and a front
-door (Traefik, Ingress and Gateway API) added by ``veza_local.cluster``.
+Services through kube-proxy's iptables rules, NetworkPolicies (ingress and egress)
+enforced by kube-router's network policy controller, cluster DNS from CoreDNS and a
+front door (Traefik, Ingress and Gateway API) added by ``veza_local.cluster``.
 
 What this machine needs (found the hard way, see docs/e2e.md):
 
@@ -14,6 +15,10 @@ What this machine needs (found the hard way, see docs/e2e.md):
   DROP, and the firewall plugin lets pod traffic through;
 - the kubelet on cgroup v1 (``failCgroupV1: false``) under its own cgroup root, so
   whatever a run leaves behind is found and killed by the next one;
+- kube-router with only its firewall controller (no routing, no service proxy): the
+  bridge plugin enforces no NetworkPolicy, kube-router does it with iptables and ipsets
+  (Debian's ``ipset``); traffic from the node itself to pods (the kubelet's probes,
+  clients of the front door's NodePort) stays admitted, as on any kube-router node;
 - one node per machine: paths under ``/run/veza-node`` and ``/var/lib/veza-node`` are
   fixed, which is what makes cleaning up after a killed run possible.
 
@@ -71,7 +76,10 @@ def unsupported_reason() -> str | None:
     for exe in ("ip", "iptables"):
         if shutil.which(exe) is None:
             return f"{exe} not found"
-    missing = [t for t in ("containerd", "containerd-shim-runc-v2", "ctr", "kubelet", "kube-proxy", "pause")
+    if shutil.which("ipset") is None:
+        return "ipset not found (kube-router enforces NetworkPolicies with it): apt-get install ipset"
+    missing = [t for t in ("containerd", "containerd-shim-runc-v2", "ctr", "kubelet", "kube-proxy", "kube-router",
+                           "pause")
                if not (tools_bin_dir() / t).exists()]
     if missing:
         return f"{', '.join(missing)} not built: run hack/build-tools.sh"
@@ -325,9 +333,60 @@ class KubeProxy(LocalService):
         return _healthz(self.port)
 
 
+# kube-router reads what its network policy controller needs, and nothing else.
+KUBE_ROUTER_USER = "system:kube-router"
+KUBE_ROUTER_RBAC = [
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "veza-node:kube-router"},
+     "rules": [
+         {"apiGroups": [""], "resources": ["namespaces", "pods", "services", "endpoints", "nodes"],
+          "verbs": ["get", "list", "watch"]},
+         {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
+         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+     ]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "veza-node:kube-router"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "veza-node:kube-router"},
+     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": KUBE_ROUTER_USER}]},
+]
+# The ipsets of kube-router's network policy controller (its `--cleanup-config` leaves them, and its chains).
+KUBE_ROUTER_IPSET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "inet6:KUBE-SRC-", "inet6:KUBE-DST-")
+NODE_PORT_RANGE = "30000-32767"  # the API server's default; kube-router admits pods to the node's ports in it
+
+
+class KubeRouter(LocalService):
+    """kube-router's network policy controller: NetworkPolicies as iptables rules and ipsets.
+
+    Its health endpoint listens on every address (kube-router has no flag for it), on a free port.
+    """
+
+    name = "kube-router"
+    start_timeout = 60.0
+
+    def __init__(self, base_dir: Path, plane: ControlPlane, token: str) -> None:
+        super().__init__(base_dir, host=LOOPBACK)
+        self.plane = plane
+        self.token = token
+
+    def prepare(self) -> None:
+        (self.dir / "kubeconfig").write_text(self.plane.kubeconfig_for(self.token, KUBE_ROUTER_USER))
+        self.plane.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(KUBE_ROUTER_RBAC))
+
+    def command(self) -> list[str]:
+        return [tool("kube-router"), f"--kubeconfig={self.dir / 'kubeconfig'}", f"--hostname-override={NODE_NAME}",
+                "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
+                f"--service-cluster-ip-range={SERVICE_CIDR}", f"--service-node-port-range={NODE_PORT_RANGE}",
+                f"--health-port={self.port}", "--metrics-port=0"]
+
+    def is_ready(self) -> bool:
+        # Healthy once its controller synced; its chain hooked into FORWARD means the rules are in place.
+        return _healthz(self.port) and subprocess.run(
+            ["iptables", "-t", "filter", "-S", "KUBE-ROUTER-FORWARD"], capture_output=True, check=False).returncode == 0
+
+
 # -- the node as a whole -----------------------------------------------------------------------
 class Node:
-    """containerd + kubelet + kube-proxy on the bridge `veza0`, registered as `veza-node`.
+    """containerd + kubelet + kube-proxy + kube-router on the bridge `veza0`, registered as `veza-node`.
 
     Usage: ``node = Node(dir); plane = ControlPlane(dir, address=NODE_IP, fake_node=False);
     node.configure(plane); plane.start(); node.start(images)``; stop the node before the plane.
@@ -340,6 +399,7 @@ class Node:
         self.containerd = Containerd(self.dir)
         self.kubelet: Kubelet | None = None
         self.kube_proxy: KubeProxy | None = None
+        self.kube_router: KubeRouter | None = None
 
     @staticmethod
     def prepare_host() -> None:
@@ -368,10 +428,13 @@ class Node:
         self.kubelet = Kubelet(self.dir, plane, self.containerd, ca,
                                plane.add_token(f"system:node:{NODE_NAME}", "system:nodes"))
         self.kube_proxy = KubeProxy(self.dir, plane, plane.add_token("system:kube-proxy"))
+        self.kube_router = KubeRouter(self.dir, plane, plane.add_token(KUBE_ROUTER_USER))
 
     def start(self, images: list[Path]) -> Self:
-        """Start containerd, import `images` (the sandbox image first), then the kubelet and kube-proxy."""
-        assert self.plane is not None and self.kubelet is not None and self.kube_proxy is not None, "configure() first"
+        """Start containerd, import `images` (the sandbox image first), then the kubelet and kube-proxy, and
+        kube-router once the node is registered (it reads its Node)."""
+        assert self.plane is not None and self.kubelet is not None and self.kube_proxy is not None \
+            and self.kube_router is not None, "configure() first"
         try:
             self.containerd.start()
             for image in images:
@@ -379,13 +442,14 @@ class Node:
             self.kubelet.start()
             self.kube_proxy.start()
             self.plane.wait_for_node(NODE_NAME, timeout=120)
+            self.kube_router.start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for part in (self.kube_proxy, self.kubelet):
+        for part in (self.kube_router, self.kube_proxy, self.kubelet):
             if part is not None:
                 part.stop()
         if self.containerd.running:
@@ -458,22 +522,35 @@ def cleanup_host() -> None:
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
     with contextlib.suppress(ServiceError):  # no kube-proxy built: no rules of its to remove
         subprocess.run([tool("kube-proxy"), "--cleanup"], capture_output=True, check=False, timeout=60)
+    # kube-router's chains start with KUBE- too; its ipsets go once no rule refers to them.
     _remove_chains(("CNI-", "KUBE-"))
+    for ipset in _kube_router_ipsets():
+        subprocess.run(["ipset", "destroy", ipset], capture_output=True, check=False)
+
+
+def _kube_router_ipsets() -> list[str]:
+    if shutil.which("ipset") is None:
+        return []
+    names = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True, check=False).stdout.split()
+    return [name for name in names if name.startswith(KUBE_ROUTER_IPSET_PREFIXES)]
 
 
 def leftovers() -> list[str]:
-    """What of a node is still on the host (empty after `cleanup_host`): shims, mounts, the bridge."""
+    """What of a node is still on the host (empty after `cleanup_host`): shims, mounts, the bridge,
+    kube-router's ipsets."""
     found = [f"containerd shim {pid}" for pid in _shim_pids()]
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     found += [f"mount {m}" for m in mounts if m.startswith((str(RUN_DIR), str(STATE_DIR)))]
     if Path("/sys/class/net", BRIDGE).exists():
         found.append(f"bridge {BRIDGE}")
+    found += [f"ipset {name}" for name in _kube_router_ipsets()]
     return found
 
 
 def _remove_chains(prefixes: tuple[str, ...]) -> None:
-    """Drop iptables chains the node made: the CNI plugins' (masquerade, firewall, hostport), and the
-    kubelet's and kube-proxy's (`KUBE-FIREWALL`, canaries) that `kube-proxy --cleanup` leaves."""
+    """Drop iptables chains the node made: the CNI plugins' (masquerade, firewall, hostport), the
+    kubelet's and kube-proxy's (`KUBE-FIREWALL`, canaries) that `kube-proxy --cleanup` leaves, and
+    kube-router's (`KUBE-ROUTER-*`, `KUBE-POD-FW-*`, `KUBE-NWPLCY-*`)."""
     for table in ("nat", "filter", "mangle"):
         rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
         chains = {line[1:].split()[0] for line in rules.splitlines()
@@ -489,5 +566,5 @@ def _remove_chains(prefixes: tuple[str, ...]) -> None:
             subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True, check=False)
 
 
-__all__ = ["CLUSTER_DNS", "NODE_IP", "NODE_NAME", "PAUSE_IMAGE", "Node", "NodeError", "cleanup_host", "leftovers",
-           "unsupported_reason"]
+__all__ = ["CLUSTER_DNS", "NODE_IP", "NODE_NAME", "NODE_PORT_RANGE", "PAUSE_IMAGE", "Node", "NodeError", "cleanup_host",
+           "leftovers", "unsupported_reason"]
