@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .conditions import Health
-from .controller import Context
+from .conditions import Health, name_conflict
+from .controller import Context, Key
 from .models import Image, VezaPlatformSpec
 from .naming import USABLE_BY
 from .settings import Settings
@@ -107,4 +107,20 @@ async def secret_refusal(ctx: Context, namespace: str, names: set[str], platform
     if foreign:
         return Refusal("SecretNotUsable", f"Secret(s) not labelled {USABLE_BY}={platform}: {', '.join(foreign)} "
                                           "(a Secret a spec names is used only when labelled for its platform).")
+    return None
+
+
+async def apply_admitted(ctx: Context, key: Key, kind: str, children: list[dict[str, Any]], secrets: set[str],
+                         platform: str, platform_uid: str) -> Health | None:
+    """Apply `children` unless a Secret of `secrets` is missing or not the platform's, or a child's name is held
+    by an object the operator did not create: then nothing is applied, the resource is looked at again later
+    (neither Secrets nor foreign objects are watched) and the health to report is returned."""
+    refusal = await secret_refusal(ctx, key[1], secrets, platform, platform_uid)
+    if refusal is not None:
+        ctx.requeue(key, 10.0)
+        return refusal.health()
+    conflicts = await ctx.sync_children(key, children)
+    if conflicts:
+        ctx.requeue(key, 30.0)
+        return name_conflict(conflicts, kind)
     return None

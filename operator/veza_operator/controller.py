@@ -235,11 +235,12 @@ class Reconciler:
         self.since_trim = 0
         self.paused = False  # a standby replica: requests are dropped until it resumes
         ctx.requeue = self.request_later
-        for kind in handlers:  # every series an alert reads exists at 0 from the start
+        for kind in handlers:  # every series an alert or a dashboard panel reads exists at 0 from the start
             RECONCILES.labels(kind, "ok")
             RECONCILES.labels(kind, "error")
             RETRIES.labels(kind)
             RECONCILE_SECONDS.labels(kind)
+            WRITES.labels(kind, "status")
 
     def request(self, key: Key) -> None:
         if key[0] not in self.handlers or self.paused:

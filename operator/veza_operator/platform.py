@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from veza_core import keys as jwt_keys
 
 from . import admission, frontdoor, manifests, wiring
-from .conditions import Health, conditions, name_conflict, ready_reason, workers_health
+from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
 from .naming import COMPONENT_LABEL, PLATFORM_LABEL, Owner, metadata, selector_labels
@@ -236,15 +236,9 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     # Every Secret the children read, and those the rooms and channels will: nothing is applied until
     # each exists and is the platform's.
     names = admission.secrets_in(children) | wiring.secrets_referenced(spec)
-    refusal = await admission.secret_refusal(ctx, namespace, names, name, owner.uid)
-    if refusal is not None:
-        ctx.requeue(key, 10.0)  # Secrets are not watched: heal by looking again
-        await report(refusal.health())
-        return
-    conflicts = await ctx.sync_children(key, children)
-    if conflicts:
-        ctx.requeue(key, 30.0)  # someone else's objects are not watched either
-        await report(name_conflict(conflicts, "VezaPlatform"))
+    refused = await admission.apply_admitted(ctx, key, "VezaPlatform", children, names, name, owner.uid)
+    if refused is not None:
+        await report(refused)
         return
 
     stay = f" Workers stay on {images.workers.reference}." if images.waiting else ""

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from veza_core.specs import ChatRoomSpec, Resources, StreamChannelSpec
 
 from . import admission, frontdoor, manifests, wiring
-from .conditions import Health, conditions, name_conflict, ready_reason, workers_health
+from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
 from .naming import Owner, selector_labels, selector_string, worker_name
@@ -178,16 +178,10 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     routes = await frontdoor.serves_routes(ctx, platform)
     children = build_children(wk, owner, spec, raw_spec, platform_name, platform, image=image, http_routes=routes,
                               relay_denied=ctx.settings.relay_denied_networks)
-    refusal = await admission.secret_refusal(ctx, namespace, admission.secrets_in(children), platform_name,
-                                             platform_body["metadata"].get("uid", ""))
-    if refusal is not None:
-        ctx.requeue(key, 10.0)  # Secrets are not watched: heal by looking again
-        await report(refusal.health())
-        return
-    conflicts = await ctx.sync_children(key, children)
-    if conflicts:
-        ctx.requeue(key, 30.0)  # someone else's objects are not watched either
-        await report(name_conflict(conflicts, wk.kind))
+    refused = await admission.apply_admitted(ctx, key, wk.kind, children, admission.secrets_in(children),
+                                             platform_name, platform_body["metadata"].get("uid", ""))
+    if refused is not None:
+        await report(refused)
         return
 
     deployment = ctx.store.children.get(("Deployment", namespace, worker_name(wk.component, name)))

@@ -9,30 +9,21 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
 from tests.support.api import ADMIN_EMAIL, ISSUER, ApiServer, Client, Inbox, ServerFactory, write_keys
+from tests.support.db import fresh_database
 from veza_api.app import create_api_app
 from veza_api.settings import ApiSettings
-from veza_core.db import migrate
 from veza_core.keys import generate_signing_key
 from veza_local.services import PostgresService, RedisService, S3Service, free_port
 
 
 @pytest.fixture(scope="session")
 async def api_database(postgres: PostgresService) -> str:
-    name = f"api_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(postgres.url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = postgres.url.rsplit("/", 1)[0] + f"/{name}"
-    await migrate(url)
-    return url
+    return await fresh_database(postgres, "api")
 
 
 @pytest.fixture(scope="session")

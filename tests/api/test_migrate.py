@@ -10,18 +10,9 @@ import uuid
 
 import asyncpg
 
+from tests.support.db import fresh_database
 from veza_core.db import migration_files
 from veza_local.services import PostgresService
-
-
-async def _fresh_database(postgres: PostgresService) -> str:
-    name = f"mig_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(postgres.url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _veza_migrate(url: str) -> subprocess.Popen[str]:
@@ -30,7 +21,7 @@ def _veza_migrate(url: str) -> subprocess.Popen[str]:
 
 
 async def test_two_concurrent_runs_apply_each_migration_once(postgres: PostgresService) -> None:
-    url = await _fresh_database(postgres)
+    url = await fresh_database(postgres, "mig", migrated=False)
     runs = [_veza_migrate(url) for _ in range(2)]
     outputs = [await asyncio.to_thread(p.communicate, timeout=120) for p in runs]
     assert [p.returncode for p in runs] == [0, 0], [err for _, err in outputs]

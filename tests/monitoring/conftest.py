@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import boto3
 import pytest
 
@@ -19,7 +17,6 @@ from tests.monitoring.fleet import (
     PLATFORM,
     STREAM_SPEC,
     Fleet,
-    VezaProcess,
     api_traffic,
     chat_traffic,
     stream_traffic,
@@ -30,27 +27,16 @@ from tests.monitoring.fleet import (
 from tests.monitoring.support import prometheus_binary
 from tests.support.audio import sine
 from tests.support.chat import ISSUER, Chat
+from tests.support.db import fresh_database
 from tests.support.kube import KubeCluster
 from tests.support.operator import REPO, OperatorProcess, room
+from tests.support.process import VezaProcess
 from tests.support.stream import BUCKET
 from veza_core.auth import TokenIssuer
-from veza_core.db import migrate
 from veza_core.keys import KeySet, generate_signing_key, secret_data
 from veza_local.controlplane import wait_for
 from veza_local.prometheus import PrometheusService
 from veza_local.services import NatsService, PostgresService, RedisService, S3Service
-
-
-async def _database(postgres: PostgresService) -> str:
-    name = f"mon_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(postgres.url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = postgres.url.rsplit("/", 1)[0] + f"/{name}"
-    await migrate(url)
-    return url
 
 
 def _bucket(s3: S3Service) -> None:
@@ -91,16 +77,17 @@ async def fleet(postgres: PostgresService, nats: NatsService, redis: RedisServic
     issuer = TokenIssuer(KeySet.from_private_keys([key]), issuer=ISSUER)
     s3_env = {"VEZA_S3_ENDPOINT": s3.url, "VEZA_S3_BUCKET": BUCKET, "AWS_ACCESS_KEY_ID": s3.access_key,
               "AWS_SECRET_ACCESS_KEY": s3.secret_key}
-    database, _ = await asyncio.gather(_database(postgres), asyncio.to_thread(_bucket, s3))
+    database, _ = await asyncio.gather(fresh_database(postgres, "mon"), asyncio.to_thread(_bucket, s3))
 
     stream = VezaProcess("stream", {"VEZA_COMPONENT": "stream", "VEZA_PLATFORM": PLATFORM,
                                     "VEZA_RESOURCE_NAME": "radio", "VEZA_RESOURCE_SPEC": json.dumps(STREAM_SPEC),
-                                    "VEZA_SHUTDOWN_GRACE_SECONDS": "2", **s3_env}, tmp / "stream.log")
+                                    "VEZA_SHUTDOWN_GRACE_SECONDS": "2", **s3_env}, tmp / "stream.log",
+                        probe="/readyz")
     api = VezaProcess("api", {"VEZA_PLATFORM": PLATFORM, "VEZA_DATABASE_URL": database, "VEZA_REDIS_URL": redis.url,
                               "VEZA_JWT_ISSUER": ISSUER, "VEZA_JWT_KEYS_DIR": str(keys),
                               "VEZA_MAIL_DIR": str(tmp / "mail"), "VEZA_PUBLIC_URL": "https://veza.test",
                               "VEZA_ARGON2_MEMORY_KIB": "8192", "VEZA_ARGON2_TIME_COST": "1",
-                              "VEZA_SHUTDOWN_GRACE_SECONDS": "1", **s3_env}, tmp / "api.log")
+                              "VEZA_SHUTDOWN_GRACE_SECONDS": "1", **s3_env}, tmp / "api.log", probe="/readyz")
     chat = Chat(tmp, keys, issuer, {"VEZA_DATABASE_URL": postgres.url, "VEZA_NATS_URL": nats.url,
                                     "VEZA_REDIS_URL": redis.url})
     prometheus: PrometheusService | None = None

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,56 +17,13 @@ from typing import Any
 import aiohttp
 
 from tests.support.chat import Chat, ChatWorker
+from tests.support.process import VezaProcess
 from tests.support.stream import PLAYLIST_SPEC, open_stream, read_body
 from veza_local.controlplane import wait_for
 from veza_local.prometheus import PrometheusService, ScrapeTarget
-from veza_local.services import free_port
 
-VEZA = str(Path(sys.executable).parent / "veza")
 NAMESPACE = "veza-test"  # what the PodMonitor's `namespace` label would say
 PLATFORM = "mon"
-
-
-class VezaProcess:
-    """`veza <component>` on a random loopback port, its output in `log_path`."""
-
-    def __init__(self, component: str, env: dict[str, str], log_path: Path) -> None:
-        self.component = component
-        self.port = free_port()
-        self.env = {**os.environ, **env, "VEZA_HTTP_HOST": "127.0.0.1", "VEZA_HTTP_PORT": str(self.port)}
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> VezaProcess:
-        with self.log_path.open("ab") as log:
-            process = self.process = subprocess.Popen([VEZA, self.component], env=self.env, stdout=log,
-                                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                      start_new_session=True)
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"{self.component} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1):  # noqa: S310 (loopback)
-                    return True
-            except OSError:
-                return False
-
-        wait_for(ready, timeout, interval=0.1, message=f"{self.component} /readyz")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
 
 
 @dataclass

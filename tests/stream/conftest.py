@@ -14,7 +14,8 @@ import boto3
 import pytest
 
 from tests.support.audio import sine
-from tests.support.stream import BUCKET, WorkerProcess
+from tests.support.process import VezaProcess
+from tests.support.stream import BUCKET
 from veza_local.services import S3Service
 
 
@@ -35,11 +36,11 @@ def tracks(bucket: Any) -> None:
 
 
 @pytest.fixture
-def start_worker(s3: S3Service, bucket: Any, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(s3: S3Service, bucket: Any, tmp_path: Path) -> Iterator[Callable[..., VezaProcess]]:
     """Start `veza stream` for a channel spec; extra env overrides; every worker is stopped at the end."""
-    started: list[WorkerProcess] = []
+    started: list[VezaProcess] = []
 
-    def start(channel: str, spec: dict[str, Any], **env: str) -> WorkerProcess:
+    def start(channel: str, spec: dict[str, Any], **env: str) -> VezaProcess:
         base = {
             "VEZA_COMPONENT": "stream", "VEZA_PLATFORM": f"t{os.getpid()}",
             "VEZA_RESOURCE_NAME": channel, "VEZA_RESOURCE_SPEC": json.dumps(spec),
@@ -47,7 +48,7 @@ def start_worker(s3: S3Service, bucket: Any, tmp_path: Path) -> Iterator[Callabl
             "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
             "VEZA_SHUTDOWN_GRACE_SECONDS": "2", "VEZA_LOG_LEVEL": "INFO",
         }
-        worker = WorkerProcess({**base, **env}, tmp_path / f"worker-{len(started)}.log")
+        worker = VezaProcess("stream", {**base, **env}, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
         return worker.start()
 

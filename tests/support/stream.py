@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-from veza_local.controlplane import wait_for
-from veza_local.services import free_port
+from tests.support.process import VezaProcess
 
-VEZA = str(Path(sys.executable).parent / "veza")
 BUCKET = "veza-stream-tests"
 # Plays the two tracks the `tracks` fixture (tests/stream/conftest.py) puts in BUCKET.
 PLAYLIST_SPEC: dict[str, Any] = {
@@ -30,58 +23,7 @@ PLAYLIST_SPEC: dict[str, Any] = {
 }
 
 
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, **env, "VEZA_HTTP_HOST": "127.0.0.1", "VEZA_HTTP_PORT": str(self.port)}
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> WorkerProcess:
-        log = self.log_path.open("ab")
-        process = self.process = subprocess.Popen([VEZA, "stream"], env=self.env, stdout=log,
-                                                  stderr=subprocess.STDOUT, start_new_session=True)
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.logs()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=0.5):  # noqa: S310 (http to loopback)
-                    return True
-            except OSError:
-                return False
-
-        try:
-            wait_for(healthy, timeout, interval=0.1, message="worker /healthz")
-        except TimeoutError:
-            raise RuntimeError(f"worker did not start: {self.logs()[-3000:]}") from None
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def logs(self) -> str:
-        return self.log_path.read_text()
-
-
-def now_playing(worker: WorkerProcess, channel: str, token: str | None = None) -> dict[str, Any]:
+def now_playing(worker: VezaProcess, channel: str, token: str | None = None) -> dict[str, Any]:
     query = f"?token={token}" if token else ""
     with urllib.request.urlopen(f"{worker.url}/stream/{channel}/now-playing{query}", timeout=3) as r:  # noqa: S310
         return dict(json.loads(r.read()))
