@@ -125,7 +125,10 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         finally:
             await ctx.publisher.close()
             await redis.aclose()
-            await pool.close()
+            try:  # a pool reconnecting to a PostgreSQL that is gone would wait out its connect timeout
+                await asyncio.wait_for(pool.close(), 5.0)
+            except TimeoutError:
+                pool.terminate()
 
     app.cleanup_ctx.append(resources)
     return app

@@ -67,5 +67,7 @@ class Publisher:
         if self._connecting is not None:
             self._connecting.cancel()
         if self.nc is not None:
+            # close(), not drain(): it flushes what is pending and, unlike drain() while NATS is away and the
+            # client reconnects, always ends; the bound keeps a shutdown within its grace either way.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 2.0)
+                await asyncio.wait_for(self.nc.close(), 2.0)
