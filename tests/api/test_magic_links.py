@@ -3,40 +3,30 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
 from aiosmtpd.controller import Controller
 
 from tests.support.api import ApiServer, Client, Inbox, ServerFactory
-from veza_local.services import free_port
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[tuple[Controller, Inbox]]:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller, inbox
-    controller.stop()
-
-
-@pytest.fixture(scope="module")
-async def mail_api(make_api: ServerFactory, smtp: tuple[Controller, Inbox]) -> ApiServer:
-    controller, _ = smtp
+async def mail_api(make_api: ServerFactory, mailbox: tuple[Controller, Inbox]) -> ApiServer:
+    controller, _ = mailbox
     return await make_api(smtp_host="127.0.0.1", smtp_port=controller.port, smtp_from="login@veza.test",
                           public_url="https://veza.test")
 
 
-async def test_link_logs_in_once_and_creates_the_account(mail_api: ApiServer, smtp: tuple[Controller, Inbox]) -> None:
-    _, inbox = smtp
+async def test_link_logs_in_once_and_creates_the_account(mail_api: ApiServer,
+                                                        mailbox: tuple[Controller, Inbox]) -> None:
+    _, inbox = mailbox
     client = Client(mail_api.client.base, mail_api.client.session)
     address = f"new-{uuid.uuid4().hex[:8]}@veza.test"
     sent = await client.post("/api/v1/auth/magic-link", {"email": address.upper()})
     assert sent.status == 202
     token = await inbox.link_for(address)
-    message = inbox.messages[-1]
+    message = next(m for m in reversed(inbox.messages) if m["To"] == address)
     assert message["From"] == "login@veza.test" and "https://veza.test/login/magic#token=" in str(message)
 
     login = await client.post("/api/v1/auth/magic-link/verify", {"token": token})
@@ -48,8 +38,8 @@ async def test_link_logs_in_once_and_creates_the_account(mail_api: ApiServer, sm
     assert (await client.post("/api/v1/auth/magic-link/verify", {"token": "forged"})).status == 401
 
 
-async def test_expired_links_are_refused(mail_api: ApiServer, smtp: tuple[Controller, Inbox]) -> None:
-    _, inbox = smtp
+async def test_expired_links_are_refused(mail_api: ApiServer, mailbox: tuple[Controller, Inbox]) -> None:
+    _, inbox = mailbox
     client = Client(mail_api.client.base, mail_api.client.session)
     address = f"late-{uuid.uuid4().hex[:8]}@veza.test"
     assert (await client.post("/api/v1/auth/magic-link", {"email": address})).status == 202

@@ -133,8 +133,9 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
         api_ports = [443, 6443, cluster.plane.apiserver.port]
         kube.helm("install", "veza", str(REPO / "charts" / "veza"), "-n", OPERATOR_NAMESPACE, "--create-namespace",
                   "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
-                  "--set-json", f"networkPolicy.apiServer.ports={json.dumps(api_ports)}")
-        _admit_cluster_dns_port(kube)
+                  "--set-json", f"networkPolicy.apiServer.ports={json.dumps(api_ports)}",
+                  # This cluster's CoreDNS runs without privilege on 1053 behind the Service's 53.
+                  "--set-json", "networkPolicy.dns.ports=[53,1053]")
         kube.kubectl("-n", OPERATOR_NAMESPACE, "wait", "--for=condition=Available", "deployment", "--all",
                      "--timeout=300s")
         kube.kubectl("-n", NAMESPACE, "apply", "-f", "-",
@@ -152,17 +153,6 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
             service.stop()
     # A stopped node leaves nothing behind (processes, mounts, the bridge): the next run starts clean.
     assert not leftovers(), leftovers()
-
-
-def _admit_cluster_dns_port(kube: KubeCluster) -> None:
-    """The chart's operator policy admits DNS on port 53, the port of the cluster DNS pods of common
-    clusters; this cluster's CoreDNS runs without privilege on 1053 behind the Service's 53, and a
-    policy sees the pod's port. Patched right after the install: the operator retries its first lookups."""
-    name = kube.kubectl("-n", OPERATOR_NAMESPACE, "get", "networkpolicy", "-o", "name").split()
-    assert len(name) == 1, name
-    patch = [{"op": "add", "path": "/spec/egress/0/ports/-", "value": {"port": 1053, "protocol": proto}}
-             for proto in ("UDP", "TCP")]
-    kube.kubectl("-n", OPERATOR_NAMESPACE, "patch", name[0], "--type=json", "-p", json.dumps(patch))
 
 
 def _wait_front_door(platform: Platform, timeout: float = 60) -> None:
