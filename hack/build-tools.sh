@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Go tools the tests need (Kubernetes control plane and node, etcd,
-# kwok, helm, OpenTofu, containerd, CoreDNS, Traefik, kube-router, the pod sandbox
-# program)
+# kwok, helm, OpenTofu, containerd, CoreDNS, Traefik, kube-router, Prometheus,
+# Jaeger, the pod sandbox program)
 # from the pinned wrapper modules in hack/tools/*, and caches
 # the binaries under $VEZA_CACHE/bin/<tool>-<version>. A second run builds
 # nothing. Prints the directory holding the binaries on its last line.
@@ -25,6 +25,7 @@ COREDNS_VERSION=v1.14.7
 TRAEFIK_VERSION=v3.6.12
 PROMETHEUS_VERSION=v3.16.0  # hack/tools/prometheus pins the module's v0.316.0 (= Prometheus 3.16.0)
 KUBE_ROUTER_VERSION=v2.1.0
+JAEGER_VERSION=v1.76.0  # the module's v1.x tags carry Jaeger v2 (cmd/jaeger, built on the OpenTelemetry collector)
 PAUSE_VERSION=1.0  # hack/tools/pause: bump when main.go changes
 
 kube_minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
@@ -59,7 +60,7 @@ build() {
   echo "built $name $version in $((SECONDS - start)) s" >&2
 }
 
-want=${*:-kubernetes etcd kwok helm opentofu containerd coredns traefik kube-router prometheus pause}
+want=${*:-kubernetes etcd kwok helm opentofu containerd coredns traefik kube-router prometheus jaeger pause}
 for tool in $want; do
   case $tool in
     kubernetes) build kubernetes "$KUBE_VERSION" kubernetes "$kube_ldflags" \
@@ -90,6 +91,8 @@ for tool in $want; do
         "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" \
         prometheus=github.com/prometheus/prometheus/cmd/prometheus \
         promtool=github.com/prometheus/prometheus/cmd/promtool ;;
+    # The trace store the tracing tests export to (OTLP) and query.
+    jaeger) build jaeger "$JAEGER_VERSION" jaeger "-s -w" jaeger=github.com/jaegertracing/jaeger/cmd/jaeger ;;
     pause) build pause "$PAUSE_VERSION" pause "-s -w" pause=veza.dev/hack/tools/pause ;;
     *) echo "unknown tool: $tool" >&2; exit 2 ;;
   esac
@@ -131,6 +134,6 @@ link kubelet "$KUBE_VERSION"; link kube-proxy "$KUBE_VERSION"
 for exe in containerd containerd-shim-runc-v2 ctr; do link "$exe" "$CONTAINERD_VERSION"; done
 link coredns "$COREDNS_VERSION"; link traefik "$TRAEFIK_VERSION"; link pause "$PAUSE_VERSION"
 link prometheus "$PROMETHEUS_VERSION"; link promtool "$PROMETHEUS_VERSION"
-link kube-router "$KUBE_ROUTER_VERSION"
+link kube-router "$KUBE_ROUTER_VERSION"; link jaeger "$JAEGER_VERSION"
 link etcd "$ETCD_VERSION"; link kwok "$KWOK_VERSION"; link helm "$HELM_VERSION"; link tofu "$TOFU_VERSION"
 echo "$bin"

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from veza_core.logs import configure_logging
+from veza_core.tracing import configure_tracing
 from veza_core.web import run as serve
 
 from .app import create_api_app
@@ -25,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     assert isinstance(settings, ApiSettings)  # from_env builds the class it is called on
     configure_logging("api", settings.log_level)
+    configure_tracing("api")
     app = create_api_app(settings)
     serve(app, args.host or settings.http_host, args.port or settings.http_port,
           shutdown_grace=settings.shutdown_grace_seconds)

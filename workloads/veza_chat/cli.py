@@ -11,6 +11,7 @@ import logging
 
 from veza_core import web as core_web
 from veza_core.logs import configure_logging
+from veza_core.tracing import configure_tracing
 
 from .settings import ChatSettings
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = ChatSettings.from_env().model_copy(update={"component": "chat"})
     configure_logging("chat", settings.log_level)
+    configure_tracing("chat")
     if args.purge:
         return asyncio.run(purge(settings))
     if args.no_migrate:

@@ -1,4 +1,5 @@
-"""JSON logs, one object per line, with the component and (when set) the request id.
+"""JSON logs, one object per line, with the component, (when set) the request id and, inside a traced
+span, its `trace_id` and `span_id` (so a log search leads to the trace and back).
 
 No line carries a credential: query parameters named like tokens, passwords or secrets, bearer
 credentials and anything shaped like a JWT are replaced by `[redacted]` in the finished line,
@@ -13,6 +14,8 @@ import logging
 import re
 import sys
 import time
+
+from .tracing import current_ids
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -46,6 +49,8 @@ class JsonFormatter(logging.Formatter):
         }
         if rid := request_id.get():
             entry["request_id"] = rid
+        if ids := current_ids():
+            entry["trace_id"], entry["span_id"] = ids
         # Structured fields passed with `extra={...}`.
         entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
         if record.exc_info:

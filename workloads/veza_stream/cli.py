@@ -11,6 +11,7 @@ import sys
 from pydantic import ValidationError
 
 from veza_core.logs import configure_logging
+from veza_core.tracing import configure_tracing
 from veza_core.web import run as run_app
 
 from .settings import StreamSettings
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"veza stream: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging("stream", settings.log_level)
+    configure_tracing("stream")
     from .app import create_stream_app
 
     try:

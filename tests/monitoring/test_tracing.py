@@ -1,0 +1,155 @@
+"""Traces from real workers in a real trace store: the API exports over OTLP/HTTP to Jaeger (v2, in
+memory), and the tests read the traces back through Jaeger's query API."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.monitoring.fleet import json_lines
+from tests.support.api import write_keys
+from tests.support.db import fresh_database
+from tests.support.process import VezaProcess
+from veza_core.keys import generate_signing_key
+from veza_local.controlplane import tools_bin_dir, wait_for
+from veza_local.jaeger import JaegerService
+from veza_local.services import PostgresService, RedisService
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerService]:
+    if not (tools_bin_dir() / "jaeger").exists():
+        pytest.skip("jaeger is not built: run hack/build-tools.sh jaeger")
+    with JaegerService(tmp_path_factory.mktemp("jaeger")) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def api_env(postgres: PostgresService, redis: RedisService, tmp_path_factory: pytest.TempPathFactory
+            ) -> dict[str, str]:
+    import asyncio
+
+    tmp = tmp_path_factory.mktemp("traced-api")
+    keys = tmp / "jwt"
+    write_keys(keys, [generate_signing_key()])
+    database = asyncio.run(fresh_database(postgres, "traces"))
+    return {"VEZA_PLATFORM": "traces", "VEZA_DATABASE_URL": database, "VEZA_REDIS_URL": redis.url,
+            "VEZA_JWT_ISSUER": "https://veza.test", "VEZA_JWT_KEYS_DIR": str(keys), "VEZA_MAIL_DIR": str(tmp / "mail"),
+            "VEZA_PUBLIC_URL": "https://veza.test", "VEZA_ARGON2_MEMORY_KIB": "8192", "VEZA_ARGON2_TIME_COST": "1",
+            "VEZA_SHUTDOWN_GRACE_SECONDS": "1"}
+
+
+def _traced_api(env: dict[str, str], jaeger: JaegerService, log: Path, ratio: str) -> VezaProcess:
+    return VezaProcess("api", {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+                               # what the operator sets from the platform's spec.observability
+                               "OTEL_SERVICE_NAME": "veza-api", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                               "OTEL_TRACES_SAMPLER_ARG": ratio, "OTEL_BSP_SCHEDULE_DELAY": "100"},
+                       log).start()
+
+
+def _login(url: str, headers: dict[str, str] | None = None) -> requests.Response:
+    """A login of an address nobody registered: refused, after the database was asked."""
+    return requests.post(f"{url}/api/v1/auth/login", json={"email": f"nobody-{uuid.uuid4().hex[:8]}@veza.test",
+                                                           "password": PASSWORD}, headers=headers, timeout=10)
+
+
+def _trace(jaeger: JaegerService, trace_id: str, *, timeout: float = 15.0) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def stored() -> bool:
+        response = requests.get(f"{jaeger.url}/api/traces/{trace_id}", timeout=5)
+        if response.status_code != 200:
+            return False
+        found[:] = response.json()["data"]
+        return bool(found)
+
+    wait_for(stored, timeout, interval=0.2, message=f"trace {trace_id} in Jaeger")
+    return found[0]
+
+
+def _parent(span: dict[str, Any]) -> str | None:
+    return next((r["spanID"] for r in span.get("references", []) if r["refType"] == "CHILD_OF"), None)
+
+
+def test_a_login_is_one_trace_with_its_database_calls(jaeger: JaegerService, api_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    api = _traced_api(api_env, jaeger, tmp_path / "api.log", "1.0")
+    try:
+        trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+        response = _login(api.url, {"traceparent": f"00-{trace_id}-{client_span}-01"})
+        assert response.status_code == 401, response.text
+
+        def complete() -> bool:  # the server span ends after the database spans: wait for both
+            trace = _trace(jaeger, trace_id)
+            names = {s["operationName"] for s in trace["spans"]}
+            return "POST /api/v1/auth/login" in names and len(trace["spans"]) > 1
+
+        wait_for(complete, 15, interval=0.2, message="the login's spans")
+        trace = _trace(jaeger, trace_id)
+        spans = {s["spanID"]: s for s in trace["spans"]}
+        server = next(s for s in spans.values() if s["operationName"] == "POST /api/v1/auth/login")
+        assert _parent(server) == client_span  # the caller's context was taken from `traceparent`
+        assert trace["processes"][server["processID"]]["serviceName"] == "veza-api"
+        tags = {t["key"]: t["value"] for t in server["tags"]}
+        assert tags.get("http.status_code", tags.get("http.response.status_code")) == 401
+
+        def under_server(span: dict[str, Any]) -> bool:
+            parent = _parent(span)
+            while parent is not None and parent != server["spanID"]:
+                parent = _parent(spans[parent]) if parent in spans else None
+            return parent == server["spanID"]
+
+        database = [s for s in spans.values()
+                    if {"key": "db.system", "type": "string", "value": "postgresql"} in s["tags"]
+                    or any(t["key"] == "db.system.name" and t["value"] == "postgresql" for t in s["tags"])]
+        assert database, [s["operationName"] for s in spans.values()]
+        assert all(under_server(s) for s in database)
+        statements = " ".join(str(t["value"]) for s in database for t in s["tags"]
+                              if t["key"] in ("db.statement", "db.query.text"))
+        assert "users" in statements  # the lookup of the address
+
+        # The request's log line names the trace: from a log search to the trace, and back.
+        lines = [e for e in json_lines(api.log_path) if e.get("msg") == "request"
+                 and e.get("path") == "/api/v1/auth/login"]
+        assert lines and lines[-1]["trace_id"] == trace_id and lines[-1]["span_id"] == server["spanID"]
+    finally:
+        api.stop()
+
+
+def test_sampling_is_parent_based(jaeger: JaegerService, api_env: dict[str, str], tmp_path: Path) -> None:
+    """At ratio 0 nothing new is recorded, but a request that arrives sampled is."""
+    api = _traced_api(api_env, jaeger, tmp_path / "api.log", "0")
+    try:
+        sampled, unsampled = secrets.token_hex(16), secrets.token_hex(16)
+        assert _login(api.url, {"traceparent": f"00-{unsampled}-{secrets.token_hex(8)}-00"}).status_code == 401
+        assert _login(api.url).status_code == 401
+        assert _login(api.url, {"traceparent": f"00-{sampled}-{secrets.token_hex(8)}-01"}).status_code == 401
+        assert _trace(jaeger, sampled)["spans"]
+        # Exported in order by one batch processor: once the sampled one is stored, the others would be too.
+        assert requests.get(f"{jaeger.url}/api/traces/{unsampled}", timeout=5).status_code == 404
+        lines = [e for e in json_lines(api.log_path) if e.get("path") == "/api/v1/auth/login"]
+        assert [("trace_id" in e) for e in lines] == [False, False, True]
+    finally:
+        api.stop()
+
+
+def test_without_an_endpoint_nothing_is_loaded() -> None:
+    """No endpoint: no SDK, exporter or instrumentation in the process, so tracing off costs nothing."""
+    code = ("import sys; from veza_core.tracing import configure_tracing; on = configure_tracing('api'); "
+            "print(json.dumps([on, sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', "
+            "'opentelemetry.instrumentation', 'opentelemetry.exporter')))]))")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == [False, []]

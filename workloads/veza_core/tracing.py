@@ -1,0 +1,68 @@
+"""Traces over OTLP, on when the standard OpenTelemetry variables ask for them (docs/monitoring.md#traces).
+
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) switches tracing on: the SDK is
+installed with a batch exporter over OTLP/HTTP, the sampler the SDK reads from ``OTEL_TRACES_SAMPLER`` /
+``OTEL_TRACES_SAMPLER_ARG`` (the operator sets ``parentbased_traceidratio`` and the platform's ratio), and the
+maintained instrumentations for aiohttp servers, asyncpg and redis-py. Without an endpoint nothing is
+installed: the API's no-op tracer is all the code meets, so tracing off costs a context lookup per span.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from opentelemetry import trace
+
+log = logging.getLogger(__name__)
+
+_configured: bool | None = None
+
+
+def endpoint() -> str | None:
+    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def configure_tracing(component: str) -> bool:
+    """Install the SDK once per process when an OTLP endpoint is configured; whether tracing is on.
+
+    Call it before the aiohttp application is built: the server instrumentation adds its middleware to
+    applications created afterwards.
+    """
+    global _configured
+    if _configured is not None:
+        return _configured
+    _configured = False
+    if not endpoint():
+        return False
+    # Imported here: a process without an endpoint never loads the SDK, the exporter or the patches.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, when set, win over these defaults.
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or f"veza-{component}",
+                                SERVICE_INSTANCE_ID: os.environ.get("HOSTNAME") or socket.gethostname()})
+    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    AioHttpServerInstrumentor().instrument()
+    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    RedisInstrumentor().instrument()
+    _configured = True
+    log.info("tracing on", extra={"otlp_endpoint": endpoint(), "sampler": os.environ.get("OTEL_TRACES_SAMPLER")})
+    return True
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The current span's trace and span ids in their hex form, or None outside a sampled span (a log line
+    names only traces the store can show)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
