@@ -10,6 +10,7 @@ import logging
 import sys
 
 from veza_core.logs import configure_logging
+from veza_core.tracing import configure_tracing
 
 from .settings import Settings
 
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from . import handlers  # noqa: F401 - registers the handlers
 
     configure_logging("operator", settings.log_level)
+    configure_tracing("operator")
     logging.getLogger("kopf").setLevel(logging.WARNING if settings.log_level.upper() == "INFO" else settings.log_level)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.bind)

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from .conditions import same_status
@@ -31,6 +32,7 @@ from .naming import OWNER_KIND, OWNER_NAME, foreign
 from .settings import Settings
 
 log = logging.getLogger("veza.operator")
+tracer = trace.get_tracer("veza.operator")
 
 Key = tuple[str, str, str]  # kind, namespace, name
 
@@ -310,8 +312,12 @@ class Reconciler:
             QUEUE_DEPTH.set(len(self.pending))
             self.running.add(key)
             started = time.perf_counter()
+            # One trace per reconcile: its API-server calls are the spans below it (kube.py).
+            span = tracer.start_span(f"reconcile {key[0]}", attributes={
+                "veza.kind": key[0], "k8s.namespace.name": key[1], "veza.name": key[2]})
             try:
-                await self.handlers[key[0]](self.ctx, key)
+                with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+                    await self.handlers[key[0]](self.ctx, key)
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:

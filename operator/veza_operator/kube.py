@@ -19,8 +19,11 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from opentelemetry import trace
 
 from .naming import FIELD_MANAGER
+
+tracer = trace.get_tracer("veza.operator")
 
 if TYPE_CHECKING:  # kopf is imported where the operator runs, not by `veza crds` or `veza up`
     import kopf
@@ -89,6 +92,19 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     return ctx
 
 
+def _span_name(method: str, path: str) -> str:
+    """`PATCH deployments/status`-like: the resource (and subresource), not the object's name, so spans
+    group per kind of call."""
+    parts = path.split("?")[0].strip("/").split("/")
+    if "namespaces" in parts[:-1] and len(parts) > parts.index("namespaces") + 2:
+        parts = parts[parts.index("namespaces") + 2:]
+    else:
+        parts = parts[3:] if parts[0] == "apis" else parts[2:]
+    resource = parts[0] if parts else ""
+    sub = f"/{parts[2]}" if len(parts) > 2 else ""
+    return f"{method} {resource}{sub}"
+
+
 class KubeClient:
     def __init__(self, settings: kopf.OperatorSettings, kinds: Mapping[str, ApiKind], *, pool_size: int = 32) -> None:
         self.settings = settings
@@ -125,21 +141,25 @@ class KubeClient:
 
     async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                     params: dict[str, str] | None = None, accept: str | None = None) -> dict[str, Any]:
-        for attempt in (1, 2):
-            if self._session is None:
-                self._session = self._connect()
-            data = None if body is None else json.dumps(body)
-            headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
-            async with self._session.request(method, path.lstrip("/"), data=data, params=params,
-                                             headers=headers) as resp:
-                text = await resp.text()
-                if resp.status == 401 and attempt == 1:
-                    # The ServiceAccount token was rotated under us: log in again, once.
-                    await self.close()
-                    continue
-                if resp.status >= 400:
-                    raise ApiError(resp.status, text)
-                return json.loads(text) if text else {}
+        # A client span per call (a no-op without tracing), child of the reconcile that made it.
+        with tracer.start_as_current_span(_span_name(method, path), kind=trace.SpanKind.CLIENT,
+                                          attributes={"http.request.method": method, "url.path": path}) as span:
+            for attempt in (1, 2):
+                if self._session is None:
+                    self._session = self._connect()
+                data = None if body is None else json.dumps(body)
+                headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
+                async with self._session.request(method, path.lstrip("/"), data=data, params=params,
+                                                 headers=headers) as resp:
+                    text = await resp.text()
+                    span.set_attribute("http.response.status_code", resp.status)
+                    if resp.status == 401 and attempt == 1:
+                        # The ServiceAccount token was rotated under us: log in again, once.
+                        await self.close()
+                        continue
+                    if resp.status >= 400:
+                        raise ApiError(resp.status, text)
+                    return json.loads(text) if text else {}
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def serves(self, group_version: str, resource: str) -> bool:

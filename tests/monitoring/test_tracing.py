@@ -18,6 +18,8 @@ import requests
 from tests.monitoring.fleet import json_lines
 from tests.support.api import write_keys
 from tests.support.db import fresh_database
+from tests.support.kube import KubeCluster
+from tests.support.operator import REPO, OperatorProcess, room
 from tests.support.process import VezaProcess
 from veza_core.keys import generate_signing_key
 from veza_local.controlplane import tools_bin_dir, wait_for
@@ -142,6 +144,41 @@ def test_sampling_is_parent_based(jaeger: JaegerService, api_env: dict[str, str]
         assert [("trace_id" in e) for e in lines] == [False, False, True]
     finally:
         api.stop()
+
+
+def test_an_operator_reconcile_is_one_trace_with_its_api_server_calls(jaeger: JaegerService, kube: KubeCluster,
+                                                                     tmp_path: Path) -> None:
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    ns = kube.create_namespace("traced")
+    operator = OperatorProcess(kube.kubeconfig, tmp_path / "operator.log", peering=None, namespaces=[ns], extra_env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_SERVICE_NAME": "veza-operator",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.0",
+        "OTEL_BSP_SCHEDULE_DELAY": "100"}).start()
+    try:
+        kube.apply(room(ns, "lobby"), namespace=ns)  # its platform does not exist: reconciled all the same
+        found: list[dict[str, Any]] = []
+
+        def reconciled() -> bool:
+            for trace in jaeger.traces("veza-operator", operation="reconcile ChatRoom"):
+                root = next(s for s in trace["spans"] if s["operationName"] == "reconcile ChatRoom")
+                tags = {t["key"]: t["value"] for t in root["tags"]}
+                calls = [s for s in trace["spans"] if _parent(s) == root["spanID"]]
+                if tags.get("veza.name") == "lobby" and tags.get("k8s.namespace.name") == ns and calls:
+                    found[:] = [root, *calls]
+                    return True
+            return False
+
+        wait_for(reconciled, 30, interval=0.3, message="a traced reconcile of the room")
+        root, *calls = found
+        kinds = {t["value"] for s in calls for t in s["tags"] if t["key"] == "span.kind"}
+        assert kinds == {"client"}
+        # The room's status is written in the same trace as the reconcile that computed it.
+        assert any(s["operationName"] == "PATCH chatrooms/status" for s in calls), [s["operationName"] for s in calls]
+        for call in calls:
+            tags = {t["key"]: t["value"] for t in call["tags"]}
+            assert ns in tags["url.path"] and 200 <= tags["http.response.status_code"] < 300
+    finally:
+        operator.stop()
 
 
 def test_without_an_endpoint_nothing_is_loaded() -> None:
