@@ -261,3 +261,22 @@ def test_the_relay_deny_list_is_the_operators_setting() -> None:
     denied = operator_env("--set", "operator.relayDeniedNetworks={10.96.0.0/12,10.244.0.0/16}")
     assert denied["VEZA_RELAY_DENIED_NETWORKS"] == "10.96.0.0/12,10.244.0.0/16"
     assert "VEZA_RELAY_DENIED_NETWORKS" not in operator_env()
+
+
+def test_operator_traces_go_where_the_values_say_and_the_policy_lets_them() -> None:
+    def operator(*args: str) -> tuple[dict[str, str | None], list[dict[str, Any]]]:
+        docs = render(*args)
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return env, policy["spec"]["egress"]
+
+    env, egress = operator()
+    assert not any(k.startswith("OTEL_") for k in env)
+    env, traced = operator("--set", "operator.tracing.otlpEndpoint=http://jaeger.monitoring:4318",
+                           "--set-json", "operator.tracing.samplingRatio=0.5")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger.monitoring:4318"
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("parentbased_traceidratio", "0.5")
+    assert traced[:-1] == egress and traced[-1] == {"ports": [{"port": 4318, "protocol": "TCP"}]}
+    assert operator("--set", "operator.tracing.otlpEndpoint=https://otel.example.com")[1][-1] == {
+        "ports": [{"port": 443, "protocol": "TCP"}]}
