@@ -181,6 +181,34 @@ def test_an_operator_reconcile_is_one_trace_with_its_api_server_calls(jaeger: Ja
         operator.stop()
 
 
+def test_a_channel_traces_its_transcode_batches(jaeger: JaegerService, tmp_path: Path) -> None:
+    """No track to play: the channel is on air with silence, encoded in batches all the same."""
+    spec = {"source": {"type": "playlist"}, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 64}]}
+    stream = VezaProcess("stream", {"VEZA_COMPONENT": "stream", "VEZA_PLATFORM": "traces", "VEZA_RESOURCE_NAME": "radio",
+                                    "VEZA_RESOURCE_SPEC": json.dumps(spec), "VEZA_SHUTDOWN_GRACE_SECONDS": "1",
+                                    "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+                                    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.0",
+                                    "OTEL_BSP_SCHEDULE_DELAY": "100"}, tmp_path / "stream.log").start()
+    try:
+        batches: list[dict[str, Any]] = []
+
+        def traced() -> bool:
+            batches[:] = [s for t in jaeger.traces("veza-stream", operation="transcode batch", limit="20")
+                          for s in t["spans"]]
+            return len(batches) >= 3
+
+        wait_for(traced, 20, interval=0.3, message="transcode batch spans")
+        for span in batches:
+            tags = {t["key"]: t["value"] for t in span["tags"]}
+            assert tags["veza.channel"] == "radio" and tags["veza.source"] == "silence"
+            assert tags["veza.bytes.mp3"] > 0 and 0 < tags["veza.encode_seconds"] < 1
+            assert not span.get("references")  # the channel's own clock: nothing caused a batch
+            assert 0 < tags["veza.audio_seconds"] <= 0.2  # at most ~0.1 s of audio (less when ahead of the clock)
+            assert span["duration"] >= tags["veza.encode_seconds"] * 1e6 * 0.99  # µs: the encoding is inside it
+    finally:
+        stream.stop()
+
+
 def test_without_an_endpoint_nothing_is_loaded() -> None:
     """No endpoint: no SDK, exporter or instrumentation in the process, so tracing off costs nothing."""
     code = ("import sys; from veza_core.tracing import configure_tracing; on = configure_tracing('api'); "

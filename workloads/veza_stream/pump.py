@@ -16,11 +16,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 import av
+from opentelemetry import trace
 
 from .metrics import ENCODE_LATENCY, ENCODED_SECONDS, SOURCE_ACTIVE
 from .transcoder import CANONICAL_FORMAT, LAYOUT, SAMPLE_RATE, Chunk, Transcoder
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("veza.stream")
 
 Batch = dict[str, list[Chunk]]
 
@@ -80,6 +82,7 @@ class Pump(threading.Thread):
         started = time.monotonic()
         batch: Batch = {name: [] for name in self.transcoder.encoders}
         batched = 0
+        self.batch_started_ns, self.batch_encode_seconds = 0, 0.0  # what a batch's span reports
         while not self.stopping.is_set():
             source = self._choose()
             name = source.name if source else "silence"
@@ -95,6 +98,8 @@ class Pump(threading.Thread):
                     batched = 0
                 continue
             t0 = time.perf_counter()
+            if not batched:
+                self.batch_started_ns = time.time_ns()
             try:
                 encoded = self.transcoder.encode(frame)
             except (ValueError, av.error.FFmpegError) as exc:  # a frame the encoders refuse: skip it, keep going
@@ -102,7 +107,9 @@ class Pump(threading.Thread):
                 continue
             for rendition, chunks in encoded.items():
                 batch[rendition].extend(chunks)
-            ENCODE_LATENCY.labels(self.channel).observe(time.perf_counter() - t0)
+            encode_seconds = time.perf_counter() - t0
+            ENCODE_LATENCY.labels(self.channel).observe(encode_seconds)
+            self.batch_encode_seconds += encode_seconds
             produced += frame.samples
             batched += frame.samples
             ENCODED_SECONDS.labels(self.channel).inc(frame.samples / SAMPLE_RATE)
@@ -120,6 +127,15 @@ class Pump(threading.Thread):
 
     def _flush(self, batch: Batch, source: Source | None) -> None:
         if any(batch.values()):
+            # A span per batch (a root: batches are the channel's own clock, no request caused them), from its
+            # first frame to its hand-over; a no-op without tracing.
+            span = tracer.start_span("transcode batch", start_time=self.batch_started_ns or None, attributes={
+                "veza.channel": self.channel, "veza.source": source.name if source else "silence",
+                "veza.encode_seconds": round(self.batch_encode_seconds, 6),
+                "veza.audio_seconds": max(sum(c.duration for c in v) for v in batch.values()) / SAMPLE_RATE,
+                **{f"veza.bytes.{k}": sum(len(c.data) for c in v) for k, v in batch.items()}})
             self.deliver({k: list(v) for k, v in batch.items()}, source.title if source else "")
+            span.end()
+        self.batch_encode_seconds = 0.0
         for chunks in batch.values():
             chunks.clear()
