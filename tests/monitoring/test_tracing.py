@@ -17,14 +17,16 @@ import requests
 
 from tests.monitoring.fleet import json_lines
 from tests.support.api import write_keys
+from tests.support.chat import ISSUER, Chat
 from tests.support.db import fresh_database
 from tests.support.kube import KubeCluster
 from tests.support.operator import REPO, OperatorProcess, room
 from tests.support.process import VezaProcess
-from veza_core.keys import generate_signing_key
+from veza_core.auth import TokenIssuer
+from veza_core.keys import KeySet, generate_signing_key
 from veza_local.controlplane import tools_bin_dir, wait_for
 from veza_local.jaeger import JaegerService
-from veza_local.services import PostgresService, RedisService
+from veza_local.services import NatsService, PostgresService, RedisService
 
 PASSWORD = "correct horse battery staple"
 
@@ -208,6 +210,53 @@ def test_a_channel_traces_its_transcode_batches(jaeger: JaegerService, tmp_path:
             assert span["duration"] >= tags["veza.encode_seconds"] * 1e6 * 0.99  # µs: the encoding is inside it
     finally:
         stream.stop()
+
+
+async def test_a_chat_send_on_one_replica_and_its_delivery_on_the_other_are_one_trace(
+        jaeger: JaegerService, postgres: PostgresService, nats: NatsService, redis: RedisService,
+        tmp_path: Path) -> None:
+    key = generate_signing_key()
+    write_keys(tmp_path / "jwt", [key])
+    chat = Chat(tmp_path, tmp_path / "jwt", TokenIssuer(KeySet.from_private_keys([key]), issuer=ISSUER),
+                {"VEZA_DATABASE_URL": postgres.url, "VEZA_NATS_URL": nats.url, "VEZA_REDIS_URL": redis.url})
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+              "OTEL_TRACES_SAMPLER_ARG": "1.0", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    try:
+        a, b = await chat.worker(None, **traced), await chat.worker(None, **traced)
+        alice, bob = await chat.connect(a, "alice"), await chat.connect(b, "bob")
+        await alice.send({"type": "send", "cid": "traced-1", "text": "hello"})
+        await alice.expect("ack", cid="traced-1")
+        await bob.expect("event", seq=1)
+        found: dict[str, Any] = {}
+
+        def traced_through() -> bool:
+            for candidate in jaeger.traces("veza-chat", operation="chat send"):
+                names = [s["operationName"] for s in candidate["spans"]]
+                if names.count("chat deliver") == 2 and "chat commit" in names:
+                    found.update(candidate)
+                    return True
+            return False
+
+        wait_for(traced_through, 20, interval=0.3, message="the send's trace with both deliveries")
+        spans = {s["operationName"]: s for s in found["spans"] if s["operationName"] != "chat deliver"}
+        send, commit = spans["chat send"], spans["chat commit"]
+        assert _parent(send) is None  # its own trace, linked to the WebSocket session's (another trace)
+        assert [r["refType"] for r in send.get("references", [])] == ["FOLLOWS_FROM"]
+        assert _parent(commit) == send["spanID"]
+        deliveries = [s for s in found["spans"] if s["operationName"] == "chat deliver"]
+        assert all(_parent(d) == commit["spanID"] for d in deliveries)
+
+        def pid(span: dict[str, Any]) -> int:
+            return next(t["value"] for t in found["processes"][span["processID"]]["tags"] if t["key"] == "process.pid")
+
+        # One delivery on the sender's replica, one on the other: the context crossed NATS in the headers.
+        assert a.proc is not None and b.proc is not None
+        assert pid(send) == pid(commit) == a.proc.pid
+        assert sorted(pid(d) for d in deliveries) == sorted([a.proc.pid, b.proc.pid])
+        assert any(t["key"] == "db.system" or t["key"] == "db.system.name" for s in found["spans"]
+                   for t in s["tags"] if _parent(s) == commit["spanID"])  # the commit's INSERT, below it
+    finally:
+        await chat.close()
 
 
 def test_without_an_endpoint_nothing_is_loaded() -> None:

@@ -25,14 +25,17 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry import trace
 
 from veza_core import bus
+from veza_core.tracing import extract, inject
 
 from . import inbound
 from .protocol import dumps
 from .room import Encoded
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("veza.chat")
 
 OUTBOX_LIMIT = 10_000
 MAX_EVENTS_BYTES = 8 * 1024 * 1024  # a group commit of a few thousand events at most (NATS allows 1 MiB by default)
@@ -60,7 +63,7 @@ class Fanout:
         self.stream = "VEZA_CHAT_" + re.sub(r"[^A-Za-z0-9_-]", "_", f"{platform}_{room}")
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
-        self.outbox: deque[tuple[bytes, str]] = deque()
+        self.outbox: deque[tuple[bytes, str, dict[str, str]]] = deque()  # payload, Nats-Msg-Id, trace headers
         self.wake = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -115,7 +118,8 @@ class Fanout:
         if not self.url:
             return
         lines = [self.worker_id] + [f"{seq} {'-' if ts is None else ts} {frame}" for seq, frame, ts in items]
-        self.outbox.append(("\n".join(lines).encode(), f"{self.room}:{items[0][0]}"))
+        # The commit's trace context rides along (`traceparent`): the delivery on every replica continues it.
+        self.outbox.append(("\n".join(lines).encode(), f"{self.room}:{items[0][0]}", inject()))
         if len(self.outbox) > OUTBOX_LIMIT:
             self.outbox.popleft()  # peers fill it from PostgreSQL
         self.wake.set()
@@ -126,9 +130,10 @@ class Fanout:
             await self.wake.wait()
             self.wake.clear()
             while self.outbox:
-                payload, msg_id = self.outbox[0]
+                payload, msg_id, context = self.outbox[0]
                 try:
-                    await self.js.publish(self.events_subject, payload, timeout=2.0, headers={"Nats-Msg-Id": msg_id})
+                    await self.js.publish(self.events_subject, payload, timeout=2.0,
+                                          headers={"Nats-Msg-Id": msg_id, **context})
                 except Exception as exc:
                     log.warning("event publish failed, will retry", extra={"error": repr(exc)})
                     await asyncio.sleep(0.5)
@@ -159,7 +164,10 @@ class Fanout:
                 return
             items.append(item)
         if items:
-            self.on_events(items)
+            with tracer.start_as_current_span("chat deliver", context=extract(msg.headers),
+                                              kind=trace.SpanKind.CONSUMER,
+                                              attributes={"veza.room": self.room, "veza.events": len(items)}):
+                self.on_events(items)
 
     # -- ephemeral signals -----------------------------------------------------
     async def signal(self, payload: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from veza_core import bus
@@ -46,6 +47,7 @@ from .spec import RoomSpec
 from .store import GroupCommitter, Store
 
 log = logging.getLogger("veza.chat")
+tracer = trace.get_tracer("veza.chat")
 
 PRESENCE_COALESCE = 0.5  # join/leave frames are batched: one frame per window, however many users moved
 
@@ -213,7 +215,9 @@ class ChatService:
     def _committed(self, events: list[dict[str, Any]]) -> None:
         metrics.EVENTS_COMMITTED.inc(len(events))
         items = [encode(ev) for ev in events]
-        self.room.feed(items)
+        with tracer.start_as_current_span("chat deliver", kind=trace.SpanKind.CONSUMER,
+                                          attributes={"veza.room": self.room_name, "veza.events": len(items)}):
+            self.room.feed(items)
         self.fanout.publish_events(items)
         if self.cache is not None:
             task = asyncio.get_running_loop().create_task(self.cache.add(items))

@@ -17,6 +17,9 @@ import time
 from typing import Any
 
 from aiohttp import WSMsgType
+from opentelemetry import trace
+
+from veza_core.tracing import new_trace
 
 from . import access, metrics
 from . import protocol as p
@@ -26,6 +29,7 @@ from .spec import RoomSpec
 from .store import Op, StoreUnavailable
 
 log = logging.getLogger("veza.chat")
+tracer = trace.get_tracer("veza.chat")
 
 MENTION = re.compile(r"(?<!\w)@\w+")
 MAX_INFLIGHT_PER_SOCKET = 256
@@ -116,6 +120,12 @@ class Session:
 
     # -- sequenced operations ---------------------------------------------
     async def sequenced(self, frame: dict[str, Any], received: float) -> None:
+        # Each operation is its own trace (linked to the session's): send -> commit -> publish -> deliver.
+        with new_trace(tracer, f"chat {frame['type']}", kind=trace.SpanKind.SERVER,
+                       attributes={"veza.room": self.service.room_name, "veza.cid": frame["cid"]}):
+            await self._sequenced(frame, received)
+
+    async def _sequenced(self, frame: dict[str, Any], received: float) -> None:
         cid = frame["cid"]
         try:
             op = await self.validate_op(frame)

@@ -18,13 +18,16 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry import trace
 
 from veza_core import directory
 from veza_core.db import create_pool
+from veza_core.tracing import batch_span
 
 from . import metrics
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("veza.chat")
 
 APPEND = "SELECT r_ord, r_seq, r_id, r_created, r_duplicate FROM chat_append($1,$2,$3,$4,$5,$6,$7,$8,$9)"
 EVENT_COLUMNS = "seq, kind, id, author, author_name, body, reply_to, target, emoji, created_at, edited_at, deleted_at"
@@ -246,7 +249,8 @@ class GroupCommitter:
         self.store = store
         self.on_commit = on_commit
         self.max_batch = max_batch
-        self.queue: list[tuple[Op, asyncio.Future[Appended]]] = []
+        # Each append with the span of the operation that asked for it (the commit continues its trace).
+        self.queue: list[tuple[Op, asyncio.Future[Appended], trace.SpanContext]] = []
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -268,7 +272,7 @@ class GroupCommitter:
 
     async def submit(self, op: Op) -> Appended:
         fut: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self.queue.append((op, fut))
+        self.queue.append((op, fut, trace.get_current_span().get_span_context()))
         self.idle.clear()
         self.wake.set()
         return await fut
@@ -283,17 +287,22 @@ class GroupCommitter:
                     await self._commit(batch)
                 except Exception:  # never let the committer die
                     log.exception("group commit failed")
-                    for _, fut in batch:
+                    for _, fut, _ in batch:
                         if not fut.done():
                             fut.set_exception(StoreUnavailable("internal error"))
             self.idle.set()
 
-    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Appended]]]) -> None:
+    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Appended], trace.SpanContext]]) -> None:
+        with batch_span(tracer, "chat commit", [cause for _, _, cause in batch],
+                        attributes={"veza.room": self.store.room, "veza.batch": len(batch)}):
+            await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[tuple[Op, asyncio.Future[Appended], trace.SpanContext]]) -> None:
         # The same (author, cid) twice in one batch (a quick retry) is one op with two waiters.
         index: dict[tuple[str, str], int] = {}
         ops: list[Op] = []
         waiters: list[list[asyncio.Future[Appended]]] = []
-        for op, fut in batch:
+        for op, fut, _ in batch:
             key = (op.author, op.cid)
             if key in index:
                 waiters[index[key]].append(fut)

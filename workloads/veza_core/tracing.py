@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import context, propagate, trace
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,10 @@ def configure_tracing(component: str) -> bool:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, when set, win over these defaults.
+    # The pod's name is the instance on a cluster; the pid tells processes of one host apart.
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or f"veza-{component}",
-                                SERVICE_INSTANCE_ID: os.environ.get("HOSTNAME") or socket.gethostname()})
+                                SERVICE_INSTANCE_ID: os.environ.get("HOSTNAME") or socket.gethostname(),
+                                "process.pid": os.getpid()})
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
@@ -66,3 +71,41 @@ def current_ids() -> tuple[str, str] | None:
     if not context.is_valid or not context.trace_flags.sampled:
         return None
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def new_trace(tracer: trace.Tracer, name: str, **kwargs: Any) -> AbstractContextManager[trace.Span]:
+    """A root span (its own trace, sampled at the ratio) linked to the current span: one trace per chat
+    operation, not one per WebSocket session that would grow for hours."""
+    current = trace.get_current_span().get_span_context()
+    links = [trace.Link(current)] if current.is_valid else []
+    return tracer.start_as_current_span(name, context=context.Context(), links=links, **kwargs)
+
+
+def batch_span(tracer: trace.Tracer, name: str, causes: Sequence[trace.SpanContext],
+               **kwargs: Any) -> AbstractContextManager[trace.Span]:
+    """A span for work done for many callers at once (a group commit): the child of the first sampled
+    cause, linked to the others (at most 32), so each sampled caller's trace continues through it."""
+    valid = [c for c in causes if c.is_valid]
+    if not valid:
+        return tracer.start_as_current_span(name, **kwargs)
+    parent = next((c for c in valid if c.trace_flags.sampled), valid[0])
+    links = [trace.Link(c) for c in valid if c is not parent and c.trace_flags.sampled][:32]
+    return tracer.start_as_current_span(name, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+                                        links=links, **kwargs)
+
+
+def inject() -> dict[str, str]:
+    """The current context as W3C headers (`traceparent`), to send along a NATS message; empty when no
+    span is current."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract(headers: Mapping[str, str] | None) -> context.Context | None:
+    """The context a message's headers carry, or None (then the receiver's span is a root)."""
+    if not headers or "traceparent" not in headers:
+        return None
+    return propagate.extract(headers)
