@@ -8,7 +8,10 @@ one room spread over two server processes: the bare baseline (two aiohttp proces
 broadcast what they receive, no auth, no storage; each message is sent to both), then two
 `veza chat` workers (auth, group commit to PostgreSQL, fan-out over NATS, Redis rate limits).
 Then durable sends per second in one room (pipelined sends on eight sockets over two workers,
-counted by acks, checked against PostgreSQL). The last stdout line is one JSON object.
+counted by acks, checked against PostgreSQL). Then the cost of tracing: the same durable sends with
+tracing off, and exporting to a local Jaeger at 0 %, 1 % and 100 % sampling (two rounds, the second in
+reverse order), as ratios to off of the messages acknowledged per second of worker CPU
+(`tracing.<ratio>.ratio_to_off`; `--tracing-only` runs just that). The last stdout line is one JSON object.
 
 The load generator is raw asyncio (hand-parsed WebSocket frames, only a few probe sockets decode
 JSON) so it costs less per delivery than the servers; its CPU is reported next to theirs.
@@ -42,6 +45,8 @@ sys.path[:0] = [str(ROOT / "workloads")]
 
 from veza_core.auth import TokenIssuer  # noqa: E402
 from veza_core.keys import KeySet, generate_signing_key, secret_data  # noqa: E402
+from veza_local.controlplane import tools_bin_dir  # noqa: E402
+from veza_local.jaeger import JaegerService  # noqa: E402
 from veza_local.services import NatsService, PostgresService, RedisService, free_port  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -462,6 +467,50 @@ async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: f
             "ack_ms": {"p50": pct(stats.ack_latencies, 0.5), "p99": pct(stats.ack_latencies, 0.99)}}
 
 
+async def tracing_cost(env: dict[str, str], issuer: TokenIssuer, work: Path, args: argparse.Namespace,
+                       db_url: str) -> dict[str, Any]:
+    """Durable sends with tracing off, then exporting to Jaeger at 0, 1 and 100 %: per sampling ratio, the
+    messages acknowledged per worker CPU second, averaged over two rounds (the second in reverse order, so
+    warming up and the machine's drift do not favour one setting)."""
+    if not (tools_bin_dir() / "jaeger").exists():
+        say("[tracing] skipped: jaeger is not built (hack/build-tools.sh jaeger)")
+        return {"skipped": "jaeger not built"}
+    settings = {"off": None, "0": "0", "0.01": "0.01", "1": "1.0"}
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in settings}
+    tokens = [issuer.issue(f"t{i}", audience="veza-chat", ttl=3600) for i in range(2 * args.durable_sockets)]
+    with JaegerService(work) as jaeger:
+        order = list(settings)
+        for n, label in enumerate(order + order[::-1]):
+            ratio = settings[label]
+            traced = {} if ratio is None else {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio}
+            room = f"traced{n}"
+            say(f"[tracing] {label}: {args.tracing_seconds} s of durable sends")
+            veza = await start_veza({**env, **traced}, room, log_dir=work)
+            try:
+                r = await durable_run(veza, room, tokens, args.tracing_seconds, args.window, args.durable_sockets,
+                                      db_url)
+            finally:
+                veza.stop()
+            r["msgs_per_worker_cpu_s"] = round(r["acked"] / r["server_cpu_s"]) if r["server_cpu_s"] else None
+            say(f"  {r['durable_msgs_per_s']} msg/s, {r['msgs_per_worker_cpu_s']} per worker CPU s")
+            runs[label].append(r)
+        services = jaeger.services()  # the traced runs did export
+
+    def mean(label: str, key: str) -> float:
+        values = [r[key] for r in runs[label] if r[key]]
+        return sum(values) / len(values) if values else 0.0
+
+    off = mean("off", "msgs_per_worker_cpu_s")
+    return {"services_in_jaeger": services, **{label: {
+        "durable_msgs_per_s": round(mean(label, "durable_msgs_per_s")),
+        "msgs_per_worker_cpu_s": round(mean(label, "msgs_per_worker_cpu_s")),
+        "ack_p99_ms": [r["ack_ms"]["p99"] for r in runs[label]],
+        "ratio_to_off": round(mean(label, "msgs_per_worker_cpu_s") / off, 3) if off else None}
+        for label in settings}}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
@@ -511,15 +560,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                          if all_cpu and b["deliveries_per_worker_core_s"] else None)
             results[label] = {"bare": b, "veza": v, "ratio_per_core": round(ratio, 3) if ratio else None,
                               "ratio_per_core_incl_backing": round(ratio_all, 3) if ratio_all else None}
-        say(f"[durable] {args.durable_seconds} s of pipelined sends, 2 workers")
-        tokens = [issuer.issue(f"d{i}", audience="veza-chat", ttl=3600) for i in range(2 * args.durable_sockets)]
-        veza = await start_veza(env, "durable", log_dir=work)
-        try:
-            results["durable"] = await durable_run(veza, "durable", tokens, args.durable_seconds, args.window,
-                                                   args.durable_sockets, pg.url)
-        finally:
-            veza.stop()
-        say(f"  {results['durable']}")
+        if not args.tracing_only:
+            say(f"[durable] {args.durable_seconds} s of pipelined sends, 2 workers")
+            tokens = [issuer.issue(f"d{i}", audience="veza-chat", ttl=3600) for i in range(2 * args.durable_sockets)]
+            veza = await start_veza(env, "durable", log_dir=work)
+            try:
+                results["durable"] = await durable_run(veza, "durable", tokens, args.durable_seconds, args.window,
+                                                       args.durable_sockets, pg.url)
+            finally:
+                veza.stop()
+            say(f"  {results['durable']}")
+        if not args.durable_only:
+            results["tracing"] = await tracing_cost(env, issuer, work, args, pg.url)
     finally:
         for svc in (redis, nats, pg):
             svc.stop()
@@ -532,8 +584,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "p99_send_to_deliver_ms_5k": big["veza"]["send_to_deliver_ms"]["p99"] if isinstance(big, dict) else None,
         "p99_bare_ms_5k": big["bare"]["send_to_deliver_ms"]["p99"] if isinstance(big, dict) else None,
         "cpu_floor_per_message_ms_5k": big["veza"]["cpu_floor_per_message_ms"] if isinstance(big, dict) else None,
-        "durable_msgs_per_s": results["durable"]["durable_msgs_per_s"],
-        "targets": {"ratio": ">= 0.6", "p99_ms_5k": "< 50", "durable_msgs_per_s": ">= 5000"},
+        "durable_msgs_per_s": results.get("durable", {}).get("durable_msgs_per_s"),
+        "tracing_ratio_to_off": {k: v.get("ratio_to_off") for k, v in results.get("tracing", {}).items()
+                                 if isinstance(v, dict)},
+        "targets": {"ratio": ">= 0.6", "p99_ms_5k": "< 50", "durable_msgs_per_s": ">= 5000",
+                    "tracing_ratio_to_off": {"0.01": ">= 0.9"}},
     }
     return results
 
@@ -547,6 +602,8 @@ if __name__ == "__main__":
     parser.add_argument("--durable-only", action="store_true", help="only the durable sends run")
     parser.add_argument("--durable-sockets", type=int, default=4, help="sending sockets per worker (durable run)")
     parser.add_argument("--window", type=int, default=250, help="sends in flight per socket (durable run)")
+    parser.add_argument("--tracing-only", action="store_true", help="only the cost of tracing runs")
+    parser.add_argument("--tracing-seconds", type=float, default=6.0, help="window per tracing run")
     ns = parser.parse_args()
     if ns.bare_server:
         bare_server(ns.bare_server)
@@ -554,7 +611,7 @@ if __name__ == "__main__":
     # Offered loads stay below saturation of a 2-vCPU machine that also runs the load generator,
     # PostgreSQL and NATS, so latencies are those of a working system, not of a queue.
     ns.loads = [(200, 20.0), (1000, 5.0)] if ns.quick else [(1000, 15.0), (5000, 3.0)]
-    if ns.durable_only:
+    if ns.durable_only or ns.tracing_only:
         ns.loads = []
     if ns.quick:
         ns.seconds, ns.durable_seconds = 5.0, 5.0

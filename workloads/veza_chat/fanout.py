@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from veza_core import bus
-from veza_core.tracing import extract, inject
+from veza_core.tracing import inject, remote_span
 
 from . import inbound
 from .protocol import dumps
@@ -164,9 +164,8 @@ class Fanout:
                 return
             items.append(item)
         if items:
-            with tracer.start_as_current_span("chat deliver", context=extract(msg.headers),
-                                              kind=trace.SpanKind.CONSUMER,
-                                              attributes={"veza.room": self.room, "veza.events": len(items)}):
+            with remote_span(tracer, "chat deliver", msg.headers, kind=trace.SpanKind.CONSUMER,
+                             attributes={"veza.room": self.room, "veza.events": len(items)}):
                 self.on_events(items)
 
     # -- ephemeral signals -----------------------------------------------------

@@ -32,6 +32,7 @@ from veza_core.breaker import CircuitBreaker
 from veza_core.db import migrate
 from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
+from veza_core.tracing import child_span
 from veza_core.web import HttpError
 
 from . import access, inbound, metrics
@@ -215,8 +216,8 @@ class ChatService:
     def _committed(self, events: list[dict[str, Any]]) -> None:
         metrics.EVENTS_COMMITTED.inc(len(events))
         items = [encode(ev) for ev in events]
-        with tracer.start_as_current_span("chat deliver", kind=trace.SpanKind.CONSUMER,
-                                          attributes={"veza.room": self.room_name, "veza.events": len(items)}):
+        with child_span(tracer, "chat deliver", kind=trace.SpanKind.CONSUMER,
+                        attributes={"veza.room": self.room_name, "veza.events": len(items)}):
             self.room.feed(items)
         self.fanout.publish_events(items)
         if self.cache is not None:

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -21,6 +21,11 @@ from opentelemetry import context, propagate, trace
 log = logging.getLogger(__name__)
 
 _configured: bool | None = None
+
+
+def enabled() -> bool:
+    """Whether this process exports traces (configure_tracing found an endpoint)."""
+    return bool(_configured)
 
 
 def endpoint() -> str | None:
@@ -73,24 +78,46 @@ def current_ids() -> tuple[str, str] | None:
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
-def new_trace(tracer: trace.Tracer, name: str, **kwargs: Any) -> AbstractContextManager[trace.Span]:
+# Spans of a hot path (a chat message) exist only inside a trace: with tracing off, or when nothing sampled
+# started one, these return a null context and the message pays a check, not a span.
+NoSpan = nullcontext
+
+
+def new_trace(tracer: trace.Tracer, name: str, **kwargs: Any) -> AbstractContextManager[Any]:
     """A root span (its own trace, sampled at the ratio) linked to the current span: one trace per chat
     operation, not one per WebSocket session that would grow for hours."""
+    if not _configured:
+        return NoSpan()
     current = trace.get_current_span().get_span_context()
     links = [trace.Link(current)] if current.is_valid else []
     return tracer.start_as_current_span(name, context=context.Context(), links=links, **kwargs)
 
 
+def child_span(tracer: trace.Tracer, name: str, **kwargs: Any) -> AbstractContextManager[Any]:
+    """A span below the current one, or nothing when no span is current."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return NoSpan()
+    return tracer.start_as_current_span(name, **kwargs)
+
+
+def remote_span(tracer: trace.Tracer, name: str, headers: Mapping[str, str] | None,
+                **kwargs: Any) -> AbstractContextManager[Any]:
+    """A span continuing the trace a message's headers carry (`traceparent`), or nothing without one."""
+    if not _configured or not headers or "traceparent" not in headers:
+        return NoSpan()
+    return tracer.start_as_current_span(name, context=propagate.extract(headers), **kwargs)
+
+
 def batch_span(tracer: trace.Tracer, name: str, causes: Sequence[trace.SpanContext],
-               **kwargs: Any) -> AbstractContextManager[trace.Span]:
+               **kwargs: Any) -> AbstractContextManager[Any]:
     """A span for work done for many callers at once (a group commit): the child of the first sampled
-    cause, linked to the others (at most 32), so each sampled caller's trace continues through it."""
-    valid = [c for c in causes if c.is_valid]
-    if not valid:
-        return tracer.start_as_current_span(name, **kwargs)
-    parent = next((c for c in valid if c.trace_flags.sampled), valid[0])
-    links = [trace.Link(c) for c in valid if c is not parent and c.trace_flags.sampled][:32]
-    return tracer.start_as_current_span(name, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+    cause, linked to the others (at most 32), so each sampled caller's trace continues through it; nothing
+    when no cause was traced."""
+    sampled = [c for c in causes if c.is_valid and c.trace_flags.sampled]
+    if not sampled:
+        return NoSpan()
+    links = [trace.Link(c) for c in sampled[1:33]]
+    return tracer.start_as_current_span(name, context=trace.set_span_in_context(trace.NonRecordingSpan(sampled[0])),
                                         links=links, **kwargs)
 
 
@@ -102,10 +129,3 @@ def inject() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
-
-
-def extract(headers: Mapping[str, str] | None) -> context.Context | None:
-    """The context a message's headers carry, or None (then the receiver's span is a root)."""
-    if not headers or "traceparent" not in headers:
-        return None
-    return propagate.extract(headers)
