@@ -12,7 +12,10 @@
    listener lagged by more than 1 s of audio over the window (half the 2 s burst its player starts with). Reports
    the most listeners that all kept up, server CPU per listener-second (above the server's idle CPU), RSS per
    listener, and the load generators' own CPU (they must stay cheaper than the server);
-3. source-to-listener latency of a live source: progressive (bytes arriving) and HLS (first listed segment).
+3. source-to-listener latency of a live source: progressive (bytes arriving) and HLS (first listed segment);
+4. the cost of tracing (`--only tracing`, part of the default run): the worker serving `--tracing-listeners` with
+   tracing off, then exporting to a local Jaeger at 0 %, 1 % and 100 % sampling (two rounds, the second in reverse
+   order); CPU per listener-second as ratios to off (`tracing.<ratio>.ratio_to_off`, above 1: tracing costs).
 On a shared machine the servers compete with everything else on their core: the step ramp then stops early for both,
 and CPU per listener-second is the steadier figure. Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -428,6 +431,47 @@ def bench_veza_listeners(tmp: Path, s3: dict[str, str], args: argparse.Namespace
         say("  worker log tail:\n" + "\n".join((tmp / f"veza-{port}.log").read_text().splitlines()[-5:]))
 
 
+def bench_tracing(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """The listener benchmark's worker at one load with tracing off, 0, 1 and 100 %, twice (the second round in
+    reverse order): CPU per listener-second, as ratios to off."""
+    from veza_local.controlplane import tools_bin_dir
+    from veza_local.jaeger import JaegerService
+
+    if not (tools_bin_dir() / "jaeger").exists():
+        say("tracing: skipped, jaeger is not built (hack/build-tools.sh jaeger)")
+        return {"skipped": "jaeger not built"}
+    spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
+            "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
+            "delivery": {"hls": {"enabled": False}}}
+    settings = {"off": None, "0": "0", "0.01": "0.01", "1": "1.0"}
+    runs: dict[str, list[float]] = {label: [] for label in settings}
+    with JaegerService(tmp) as jaeger:
+        for label in list(settings) + list(settings)[::-1]:
+            ratio = settings[label]
+            traced = {} if ratio is None else {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio}
+            proc, port = start_veza(tmp, spec, {**s3, **traced})
+            try:
+                time.sleep(2)
+                say(f"tracing {label}: {args.tracing_listeners} listeners")
+                r = ramp(f"veza, tracing {label}", proc.pid, port, "/stream/bench/mp3", [args.tracing_listeners],
+                         args.veza_rate, args.tracing_window, args.loadgens, args.server_cpu)
+            finally:
+                stop(proc)
+            if r["cpu_us_per_listener_s"]:
+                runs[label].append(r["cpu_us_per_listener_s"])
+        services = jaeger.services()
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    off = mean(runs["off"])
+    return {"listeners": args.tracing_listeners, "services_in_jaeger": services, **{label: {
+        "cpu_us_per_listener_s": runs[label],
+        "ratio_to_off": round(m / off, 3) if (m := mean(runs[label])) and off else None} for label in settings}}
+
+
 def profile_veza(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> None:
     """py-spy (through `uv tool run`) over the worker serving --profile listeners; the top frames go to stderr."""
     spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
@@ -572,7 +616,10 @@ def main() -> int:
     parser.add_argument("--loadgens", type=int, default=4, help="load generator processes")
     parser.add_argument("--server-cpu", type=int, default=min(os.sched_getaffinity(0)),
                         help="the core the server under test is pinned to")
-    parser.add_argument("--only", default="transcode,listeners,latency", help="parts to run (comma-separated)")
+    parser.add_argument("--only", default="transcode,listeners,latency,tracing",
+                        help="parts to run (comma-separated)")
+    parser.add_argument("--tracing-listeners", type=int, default=1000, help="listeners of each tracing run")
+    parser.add_argument("--tracing-window", type=float, default=5, help="seconds each tracing run is measured")
     parser.add_argument("--nice", type=int, default=0,
                         help="nice value for both servers under test and the load generators (e.g. -10 on a machine "
                              "loaded by other work, so the step ramp measures the servers, not the machine's load)")
@@ -592,7 +639,7 @@ def main() -> int:
         wav = tmp / "input.wav"
         write_input(wav, args.seconds)
         if "transcode" in parts and not args.profile:
-            say(f"1/3 transcoding {args.seconds:.0f} s of audio")
+            say(f"1/4 transcoding {args.seconds:.0f} s of audio")
             result["transcode"] = bench_transcode(wav, args.seconds, args.transcode_runs)
         mp3 = tmp / "input.mp3"
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k",
@@ -614,7 +661,7 @@ def main() -> int:
             if "icecast-listeners" in parts:
                 result["listeners"] = {"icecast2": bench_icecast(tmp, mp3, args)}
             if "listeners" in parts:
-                say(f"2/3 listeners: steps {args.steps}, {args.window:.0f} s windows, server on core {args.server_cpu}")
+                say(f"2/4 listeners: steps {args.steps}, {args.window:.0f} s windows, server on core {args.server_cpu}")
                 veza = bench_veza_listeners(tmp, s3env, args)
                 ice = bench_icecast(tmp, mp3, args)
                 ratio = veza["max_listeners_all_kept_up"] / max(ice["max_listeners_all_kept_up"], 1)
@@ -626,9 +673,13 @@ def main() -> int:
                     "est_listeners_per_core_veza": int(1e6 / max(veza["cpu_us_per_listener_s"] or 0, 1e-9)),
                     "est_listeners_per_core_icecast2": int(1e6 / max(ice["cpu_us_per_listener_s"] or 0, 1e-9))}
             if "latency" in parts:
-                say("3/3 latency")
+                say("3/4 latency")
                 result["latency"] = asyncio.run(bench_latency(tmp, s3env))
                 say(f"  {result['latency']}")
+            if "tracing" in parts:
+                say("4/4 the cost of tracing")
+                result["tracing"] = bench_tracing(tmp, s3env, args)
+                say(f"  {result['tracing']}")
         finally:
             s3.stop()
     print(json.dumps(result))
