@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
@@ -30,6 +30,9 @@ from .conditions import same_status
 from .kube import ApiError, ApiKind, KubeClient, is_subset
 from .naming import OWNER_KIND, OWNER_NAME, foreign
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .directory import DirectorySync
 
 log = logging.getLogger("veza.operator")
 tracer = trace.get_tracer("veza.operator")
@@ -129,6 +132,7 @@ class Context:
     # that bursts of reconciles (a thousand rooms created at once) do not turn into a thousand GETs.
     secrets_seen: dict[tuple[str, str], tuple[float, dict[str, Any]]] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)  # what resource authors may ask for (admission.py)
+    directory: DirectorySync | None = None  # the API directories kept equal to the rooms and channels
 
     async def capability(self, kind: str) -> bool:
         """Whether an optional API (e.g. ServiceMonitor) is served; re-asked at most once per `capability_ttl`."""

@@ -43,6 +43,31 @@ CONDITION_SCHEMA: dict[str, Any] = {
 }
 
 
+def _text(description: str) -> dict[str, Any]:
+    return {"type": "string", "description": description}
+
+
+KEYS_STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object", "description": "The JWT signing keys and their rotation (times in UTC, RFC 3339).",
+    "properties": {
+        "active": _text("Key id (kid) of the key that signs."),
+        "request": _text("The last veza.io/rotate-keys request carried out."),
+        "nextRotation": _text("When the period makes the next key due; empty: on demand only, or one is on "
+                              "its way."),
+        "nextChange": _text("When the keys Secret changes next (an activation, a retirement, a rotation)."),
+        "keys": {"type": "array", "description": "Every key of the Secret.", "items": {
+            "type": "object", "properties": {
+                "kid": _text("Key id."),
+                "state": _text("published (verifies, signs from activates), signing, verifying (signed "
+                               "before; until retires)."),
+                "published": _text("When the key joined the Secret."),
+                "activates": _text("When it signs (or signed) from."),
+                "retires": _text("When it leaves the Secret; empty while it is the newest key."),
+            }}},
+    },
+}
+
+
 def status_schema(kind: OwnerKind) -> dict[str, Any]:
     props: dict[str, Any] = {
         "observedGeneration": {"type": "integer", "description": "The .metadata.generation last reconciled."},
@@ -62,6 +87,7 @@ def status_schema(kind: OwnerKind) -> dict[str, Any]:
             "rooms": {"type": "integer", "description": "ChatRooms that reference this platform."},
             "channels": {"type": "integer", "description": "StreamChannels that reference this platform."},
             "keysSecret": {"type": "string", "description": "Secret holding the JWT signing keys."},
+            "keys": KEYS_STATUS_SCHEMA,
             "migratedVersion": {"type": "string", "description": "Worker version whose migrations ran."},
             "workerImage": {"type": "string",
                             "description": "Image (repository:tag) the API, rooms and channels run: the newest "

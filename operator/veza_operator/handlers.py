@@ -16,6 +16,7 @@ import kopf
 
 from . import kinds
 from .controller import Context, Key, Reconciler, Store
+from .directory import DirectorySync
 from .kube import KubeClient
 from .naming import MANAGED_BY, OWNER_KIND, OWNER_NAME
 from .peering import PauseFollower
@@ -41,6 +42,8 @@ class Runtime:
                            capability_ttl=settings.capability_ttl, settings=settings)
         self.reconciler = Reconciler(self.ctx, kinds.RECONCILERS, workers=settings.reconcile_workers)
         self.reconciler.pause()  # until the store is filled
+        # Beside the reconciles: a room or channel whose directory outcome changes is reconciled (its condition).
+        self.directory = self.ctx.directory = DirectorySync(self.ctx, settings, self.reconciler.request)
         self.resync_seconds = settings.resync_seconds
         # What of a platform its rooms and channels are built from: its uid (a re-created platform),
         # generation (the spec) and status.workerImage (the migrated image their workers run).
@@ -57,6 +60,7 @@ class Runtime:
             self.fill_task.cancel()
             self.fill_task = None
         self.reconciler.pause()
+        self.directory.pause()
         self.store.owners.clear()
         self.store.children.clear()
         self.platform_versions.clear()
@@ -80,8 +84,11 @@ class Runtime:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         self.reconciler.resume()
+        self.directory.resume()
         for key in list(self.store.owners):
             self.reconciler.request(key)
+            if key[0] == "VezaPlatform":
+                self.directory.request(key)
         log.info("store filled", extra={"owners": len(self.store.owners), "children": len(self.store.children)})
 
     async def fill_store(self) -> None:
@@ -105,6 +112,8 @@ class Runtime:
             await asyncio.sleep(self.resync_seconds)
             for key in list(self.store.owners):
                 self.reconciler.request(key)
+                if key[0] == "VezaPlatform":
+                    self.directory.request(key)  # in memory unless a relisting is due
 
 
 def platform_version(body: dict[str, Any]) -> tuple[str, int, str | None]:
@@ -152,6 +161,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
             if task is not None:
                 task.cancel()
         await runtime.reconciler.stop()
+        await runtime.directory.close()
         await runtime.ctx.client.close()
 
 
@@ -174,6 +184,7 @@ def _owner_event(kind: str) -> Any:
             runtime.store.put_owner(raw)
             runtime.reconciler.request(key)
         if kind == "VezaPlatform":
+            runtime.directory.request(key)
             version = None if type == "DELETED" else platform_version(raw)
             if runtime.platform_versions.get(key) != version:
                 # A spec change, a newly migrated worker image, a platform appearing, deleted or
@@ -185,7 +196,9 @@ def _owner_event(kind: str) -> Any:
                 for other in ("ChatRoom", "StreamChannel"):
                     for ref in runtime.store.referencing(other, key[1], key[2]):
                         runtime.reconciler.request(ref)
-        elif type in (None, "ADDED", "DELETED"):
+        else:
+            runtime.directory.request_namespace(key[1])  # in memory unless the room or channel changed
+        if kind != "VezaPlatform" and type in (None, "ADDED", "DELETED"):
             platform = ((raw.get("spec") or {}).get("platformRef") or {}).get("name")
             if platform:  # the platform counts its rooms and channels
                 runtime.reconciler.request(("VezaPlatform", key[1], platform))

@@ -51,10 +51,11 @@ CHILDREN: tuple[ApiKind, ...] = (
     child("ServiceMonitor", "monitoring.coreos.com", "v1", "servicemonitors", optional=True),  # Prometheus Operator
     child("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", status_read=True, optional=True),
 )
-# Written but never watched nor pruned: the JWT keys (created once; of the Secrets a spec names only
-# the metadata is read: do they exist, are they labelled for the platform) and Events.
+# Written but never watched nor pruned: the JWT keys (created once, then read and patched only to roll
+# them, keys.py; of the other Secrets a spec names only the metadata is read: do they exist, are they
+# labelled for the platform) and Events.
 OTHERS: tuple[ApiKind, ...] = (
-    ApiKind("Secret", "", "v1", "secrets", verbs=frozenset({"get", "create"})),
+    ApiKind("Secret", "", "v1", "secrets", verbs=frozenset({"get", "create", "patch"})),
     ApiKind("Event", "", "v1", "events", verbs=frozenset({"create"})),
 )
 

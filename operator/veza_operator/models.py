@@ -12,8 +12,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from veza_core import keys as jwt_keys
 from veza_core.specs import DNS_LABEL as DNS_LABEL
 from veza_core.specs import LocalObjectRef as LocalObjectRef
 from veza_core.specs import Resources as Resources
@@ -114,17 +115,60 @@ class OidcProvider(Model):
     clientSecretRef: SecretKeyRef = Field(description="Secret key holding the client secret.")
 
 
+class KeyRotation(Model):
+    """When the operator rolls the JWT signing key, and how long the keys it replaces keep verifying."""
+
+    periodSeconds: int | None = Field(
+        None, ge=60, le=31536000,
+        description="Roll the signing key this long after the current one started signing; empty: only on "
+                    "demand (`veza keys rotate`).")
+    overlapSeconds: int | None = Field(
+        None, ge=60, le=31536000,
+        description="How long a replaced key keeps verifying after every API replica signs with its "
+                    "successor; at least auth.accessTokenTTLSeconds. Empty: accessTokenTTLSeconds, and at least "
+                    "600 (the API's service tokens and OIDC logins in progress).")
+    propagationSeconds: int = Field(
+        120, ge=0, le=3600,
+        description="How long a new key is published (verifying, not signing) before it signs, and a "
+                    "replaced key verifies beyond its overlap: the kubelet's delay in updating mounted "
+                    "Secrets (its sync period, about a minute) plus the workers' re-read (5 s).")
+
+
 class Auth(Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("self.refreshTokenTTLSeconds > self.accessTokenTTLSeconds",
-            "refreshTokenTTLSeconds must exceed accessTokenTTLSeconds")]})
+            "refreshTokenTTLSeconds must exceed accessTokenTTLSeconds"),
+        cel("!has(self.keyRotation) || !has(self.keyRotation.overlapSeconds) "
+            "|| self.keyRotation.overlapSeconds >= self.accessTokenTTLSeconds",
+            "keyRotation.overlapSeconds must be at least accessTokenTTLSeconds: a token signed just before a "
+            "rotation must keep verifying until it expires")]})
 
     accessTokenTTLSeconds: int = Field(900, ge=60, le=86400, description="Lifetime of access tokens.")
     refreshTokenTTLSeconds: int = Field(2592000, ge=300, le=31536000, description="Lifetime of refresh tokens.")
     keysSecretName: str | None = Field(
         None, max_length=253, description="Secret holding the JWT signing keys; the operator creates "
-                                          "<platform>-jwt-keys once when empty. Never regenerated.")
+                                          "<platform>-jwt-keys once when empty. Never regenerated; keys roll "
+                                          "by keyRotation or `veza keys rotate`.")
+    keyRotation: KeyRotation | None = Field(
+        None, description="Roll the signing key on a schedule (the Secret the operator created, or the one "
+                          "keysSecretName names); without it keys roll only on demand.")
     oidc: OidcProvider | None = Field(None, description="External login through an OIDC provider.")
+
+    @model_validator(mode="after")
+    def _overlap_covers_access_tokens(self) -> Auth:
+        overlap = self.keyRotation.overlapSeconds if self.keyRotation else None
+        if overlap is not None and overlap < self.accessTokenTTLSeconds:
+            raise ValueError(f"keyRotation.overlapSeconds ({overlap}) must be at least accessTokenTTLSeconds "
+                             f"({self.accessTokenTTLSeconds}): a token signed just before a rotation must keep "
+                             "verifying until it expires")
+        return self
+
+    @property
+    def key_overlap_seconds(self) -> int:
+        """How long a replaced key verifies after its successor signs everywhere: what the spec says, else
+        the longest any token the API signs lives."""
+        overlap = self.keyRotation.overlapSeconds if self.keyRotation else None
+        return overlap if overlap is not None else max(self.accessTokenTTLSeconds, jwt_keys.SHORT_TOKENS_SECONDS)
 
 
 class IngressTLS(Model):
@@ -201,7 +245,13 @@ class Metrics(Model):
 
 class Observability(Model):
     metrics: Metrics = Field(default_factory=Metrics, description="Prometheus metrics.")
-    otlpEndpoint: str | None = Field(None, pattern=r"^https?://", description="OTLP endpoint for traces.")
+    otlpEndpoint: str | None = Field(
+        None, pattern=r"^https?://",
+        description="OTLP/HTTP endpoint (a collector or Jaeger, e.g. http://jaeger.monitoring:4318) the workers "
+                    "export traces to; no traces when empty.")
+    traceSamplingRatio: float = Field(
+        0.01, ge=0, le=1, description="Share of new traces recorded (parent-based: a request that arrives "
+                                      "sampled is recorded whatever the ratio).")
 
 
 class LabelSelectorRequirement(Model):
@@ -225,6 +275,7 @@ class NamespaceSelector(Model):
 
 # Names no product: the platform engineer labels the namespace of their front door.
 FRONT_DOOR_LABEL = "veza.io/front-door"
+METRICS_LABEL = "veza.io/metrics"
 
 
 # Cloud metadata endpoints (AWS, and the others' IPv4 one): no egress rule ever reaches them, whatever
@@ -287,6 +338,11 @@ class NetworkPolicies(Model):
         description="Namespaces allowed to reach the workers' HTTP port: where the Ingress controller or the "
                     "Gateway's proxies run (label it veza.io/front-door=true, or select it otherwise). "
                     "An empty selector admits every namespace.")
+    metricsNamespaceSelector: NamespaceSelector = Field(
+        default_factory=lambda: NamespaceSelector(matchLabels={METRICS_LABEL: "true"}),
+        description="Namespaces allowed to scrape the workers' /metrics (on their HTTP port) while "
+                    "observability.metrics is enabled: where Prometheus runs (label it veza.io/metrics=true, or "
+                    "select it otherwise). An empty selector admits every namespace.")
 
 
 class VezaPlatformSpec(Model):

@@ -6,9 +6,9 @@ Job succeeded. When the Job succeeds the platform records the new image there an
 to it (rooms and channels read it from the platform's status). A failed Job leaves them where they
 are. On first install nothing is migrated yet and the workers start with the spec's image at once.
 
-The JWT key Secret is created once when absent and never rewritten: rotating
-keys is an explicit operation (docs/api.md, "Keys and rotation"), not a side effect of a
-reconcile. Rooms and channels get their own Ingress (and HTTPRoute) objects on the same
+The JWT key Secret is created once when absent and never regenerated; `keys.py` rolls its
+keys in stages, on the schedule of spec.auth.keyRotation or on demand (docs/operator.md,
+"Signing-key rotation"). Rooms and channels get their own Ingress (and HTTPRoute) objects on the same
 host (Ingress controllers and Gateways merge them), so adding a room never rewrites a
 shared object.
 """
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from veza_core import keys as jwt_keys
 
-from . import admission, frontdoor, manifests, wiring
+from . import admission, directory, frontdoor, manifests, wiring
+from . import keys as key_schedule
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
@@ -90,12 +92,15 @@ def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str
 
     The migration Job always runs the spec's image; the API runs `image` (the worker image) when given.
     """
+    # The migration Job connects as the schema owner; the API as its own role when it has one.
+    env = wiring.worker_env(owner.name, owner.namespace, spec, API_COMPONENT, schema_owner=component == "migrate")
+    if component == API_COMPONENT:  # the operator's credential for the directory endpoints (directory.py)
+        env["VEZA_DIRECTORY_TOKEN"] = wiring.SecretValue(directory.secret_name(owner.name), directory.TOKEN_KEY)
     return manifests.Workload(
         owner=owner, name=name, component=component, args=[component], image=image or spec.image,
         replicas=replicas,
         resources=spec.api.resources,
-        # The migration Job connects as the schema owner; the API as its own role when it has one.
-        env=wiring.worker_env(owner.name, owner.namespace, spec, API_COMPONENT, schema_owner=component == "migrate"),
+        env=env,
         selector=selector_labels(owner.name, component, owner.name),
         service_account=f"{owner.name}-api", keys_secret=wiring.keys_secret_name(owner.name, spec),
         keys_items=(jwt_keys.PUBLIC_KEYS_FILE, jwt_keys.SIGNING_KEYS_FILE),
@@ -106,7 +111,8 @@ def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str
 def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any]]:
     """Default-deny both ways for every pod of the platform, then what the workers need.
 
-    In: HTTP from the front door (the spec's namespace selector) and from each other. Out: DNS, the
+    In: HTTP from the front door (the spec's namespace selector), from each other, and from where Prometheus
+    runs (another selector) while metrics are on. Out: DNS, the
     backing services where the spec says they are (PostgreSQL, Redis, NATS, S3 live wherever the
     platform points, often outside the cluster), each other's HTTP port (a stream follower forwards
     a live source to its leader), the OTLP collector, and for the API its OIDC provider. Never a
@@ -133,6 +139,10 @@ def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any
             "from": [front_door, {"podSelector": pods}], "ports": manifests.tcp(wiring.HTTP_PORT)}]),
         manifests.network_policy(f"{owner.name}-allow-egress", owner, labels, pods, egress=egress),
     ]
+    if spec.observability.metrics.enabled:  # Prometheus scrapes /metrics on the same port
+        out.append(manifests.network_policy(f"{owner.name}-allow-metrics", owner, labels, pods, ingress=[{
+            "from": [{"namespaceSelector": manifests.label_selector(policy.metricsNamespaceSelector)}],
+            "ports": manifests.tcp(wiring.HTTP_PORT)}]))
     if spec.auth.oidc is not None:
         api_pods = {"matchLabels": {PLATFORM_LABEL: owner.name, COMPONENT_LABEL: API_COMPONENT}}
         out.append(manifests.network_policy(f"{owner.name}-api-oidc", owner, labels, api_pods, egress=[
@@ -159,11 +169,7 @@ def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image 
     labels = {PLATFORM_LABEL: owner.name}
     api = api_workload(owner, spec, api_name(owner.name), API_COMPONENT, spec.api.replicas, worker_image)
     migrate = api_workload(owner, spec, migration_job_name(owner.name, spec), "migrate", 1)
-    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(f"{owner.name}-config", owner, labels),
-              "data": {"publicURL": wiring.public_url(spec), "issuer": wiring.public_url(spec),
-                       "jwksURL": f"{wiring.public_url(spec)}/.well-known/jwks.json"}}
     children = [
-        config,
         manifests.service_account(f"{owner.name}-api", owner, labels),
         manifests.service_account(platform_service_account(owner.name), owner, labels),
         manifests.job(migrate),
@@ -180,10 +186,13 @@ def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image 
     return children
 
 
-def keys_secret(owner: Owner, name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": metadata(name, owner, {PLATFORM_LABEL: owner.name}),
-            "stringData": jwt_keys.secret_data([jwt_keys.generate_signing_key()])}
+def keys_secret(owner: Owner, name: str, now: datetime) -> dict[str, Any]:
+    """The platform's first key, signing from `now`, with its schedule (`keys.py` rolls it later)."""
+    first = jwt_keys.generate_signing_key()
+    schedule = key_schedule.Schedule((key_schedule.KeyTimes(first["kid"], now, now),))
+    meta = metadata(name, owner, {PLATFORM_LABEL: owner.name}, {jwt_keys.SCHEDULE_ANNOTATION: schedule.to_json()})
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
+            "stringData": jwt_keys.secret_data([first])}
 
 
 async def reconcile_platform(ctx: Context, key: Key) -> None:
@@ -222,7 +231,7 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     status["keysSecret"] = secret_name
     if spec.auth.keysSecretName is None and previous.get("keysSecret") != secret_name:
         # First reconcile (or the name changed): generate the keys unless they exist. Never overwritten.
-        await ctx.client.create(keys_secret(owner, secret_name))
+        await ctx.client.create(keys_secret(owner, secret_name, datetime.now(UTC).replace(microsecond=0)))
 
     if images.recorded is not None:
         status["workerImage"] = images.recorded  # its change rolls every room and channel (handlers.py)
@@ -231,8 +240,12 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
 
     monitors = await ctx.capability("ServiceMonitor")
     routes = await frontdoor.serves_routes(ctx, spec)
+    await directory.ensure_secret(ctx, owner)
     children = build_children(owner, spec, worker_image=images.workers, service_monitors=monitors,
                               http_routes=routes)
+    from_operator = directory.api_ingress_policy(owner, ctx.settings) if spec.networkPolicies.enabled else None
+    if from_operator is not None:
+        children.append(from_operator)
     # Every Secret the children read, and those the rooms and channels will: nothing is applied until
     # each exists and is the platform's.
     names = admission.secrets_in(children) | wiring.secrets_referenced(spec)
@@ -240,6 +253,10 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     if refused is not None:
         await report(refused)
         return
+    keys_status = await key_schedule.roll_keys(ctx, key, body, spec, secret_name, previous.get("keys"),
+                                               spec_changed=previous.get("observedGeneration") != generation)
+    if keys_status is not None:
+        status["keys"] = keys_status
 
     stay = f" Workers stay on {images.workers.reference}." if images.waiting else ""
     if images.migration == "Failed":

@@ -38,6 +38,25 @@ class Settings(BaseModel):
     capability_ttl: float = Field(60.0, ge=0, description="VEZA_CAPABILITY_TTL: seconds the answer to 'is "
                                                           "this optional API served?' is trusted")
 
+    # The API's directory follows the rooms and channels (directory.py). The URL of a platform's API: a
+    # template of {platform} and {namespace}; the in-cluster Service by default, another address for an
+    # operator run outside the cluster.
+    directory_url: str = Field("http://{platform}-api.{namespace}.svc",
+                               description="VEZA_DIRECTORY_URL: URL template of a platform's API")
+    directory_relist_seconds: float = Field(600.0, gt=0, description="VEZA_DIRECTORY_RELIST_SECONDS: how often "
+                                            "the operator lists a platform's directory again (removes rows whose "
+                                            "resource is gone, puts back rows changed by hand)")
+    directory_timeout_seconds: float = Field(10.0, gt=0, description="VEZA_DIRECTORY_TIMEOUT_SECONDS: timeout of "
+                                             "one request to a platform's API")
+    directory_retry_max_seconds: float = Field(60.0, gt=0, description="VEZA_DIRECTORY_RETRY_MAX_SECONDS: "
+                                               "longest wait between attempts to reach a platform's API")
+
+    # Where the operator's own pods run (the chart sets both): each platform's NetworkPolicies admit them to the
+    # API pods, for the directory. Unset (an operator outside the cluster): no such policy.
+    operator_namespace: str = Field("", description="VEZA_OPERATOR_NAMESPACE: namespace of the operator's pods")
+    operator_pod_labels: tuple[str, ...] = Field(
+        (), description="VEZA_OPERATOR_POD_LABELS: comma-separated key=value labels of the operator's pods")
+
     # What a resource author may make the operator do (docs/operator.md, "What the operator refuses").
     allowed_image_repositories: tuple[str, ...] = Field(
         ("ghcr.io/veza-platform/veza",),
@@ -61,11 +80,19 @@ class Settings(BaseModel):
         return tuple(str(ipaddress.ip_network(entry, strict=False)) for entry in value)  # ValueError names it
 
     @field_validator("allowed_image_repositories", "ingress_annotations_allowed", "ingress_annotations_denied",
-                     "relay_denied_networks", mode="before")
+                     "relay_denied_networks", "operator_pod_labels", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("operator_pod_labels")
+    @classmethod
+    def _labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for label in value:
+            if not label.partition("=")[0] or "=" not in label:
+                raise ValueError(f"{label!r} is not key=value")
         return value
 
     @classmethod

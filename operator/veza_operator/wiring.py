@@ -142,6 +142,8 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
     if spec.observability.otlpEndpoint:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = spec.observability.otlpEndpoint
         env["OTEL_SERVICE_NAME"] = f"veza-{component}"
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        env["OTEL_TRACES_SAMPLER_ARG"] = str(spec.observability.traceSamplingRatio)
     if component == "api":
         # Names as veza_api.settings reads them.
         env["VEZA_ACCESS_TTL_SECONDS"] = str(spec.auth.accessTokenTTLSeconds)

@@ -127,7 +127,12 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     async def report(health: Health, **extra: Any) -> None:
         before = ready_reason((body.get("status") or {}).get("conditions"))
         status.update(extra)
-        status["conditions"] = conditions(health, generation, (body.get("status") or {}).get("conditions"))
+        previous = (body.get("status") or {}).get("conditions")
+        status["conditions"] = conditions(health, generation, previous)
+        # Beside Ready, never folded into it: whether the platform's API lists the resource (directory.py).
+        listed = ctx.directory.condition_for(key, generation, previous) if ctx.directory is not None else None
+        if listed is not None:
+            status["conditions"].append(listed)
         if await ctx.report(key, status) and before != ("True" if health.ready else "False", health.reason):
             await post_event(ctx, body, health.event_type, health.reason, health.message)
 

@@ -1,5 +1,7 @@
-"""Events for the chat and stream workers on a real NATS: session revocations and room membership
-changes, so open WebSockets can follow them; the API keeps working when NATS is away."""
+"""Events for the other workloads on a real NATS: session revocations and room membership changes, so open
+WebSockets can follow them, rooms and channels created, updated and deleted, moderation decisions; every message
+the API publishes is valid against the catalog's schema (docs/schemas/events/v1); the API keeps working when NATS
+is away."""
 
 from __future__ import annotations
 
@@ -12,17 +14,24 @@ import nats as nats_client
 from prometheus_client import REGISTRY
 
 from tests.support.api import ADMIN_EMAIL, ApiServer, Client, ServerFactory
+from tests.support.events import check
 from tests.support.waiting import wait_for
+from veza_core import events
 from veza_local.services import NatsService, free_port
 
 
 class Subscriber:
-    """Every message under veza.<platform>.>, decoded."""
+    """Every message under veza.<platform>.>, decoded and checked against its schema."""
 
     def __init__(self) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
+        self.invalid: list[str] = []
 
     async def on_message(self, msg: Any) -> None:
+        try:
+            check(msg.subject, msg.data)
+        except AssertionError as exc:  # raised in a callback it would be lost: the test asserts the list
+            self.invalid.append(str(exc))
         self.received.append((msg.subject, json.loads(msg.data)))
 
     async def next_on(self, subject: str, **expected: Any) -> dict[str, Any]:
@@ -49,7 +58,8 @@ async def test_revocations_and_membership_changes_are_published(make_api: Server
     try:
         await listener.subscribe(f"veza.{platform}.>", cb=subscriber.on_message)
         await listener.flush()
-        root = server.client.as_user((await server.client.register_and_login(ADMIN_EMAIL))["access_token"])
+        root_tokens = await server.client.register_and_login(ADMIN_EMAIL)
+        root, root_id = server.client.as_user(root_tokens["access_token"]), root_tokens["user_id"]
 
         # (a) service tokens carry the session, so workers can match a revocation to its sockets.
         user, tokens = await _logged_in(server)
@@ -79,6 +89,35 @@ async def test_revocations_and_membership_changes_are_published(make_api: Server
         banned = (await _logged_in(server))[1]["user_id"]
         assert (await root.post(f"/api/v1/rooms/{room}/moderation", {"action": "ban", "user_id": banned})).status == 201
         assert await subscriber.next_on(membership, user=banned) == {"v": 1, "room": room, "user": banned, "role": None}
+
+        # Moderation decisions, with the decision's number in the id: the same decision always has the same id.
+        muted = (await _logged_in(server))[1]["user_id"]
+        decision = await root.post(f"/api/v1/rooms/{room}/moderation",
+                                   {"action": "mute", "user_id": muted, "reason": "spam", "duration_seconds": 60})
+        mute = await subscriber.next_on(f"veza.{platform}.room.{room}.moderation", user_id=muted)
+        assert mute["id"] == f"{room}:{decision.body['id']}" and mute["action"] == "mute"
+        assert mute["reason"] == "spam" and mute["actor"] == root_id and mute["until"] > mute["at"] + 50
+
+        # Rooms and channels in the directory: created, updated, deleted, each event with its own id.
+        lifecycle = f"veza.{platform}.room.{room}.lifecycle"
+        created = await subscriber.next_on(lifecycle, action="created")
+        assert (created["title"], created["visibility"]) == ("Events", "public")
+        assert (await root.put(f"/api/v1/admin/rooms/{room}", {"title": "Renamed", "visibility": "private"})).status \
+            == 200
+        updated = await subscriber.next_on(lifecycle, action="updated")
+        assert (updated["title"], updated["visibility"]) == ("Renamed", "private") and updated["id"] != created["id"]
+        assert (await root.delete(f"/api/v1/admin/rooms/{room}")).status == 204
+        assert (await subscriber.next_on(lifecycle, action="deleted"))["title"] is None
+        channel = f"c-{uuid.uuid4().hex[:8]}"
+        assert (await root.put(f"/api/v1/admin/channels/{channel}", {"title": "Radio"})).status == 201
+        await subscriber.next_on(f"veza.{platform}.channel.{channel}.lifecycle", action="created", title="Radio")
+        assert (await root.delete(f"/api/v1/admin/channels/{channel}")).status == 204
+        await subscriber.next_on(f"veza.{platform}.channel.{channel}.lifecycle", action="deleted")
+
+        # Everything the API publishes was seen, and every message was valid against its schema.
+        kinds = {getattr(events.by_subject(subject), "kind", subject) for subject, _ in subscriber.received}
+        assert kinds == {e.kind for e in events.CATALOG if "api" in e.producers}
+        assert not subscriber.invalid, subscriber.invalid
     finally:
         await listener.close()
 

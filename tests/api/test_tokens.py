@@ -37,7 +37,8 @@ async def test_rotation_keeps_old_tokens_valid_during_the_overlap(make_api: Serv
     old_kid = jwt.get_unverified_header(old_tokens["access_token"])["kid"]
     old_key = json.loads((server.keys_dir / "signing-keys.json").read_text())["keys"][0]
 
-    # The operator rotates: a new key first, the old one kept for verification.
+    # A rotation's activation stage as the operator writes it (after publishing the new key): the new key
+    # first, the old one kept for verification (the stages: tests/api/test_key_rotation.py).
     new_key = generate_signing_key()
     write_keys(server.keys_dir, [new_key, old_key])
     pair = (await client.post("/api/v1/auth/login", {"email": admin_email,

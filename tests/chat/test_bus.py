@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from tests.support.chat import NATS_PASSWORDS, Chat, ChatClient, authorized_nats, metric, nats_subscribed
+from tests.support.events import Capture
 from tests.support.waiting import wait_for
 from veza_local.services import NatsService
 
@@ -116,6 +117,27 @@ async def test_a_moderation_made_on_another_replica_is_still_applied(chat: Chat,
     assert frame["by"] == "mia" and frame["reason"] == "spam" and frame["until"] > 0
 
 
+async def test_what_chat_workers_publish_follows_the_catalog(chat: Chat, nats: NatsService) -> None:
+    """Committed events and signals between two replicas, captured on the real bus, are valid against
+    docs/schemas/events/v1 (room-events, room-signals)."""
+    capture = await Capture().start(nats.url, "test")
+    try:
+        a, b = await chat.worker(), await chat.worker()
+        await nats_subscribed(monitor(nats), f"veza.test.room.{chat.room}.signals")
+        alice, bob = await chat.connect(a, "alice"), await chat.connect(b, "bob")
+        await alice.send({"type": "typing", "active": True})
+        await bob.expect("typing")
+        await alice.send({"type": "send", "cid": "c1", "text": "hello"})
+        await bob.expect("event", kind="message", text="hello")
+        await wait_for(lambda: capture.seen["room.events"] and capture.seen["room.signals"] >= 2, timeout=10,
+                       message="events and signals on the bus")
+        kinds = {body.get("kind") for body in capture.bodies("room.signals")}
+        assert {"presence", "frame"} <= kinds, kinds
+        assert any('"text":"hello"' in body for body in capture.bodies("room.events"))
+    finally:
+        await capture.close()
+
+
 def revoked(user: str, session: str | None, reason: str = "logout") -> bytes:
     return json.dumps({"v": 1, "user": user, "session": session, "reason": reason}).encode()
 
@@ -173,10 +195,16 @@ async def test_a_role_removed_in_a_private_room_closes_the_sockets_and_wins_over
     mod = await chat.connect(a, mia, res={f"room/{chat.room}": "moderator"})
 
     await bus.publish(f"veza.test.room.{chat.room}.membership", membership("another-room", carol, None))
+    # Broken: not JSON, oversized, another version, a role that does not exist.
+    for raw in (b"{not json", b"{" + b" " * 5000 + b"}", json.dumps({"v": 2, "room": chat.room, "user": carol,
+                                                                      "role": None}).encode(),
+                membership(chat.room, carol, "emperor")):
+        await bus.publish(subject, raw)
     await bus.publish(subject, membership(chat.room, mia, "member"))  # demoted: stays, but moderates no more
     await bus.publish(subject, membership(chat.room, carol, None))
     assert await closed(left) == 4006
-    assert await rejected(a, "room.membership", "subject_mismatch") >= 1
+    for reason in ("subject_mismatch", "malformed", "too_large", "invalid"):
+        assert await rejected(a, "room.membership", reason) >= 1, reason
     # The event is newer than the token that still names the role: the token no longer lets carol in.
     with pytest.raises(aiohttp.WSServerHandshakeError) as err:
         await chat.connect(a, carol, token=carol_token)

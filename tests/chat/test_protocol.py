@@ -30,6 +30,7 @@ VALID: list[dict[str, Any]] = [
     {"type": "ping"},
     {"type": "ping", "ref": "x"},
     {"type": "ping", "extra": "unknown members are kept, not refused"},
+    {"type": "react_at", "emoji": "👍", "position": 1764661234.5},
 ]
 
 
@@ -123,6 +124,12 @@ WRONG: list[dict[str, Any]] = [
     {"type": "moderate", "action": "ban", "user": "u", "reason": "r" * (p.MAX_REASON + 1)},
     {"type": "moderate", "action": "mute", "user": "u", "seconds": 10 * 365 * 86400 + 1},
     {"type": "read", "seq": 2**63},
+    {"type": "react_at", "emoji": "👍"},
+    {"type": "react_at", "emoji": "👍", "position": 0},
+    {"type": "react_at", "emoji": "👍", "position": "1764661234.5"},
+    {"type": "react_at", "emoji": "👍", "position": True},
+    {"type": "react_at", "emoji": "👍", "position": 1e12},
+    {"type": "react_at", "emoji": "e" * (p.MAX_EMOJI + 1), "position": 1.0},
 ]
 
 

@@ -84,8 +84,8 @@ def test_channel_worker_runs_the_stream_command() -> None:
 def test_platform_children_and_migration_job_per_version() -> None:
     owner = Owner("VezaPlatform", "demo", "ns", "u")
     kinds = [c["kind"] for c in platform_mod.build_children(owner, PLATFORM)]
-    assert sorted(kinds) == sorted(["ConfigMap", "ServiceAccount", "ServiceAccount", "Job", "Deployment", "Service",
-                                    "Ingress", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy"])
+    assert sorted(kinds) == sorted(["ServiceAccount", "ServiceAccount", "Job", "Deployment", "Service",
+                                    "Ingress", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy"])
     newer = PLATFORM.model_copy(update={"image": PLATFORM.image.model_copy(update={"tag": "9.9.9"})})
     assert platform_mod.migration_job_name("demo", PLATFORM) != platform_mod.migration_job_name("demo", newer)
 
@@ -116,6 +116,17 @@ def test_api_environment_uses_the_names_the_api_reads() -> None:
     settings = ApiSettings.from_env(env)
     assert settings.access_ttl_seconds == 600 and settings.refresh_ttl_seconds == spec.auth.refreshTokenTTLSeconds
     assert settings.database_url == "postgresql://x" and settings.jwt_issuer == "http://veza.test"
+
+
+def test_traces_are_exported_only_where_the_platform_names_a_collector() -> None:
+    """The OpenTelemetry SDK's own variables: veza_core.tracing switches on with the endpoint."""
+    assert not any(k.startswith("OTEL_") for k in worker_env("demo", "ns", PLATFORM, "api"))
+    traced = platform_spec(observability={"otlpEndpoint": "http://jaeger.monitoring:4318", "traceSamplingRatio": 0.25})
+    for component in ("api", "chat", "stream"):
+        env = worker_env("demo", "ns", traced, component)
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger.monitoring:4318"
+        assert env["OTEL_SERVICE_NAME"] == f"veza-{component}"
+        assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("parentbased_traceidratio", "0.25")
 
 
 def test_chat_workers_never_migrate_the_schema() -> None:
@@ -289,6 +300,23 @@ def test_front_door_namespace_selector_comes_from_the_spec() -> None:
     assert allow_http(custom)["spec"]["ingress"][0]["from"][0] == {"namespaceSelector": {"matchExpressions": [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["traefik", "envoy-gateway-system"]},
         {"key": "example.com/edge", "operator": "Exists"}]}}, "setting expressions drops the default label"
+
+
+def test_prometheus_namespaces_may_scrape_while_metrics_are_on() -> None:
+    def scrape_policy(spec: VezaPlatformSpec) -> dict[str, Any] | None:
+        policies = platform_mod.network_policies(Owner("VezaPlatform", "demo", "ns", "u"), spec)
+        return next((p for p in policies if p["metadata"]["name"] == "demo-allow-metrics"), None)
+
+    found = scrape_policy(platform_spec())
+    assert found is not None and found["spec"]["policyTypes"] == ["Ingress"]
+    assert found["spec"]["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchLabels": {"veza.io/metrics": "true"}}}],
+        "ports": [{"protocol": "TCP", "port": 8080}]}]
+    custom = scrape_policy(platform_spec(networkPolicies={"metricsNamespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}))
+    assert custom is not None and custom["spec"]["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert scrape_policy(platform_spec(observability={"metrics": {"enabled": False}})) is None
 
 
 async def test_delayed_requests_of_one_resource_do_not_pile_up() -> None:

@@ -246,8 +246,8 @@ def test_every_pod_of_the_platform_is_denied_egress_but_what_it_needs_and_never_
                                         "clientSecretRef": {"name": "oidc", "key": "secret"}}},
                          observability={"otlpEndpoint": "http://otel.monitoring:4318"})
     found = policies(everything(spec, RELAY))
-    assert set(found) == {"demo-default-deny", "demo-allow-http", "demo-allow-egress", "demo-api-oidc",
-                          "stream-radio-relay"}
+    assert set(found) == {"demo-default-deny", "demo-allow-http", "demo-allow-metrics", "demo-allow-egress",
+                          "demo-api-oidc", "stream-radio-relay"}
     deny = found["demo-default-deny"]["spec"]
     assert deny == {"podSelector": {"matchLabels": {"veza.io/platform": "demo"}},
                     "policyTypes": ["Ingress", "Egress"]}, "deny both ways, allow rules add up"
@@ -431,7 +431,7 @@ def test_the_allow_lists_come_from_the_operators_settings() -> None:
         assert default is not None and key in default.message, "refused by default"
     # Every Secret the children read is checked, wherever the builders put it.
     tls = platform_spec(ingress={"tls": {"secretName": "veza-tls"}})
-    assert secrets_in(everything(tls, RELAY)) == {"veza-connections", "demo-jwt-keys", "veza-tls"}
+    assert secrets_in(everything(tls, RELAY)) == {"veza-connections", "demo-jwt-keys", "demo-directory", "veza-tls"}
     assert secrets_in(everything(nats_platform())) >= {"nats-creds", "nats-ca", "nats-api", "nats-chat"}
 
 

@@ -288,3 +288,50 @@ def authorized_nats(base: Path) -> NatsService:
     service = NatsService(base, config="include ./authorization.conf\n", env=NATS_PASSWORDS)
     (service.dir / "authorization.conf").write_text(NATS_AUTHORIZATION.read_text())
     return service
+
+
+async def publish_now_playing(nats_url: str, channel: str, title: str, *, platform: str = "test",
+                              started_at: float | None = None, msg_id: str | None = None,
+                              track_id: str | None = None, **credentials: str) -> dict[str, Any]:
+    """A now-playing event published the way the stream worker publishes it (JetStream, the platform's channel
+    stream, `Nats-Msg-Id` = the event's id unless `msg_id` says otherwise); returns the payload sent."""
+    import nats
+
+    from veza_core import events
+
+    started = time.time() if started_at is None else started_at
+    event = events.NowPlaying(v=1, id=f"{channel}:{round(started * 1000)}", channel=channel, title=title,
+                              track_id=track_id, started_at=started, at=time.time())
+    nc = await nats.connect(nats_url, **credentials)  # type: ignore[arg-type]
+    try:
+        js = nc.jetstream()
+        await events.ensure_channels_stream(js, platform)
+        await js.publish(events.CHANNEL_NOWPLAYING.subject(platform, channel), events.payload(event),
+                         headers={"Nats-Msg-Id": msg_id or event.id})
+    finally:
+        await nc.close()
+    return event.model_dump()
+
+
+async def consumer_done(nats_url: str, durable: str, *, platform: str = "test", timeout: float = 15.0,
+                        **credentials: str) -> None:
+    """Wait until the durable consumer `durable` of the platform's channel stream has had every message it
+    matches handled and acknowledged."""
+    import nats
+
+    from veza_core import events
+
+    nc = await nats.connect(nats_url, **credentials)  # type: ignore[arg-type]
+    try:
+        js = nc.jetstream()
+
+        async def settled() -> bool:
+            try:
+                info = await js.consumer_info(events.channels_stream(platform), durable)
+            except nats.js.errors.NotFoundError:
+                return False
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_for(settled, timeout=timeout, interval=0.1, message=f"consumer {durable} settled")
+    finally:
+        await nc.close()

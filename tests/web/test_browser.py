@@ -4,7 +4,9 @@ Two browser contexts register, join the example room and chat with each other
 (messages, typing, reactions, replies, edits, deletes, read markers); the player
 plays the example channel (the audio element's currentTime advances) and
 now-playing changes when the playlist moves to the next track; the room bound to
-the channel shows what it plays (listen-along). Screenshots go to
+the channel shows what it plays (listen-along): its track changes in the timeline, and
+a reaction made at a stream position shown to a listener behind when her playback gets
+there. Screenshots go to
 test-artifacts/web/. Ctrl-C (SIGINT) of `veza up` leaves no process behind.
 """
 
@@ -123,6 +125,49 @@ def test_two_users_chat_and_listen_along(up: Up, browser: Browser) -> None:
         ctx_a.close()
         ctx_b.close()
 
+def test_listen_along_timeline_and_reactions_at_a_stream_position(up: Up, browser: Browser) -> None:
+    """The bound channel's track changes are lines of the room's timeline and the current one is shown; a reaction
+    made at a stream position is shown to a listener 3 s behind when its own playback gets there."""
+    ctx_c = browser.new_context(viewport={"width": 1200, "height": 760})
+    ctx_d = browser.new_context(viewport={"width": 1200, "height": 760})
+    try:
+        c = register(ctx_c, up.url, "Cy", "cy@example.com")
+        d = register(ctx_d, up.url, "Di", "di@example.com")
+        join(c, "general")
+        join(d, "general")
+        # The demo playlist changes track every 6 s: the changes come into the timeline, the newest is the title.
+        changes = c.locator("#messages li.system.nowplaying")
+        expect(changes.first).to_be_visible(timeout=20_000)
+        count = changes.count()
+        expect(changes).to_have_count(count + 1, timeout=20_000)
+        expect(c.locator("#la-title")).to_have_text(changes.last.locator(".np-title").inner_text(), timeout=5_000)
+
+        for page in (c, d):
+            page.locator("#la-play").click()
+            page.wait_for_function("() => window.vezaPosition() !== null && document.getElementById('audio')"
+                                   ".currentTime > 0.5", timeout=20_000)
+        # Di falls 3 s behind: her player pauses while the stream keeps arriving, then plays on from there.
+        d.evaluate("document.getElementById('audio').pause()")
+        d.wait_for_timeout(3000)  # the wait is the delay under test
+        d.evaluate("document.getElementById('audio').play()")
+        gap = c.evaluate("window.vezaPosition()") - d.evaluate("window.vezaPosition()")
+        assert 2.5 < gap < 3.6, gap
+
+        c.locator('#la-react button[data-emoji="🎵"]').click()
+        expect(c.locator('#la-reactions li[data-emoji="🎵"]')).to_be_visible(timeout=2_000)  # at once for Cy
+        sent = c.evaluate("window.vezaReactions.sent[0]")
+        expect(d.locator('#la-reactions li[data-emoji="🎵"]')).to_be_visible(timeout=10_000)
+        shown = d.evaluate("window.vezaReactions.shown.find((r) => r.emoji === '🎵')")
+        assert shown["position"] == sent["position"]
+        # Shown when Di's playback reached the position (checked every 0.1 s), about 3 s after Cy made it.
+        assert 0 <= shown["playing"] - sent["position"] < 0.35, (shown, sent)
+        assert 2.3 < shown["shownAt"] - sent["at"] < 3.8, (shown, sent)
+        c.screenshot(path=str(ARTIFACTS / "cy-listen-along.png"))
+    finally:
+        ctx_c.close()
+        ctx_d.close()
+
+
 
 def test_login_page_renders_offline(up: Up, browser: Browser) -> None:
     """Nothing is loaded from outside: every request the page makes goes to the platform's origin."""
@@ -173,3 +218,4 @@ def test_ctrl_c_leaves_no_process(up: Up) -> None:
     status, below = up.interrupt()
     assert status == 0, up.output()
     assert below and not [pid for pid in below if alive(pid)]
+

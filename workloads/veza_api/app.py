@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from veza_core import directory
 from veza_core.auth import AUDIENCE_API, TokenIssuer, TokenVerifier
 from veza_core.breaker import CircuitBreaker
 from veza_core.db import create_pool
@@ -58,6 +60,7 @@ def add_routes(app: web.Application) -> None:
     for kind, plural in (("room", "rooms"), ("channel", "channels")):
         r.add_put(f"{PREFIX}/{plural}/{{name}}/members/{{user_id}}", rooms.member_role(kind, grant=True))
         r.add_delete(f"{PREFIX}/{plural}/{{name}}/members/{{user_id}}", rooms.member_role(kind, grant=False))
+        r.add_get(f"{PREFIX}/admin/{plural}", rooms.declared(kind))
         r.add_put(f"{PREFIX}/admin/{plural}/{{name}}", rooms.declare(kind))
         r.add_delete(f"{PREFIX}/admin/{plural}/{{name}}", rooms.undeclare(kind))
 
@@ -81,7 +84,10 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     # The web client at `/` (the platform's Ingress sends `/` to the API); static files only.
     import veza_web
 
-    veza_web.add_routes(app)
+    async def bindings() -> dict[str, Any]:  # listen-along, from the directory (public rooms and channels)
+        return await directory.bindings(app[API].pool)
+
+    veza_web.add_routes(app, config=bindings)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         assert settings.database_url

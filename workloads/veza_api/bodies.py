@@ -58,6 +58,11 @@ class Member(BaseModel):
     role: str
 
 
+class RenditionName(BaseModel):
+    name: str = Field(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    codec: Literal["opus", "mp3", "aac"]
+
+
 class Declaration(BaseModel):
     """What the operator knows of a ChatRoom / StreamChannel."""
 
@@ -65,6 +70,10 @@ class Declaration(BaseModel):
     visibility: Literal["public", "private"] = "public"
     # When given, replaces the resource's roles (the CR's spec.members is the source of truth).
     members: list[Member] | None = Field(None, max_length=10_000)
+    # Rooms only: the StreamChannel it listens along with (spec.channelRef); null removes the binding.
+    channel: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    # Channels only: what its players may ask for (spec.renditions); absent or null: unknown.
+    renditions: list[RenditionName] | None = Field(None, max_length=16)
 
 
 class RoleGrant(BaseModel):

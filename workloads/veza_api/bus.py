@@ -1,5 +1,5 @@
-"""Events the API publishes on NATS for the chat and stream workers (session revocations, room
-membership changes), best effort: the API works without NATS, it only counts what it could not say.
+"""Events the API publishes on NATS for the other workloads (services/events.py, docs/events.md), best effort:
+the API works without NATS, it only counts what it could not say.
 
 Built once from the settings and kept on the context; the connection is made in the background and
 retried until it succeeds, so a NATS that is down at start delays nothing.
@@ -15,6 +15,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from prometheus_client import Counter
+from pydantic import BaseModel, ValidationError
 
 from veza_core import bus
 
@@ -57,6 +58,15 @@ class Publisher:
             return self._failed(event, subject, repr(exc))
         PUBLISHED.labels(event).inc()
         return True
+
+    async def publish_event(self, subject: str, event: str, model: type[BaseModel], **fields: Any) -> bool:
+        """Send the catalog's `model` built from `fields`; one that does not validate is not sent (counted and
+        logged like an event NATS refused: the request that caused it has succeeded all the same)."""
+        try:
+            payload = model(**fields).model_dump(mode="json")
+        except ValidationError as exc:
+            return self._failed(event, subject, f"invalid event: {exc.errors(include_url=False)[:1]}")
+        return await self.publish(subject, event, payload)
 
     def _failed(self, event: str, subject: str, why: str) -> bool:
         PUBLISH_FAILURES.labels(event).inc()

@@ -5,6 +5,7 @@ limit → authentication → per-user rate limit.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -14,7 +15,7 @@ from veza_core.auth import TokenError, token_from_request
 from veza_core.web import HttpError, json_error
 
 from .context import API, client_ip
-from .rbac import REQUEST_PRINCIPAL
+from .rbac import DIRECTORY_ROUTES, REQUEST_OPERATOR, REQUEST_PRINCIPAL
 from .services.accounts import too_many
 from .services.sessions import is_revoked
 
@@ -86,6 +87,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     token = token_from_request(request)
     if token is not None and request.path.startswith("/api/"):
         ctx = request.app[API]
+        if _is_directory_token(ctx.settings.directory_token, token):
+            resource = request.match_info.route.resource
+            if resource is None or resource.canonical not in DIRECTORY_ROUTES:
+                raise HttpError(401, "invalid_token", "this credential is valid for the directory endpoints only",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            request[REQUEST_OPERATOR] = True
+            return await handler(request)
         try:
             who = ctx.verifier.verify(token)
         except TokenError as exc:
@@ -97,6 +105,10 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         request[REQUEST_PRINCIPAL] = who
     return await handler(request)
+
+
+def _is_directory_token(expected: str | None, token: str) -> bool:
+    return expected is not None and hmac.compare_digest(token.encode(), expected.encode())
 
 
 @web.middleware

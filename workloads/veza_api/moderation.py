@@ -44,6 +44,8 @@ async def moderate(request: web.Request) -> web.Response:
         await sanctions.apply(conn, room, target, body.action, until=until, reason=body.reason, by=user_id(actor))
         await audit.record(conn, "room.moderation", actor=actor.subject, subject=str(target), ip=client_ip(request),
                            room=room, action=body.action, reason=body.reason, until=until)
+    await events.moderation_decided(ctx, room, row["id"], action=body.action, user=target, actor=actor.subject,
+                                    reason=body.reason, until=until)
     if body.action == "ban":  # whatever their stored role, a banned user is out of the room
         await events.membership_changed(ctx, room, target, None)
     return web.json_response({"id": row["id"], "room": room, "user_id": str(target), "action": body.action,

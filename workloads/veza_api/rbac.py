@@ -17,6 +17,12 @@ from .errors import forbidden, not_found
 from .services.roles import NAME_RE, ROOM_ROLES, at_least, is_admin, room_role
 
 REQUEST_PRINCIPAL = web.RequestKey("veza_principal", Principal)
+# Set when the request carries the operator's directory credential (`ApiSettings.directory_token`): a caller
+# that is not a user, accepted on DIRECTORY_ROUTES only.
+REQUEST_OPERATOR = web.RequestKey("veza_operator", bool)
+DIRECTORY_ROUTES = frozenset(f"/api/v1/admin/{plural}{tail}" for plural in ("rooms", "channels")
+                             for tail in ("", "/{name}"))
+OPERATOR = "operator"  # the actor the audit log names for the directory credential
 
 
 def principal(request: web.Request) -> Principal | None:
@@ -45,6 +51,13 @@ async def require_admin(request: web.Request) -> Principal:
     if not await is_platform_admin(request, who):
         raise forbidden("platform admins only")
     return who
+
+
+async def require_directory_writer(request: web.Request) -> Principal | None:
+    """A platform admin, or None for the operator (the directory credential): who may change the directory."""
+    if request.get(REQUEST_OPERATOR):
+        return None
+    return await require_admin(request)
 
 
 def resource_name(request: web.Request, kind: str = "room") -> str:

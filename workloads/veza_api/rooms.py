@@ -27,7 +27,16 @@ from veza_core.web import HttpError
 from .bodies import Declaration, RoleGrant
 from .context import API, Api, client_ip
 from .errors import forbidden, not_found, parse_uuid, read_json
-from .rbac import is_platform_admin, principal, require_admin, require_room_role, resource_name, user_id
+from .rbac import (
+    OPERATOR,
+    is_platform_admin,
+    principal,
+    require_admin,
+    require_directory_writer,
+    require_room_role,
+    resource_name,
+    user_id,
+)
 from .services import audit, events
 from .services.roles import CHANNEL_ROLES, ROOM_ROLES, at_least, channel_role, room_role
 
@@ -109,6 +118,24 @@ def _json(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
             "updated_at": row["updated_at"].isoformat(), **extra}
 
 
+def _declared_json(kind: str, row: asyncpg.Record) -> dict[str, Any]:
+    """A row as admins and the operator see it: rooms with their listen-along channel (users see it only when
+    the channel is public, `_room_json`), channels with their renditions."""
+    if kind == "room":
+        return _json(row, channel=row["channel"])
+    return _json(row, renditions=directory.renditions_of(row))
+
+
+async def _public_channels(ctx: Api) -> set[str]:
+    return {r["name"] for r in await ctx.pool.fetch("SELECT name FROM channels WHERE visibility = 'public'")}
+
+
+def _room_json(row: asyncpg.Record, public_channels: set[str], **extra: Any) -> dict[str, Any]:
+    """A room as users see it: its listen-along channel only when that channel is public (a private
+    channel's name is not told to everyone who sees the room)."""
+    return _json(row, **extra, channel=row["channel"] if row["channel"] in public_channels else None)
+
+
 async def _my_role(request: web.Request, kind: str, name: str) -> str | None:
     who = principal(request)
     if who is None:
@@ -120,7 +147,8 @@ async def list_rooms(request: web.Request) -> web.Response:
     """GET /api/v1/rooms: public rooms for anyone; private ones for their members and admins."""
     rows = await _rows(request, "room")
     counts = await member_counts(request.app[API], [r["name"] for r in rows])
-    return web.json_response({"rooms": [_json(r, member_count=counts[r["name"]]) for r in rows]})
+    public = await _public_channels(request.app[API])
+    return web.json_response({"rooms": [_room_json(r, public, member_count=counts[r["name"]]) for r in rows]})
 
 
 async def get_room(request: web.Request) -> web.Response:
@@ -128,25 +156,30 @@ async def get_room(request: web.Request) -> web.Response:
     row = await _visible(request, "room", await request.app[API].pool.fetchrow("SELECT * FROM rooms WHERE name = $1",
                                                                            name))
     counts = await member_counts(request.app[API], [name])
-    return web.json_response(_json(row, member_count=counts[name], your_role=await _my_role(request, "room", name)))
+    public = await _public_channels(request.app[API])
+    return web.json_response(_room_json(row, public, member_count=counts[name],
+                                        your_role=await _my_role(request, "room", name)))
 
 
 async def list_channels(request: web.Request) -> web.Response:
     rows = await _rows(request, "channel")
-    return web.json_response({"channels": [_json(r) for r in rows]})
+    return web.json_response({"channels": [_declared_json("channel", r) for r in rows]})
 
 
 async def get_channel(request: web.Request) -> web.Response:
     name = resource_name(request, "channel")
     ctx = request.app[API]
     row = await _visible(request, "channel", await ctx.pool.fetchrow("SELECT * FROM channels WHERE name = $1", name))
-    return web.json_response(_json(row, now_playing=await now_playing(ctx, name),
-                                   your_role=await _my_role(request, "channel", name)))
+    return web.json_response(_declared_json("channel", row) | {
+        "now_playing": await now_playing(ctx, name), "your_role": await _my_role(request, "channel", name)})
 
 
-async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Principal, kind: str, name: str,
+async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Principal | None, kind: str, name: str,
                     target: str, role: str | None) -> bool:
-    """Grant, change or (role None) revoke one user's role on a room or channel, audited; True if it changed."""
+    """Grant, change or (role None) revoke one user's role on a room or channel, audited; True if it changed.
+
+    `actor` None: the operator (the directory credential), which is no user.
+    """
     _, roles_table, column, ladder = KINDS[kind]
     uid = parse_uuid(target, "user")
     if role is not None and role not in ladder:
@@ -162,13 +195,19 @@ async def _set_role(conn: asyncpg.Connection, request: web.Request, actor: Princ
             f"INSERT INTO {roles_table} ({column}, user_id, role) VALUES ($1, $2, $3)"  # noqa: S608
             f" ON CONFLICT ({column}, user_id) DO UPDATE SET role = excluded.role, granted_at = now()",
             name, uid, role)
+    by, actor_id = _by(actor), actor.subject if actor is not None else None
     if before is not None:
-        await audit.record(conn, "role.revoked", actor=actor.subject, subject=str(uid), ip=client_ip(request),
-                           scope=f"{kind}/{name}", role=before)
+        await audit.record(conn, "role.revoked", actor=actor_id, subject=str(uid), ip=client_ip(request),
+                           scope=f"{kind}/{name}", role=before, **by)
     if role is not None:
-        await audit.record(conn, "role.granted", actor=actor.subject, subject=str(uid), ip=client_ip(request),
-                           scope=f"{kind}/{name}", role=role)
+        await audit.record(conn, "role.granted", actor=actor_id, subject=str(uid), ip=client_ip(request),
+                           scope=f"{kind}/{name}", role=role, **by)
     return True
+
+
+def _by(actor: Principal | None) -> dict[str, str]:
+    """The audit detail naming the operator when it acted (its credential is no user: no actor id)."""
+    return {} if actor is not None else {"by": OPERATOR}
 
 
 async def _announce(ctx: Api, kind: str, name: str, changes: dict[str, str | None]) -> None:
@@ -183,13 +222,24 @@ def declare(kind: str) -> Any:
 
     async def handler(request: web.Request) -> web.Response:
         """PUT /api/v1/admin/{rooms|channels}/{name}: create or update from the custom resource."""
-        admin = await require_admin(request)
+        admin = await require_directory_writer(request)
         name = resource_name(request, kind)
         body = await read_json(request, Declaration)
+        if kind == "channel" and body.channel is not None:
+            raise HttpError(422, "invalid_body", "only rooms are bound to a channel")
+        if kind == "room" and body.renditions is not None:
+            raise HttpError(422, "invalid_body", "only channels have renditions")
         ctx = request.app[API]
         changes: dict[str, str | None] = {}
         async with ctx.pool.acquire() as conn, conn.transaction():
             row = await directory.declare(conn, kind, name, body.title, body.visibility)  # type: ignore[arg-type]
+            if kind == "room":
+                await directory.bind_channel(conn, name, body.channel)
+            else:
+                await directory.set_renditions(conn, name, None if body.renditions is None else
+                                               [r.model_dump() for r in body.renditions])
+            row = await conn.fetchrow(f"SELECT *, $2::bool AS created FROM {KINDS[kind][0]} WHERE name = $1",  # noqa: S608
+                                      name, row["created"])
             if body.members is not None:
                 wanted = {str(parse_uuid(m.user, "user")): m.role for m in body.members}
                 current = await conn.fetch(f"SELECT user_id FROM {roles_table} WHERE {column} = $1", name)  # noqa: S608
@@ -200,7 +250,9 @@ def declare(kind: str) -> Any:
                     if await _set_role(conn, request, admin, kind, name, uid, role):
                         changes[uid] = role
         await _announce(ctx, kind, name, changes)
-        return web.json_response(_json(row), status=201 if row["created"] else 200)
+        await events.lifecycle(ctx, kind, name, "created" if row["created"] else "updated", row["title"],
+                               row["visibility"])
+        return web.json_response(_declared_json(kind, row), status=201 if row["created"] else 200)
 
     return handler
 
@@ -209,15 +261,28 @@ def undeclare(kind: str) -> Any:
     table = KINDS[kind][0]
 
     async def handler(request: web.Request) -> web.Response:
-        admin = await require_admin(request)
+        admin = await require_directory_writer(request)
         name = resource_name(request, kind)
         ctx = request.app[API]
         deleted = await ctx.pool.fetchval(f"DELETE FROM {table} WHERE name = $1 RETURNING name", name)  # noqa: S608
         if deleted is None:
             raise not_found(kind)
-        await audit.record(ctx.pool, f"{kind}.deleted", actor=admin.subject, subject=f"{kind}/{name}",
-                           ip=client_ip(request))
+        await audit.record(ctx.pool, f"{kind}.deleted", actor=admin.subject if admin is not None else None,
+                           subject=f"{kind}/{name}", ip=client_ip(request), **_by(admin))
+        await events.lifecycle(ctx, kind, name, "deleted")
         return web.Response(status=204)
+
+    return handler
+
+
+def declared(kind: str) -> Any:
+    table = KINDS[kind][0]
+
+    async def handler(request: web.Request) -> web.Response:
+        """GET /api/v1/admin/{rooms|channels}: every row, private ones included (what the operator prunes from)."""
+        await require_directory_writer(request)
+        rows = await request.app[API].pool.fetch(f"SELECT * FROM {table} ORDER BY name")  # noqa: S608 - fixed names
+        return web.json_response({table: [_declared_json(kind, r) for r in rows]})
 
     return handler
 

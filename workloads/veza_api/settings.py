@@ -63,6 +63,11 @@ class ApiSettings(Settings, NatsAuth):
     # Local development (`veza up`): each mail is written to this directory as a file instead of sent.
     mail_dir: str | None = None
 
+    # The operator's credential for the directory endpoints only (PUT/DELETE/GET /api/v1/admin/{rooms|channels}):
+    # on a cluster the operator keeps the directory equal to the ChatRooms and StreamChannels with it. Unset: only
+    # platform admins declare.
+    directory_token: str | None = Field(None, min_length=32, max_length=256)
+
     oidc_issuer: str | None = Field(None, description="OIDC provider's issuer URL (discovery at /.well-known/...)")
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = None

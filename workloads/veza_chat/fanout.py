@@ -47,7 +47,8 @@ class Fanout:
                  on_signal: Callable[[inbound.PresenceSignal | inbound.FrameSignal | inbound.ModerationSignal], None],
                  on_revoked: Callable[[inbound.Revoked], None] | None = None,
                  on_membership: Callable[[inbound.Membership], None] | None = None,
-                 auth: bus.NatsAuth | None = None) -> None:
+                 auth: bus.NatsAuth | None = None,
+                 on_jetstream: Callable[[JetStreamContext], None] | None = None) -> None:
         self.url = url
         self.room = room
         self.worker_id = worker_id
@@ -56,6 +57,7 @@ class Fanout:
         self.on_signal = on_signal
         self.on_revoked = on_revoked
         self.on_membership = on_membership
+        self.on_jetstream = on_jetstream  # called once connected (the listen-along consumer starts there)
         self.events_subject = bus.subject(platform, "room", room, "events")
         self.signals_subject = bus.subject(platform, "room", room, "signals")
         self.revoked_subject = bus.subject(platform, "user", "*", "revoked")
@@ -96,6 +98,8 @@ class Fanout:
         await self.nc.subscribe(self.revoked_subject, cb=self._on_revoked_msg)
         await self.nc.subscribe(self.membership_subject, cb=self._on_membership_msg)
         self.tasks.append(asyncio.create_task(self._publisher(), name="chat-nats-publisher"))
+        if self.on_jetstream is not None:
+            self.on_jetstream(self.js)
 
     async def close(self, flush_timeout: float = 2.0) -> None:
         if self.outbox and self.js is not None:

@@ -14,6 +14,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
 from veza_core import bus
+from veza_core.events import (  # noqa: F401 - the shapes accepted from the bus are the catalog's
+    WORKER_ID,
+    FrameSignal,
+    Membership,
+    ModerationSignal,
+    PresenceSignal,
+    Revoked,
+    Signal,
+)
 
 from . import protocol as p
 
@@ -28,7 +37,6 @@ MAX_CONTROL_BYTES = 4096  # revocations and membership changes are a few ids
 # How far past what a replica knows (delivered, or committed per PostgreSQL) a seq from a peer may be: a
 # replica catching up after an outage is well within it, 2**62 (which would stop delivery) is not.
 SEQ_WINDOW = 1_000_000
-WORKER_ID = r"^[0-9a-f]{12}$"
 
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=p.MAX_USER)]
 Name = Annotated[str, StringConstraints(max_length=256)]
@@ -37,37 +45,6 @@ Epoch = Annotated[float, Field(ge=0, le=1e11)]  # seconds; beyond the year 5000 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Peer(BaseModel):
-    """A signal from another replica of this room (more members may come from newer replicas)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    w: Annotated[str, StringConstraints(pattern=WORKER_ID)]
-
-
-class PresenceSignal(_Peer):
-    kind: Literal["presence"]
-    op: Literal["join", "leave"]
-    user: UserId
-    name: Name = ""
-
-
-class FrameSignal(_Peer):
-    kind: Literal["frame"]
-    frame: Annotated[str, StringConstraints(max_length=16 * 1024)]
-
-
-class ModerationSignal(_Peer):
-    kind: Literal["moderation"]
-    action: Literal["mute", "unmute", "kick", "ban", "unban"]
-    user: UserId
-    until: Epoch | None = None
-    frame: Annotated[str, StringConstraints(max_length=4096)]
-
-
-class Signal(RootModel[PresenceSignal | FrameSignal | ModerationSignal]):
-    root: Annotated[PresenceSignal | FrameSignal | ModerationSignal, Field(discriminator="kind")]
 
 
 class _User(_Strict):
@@ -100,26 +77,6 @@ class ModerationFrame(_Strict):
     by: UserId
     until: Annotated[int, Field(ge=0, le=10**14)] | None = None
     reason: Annotated[str, StringConstraints(max_length=p.MAX_REASON)] | None = None
-
-
-class Revoked(BaseModel):
-    """`veza.<platform>.user.<user>.revoked`, published by the API when sessions end."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    v: Literal[1]
-    user: UserId
-    session: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-
-
-class Membership(BaseModel):
-    """`veza.<platform>.room.<room>.membership`, published by the API when a user's role on a room changes."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    v: Literal[1]
-    room: Annotated[str, StringConstraints(min_length=1, max_length=253)]
-    user: UserId
-    role: Literal["owner", "moderator", "member"] | None
 
 
 def inner_frame(model: type[RelayedFrame] | type[ModerationFrame], text: str) -> dict[str, Any] | None:

@@ -51,7 +51,8 @@ MAX_REASON = 500
 MAX_HISTORY = 200
 
 CLIENT_TYPES = frozenset({"send", "edit", "delete", "react", "typing", "read", "resume", "history", "presence",
-                          "moderate", "ping"})
+                          "moderate", "ping", "react_at"})
+MAX_POSITION = 1e11  # stream positions are Unix times in seconds: beyond the year 5000 is not one
 MODERATION_ACTIONS = frozenset({"mute", "unmute", "kick", "ban", "unban"})
 
 
@@ -138,6 +139,11 @@ def parse_client_frame(raw: str) -> dict[str, Any]:
         _str(frame, "user", MAX_USER)
         _int(frame, "seconds", required=False, minimum=1, maximum=10 * 365 * 86400)
         _str(frame, "reason", MAX_REASON, required=False, min_len=0)
+    elif kind == "react_at":
+        _str(frame, "emoji", MAX_EMOJI)
+        position = frame.get("position")
+        if not isinstance(position, (int, float)) or isinstance(position, bool) or not 0 < position <= MAX_POSITION:
+            raise FrameError(BAD_FRAME, "'position' must be a stream time: Unix seconds, a positive number")
     elif kind in ("ping", "presence"):
         _str(frame, "ref", MAX_REF, required=False)
     return frame

@@ -30,6 +30,8 @@ GAP_WAIT = 0.02  # how long an out-of-order event waits for the missing ones to 
 SLOW_CONSUMER_BYTES = 4 * 1024 * 1024  # a socket with more unsent data than this is closed
 L1_SIZE = 4096
 DELIVERY_BATCH = 256  # events written to a socket in one go when several are waiting
+# How a system event's frame begins (`{"type":"event","seq":N,"kind":"nowplaying"`): found without parsing.
+SYSTEM_MARK = '"kind":"nowplaying"'
 
 FetchAfter = Callable[[int, int, int], Awaitable[list[dict[str, Any]]]]
 LastCommitted = Callable[[], Awaitable[int]]
@@ -109,8 +111,10 @@ class Client:
 
 class Room:
     def __init__(self, name: str, fetch_after: FetchAfter, l2_range: RangeCache | None = None, *,
-                 clock: Callable[[], float] = time.time, last_committed: LastCommitted | None = None) -> None:
+                 clock: Callable[[], float] = time.time, last_committed: LastCommitted | None = None,
+                 on_system: Callable[[str], None] | None = None) -> None:
         self.name = name
+        self.on_system = on_system  # called, in seq order, with the frame of each system event delivered
         self.clock = clock  # epoch seconds, compared with commit times for the delivery delay
         self.fetch_after = fetch_after
         self.last_committed = last_committed
@@ -145,6 +149,8 @@ class Room:
             self.delivered = nxt
             self.l1.append((nxt, item[1]))
             self.outbox.append(item)
+            if self.on_system is not None and item[1].find(SYSTEM_MARK, 0, 64) != -1:
+                self.on_system(item[1])
             self.wake.set()
         if self.pending and (self.gap_task is None or self.gap_task.done()):
             self.gap_task = asyncio.create_task(self._fill_gap(), name="chat-gap-fill")

@@ -8,13 +8,15 @@ access.py, the HTTP handlers in routes.py.
 
 Background loops: boot (migrations and the store, retried until PostgreSQL answers), the
 catch-up poll under fan-out (which also reloads sanctions and applies retention), presence
-heartbeats, and the coalesced presence broadcast.
+heartbeats, the coalesced presence broadcast, and for a room bound to a stream channel the
+consumer of the channel's track changes (listen.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -23,10 +25,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from nats.js import JetStreamContext
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
-from veza_core import bus
+from veza_core import bus, events
 from veza_core.auth import AUDIENCE_CHAT, Principal, TokenVerifier
 from veza_core.breaker import CircuitBreaker
 from veza_core.db import migrate
@@ -35,7 +38,7 @@ from veza_core.ratelimit import RateLimiter
 from veza_core.tracing import child_span
 from veza_core.web import HttpError
 
-from . import access, inbound, metrics
+from . import access, inbound, listen, metrics
 from . import protocol as p
 from .cache import RecentCache
 from .fanout import Fanout
@@ -82,11 +85,17 @@ class ChatService:
                                  ttl=settings.chat_presence_ttl_seconds)
         self.store = Store(settings.database_url, self.room_name)
         self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None, clock=clock,
-                         last_committed=self.store.last_seq)
+                         last_committed=self.store.last_seq, on_system=self._system_event)
         self.committer = GroupCommitter(self.store, self._committed)
         self.fanout = Fanout(settings.nats_url, platform=settings.platform, room=self.room_name,
                              worker_id=self.worker_id, on_events=self._remote_events, on_signal=self._on_signal,
-                             on_revoked=self.session_revoked, on_membership=self.membership_changed, auth=settings)
+                             on_revoked=self.session_revoked, on_membership=self.membership_changed, auth=settings,
+                             on_jetstream=self._jetstream)
+        # Listen-along: the bound channel's track changes go into the timeline; the newest is in every welcome.
+        bound = self.spec.channel_ref.name if self.spec.channel_ref else None
+        self.follower = listen.Follower(platform=settings.platform, room=self.room_name, channel=bound,
+                                        store=self.store_now_playing) if bound and settings.nats_url else None
+        self.now_playing: dict[str, Any] | None = None  # the newest `nowplaying` event's now_playing, with its seq
         self.revocations = Revocations(memory=settings.chat_revocation_memory_seconds, clock=clock)
         self.known_last = 0  # the room's last seq as PostgreSQL last said
         self.sanctions: dict[tuple[str, str], float | None] = {}  # (user, ban|mute) -> until (epoch) or None
@@ -114,6 +123,10 @@ class ChatService:
                 await self.store.open(self.spec.title, self.spec.visibility)
                 last = await self.store.last_seq()
                 await self._load_sanctions()
+                if self.spec.channel_ref is not None:
+                    newest = await self.store.last_of_kind(listen.KIND)
+                    if newest is not None:
+                        self._system_event(newest)
                 break
             except Exception as exc:
                 log.warning("database not reachable yet, retrying", extra={"error": repr(exc)})
@@ -151,6 +164,8 @@ class ChatService:
     async def cleanup(self) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.follower is not None:
+            await self.follower.stop()
         await self.room.stop()
         if self.booted.is_set():
             await self.committer.stop()
@@ -209,6 +224,32 @@ class ChatService:
         self.room.trim(floor)
         if self.cache is not None:
             await self.cache.trim(floor)
+
+    # -- listen-along ----------------------------------------------------------
+    def _jetstream(self, js: JetStreamContext) -> None:
+        if self.follower is not None and self.follower.task is None:
+            self.follower.start(js)
+
+    async def store_now_playing(self, event: events.NowPlaying) -> None:
+        """A track change of the bound channel, into the timeline (once per event id), delivered like a message."""
+        await self.booted.wait()
+        appended = await self.store.append_system(listen.KIND, event.id, event.title, listen.meta(event))
+        if appended.event is not None:
+            self._committed([appended.event])
+
+    def _system_event(self, event: dict[str, Any] | str) -> None:
+        """A system event reached the timeline (in seq order, from wherever it came): the newest track is the one
+        welcomes carry. Peers' frames are parsed here only for this rare kind."""
+        if isinstance(event, str):
+            try:
+                event = json.loads(event)
+            except ValueError:
+                return
+        assert isinstance(event, dict)
+        current = listen.welcome_now_playing(event)
+        if current is not None and (self.now_playing is None
+                                    or current["started_at"] >= self.now_playing["started_at"]):
+            self.now_playing = current
 
     async def _fetch_after(self, after: int, upto: int, limit: int) -> list[dict[str, Any]]:
         return await self.store.events_after(after, limit, upto)
@@ -370,7 +411,8 @@ class ChatService:
             if self.presence.remote_change(signal.w, signal.op, signal.user, signal.name):
                 self._presence_changed(signal.user, signal.name, signal.op == "join")
         elif isinstance(signal, inbound.FrameSignal):
-            frame = inbound.inner_frame(inbound.RelayedFrame, signal.frame)
+            frame = listen.relayed_reaction(signal.frame) if listen.is_reaction_at(signal.frame) else \
+                inbound.inner_frame(inbound.RelayedFrame, signal.frame)
             if frame is not None:
                 asyncio.get_running_loop().create_task(self.room.broadcast(p.dumps(frame)))
         else:

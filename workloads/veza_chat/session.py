@@ -34,6 +34,7 @@ tracer = trace.get_tracer("veza.chat")
 MENTION = re.compile(r"(?<!\w)@\w+")
 MAX_INFLIGHT_PER_SOCKET = 256
 TYPING_EVERY = 2.0
+REACT_AT_RATE, REACT_AT_BURST = 2.0, 10.0  # per user: each one is a frame to every member
 FRAMES_IN = {kind: metrics.FRAMES_IN.labels(kind) for kind in p.CLIENT_TYPES}  # labelled once, counted per frame
 
 
@@ -56,13 +57,19 @@ class Session:
 
     def welcome(self, last_seq: int) -> dict[str, Any]:
         service, client, limits = self.service, self.client, self.service.spec.limits
-        return {"type": "welcome", "protocol": p.PROTOCOL, "session": service.worker_id, "last_seq": last_seq,
-                "room": {"name": service.room_name, "visibility": service.spec.visibility,
-                         "limits": {"max_message_bytes": limits.max_message_bytes,
-                                    "messages_per_minute": limits.messages_per_minute,
-                                    "max_members": limits.max_members},
-                         "slow_mode_seconds": service.spec.moderation.slow_mode_seconds},
-                "user": {"id": client.user, "name": client.name, "role": client.role}}
+        frame: dict[str, Any] = {
+            "type": "welcome", "protocol": p.PROTOCOL, "session": service.worker_id, "last_seq": last_seq,
+            "room": {"name": service.room_name, "visibility": service.spec.visibility,
+                     "limits": {"max_message_bytes": limits.max_message_bytes,
+                                "messages_per_minute": limits.messages_per_minute,
+                                "max_members": limits.max_members},
+                     "slow_mode_seconds": service.spec.moderation.slow_mode_seconds},
+            "user": {"id": client.user, "name": client.name, "role": client.role}}
+        if service.spec.channel_ref is not None:
+            frame["room"]["channel"] = service.spec.channel_ref.name
+            if service.now_playing is not None:  # the bound channel's newest track change, as stored
+                frame["now_playing"] = service.now_playing
+        return frame
 
     async def replay(self, after: int, *, marker: bool) -> None:
         client = self.client
@@ -226,6 +233,8 @@ class Session:
         elif kind == "resume":
             client.buffer = []
             await self.replay(frame["after"], marker=True)
+        elif kind == "react_at":
+            await self.react_at(frame)
         elif kind == "moderate":
             if not client.is_moderator:
                 await self.error(p.FORBIDDEN, "moderators only")
@@ -240,6 +249,21 @@ class Session:
                                           "seconds": frame.get("seconds"), "reason": frame.get("reason")})
             await service.moderate(frame["action"], frame["user"], by=client.user, seconds=frame.get("seconds"),
                                    reason=frame.get("reason"))
+
+
+    async def react_at(self, frame: dict[str, Any]) -> None:
+        """A reaction at a stream position: relayed (not stored) to every socket of the room, the sender's too;
+        each client shows it when its own playback reaches the position."""
+        service, client = self.service, self.client
+        if service.sanctioned(client.user, "mute"):
+            await self.error(p.MUTED, "you are muted in this room")
+            return
+        decision = await service.limiter.hit(f"react_at:{client.user}", rate=REACT_AT_RATE, burst=REACT_AT_BURST)
+        if not decision.allowed:
+            await self.error(p.RATE_LIMITED, "too many reactions", retry_after=round(decision.retry_after, 3))
+            return
+        await service.emit({"type": "reaction_at", "user": {"id": client.user, "name": client.name},
+                            "emoji": frame["emoji"], "position": float(frame["position"])})
 
 
 def check_text(spec: RoomSpec, text: str) -> None:

@@ -1,15 +1,18 @@
 """PostgreSQL: the room's durable event log, with group commit.
 
-Every sequenced event (message, edit, delete, reaction change) goes through
+Every sequenced event a client makes (message, edit, delete, reaction change) goes through
 :class:`GroupCommitter`: sends that arrive while a transaction is in flight wait
 and go together into the next one (one ``chat_append`` call: one round trip, one
 commit). A waiter learns its seq only after that commit returned, so an ack is
-never sent for something PostgreSQL does not hold.
+never sent for something PostgreSQL does not hold. System events (the bound channel's track
+changes, `nowplaying`) are rare and come one at a time: :meth:`Store.append_system` writes them
+through the same ``chat_append``, so they take their seq under the same lock, in order with messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +33,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("veza.chat")
 
 APPEND = "SELECT r_ord, r_seq, r_id, r_created, r_duplicate FROM chat_append($1,$2,$3,$4,$5,$6,$7,$8,$9)"
-EVENT_COLUMNS = "seq, kind, id, author, author_name, body, reply_to, target, emoji, created_at, edited_at, deleted_at"
+EVENT_COLUMNS = ("seq, kind, id, author, author_name, body, reply_to, target, emoji, created_at, edited_at, deleted_at,"
+                 " meta")
+SYSTEM = "system"  # the author of system events; user ids are the API's UUIDs, never this
 
 
 class StoreUnavailable(Exception):
@@ -64,7 +69,7 @@ def _ms(ts: datetime | None) -> int | None:
 def event_dict(seq: int, kind: str, id_: Any, author: str, author_name: str, *, body: str | None = None,
                reply_to: int | None = None, target: int | None = None, emoji: str | None = None,
                created_at: datetime | None = None, edited_at: datetime | None = None,
-               deleted_at: datetime | None = None) -> dict[str, Any]:
+               deleted_at: datetime | None = None, now_playing: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `event` payload clients see (docs/chat-protocol.md), without null members."""
     event: dict[str, Any] = {"seq": seq, "kind": kind, "id": str(id_), "author": {"id": author, "name": author_name},
                              "ts": _ms(created_at)}
@@ -80,13 +85,17 @@ def event_dict(seq: int, kind: str, id_: Any, author: str, author_name: str, *, 
         event["edited_ts"] = _ms(edited_at)
     if deleted_at is not None:
         event["deleted"] = True
+    if now_playing is not None:
+        event["now_playing"] = now_playing
     return event
 
 
 def row_event(row: asyncpg.Record) -> dict[str, Any]:
+    meta = row["meta"]
     return event_dict(row["seq"], row["kind"], row["id"], row["author"], row["author_name"], body=row["body"],
                       reply_to=row["reply_to"], target=row["target"], emoji=row["emoji"],
-                      created_at=row["created_at"], edited_at=row["edited_at"], deleted_at=row["deleted_at"])
+                      created_at=row["created_at"], edited_at=row["edited_at"], deleted_at=row["deleted_at"],
+                      now_playing=json.loads(meta) if meta is not None and row["kind"] == "nowplaying" else None)
 
 
 class Store:
@@ -128,6 +137,29 @@ class Store:
                 target=op.target, emoji=op.emoji, created_at=r["r_created"])
             out.append(Appended(r["r_seq"], str(r["r_id"]), bool(r["r_duplicate"]), event))
         return out
+
+    async def append_system(self, kind: str, cid: str, body: str, meta: dict[str, Any]) -> Appended:
+        """A system event, once per `cid` (a second append of the same cid is a duplicate, not stored)."""
+        try:
+            async with self._pool().acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(APPEND, self.room, [kind], [SYSTEM], [SYSTEM], [cid], [body], [None],
+                                          [None], [None])
+                if not row["r_duplicate"]:
+                    await conn.execute("UPDATE chat_events SET meta = $3::jsonb WHERE room = $1 AND seq = $2",
+                                       self.room, row["r_seq"], json.dumps(meta))
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        event = None if row["r_duplicate"] else event_dict(
+            row["r_seq"], kind, row["r_id"], SYSTEM, SYSTEM, body=body, created_at=row["r_created"],
+            now_playing=meta if kind == "nowplaying" else None)
+        return Appended(row["r_seq"], str(row["r_id"]), bool(row["r_duplicate"]), event)
+
+    async def last_of_kind(self, kind: str) -> dict[str, Any] | None:
+        """The room's newest event of `kind` (the track on air when the worker starts)."""
+        row = await self._pool().fetchrow(
+            f"SELECT {EVENT_COLUMNS} FROM chat_events WHERE room = $1 AND kind = $2"  # noqa: S608
+            " ORDER BY seq DESC LIMIT 1", self.room, kind)
+        return None if row is None else row_event(row)
 
     async def last_seq(self) -> int:
         return int(await self._pool().fetchval("SELECT last_seq FROM chat_rooms WHERE room = $1", self.room) or 0)

@@ -16,8 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("veza_chat.cli", "run a chat worker for one ChatRoom"),
     "stream": ("veza_stream.cli", "run a stream worker for one StreamChannel"),
     "migrate": ("veza_api.migrate_cli", "apply database migrations"),
+    "backup": ("veza_api.backup_cli", "dump the platform's database to its S3 bucket"),
+    "restore": ("veza_api.restore_cli", "load a backup from the S3 bucket into a database"),
     "up": ("veza_local.up", "run the whole platform locally from CR YAML files"),
     "crds": ("veza_operator.crds_cli", "print or write the CustomResourceDefinitions"),
+    "keys": ("veza_cli.keys", "rotate a platform's JWT signing key, or show its keys"),
 }
 
 

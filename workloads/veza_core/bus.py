@@ -95,10 +95,12 @@ async def connect(url: str, *, name: str, auth: NatsAuth | None = None) -> Clien
 
 
 async def ensure_stream(js: JetStreamContext, name: str, subjects: list[str], *, max_age: float | None = None,
-                        max_msgs: int = -1) -> None:
-    """Create the stream, or update it when its configuration changed."""
+                        max_msgs: int = -1, max_msgs_per_subject: int = -1, duplicate_window: float = 0) -> None:
+    """Create the stream, or update it when its configuration changed (a duplicate window of 0: the server's
+    default, 2 minutes, within which a repeated Nats-Msg-Id is dropped)."""
     config = StreamConfig(name=name, subjects=subjects, retention=RetentionPolicy.LIMITS,
-                          storage=StorageType.FILE, max_age=max_age, max_msgs=max_msgs)
+                          storage=StorageType.FILE, max_age=max_age, max_msgs=max_msgs,
+                          max_msgs_per_subject=max_msgs_per_subject, duplicate_window=duplicate_window)
     try:
         await js.add_stream(config)
     except BadRequestError:

@@ -7,9 +7,12 @@ The platform's key Secret holds two entries:
 ``jwks.json``
     the public half of every key in the set. Every worker mounts it to verify tokens.
 
-Rotation: put a new key first in ``signing-keys.json`` (and its public key in
-``jwks.json``) and keep the old one until the longest token lifetime has passed;
-workers reload the mounted files when they change. See docs/api.md, "Keys and rotation".
+Rotation: a new key is published in ``jwks.json`` first, signs (first in
+``signing-keys.json``) once every worker can know it, and the key it replaced stays until
+the tokens it signed have expired; the operator runs those stages on a schedule kept in the
+Secret's annotation ``veza.io/key-schedule``. Workers reload the mounted files when they change
+(the kubelet swaps a Secret volume's files at once, through its ``..data`` symlink). See
+docs/api.md, "Keys and rotation", and docs/operator.md, "Signing-key rotation".
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ from jwt.algorithms import OKPAlgorithm
 
 SIGNING_KEYS_FILE = "signing-keys.json"
 PUBLIC_KEYS_FILE = "jwks.json"
+# On the keys Secret: every key's times (published, activates, retires), written by the operator.
+SCHEDULE_ANNOTATION = "veza.io/key-schedule"
+# On a VezaPlatform: a new value asks the operator for a rotation now (`veza keys rotate`).
+ROTATE_ANNOTATION = "veza.io/rotate-keys"
+# The longest a token the API signs besides access tokens lives: service tokens for chat and stream
+# (300 s) and the OIDC pending login (600 s). A replaced key verifies at least this long by default.
+SHORT_TOKENS_SECONDS = 600
 
 
 def generate_signing_key(kid: str | None = None) -> dict[str, Any]:
@@ -50,6 +60,14 @@ def secret_data(signing_keys: list[dict[str, Any]]) -> dict[str, str]:
     }
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_ino, st.st_mtime_ns)
+
+
 class KeySet:
     """JWKs read from a mounted directory, reloaded when the files change (rotation)."""
 
@@ -60,7 +78,7 @@ class KeySet:
         self._public: dict[str, jwt.PyJWK] = {}
         self._public_jwks: list[dict[str, Any]] = []
         self._signing: list[jwt.PyJWK] = []
-        self._stamp: tuple[float, ...] = ()
+        self._stamp: tuple[tuple[int, int], ...] = ()
         self._checked = 0.0
         if jwks is not None:
             self._load_public(jwks)
@@ -90,7 +108,8 @@ class KeySet:
         if not force and now - self._checked < self.recheck_seconds:
             return
         self._checked = now
-        stamp = tuple(os.stat(f).st_mtime if f.exists() else 0.0 for f in self._files())
+        # Inode and mtime: a kubelet update swaps in new files, which a same-second mtime alone could hide.
+        stamp = tuple(_identity(f) for f in self._files())
         if stamp == self._stamp:
             return
         public_file, signing_file = self._files()

@@ -1,21 +1,23 @@
 """What the platform learns about the channel from its worker: the channel in the directory (the API lists
-it), now-playing in Redis (the hash the API reads, docs/api.md) and on NATS, listener counts on NATS.
+it), now-playing in Redis (the hash the API reads, docs/api.md) and on NATS, listener counts on NATS
+(payloads: `veza_core.events`, docs/events.md).
 
-Titles are announced by the replica that encodes only; listener counts by every replica.
+Titles are announced by the replica that encodes only; listener counts by every replica. Now-playing goes through
+JetStream (the platform's channel stream, `Nats-Msg-Id` = the event's id), so a consumer that was away catches up;
+listener counts are snapshots on core NATS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
 
 from redis.asyncio import Redis
 
-from veza_core import directory
+from veza_core import directory, events
 
 from .channel import Channel
 
@@ -34,17 +36,37 @@ class Announcer:
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
-    def on_nats(self, nc: Any, *, titles: str, listeners: str) -> None:
-        """Titles to subject `titles` (while encoding), listener counts to subject `listeners` every 5 s."""
+    def on_nats(self, nc: Any, *, platform: str) -> None:
+        """Titles to the channel's now-playing subject through JetStream (while encoding), listener counts to its
+        listeners subject every 5 s."""
+        name = self.channel.name
+        titles = events.CHANNEL_NOWPLAYING.subject(platform, name)
 
         def publish_title(title: str) -> None:
             if not self.channel.encoding:
                 return
-            body = json.dumps({"channel": self.channel.name, "title": title, "at": time.time()}).encode()
-            self._spawn(nc.publish(titles, body))
+            started_at = self.channel.title_changed_at
+            event = events.NowPlaying(v=1, id=f"{name}:{round(started_at * 1000)}", channel=name, title=title,
+                                      started_at=started_at, at=time.time())
+            self._spawn(self._publish_now_playing(nc, platform, titles, event))
 
         self.channel.on_title.append(publish_title)
-        self._tasks.append(asyncio.create_task(self._publish_listeners(nc, listeners)))
+        self._tasks.append(asyncio.create_task(
+            self._publish_listeners(nc, events.CHANNEL_LISTENERS.subject(platform, name))))
+
+    async def _publish_now_playing(self, nc: Any, platform: str, subject: str, event: events.NowPlaying) -> None:
+        """Publish until the stream acknowledges it (a retry after a lost ack is deduplicated by the id), for a
+        minute at most: a title that old is no longer news."""
+        js = nc.jetstream()
+        for attempt in range(30):
+            try:
+                if attempt:
+                    await events.ensure_channels_stream(js, platform)  # NATS lost it, or nobody made it yet
+                await js.publish(subject, events.payload(event), timeout=2.0, headers={"Nats-Msg-Id": event.id})
+                return
+            except Exception as exc:  # NATS away, the stream missing: retry
+                log.info("now-playing not published yet", extra={"attempt": attempt, "error": repr(exc)})
+                await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
 
     def on_redis(self, redis: Redis, key: str) -> None:
         """Titles to the now-playing hash at `key` (while encoding)."""
@@ -56,7 +78,7 @@ class Announcer:
             async def store() -> None:
                 with contextlib.suppress(Exception):  # Redis down: the worker's own /now-playing still answers
                     async with redis.pipeline(transaction=True) as pipe:
-                        pipe.hset(key, mapping={"title": title, "started_at": str(time.time()),
+                        pipe.hset(key, mapping={"title": title, "started_at": str(self.channel.title_changed_at),
                                                 "channel": self.channel.name})
                         pipe.expire(key, 86400)
                         await pipe.execute()
@@ -80,10 +102,11 @@ class Announcer:
         while True:
             await asyncio.sleep(5)
             if nc.is_connected:
-                counts = {n: len(f.listeners) for n, f in self.channel.feeds.items()}
-                body = {"channel": self.channel.name, "replica": self.identity, "listeners": counts, "at": time.time()}
+                counts = events.ListenerCounts(
+                    v=1, channel=self.channel.name, replica=self.identity,
+                    listeners={n: len(f.listeners) for n, f in self.channel.feeds.items()}, at=time.time())
                 with contextlib.suppress(Exception):
-                    await nc.publish(subject, json.dumps(body).encode())
+                    await nc.publish(subject, events.payload(counts))
 
     async def _declare(self, database_url: str, title: str, visibility: str) -> None:
         import asyncpg

@@ -3,6 +3,11 @@
 Only the leader replica encodes (:meth:`Channel.start_encoding`); every replica,
 leader included, serves listeners from the same feeds, which the leader fills from
 its encoder and followers fill from what the leader publishes (:mod:`replication`).
+
+Stream time (docs/streaming.md, "Stream position"): the Unix time at which the encoder produced a
+piece of audio, ``epoch + pts / SAMPLE_RATE``. The encoding replica sets the epoch when its output
+drifts from its clock by more than ``EPOCH_DRIFT`` (at its first batch, after a stalled source) and
+sends it with every batch, so all replicas stamp the same audio with the same time.
 """
 
 from __future__ import annotations
@@ -22,16 +27,22 @@ from .pump import Batch, Pump, Source
 from .renditions import RenditionFeed
 from .sources import PlaylistSource, PushedSource, TrackFetcher
 from .spec import ChannelSpec
-from .transcoder import CONTENT_TYPES, Transcoder
+from .transcoder import CONTENT_TYPES, SAMPLE_RATE, Transcoder
 
 log = logging.getLogger(__name__)
+
+# How far stream time may run from the encoder's clock before it is re-anchored: more than the encoder's lead
+# over real time (up to 2 s for pushed sources), so steady encoding never moves it.
+EPOCH_DRIFT = 3.0
 
 
 class Channel:
     def __init__(self, name: str, spec: ChannelSpec, fetch: TrackFetcher, *, burst_seconds: float = 2.0,
                  max_listener_buffer: int = 256 * 1024, write_interval: float = 0.25, hls_part_seconds: float = 0.0,
-                 prefer_system_codecs: bool = True) -> None:
+                 prefer_system_codecs: bool = True, clock: Callable[[], float] = time.time) -> None:
         self.name = name
+        self.clock = clock  # Unix seconds: stream time
+        self.epoch: float | None = None  # stream time of pts 0
         self.spec = spec
         self.fetch = fetch
         self.prefer_system_codecs = prefer_system_codecs
@@ -46,7 +57,8 @@ class Channel:
                     part = spec.delivery.hls.part_duration_seconds or hls_part_seconds
                     segmenter = Segmenter(r.codec, target,
                                           on_segment=lambda segment, n=r.name: self._segment_cut(n, segment),  # type: ignore[misc]
-                                          part_seconds=part if 0 < part <= target / 2 else None)
+                                          part_seconds=part if 0 < part <= target / 2 else None,
+                                          stream_time=self.stream_time)
                     self.segmenters[r.name] = segmenter
                     self.feeds[r.name].sinks.append(segmenter.feed)
         source = spec.source
@@ -107,13 +119,32 @@ class Channel:
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self.loop.call_soon_threadsafe(self._encoded, batch, title)
 
+    def stream_time(self, pts: int) -> float | None:
+        """When the encoder produced the sample at `pts` (Unix seconds), once known."""
+        return None if self.epoch is None else self.epoch + pts / SAMPLE_RATE
+
+    def _anchor(self, batch: Batch) -> None:
+        """Keep stream time on the clock of whoever stamps it: re-anchored only when it drifted away."""
+        ends = [c.pts + c.duration for chunks in batch.values() for c in chunks if not c.header]
+        if not ends:
+            return
+        end, now = max(ends), self.clock()
+        if self.epoch is None or abs(self.epoch + end / SAMPLE_RATE - now) > EPOCH_DRIFT:
+            self.epoch = now - end / SAMPLE_RATE
+
     def _encoded(self, batch: Batch, title: str) -> None:
+        self._anchor(batch)
         self.receive(batch, title)
         for hook in self.on_encoded:
             hook(batch, title)
 
-    def receive(self, batch: Batch, title: str) -> None:
-        """Serve a batch of encoded chunks (ours or the leader's) to every listener of this replica."""
+    def receive(self, batch: Batch, title: str, *, epoch: float | None = None) -> None:
+        """Serve a batch of encoded chunks (ours or the leader's, with its stream-time epoch when it sent one) to
+        every listener of this replica."""
+        if epoch is not None:
+            self.epoch = epoch
+        elif not self.encoding:
+            self._anchor(batch)  # a leader that sends no epoch: stamp by arrival
         if title and title != self.title:
             self.title = title
             self.title_changed_at = time.time()

@@ -7,6 +7,10 @@ stream, and a player bounced between replicas sees one consistent playlist.
 How a segment's chunks become bytes is the rendition's :class:`Packaging`: raw MP3 or
 ADTS frames led by an ID3 timestamp tag, or (Opus, which HLS carries only in fMP4)
 the packets of its Ogg pages as one fMP4 fragment behind an init segment.
+
+Each listed segment carries ``#EXT-X-PROGRAM-DATE-TIME``: the stream time of its first sample (the
+Unix time at which the encoder produced it, docs/streaming.md "Stream position"), so a player knows
+the stream time of what it plays: that of its segment plus how far into it it is.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from . import fmp4, ogg, opus
 from .transcoder import SAMPLE_RATE, Chunk
@@ -49,6 +54,7 @@ class Segment:
     data: bytes
     discontinuity: bool = False
     init: bytes | None = None  # the fMP4 init segment it needs (Opus), shared, not copied
+    program_time: float | None = None  # stream time of its first sample (Unix seconds), when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,8 @@ class Segmenter:
     """
 
     def __init__(self, codec: str, target_seconds: float = 2.0, window: int = 6, keep: int = 12,
-                 on_segment: Callable[[Segment], None] | None = None, part_seconds: float | None = None) -> None:
+                 on_segment: Callable[[Segment], None] | None = None, part_seconds: float | None = None,
+                 stream_time: Callable[[int], float | None] | None = None) -> None:
         self.codec = codec
         self.extension = EXTENSIONS[codec]
         self.packaging: Packaging = OpusFmp4() if codec == "opus" else PackedAudio()
@@ -134,6 +141,7 @@ class Segmenter:
         self.window = window
         self.segments: deque[Segment] = deque(maxlen=keep)
         self.on_segment = on_segment
+        self.stream_time = stream_time  # pts -> stream time, fixed for a segment when it is cut
         self._index: int | None = None
         self._pieces: list[Piece] = []  # of the segment being cut
         self._discontinuity = False
@@ -215,7 +223,8 @@ class Segmenter:
         if self.segments and sequence <= self.segments[-1].sequence:
             sequence = self.segments[-1].sequence + 1
         segment = Segment(sequence, pieces[0].pts, samples / SAMPLE_RATE, self.packaging.package(pieces, sequence),
-                          self._discontinuity, self.packaging.init)
+                          self._discontinuity, self.packaging.init,
+                          self.stream_time(pieces[0].pts) if self.stream_time is not None else None)
         if self._joined:
             self._joined = False
             if segment.duration < 0.9 * self.target_seconds:
@@ -256,6 +265,8 @@ class Segmenter:
         for segment in listed:
             if segment.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
+            if segment.program_time is not None:
+                lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{program_date_time(segment.program_time)}")
             lines += self._part_lines(segment.sequence, listed[-1].sequence)
             lines.append(f"#EXTINF:{segment.duration:.3f},")
             lines.append(f"{segment.sequence}.{ext}")
@@ -271,6 +282,11 @@ class Segmenter:
         ext = self.extension
         return [f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{p.sequence}.{p.index}.{ext}",INDEPENDENT=YES'
                 for p in self.ll_parts.get(sequence, [])]
+
+
+def program_date_time(unix: float) -> str:
+    """An `EXT-X-PROGRAM-DATE-TIME` value: ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def master_playlist(renditions: list[tuple[str, str, int]]) -> str:

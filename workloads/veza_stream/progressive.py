@@ -1,8 +1,12 @@
-"""Progressive HTTP: `GET /stream/{channel}/{rendition}`, Icecast-style, with optional ICY metadata."""
+"""Progressive HTTP: `GET /stream/{channel}/{rendition}`, Icecast-style, with optional ICY metadata.
+
+The response says the stream time of the first audio it sends (`X-Veza-Stream-Time`, Unix seconds): a player's
+stream position is that plus the seconds it has played (docs/streaming.md, "Stream position")."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
@@ -15,6 +19,8 @@ from .icy import IcyState
 from .listeners import LISTENERS
 from .metrics import LISTENERS_REJECTED
 from .renditions import Listener, RenditionFeed
+
+STREAM_TIME = "X-Veza-Stream-Time"
 
 
 async def listen(request: web.Request) -> web.StreamResponse:
@@ -32,10 +38,11 @@ async def listen(request: web.Request) -> web.StreamResponse:
         LISTENERS_REJECTED.labels(channel.name, exc.code).inc()
         raise
     listeners.admit()
-    return await serve(request, feed, listeners.metaint)
+    return await serve(request, feed, listeners.metaint, channel.stream_time)
 
 
-async def serve(request: web.Request, feed: RenditionFeed, metaint: int) -> web.StreamResponse:
+async def serve(request: web.Request, feed: RenditionFeed, metaint: int,
+                stream_time: Callable[[int], float | None] | None = None) -> web.StreamResponse:
     icy = IcyState(metaint) if request.headers.get("Icy-MetaData", "").strip() == "1" else None
     response = web.StreamResponse(headers={
         "Content-Type": feed.content_type, "Cache-Control": "no-cache, no-store", "Connection": "close",
@@ -43,14 +50,19 @@ async def serve(request: web.Request, feed: RenditionFeed, metaint: int) -> web.
     if icy:
         response.headers["icy-metaint"] = str(metaint)
     response.force_close()
+    while request.method != "HEAD" and not feed.burst():  # nothing encoded yet (a fresh worker): wait for it
+        await feed.chunks_ready.wait()
+    # The burst starts with the oldest recent chunk. Nothing below waits on the feed before it is sent (preparing
+    # writes the headers into a buffer), so no flush can move that start in between.
+    first = stream_time(feed.recent[0].pts) if stream_time is not None and feed.recent else None
+    if first is not None:
+        response.headers[STREAM_TIME] = f"{first:.3f}"
     await response.prepare(request)
     if request.method == "HEAD":
         return response
     transport = request.transport
     if transport is None:
         return response
-    while not feed.burst():  # nothing encoded yet (a fresh worker): wait for the first batch
-        await feed.chunks_ready.wait()
     # The headers go out alone; the burst and everything after it are written straight to the transport by the
     # feed, framed the same way aiohttp would (chunked for HTTP/1.1, raw for HTTP/1.0), from shared buffers.
     writer = request.writer

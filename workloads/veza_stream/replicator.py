@@ -19,7 +19,7 @@ from veza_core import bus
 
 from .channel import Channel
 from .pump import Batch
-from .replication import WireError, decode_batch, encode_batch
+from .replication import WireError, decode_replicated, encode_batch
 from .transcoder import Chunk
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Replicator:
             header = self.channel.headers.get(rendition)
             if header is not None and not (chunks and chunks[0].header):
                 batch = {**batch, rendition: [Chunk(header, 0, 0, header=True), *chunks]}
-        task = asyncio.create_task(self.nc.publish(self.subject, encode_batch(batch, title)))
+        task = asyncio.create_task(self.nc.publish(self.subject, encode_batch(batch, title, self.channel.epoch)))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
@@ -68,14 +68,14 @@ class Replicator:
             bus.reject(KIND, "too_large", size=len(msg.data))
             return
         try:
-            batch, title = decode_batch(msg.data)
+            batch, title, epoch = decode_replicated(msg.data)
         except WireError as exc:
             bus.reject(KIND, "malformed", error=exc)
             return
         if (reason := self.check.refusal(batch, title)) is not None:
             bus.reject(KIND, reason)
             return
-        self.channel.receive(batch, title)
+        self.channel.receive(batch, title, epoch=epoch)
 
 
 class BatchCheck:

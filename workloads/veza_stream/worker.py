@@ -106,7 +106,7 @@ class Worker:
         if settings.nats_url:
             self.nc = await bus.connect(settings.nats_url, name=f"veza-stream-{name}", auth=settings)
             await Replicator(self.channel, self.nc, self.subject("audio")).start()
-            self.announcer.on_nats(self.nc, titles=self.subject("nowplaying"), listeners=self.subject("listeners"))
+            self.announcer.on_nats(self.nc, platform=settings.platform)
         if settings.redis_url:
             self.redis = Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
             base = f"veza:{settings.platform}:stream:{name}"

@@ -1,15 +1,16 @@
 """The Veza web client: static files (plain JavaScript and CSS, no build step, nothing loaded from outside).
 
 `add_routes(app)` serves the page at `/`, the page mailed links open at `/login/magic` (the token in
-the fragment), and their files under `/web/`. In a cluster
-the API mounts it (the platform Ingress sends `/` to the API); `veza up`'s entry
-point serves it too, with `config` giving the room -> channel bindings
-(listen-along) from the CR files at `/web/config.json`.
+the fragment), and their files under `/web/`. `config` gives the room -> channel bindings
+(listen-along) at `/web/config.json`: in a cluster the API mounts the client (the platform
+Ingress sends `/` to the API) with the bindings of its directory; `veza up`'s entry point
+serves it too, with the bindings of the CR files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ STATIC = Path(__file__).parent / "static"
 TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
 
 
-def add_routes(app: web.Application, config: Callable[[], dict[str, Any]] | None = None) -> None:
+Config = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
+
+
+def add_routes(app: web.Application, config: Config | None = None) -> None:
     async def index(request: web.Request) -> web.StreamResponse:
         return _file("index.html")
 
@@ -29,8 +33,10 @@ def add_routes(app: web.Application, config: Callable[[], dict[str, Any]] | None
     async def asset(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name == "config.json":
-            return web.json_response(config() if config is not None else {"rooms": {}, "channels": {}},
-                                     headers={"Cache-Control": "no-store"})
+            found = config() if config is not None else {"rooms": {}, "channels": {}}
+            if inspect.isawaitable(found):
+                found = await found
+            return web.json_response(found, headers={"Cache-Control": "no-store"})
         return _file(name)
 
     app.router.add_get("/", index)

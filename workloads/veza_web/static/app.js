@@ -1,7 +1,9 @@
 // Veza web client: plain modern JavaScript, no build step, nothing loaded from outside.
 // API: /api/v1 (login, rooms, channels, service tokens); chat: WebSocket /chat/{room}/ws
 // (protocol veza.chat.v1, docs/chat-protocol.md); audio: /stream/{channel}/{rendition} and
-// /stream/{channel}/now-playing (docs/streaming.md). Listen-along bindings: /web/config.json.
+// /stream/{channel}/now-playing (docs/streaming.md). Listen-along bindings: /web/config.json, and the room's
+// `channel` in the chat's welcome. Listen-along (docs/chat-protocol.md, "Listen-along"): the bound channel's track
+// changes in the timeline, and reactions at a stream position shown when this player reaches that position.
 
 const $ = (id) => document.getElementById(id);
 const REACTIONS = ["👍", "❤️", "😂", "🎵"];
@@ -15,6 +17,7 @@ const state = {
   typing: new Map(), // user id -> {name, until}
   reply: null, editing: null,
   channel: null, npTimer: null, reconnectTimer: null, backoff: 500,
+  welcomeChannel: null, // the room's bound channel as the chat worker said it
 };
 
 // -- HTTP --------------------------------------------------------------------------------------
@@ -118,6 +121,17 @@ async function loadConfig() {
   try { state.config = await (await fetch("/web/config.json")).json(); } catch { /* no bindings */ }
 }
 
+// The channel a room listens along with: the bindings of config.json, else what the API says of the room
+// (a private room's binding is told to its members only).
+function boundChannel(room) {
+  return state.config.rooms?.[room]?.channel || state.rooms.find((r) => r.name === room)?.channel || null;
+}
+
+// A channel's renditions [{name, codec}]: config.json's, else what the API says of the channel (private ones).
+function channelRenditions(name) {
+  return state.config.channels?.[name]?.renditions || state.channels.find((c) => c.name === name)?.renditions || null;
+}
+
 async function loadRooms() {
   try { state.rooms = (await api("GET", "/rooms")).rooms; } catch { return; }
   const list = $("rooms");
@@ -144,7 +158,7 @@ setInterval(() => { if (state.session) loadRooms(); }, 3000);
 const audio = $("audio");
 
 function renditionsOf(name) {
-  const fromConfig = state.config.channels?.[name]?.renditions;
+  const fromConfig = channelRenditions(name);
   return fromConfig?.length ? fromConfig.map((r) => r.name) : ["mp3-128"];
 }
 
@@ -154,7 +168,7 @@ function selectChannel(name, autoplay) {
     const sel = $("rendition");
     const names = renditionsOf(name);
     const playable = names.filter((n) => {
-      const codec = (state.config.channels?.[name]?.renditions || []).find((r) => r.name === n)?.codec || "mp3";
+      const codec = (channelRenditions(name) || []).find((r) => r.name === n)?.codec || "mp3";
       const type = { mp3: "audio/mpeg", opus: 'audio/ogg; codecs="opus"', aac: "audio/aac" }[codec];
       return audio.canPlayType(type) !== "";
     });
@@ -178,16 +192,73 @@ async function streamUrl() {
   return url;
 }
 
+// Stream position (docs/streaming.md, "Stream position"): the progressive response says the stream time of its
+// first sample (X-Veza-Stream-Time). An <audio src> cannot read headers, so where Media Source Extensions take the
+// rendition's type the player fetches the stream itself and appends it; currentTime then counts from that first
+// sample, and position = header + currentTime. Elsewhere it plays by URL, with no position.
+const player = { abort: null, streamStart: null, channel: null };
+const TYPES = { mp3: "audio/mpeg", opus: 'audio/ogg; codecs="opus"', aac: "audio/aac" };
+
+function renditionType(channel, rendition) {
+  const codec = (channelRenditions(channel) || []).find((r) => r.name === rendition)?.codec || "mp3";
+  return TYPES[codec];
+}
+
+function position() {
+  return player.streamStart === null || !audio.src ? null : player.streamStart + audio.currentTime;
+}
+
+function playWithPosition(url, type) {
+  const media = new MediaSource();
+  const abort = new AbortController();
+  Object.assign(player, { abort, streamStart: null, channel: state.channel });
+  audio.src = URL.createObjectURL(media);
+  media.addEventListener("sourceopen", async () => {
+    URL.revokeObjectURL(audio.src);
+    const buffer = media.addSourceBuffer(type);
+    buffer.mode = "sequence";
+    const queue = [];
+    const feed = () => {
+      if (buffer.updating || media.readyState !== "open") return;
+      const played = buffer.buffered.length ? audio.currentTime - buffer.buffered.start(0) : 0;
+      if (played > 60) buffer.remove(0, audio.currentTime - 30); // keep the buffer bounded
+      else if (queue.length) buffer.appendBuffer(queue.shift());
+    };
+    buffer.addEventListener("updateend", feed);
+    try {
+      const res = await fetch(url, { signal: abort.signal });
+      if (!res.ok) throw new Error(`stream: ${res.status}`);
+      const start = res.headers.get("X-Veza-Stream-Time");
+      player.streamStart = start ? Number(start) : null;
+      const reader = res.body.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        queue.push(value);
+        feed();
+      }
+    } catch (err) { if (!abort.signal.aborted) console.warn("stream ended", err); }
+  }, { once: true });
+}
+
 async function playAudio() {
   if (!state.channel) return;
-  audio.src = await streamUrl();
+  stopAudio();
+  const url = await streamUrl();
+  const type = renditionType(state.channel, $("rendition").value);
+  if (window.MediaSource?.isTypeSupported(type)) playWithPosition(url, type);
+  else { audio.src = url; Object.assign(player, { channel: state.channel, streamStart: null }); }
   $("play").textContent = "Stop";
   try { await audio.play(); } catch (err) { $("play").textContent = "Play"; console.warn("play refused", err); }
+  renderReactButtons();
 }
 
 function stopAudio() {
+  player.abort?.abort();
+  Object.assign(player, { abort: null, streamStart: null, channel: null });
   audio.pause(); audio.removeAttribute("src"); audio.load();
   $("play").textContent = "Play";
+  renderReactButtons();
 }
 
 $("play").addEventListener("click", () => (audio.paused ? playAudio() : stopAudio()));
@@ -206,7 +277,7 @@ async function pollNowPlaying() {
     tasks.push(nowPlaying(state.channel).then((np) => { $("np-title").textContent = np.title || "—"; })
       .catch(() => { $("np-title").textContent = "(channel unavailable)"; }));
   }
-  const bound = state.room && state.config.rooms?.[state.room]?.channel;
+  const bound = state.room && boundChannel(state.room);
   if (bound) {
     tasks.push(nowPlaying(bound).then((np) => { $("la-title").textContent = np.title || "—"; })
       .catch(() => { $("la-title").textContent = "(unavailable)"; }));
@@ -216,9 +287,56 @@ async function pollNowPlaying() {
 }
 
 $("la-play").addEventListener("click", () => {
-  const bound = state.config.rooms?.[state.room]?.channel;
+  const bound = roomChannel();
   if (bound) selectChannel(bound, true);
 });
+
+// -- listen-along: reactions at a stream position ----------------------------------------------
+function roomChannel() { return (state.room && (boundChannel(state.room) || state.welcomeChannel)) || null; }
+
+// The position of what this player plays of the room's channel, or null (not listening to it, or no position).
+function listeningPosition() {
+  const bound = roomChannel();
+  return bound && player.channel === bound ? position() : null;
+}
+
+const pendingReactions = [];
+// What this page sent and showed, and where its player is: for tests and debugging.
+window.vezaReactions = { sent: [], shown: [] };
+window.vezaPosition = () => listeningPosition();
+
+function renderReactButtons() {
+  const can = listeningPosition() !== null;
+  for (const b of document.querySelectorAll("#la-react button")) b.disabled = !can;
+}
+
+$("la-react").replaceChildren(...REACTIONS.map((emoji) => el("button", {
+  type: "button", class: "react-at", "data-emoji": emoji, title: `React ${emoji} here in the music`, disabled: true,
+  onclick: () => {
+    const at = listeningPosition();
+    if (at !== null && send({ type: "react_at", emoji, position: at })) {
+      window.vezaReactions.sent.push({ emoji, position: at, at: Date.now() / 1000 });
+    }
+  } }, emoji)));
+
+function showDueReactions() {
+  const now = listeningPosition();
+  for (let i = 0; i < pendingReactions.length; i++) {
+    const r = pendingReactions[i];
+    // Not listening: nothing to wait for. Listening: when playback reaches the position; long past it: dropped.
+    if (now !== null && r.position > now) continue;
+    pendingReactions.splice(i--, 1);
+    if (now !== null && now - r.position > 30) continue;
+    window.vezaReactions.shown.push({ emoji: r.emoji, user: r.user.id, position: r.position, shownAt: Date.now() / 1000,
+      playing: now });
+    const item = el("li", { class: "reaction-at", "data-emoji": r.emoji, "data-user": r.user.id },
+      `${r.emoji} ${r.user.name || r.user.id}`);
+    $("la-reactions").prepend(item);
+    setTimeout(() => item.remove(), 8000);
+  }
+  renderReactButtons();
+}
+setInterval(showDueReactions, 100);
 
 // -- chat --------------------------------------------------------------------------------------
 function closeRoom() {
@@ -236,7 +354,10 @@ async function openRoom(name) {
   $("room-title").textContent = room?.title || name;
   $("messages").replaceChildren();
   setComposerContext(null);
-  const bound = state.config.rooms?.[name]?.channel;
+  state.welcomeChannel = null;
+  pendingReactions.length = 0;
+  $("la-reactions").replaceChildren();
+  const bound = boundChannel(name);
   $("listen-along").hidden = !bound;
   if (bound) {
     $("la-channel").textContent = state.config.channels?.[bound]?.title || bound;
@@ -291,6 +412,14 @@ function onFrame(f) {
       state.me = { ...(state.me || {}), id: f.user.id, chatName: f.user.name, role: f.user.role };
       setStatus(`connected as ${f.user.name}`);
       $("room").dataset.connected = "true";
+      if (f.room.channel) {
+        state.welcomeChannel = f.room.channel;
+        if ($("listen-along").hidden) {
+          $("listen-along").hidden = false;
+          $("la-channel").textContent = state.config.channels?.[f.room.channel]?.title || f.room.channel;
+        }
+      }
+      if (f.now_playing) $("la-title").textContent = f.now_playing.title;
       if (!state.lastSeq) send({ type: "history", ref: "initial", limit: 50 });
       send({ type: "presence", ref: "members" });
       break;
@@ -313,6 +442,10 @@ function onFrame(f) {
       if (f.op === "list") $("room-members").textContent = `${f.users.length} here`;
       else send({ type: "presence", ref: "members" });
       break;
+    case "reaction_at":
+      pendingReactions.push(f);
+      showDueReactions();
+      break;
     case "error":
       setStatus(`${f.code}: ${f.message}`);
       break;
@@ -322,6 +455,7 @@ function onFrame(f) {
 
 function applyEvent(e) {
   state.lastSeq = Math.max(state.lastSeq, e.seq);
+  if (e.kind === "nowplaying") { renderTrackChange(e); return; }
   if (e.kind === "message") {
     state.events.set(e.seq, { ...e, reactions: e.reactions || {} });
     renderMessage(e.seq);
@@ -369,6 +503,22 @@ function renderMessage(seq) {
   const after = [...list.children].find((li) => Number(li.dataset.seq) > seq);
   list.insertBefore(node, after || null);
   renderReads();
+  if (stick) list.scrollTop = list.scrollHeight;
+}
+
+// A track change of the bound channel: a line of the timeline, in seq order with the messages.
+function renderTrackChange(e) {
+  const list = $("messages");
+  if (list.querySelector(`li[data-seq="${e.seq}"]`)) return;
+  const time = new Date(e.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const node = el("li", { class: "system nowplaying", "data-seq": String(e.seq) },
+    el("span", { class: "np-icon", "aria-hidden": "true" }, "♪"), " Now playing: ",
+    el("span", { class: "np-title" }, e.now_playing?.title || e.text || "—"), el("time", {}, time),
+    el("div", { class: "read-by" }));
+  const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  const after = [...list.children].find((li) => Number(li.dataset.seq) > e.seq);
+  list.insertBefore(node, after || null);
+  if (!after) $("la-title").textContent = e.now_playing?.title || e.text || "—";
   if (stick) list.scrollTop = list.scrollHeight;
 }
 
