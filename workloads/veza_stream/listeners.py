@@ -26,6 +26,8 @@ class Listeners:
         self.relay = relay
         self.counter: ListenerCounter | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # At 0 from the start: a dashboard's rate() of it has a series (and counts the first refusal).
+        LISTENERS_REJECTED.labels(channel.name, "listener_limit")
 
     def share_counts(self, redis: Redis, prefix: str) -> None:
         """Count listeners across replicas from now on, through the keys under `prefix`."""
