@@ -16,19 +16,37 @@ import yaml
 from tests.monitoring.fleet import wait_for_scrapes, wait_for_targets
 from tests.monitoring.support import dashboard, prometheus_binary
 from tests.monitoring.test_dashboard import problems
-from tests.support.e2e import OPERATOR_NAMESPACE, PROBE, Account, Platform, connect_chat
+from tests.support.e2e import OPERATOR_NAMESPACE, Account, Platform, connect_chat
 
 from veza_local.prometheus import PrometheusService, ScrapeTarget
 
 METRICS_NAMESPACE = "veza-e2e-monitoring"
+# GET /metrics from inside a pod, again each second until it answers (kube-router admits a new pod's address
+# some moments after the pod starts), then the status line or the last error.
+SCRAPE = """
+import json, socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+outcome, deadline = "never tried", time.monotonic() + 45
+while time.monotonic() < deadline:
+    try:
+        conn = socket.create_connection((host, int(port)), timeout=3)
+        conn.sendall(b"GET /metrics HTTP/1.0\\r\\nHost: probe\\r\\n\\r\\n")
+        outcome = "open " + conn.recv(200).decode(errors="replace").splitlines()[0]
+        break
+    except OSError as error:
+        outcome = type(error).__name__
+        time.sleep(1)
+print(json.dumps({sys.argv[1]: outcome}))
+"""
 
 
 def _targets(platform: Platform) -> list[ScrapeTarget]:
     targets = []
+    ready = set(platform.ready_pods("veza.io/platform"))  # not the migration Job's, nor a pod going away
     for pod in platform.pods("veza.io/platform"):
         labels = pod["metadata"]["labels"]
-        if pod["status"].get("phase") != "Running" or not pod["status"].get("podIP"):
-            continue  # the migration Job's finished pod
+        if pod["metadata"]["name"] not in ready:
+            continue
         targets.append(ScrapeTarget("veza-workers", f"{pod['status']['podIP']}:8080", {
             "namespace": platform.namespace, "pod": pod["metadata"]["name"],
             "component": labels["app.kubernetes.io/component"], "platform": labels["veza.io/platform"]}))
@@ -61,8 +79,12 @@ async def _traffic(platform: Platform) -> None:
 @pytest.fixture(scope="module")
 def prometheus(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusService]:
     prometheus_binary("prometheus")
-    with PrometheusService(tmp_path_factory.mktemp("prometheus"), _targets(platform)) as service:
-        wait_for_targets(service)
+    with PrometheusService(tmp_path_factory.mktemp("prometheus"), _targets(platform), scrape_interval="2s") as service:
+        try:
+            wait_for_targets(service)
+        except TimeoutError:
+            raise AssertionError([(t["scrapeUrl"], t["health"], t["lastError"])
+                                  for t in service.api("targets")["activeTargets"]]) from None
         asyncio.run(_traffic(platform))
         wait_for_scrapes(service)
         yield service
@@ -80,7 +102,8 @@ def test_every_pod_is_scraped_and_every_panel_returns_series(platform: Platform,
 def test_a_prometheus_in_the_metrics_namespace_may_scrape_the_workers(platform: Platform) -> None:
     """From a namespace labelled veza.io/metrics=true the workers' port answers; the same pod elsewhere is
     refused (test_network_policies.py's control pod)."""
-    api = platform.pods("app.kubernetes.io/component=api")[0]["status"]["podIP"]
+    api = json.loads(platform.kubectl("get", "pod", platform.ready_pods("app.kubernetes.io/component=api")[0],
+                                      "-o", "json"))["status"]["podIP"]
     platform.kube.kubectl("apply", "-f", "-", input=yaml.safe_dump({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": METRICS_NAMESPACE, "labels": {"veza.io/metrics": "true",
@@ -93,7 +116,7 @@ def test_a_prometheus_in_the_metrics_namespace_may_scrape_the_workers(platform: 
             "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
-                "name": "probe", "image": platform.image, "command": ["python", "-c", PROBE, f"{api}:8080"],
+                "name": "probe", "image": platform.image, "command": ["python", "-c", SCRAPE, f"{api}:8080"],
                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}}}],
         },
@@ -101,9 +124,9 @@ def test_a_prometheus_in_the_metrics_namespace_may_scrape_the_workers(platform: 
     kubectl = platform.kube.kubectl
     try:
         kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
-        kubectl("-n", METRICS_NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=120s",
+        kubectl("-n", METRICS_NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=180s",
                 "pod/scraper")
         outcome = json.loads(kubectl("-n", METRICS_NAMESPACE, "logs", "scraper").strip().splitlines()[-1])
-        assert outcome[f"{api}:8080"].startswith("open HTTP/1.0"), outcome
+        assert outcome[f"{api}:8080"].startswith("open HTTP/1.0 200"), outcome
     finally:
         kubectl("delete", "namespace", METRICS_NAMESPACE, "--ignore-not-found", "--wait=false")
