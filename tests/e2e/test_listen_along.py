@@ -114,24 +114,32 @@ class HlsListener:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.segments: dict[int, tuple[float, bytes]] = {}  # sequence -> (program date-time, bytes)
+        self.errors: list[str] = []  # what went wrong while polling (a player keeps polling through it)
 
     async def run(self, session: aiohttp.ClientSession) -> None:
-        base = "/stream/radio/hls/mp3-128/"
         while True:
-            async with session.get(self.platform.url(base + "index.m3u8"), headers=self.platform.headers) as r:
-                text = await r.text()
-            pdt = None
-            for line in text.splitlines():
-                if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
-                    pdt = datetime.fromisoformat(line.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
-                elif line and not line.startswith("#"):
-                    sequence = int(line.split(".")[0])
-                    if sequence not in self.segments and pdt is not None:
-                        async with session.get(self.platform.url(base + line), headers=self.platform.headers) as s:
-                            if s.status == 200:
-                                self.segments[sequence] = (pdt, await s.read())
-                    pdt = None
+            try:
+                await self.poll(session)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # a reset or a 5xx under load
+                self.errors.append(repr(exc))
             await asyncio.sleep(0.5)
+
+    async def poll(self, session: aiohttp.ClientSession) -> None:
+        base = "/stream/radio/hls/mp3-128/"
+        async with session.get(self.platform.url(base + "index.m3u8"), headers=self.platform.headers) as r:
+            r.raise_for_status()
+            text = await r.text()
+        pdt = None
+        for line in text.splitlines():
+            if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+                pdt = datetime.fromisoformat(line.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
+            elif line and not line.startswith("#"):
+                sequence = int(line.split(".")[0])
+                if sequence not in self.segments and pdt is not None:
+                    async with session.get(self.platform.url(base + line), headers=self.platform.headers) as s:
+                        if s.status == 200:
+                            self.segments[sequence] = (pdt, await s.read())
+                pdt = None
 
     def change(self) -> float | None:
         """The stream time of the tone change, from the segment it falls in (or across two)."""
@@ -215,7 +223,10 @@ async def _listen_along(platform: Platform) -> None:
             assert abs(shown - sent - BEHIND) < 0.3, shown - sent
 
             # What B plays at that position is the tone change too: the two ways to learn a position agree.
-            t_b = await wait_for(b.change, timeout=20, interval=0.5, message="B's segments hold the tone change")
+            try:
+                t_b = await wait_for(b.change, timeout=30, interval=0.5, message="B's segments hold the tone change")
+            except (AssertionError, TimeoutError) as exc:
+                raise AssertionError(f"{exc}; B holds segments {sorted(b.segments)}, errors {b.errors[-5:]}") from None
             print(f"listen-along: track change in the chat after {max(delays):.3f} s; tone change at {t_a:.3f} "
                   f"(progressive) and {t_b:.3f} (HLS); reaction relayed in "
                   f"{arrived - sent:.3f} s, shown {shown - sent:.3f} s after it was made")
