@@ -21,17 +21,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from veza_core.db import pg_tool
-from veza_core.grants import grant
 from veza_core.logs import configure_logging
 from veza_core.storage import ObjectStore
 
-from .migrate_cli import MigrateSettings, roles_to_grant
+from .migrate_cli import MigrateSettings, grant_roles, roles_to_grant
 
 CONTENT_TYPE = "application/vnd.postgresql.custom-dump"
 
@@ -102,53 +103,45 @@ async def restore(settings: BackupSettings, database_url: str, key: str, *, forc
                               "or pass --force to replace its objects")
     with tempfile.TemporaryDirectory(prefix="veza-restore-") as tmp:
         dump = Path(tmp) / "veza.dump"
-        await asyncio.to_thread(store.client.download_file, store.bucket, key, str(dump))
+        await store.get_file(key, str(dump))
         await asyncio.to_thread(_pg, "pg_restore", "--no-owner", "--no-privileges", "--single-transaction",
                                 "--exit-on-error", *(["--clean", "--if-exists"] if existing else []),
                                 f"--dbname={database_url}", str(dump))
-    if roles:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await grant(conn, roles)
-        finally:
-            await conn.close()
+    await grant_roles(database_url, roles)
     return {"restored": key, "bucket": settings.s3_bucket, "granted": roles}
 
 
-def _database_url(settings: BackupSettings, args: argparse.Namespace, command: str) -> str | None:
+FAILURES = (OSError, RuntimeError, LookupError, asyncpg.PostgresError, BotoCoreError, ClientError)
+
+
+def _command(name: str, args: argparse.Namespace,
+             work: Callable[[BackupSettings, str], Coroutine[Any, Any, dict[str, object]]]) -> int:
+    """Settings, logging and the database URL, then `work`'s answer as one JSON line: 2 for a usage error,
+    1 for a failure (said on stderr)."""
+    settings = BackupSettings.from_env()
+    assert isinstance(settings, BackupSettings)
+    configure_logging("migrate", settings.log_level)
     url = settings.database_url if args.database_url is None else args.database_url
     if not url:
-        print(f"veza {command}: no database URL (--database-url or VEZA_DATABASE_URL)", file=sys.stderr)
-    return url or None
+        print(f"veza {name}: no database URL (--database-url or VEZA_DATABASE_URL)", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(asyncio.run(work(settings, url))))
+    except ValueError as exc:  # a bad --grant
+        print(f"veza {name}: {exc}", file=sys.stderr)
+        return 2
+    except FAILURES as exc:
+        print(f"veza {name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = BackupSettings.from_env()
-    assert isinstance(settings, BackupSettings)
-    configure_logging("migrate", settings.log_level)
-    if (url := _database_url(settings, args, "backup")) is None:
-        return 2
-    try:
-        print(json.dumps(asyncio.run(backup(settings, url))))
-    except (OSError, RuntimeError, BotoCoreError, ClientError) as exc:
-        print(f"veza backup: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _command("backup", args, backup)
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    settings = BackupSettings.from_env()
-    assert isinstance(settings, BackupSettings)
-    configure_logging("migrate", settings.log_level)
-    if (url := _database_url(settings, args, "restore")) is None:
-        return 2
-    try:
-        roles = roles_to_grant(settings, args.grant)
-        print(json.dumps(asyncio.run(restore(settings, url, args.key, force=args.force, roles=roles))))
-    except ValueError as exc:
-        print(f"veza restore: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, RuntimeError, LookupError, asyncpg.PostgresError, BotoCoreError, ClientError) as exc:
-        print(f"veza restore: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    def work(settings: BackupSettings, url: str) -> Coroutine[Any, Any, dict[str, object]]:
+        return restore(settings, url, args.key, force=args.force, roles=roles_to_grant(settings, args.grant))
+
+    return _command("restore", args, work)

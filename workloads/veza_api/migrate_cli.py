@@ -55,15 +55,21 @@ def roles_to_grant(settings: MigrateSettings, flags: list[str]) -> dict[str, str
     return roles
 
 
+async def grant_roles(database_url: str, roles: dict[str, str]) -> None:
+    """Grant each component's role what it needs (nothing when `roles` is empty)."""
+    if not roles:
+        return
+    conn = await asyncpg.connect(database_url)
+    try:
+        await grant(conn, roles)
+    finally:
+        await conn.close()
+    log.info("grants applied", extra={"roles": roles})
+
+
 async def migrate_and_grant(database_url: str, roles: dict[str, str]) -> list[str]:
     applied = await migrate(database_url)
-    if roles:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await grant(conn, roles)
-        finally:
-            await conn.close()
-        log.info("grants applied", extra={"roles": roles})
+    await grant_roles(database_url, roles)
     return applied
 
 

@@ -85,26 +85,26 @@ class Membership(Event):
     role: Literal["owner", "moderator", "member"] | None
 
 
-class RoomLifecycle(Event):
+class _Lifecycle(Event):
+    """What a room's and a channel's lifecycle events share."""
+
+    id: EventId = Field(description="Unique per event: consumers apply each id once")
+    action: Literal["created", "updated", "deleted"]
+    title: Annotated[str, StringConstraints(max_length=200)] | None = Field(description="null when deleted")
+    visibility: Literal["public", "private"] | None = Field(description="null when deleted")
+    at: Epoch
+
+
+class RoomLifecycle(_Lifecycle):
     """A room was created, updated or deleted in the API's directory (the operator declares ChatRooms there)."""
 
-    id: EventId = Field(description="Unique per event: consumers apply each id once")
     room: ResourceName
-    action: Literal["created", "updated", "deleted"]
-    title: Annotated[str, StringConstraints(max_length=200)] | None = Field(description="null when deleted")
-    visibility: Literal["public", "private"] | None = Field(description="null when deleted")
-    at: Epoch
 
 
-class ChannelLifecycle(Event):
+class ChannelLifecycle(_Lifecycle):
     """A channel was created, updated or deleted in the API's directory (the operator declares StreamChannels)."""
 
-    id: EventId = Field(description="Unique per event: consumers apply each id once")
     channel: ResourceName
-    action: Literal["created", "updated", "deleted"]
-    title: Annotated[str, StringConstraints(max_length=200)] | None = Field(description="null when deleted")
-    visibility: Literal["public", "private"] | None = Field(description="null when deleted")
-    at: Epoch
 
 
 class ModerationDecision(Event):

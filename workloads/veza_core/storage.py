@@ -62,6 +62,10 @@ class ObjectStore:
 
         return await asyncio.to_thread(read)
 
+    async def get_file(self, key: str, path: str) -> None:
+        """Download an object to a local file without holding it in memory."""
+        await asyncio.to_thread(self.client.download_file, self.bucket, key, path, Config=FILE_TRANSFER)
+
     async def head(self, key: str) -> dict[str, Any] | None:
         try:
             return dict(await asyncio.to_thread(self.client.head_object, Bucket=self.bucket, Key=key))

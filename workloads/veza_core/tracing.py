@@ -153,6 +153,8 @@ def batch_span(tracer: trace.Tracer, name: str, causes: Sequence[trace.SpanConte
     """A span for work done for many callers at once (a group commit): the child of the first sampled
     cause, linked to the others (at most 32), so each sampled caller's trace continues through it; nothing
     when no cause was traced."""
+    if not _configured:  # tracing off: no cause can be sampled, skip looking at each
+        return NoSpan()
     sampled = [c for c in causes if c.is_valid and c.trace_flags.sampled]
     if not sampled:
         return NoSpan()
