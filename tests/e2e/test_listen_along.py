@@ -136,9 +136,15 @@ class HlsListener:
             elif line and not line.startswith("#"):
                 sequence = int(line.split(".")[0])
                 if sequence not in self.segments and pdt is not None:
-                    async with session.get(self.platform.url(base + line), headers=self.platform.headers) as s:
-                        if s.status == 200:
-                            self.segments[sequence] = (pdt, await s.read())
+                    # As players do, a listed segment that is not there yet is asked for again: behind the front
+                    # door the next request may reach the other replica, a moment behind the one that listed it.
+                    for _ in range(5):
+                        async with session.get(self.platform.url(base + line), headers=self.platform.headers) as s:
+                            if s.status == 200:
+                                self.segments[sequence] = (pdt, await s.read())
+                                break
+                            self.errors.append(f"{line}: {s.status}")
+                        await asyncio.sleep(0.3)
                 pdt = None
 
     def change(self) -> float | None:
