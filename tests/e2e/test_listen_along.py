@@ -148,16 +148,35 @@ class HlsListener:
                 pdt = None
 
     def change(self) -> float | None:
-        """The stream time of the tone change, from the segment it falls in (or across two)."""
+        """The stream time of the tone change, played as a player plays segments: back to back, one stream.
+
+        Each contiguous run of segments is decoded as one, so a change near a segment's edge is found like any
+        other; the segment it falls in (by its frames' durations) gives the program date-time to count from."""
         ordered = sorted(self.segments.items())
-        decoded = [(pdt, *decode_pcm(data, "mp3")) for _, (pdt, data) in ordered]
-        for i, (pdt, samples, rate) in enumerate(decoded):
-            # A change at a segment's very end is found with the start of the next one.
-            following = decoded[i + 1][1][:rate] if i + 1 < len(decoded) else samples[:0]
-            at = tone_change(np.concatenate([samples, following]), rate)
-            if at is not None and at < len(samples) / rate:
-                return pdt + at
+        runs: list[list[tuple[float, bytes]]] = []
+        for i, (sequence, segment) in enumerate(ordered):
+            if i == 0 or sequence != ordered[i - 1][0] + 1:
+                runs.append([])
+            runs[-1].append(segment)
+        for run in runs:
+            samples, rate = decode_pcm(b"".join(data for _, data in run), "mp3")
+            at = tone_change(samples, rate)
+            if at is None:
+                continue
+            start = 0.0
+            for pdt, data in run:
+                length = mp3_seconds(data)
+                if at < start + length:
+                    return pdt + (at - start)
+                start += length
         return None
+
+
+def mp3_seconds(data: bytes) -> float:
+    """The duration of an MP3 segment, from its frames (no decoding)."""
+    with av.open(io.BytesIO(data), "r", format="mp3") as container:
+        return sum(float(p.duration * p.time_base) for p in container.demux(container.streams.audio[0])
+                   if p.size and p.duration is not None and p.time_base is not None)
 
 
 async def on_another_replica(platform: Platform, token: str, than: ChatClient) -> ChatClient:
