@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import urllib.error
 import urllib.request
 from typing import Any
+
+import pytest
 
 from tests.support.audio import decode_pcm, dominant_frequency, frequencies_over_time, packet_times
 from tests.support.stream import PLAYLIST_SPEC as SPEC
@@ -112,6 +115,15 @@ async def test_hls_playlists_and_segments(tracks: None, start_worker: Any) -> No
             audio.append(samples)
             segments.append(seg)
         assert {round(dominant_frequency(a, rate) / 440) for a in audio} <= {1, 2}, rendition
+        # The segment being cut is awaited (another replica may list it first); one further ahead is refused.
+        listed = [line for line in get(f"{worker.url}/stream/hls/hls/{variant}")[1].decode().splitlines()
+                  if line and not line.startswith("#")]
+        newest, ext = int(listed[-1].split(".")[0]), listed[-1].split(".")[1]
+        status, seg, _ = get(f"{worker.url}/stream/hls/hls/{rendition}/{newest + 1}.{ext}")
+        assert status == 200 and len(seg) > 100, (rendition, status)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get(f"{worker.url}/stream/hls/hls/{rendition}/{newest + 5}.{ext}")
+        assert refused.value.code == 404
         if fmt == "mp4":
             # The fragments' decode times follow on from each other: one timeline across segments.
             times = packet_times(init + b"".join(segments))

@@ -93,7 +93,12 @@ async def segment(request: web.Request) -> web.Response:
     segmenter = _segmenter(request)
     if request.match_info["ext"] != EXTENSIONS[segmenter.codec]:
         raise HttpError(404, "segment_not_found", "wrong segment extension")
-    found = segmenter.segment(int(request.match_info["sequence"]))
+    sequence = int(request.match_info["sequence"])
+    if segmenter.segment(sequence) is None and segmenter.started and sequence == segmenter.current_sequence():
+        # The segment being cut here: another replica behind the same front door may have listed it a moment
+        # earlier (each cuts the leader's audio on its own), so it is awaited rather than refused.
+        await _wait(segmenter, lambda: segmenter.segment(sequence) is not None, segmenter.target_seconds)
+    found = segmenter.segment(sequence)
     if found is None:
         raise HttpError(404, "segment_not_found", "segment expired or not yet cut")
     return web.Response(body=found.data, content_type=SEGMENT_TYPES[segmenter.codec],
