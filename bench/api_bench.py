@@ -8,10 +8,13 @@ the load generator does not share its event loop), then measures:
 - logins/s with the production argon2id cost (19 MiB, 2 passes, 1 lane: OWASP's
   minimum; ~tens of ms per hash, so one core serves a few dozen logins/s, which
   is the point: an offline guesser pays the same per guess);
-- token verifications/s of `veza_core.auth.TokenVerifier` (EdDSA), in process;
+- token verifications/s of `veza_core.auth.TokenVerifier` (EdDSA), in process: a token seen for the first
+  time (the signature check; the verifier's cache off) and the same token again (the verified-token cache);
 - GET /api/v1/rooms p50/p99 under concurrent load with a bearer token (verify,
-  revocation check in Redis, per-user rate limit) and without one, alternated
-  in the same run; the ratio is the cost of authentication.
+  revocation check in Redis, per-user rate limit) and without one, and the same
+  queries behind a minimal aiohttp + asyncpg handler without auth
+  (bench/rooms_baseline.py, its own process), alternated in the same run; the
+  ratios are the cost of authentication and of everything the real API adds.
 
 Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -105,10 +108,10 @@ async def get_load(base: str, token: str | None, seconds: float, concurrency: in
     return latencies, time.monotonic() - began
 
 
-def verifications(keys: KeySet, seconds: float) -> float:
+def verifications(keys: KeySet, seconds: float, *, cache_size: int) -> float:
     token = TokenIssuer(keys, issuer="https://bench.veza").issue("u1", audience=AUDIENCE_API, roles=["admin"],
                                                                  sid="s1")
-    verifier = TokenVerifier(keys, issuer="https://bench.veza", audience=AUDIENCE_API)
+    verifier = TokenVerifier(keys, issuer="https://bench.veza", audience=AUDIENCE_API, cache_size=cache_size)
     count, end = 0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         for _ in range(200):
@@ -126,6 +129,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             service.start()
         postgres, redis, s3 = services
         api: subprocess.Popen[bytes] | None = None
+        baseline: subprocess.Popen[bytes] | None = None
         try:
             assert isinstance(postgres, PostgresService) and isinstance(s3, S3Service)
             await migrate(postgres.url)
@@ -179,21 +183,34 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             login_figures = await logins(base, emails, args.seconds, concurrency=4)
             log(f"  {login_figures}")
 
-            log("token verifications (in process)")
-            verify_rate = verifications(KeySet.from_private_keys(signing), 2.0)
-            log(f"  {verify_rate:.0f}/s")
+            log("token verifications (in process): signature checks, then the same token from the cache")
+            verify_rate = verifications(KeySet.from_private_keys(signing), 2.0, cache_size=0)
+            cached_rate = verifications(KeySet.from_private_keys(signing), 2.0, cache_size=4096)
+            log(f"  {verify_rate:.0f}/s checked, {cached_rate:.0f}/s cached")
 
-            log(f"GET /api/v1/rooms, {args.concurrency} concurrent, auth and no auth alternated")
+            baseline_port = free_port()
+            baseline_base = f"http://127.0.0.1:{baseline_port}"
+            baseline = subprocess.Popen([sys.executable, str(Path(__file__).with_name("rooms_baseline.py")),
+                                         str(baseline_port), postgres.url, redis.url, "local"],
+                                        stdout=subprocess.DEVNULL)
+            await wait_ready(baseline_base)
+
+            log(f"GET /api/v1/rooms, {args.concurrency} concurrent, baseline, no auth and auth alternated")
             await get_load(base, None, 1.0, args.concurrency)  # warm-up
-            phases: dict[str, list[float]] = {"auth": [], "anon": []}
-            elapsed: dict[str, float] = {"auth": 0.0, "anon": 0.0}
+            await get_load(baseline_base, None, 1.0, args.concurrency)
+            phases: dict[str, list[float]] = {"auth": [], "anon": [], "baseline": []}
+            elapsed: dict[str, float] = {"auth": 0.0, "anon": 0.0, "baseline": 0.0}
             for _ in range(3):
-                for name, token in (("anon", None), ("auth", user_token)):
-                    lat, took = await get_load(base, token, args.seconds / 3, args.concurrency)
+                for name, url, token in (("baseline", baseline_base, None), ("anon", base, None),
+                                         ("auth", base, user_token)):
+                    lat, took = await get_load(url, token, args.seconds / 3, args.concurrency)
                     phases[name] += lat
                     elapsed[name] += took
                     log(f"  {name}: {len(lat) / took:.0f} req/s, p99 {pct(lat, 0.99) * 1000:.1f} ms")
         finally:
+            if baseline is not None:
+                baseline.terminate()
+                baseline.wait(timeout=15)
             if api is not None:
                 api.terminate()
                 try:
@@ -203,13 +220,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for service in reversed(services):
                 service.stop()
 
-    auth, anon = phases["auth"], phases["anon"]
+    auth, anon, bare = phases["auth"], phases["anon"], phases["baseline"]
     return {
         "bench": "api",
         "argon2": {"type": "argon2id", "memory_kib": 19456, "time_cost": 2, "parallelism": 1,
                    "why": "OWASP minimum for argon2id; each guess costs an attacker 19 MiB and ~tens of ms"},
         **login_figures,
         "token_verifications_per_s": round(verify_rate),
+        "token_verifications_cached_per_s": round(cached_rate),
         "get_concurrency": args.concurrency,
         "get_auth_rps": round(len(auth) / elapsed["auth"]),
         "get_anon_rps": round(len(anon) / elapsed["anon"]),
@@ -217,6 +235,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "get_anon_p50_ms": round(statistics.median(anon) * 1000, 2),
         "get_auth_p99_ms": round(pct(auth, 0.99) * 1000, 2),
         "get_anon_p99_ms": round(pct(anon, 0.99) * 1000, 2),
+        "get_baseline_rps": round(len(bare) / elapsed["baseline"]),
+        "get_baseline_p99_ms": round(pct(bare, 0.99) * 1000, 2),
+        "auth_rps_ratio_to_baseline": round((len(auth) / elapsed["auth"]) / (len(bare) / elapsed["baseline"]), 2),
+        "anon_rps_ratio_to_baseline": round((len(anon) / elapsed["anon"]) / (len(bare) / elapsed["baseline"]), 2),
         "auth_p99_ratio": round(pct(auth, 0.99) / pct(anon, 0.99), 2),
         "auth_p50_ratio": round(statistics.median(auth) / statistics.median(anon), 2),
         # These machines are shared: a high load average means noisy absolute figures.

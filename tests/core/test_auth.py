@@ -131,3 +131,58 @@ def test_rotation_through_mounted_files(tmp_path: Path) -> None:
     v = verifier(keys)
     assert v.verify(new_token).subject == "u1", "an unknown kid triggers a reload of the mounted keys"
     assert v.verify(old_token).subject == "u1"
+
+
+def test_a_verified_token_is_remembered_without_a_second_signature_check(
+        keys: KeySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = TokenIssuer(keys, issuer=ISSUER).issue("u1", audience=AUDIENCE_CHAT, name="Ada")
+    v = verifier(keys)
+    decodes = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **kw: decodes.append(1) or real_decode(*a, **kw))
+    first, second = v.verify(token), v.verify(token)
+    assert first is second and first.name == "Ada"
+    assert len(decodes) == 1
+    # Another token (one character changed: a forged signature) is not a hit: it is checked, and refused.
+    forged = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+    with pytest.raises(TokenError):
+        v.verify(forged)
+    assert len(decodes) == 2
+
+
+def test_a_remembered_token_is_refused_once_it_expires(keys: KeySet) -> None:
+    v = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE_CHAT, leeway=0)
+    token = TokenIssuer(keys, issuer=ISSUER).issue("u1", audience=AUDIENCE_CHAT, ttl=1)
+    assert v.verify(token).subject == "u1"
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    with pytest.raises(TokenError) as refused:
+        v.verify(token)
+    assert refused.value.code == "token_expired"
+
+
+def test_a_remembered_token_is_refused_once_its_key_leaves_the_key_set(tmp_path: Path) -> None:
+    old, new = generate_signing_key(), generate_signing_key()
+    for name, value in secret_data([old]).items():
+        (tmp_path / name).write_text(value)
+    keys = KeySet(tmp_path, recheck_seconds=0)
+    token = TokenIssuer(keys, issuer=ISSUER).issue("u1", audience=AUDIENCE_CHAT)
+    v = verifier(keys)
+    assert v.verify(token).subject == "u1"
+    # The rotation's overlap ends: only the new key is left in the mounted files.
+    for name, value in secret_data([new]).items():
+        (tmp_path / name).write_text(value)
+    with pytest.raises(TokenError) as refused:
+        v.verify(token)
+    assert refused.value.code == "token_key"
+
+
+def test_the_cache_is_bounded(keys: KeySet) -> None:
+    v = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE_CHAT, cache_size=3)
+    issuer = TokenIssuer(keys, issuer=ISSUER)
+    tokens = [issuer.issue(f"u{i}", audience=AUDIENCE_CHAT) for i in range(5)]
+    for token in tokens:
+        v.verify(token)
+    assert list(v._verified) == tokens[2:]
+    v.verify(tokens[2])  # used again: now the most recent
+    assert list(v._verified) == [tokens[3], tokens[4], tokens[2]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,15 +59,43 @@ class Principal:
 
 
 class TokenVerifier:
+    """Verifies access tokens; remembers the tokens it verified until they expire.
+
+    An Ed25519 signature check costs ~400 µs here, and a client sends the same token with every request until
+    it expires, so each verified token is kept (at most `cache_size`, least recently used first out) with the
+    key object that verified it: a hit costs a dictionary lookup and two comparisons. A kept token stops being
+    accepted the moment it expires, or its key leaves the key set or is replaced (a rotation's overlap ends:
+    the files change and the key set reloads). Revocation is not the verifier's business: callers check the
+    token's session on every request, cached or not (the API's middleware, the chat worker's revocation list).
+    """
+
     def __init__(self, keys: KeySet, *, issuer: str, audience: str,
-                 algorithms: tuple[str, ...] = ("EdDSA", "RS256"), leeway: float = 5.0) -> None:
+                 algorithms: tuple[str, ...] = ("EdDSA", "RS256"), leeway: float = 5.0, cache_size: int = 4096) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
         self.algorithms = tuple(a for a in algorithms if a not in ("none", "HS256", "HS384", "HS512"))
         self.leeway = leeway
+        self.cache_size = cache_size
+        # token -> (principal, key id, the key object that verified it, expiry)
+        self._verified: OrderedDict[str, tuple[Principal, str, jwt.PyJWK, float]] = OrderedDict()
 
     def verify(self, token: str) -> Principal:
+        kept = self._verified.get(token)
+        if kept is not None:
+            principal, kid, key, exp = kept
+            if time.time() < exp + self.leeway and self.keys.public_key(kid) is key:
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]
+        principal, kid, key = self._verify(token)
+        if self.cache_size > 0:
+            self._verified[token] = (principal, kid, key, float(principal.claims["exp"]))
+            if len(self._verified) > self.cache_size:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, str, jwt.PyJWK]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -94,8 +123,9 @@ class TokenVerifier:
             raise TokenError("token_issuer", "the token comes from another issuer") from exc
         except jwt.PyJWTError as exc:
             raise TokenError("token_invalid", f"the token is invalid: {exc}") from exc
-        return Principal(subject=str(claims["sub"]), name=str(claims.get("name") or claims["sub"]),
-                         roles=frozenset(claims.get("roles") or ()), claims=claims)
+        principal = Principal(subject=str(claims["sub"]), name=str(claims.get("name") or claims["sub"]),
+                              roles=frozenset(claims.get("roles") or ()), claims=claims)
+        return principal, kid, key
 
 
 class TokenIssuer:
