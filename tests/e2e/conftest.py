@@ -132,7 +132,7 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
         # The operator's egress policy admits the API server's ports: 443 and 6443, and this one's own.
         api_ports = [443, 6443, cluster.plane.apiserver.port]
         kube.helm("install", "veza", str(REPO / "charts" / "veza"), "-n", OPERATOR_NAMESPACE, "--create-namespace",
-                  "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+                  "--set", f"image.repository={repository}", "--set-string", f"image.tag={tag}",
                   "--set-json", f"networkPolicy.apiServer.ports={json.dumps(api_ports)}",
                   # This cluster's CoreDNS runs without privilege on 1053 behind the Service's 53.
                   "--set-json", "networkPolicy.dns.ports=[53,1053]")
