@@ -157,7 +157,8 @@ class HlsListener:
         for i, (sequence, segment) in enumerate(ordered):
             if i == 0 or sequence != ordered[i - 1][0] + 1:
                 runs.append([])
-            runs[-1].append(segment)
+            pdt, data = segment
+            runs[-1].append((pdt, without_id3(data)))
         for run in runs:
             samples, rate = decode_pcm(b"".join(data for _, data in run), "mp3")
             at = tone_change(samples, rate)
@@ -170,6 +171,17 @@ class HlsListener:
                     return pdt + (at - start)
                 start += length
         return None
+
+
+def without_id3(segment: bytes) -> bytes:
+    """A packed-audio segment's MP3 frames, without the ID3 tag in front (its timestamp): a player feeds its
+    decoder the frames back to back; left in, each tag costs the next frame when the bytes are decoded as one."""
+    if segment[:3] != b"ID3":
+        return segment
+    size = 0
+    for byte in segment[6:10]:  # syncsafe: 7 bits a byte
+        size = size << 7 | byte
+    return segment[10 + size:]
 
 
 def mp3_seconds(data: bytes) -> float:
