@@ -27,6 +27,10 @@ PROMETHEUS_VERSION=v3.16.0  # hack/tools/prometheus pins the module's v0.316.0 (
 KUBE_ROUTER_VERSION=v2.1.0
 JAEGER_VERSION=v1.76.0  # the module's v1.x tags carry Jaeger v2 (cmd/jaeger, built on the OpenTelemetry collector)
 PAUSE_VERSION=1.0  # hack/tools/pause: bump when main.go changes
+# CRDs only (nothing is built): CloudNativePG's, and its Barman Cloud Plugin's ObjectStore, for the tests of
+# platforms naming a CloudNativePG Cluster and of examples/cloudnative-pg.
+CNPG_VERSION=v1.30.0
+BARMAN_CLOUD_VERSION=v0.14.0
 
 kube_minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
 kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$kube_minor"
@@ -125,6 +129,21 @@ if [[ -x $bin/traefik-$TRAEFIK_VERSION ]]; then
   fi
   ln -sf "gateway-api-$gw_version-crds.yaml" "$bin/gateway-api-crds.yaml"
 fi
+
+# CloudNativePG's CRDs (Cluster, Backup, ScheduledBackup) and the Barman Cloud Plugin's ObjectStore, from
+# their Go modules (`go mod download` of a tagged version: no build, no wrapper module), cached by version.
+cnpg_crds=$bin/cloudnative-pg-$CNPG_VERSION-barman-cloud-$BARMAN_CLOUD_VERSION-crds.yaml
+if [[ ! -s $cnpg_crds ]]; then
+  module_dir() { (cd "$cache" && go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'); }
+  cnpg_dir=$(module_dir "github.com/cloudnative-pg/cloudnative-pg@$CNPG_VERSION")
+  barman_dir=$(module_dir "github.com/cloudnative-pg/plugin-barman-cloud@$BARMAN_CLOUD_VERSION")
+  for f in "$cnpg_dir"/config/crd/bases/postgresql.cnpg.io_{clusters,backups,scheduledbackups}.yaml \
+           "$barman_dir"/config/crd/bases/barmancloud.cnpg.io_objectstores.yaml; do
+    echo "---"; cat "$f"
+  done > "$cnpg_crds.tmp"
+  mv "$cnpg_crds.tmp" "$cnpg_crds"
+fi
+ln -sf "$(basename "$cnpg_crds")" "$bin/cloudnative-pg-crds.yaml"
 
 # Stable names (kube-apiserver, etcd, helm, ...) pointing at the pinned versions.
 link() { ln -sf "$1-$2" "$bin/$1"; }

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from . import kinds
+from . import cnpg, kinds
 from .controller import Context, Key, Reconciler, Store
 from .directory import DirectorySync
 from .kube import KubeClient
@@ -104,6 +104,10 @@ class Runtime:
             for child in kinds.CHILDREN:
                 if child.watched and (not child.optional or await self.ctx.capability(child.kind)):
                     for body in await client.list(child.kind, namespace, selector):
+                        self.store.put_child(body)
+            for referenced in kinds.REFERENCED:
+                if not referenced.optional or await self.ctx.capability(referenced.kind):
+                    for body in await client.list(referenced.kind, namespace):
                         self.store.put_child(body)
 
     async def resync_forever(self) -> None:
@@ -221,6 +225,21 @@ async def _child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: 
         runtime.reconciler.request((labels[OWNER_KIND], body.metadata.namespace or "", labels[OWNER_NAME]))
 
 
+async def _referenced_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A CloudNativePG Cluster changed: the platforms whose PostgreSQL it is report its health."""
+    runtime: Runtime = memo.runtime
+    if runtime.paused:
+        return
+    raw = dict(body)
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    if type == "DELETED":
+        runtime.store.children.pop((raw["kind"], namespace, name), None)
+    else:
+        runtime.store.put_child(raw)
+    for key in cnpg.platforms_naming(runtime.store.owners, namespace, name):
+        runtime.reconciler.request(key)
+
+
 def register() -> None:
     for owner in kinds.OWNERS:
         api = owner.api
@@ -229,6 +248,9 @@ def register() -> None:
         if child.watched:  # only objects labelled as managed by the operator
             kopf.on.event(child.group, child.version, child.plural, labels=dict(MANAGED_BY),
                           id=f"watch-{child.plural}")(_child_event)
+    for referenced in kinds.REFERENCED:
+        kopf.on.event(referenced.group, referenced.version, referenced.plural,
+                      id=f"watch-{referenced.plural}")(_referenced_event)
 
 
 register()

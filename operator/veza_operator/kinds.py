@@ -51,6 +51,12 @@ CHILDREN: tuple[ApiKind, ...] = (
     child("ServiceMonitor", "monitoring.coreos.com", "v1", "servicemonitors", optional=True),  # Prometheus Operator
     child("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", status_read=True, optional=True),
 )
+# Read, never written: watched whole (not only what is labelled as ours), status kept; a change reconciles
+# the platforms naming the object (handlers.py). A CloudNativePG Cluster a platform's PostgreSQL is (cnpg.py).
+REFERENCED: tuple[ApiKind, ...] = (
+    ApiKind("Cluster", "postgresql.cnpg.io", "v1", "clusters", verbs=WATCH, watched=True, status_read=True,
+            optional=True),
+)
 # Written but never watched nor pruned: the JWT keys (created once, then read and patched only to roll
 # them, keys.py; of the other Secrets a spec names only the metadata is read: do they exist, are they
 # labelled for the platform) and Events.
@@ -115,7 +121,7 @@ OWNERS: tuple[OwnerKind, ...] = (PLATFORM, CHAT_ROOM, STREAM_CHANNEL)
 
 # -- what the rest of the operator reads --------------------------------------------------------
 
-API: Mapping[str, ApiKind] = {k.kind: k for k in (*CHILDREN, *OTHERS, *(o.api for o in OWNERS))}
+API: Mapping[str, ApiKind] = {k.kind: k for k in (*CHILDREN, *REFERENCED, *OTHERS, *(o.api for o in OWNERS))}
 RECONCILERS: Mapping[str, ReconcileFn] = {o.kind: o.reconcile for o in OWNERS}
-STATUS_READ = frozenset(k.kind for k in CHILDREN if k.status_read)
+STATUS_READ = frozenset(k.kind for k in (*CHILDREN, *REFERENCED) if k.status_read)
 PRUNABLE = frozenset(k.kind for k in CHILDREN if k.prunable)  # never Secrets: the keys

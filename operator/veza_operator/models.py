@@ -52,13 +52,77 @@ class PostgresComponents(Model):
     stream: SecretKeyRef | None = Field(None, description="Secret key holding the stream workers' PostgreSQL URI.")
 
 
+# CloudNativePG names a Cluster's Services and Secrets after it: <cluster>-rw (the primary), <cluster>-ro (the
+# replicas) and <cluster>-app (the application user's credentials and URI, on <cluster>-rw).
+CNPG_APP_SECRET_SUFFIX = "-app"  # noqa: S105 (a name, not a password)
+CNPG_READ_SERVICE_SUFFIX = "-ro"
+CNPG_APP_URI_KEY = "uri"
+
+
+class PostgresClusterRef(Model):
+    """A CloudNativePG Cluster (postgresql.cnpg.io/v1) in the platform's namespace."""
+
+    name: str = Field(description="Name of the Cluster. Its application Secret <name>-app (key uri, on "
+                                  "<name>-rw) is the schema owner's URI; <name>-ro serves the reads of "
+                                  "postgres.read. Label the Secret veza.io/usable-by=<platform> (the Cluster's "
+                                  "spec.inheritedMetadata.labels does).",
+                      min_length=1, max_length=50, pattern=DNS_LABEL)
+
+    @property
+    def app_secret(self) -> str:
+        return f"{self.name}{CNPG_APP_SECRET_SUFFIX}"
+
+    @property
+    def read_host(self) -> str:
+        return f"{self.name}{CNPG_READ_SERVICE_SUFFIX}"
+
+
+class PostgresRead(Model):
+    """Reads that tolerate a little staleness go to a replica (the workers fall back to the primary)."""
+
+    uriSecretRef: SecretKeyRef | None = Field(
+        None, description="Secret key holding the URI of a read replica (or a pool of them). Empty with a "
+                          "cluster: the cluster's <cluster>-ro Service, with the primary's credentials.")
+    maxLagSeconds: int = Field(
+        5, ge=0, le=3600, description="A replica further behind the primary than this is not read from.")
+
+
 class PostgresConnection(Model):
-    uriSecretRef: SecretKeyRef = Field(
-        description="Secret key holding the PostgreSQL URI (postgresql://user:password@host:5432/db) of the "
-                    "schema owner: the migration Job's, and every component's without its own URI.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.uriSecretRef) != has(self.cluster)", "set exactly one of uriSecretRef and cluster"),
+        cel("!has(self.read) || has(self.read.uriSecretRef) || has(self.cluster)",
+            "read needs a uriSecretRef unless a cluster is named")]})
+
+    uriSecretRef: SecretKeyRef | None = Field(
+        None, description="Secret key holding the PostgreSQL URI (postgresql://user:password@host:5432/db) of the "
+                          "schema owner: the migration Job's, and every component's without its own URI. "
+                          "Exclusive with cluster.")
+    cluster: PostgresClusterRef | None = Field(
+        None, description="A CloudNativePG Cluster instead of a URI: its <cluster>-app Secret's uri is the "
+                          "schema owner's URI, and the platform is not Ready while the Cluster is not healthy.")
     components: PostgresComponents = Field(
         default_factory=PostgresComponents,
-        description="Optional per-component URIs (a role per component); a component without one uses uriSecretRef.")
+        description="Optional per-component URIs (a role per component); a component without one uses the "
+                    "schema owner's (uriSecretRef, or the cluster's).")
+    read: PostgresRead | None = Field(
+        None, description="Route reads that tolerate staleness to a replica: read.uriSecretRef, or with a "
+                          "cluster its <cluster>-ro Service. Empty: every read goes to the primary.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PostgresConnection:
+        if (self.uriSecretRef is None) == (self.cluster is None):
+            raise ValueError("set exactly one of uriSecretRef and cluster")
+        if self.read is not None and self.read.uriSecretRef is None and self.cluster is None:
+            raise ValueError("read needs a uriSecretRef unless a cluster is named")
+        return self
+
+    @property
+    def owner_uri(self) -> SecretKeyRef:
+        """The schema owner's URI: uriSecretRef, or the cluster's application Secret."""
+        if self.cluster is not None:
+            return SecretKeyRef(name=self.cluster.app_secret, key=CNPG_APP_URI_KEY)
+        assert self.uriSecretRef is not None  # _one_source
+        return self.uriSecretRef
 
 
 class RedisConnection(Model):

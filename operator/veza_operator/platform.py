@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from veza_core import keys as jwt_keys
 
-from . import admission, directory, frontdoor, manifests, wiring
+from . import admission, cnpg, directory, frontdoor, manifests, wiring
 from . import keys as key_schedule
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
@@ -114,10 +114,10 @@ def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any
     In: HTTP from the front door (the spec's namespace selector), from each other, and from where Prometheus
     runs (another selector) while metrics are on. Out: DNS, the
     backing services where the spec says they are (PostgreSQL, Redis, NATS, S3 live wherever the
-    platform points, often outside the cluster), each other's HTTP port (a stream follower forwards
-    a live source to its leader), the OTLP collector, and for the API its OIDC provider. Never a
-    cloud metadata address. Replies to the front door need no egress rule; a relay channel adds its
-    own policy (`workers.relay_policy`).
+    platform points, often outside the cluster; a CloudNativePG cluster's pods always), each other's
+    HTTP port (a stream follower forwards a live source to its leader), the OTLP collector, and for the
+    API its OIDC provider. Never a cloud metadata address. Replies to the front door need no egress
+    rule; a relay channel adds its own policy (`workers.relay_policy`).
     """
     pods = {"matchLabels": {PLATFORM_LABEL: owner.name}}
     labels = {PLATFORM_LABEL: owner.name}
@@ -133,6 +133,11 @@ def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any
     ]
     if spec.observability.otlpEndpoint:
         egress.append({"to": manifests.internet(), "ports": manifests.tcp(url_port(spec.observability.otlpEndpoint))})
+    if (cluster := spec.connections.postgres.cluster) is not None:
+        # The CloudNativePG instances, primary and replicas, in the platform's namespace: reachable however
+        # narrowly egress.backends is drawn.
+        egress.append({"to": [{"podSelector": {"matchLabels": {cnpg.CLUSTER_LABEL: cluster.name}}}],
+                       "ports": manifests.tcp(cnpg.PORT)})
     out = [
         manifests.network_policy(f"{owner.name}-default-deny", owner, labels, pods, ingress=[], egress=[]),
         manifests.network_policy(f"{owner.name}-allow-http", owner, labels, pods, ingress=[{
@@ -238,6 +243,13 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     if images.migration == "Succeeded":
         status["migratedVersion"] = spec.image.tag
 
+    # A CloudNativePG Cluster that is missing holds every change back (its Secret is not there either); one that
+    # is not healthy (starting, failing over, upgrading) does not: the workers reconnect once it serves again.
+    postgres = await cnpg.check_postgres(ctx, key, spec)
+    if not postgres.found and postgres.health is not None:
+        await report(postgres.health)
+        return
+
     monitors = await ctx.capability("ServiceMonitor")
     routes = await frontdoor.serves_routes(ctx, spec)
     await directory.ensure_secret(ctx, owner)
@@ -251,6 +263,7 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     names = admission.secrets_in(children) | wiring.secrets_referenced(spec)
     refused = await admission.apply_admitted(ctx, key, "VezaPlatform", children, names, name, owner.uid)
     if refused is not None:
+        refused = cnpg.explain_refusal(spec, refused, postgres.health)
         await report(refused)
         return
     keys_status = await key_schedule.roll_keys(ctx, key, body, spec, secret_name, previous.get("keys"),
@@ -278,6 +291,8 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
             # migrated before, whose Job runs again after a change back to it, holds nothing back.)
             health = Health(False, "Migrating", f"Waiting for the database migration Job of {images.target}.",
                             progressing=True)
+    if postgres.health is not None and not health.degraded:
+        health = postgres.health
     door = frontdoor.health(ctx, key, spec, name, routes)
     if door is not None and not health.degraded:
         health = door

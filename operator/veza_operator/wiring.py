@@ -84,8 +84,23 @@ def database_ref(spec: VezaPlatformSpec, component: str, *, schema_owner: bool =
     own: SecretKeyRef | None = None
     if component in COMPONENTS and not schema_owner:
         own = getattr(postgres.components, component)
-    ref = own or postgres.uriSecretRef
+    ref = own or postgres.owner_uri
     return SecretValue(ref.name, ref.key)
+
+
+def database_read_env(spec: VezaPlatformSpec) -> dict[str, EnvValue]:
+    """Where reads that tolerate staleness go: a replica's full URI, or with a CloudNativePG cluster the host of
+    its `-ro` Service (the worker keeps the credentials of its own URI and swaps the host). Empty: the primary."""
+    postgres = spec.connections.postgres
+    read = postgres.read
+    if read is None:
+        return {}
+    env: dict[str, EnvValue] = {"VEZA_DATABASE_READ_MAX_LAG_SECONDS": str(read.maxLagSeconds)}
+    if read.uriSecretRef is not None:
+        env["VEZA_DATABASE_READ_URL"] = SecretValue(read.uriSecretRef.name, read.uriSecretRef.key)
+    elif postgres.cluster is not None:
+        env["VEZA_DATABASE_READ_HOST"] = postgres.cluster.read_host
+    return env
 
 
 def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component: str,
@@ -94,7 +109,7 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
     """The environment of one worker: platform connections plus the room or channel it serves.
 
     `schema_owner`: the migration Job's environment, with the URI of the role that owns the schema
-    (`uriSecretRef`) whatever the component's own URI.
+    (`uriSecretRef`, or the CloudNativePG cluster's application Secret) whatever the component's own URI.
     """
     conn = spec.connections
     env: dict[str, EnvValue] = {
@@ -113,6 +128,8 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
         # the end of X-Forwarded-For.
         "VEZA_TRUSTED_PROXIES": str(spec.ingress.trustedProxies),
     }
+    if not schema_owner:  # migrations read what they just wrote: the primary only
+        env.update(database_read_env(spec))
     if schema_owner:
         # The migration Job grants each component's own role what it needs (veza_core.grants); `veza migrate`
         # uses only the user name of these URIs.

@@ -27,13 +27,16 @@ async def test_two_concurrent_runs_apply_each_migration_once(postgres: PostgresS
     assert [p.returncode for p in runs] == [0, 0], [err for _, err in outputs]
     applied = [json.loads(out.strip().splitlines()[-1])["applied"] for out, _ in outputs]
     ours = [v for v, _ in migration_files()]
+    store = [f"analytics/{v}" for v, _ in migration_files("migrations/analytics")]  # the analytics store's, after
     # One run did everything, the other waited on the lock and found nothing to do.
-    assert sorted(applied, key=len) == [[], ours]
+    assert sorted(applied, key=len) == [[], ours + store]
 
     conn = await asyncpg.connect(url)
     try:
         versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
         assert versions == ours
+        assert [r["version"] for r in await conn.fetch("SELECT version FROM analytics.schema_migrations")] == \
+            [v.removeprefix("analytics/") for v in store]
         user = await conn.fetchrow(
             "INSERT INTO users (email, display_name, password_hash, roles) VALUES ('a@b.example', 'A', 'x', '{admin}')"
             " RETURNING id, roles, created_at, updated_at")

@@ -71,7 +71,10 @@ def test_children_are_watched_pruned_and_applied_as_the_registry_says() -> None:
     secret = kinds.API["Secret"]
     assert not secret.prunable and not secret.watched and "delete" not in secret.verbs, "never the keys"
     assert {k.kind for k in kinds.CHILDREN if k.optional} == {"ServiceMonitor", "HTTPRoute"}
-    assert {"Deployment", "Job", "HTTPRoute"} == kinds.STATUS_READ
+    # Read only: a CloudNativePG Cluster is watched whole (it is not ours to label) for its status.
+    assert [(k.kind, k.verbs, k.optional, k.prunable) for k in kinds.REFERENCED] == [
+        ("Cluster", frozenset({"get", "list", "watch"}), True, False)]
+    assert {"Deployment", "Job", "HTTPRoute", "Cluster"} == kinds.STATUS_READ
 
 
 def test_owner_kinds_feed_the_crds_the_reconciler_and_the_watches() -> None:

@@ -4,8 +4,9 @@ from the settings `cli.run` read, kept under `context.API`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,16 +19,18 @@ from veza_core.breaker import CircuitBreaker
 from veza_core.db import create_pool
 from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
+from veza_core.replica import ReadRouter, read_url
 from veza_core.storage import ObjectStore
 from veza_core.web import add_readiness_check, create_app
 
-from . import accounts, audit, magiclinks, moderation, oidc, openapi, rooms, tokens, tracks, users
+from . import accounts, analytics, audit, magiclinks, moderation, oidc, openapi, rooms, tokens, tracks, users
 from .bus import Publisher
 from .context import API, Api
 from .mail import Mailer
 from .middleware import MIDDLEWARES
 from .oidc_client import OidcClient
 from .passwords import Passwords
+from .services.analytics import CONSUMER, AnalyticsConsumer
 from .settings import ApiSettings
 
 PREFIX = "/api/v1"
@@ -72,6 +75,25 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/admin/users", users.list_users)
     r.add_patch(f"{PREFIX}/admin/users/{{id}}", users.patch_user)
     r.add_get(f"{PREFIX}/admin/audit", audit.list_audit)
+    r.add_get(f"{PREFIX}/admin/analytics/messages", analytics.messages)
+    r.add_get(f"{PREFIX}/admin/analytics/active-users", analytics.active_users)
+    r.add_get(f"{PREFIX}/admin/analytics/listening", analytics.listening)
+    r.add_get(f"{PREFIX}/admin/analytics/peaks", analytics.peaks)
+    r.add_get(f"{PREFIX}/admin/analytics/top-tracks", analytics.top_tracks)
+
+
+@web.middleware
+async def note_writes(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """After a request that may have written (any method but GET/HEAD/OPTIONS, and the sign-in GETs under
+    /auth/), this process's list reads must see its writes: the read router waits for the replica or skips it."""
+    try:
+        return await handler(request)
+    finally:
+        reads = request.app[API].reads if API in request.app else None
+        if reads is not None and (request.method not in ("GET", "HEAD", "OPTIONS")
+                                  or request.path.startswith(f"{PREFIX}/auth/")):
+            reads.wrote()
 
 
 def create_api_app(settings: ApiSettings) -> web.Application:
@@ -79,6 +101,7 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         raise ValueError("the API needs VEZA_DATABASE_URL")
     app = create_app("api", client_max_size=settings.max_body_bytes)
     app.middlewares.extend(MIDDLEWARES)
+    app.middlewares.append(note_writes)
     add_routes(app)
     app[tracks.UPLOADS] = asyncio.Semaphore(settings.max_concurrent_uploads)
     # The web client at `/` (the platform's Ingress sends `/` to the API); static files only.
@@ -92,6 +115,9 @@ def create_api_app(settings: ApiSettings) -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         assert settings.database_url
         pool = await create_pool(settings.database_url, max_size=20)
+        analytics_url = settings.analytics_database_url or settings.database_url
+        analytics_pool = pool if analytics_url == settings.database_url else await create_pool(analytics_url,
+                                                                                               max_size=5)
         redis = aioredis.from_url(settings.redis_url or "redis://127.0.0.1:6379", socket_timeout=1.0,
                                   socket_connect_timeout=1.0)
         keys = KeySet(settings.jwt_keys_dir)
@@ -109,9 +135,20 @@ def create_api_app(settings: ApiSettings) -> web.Application:
             mailer=Mailer(settings),
             oidc=OidcClient(settings) if settings.oidc_issuer and settings.oidc_client_id else None,
             publisher=Publisher(settings.nats_url, name=f"veza-api-{settings.platform}", auth=settings),
+            analytics_pool=analytics_pool,
+            reads=ReadRouter(pool, read_url(settings.database_url, settings.database_read_url,
+                                            settings.database_read_host),
+                             max_lag=settings.database_read_max_lag_seconds, component="api"),
         )
         app[API] = ctx
+        assert ctx.reads is not None
+        await ctx.reads.start()
         ctx.publisher.start()
+        if settings.analytics and settings.nats_url:  # one replica consumes at a time (docs/analytics.md)
+            app[CONSUMER] = AnalyticsConsumer(
+                platform=settings.platform, nats_url=settings.nats_url, store_url=analytics_url, pool=analytics_pool,
+                auth=settings, rescan_seconds=settings.analytics_rescan_seconds)
+            app[CONSUMER].start()
         try:
             await asyncio.wait_for(ctx.store.ensure_bucket(), 10)
         except Exception as exc:  # S3 may come later; uploads fail until then, the rest works
@@ -129,7 +166,13 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         try:
             yield
         finally:
+            if CONSUMER in app:
+                await app[CONSUMER].stop()
+            await ctx.reads.close()
             await ctx.publisher.close()
+            if analytics_pool is not pool:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(analytics_pool.close(), 5.0)
             await redis.aclose()
             try:  # a pool reconnecting to a PostgreSQL that is gone would wait out its connect timeout
                 await asyncio.wait_for(pool.close(), 5.0)

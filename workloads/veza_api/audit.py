@@ -22,7 +22,7 @@ async def list_audit(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise HttpError(400, "invalid_query", "limit and before must be integers") from exc
     actor = parse_uuid(q["actor"], "actor") if "actor" in q else None
-    entries = await audit.entries(request.app[API].pool, limit=limit, event=q.get("event"),
+    entries = await audit.entries(request.app[API].lists, limit=limit, event=q.get("event"),
                                   subject=q.get("subject"), actor=actor, before=before)
     next_before = entries[-1]["id"] if len(entries) == limit else None
     return web.json_response({"entries": entries, "next_before": next_before})

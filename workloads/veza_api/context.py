@@ -13,6 +13,7 @@ from veza_core.auth import TokenIssuer, TokenVerifier
 from veza_core.breaker import CircuitBreaker
 from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
+from veza_core.replica import ReadRouter
 from veza_core.storage import ObjectStore
 from veza_core.web import client_address
 
@@ -37,8 +38,16 @@ class Api:
     store: ObjectStore
     mailer: Mailer
     oidc: OidcClient | None = None
+    analytics_pool: asyncpg.Pool | None = None  # the analytics store's (docs/analytics.md); `pool` when it is the same
     publisher: Publisher = field(default_factory=lambda: Publisher(None))
+    # Reads that may lag (the list routes): the read replica when fresh enough, else `pool` (docs/deploy.md).
+    reads: ReadRouter | None = None
     active_kid: str | None = field(default=None)
+
+    @property
+    def lists(self) -> asyncpg.Pool | ReadRouter:
+        """Where list routes read: through the read router when there is one."""
+        return self.reads if self.reads is not None else self.pool
 
     def redis_key(self, *parts: str) -> str:
         return ":".join(["veza", self.settings.platform, *parts])

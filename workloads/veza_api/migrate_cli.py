@@ -3,6 +3,8 @@
 Safe to run concurrently: `veza_core.db.migrate` holds a PostgreSQL advisory
 lock, so a second run waits and then finds nothing left to do.
 
+Then the analytics store's own migrations, to `VEZA_ANALYTICS_DATABASE_URL` (default: the same database).
+
 Then, when components connect with roles of their own, grant each what it needs
 (`veza_core.grants`): `--grant chat=veza_chat`, or the URL the component uses in
 `VEZA_DATABASE_URL_API`, `VEZA_DATABASE_URL_CHAT`, `VEZA_DATABASE_URL_STREAM` (its user is the role).
@@ -23,6 +25,8 @@ from veza_core.db import migrate
 from veza_core.grants import COMPONENTS, grant, role_of
 from veza_core.logs import configure_logging
 
+from .services import analytics
+
 log = logging.getLogger("veza.migrate")
 
 
@@ -32,6 +36,8 @@ class MigrateSettings(Settings):
     database_url_api: str = ""
     database_url_chat: str = ""
     database_url_stream: str = ""
+    # The analytics store (docs/analytics.md): its own migrations go there, by default to the platform's database.
+    analytics_database_url: str = ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +73,13 @@ async def grant_roles(database_url: str, roles: dict[str, str]) -> None:
     log.info("grants applied", extra={"roles": roles})
 
 
-async def migrate_and_grant(database_url: str, roles: dict[str, str]) -> list[str]:
+async def migrate_and_grant(database_url: str, roles: dict[str, str], analytics_url: str = "") -> list[str]:
     applied = await migrate(database_url)
     await grant_roles(database_url, roles)
+    store = analytics_url or database_url
+    applied += [f"analytics/{version}" for version in await analytics.migrate_store(store)]
+    if "api" in roles:
+        await analytics.grant_store(store, roles["api"])
     return applied
 
 
@@ -87,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"veza migrate: {exc}", file=sys.stderr)
         return 2
     try:
-        applied = asyncio.run(asyncio.wait_for(migrate_and_grant(database_url, roles), args.timeout))
+        applied = asyncio.run(asyncio.wait_for(
+            migrate_and_grant(database_url, roles, settings.analytics_database_url), args.timeout))
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         log.error("migration failed", extra={"error": repr(exc)})
         return 1

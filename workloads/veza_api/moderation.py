@@ -56,7 +56,7 @@ async def moderate(request: web.Request) -> web.Response:
 async def list_actions(request: web.Request) -> web.Response:
     room = resource_name(request, "room")
     await require_room_role(request, room, "moderator")
-    rows = await request.app[API].pool.fetch(
+    rows = await request.app[API].lists.fetch(
         "SELECT * FROM room_moderation WHERE room = $1 ORDER BY id DESC LIMIT 200", room)
     return web.json_response({"actions": [
         {"id": r["id"], "room": r["room"], "user_id": str(r["user_id"]), "action": r["action"],

@@ -37,6 +37,7 @@ def ref(name: str) -> dict[str, str]:
 
 STR, INT, BOOL, NUM = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}, {"type": "number"}
 TIME = {"type": "string", "format": "date-time"}
+DATE = {"type": "string", "format": "date"}
 UUID = {"type": "string", "format": "uuid"}
 
 
@@ -85,6 +86,18 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "AuditEntry": obj({"id": INT, "at": TIME, "event": STR, "actor_id": nullable(UUID), "subject": nullable(STR),
                        "ip": nullable(STR), "request_id": nullable(STR), "details": {"type": "object"}}),
     "AuditPage": obj({"entries": {"type": "array", "items": ref("AuditEntry")}, "next_before": nullable(INT)}),
+    # Analytics (docs/analytics.md): times in UTC, hours and days as their start.
+    "MessageSeries": obj({"series": {"type": "array", "items": obj({"room": STR, "hour": TIME, "messages": INT})}}),
+    "ActiveUsers": obj({"days": {"type": "array", "items": obj({"day": DATE, "users": INT})}}),
+    "ListeningSeries": obj({"series": {"type": "array", "items": obj(
+        {"channel": STR, "rendition": STR, "hour": TIME, "minutes": NUM})}}),
+    "Peaks": obj({"peaks": {"type": "array", "items": obj(
+        {"kind": {"enum": ["listeners", "connections"]},
+         "scope": {"type": "string", "description": "the channel (listeners) or the room (connections)"},
+         "day": DATE, "peak": INT, "at": {**TIME, "description": "when the peak was first reached"}})}}),
+    "TopTracks": obj({"tracks": {"type": "array", "items": obj(
+        {"channel": STR, "title": STR, "track_id": nullable(STR),
+         "plays": {"type": "integer", "description": "every play since the store began"}, "last_played": TIME})}}),
     "MagicLinkSent": obj({"status": {"const": "sent"}, "expires_in": INT}),
     "RegistrationAccepted": obj({"status": {"const": "check_email"}}),
 }
@@ -146,6 +159,10 @@ def op(summary: str, ok: dict[int, str | None], *, auth: str = "required", body:
 NAME = [path_param("name", {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"})]
 MEMBER = [*NAME, path_param("user_id", UUID)]
 ID = [path_param("id", UUID)]
+# The analytics routes' window, [from, to) in UTC: a date as `to` includes that day.
+WINDOW = [query("from", {"type": "string"}, "ISO date or datetime (UTC unless it has an offset); "
+                "default: 7 days before `to`; the window spans at most 366 days"),
+          query("to", {"type": "string"}, "ISO date (that day included) or datetime; default: now")]
 
 
 def paths() -> dict[str, dict[str, Any]]:
@@ -228,6 +245,24 @@ def paths() -> dict[str, dict[str, Any]]:
         f"{v1}/admin/audit": {"get": op("The audit log, newest first", {200: "AuditPage"}, errors=(400, 403, 404),
                                         params=[query("event"), query("actor", UUID), query("subject"),
                                                 query("before", INT), query("limit", INT)])},
+        f"{v1}/admin/analytics/messages": {"get": op(
+            "Messages per room per hour (admins)", {200: "MessageSeries"}, errors=(400, 403, 503),
+            params=[*WINDOW, query("room", description="only this room")])},
+        f"{v1}/admin/analytics/active-users": {"get": op(
+            "Users who sent a message, per day (admins)", {200: "ActiveUsers"}, errors=(400, 403, 503),
+            params=WINDOW)},
+        f"{v1}/admin/analytics/listening": {"get": op(
+            "Listener-minutes per channel, rendition and hour (admins)", {200: "ListeningSeries"},
+            errors=(400, 403, 503), params=[*WINDOW, query("channel", description="only this channel")])},
+        f"{v1}/admin/analytics/peaks": {"get": op(
+            "Peak concurrent listeners per channel and connections per room, per day (admins)", {200: "Peaks"},
+            errors=(400, 403, 503), params=[*WINDOW, query("kind", {"enum": ["listeners", "connections"]},
+                                                           "only this kind (default: both)")])},
+        f"{v1}/admin/analytics/top-tracks": {"get": op(
+            "The most played tracks among those last played in the window (admins)", {200: "TopTracks"},
+            errors=(400, 403, 503), params=[*WINDOW, query("channel", description="only this channel"),
+                                            query("limit", {"type": "integer", "minimum": 1, "maximum": 100,
+                                                            "default": 10})])},
     }
 
 

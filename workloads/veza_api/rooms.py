@@ -64,9 +64,9 @@ async def _rows(request: web.Request, kind: str) -> list[asyncpg.Record]:
     who = principal(request)
     ctx = request.app[API]
     if who is not None and await is_platform_admin(request, who):
-        return await ctx.pool.fetch(f"SELECT * FROM {table} ORDER BY name")  # noqa: S608 - fixed names
+        return await ctx.lists.fetch(f"SELECT * FROM {table} ORDER BY name")  # noqa: S608 - fixed names
     uid = user_id(who) if who is not None else None
-    return await ctx.pool.fetch(
+    return await ctx.lists.fetch(
         f"SELECT * FROM {table} t WHERE t.visibility = 'public' OR EXISTS ("  # noqa: S608 - fixed names
         f" SELECT 1 FROM {roles_table} r WHERE r.{column} = t.name AND r.user_id = $1) ORDER BY name", uid)
 

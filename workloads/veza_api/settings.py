@@ -68,6 +68,12 @@ class ApiSettings(Settings, NatsAuth):
     # platform admins declare.
     directory_token: str | None = Field(None, min_length=32, max_length=256)
 
+    # Analytics (docs/analytics.md): the consumer of the bus's events runs in the API workers (one at a time) unless
+    # switched off; its store is this database (schema `analytics`), by default the platform's own.
+    analytics: bool = True
+    analytics_database_url: str | None = None
+    analytics_rescan_seconds: float = Field(30.0, gt=0)  # how often new rooms' streams are looked for
+
     oidc_issuer: str | None = Field(None, description="OIDC provider's issuer URL (discovery at /.well-known/...)")
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = None

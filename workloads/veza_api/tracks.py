@@ -165,7 +165,7 @@ async def _store_upload(request: web.Request, who: Principal, title: str) -> web
 async def list_tracks(request: web.Request) -> web.Response:
     if not await _may_upload(request):
         raise forbidden("admins and broadcasters only")
-    rows = await request.app[API].pool.fetch("SELECT * FROM tracks ORDER BY created_at DESC LIMIT 500")
+    rows = await request.app[API].lists.fetch("SELECT * FROM tracks ORDER BY created_at DESC LIMIT 500")
     return web.json_response({"tracks": [_json(r) for r in rows]})
 
 

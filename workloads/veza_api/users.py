@@ -47,7 +47,7 @@ async def list_users(request: web.Request) -> web.Response:
         raise HttpError(400, "invalid_query", "limit must be an integer") from exc
     after = parse_uuid(request.query["after"], "after") if "after" in request.query else uuid.UUID(int=0)
     email = request.query.get("email")
-    rows = await request.app[API].pool.fetch(
+    rows = await request.app[API].lists.fetch(
         f"SELECT {USER_COLUMNS} FROM users WHERE id > $1 AND ($2::text IS NULL OR email = lower($2))"  # noqa: S608
         " ORDER BY id LIMIT $3", after, email, limit)
     users = [user_json(r) for r in rows]

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
-from veza_core import bus
+from veza_core import bus, events
 from veza_core.tracing import inject, remote_span
 
 from . import inbound
@@ -50,6 +50,7 @@ class Fanout:
                  auth: bus.NatsAuth | None = None,
                  on_jetstream: Callable[[JetStreamContext], None] | None = None) -> None:
         self.url = url
+        self.platform = platform
         self.room = room
         self.worker_id = worker_id
         self.auth = auth
@@ -68,6 +69,7 @@ class Fanout:
         self.outbox: deque[tuple[bytes, str, dict[str, str]]] = deque()  # payload, Nats-Msg-Id, trace headers
         self.wake = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self.stats_stream_ready = False
 
     @property
     def connected(self) -> bool:
@@ -185,6 +187,20 @@ class Fanout:
                                 max_bytes=inbound.MAX_SIGNAL_BYTES)
         if signal is not None and signal.root.w != self.worker_id:
             self.on_signal(signal.root)
+
+    # -- counts for analytics ------------------------------------------------------
+    async def publish_connections(self, connections: int, at: float) -> None:
+        """This replica's open sockets, a snapshot on core NATS that the platform's stats stream keeps (made here
+        too, so counts are kept while no API is up); skipped while NATS is away."""
+        if not self.connected:
+            return
+        assert self.nc is not None
+        with contextlib.suppress(Exception):
+            if not self.stats_stream_ready:
+                self.stats_stream_ready = bool(await events.ensure_stats_stream(self.nc.jetstream(), self.platform))
+            snapshot = events.RoomConnections(v=1, room=self.room, replica=self.worker_id, connections=connections,
+                                              at=at)
+            await self.nc.publish(events.ROOM_CONNECTIONS.subject(self.platform, self.room), events.payload(snapshot))
 
     # -- from the API ------------------------------------------------------------
     async def _on_revoked_msg(self, msg: Msg) -> None:

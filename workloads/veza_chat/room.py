@@ -112,8 +112,10 @@ class Client:
 class Room:
     def __init__(self, name: str, fetch_after: FetchAfter, l2_range: RangeCache | None = None, *,
                  clock: Callable[[], float] = time.time, last_committed: LastCommitted | None = None,
-                 on_system: Callable[[str], None] | None = None) -> None:
+                 on_system: Callable[[str], None] | None = None, replay_after: FetchAfter | None = None) -> None:
         self.name = name
+        # Resume reads (may be served by a read replica, never short): gap fills and catch-up use `fetch_after`.
+        self.replay_after = replay_after or fetch_after
         self.on_system = on_system  # called, in seq order, with the frame of each system event delivered
         self.clock = clock  # epoch seconds, compared with commit times for the delivery delay
         self.fetch_after = fetch_after
@@ -315,4 +317,4 @@ class Room:
             cached = await self.l2_range(after, upto)
             if cached:
                 return cached
-        return [(seq, frame) for seq, frame, _ in map(encode, await self.fetch_after(after, upto, 1000))]
+        return [(seq, frame) for seq, frame, _ in map(encode, await self.replay_after(after, upto, 1000))]

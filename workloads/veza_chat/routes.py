@@ -44,7 +44,7 @@ async def history(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 1, p.MAX_HISTORY) or 50
     try:
         events, more = await service.history_page(before, after, limit)
-        last = await service.store.last_seq()
+        last = await service.store.last_seq(replica=True)
     except (StoreUnavailable, OSError) as exc:
         raise HttpError(503, p.STORE_UNAVAILABLE, f"history is unavailable: {exc}") from None
     return web.json_response({"room": service.room_name, "last_seq": last, "events": events, "has_more": more})

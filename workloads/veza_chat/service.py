@@ -35,6 +35,7 @@ from veza_core.breaker import CircuitBreaker
 from veza_core.db import migrate
 from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
+from veza_core.replica import read_url
 from veza_core.tracing import child_span
 from veza_core.web import HttpError
 
@@ -54,6 +55,7 @@ log = logging.getLogger("veza.chat")
 tracer = trace.get_tracer("veza.chat")
 
 PRESENCE_COALESCE = 0.5  # join/leave frames are batched: one frame per window, however many users moved
+CONNECTIONS_EVERY = 5.0  # seconds between this replica's snapshots of its open sockets (analytics)
 
 
 class ChatService:
@@ -83,8 +85,11 @@ class ChatService:
         self.presence = Presence(self.redis, prefix, self.worker_id, breaker,
                                  members_key=f"veza:{settings.platform}:room:{self.room_name}:members",
                                  ttl=settings.chat_presence_ttl_seconds)
-        self.store = Store(settings.database_url, self.room_name)
+        self.store = Store(settings.database_url, self.room_name, max_lag=settings.database_read_max_lag_seconds,
+                           read_url=read_url(settings.database_url, settings.database_read_url,
+                                             settings.database_read_host))
         self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None, clock=clock,
+                         replay_after=self.store.events_through,
                          last_committed=self.store.last_seq, on_system=self._system_event)
         self.committer = GroupCommitter(self.store, self._committed)
         self.fanout = Fanout(settings.nats_url, platform=settings.platform, room=self.room_name,
@@ -135,10 +140,12 @@ class ChatService:
                 await asyncio.sleep(1.0)
         self.room.start(last)
         self.known_last = last
+        self.store.wrote()  # what the primary held at boot is what reads that may lag must see, at least
         self.committer.start()
         self.tasks += [asyncio.create_task(self._poll(), name="chat-poll"),
                        asyncio.create_task(self._heartbeat(), name="chat-presence"),
-                       asyncio.create_task(self._presence_flush(), name="chat-presence-flush")]
+                       asyncio.create_task(self._presence_flush(), name="chat-presence-flush"),
+                       asyncio.create_task(self._count_connections(), name="chat-connections")]
         self.booted.set()
         log.info("chat room ready", extra={"room": self.room_name, "last_seq": last, "worker": self.worker_id})
 
@@ -201,6 +208,8 @@ class ChatService:
                 # With NATS up, only chase what stayed missing for a whole tick (fan-out is in flight otherwise).
                 target = min(last, seen_last) if self.fanout.connected else last
                 seen_last = last
+                if last > self.known_last:
+                    self.store.wrote()  # committed by another replica: reads that may lag must see it
                 self.known_last = max(self.known_last, last)
                 if target > self.room.delivered:
                     await self.room.catch_up(target)
@@ -268,14 +277,15 @@ class ChatService:
     async def history_page(self, before: int | None, after: int | None,
                            limit: int) -> tuple[list[dict[str, Any]], bool]:
         if after is not None:
-            events = await self.store.events_after(after, limit + 1, (before - 1) if before else None)
+            events = await self.store.events_after(after, limit + 1, (before - 1) if before else None,
+                                                   replica=True)
             more = len(events) > limit
             events = events[:limit]
         else:
-            events = await self.store.events_before(before or 2**62, limit + 1)
+            events = await self.store.events_before(before or 2**62, limit + 1, replica=True)
             more = len(events) > limit
             events = events[-limit:]
-        return await self.store.with_reactions(events), more
+        return await self.store.with_reactions(events, replica=True), more
 
     # -- sanctions ----------------------------------------------------------
     async def _load_sanctions(self) -> None:
@@ -364,6 +374,12 @@ class ChatService:
         if not self.presence.local.get(client.user):
             await self.fanout.signal({"kind": "presence", "op": "leave", "user": client.user})
 
+    async def _count_connections(self) -> None:
+        """This replica's open sockets on the bus every few seconds: analytics' peak concurrent connections."""
+        while True:
+            await asyncio.sleep(CONNECTIONS_EVERY)
+            await self.fanout.publish_connections(len(self.room.clients), time.time())
+
     async def _heartbeat(self) -> None:
         while True:
             with contextlib.suppress(Exception):
@@ -404,6 +420,7 @@ class ChatService:
         if any(seq > bound for seq, _, _ in items):
             bus.reject(inbound.EVENTS, "seq_out_of_window", seq=max(seq for seq, _, _ in items), bound=bound)
             return
+        self.store.wrote()  # committed before it was published: reads that may lag must see it
         self.room.feed(items)
 
     def _on_signal(self, signal: inbound.PresenceSignal | inbound.FrameSignal | inbound.ModerationSignal) -> None:

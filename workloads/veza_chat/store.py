@@ -25,6 +25,7 @@ from opentelemetry import trace
 
 from veza_core import directory
 from veza_core.db import create_pool
+from veza_core.replica import ReadRouter
 from veza_core.tracing import batch_span
 
 from . import metrics
@@ -99,10 +100,17 @@ def row_event(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class Store:
-    def __init__(self, url: str, room: str) -> None:
+    """The room's tables. Reads that may lag (history pages, resume) pass `replica=True`: they go through the
+    read router, which sends them to the read replica when it has replayed every write this worker knows of
+    (docs/chat-protocol.md, "Read replicas"); everything else reads and writes the primary."""
+
+    def __init__(self, url: str, room: str, *, read_url: str | None = None, max_lag: float = 5.0) -> None:
         self.url = url
         self.room = room
+        self.read_url = read_url
+        self.max_lag = max_lag
         self.pool: asyncpg.Pool | None = None
+        self.router: ReadRouter | None = None
 
     async def open(self, title: str | None = None, visibility: str = "public", *, declare: bool = True) -> None:
         self.pool = await create_pool(self.url, min_size=2, max_size=8)
@@ -110,10 +118,25 @@ class Store:
             await conn.execute("INSERT INTO chat_rooms (room) VALUES ($1) ON CONFLICT DO NOTHING", self.room)
             if declare:  # the API lists the room from the directory: the room's own workers declare it
                 await directory.declare(conn, "room", self.room, title or self.room, visibility)
+        self.router = ReadRouter(self.pool, self.read_url, max_lag=self.max_lag, component="chat")
+        await self.router.start()
 
     async def close(self) -> None:
+        if self.router is not None:
+            await self.router.close()
+            self.router = None
         if self.pool is not None:
             await self.pool.close()
+
+    def wrote(self) -> None:
+        """The room changed (a commit here, or one another replica announced): reads that may lag must see it."""
+        if self.router is not None:
+            self.router.wrote()
+
+    def _db(self, replica: bool) -> asyncpg.Pool | ReadRouter:
+        if replica and self.router is not None:
+            return self.router
+        return self._pool()
 
     def _pool(self) -> asyncpg.Pool:
         if self.pool is None:
@@ -128,6 +151,7 @@ class Store:
                 [o.emoji for o in ops])
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        self.wrote()  # before any ack: the sender's next history read waits for (or skips) a replica behind it
         by_ord = {r["r_ord"]: r for r in rows}
         out: list[Appended] = []
         for i, op in enumerate(ops, start=1):
@@ -149,6 +173,7 @@ class Store:
                                        self.room, row["r_seq"], json.dumps(meta))
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        self.wrote()
         event = None if row["r_duplicate"] else event_dict(
             row["r_seq"], kind, row["r_id"], SYSTEM, SYSTEM, body=body, created_at=row["r_created"],
             now_playing=meta if kind == "nowplaying" else None)
@@ -161,29 +186,43 @@ class Store:
             " ORDER BY seq DESC LIMIT 1", self.room, kind)
         return None if row is None else row_event(row)
 
-    async def last_seq(self) -> int:
-        return int(await self._pool().fetchval("SELECT last_seq FROM chat_rooms WHERE room = $1", self.room) or 0)
+    async def last_seq(self, *, replica: bool = False) -> int:
+        return int(await self._db(replica).fetchval("SELECT last_seq FROM chat_rooms WHERE room = $1", self.room)
+                   or 0)
 
-    async def events_after(self, after: int, limit: int, upto: int | None = None) -> list[dict[str, Any]]:
+    async def events_after(self, after: int, limit: int, upto: int | None = None, *,
+                           replica: bool = False) -> list[dict[str, Any]]:
         """Events with seq > after (and <= upto), ascending."""
-        rows = await self._pool().fetch(
+        rows = await self._db(replica).fetch(
             f"SELECT {EVENT_COLUMNS} FROM chat_events WHERE room = $1 AND seq > $2 AND seq <= $3"  # noqa: S608
             " ORDER BY seq LIMIT $4", self.room, after, upto if upto is not None else 2**62, limit)
         return [row_event(r) for r in rows]
 
-    async def events_before(self, before: int, limit: int) -> list[dict[str, Any]]:
+    async def events_through(self, after: int, upto: int, limit: int) -> list[dict[str, Any]]:
+        """Events (after, upto], ascending, for a resume: from the replica when the read rule allows, checked
+        to be complete. Seqs below the last committed one have no holes but at the bottom (retention), so an
+        answer that neither reaches `upto` nor fills `limit` came from a replica behind: read the primary."""
+        events = await self.events_after(after, limit, upto, replica=True)
+        if self.router is None or (events and (events[-1]["seq"] >= upto or len(events) >= limit)):
+            return events
+        rows = await self.router.on_primary(lambda pool: pool.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM chat_events WHERE room = $1 AND seq > $2 AND seq <= $3"  # noqa: S608
+            " ORDER BY seq LIMIT $4", self.room, after, upto, limit), "incomplete")
+        return [row_event(r) for r in rows]
+
+    async def events_before(self, before: int, limit: int, *, replica: bool = False) -> list[dict[str, Any]]:
         """The `limit` events just before `before`, ascending."""
-        rows = await self._pool().fetch(
+        rows = await self._db(replica).fetch(
             f"SELECT {EVENT_COLUMNS} FROM chat_events WHERE room = $1 AND seq < $2"  # noqa: S608
             " ORDER BY seq DESC LIMIT $3", self.room, before, limit)
         return [row_event(r) for r in reversed(rows)]
 
-    async def with_reactions(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def with_reactions(self, events: list[dict[str, Any]], *, replica: bool = False) -> list[dict[str, Any]]:
         """Adds `reactions` ({emoji: [user ids]}) to the message events of a history page."""
         seqs = [e["seq"] for e in events if e["kind"] == "message"]
         if not seqs:
             return events
-        rows = await self._pool().fetch(
+        rows = await self._db(replica).fetch(
             "SELECT seq, emoji, array_agg(user_id ORDER BY user_id) AS users FROM chat_reactions"
             " WHERE room = $1 AND seq = ANY($2::bigint[]) GROUP BY seq, emoji", self.room, seqs)
         found: dict[int, dict[str, list[str]]] = {}
@@ -271,6 +310,8 @@ class Store:
                 status = await conn.execute("DELETE FROM chat_events WHERE room = $1 AND seq <= $2", self.room, floor)
                 await conn.execute("DELETE FROM chat_reactions WHERE room = $1 AND seq <= $2", self.room, floor)
                 deleted = int(status.split()[-1])
+        if deleted:
+            self.wrote()
         return deleted
 
 

@@ -29,6 +29,11 @@ class Settings(BaseModel):
     public_url: str = Field("http://localhost:8080", description="Base URL end clients use (the Ingress)")
 
     database_url: str | None = None
+    # The read endpoint for reads that may lag (docs/deploy.md, "Read replicas"): a full URI, or a host[:port]
+    # replacing the primary's in database_url. Neither: every read goes to the primary.
+    database_read_url: str | None = None
+    database_read_host: str | None = None
+    database_read_max_lag_seconds: float = Field(5.0, gt=0)
     redis_url: str | None = None
     nats_url: str | None = None
 

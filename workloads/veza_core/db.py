@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -47,30 +48,35 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
-def migration_files() -> list[tuple[str, str]]:
-    """(version, sql) for every migration, in order."""
-    folder = resources.files("veza_core") / "migrations"
-    found = [(f.name.removesuffix(".sql"), f.read_text()) for f in folder.iterdir() if f.name.endswith(".sql")]
+def migration_files(folder: str = "migrations") -> list[tuple[str, str]]:
+    """(version, sql) for every migration of `folder` (under veza_core), in order."""
+    found_in = resources.files("veza_core").joinpath(*folder.split("/"))
+    found = [(f.name.removesuffix(".sql"), f.read_text()) for f in found_in.iterdir() if f.name.endswith(".sql")]
     return sorted(found)
 
 
-async def migrate(url: str) -> list[str]:
-    """Apply the migrations not yet applied; returns the versions applied by this call."""
+async def migrate(url: str, *, folder: str = "migrations", table: str = "schema_migrations") -> list[str]:
+    """Apply the migrations of `folder` not yet applied, recorded in `table` (`schema.table`: the schema is made
+    first); returns the versions applied by this call. The analytics store has a folder and a table of its own."""
+    if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)?", table):  # a name from the code, spliced into SQL below
+        raise ValueError(f"not a table name: {table!r}")
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
+            if "." in table:
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
             await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                f"CREATE TABLE IF NOT EXISTS {table} ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {table}")}  # noqa: S608
             applied = []
-            for version, sql in migration_files():
+            for version, sql in migration_files(folder):
                 if version in done:
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                    await conn.execute(f"INSERT INTO {table} (version) VALUES ($1)", version)  # noqa: S608
                 log.info("migration applied", extra={"version": version})
                 applied.append(version)
             return applied

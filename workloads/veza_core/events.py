@@ -36,7 +36,6 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
 from . import bus
@@ -142,6 +141,16 @@ class ListenerCounts(Event):
     at: Epoch
 
 
+# -- from the chat workers ----------------------------------------------------------------------
+class RoomConnections(Event):
+    """One chat replica's open sockets on its room, every 5 s (a snapshot: the newest per replica wins)."""
+
+    room: ResourceName
+    replica: Annotated[str, StringConstraints(pattern=WORKER_ID)] = Field(description="The replica's worker id")
+    connections: Annotated[int, Field(ge=0)]
+    at: Epoch
+
+
 # -- between the replicas of one room ------------------------------------------------------------
 class _Peer(BaseModel):
     """A signal from another replica of this room (more members may come from newer replicas)."""
@@ -216,8 +225,9 @@ class Subject:
 
 ROOM_EVENTS = Subject(
     "room-events", "room.events", "Committed chat events of one room, one message per group commit", "room",
-    None, producers=("chat",), consumers=("chat",), delivery="jetstream", stream="VEZA_CHAT_<platform>_<room>",
-    idempotency="the events' seq (receivers deliver each seq once); Nats-Msg-Id `<room>:<first seq>`",
+    None, producers=("chat",), consumers=("chat", "api"), delivery="jetstream", stream="VEZA_CHAT_<platform>_<room>",
+    idempotency="the events' seq (receivers deliver each seq once; analytics: `<room>:<seq>:<event id>`); "
+    "Nats-Msg-Id `<room>:<first seq>`",
     content_type="text/plain",
     schema={"title": "room events", "type": "string",
             "description": "The committing replica's id (12 hex digits), then one line per event: `<seq> <ts in ms or "
@@ -253,16 +263,21 @@ CHANNEL_AUDIO = Subject(
             "description": "A batch in the binary wire format of docs/streaming.md (\"Replicas and leadership\")."})
 CHANNEL_NOWPLAYING = Subject(
     "channel-nowplaying", "channel.nowplaying", "What a channel plays now, at each track change", "channel",
-    NowPlaying, producers=("stream",), consumers=("chat",), delivery="jetstream", stream="VEZA_CHANNELS_<platform>",
+    NowPlaying, producers=("stream",), consumers=("chat", "api"), delivery="jetstream",
+    stream="VEZA_CHANNELS_<platform>",
     durable=True, idempotency="`id` (also the Nats-Msg-Id: the stream drops a republish within 2 minutes)")
 CHANNEL_LISTENERS = Subject(
     "channel-listeners", "channel.listeners", "One replica's listener counts, every 5 s", "channel",
-    ListenerCounts, producers=("stream",), consumers=(), delivery="core",
-    idempotency="a snapshot: the newest per replica wins")
+    ListenerCounts, producers=("stream",), consumers=("api",), delivery="jetstream", stream="VEZA_STATS_<platform>",
+    durable=True, idempotency="a snapshot: the newest per replica wins; analytics: `<channel>:<replica>:<at>`")
+ROOM_CONNECTIONS = Subject(
+    "room-connections", "room.connections", "One chat replica's open sockets on its room, every 5 s", "room",
+    RoomConnections, producers=("chat",), consumers=("api",), delivery="jetstream", stream="VEZA_STATS_<platform>",
+    durable=True, idempotency="a snapshot: the newest per replica wins; analytics: `<room>:<replica>:<at>`")
 
 CATALOG: tuple[Subject, ...] = (
     ROOM_EVENTS, ROOM_SIGNALS, ROOM_MEMBERSHIP, ROOM_LIFECYCLE, ROOM_MODERATION, USER_REVOKED,
-    CHANNEL_LIFECYCLE, CHANNEL_AUDIO, CHANNEL_NOWPLAYING, CHANNEL_LISTENERS,
+    CHANNEL_LIFECYCLE, CHANNEL_AUDIO, CHANNEL_NOWPLAYING, CHANNEL_LISTENERS, ROOM_CONNECTIONS,
 )
 
 
@@ -309,6 +324,24 @@ async def ensure_channels_stream(js: JetStreamContext, platform: str) -> str:
     return name
 
 
+STATS_MAX_AGE = 24 * 3600.0
+STATS_MAX_MSGS_PER_SUBJECT = 50_000  # a day of one channel's (room's) snapshots from 2-3 replicas
+
+
+def stats_stream(platform: str) -> str:
+    return "VEZA_STATS_" + re.sub(r"[^A-Za-z0-9_-]", "_", platform)
+
+
+async def ensure_stats_stream(js: JetStreamContext, platform: str) -> str:
+    """Create (or bring up to date) the platform's stream of counts snapshots (listeners per channel, connections
+    per room), which the producers publish on core NATS and JetStream keeps for the analytics consumer; producers
+    and the consumer all call it. Limits-based: the newest day."""
+    name = stats_stream(platform)
+    subjects = [CHANNEL_LISTENERS.subject(platform, "*"), ROOM_CONNECTIONS.subject(platform, "*")]
+    await bus.ensure_stream(js, name, subjects, max_age=STATS_MAX_AGE, max_msgs_per_subject=STATS_MAX_MSGS_PER_SUBJECT)
+    return name
+
+
 async def durable_subscribe(js: JetStreamContext, *, stream: str, subject: str, durable: str,
                             handler: Callable[[Msg], Awaitable[None]], batch: int = 64, ack_wait: float = 30.0,
                             max_deliver: int = 5, deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
@@ -340,7 +373,10 @@ async def durable_subscribe(js: JetStreamContext, *, stream: str, subject: str, 
             while True:
                 try:
                     messages = await sub.fetch(batch, timeout=5.0)
-                except FetchTimeoutError:
+                except TimeoutError as exc:  # nothing to fetch: nats-py says so with FetchTimeoutError or, when its
+                    # lingering pull request went unanswered, a bare timeout (NATS being away is logged on its own)
+                    if current.cancelling():
+                        raise asyncio.CancelledError from exc
                     continue
                 except ConnectionClosedError:  # closed for good (a shutdown): the consumer keeps our place
                     return

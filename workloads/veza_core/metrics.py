@@ -16,3 +16,8 @@ CIRCUIT_OPEN = Gauge(
 BUS_REJECTED = Counter(
     "veza_bus_rejected_total", "Messages from NATS dropped as malformed, out of bounds or unconfirmed",
     ["subject_kind", "reason"])
+DB_READS = Counter(
+    "veza_db_reads_total", "Reads routed between the read replica and the primary (counted only with a replica set)",
+    ["target", "reason"])
+DB_REPLICA_LAG = Gauge(
+    "veza_db_replica_lag_seconds", "Replay lag of the read replica, measured against the primary's WAL position")

@@ -4,7 +4,7 @@ it), now-playing in Redis (the hash the API reads, docs/api.md) and on NATS, lis
 
 Titles are announced by the replica that encodes only; listener counts by every replica. Now-playing goes through
 JetStream (the platform's channel stream, `Nats-Msg-Id` = the event's id), so a consumer that was away catches up;
-listener counts are snapshots on core NATS.
+listener counts are snapshots on core NATS, which the platform's stats stream keeps for analytics.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Announcer:
 
         self.channel.on_title.append(publish_title)
         self._tasks.append(asyncio.create_task(
-            self._publish_listeners(nc, events.CHANNEL_LISTENERS.subject(platform, name))))
+            self._publish_listeners(nc, platform, events.CHANNEL_LISTENERS.subject(platform, name))))
 
     async def _publish_now_playing(self, nc: Any, platform: str, subject: str, event: events.NowPlaying) -> None:
         """Publish until the stream acknowledges it (a retry after a lost ack is deduplicated by the id), for a
@@ -98,10 +98,16 @@ class Announcer:
             with contextlib.suppress(BaseException):
                 await task
 
-    async def _publish_listeners(self, nc: Any, subject: str) -> None:
+    async def _publish_listeners(self, nc: Any, platform: str, subject: str) -> None:
+        """Core NATS publishes, kept by the platform's stats stream for the analytics consumer (made here too, so
+        counts are kept while no API is up)."""
+        stream_ready = False
         while True:
             await asyncio.sleep(5)
             if nc.is_connected:
+                if not stream_ready:
+                    with contextlib.suppress(Exception):  # next time, then; the live counts do not wait for it
+                        stream_ready = bool(await events.ensure_stats_stream(nc.jetstream(), platform))
                 counts = events.ListenerCounts(
                     v=1, channel=self.channel.name, replica=self.identity,
                     listeners={n: len(f.listeners) for n, f in self.channel.feeds.items()}, at=time.time())

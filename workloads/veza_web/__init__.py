@@ -1,10 +1,10 @@
 """The Veza web client: static files (plain JavaScript and CSS, no build step, nothing loaded from outside).
 
 `add_routes(app)` serves the page at `/`, the page mailed links open at `/login/magic` (the token in
-the fragment), and their files under `/web/`. `config` gives the room -> channel bindings
-(listen-along) at `/web/config.json`: in a cluster the API mounts the client (the platform
-Ingress sends `/` to the API) with the bindings of its directory; `veza up`'s entry point
-serves it too, with the bindings of the CR files.
+the fragment), the admins' analytics page at `/admin/analytics`, and their files under `/web/`. `config`
+gives the room -> channel bindings (listen-along) at `/web/config.json`: in a cluster the API mounts the
+client (the platform Ingress sends `/` to the API) with the bindings of its directory; `veza up`'s entry
+point serves it too, with the bindings of the CR files.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def add_routes(app: web.Application, config: Config | None = None) -> None:
     async def magic(request: web.Request) -> web.StreamResponse:
         return _file("magic.html")
 
+    async def analytics(request: web.Request) -> web.StreamResponse:  # the API refuses non-admins its figures
+        return _file("analytics.html")
+
     async def asset(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name == "config.json":
@@ -41,6 +44,7 @@ def add_routes(app: web.Application, config: Config | None = None) -> None:
 
     app.router.add_get("/", index)
     app.router.add_get("/login/magic", magic)
+    app.router.add_get("/admin/analytics", analytics)
     app.router.add_get("/web/{name}", asset)
 
 

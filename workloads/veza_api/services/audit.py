@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from veza_core.logs import request_id
+from veza_core.replica import ReadRouter
 
 log = logging.getLogger("veza.audit")
 
@@ -37,7 +38,7 @@ def _entry(row: asyncpg.Record) -> dict[str, Any]:
             "ip": row["ip"], "request_id": row["request_id"], "details": json.loads(row["details"])}
 
 
-async def entries(db: asyncpg.Pool, *, limit: int, event: str | None = None, subject: str | None = None,
+async def entries(db: asyncpg.Pool | ReadRouter, *, limit: int, event: str | None = None, subject: str | None = None,
                   actor: uuid.UUID | None = None, before: int | None = None) -> list[dict[str, Any]]:
     """Newest first, matching every filter given; `before` is the id to page back from."""
     conditions: list[str] = []

@@ -110,6 +110,7 @@ async function show() {
     const me = await api("GET", "/me");
     state.me = me;
     $("me-name").textContent = me.display_name || me.email;
+    $("analytics-link").hidden = !me.roles.includes("admin"); // the figures are for platform admins
   } catch (err) { if (err.status === 401) return; }
   await Promise.all([loadConfig(), loadRooms(), loadChannels()]);
   const wanted = decodeURIComponent(location.hash.replace(/^#room=/, ""));
