@@ -87,6 +87,16 @@ class PostgresRead(Model):
         5, ge=0, le=3600, description="A replica further behind the primary than this is not read from.")
 
 
+class PostgresAnalytics(Model):
+    """Where the analytics store lives (docs/analytics.md): by default the schema `analytics` of the platform's
+    own database."""
+
+    uriSecretRef: SecretKeyRef = Field(
+        description="Secret key holding the URI of a separate analytics database: the API's analytics consumer "
+                    "writes there and the migration Job migrates it (its role must be able to create the schema "
+                    "`analytics`).")
+
+
 class PostgresConnection(Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("has(self.uriSecretRef) != has(self.cluster)", "set exactly one of uriSecretRef and cluster"),
@@ -107,6 +117,9 @@ class PostgresConnection(Model):
     read: PostgresRead | None = Field(
         None, description="Route reads that tolerate staleness to a replica: read.uriSecretRef, or with a "
                           "cluster its <cluster>-ro Service. Empty: every read goes to the primary.")
+    analytics: PostgresAnalytics | None = Field(
+        None, description="A separate database for the analytics store. Empty: the schema `analytics` of the "
+                          "platform's own database.")
 
     @model_validator(mode="after")
     def _one_source(self) -> PostgresConnection:

@@ -130,6 +130,10 @@ def worker_env(platform: str, namespace: str, spec: VezaPlatformSpec, component:
     }
     if not schema_owner:  # migrations read what they just wrote: the primary only
         env.update(database_read_env(spec))
+    if component == "api" and conn.postgres.analytics is not None:
+        # The API's analytics consumer writes there; the migration Job (schema owner, an API process) migrates it.
+        ref = conn.postgres.analytics.uriSecretRef
+        env["VEZA_ANALYTICS_DATABASE_URL"] = SecretValue(ref.name, ref.key)
     if schema_owner:
         # The migration Job grants each component's own role what it needs (veza_core.grants); `veza migrate`
         # uses only the user name of these URIs.

@@ -106,6 +106,20 @@ def test_a_read_secret_gives_the_full_read_uri_and_no_read_section_reads_the_pri
         assert not any(name.startswith("VEZA_DATABASE_READ_") for name in api)
 
 
+def test_a_separate_analytics_database_reaches_the_api_and_the_migration_job_only() -> None:
+    spec = spec_with(uriSecretRef={"name": "db", "key": "uri"}, analytics={"uriSecretRef": {"name": "stats",
+                                                                                            "key": "uri"}})
+    env = children_env(spec)
+    for kind in ("Deployment", "Job"):
+        assert secret_ref(env[kind]["VEZA_ANALYTICS_DATABASE_URL"]) == ("stats", "uri")
+    for component in ("chat", "stream"):
+        assert "VEZA_ANALYTICS_DATABASE_URL" not in wiring.worker_env("demo", "ns", spec, component)
+    assert "stats" in wiring.secrets_referenced(spec)
+    # None named: the store is the schema `analytics` of the platform's database (the API's default).
+    assert "VEZA_ANALYTICS_DATABASE_URL" not in children_env(spec_with(uriSecretRef={"name": "db", "key": "uri"}))[
+        "Deployment"]
+
+
 @pytest.mark.parametrize(("postgres", "message"), [
     ({"uriSecretRef": {"name": "db", "key": "uri"}, "cluster": {"name": "veza-db"}},
      "set exactly one of uriSecretRef and cluster"),
