@@ -150,7 +150,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                    "VEZA_RATE_IP_PER_SECOND": "1000000", "VEZA_RATE_IP_BURST": "1000000",
                    "VEZA_RATE_USER_PER_SECOND": "1000000", "VEZA_RATE_USER_BURST": "1000000"}
             log("starting veza api")
-            api = subprocess.Popen([sys.executable, "-m", "veza_cli.main", "api"], env=env,
+            # --profile: the API under cProfile (slower: compare its figures with each other only).
+            profiling = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            api = subprocess.Popen([sys.executable, *profiling, "-m", "veza_cli.main", "api"], env=env,
                                    stdout=subprocess.DEVNULL)
             await wait_ready(base)
 
@@ -250,5 +252,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured phase")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent GET requests")
+    parser.add_argument("--profile", metavar="FILE", help="run the API under cProfile and write its profile to FILE "
+                                                          "(read it with `python -m pstats FILE`)")
     figures = asyncio.run(main(parser.parse_args()))
     print(json.dumps(figures))

@@ -21,6 +21,27 @@ def _name() -> str:
     return f"r-{uuid.uuid4().hex[:8]}"
 
 
+async def test_a_member_count_is_reused_for_a_second(client: Client, admin: Client, api_server: ApiServer,
+                                                     redis: RedisService) -> None:
+    room = _name()
+    assert (await admin.put(f"/api/v1/admin/rooms/{room}", {"title": "Busy"})).status == 201
+    key = f"veza:{api_server.settings.platform}:room:{room}:members"
+
+    async def count() -> int:
+        return next(r["member_count"] for r in (await client.get("/api/v1/rooms")).body["rooms"] if r["name"] == room)
+
+    r = aioredis.from_url(redis.url)
+    try:
+        await r.hset(key, mapping={"u1": "1", "u2": "1"})
+        assert await count() == 2
+        await r.hset(key, "u3", "1")
+        assert await count() == 2, "read again within the second: the same figure, without asking Redis"
+        await asyncio.sleep(1.1)
+        assert await count() == 3
+    finally:
+        await r.aclose()
+
+
 async def test_declare_list_and_count_members(client: Client, admin: Client, api_server: ApiServer,
                                               redis: RedisService) -> None:
     public, private = _name(), _name()

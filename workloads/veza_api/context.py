@@ -42,6 +42,7 @@ class Api:
     publisher: Publisher = field(default_factory=lambda: Publisher(None))
     # Reads that may lag (the list routes): the read replica when fresh enough, else `pool` (docs/deploy.md).
     reads: ReadRouter | None = None
+    member_counts: dict[str, tuple[float, int]] = field(default_factory=dict)  # room -> (fetched, count)
     active_kid: str | None = field(default=None)
 
     @property

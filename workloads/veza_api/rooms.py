@@ -14,6 +14,7 @@ When Redis is unreachable those figures are null, and the rest still answers.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,9 @@ from .services.roles import CHANNEL_ROLES, ROOM_ROLES, at_least, channel_role, r
 
 KINDS = {"room": ("rooms", "room_roles", "room", ROOM_ROLES),
          "channel": ("channels", "channel_roles", "channel", CHANNEL_ROLES)}
+
+MEMBER_COUNT_SECONDS = 1.0  # how long a room's member count is reused: presence is a moving figure anyway
+MEMBER_COUNTS_KEPT = 10_000
 
 
 async def _visible(request: web.Request, kind: str, row: asyncpg.Record | None) -> asyncpg.Record:
@@ -72,9 +76,19 @@ async def _rows(request: web.Request, kind: str) -> list[asyncpg.Record]:
 
 
 async def member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
-    if not rooms:
-        return {}
+    """Connected members per room, as the chat workers keep them in Redis; a count fetched less than
+    MEMBER_COUNT_SECONDS ago is reused (lists are read far more often than presence changes what they say)."""
+    now = time.monotonic()
+    kept = ctx.member_counts
+    stale = [room for room in rooms if room not in kept or now - kept[room][0] > MEMBER_COUNT_SECONDS]
+    fresh = await _member_counts(ctx, stale) if stale else {}
+    if len(kept) + len(fresh) > MEMBER_COUNTS_KEPT:  # rooms come and go: start over rather than grow
+        kept.clear()
+    kept.update((room, (now, count)) for room, count in fresh.items() if count is not None)
+    return {room: fresh[room] if room in fresh else kept[room][1] for room in rooms}
 
+
+async def _member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
     async def from_redis() -> dict[str, int | None]:
         counts: dict[str, int | None] = {}
         async with ctx.redis.pipeline(transaction=False) as pipe:
