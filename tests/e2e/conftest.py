@@ -140,7 +140,8 @@ def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Pl
                      "--timeout=300s")
         kube.kubectl("-n", NAMESPACE, "apply", "-f", "-",
                      input=yaml.safe_dump_all(example_manifests(image, backend_ports)))
-        result = Platform(kube=kube, cluster=cluster, image=image, next_image=next_image, backend_ports=backend_ports)
+        result = Platform(kube=kube, cluster=cluster, image=image, next_image=next_image, backend_ports=backend_ports,
+                          database_url=postgres.url)
         result.wait_ready("vezaplatform/demo", "chatroom/general", "streamchannel/radio", timeout=420)
         _wait_front_door(result)
         print(f"e2e platform ready in {time.monotonic() - started:.0f} s at {cluster.front_door}")

@@ -46,6 +46,8 @@ class Platform:
     # The managed services' host ports by Service name (postgres, redis, nats, minio): what the
     # platform's `networkPolicies.egress.backends` declares.
     backend_ports: dict[str, int] = field(default_factory=dict)
+    # The managed PostgreSQL as its superuser (from this host): what a platform engineer's own access would be.
+    database_url: str = ""
 
     @property
     def front_door(self) -> str:
