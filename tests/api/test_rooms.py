@@ -65,6 +65,8 @@ async def test_declare_list_and_count_members(client: Client, admin: Client, api
 
     anonymous = {room["name"]: room for room in (await client.get("/api/v1/rooms")).body["rooms"]}
     assert anonymous[public]["member_count"] == 3 and private not in anonymous
+    assert {public, private} <= {room["name"] for room in (await admin.get("/api/v1/rooms")).body["rooms"]}, \
+        "a platform admin lists every room"
     assert (await client.get(f"/api/v1/rooms/{private}")).status == 404
 
     outsider = client.as_user((await client.register_and_login())["access_token"])
