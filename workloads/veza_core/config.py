@@ -1,7 +1,8 @@
 """Worker configuration, read from the environment the operator (or `veza up`) sets.
 
-Every workload reads the same variables; names are listed in
-``docs/configuration.md``. Values that are secrets (database URL, S3 keys) come
+Every workload reads the same variables: `veza_operator.wiring.worker_env` computes
+them for pods (and `veza up`), and each workload's own are listed with its docs
+(docs/api.md, docs/chat-protocol.md, docs/streaming.md). Values that are secrets (database URL, S3 keys) come
 from Kubernetes Secrets through ``valueFrom``; JWT public keys come from a
 mounted Secret directory (``VEZA_JWT_KEYS_DIR``) so rotations are picked up
 without a restart.
