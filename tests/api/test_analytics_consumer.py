@@ -5,6 +5,7 @@ nothing; of two replicas one consumes and the other takes over."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -80,7 +81,11 @@ class Consumers:
         for c, pool in self.started:
             if c is consumer:
                 await c.stop()
-                await pool.close()
+                try:  # a consumer that did not stop would hold its connections, and close() waits for them
+                    await asyncio.wait_for(pool.close(), 10.0)
+                except TimeoutError:
+                    pool.terminate()
+                    raise AssertionError("the consumer still held store connections after stop()") from None
         self.started = [(c, p) for c, p in self.started if c is not consumer]
 
 

@@ -251,6 +251,13 @@ async def _patiently(apply: Callable[[], Awaitable[Any]]) -> Any:
             await asyncio.sleep(1.0)
 
 
+def _stop_if_cancelled(exc: BaseException) -> None:
+    """A cancellation a library turned into an error of its own (a timeout) is still a cancellation."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 # -- the consumer --------------------------------------------------------------------------------------
 class AnalyticsConsumer:
     """Consumes while this replica holds the leader lock; `start` and `stop` follow the API's lifecycle."""
@@ -276,9 +283,15 @@ class AnalyticsConsumer:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(BaseException):
-                await self.task
+            # Cancelled again if need be: a cancellation can be lost in a library's timeout (Python 3.11's
+            # wait_for, nats-py's fetch); _run gives up when it sees it is being cancelled.
+            for _ in range(3):
+                self.task.cancel()
+                done, _pending = await asyncio.wait({self.task}, timeout=5.0)
+                if done:
+                    break
+            else:
+                log.warning("analytics consumer did not stop", extra={"platform": self.platform})
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2.0)
@@ -288,6 +301,7 @@ class AnalyticsConsumer:
             try:
                 self.nc = await bus.connect(self.nats_url, name=f"veza-api-analytics-{self.platform}", auth=self.auth)
             except Exception as exc:  # nats raises several unrelated types; retry whatever it was
+                _stop_if_cancelled(exc)
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
         delay = 1.0
@@ -297,6 +311,7 @@ class AnalyticsConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the lock's connection lost, NATS refusing: give the lead up and try again
+                _stop_if_cancelled(exc)
                 log.warning("analytics consumer stopped, retrying", extra={"error": repr(exc), "retry_in": delay})
             await asyncio.sleep(delay)
             delay = 1.0 if self.led else min(30.0, delay * 2)  # a store or NATS down for long: fewer attempts
