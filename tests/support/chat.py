@@ -23,8 +23,8 @@ from referencing import Registry, Resource
 
 from tests.support.waiting import wait_for
 from veza_chat.app import create_app
-from veza_chat.service import CHAT
 from veza_chat.settings import ChatSettings
+from veza_chat.worker import WORKER
 from veza_core.auth import AUDIENCE_CHAT, TokenIssuer
 from veza_local.services import NatsService, free_port
 
@@ -52,9 +52,10 @@ CLIENT_SCHEMA, SERVER_SCHEMA, HISTORY_SCHEMA = _schemas()
 
 
 class ChatWorker:
-    """One `veza chat` process on a random port."""
+    """One `veza chat` process on a random port (`veza chat --pool` with `pool`)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, pool: bool = False) -> None:
+        self.pool = pool
         self.port = free_port()
         self.env = {**os.environ, **env, "VEZA_HTTP_HOST": "127.0.0.1", "VEZA_HTTP_PORT": str(self.port)}
         self.log_path = log_path
@@ -66,7 +67,8 @@ class ChatWorker:
 
     def start(self) -> ChatWorker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "veza_cli.main", "chat"], env=self.env,
+        args = ["chat", "--pool"] if self.pool else ["chat"]
+        self.proc = subprocess.Popen([sys.executable, "-m", "veza_cli.main", *args], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         return self
@@ -119,7 +121,7 @@ class InProcessWorker:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        await wait_for(self.app[CHAT].booted.is_set, timeout=timeout, message="chat service booted")
+        await wait_for(self.app[WORKER].booted.is_set, timeout=timeout, message="chat service booted")
         return self
 
     async def stop(self) -> None:
@@ -207,6 +209,14 @@ class Chat:
 
     async def worker(self, spec: dict[str, Any] | None = None, **extra: str) -> ChatWorker:
         w = ChatWorker(self.env(spec, **extra), self.tmp / f"worker-{len(self.workers)}.log").start()
+        self.workers.append(w)
+        return await w.ready()
+
+    async def pool_worker(self, **extra: str) -> ChatWorker:
+        """A pool worker (`veza chat --pool`) of this test's platform: it serves the rooms the directory marks
+        pooled (`declare_pooled`), this one among them once declared."""
+        env = {k: v for k, v in self.env(**extra).items() if k not in ("VEZA_RESOURCE_NAME", "VEZA_RESOURCE_SPEC")}
+        w = ChatWorker(env, self.tmp / f"worker-{len(self.workers)}.log", pool=True).start()
         self.workers.append(w)
         return await w.ready()
 

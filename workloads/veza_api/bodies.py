@@ -5,9 +5,11 @@ so that the document and every route can import them without importing routes.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from veza_core.specs import ChatRoomWorkerSpec
 
 from .services.roles import PLATFORM_ROLES
 
@@ -74,6 +76,24 @@ class Declaration(BaseModel):
     channel: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     # Channels only: what its players may ask for (spec.renditions); absent or null: unknown.
     renditions: list[RenditionName] | None = Field(None, max_length=16)
+    # Rooms only: the worker spec a pool worker serves the room with, the object a dedicated worker gets in
+    # VEZA_RESOURCE_SPEC (camelCase), stored as sent; absent or null: the stored one stays.
+    spec: dict[str, Any] | None = Field(None, description="Rooms only: the ChatRoom's worker spec (camelCase)")
+    # Rooms only: who serves the room, the chat pool or its own workers; absent or null: unchanged.
+    placement: Literal["pooled", "dedicated"] | None = None
+
+    @field_validator("spec")
+    @classmethod
+    def _a_worker_spec(cls, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What a worker would refuse at start is refused here, so a pool worker never loads a room it cannot run."""
+        if spec is not None:
+            try:
+                ChatRoomWorkerSpec.model_validate(spec)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False, include_input=False)[0]
+                where = ".".join(str(p) for p in first["loc"]) or "spec"
+                raise ValueError(f"not a ChatRoom worker spec: {where}: {first['msg']}") from None
+        return spec
 
 
 class RoleGrant(BaseModel):

@@ -47,6 +47,12 @@ class Publisher:
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
 
+    async def connection(self) -> Client | None:
+        """The connection, once made (for the API's own subscriptions); None when no NATS is configured."""
+        if self._connecting is not None:
+            await asyncio.shield(self._connecting)
+        return self.nc
+
     async def publish(self, subject: str, event: str, payload: dict[str, Any]) -> bool:
         """Send `payload` as JSON; False (logged and counted) when it could not be sent now."""
         nc = self.nc

@@ -68,6 +68,18 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                  "channel": nullable({"type": "string", "description": "the StreamChannel to listen along with "
                                       "(to users: only when that channel is public)"})}),
     "RoomList": obj({"rooms": {"type": "array", "items": ref("Room")}}),
+    # A room as admins and the operator see it (never users): where its workers run and their spec.
+    "DeclaredRoom": {"allOf": [ref("Room"), obj({
+        "placement": {"enum": ["pooled", "dedicated"], "description": "the chat pool or the room's own workers"},
+        "spec": nullable({"type": "object", "description": "the ChatRoom's worker spec as declared (camelCase), "
+                          "which a pool worker serves the room with; null: never declared"})})]},
+    "DeclaredRoomList": obj({"rooms": {"type": "array", "items": ref("DeclaredRoom")}}),
+    "RoomLoad": obj({"rooms": {"type": "array", "items": obj({
+        "name": STR, "connections": INT,
+        "messages_per_second": {"type": "number", "minimum": 0,
+                                "description": "sequenced events committed per second"},
+        "replicas": {"type": "integer", "description": "chat replicas that reported the room"}})},
+        "window_seconds": {"type": "number", "description": "a replica's snapshot counts for this long"}}),
     "Channel": obj({"name": STR, "title": STR, "visibility": {"enum": ["public", "private"]}, "updated_at": TIME},
                    {"now_playing": nullable({"type": "object", "additionalProperties": STR}),
                     "your_role": nullable({"enum": ["broadcaster", "listener"]}),
@@ -231,12 +243,15 @@ def paths() -> dict[str, dict[str, Any]]:
         f"{v1}/admin/users/{{id}}": {"patch": op("Set platform roles or disable a user", {200: "User"},
                                                  body=UserUpdate, errors=(403, 404), params=ID)},
         f"{v1}/admin/rooms": {"get": op("Every room, private ones included (admins and the operator)",
-                                        {200: "RoomList"}, errors=(403,))},
+                                        {200: "DeclaredRoomList"}, errors=(403,))},
+        f"{v1}/admin/rooms/load": {"get": op(
+            "Connections and messages per second of every room the chat workers reported within the window, "
+            "summed over their replicas (admins and the operator)", {200: "RoomLoad"}, errors=(403,))},
         f"{v1}/admin/channels": {"get": op("Every channel, private ones included (admins and the operator)",
                                            {200: "ChannelList"}, errors=(403,))},
         f"{v1}/admin/rooms/{{name}}": {
-            "put": op("Declare or update a room (from its ChatRoom)", {200: "Room", 201: "Room"}, body=Declaration,
-                      errors=(403, 404), params=NAME),
+            "put": op("Declare or update a room (from its ChatRoom)", {200: "DeclaredRoom", 201: "DeclaredRoom"},
+                      body=Declaration, errors=(403, 404), params=NAME),
             "delete": op("Remove a room", {204: None}, errors=(403, 404), params=NAME)},
         f"{v1}/admin/channels/{{name}}": {
             "put": op("Declare or update a channel (from its StreamChannel)", {200: "Channel", 201: "Channel"},

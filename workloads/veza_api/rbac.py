@@ -20,8 +20,8 @@ REQUEST_PRINCIPAL = web.RequestKey("veza_principal", Principal)
 # Set when the request carries the operator's directory credential (`ApiSettings.directory_token`): a caller
 # that is not a user, accepted on DIRECTORY_ROUTES only.
 REQUEST_OPERATOR = web.RequestKey("veza_operator", bool)
-DIRECTORY_ROUTES = frozenset(f"/api/v1/admin/{plural}{tail}" for plural in ("rooms", "channels")
-                             for tail in ("", "/{name}"))
+DIRECTORY_ROUTES = frozenset({*(f"/api/v1/admin/{plural}{tail}" for plural in ("rooms", "channels")
+                                for tail in ("", "/{name}")), "/api/v1/admin/rooms/load"})
 OPERATOR = "operator"  # the actor the audit log names for the directory credential
 
 

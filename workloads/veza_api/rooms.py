@@ -14,6 +14,7 @@ When Redis is unreachable those figures are null, and the rest still answers.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -40,6 +41,7 @@ from .rbac import (
 )
 from .services import audit, events
 from .services.roles import CHANNEL_ROLES, ROOM_ROLES, at_least, channel_role, room_role
+from .services.room_load import ROOM_LOAD
 
 KINDS = {"room": ("rooms", "room_roles", "room", ROOM_ROLES),
          "channel": ("channels", "channel_roles", "channel", CHANNEL_ROLES)}
@@ -134,9 +136,11 @@ def _json(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
 
 def _declared_json(kind: str, row: asyncpg.Record) -> dict[str, Any]:
     """A row as admins and the operator see it: rooms with their listen-along channel (users see it only when
-    the channel is public, `_room_json`), channels with their renditions."""
+    the channel is public, `_room_json`), placement and worker spec (users never), channels with their
+    renditions."""
     if kind == "room":
-        return _json(row, channel=row["channel"])
+        return _json(row, channel=row["channel"], placement=row["placement"],
+                     spec=None if row["spec"] is None else json.loads(row["spec"]))
     return _json(row, renditions=directory.renditions_of(row))
 
 
@@ -243,12 +247,15 @@ def declare(kind: str) -> Any:
             raise HttpError(422, "invalid_body", "only rooms are bound to a channel")
         if kind == "room" and body.renditions is not None:
             raise HttpError(422, "invalid_body", "only channels have renditions")
+        if kind == "channel" and (body.spec is not None or body.placement is not None):
+            raise HttpError(422, "invalid_body", "only rooms have a worker spec and a placement")
         ctx = request.app[API]
         changes: dict[str, str | None] = {}
         async with ctx.pool.acquire() as conn, conn.transaction():
             row = await directory.declare(conn, kind, name, body.title, body.visibility)  # type: ignore[arg-type]
             if kind == "room":
                 await directory.bind_channel(conn, name, body.channel)
+                await _place(conn, name, body.spec, body.placement)
             else:
                 await directory.set_renditions(conn, name, None if body.renditions is None else
                                                [r.model_dump() for r in body.renditions])
@@ -269,6 +276,13 @@ def declare(kind: str) -> Any:
         return web.json_response(_declared_json(kind, row), status=201 if row["created"] else 200)
 
     return handler
+
+
+async def _place(conn: asyncpg.Connection, room: str, spec: dict[str, Any] | None, placement: str | None) -> None:
+    """Record where the room's workers run and the spec a pool worker serves it with (None: leave as stored)."""
+    if spec is not None or placement is not None:
+        await conn.execute("UPDATE rooms SET spec = coalesce($2::jsonb, spec), placement = coalesce($3, placement)"
+                           " WHERE name = $1", room, None if spec is None else json.dumps(spec), placement)
 
 
 def undeclare(kind: str) -> Any:
@@ -337,3 +351,14 @@ def member_role(kind: str, grant: bool) -> Any:
         return web.Response(status=204)
 
     return handler
+
+
+async def room_load(request: web.Request) -> web.Response:
+    """GET /api/v1/admin/rooms/load: connections and messages per second of every room a chat worker reported
+    within the window, summed over its replicas (what the operator places rooms by)."""
+    await require_directory_writer(request)
+    load = request.app[ROOM_LOAD]
+    return web.json_response({"rooms": [{"name": r.name, "connections": r.connections,
+                                         "messages_per_second": r.messages_per_second, "replicas": r.replicas}
+                                        for r in load.rooms()],
+                              "window_seconds": load.window})

@@ -1,5 +1,5 @@
-"""The chat worker's application: one aiohttp app serving one ChatRoom (WebSocket, REST history,
-health, metrics), with the service on it under `CHAT` and its lifecycle tied to the app's."""
+"""The chat worker's application: one aiohttp app serving one ChatRoom, or a pool of them (WebSocket, REST
+history, health, metrics), with the worker on it under `WORKER` and its lifecycle tied to the app's."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from veza_core.web import HttpError
 
 from . import metrics
 from .routes import add_routes
-from .service import CHAT, ChatService
 from .settings import ChatSettings
+from .worker import WORKER, ChatWorker
 
 
 @web.middleware
@@ -28,26 +28,27 @@ async def count_refusals(request: web.Request,
         raise
 
 
-def create_app(settings: ChatSettings, *, clock: Callable[[], float] = time.time) -> web.Application:
+def create_app(settings: ChatSettings, *, pooled: bool = False,
+               clock: Callable[[], float] = time.time) -> web.Application:
     app = core_web.create_app("chat")
     app.middlewares.append(count_refusals)  # inside `observe`, which renders the HttpError
-    service = ChatService(settings, clock=clock)
-    app[CHAT] = service
+    worker = ChatWorker(settings, pooled=pooled, clock=clock)
+    app[WORKER] = worker
     add_routes(app)
 
     async def booted() -> bool:
-        return service.booted.is_set()
+        return worker.booted.is_set()
 
     core_web.add_readiness_check(app, "database", booted)
 
     async def on_startup(app: web.Application) -> None:
-        await app[CHAT].start()
+        await app[WORKER].start()
 
     async def on_shutdown(app: web.Application) -> None:
-        await app[CHAT].shutdown()
+        await app[WORKER].shutdown()
 
     async def on_cleanup(app: web.Application) -> None:
-        await app[CHAT].cleanup()
+        await app[WORKER].cleanup()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

@@ -1,4 +1,5 @@
-"""`veza chat`: run the chat worker for the ChatRoom named in VEZA_RESOURCE_NAME.
+"""`veza chat`: run the chat worker for the ChatRoom named in VEZA_RESOURCE_NAME, or (`--pool`) a pool worker
+serving every room the platform's directory marks pooled.
 
 The one place the worker reads its environment (`ChatSettings.from_env`); flags override it.
 """
@@ -21,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="listen port (default: VEZA_HTTP_PORT)")
     parser.add_argument("--no-migrate", action="store_true",
                         help="do not apply database migrations at start (a migration Job does it)")
+    parser.add_argument("--pool", action="store_true",
+                        help="serve every pooled room of the platform (opened on first use) instead of one room")
     parser.add_argument("--purge", action="store_true",
                         help="delete the room's whole history, then exit (deletionPolicy Delete runs this as a Job)")
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(purge(settings))
     if args.no_migrate:
         settings = settings.model_copy(update={"chat_migrate": False})
-    app = create_app(settings)
+    app = create_app(settings, pooled=args.pool)
     core_web.run(app, args.host or settings.http_host, args.port or settings.http_port,
                  shutdown_grace=settings.shutdown_grace_seconds)
     return 0

@@ -7,9 +7,10 @@ Publishes wait in an in-memory outbox while NATS is away and go out in order
 when it returns; replicas that missed anything meanwhile fill the gap from
 PostgreSQL (see room.py), so NATS being down delays nothing but fan-out.
 
-It also hears the API: session revocations (``veza.<platform>.user.*.revoked``) and role changes
-on the room (``veza.<platform>.room.<room>.membership``). Everything received is checked
-(inbound.py) before it is handed on; what fails is dropped and counted.
+It also hears the API's role changes on the room (``veza.<platform>.room.<room>.membership``).
+Everything received is checked (inbound.py) before it is handed on; what fails is dropped and counted.
+Every room of a worker shares the worker's one NATS connection (`BusLink`): a room subscribes to its
+own subjects when it opens and unsubscribes when it is released.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
-from veza_core import bus, events
+from veza_core import bus
 from veza_core.tracing import inject, remote_span
 
 from . import inbound
@@ -41,52 +43,83 @@ OUTBOX_LIMIT = 10_000
 MAX_EVENTS_BYTES = 8 * 1024 * 1024  # a group commit of a few thousand events at most (NATS allows 1 MiB by default)
 
 
-class Fanout:
-    def __init__(self, url: str | None, *, platform: str, room: str, worker_id: str,
-                 on_events: Callable[[list[Encoded]], None],
-                 on_signal: Callable[[inbound.PresenceSignal | inbound.FrameSignal | inbound.ModerationSignal], None],
-                 on_revoked: Callable[[inbound.Revoked], None] | None = None,
-                 on_membership: Callable[[inbound.Membership], None] | None = None,
-                 auth: bus.NatsAuth | None = None,
-                 on_jetstream: Callable[[JetStreamContext], None] | None = None) -> None:
+class BusLink:
+    """The worker's one NATS connection, shared by every room it serves: connected in the background (retried
+    until NATS answers), closed with the worker."""
+
+    def __init__(self, url: str, *, name: str, auth: bus.NatsAuth | None = None) -> None:
         self.url = url
-        self.platform = platform
-        self.room = room
-        self.worker_id = worker_id
+        self.name = name
         self.auth = auth
-        self.on_events = on_events
-        self.on_signal = on_signal
-        self.on_revoked = on_revoked
-        self.on_membership = on_membership
-        self.on_jetstream = on_jetstream  # called once connected (the listen-along consumer starts there)
-        self.events_subject = bus.subject(platform, "room", room, "events")
-        self.signals_subject = bus.subject(platform, "room", room, "signals")
-        self.revoked_subject = bus.subject(platform, "user", "*", "revoked")
-        self.membership_subject = bus.subject(platform, "room", room, "membership")
-        self.stream = "VEZA_CHAT_" + re.sub(r"[^A-Za-z0-9_-]", "_", f"{platform}_{room}")
         self.nc: Client | None = None
-        self.js: JetStreamContext | None = None
-        self.outbox: deque[tuple[bytes, str, dict[str, str]]] = deque()  # payload, Nats-Msg-Id, trace headers
-        self.wake = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
-        self.stats_stream_ready = False
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
     def start(self) -> None:
-        if self.url:
-            self.tasks.append(asyncio.create_task(self._connect(), name="chat-nats-connect"))
+        self.task = asyncio.create_task(self._connect(), name="chat-nats-connect")
 
     async def _connect(self) -> None:
-        assert self.url is not None
         while self.nc is None:
             try:
-                self.nc = await bus.connect(self.url, name=f"veza-chat-{self.room}-{self.worker_id}", auth=self.auth)
+                self.nc = await bus.connect(self.url, name=self.name, auth=self.auth)
             except Exception as exc:
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
+        self.ready.set()
+
+    async def get(self) -> Client:
+        await self.ready.wait()
+        assert self.nc is not None
+        return self.nc
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), 2.0)
+
+
+class Fanout:
+    def __init__(self, link: BusLink | None, *, platform: str, room: str, worker_id: str,
+                 on_events: Callable[[list[Encoded]], None],
+                 on_signal: Callable[[inbound.PresenceSignal | inbound.FrameSignal | inbound.ModerationSignal], None],
+                 on_membership: Callable[[inbound.Membership], None] | None = None,
+                 on_jetstream: Callable[[JetStreamContext], None] | None = None) -> None:
+        self.link = link
+        self.platform = platform
+        self.room = room
+        self.worker_id = worker_id
+        self.on_events = on_events
+        self.on_signal = on_signal
+        self.on_membership = on_membership
+        self.on_jetstream = on_jetstream  # called once connected (the listen-along consumer starts there)
+        self.events_subject = bus.subject(platform, "room", room, "events")
+        self.signals_subject = bus.subject(platform, "room", room, "signals")
+        self.membership_subject = bus.subject(platform, "room", room, "membership")
+        self.stream = "VEZA_CHAT_" + re.sub(r"[^A-Za-z0-9_-]", "_", f"{platform}_{room}")
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.subscriptions: list[Subscription] = []
+        self.outbox: deque[tuple[bytes, str, dict[str, str]]] = deque()  # payload, Nats-Msg-Id, trace headers
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    def start(self) -> None:
+        if self.link is not None:
+            self.tasks.append(asyncio.create_task(self._connect(), name="chat-fanout"))
+
+    async def _connect(self) -> None:
+        assert self.link is not None
+        self.nc = await self.link.get()
         self.js = self.nc.jetstream()
         while True:
             try:
@@ -95,10 +128,10 @@ class Fanout:
             except Exception as exc:
                 log.warning("jetstream stream setup failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
-        await self.nc.subscribe(self.events_subject, cb=self._on_events_msg, pending_msgs_limit=1_000_000)
-        await self.nc.subscribe(self.signals_subject, cb=self._on_signal_msg, pending_msgs_limit=1_000_000)
-        await self.nc.subscribe(self.revoked_subject, cb=self._on_revoked_msg)
-        await self.nc.subscribe(self.membership_subject, cb=self._on_membership_msg)
+        self.subscriptions = [
+            await self.nc.subscribe(self.events_subject, cb=self._on_events_msg, pending_msgs_limit=1_000_000),
+            await self.nc.subscribe(self.signals_subject, cb=self._on_signal_msg, pending_msgs_limit=1_000_000),
+            await self.nc.subscribe(self.membership_subject, cb=self._on_membership_msg)]
         self.tasks.append(asyncio.create_task(self._publisher(), name="chat-nats-publisher"))
         if self.on_jetstream is not None:
             self.on_jetstream(self.js)
@@ -109,9 +142,10 @@ class Fanout:
                 await asyncio.wait_for(self._wait_outbox_empty(), flush_timeout)
         for task in self.tasks:
             task.cancel()
-        if self.nc is not None:
+        for sub in self.subscriptions:  # the connection is the worker's: only this room's interest ends
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.close(), 2.0)
+                await sub.unsubscribe()
+        self.subscriptions = []
 
     async def _wait_outbox_empty(self) -> None:
         while self.outbox:  # noqa: ASYNC110 - a shutdown-only wait
@@ -121,7 +155,7 @@ class Fanout:
     def publish_events(self, items: list[Encoded]) -> None:
         """One message per group commit: the worker id, then a line "<seq> <ts or -> <frame>" per
         event (frames are JSON text, which never holds a raw newline): receivers parse no JSON."""
-        if not self.url:
+        if self.link is None:
             return
         lines = [self.worker_id] + [f"{seq} {'-' if ts is None else ts} {frame}" for seq, frame, ts in items]
         # The commit's trace context rides along (`traceparent`): the delivery on every replica continues it.
@@ -188,31 +222,7 @@ class Fanout:
         if signal is not None and signal.root.w != self.worker_id:
             self.on_signal(signal.root)
 
-    # -- counts for analytics ------------------------------------------------------
-    async def publish_connections(self, connections: int, at: float) -> None:
-        """This replica's open sockets, a snapshot on core NATS that the platform's stats stream keeps (made here
-        too, so counts are kept while no API is up); skipped while NATS is away."""
-        if not self.connected:
-            return
-        assert self.nc is not None
-        with contextlib.suppress(Exception):
-            if not self.stats_stream_ready:
-                self.stats_stream_ready = bool(await events.ensure_stats_stream(self.nc.jetstream(), self.platform))
-            snapshot = events.RoomConnections(v=1, room=self.room, replica=self.worker_id, connections=connections,
-                                              at=at)
-            await self.nc.publish(events.ROOM_CONNECTIONS.subject(self.platform, self.room), events.payload(snapshot))
-
     # -- from the API ------------------------------------------------------------
-    async def _on_revoked_msg(self, msg: Msg) -> None:
-        revoked = bus.parse_json(inbound.Revoked, msg.data, subject_kind=inbound.REVOKED,
-                                 max_bytes=inbound.MAX_CONTROL_BYTES)
-        if revoked is None or self.on_revoked is None:
-            return
-        if msg.subject.split(".")[3:4] != [revoked.user]:
-            bus.reject(inbound.REVOKED, "subject_mismatch", subject=msg.subject)
-            return
-        self.on_revoked(revoked)
-
     async def _on_membership_msg(self, msg: Msg) -> None:
         change = bus.parse_json(inbound.Membership, msg.data, subject_kind=inbound.MEMBERSHIP,
                                 max_bytes=inbound.MAX_CONTROL_BYTES)

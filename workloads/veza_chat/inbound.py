@@ -31,6 +31,7 @@ EVENTS = "room.events"
 SIGNALS = "room.signals"
 REVOKED = "user.revoked"
 MEMBERSHIP = "room.membership"
+LIFECYCLE = "room.lifecycle"
 
 MAX_SIGNAL_BYTES = 64 * 1024
 MAX_CONTROL_BYTES = 4096  # revocations and membership changes are a few ids

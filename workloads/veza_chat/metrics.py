@@ -7,6 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 CONNECTIONS = Gauge("veza_chat_connections", "Open WebSocket connections")
+ROOMS = Gauge("veza_chat_rooms", "Rooms this worker serves now (one for a dedicated worker; a pool's open rooms)")
+ROOM_MOVES = Counter("veza_chat_rooms_released_total", "Rooms a pool worker stopped serving, by reason", ["reason"])
 FRAMES_IN = Counter("veza_chat_frames_in_total", "Client frames received, by type", ["type"])
 EVENTS_COMMITTED = Counter("veza_chat_events_committed_total", "Sequenced events committed by this replica")
 DELIVERIES = Counter("veza_chat_deliveries_total", "Frames delivered to sockets (events and signals)")

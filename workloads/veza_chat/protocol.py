@@ -32,6 +32,7 @@ SHUTTING_DOWN = "shutting_down"
 ROOM_FULL = "room_full"
 NOT_MEMBER = "not_member"
 SESSION_REVOKED = "session_revoked"
+ROOM_MOVED = "room_moved"  # HTTP 503 from a pool worker: the room now has its own workers
 
 # Close codes.
 CLOSE_SERVICE_RESTART = 1012

@@ -1,5 +1,6 @@
-"""The chat worker's HTTP handlers (served under /chat/{room}/): thin, they check the room and
-the token, parse the query, and hand over to the service (REST) or to a session (WebSocket)."""
+"""The chat worker's HTTP handlers (served under /chat/{room}/): thin, they find the room's service
+(opening a pooled room on its first request), check the token, parse the query, and hand over to the
+service (REST) or to a session (WebSocket)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,15 @@ from veza_core.web import HttpError
 
 from . import protocol as p
 from .room import Client
-from .service import CHAT, ChatService
+from .service import ChatService
 from .session import Session
 from .store import StoreUnavailable
+from .worker import WORKER
 
 
-def serving_room(request: web.Request) -> ChatService:
-    """The service, when it serves the room in the URL and takes requests now."""
-    service = request.app[CHAT]
-    if request.match_info["room"] != service.room_name:
-        raise HttpError(404, "room_not_found", "this worker does not serve that room")
-    service.check_serving()
-    return service
+async def serving_room(request: web.Request) -> ChatService:
+    """The service of the room in the URL, when this worker serves it and takes requests now."""
+    return await request.app[WORKER].serving(request.match_info["room"])
 
 
 def query_int(request: web.Request, name: str, minimum: int, maximum: int = 2**62) -> int | None:
@@ -37,7 +35,7 @@ def query_int(request: web.Request, name: str, minimum: int, maximum: int = 2**6
 
 
 async def history(request: web.Request) -> web.Response:
-    service = serving_room(request)
+    service = await serving_room(request)
     service.authorize(token_from_request(request))
     before = query_int(request, "before", 1)
     after = query_int(request, "after", 0)
@@ -52,7 +50,7 @@ async def history(request: web.Request) -> web.Response:
 
 async def reads(request: web.Request) -> web.Response:
     """Read receipts: the last read seq of every user who sent one."""
-    service = serving_room(request)
+    service = await serving_room(request)
     service.authorize(token_from_request(request))
     try:
         found = await service.store.reads()
@@ -62,7 +60,7 @@ async def reads(request: web.Request) -> web.Response:
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    service = serving_room(request)
+    service = await serving_room(request)
     principal, role = service.authorize(token_from_request(request))
     after = query_int(request, "after", 0)
     if service.room_full(principal.subject):

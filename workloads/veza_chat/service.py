@@ -1,15 +1,14 @@
-"""The chat service of one replica: lifecycle, polling, and the room's shared state.
+"""The chat service of one room on one worker: its lifecycle and the room's shared state.
 
-One `ChatService` per process, kept on the application under the typed key `CHAT` (handlers
-read it with `request.app[CHAT]`). It owns what every socket of the room shares: the store and
-its group committer, the sequencer (`Room`), fan-out to the other replicas, presence, the
-active sanctions, and the draining flag. Per-socket work lives in session.py, authorisation in
-access.py, the HTTP handlers in routes.py.
+A worker (worker.py) holds one `ChatService` per room it serves: one for a dedicated worker, as many
+as are in use for a pool worker. It owns what every socket of the room shares: the store and its group
+committer, the sequencer (`Room`), fan-out to the other replicas, presence, the active sanctions, and
+the draining flag; what every room shares (connections, keys, the loops that poll, heartbeat and report
+load) is the worker's. Per-socket work lives in session.py, authorisation in access.py, the HTTP
+handlers in routes.py.
 
-Background loops: boot (migrations and the store, retried until PostgreSQL answers), the
-catch-up poll under fan-out (which also reloads sanctions and applies retention), presence
-heartbeats, the coalesced presence broadcast, and for a room bound to a stream channel the
-consumer of the channel's track changes (listen.py).
+Its own tasks: for a room bound to a stream channel, the consumer of the channel's track changes
+(listen.py); the rest is driven by the worker's loops (`polled`, `heartbeat`, `flush_presence`).
 """
 
 from __future__ import annotations
@@ -18,24 +17,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
-from aiohttp import web
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from redis.exceptions import RedisError
 
 from veza_core import bus, events
-from veza_core.auth import AUDIENCE_CHAT, Principal, TokenVerifier
-from veza_core.breaker import CircuitBreaker
-from veza_core.db import migrate
-from veza_core.keys import KeySet
+from veza_core.auth import Principal
 from veza_core.ratelimit import RateLimiter
-from veza_core.replica import read_url
 from veza_core.tracing import child_span
 from veza_core.web import HttpError
 
@@ -45,87 +35,78 @@ from .cache import RecentCache
 from .fanout import Fanout
 from .limits import BatchedLimiter
 from .presence import Presence
-from .revocations import Revocations
 from .room import Client, Encoded, Room, encode
-from .settings import ChatSettings
 from .spec import RoomSpec
 from .store import GroupCommitter, Store
+
+if TYPE_CHECKING:
+    from .worker import ChatWorker
 
 log = logging.getLogger("veza.chat")
 tracer = trace.get_tracer("veza.chat")
 
-PRESENCE_COALESCE = 0.5  # join/leave frames are batched: one frame per window, however many users moved
-CONNECTIONS_EVERY = 5.0  # seconds between this replica's snapshots of its open sockets (analytics)
-
-
 class ChatService:
-    def __init__(self, settings: ChatSettings, *, clock: Callable[[], float] = time.time) -> None:
-        if not settings.resource_name:
-            raise ValueError("VEZA_RESOURCE_NAME (the ChatRoom's name) is required")
-        if not settings.database_url:
-            raise ValueError("VEZA_DATABASE_URL is required")
+    def __init__(self, worker: ChatWorker, room: str, spec: RoomSpec) -> None:
+        settings = worker.settings
+        self.worker = worker
         self.settings = settings
-        self.clock = clock  # epoch seconds: sanction expiry and retention by age
-        self.room_name = settings.resource_name
-        self.spec = RoomSpec.model_validate(settings.resource_spec or {})
-        self.worker_id = secrets.token_hex(6)
-        self.keys = KeySet(settings.jwt_keys_dir)
-        self.verifier = TokenVerifier(self.keys, issuer=settings.jwt_issuer, audience=AUDIENCE_CHAT,
-                                      algorithms=settings.jwt_algorithms)
+        self.clock = worker.clock  # epoch seconds: sanction expiry and retention by age
+        self.room_name = room
+        self.spec = spec
+        self.worker_id = worker.worker_id
+        self.verifier = worker.verifier
+        self.revocations = worker.revocations
+        self.redis = worker.redis
+        breaker = worker.breaker
         prefix = f"veza:{settings.platform}:chat:{self.room_name}"
-        self.redis: aioredis.Redis | None = None
-        if settings.redis_url:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=32, timeout=1.0, socket_timeout=0.5, socket_connect_timeout=0.5)
-            self.redis = aioredis.Redis(connection_pool=pool)
-        # One breaker for every Redis use: once Redis is known down, all of them go local at once.
-        breaker = CircuitBreaker("chat-redis", errors=(RedisError, OSError))
         self.limiter = BatchedLimiter(RateLimiter(self.redis, prefix=f"{prefix}:rl", breaker=breaker))
         self.cache = RecentCache(self.redis, f"{prefix}:recent", breaker) if self.redis is not None else None
         self.presence = Presence(self.redis, prefix, self.worker_id, breaker,
                                  members_key=f"veza:{settings.platform}:room:{self.room_name}:members",
                                  ttl=settings.chat_presence_ttl_seconds)
-        self.store = Store(settings.database_url, self.room_name, max_lag=settings.database_read_max_lag_seconds,
-                           read_url=read_url(settings.database_url, settings.database_read_url,
-                                             settings.database_read_host))
-        self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None, clock=clock,
+        assert settings.database_url is not None
+        self.store = Store(settings.database_url, self.room_name)
+        self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None, clock=self.clock,
                          replay_after=self.store.events_through,
                          last_committed=self.store.last_seq, on_system=self._system_event)
         self.committer = GroupCommitter(self.store, self._committed)
-        self.fanout = Fanout(settings.nats_url, platform=settings.platform, room=self.room_name,
+        self.fanout = Fanout(worker.link, platform=settings.platform, room=self.room_name,
                              worker_id=self.worker_id, on_events=self._remote_events, on_signal=self._on_signal,
-                             on_revoked=self.session_revoked, on_membership=self.membership_changed, auth=settings,
-                             on_jetstream=self._jetstream)
+                             on_membership=self.membership_changed, on_jetstream=self._jetstream)
         # Listen-along: the bound channel's track changes go into the timeline; the newest is in every welcome.
         bound = self.spec.channel_ref.name if self.spec.channel_ref else None
         self.follower = listen.Follower(platform=settings.platform, room=self.room_name, channel=bound,
                                         store=self.store_now_playing) if bound and settings.nats_url else None
         self.now_playing: dict[str, Any] | None = None  # the newest `nowplaying` event's now_playing, with its seq
-        self.revocations = Revocations(memory=settings.chat_revocation_memory_seconds, clock=clock)
         self.known_last = 0  # the room's last seq as PostgreSQL last said
+        self.seen_last = 0  # what the previous poll saw
         self.sanctions: dict[tuple[str, str], float | None] = {}  # (user, ban|mute) -> until (epoch) or None
         self.booted = asyncio.Event()
         self.draining = False
         self.tasks: list[asyncio.Task[Any]] = []
         self.presence_joined: dict[str, str] = {}
         self.presence_left: set[str] = set()
+        self.touched = time.monotonic()  # the last request (a pool worker releases rooms idle for long)
+        self.committed_since = 0  # events committed here since the last load snapshot
+        self.reported_busy = False  # whether the last load snapshot had sockets or traffic
+        self.next_retention = time.monotonic() + min(5.0, settings.chat_retention_interval_seconds)
         self.msg_rate = self.spec.limits.messages_per_minute / 60.0
         self.msg_burst = max(1.0, self.spec.limits.messages_per_minute / 6.0)
         self.frame_rate = max(20.0, 3 * self.msg_rate)
         self.frame_burst = 3 * self.frame_rate
 
     # -- lifecycle --------------------------------------------------------
-    async def start(self) -> None:
-        self.fanout.start()
-        self.tasks.append(asyncio.create_task(self._boot(), name="chat-boot"))
-
-    async def _boot(self) -> None:
-        assert self.settings.database_url is not None
+    async def open(self, *, retry: bool) -> None:
+        """Open the room on the worker's database pool: its sequence row, where it stands, its sanctions, the
+        newest track of its channel. A dedicated worker retries until PostgreSQL answers (`retry`); a pool
+        worker's request fails instead (503) and the next one tries again."""
+        worker = self.worker
+        assert worker.db is not None and worker.router is not None
         while True:
             try:
-                if self.settings.chat_migrate:
-                    await migrate(self.settings.database_url)
-                await self.store.open(self.spec.title, self.spec.visibility)
+                # A pooled room is declared by the operator (the directory row is where the pool found it).
+                await self.store.open(self.spec.title, self.spec.visibility, declare=not worker.pooled,
+                                      shared=(worker.db, worker.router))
                 last = await self.store.last_seq()
                 await self._load_sanctions()
                 if self.spec.channel_ref is not None:
@@ -134,23 +115,20 @@ class ChatService:
                         self._system_event(newest)
                 break
             except Exception as exc:
+                if not retry:
+                    raise
                 log.warning("database not reachable yet, retrying", extra={"error": repr(exc)})
-                await self.store.close()
-                self.store.pool = None
                 await asyncio.sleep(1.0)
+        self.fanout.start()
         self.room.start(last)
-        self.known_last = last
+        self.known_last = self.seen_last = last
         self.store.wrote()  # what the primary held at boot is what reads that may lag must see, at least
         self.committer.start()
-        self.tasks += [asyncio.create_task(self._poll(), name="chat-poll"),
-                       asyncio.create_task(self._heartbeat(), name="chat-presence"),
-                       asyncio.create_task(self._presence_flush(), name="chat-presence-flush"),
-                       asyncio.create_task(self._count_connections(), name="chat-connections")]
         self.booted.set()
         log.info("chat room ready", extra={"room": self.room_name, "last_seq": last, "worker": self.worker_id})
 
     async def shutdown(self) -> None:
-        """SIGTERM: refuse new sends, finish the in-flight ones (ack them), close sockets with 1012."""
+        """SIGTERM or release: refuse new sends, finish the in-flight ones (ack them), close sockets with 1012."""
         self.draining = True
         grace = self.settings.shutdown_grace_seconds
         if self.booted.is_set():
@@ -176,13 +154,11 @@ class ChatService:
         await self.room.stop()
         if self.booted.is_set():
             await self.committer.stop()
+        await self.fanout.close()
         await self.store.close()
-        if self.redis is not None:
-            with contextlib.suppress(Exception):
-                await self.redis.aclose()
 
     def check_serving(self) -> None:
-        """Refuse requests while draining (clients reconnect elsewhere) or before the store is open."""
+        """Refuse requests while draining (clients reconnect elsewhere) or before the room is open."""
         if self.draining:
             raise HttpError(503, p.SHUTTING_DOWN, "the worker is restarting; reconnect")
         if not self.booted.is_set():
@@ -194,33 +170,23 @@ class ChatService:
                                 banned=lambda user: self.sanctioned(user, "ban"), revocations=self.revocations)
 
     # -- polling ----------------------------------------------------------
-    async def _poll(self) -> None:
-        """Safety net under fan-out: whatever PostgreSQL committed reaches this replica's sockets."""
-        seen_last = 0
-        ticks = 0
-        interval = self.settings.chat_retention_interval_seconds
-        next_retention = time.monotonic() + min(5.0, interval)
-        while True:
-            await asyncio.sleep(1.0 if self.fanout.connected else 0.25)
-            ticks += 1
-            try:
-                last = await self.store.last_seq()
-                # With NATS up, only chase what stayed missing for a whole tick (fan-out is in flight otherwise).
-                target = min(last, seen_last) if self.fanout.connected else last
-                seen_last = last
-                if last > self.known_last:
-                    self.store.wrote()  # committed by another replica: reads that may lag must see it
-                self.known_last = max(self.known_last, last)
-                if target > self.room.delivered:
-                    await self.room.catch_up(target)
-                if ticks % 10 == 0:
-                    await self._load_sanctions()
-                retention = self.spec.retention
-                if (retention.days or retention.max_messages) and time.monotonic() >= next_retention:
-                    next_retention = time.monotonic() + interval
-                    await self.apply_retention()
-            except Exception as exc:
-                log.warning("poll failed", extra={"error": repr(exc)})
+    async def polled(self, last: int, sanctions: list[tuple[str, str, float | None]] | None) -> None:
+        """The worker's poll read the room's last committed seq (and, every few polls, its sanctions): the safety
+        net under fan-out, so whatever PostgreSQL committed reaches this worker's sockets."""
+        # With NATS up, only chase what stayed missing for a whole poll (fan-out is in flight otherwise).
+        target = min(last, self.seen_last) if self.fanout.connected else last
+        self.seen_last = last
+        if last > self.known_last:
+            self.store.wrote()  # committed by another replica: reads that may lag must see it
+        self.known_last = max(self.known_last, last)
+        if target > self.room.delivered:
+            await self.room.catch_up(target)
+        if sanctions is not None:
+            self._apply_sanctions(sanctions)
+        retention = self.spec.retention
+        if (retention.days or retention.max_messages) and time.monotonic() >= self.next_retention:
+            self.next_retention = time.monotonic() + self.settings.chat_retention_interval_seconds
+            await self.apply_retention()
 
     async def apply_retention(self) -> None:
         """Delete what the spec's retention no longer keeps, and forget it in the caches."""
@@ -265,6 +231,7 @@ class ChatService:
 
     def _committed(self, events: list[dict[str, Any]]) -> None:
         metrics.EVENTS_COMMITTED.inc(len(events))
+        self.committed_since += len(events)
         items = [encode(ev) for ev in events]
         with child_span(tracer, "chat deliver", kind=trace.SpanKind.CONSUMER,
                         attributes={"veza.room": self.room_name, "veza.events": len(items)}):
@@ -289,9 +256,12 @@ class ChatService:
 
     # -- sanctions ----------------------------------------------------------
     async def _load_sanctions(self) -> None:
+        self._apply_sanctions(await self.store.sanctions())
+
+    def _apply_sanctions(self, found: list[tuple[str, str, float | None]]) -> None:
         """The sanctions in force, as stored by moderators here, on other replicas or through the
         API; the sockets of a user banned meanwhile are closed."""
-        self.sanctions = {(u, k): until for u, k, until in await self.store.sanctions()}
+        self.sanctions = {(u, k): until for u, k, until in found}
         for user, kind in list(self.sanctions):
             if kind == "ban" and self.sanctioned(user, "ban"):
                 self.close_sockets_of(user, p.CLOSE_BANNED, "ban")
@@ -374,21 +344,15 @@ class ChatService:
         if not self.presence.local.get(client.user):
             await self.fanout.signal({"kind": "presence", "op": "leave", "user": client.user})
 
-    async def _count_connections(self) -> None:
-        """This replica's open sockets on the bus every few seconds: analytics' peak concurrent connections."""
-        while True:
-            await asyncio.sleep(CONNECTIONS_EVERY)
-            await self.fanout.publish_connections(len(self.room.clients), time.time())
-
-    async def _heartbeat(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                change = await self.presence.heartbeat()
-                if change is not None:
-                    joined, left = change
-                    self.presence_joined.update(joined)
-                    self.presence_left.update(left)
-            await asyncio.sleep(self.presence.heartbeat_every)
+    async def heartbeat(self) -> None:
+        """The worker's presence heartbeat for this room: who left or joined on replicas that went quiet."""
+        change = await self.presence.heartbeat()
+        if change is not None:
+            joined, left = change
+            self.presence_joined.update(joined)
+            self.presence_left.update(left)
+            if joined or left:
+                self.worker.presence_dirty.add(self)
 
     def _presence_changed(self, user: str, name: str, joined: bool) -> None:
         if joined:
@@ -397,14 +361,14 @@ class ChatService:
         else:
             self.presence_joined.pop(user, None)
             self.presence_left.add(user)
+        self.worker.presence_dirty.add(self)  # flushed by the worker within PRESENCE_COALESCE
 
-    async def _presence_flush(self) -> None:
-        while True:
-            await asyncio.sleep(PRESENCE_COALESCE)
-            joined, self.presence_joined = self.presence_joined, {}
-            left, self.presence_left = self.presence_left, set()
-            if self.presence.count() > self.settings.chat_presence_events_max_users:
-                continue  # a large room: clients ask for the list instead of hearing every join
+    async def flush_presence(self) -> None:
+        """One join frame and one leave frame for every user who moved since the last flush."""
+        joined, self.presence_joined = self.presence_joined, {}
+        left, self.presence_left = self.presence_left, set()
+        if self.presence.count() <= self.settings.chat_presence_events_max_users:
+            # (a large room: clients ask for the list instead of hearing every join)
             if joined:
                 await self.room.broadcast(p.dumps({"type": "presence", "op": "join", "users": [
                     {"id": u, "name": n} for u, n in joined.items()]}))
@@ -468,13 +432,11 @@ class ChatService:
     # -- from the API --------------------------------------------------------------
     def session_revoked(self, revoked: inbound.Revoked) -> None:
         """A session ended (logout, a reused refresh token, an account disabled): its sockets close (every
-        socket of the user when no session is named), and its tokens open no new one."""
-        self.revocations.revoke(revoked.user, revoked.session)
+        socket of the user when no session is named). The worker keeps the revocation (its tokens open no new
+        socket) and logs it once."""
         for c in list(self.room.clients):
             if c.user == revoked.user and (revoked.session is None or c.session == revoked.session):
                 self.close_socket(c, p.CLOSE_SESSION_REVOKED, "session revoked")
-        log.info("session revoked", extra={"user": revoked.user, "session": revoked.session,
-                                           "reason": revoked.reason})
 
     def membership_changed(self, change: inbound.Membership) -> None:
         """The API changed a user's role on this room. It is newer than any token already issued, so it wins
@@ -497,5 +459,3 @@ class ChatService:
         await self.room.broadcast(data, exclude=exclude)
         await self.fanout.signal({"kind": "frame", "frame": data})
 
-
-CHAT = web.AppKey("chat_service", ChatService)

@@ -30,6 +30,8 @@ class ChatSettings(Settings, NatsAuth):
     # How long the API's word on sessions and roles is kept to refuse tokens issued before it: longer than
     # service tokens live (the API's VEZA_SERVICE_TOKEN_TTL_SECONDS, 300 by default).
     chat_revocation_memory_seconds: float = 3600.0
+    # A pool worker releases a room after this long without a socket or a request (its next request opens it again).
+    chat_pool_idle_seconds: float = 60.0
 
     @field_validator("chat_migrate", mode="before")
     @classmethod

@@ -99,6 +99,17 @@ def row_event(row: asyncpg.Record) -> dict[str, Any]:
                       now_playing=json.loads(meta) if meta is not None and row["kind"] == "nowplaying" else None)
 
 
+async def room_sanctions(pool: asyncpg.Pool, rooms: list[str]) -> dict[str, list[tuple[str, str, float | None]]]:
+    """The sanctions in force in each of `rooms` (one query for every room a worker serves):
+    {room: [(user, kind, until epoch seconds or None)]}."""
+    found: dict[str, list[tuple[str, str, float | None]]] = {}
+    for r in await pool.fetch("SELECT room, user_id, kind, until FROM chat_sanctions WHERE room = ANY($1::text[])"
+                              " AND (until IS NULL OR until > now())", rooms):
+        found.setdefault(r["room"], []).append(
+            (r["user_id"], r["kind"], None if r["until"] is None else r["until"].timestamp()))
+    return found
+
+
 class Store:
     """The room's tables. Reads that may lag (history pages, resume) pass `replica=True`: they go through the
     read router, which sends them to the read replica when it has replayed every write this worker knows of
@@ -111,17 +122,29 @@ class Store:
         self.max_lag = max_lag
         self.pool: asyncpg.Pool | None = None
         self.router: ReadRouter | None = None
+        self.owned = True  # whether close() closes the pool and the router
 
-    async def open(self, title: str | None = None, visibility: str = "public", *, declare: bool = True) -> None:
-        self.pool = await create_pool(self.url, min_size=2, max_size=8)
+    async def open(self, title: str | None = None, visibility: str = "public", *, declare: bool = True,
+                   shared: tuple[asyncpg.Pool, ReadRouter] | None = None) -> None:
+        """Connect (or take the worker's `shared` pool and read router: every room of a process uses one) and make
+        sure the room's sequence row exists."""
+        self.owned = shared is None
+        self.pool = await create_pool(self.url, min_size=2, max_size=8) if shared is None else shared[0]
         async with self.pool.acquire() as conn:
             await conn.execute("INSERT INTO chat_rooms (room) VALUES ($1) ON CONFLICT DO NOTHING", self.room)
-            if declare:  # the API lists the room from the directory: the room's own workers declare it
+            if declare:  # the API lists the room from the directory: a dedicated room's own workers declare it
                 await directory.declare(conn, "room", self.room, title or self.room, visibility)
-        self.router = ReadRouter(self.pool, self.read_url, max_lag=self.max_lag, component="chat")
-        await self.router.start()
+        if shared is None:
+            self.router = ReadRouter(self.pool, self.read_url, max_lag=self.max_lag, component="chat")
+            await self.router.start()
+        else:
+            self.router = shared[1]
 
     async def close(self) -> None:
+        """Close what this store opened; a shared pool and router belong to the worker."""
+        if not self.owned:
+            self.pool = self.router = None
+            return
         if self.router is not None:
             await self.router.close()
             self.router = None

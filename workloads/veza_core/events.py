@@ -143,12 +143,16 @@ class ListenerCounts(Event):
 
 # -- from the chat workers ----------------------------------------------------------------------
 class RoomConnections(Event):
-    """One chat replica's open sockets on its room, every 5 s (a snapshot: the newest per replica wins)."""
+    """One chat replica's open sockets and message rate on its room, every 5 s (the newest per replica wins)."""
 
     room: ResourceName
     replica: Annotated[str, StringConstraints(pattern=WORKER_ID)] = Field(description="The replica's worker id")
     connections: Annotated[int, Field(ge=0)]
     at: Epoch
+    messages_per_second: float = Field(
+        0.0, ge=0, allow_inf_nan=False,
+        description="Sequenced events this replica committed per second over its last snapshot interval "
+                    "(0 from workers that predate the field)")
 
 
 # -- between the replicas of one room ------------------------------------------------------------
@@ -244,7 +248,7 @@ ROOM_MEMBERSHIP = Subject(
     idempotency="the new role is a state, not a delta: applying it twice changes nothing")
 ROOM_LIFECYCLE = Subject(
     "room-lifecycle", "room.lifecycle", "A room was created, updated or deleted", "room", RoomLifecycle,
-    producers=("api",), consumers=(), delivery="core", idempotency="`id`")
+    producers=("api",), consumers=("chat",), delivery="core", idempotency="`id`")
 ROOM_MODERATION = Subject(
     "room-moderation", "room.moderation", "A moderation decision on a room", "room", ModerationDecision,
     producers=("api",), consumers=(), delivery="core", idempotency="`id`")
