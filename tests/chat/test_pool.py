@@ -237,6 +237,7 @@ class SteadySender:
         self.acked: dict[str, int] = {}  # cid -> seq
         self.seen: list[int] = []  # every event seq delivered to this user, across its connections, in order
         self.reconnects = 0
+        self.sent = 0
         self.close_codes: list[int | None] = []
         self.refusals: list[str] = []
         self.max_gap = 0.0  # longest time without an ack while sending
@@ -255,12 +256,11 @@ class SteadySender:
     async def run(self) -> None:
         client = await self._connect()
         last_ack = time.monotonic()
-        n = 0
         pending: str | None = None
         while not self.stop.is_set() or pending is not None:
             if pending is None:
-                n += 1
-                pending = f"{self.user}-{n}"
+                self.sent += 1
+                pending = f"{self.user}-{self.sent}"
             try:
                 await client.send({"type": "send", "cid": pending, "text": pending})
                 while True:
@@ -365,8 +365,7 @@ async def test_promotion_and_demotion_under_steady_sends(chat_factory: Callable[
         routes["pooled"] = True
         dedicated.terminate()
 
-    again = [SteadySender(chat, room, f"user{i}", (lambda i=i: pools[i % 2] if routes["pooled"] else dedicated))
-             for i in range(4)]
-    for new, old in zip(again, senders, strict=True):
-        new.seen = list(old.seen)
-    await moved_under_load(chat, services, room, again, demote)
+    for s in senders:  # the same clients go on (their cids go on counting: a cid is never reused)
+        s.stop.clear()
+        s.reconnects = 0
+    await moved_under_load(chat, services, room, senders, demote)

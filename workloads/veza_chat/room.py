@@ -57,8 +57,8 @@ def text_frame(data: str) -> bytes:
 
 
 class Client:
-    __slots__ = ("buffer", "closing", "inflight", "last_read", "last_sent", "last_typing", "name", "outq", "role",
-                 "session", "transport", "user", "ws")
+    __slots__ = ("buffer", "close_task", "closing", "inflight", "last_read", "last_sent", "last_typing", "name",
+                 "outq", "role", "session", "transport", "user", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, user: str, name: str, role: str,
                  session: str | None = None) -> None:
@@ -72,6 +72,9 @@ class Client:
         # While not None, live events are parked here (welcome or a replay is being sent first).
         self.buffer: list[tuple[int, str]] | None = []
         self.closing = False
+        # The server's close of this socket, when it closes it from outside the socket's own handler: the handler
+        # waits for it before returning, so the close frame goes out before the connection ends.
+        self.close_task: asyncio.Task[Any] | None = None
         self.inflight: set[asyncio.Task[Any]] = set()
         self.last_typing: tuple[bool, float] = (False, 0.0)  # (active, monotonic time) of the last one relayed
         self.last_read = -1
@@ -258,7 +261,7 @@ class Room:
         client.closing = True
         self.clients.discard(client)
         metrics.ERRORS.labels("slow_consumer").inc()
-        asyncio.get_running_loop().create_task(
+        client.close_task = asyncio.get_running_loop().create_task(
             client.ws.close(code=CLOSE_TRY_AGAIN, message=b"slow consumer"))
 
     async def broadcast(self, data: str, *, exclude: Client | None = None) -> None:

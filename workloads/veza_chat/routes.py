@@ -5,6 +5,7 @@ service (REST) or to a session (WebSocket)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from aiohttp import web
@@ -83,6 +84,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         if expiry is not None:
             expiry.cancel()
+        if client.close_task is not None:  # closed by the server: its close frame goes out before the connection ends
+            with contextlib.suppress(Exception):
+                await asyncio.shield(client.close_task)
     return ws
 
 

@@ -138,11 +138,12 @@ class ChatService:
         if inflight:
             await asyncio.wait(inflight, timeout=grace / 4)
         clients = list(self.room.clients)
+        loop = asyncio.get_running_loop()
         for c in clients:
             c.flush()  # acks queued by the last in-flight sends
             c.closing = True
-        await asyncio.gather(*(c.ws.close(code=p.CLOSE_SERVICE_RESTART, message=b"service restart")
-                               for c in clients), return_exceptions=True)
+            c.close_task = loop.create_task(c.ws.close(code=p.CLOSE_SERVICE_RESTART, message=b"service restart"))
+        await asyncio.gather(*(c.close_task for c in clients if c.close_task), return_exceptions=True)
         await self.presence.withdraw()
         await self.fanout.close()
 
@@ -320,7 +321,8 @@ class ChatService:
         if not client.closing:
             client.closing = True
             self.room.clients.discard(client)
-            asyncio.get_running_loop().create_task(client.ws.close(code=code, message=reason.encode()))
+            client.close_task = asyncio.get_running_loop().create_task(
+                client.ws.close(code=code, message=reason.encode()))
 
     # -- presence -----------------------------------------------------------
     def room_full(self, user: str) -> bool:
