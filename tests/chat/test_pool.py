@@ -70,11 +70,11 @@ async def send(client: ChatClient, text: str) -> int:
 
 
 async def close_code(client: ChatClient, timeout: float = 10.0) -> int | None:
-    """Read until the server closes the socket; its close code."""
+    """Read until the server closes the socket; the code of its close frame."""
     deadline = time.monotonic() + timeout
     while await client.recv(max(0.1, deadline - time.monotonic())) is not None:
         pass
-    return client.ws.close_code
+    return client.close_frame_code
 
 
 async def status_of(url: str, token: str) -> tuple[int, dict[str, Any]]:
@@ -289,7 +289,7 @@ class SteadySender:
             except (ConnectionError, ConnectionResetError, aiohttp.ClientError) as exc:
                 # The close code as read from the server's close frame (a send that raced it knows none).
                 if isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionResetError):
-                    self.close_codes.append(client.ws.close_code)
+                    self.close_codes.append(client.close_frame_code)
                 self.reconnects += 1
                 client = await self._connect()
             await asyncio.sleep(0.02)

@@ -140,6 +140,7 @@ class ChatClient:
         self.frames: list[dict[str, Any]] = []
         self.consumed: set[int] = set()  # indexes of frames `expect` already returned
         self.welcome: dict[str, Any] = {}
+        self.close_frame_code: int | None = None
 
     async def send(self, frame: dict[str, Any]) -> None:
         CLIENT_SCHEMA.validate(frame)
@@ -148,6 +149,10 @@ class ChatClient:
     async def recv(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """The next frame, or None when the socket closed."""
         msg = await self.ws.receive(timeout=timeout)
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            # The code the server's close frame carried. `ws.close_code` may say 1006 instead: aiohttp's client
+            # answers the close frame and overwrites the code when the server has already hung up.
+            self.close_frame_code = int(msg.data)
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
             return None
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
