@@ -19,7 +19,7 @@ import asyncpg
 import nats
 import pytest
 
-from tests.support.chat import FAST_SPEC, Chat, ChatClient, metric
+from tests.support.chat import FAST_SPEC, Chat, ChatClient, SteadySender, metric, moved_under_load
 from tests.support.waiting import wait_for
 from veza_core import events
 from veza_core.db import migrate
@@ -227,113 +227,6 @@ async def test_kill_9_of_a_pool_worker_with_100_rooms(chat_factory: Callable[...
         assert [f["text"] for f in client.frames if f["type"] == "event"] == ["while down", "after"]
 
 
-class SteadySender:
-    """A client that keeps sending while its room moves: on a close it reconnects wherever `where()` says the room
-    lives now, resumes after the last seq it saw, and resends its unacknowledged send under the same cid — what
-    docs/chat-protocol.md asks of clients."""
-
-    def __init__(self, chat: Chat, room: str, user: str, where: Callable[[], Any]) -> None:
-        self.chat, self.room, self.user, self.where = chat, room, user, where
-        self.acked: dict[str, int] = {}  # cid -> seq
-        self.seen: list[int] = []  # every event seq delivered to this user, across its connections, in order
-        self.reconnects = 0
-        self.sent = 0
-        self.close_codes: list[int | None] = []
-        self.refusals: list[str] = []
-        self.max_gap = 0.0  # longest time without an ack while sending
-        self.stop = asyncio.Event()
-
-    async def _connect(self) -> ChatClient:
-        while True:
-            try:
-                return await connect(self.chat, self.where(), self.room, self.user,
-                                     after=self.seen[-1] if self.seen else 0)
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status != 503:  # room_moved / shutting_down: the route has not caught up yet
-                    raise
-                await asyncio.sleep(0.05)
-
-    async def run(self) -> None:
-        client = await self._connect()
-        last_ack = time.monotonic()
-        pending: str | None = None
-        while not self.stop.is_set() or pending is not None:
-            if pending is None:
-                self.sent += 1
-                pending = f"{self.user}-{self.sent}"
-            try:
-                await client.send({"type": "send", "cid": pending, "text": pending})
-                while True:
-                    try:
-                        frame = await client.recv(10.0)
-                    except TimeoutError:
-                        raise AssertionError(f"{self.user}: no answer to {pending} within 10 s on "
-                                             f"{client.welcome.get('session')}; last frames {client.frames[-3:]}"
-                                             ) from None
-                    if frame is None:
-                        raise ConnectionError
-                    if frame["type"] == "event":
-                        self.seen.append(frame["seq"])
-                    elif frame["type"] == "ack" and frame["cid"] == pending:
-                        self.acked[pending] = frame["seq"]
-                        pending = None
-                        now = time.monotonic()
-                        self.max_gap, last_ack = max(self.max_gap, now - last_ack), now
-                        break
-                    elif frame["type"] == "error" and frame.get("cid") == pending:
-                        # Not stored (`shutting_down`: the room is leaving this worker): send it again, here
-                        # or, once the socket closes, wherever the room went.
-                        self.refusals.append(frame["code"])
-                        await asyncio.sleep(0.05)
-                        break
-            except (ConnectionError, ConnectionResetError, aiohttp.ClientError) as exc:
-                # The close code as read from the server's close frame (a send that raced it knows none).
-                if isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionResetError):
-                    self.close_codes.append(client.close_frame_code)
-                self.reconnects += 1
-                client = await self._connect()
-            await asyncio.sleep(0.02)
-        # Drain: everything committed so far reaches this socket too.
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                frame = await client.recv(max(0.1, deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            if frame is None:
-                break
-            if frame["type"] == "event":
-                self.seen.append(frame["seq"])
-        await client.close()
-
-
-async def moved_under_load(chat: Chat, services: dict[str, str], room: str, senders: list[SteadySender],
-                           move: Callable[[], Any]) -> None:
-    """Let the senders run, call `move`, let them run on, stop them; then nothing acknowledged was lost or stored
-    twice, and every sender saw every seq once, in order."""
-    tasks = [asyncio.create_task(s.run()) for s in senders]
-    await asyncio.sleep(1.5)
-    await move()
-    await asyncio.sleep(2.0)
-    for s in senders:
-        s.stop.set()
-    await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    conn = await asyncpg.connect(services["VEZA_DATABASE_URL"])
-    try:
-        stored = {r["body"]: r["seq"] for r in await conn.fetch(
-            "SELECT body, seq FROM chat_events WHERE room = $1 AND kind = 'message'", room)}
-        count = await conn.fetchval("SELECT count(*) FROM chat_events WHERE room = $1", room)
-    finally:
-        await conn.close()
-    acked = {cid: seq for s in senders for cid, seq in s.acked.items()}
-    assert acked and stored == acked  # every acknowledged send stored once, with the seq its ack said
-    assert count == len(stored)  # and nothing else (no duplicate under another seq)
-    last = max(stored.values())
-    for s in senders:
-        assert s.reconnects >= 1, "the move closed every socket"
-        assert s.seen == list(range(1, last + 1)), f"{s.user}: gapless, in order, nothing twice"
-
-
 async def test_promotion_and_demotion_under_steady_sends(chat_factory: Callable[..., Chat],
                                                          services: dict[str, str]) -> None:
     """Clients on both pool replicas keep sending while the room moves to its own worker and back."""
@@ -345,7 +238,11 @@ async def test_promotion_and_demotion_under_steady_sends(chat_factory: Callable[
     dedicated = await chat.worker()
     # Where the front door sends each client: its pool replica while pooled, the dedicated worker once promoted.
     routes = {"pooled": True}
-    senders = [SteadySender(chat, room, f"user{i}", (lambda i=i: pools[i % 2] if routes["pooled"] else dedicated))
+
+    def route(i: int) -> Any:
+        return pools[i % 2] if routes["pooled"] else dedicated
+
+    senders = [SteadySender(f"user{i}", lambda after, i=i: connect(chat, route(i), room, f"user{i}", after=after))
                for i in range(4)]
 
     async def promote() -> None:  # the operator's order: route switched, then the directory says where the room is
@@ -353,7 +250,7 @@ async def test_promotion_and_demotion_under_steady_sends(chat_factory: Callable[
         await declare(services["VEZA_DATABASE_URL"], room, placement="dedicated")
         await announce(services["VEZA_NATS_URL"], room)
 
-    await moved_under_load(chat, services, room, senders, promote)
+    await moved_under_load(services["VEZA_DATABASE_URL"], room, senders, promote)
     codes = [code for s in senders for code in s.close_codes]
     assert all(code == CLOSE_SERVICE_RESTART for code in codes), codes
     for pool in pools:  # each pool replica let go of the room because it moved
@@ -368,4 +265,4 @@ async def test_promotion_and_demotion_under_steady_sends(chat_factory: Callable[
     for s in senders:  # the same clients go on (their cids go on counting: a cid is never reused)
         s.stop.clear()
         s.reconnects = 0
-    await moved_under_load(chat, services, room, senders, demote)
+    await moved_under_load(services["VEZA_DATABASE_URL"], room, senders, demote)

@@ -4,6 +4,7 @@ frame it sends or receives against docs/schemas/chat/v1, and the test constants.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,116 @@ class Chat:
                     w.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     w.kill()
+
+
+class SteadySender:
+    """A client that keeps sending while its room moves: on a close it reconnects (`connect(after)`: wherever the
+    room lives now), resumes after the last seq it saw, and resends its unacknowledged send under the same cid —
+    what docs/chat-protocol.md asks of clients. A refused handshake (503 while the room moves, or 404/502 while a
+    front door catches up) is retried for up to `retry_for` seconds."""
+
+    def __init__(self, user: str, connect: Callable[[int], Awaitable[ChatClient]], *, retry_for: float = 30.0) -> None:
+        self.user, self.connect, self.retry_for = user, connect, retry_for
+        self.acked: dict[str, int] = {}  # cid -> seq
+        self.seen: list[int] = []  # every event seq delivered to this user, across its connections, in order
+        self.reconnects = 0
+        self.sent = 0
+        self.close_codes: list[int | None] = []
+        self.refusals: list[str] = []
+        self.max_gap = 0.0  # longest time without an ack while sending
+        self.stop = asyncio.Event()
+
+    async def _connect(self) -> ChatClient:
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                return await self.connect(self.seen[-1] if self.seen else 0)
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status not in (404, 502, 503) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        client = await self._connect()
+        last_ack = time.monotonic()
+        pending: str | None = None
+        while not self.stop.is_set() or pending is not None:
+            if pending is None:
+                self.sent += 1
+                pending = f"{self.user}-{self.sent}"
+            try:
+                await client.send({"type": "send", "cid": pending, "text": pending})
+                while True:
+                    try:
+                        frame = await client.recv(10.0)
+                    except TimeoutError:
+                        raise AssertionError(f"{self.user}: no answer to {pending} within 10 s on "
+                                             f"{client.welcome.get('session')}; last frames {client.frames[-3:]}"
+                                             ) from None
+                    if frame is None:
+                        raise ConnectionError
+                    if frame["type"] == "event":
+                        self.seen.append(frame["seq"])
+                    elif frame["type"] == "ack" and frame["cid"] == pending:
+                        self.acked[pending] = frame["seq"]
+                        pending = None
+                        now = time.monotonic()
+                        self.max_gap, last_ack = max(self.max_gap, now - last_ack), now
+                        break
+                    elif frame["type"] == "error" and frame.get("cid") == pending:
+                        # Not stored (`shutting_down`: the room is leaving this worker): send it again, here
+                        # or, once the socket closes, wherever the room went.
+                        self.refusals.append(frame["code"])
+                        await asyncio.sleep(0.05)
+                        break
+            except (ConnectionError, ConnectionResetError, aiohttp.ClientError) as exc:
+                # The close code as read from the server's close frame (a send that raced it knows none).
+                if isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionResetError):
+                    self.close_codes.append(client.close_frame_code)
+                self.reconnects += 1
+                client = await self._connect()
+            await asyncio.sleep(0.02)
+        # Drain: everything committed so far reaches this socket too.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                frame = await client.recv(max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            if frame is None:
+                break
+            if frame["type"] == "event":
+                self.seen.append(frame["seq"])
+        await client.close()
+
+
+async def moved_under_load(database_url: str, room: str, senders: list[SteadySender],
+                           move: Callable[[], Awaitable[Any]], *, before: float = 1.5, after: float = 2.0) -> None:
+    """Let the senders run, `move` the room, let them run on, stop them; then every acknowledged send is stored
+    once with the seq its ack said, nothing else is stored, and every sender saw every seq once, in order."""
+    import asyncpg
+
+    tasks = [asyncio.create_task(s.run()) for s in senders]
+    await asyncio.sleep(before)
+    await move()
+    await asyncio.sleep(after)
+    for s in senders:
+        s.stop.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = {r["body"]: r["seq"] for r in await conn.fetch(
+            "SELECT body, seq FROM chat_events WHERE room = $1 AND kind = 'message'", room)}
+        count = await conn.fetchval("SELECT count(*) FROM chat_events WHERE room = $1", room)
+    finally:
+        await conn.close()
+    acked = {cid: seq for s in senders for cid, seq in s.acked.items()}
+    assert acked and stored == acked  # every acknowledged send stored once, with the seq its ack said
+    assert count == len(stored)  # and nothing else (no duplicate under another seq)
+    last = max(stored.values())
+    for s in senders:
+        assert s.reconnects >= 1, "the move closed every socket"
+        assert s.seen == list(range(1, last + 1)), f"{s.user}: gapless, in order, nothing twice"
 
 
 async def nats_subscribed(monitor_url: str, subject: str, timeout: float = 15.0) -> None:

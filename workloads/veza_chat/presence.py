@@ -107,56 +107,30 @@ class Presence:
 
     async def heartbeat(self) -> tuple[dict[str, str], list[str]] | None:
         """Refresh this replica's entry and re-read the others'; (joined, left) users, None if Redis is down."""
-        if self.redis is None:
-            return None
-        before = self.users()
+        return (await heartbeat_all([self]))[0]
+
+    def _queue_beat(self, pipe: Any, now: float) -> int:
+        """This replica's entry refreshed and the live replicas read, queued on `pipe`; how many commands."""
         mine = self.key_prefix + self.worker_id
-        now = time.time()
+        pipe.delete(mine)
+        if self.local:
+            pipe.hset(mine, mapping={u: str(v[0]) for u, v in self.local.items()})
+        pipe.expire(mine, max(1, round(self.ttl)))
+        pipe.zadd(self.workers_key, {self.worker_id: now})
+        pipe.zremrangebyscore(self.workers_key, "-inf", now - self.ttl)
+        pipe.expire(self.workers_key, max(1, round(self.ttl * 4)))
+        pipe.zrangebyscore(self.workers_key, now - self.ttl, "+inf")
+        return 7 if self.local else 6
 
-        async def op() -> dict[str, dict[str, str]] | None:
-            assert self.redis is not None
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(mine)
-                if self.local:
-                    pipe.hset(mine, mapping={u: str(v[0]) for u, v in self.local.items()})
-                pipe.expire(mine, max(1, round(self.ttl)))
-                pipe.zadd(self.workers_key, {self.worker_id: now})
-                pipe.zremrangebyscore(self.workers_key, "-inf", now - self.ttl)
-                pipe.expire(self.workers_key, max(1, round(self.ttl * 4)))
-                await pipe.execute()
-            raw = await self.redis.zrangebyscore(self.workers_key, now - self.ttl, "+inf")
-            workers = [w.decode() if isinstance(w, bytes) else str(w) for w in raw]
-            others = [w for w in workers if w != self.worker_id]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for w in others:
-                    pipe.hgetall(self.key_prefix + w)
-                results = await pipe.execute()
-            return {w: {k.decode(): v.decode() for k, v in h.items()} for w, h in zip(others, results, strict=True)}
-
-        async def down() -> dict[str, dict[str, str]] | None:
-            return None
-
-        snapshot = await self.breaker.call(op, down)
-        if snapshot is None:
-            return None
-        self.remote = snapshot
-        after = self.users()
-        if self.members_key:
-            members_key = self.members_key
-
-            async def rewrite(r: aioredis.Redis) -> None:
-                async with r.pipeline(transaction=True) as pipe:
-                    pipe.delete(members_key)
-                    if after:
-                        mapping: dict[Any, Any] = dict(after)  # redis-py's Mapping type is invariant
-                        pipe.hset(members_key, mapping=mapping)
-                    pipe.expire(members_key, max(1, round(self.ttl * 2)))
-                    await pipe.execute()
-
-            await self._redis(rewrite)
-        joined = {u: n for u, n in after.items() if u not in before}
-        left = [u for u in before if u not in after]
-        return joined, left
+    def _queue_members(self, pipe: Any) -> None:
+        """The room-level union of present users, rewritten whole (the key the API reads for member counts)."""
+        assert self.members_key is not None
+        users = self.users()
+        pipe.delete(self.members_key)
+        if users:
+            mapping: dict[Any, Any] = dict(users)  # redis-py's Mapping type is invariant
+            pipe.hset(self.members_key, mapping=mapping)
+        pipe.expire(self.members_key, max(1, round(self.ttl * 2)))
 
     async def withdraw(self) -> None:
         """This replica leaves (graceful shutdown)."""
@@ -176,3 +150,56 @@ class Presence:
             return None
 
         await self.breaker.call(op, fallback)
+
+
+async def heartbeat_all(rooms: list[Presence]) -> list[tuple[dict[str, str], list[str]] | None]:
+    """The heartbeats of every room a worker serves (they share its Redis and breaker), in three round trips
+    whatever their number: entries refreshed and live replicas read (one transaction), the other replicas' users
+    read, the member sets rewritten. Per room: (joined, left) users, or None when Redis is down."""
+    first = rooms[0] if rooms else None
+    if first is None or first.redis is None:
+        return [None] * len(rooms)
+    redis = first.redis
+
+    async def op() -> list[dict[str, dict[str, str]]]:
+        now = time.time()
+        async with redis.pipeline(transaction=True) as pipe:
+            ends: list[int] = []
+            for room in rooms:
+                ends.append(room._queue_beat(pipe, now) + (ends[-1] if ends else 0))
+            results = await pipe.execute()
+        others: list[list[str]] = []
+        for room, end in zip(rooms, ends, strict=True):
+            workers = [w.decode() if isinstance(w, bytes) else str(w) for w in results[end - 1]]
+            others.append([w for w in workers if w != room.worker_id])
+        async with redis.pipeline(transaction=False) as pipe:
+            for room, names in zip(rooms, others, strict=True):
+                for w in names:
+                    pipe.hgetall(room.key_prefix + w)
+            hashes = iter(await pipe.execute())
+        return [{w: {k.decode(): v.decode() for k, v in next(hashes).items()} for w in names} for names in others]
+
+    async def down() -> None:
+        return None
+
+    befores = [room.users() for room in rooms]
+    snapshots = await first.breaker.call(op, down)
+    if snapshots is None:
+        return [None] * len(rooms)
+    for room, snapshot in zip(rooms, snapshots, strict=True):
+        room.remote = snapshot
+    tracked = [room for room in rooms if room.members_key]
+    if tracked:
+
+        async def rewrite() -> None:
+            async with redis.pipeline(transaction=True) as pipe:
+                for room in tracked:
+                    room._queue_members(pipe)
+                await pipe.execute()
+
+        await first.breaker.call(rewrite, down)
+    changes: list[tuple[dict[str, str], list[str]] | None] = []
+    for room, before in zip(rooms, befores, strict=True):
+        after = room.users()
+        changes.append(({u: n for u, n in after.items() if u not in before}, [u for u in before if u not in after]))
+    return changes

@@ -8,7 +8,7 @@ load) is the worker's. Per-socket work lives in session.py, authorisation in acc
 handlers in routes.py.
 
 Its own tasks: for a room bound to a stream channel, the consumer of the channel's track changes
-(listen.py); the rest is driven by the worker's loops (`polled`, `heartbeat`, `flush_presence`).
+(listen.py); the rest is driven by the worker's loops (`polled`, `heard`, `flush_presence`).
 """
 
 from __future__ import annotations
@@ -346,9 +346,8 @@ class ChatService:
         if not self.presence.local.get(client.user):
             await self.fanout.signal({"kind": "presence", "op": "leave", "user": client.user})
 
-    async def heartbeat(self) -> None:
+    def heard(self, change: tuple[dict[str, str], list[str]] | None) -> None:
         """The worker's presence heartbeat for this room: who left or joined on replicas that went quiet."""
-        change = await self.presence.heartbeat()
         if change is not None:
             joined, left = change
             self.presence_joined.update(joined)

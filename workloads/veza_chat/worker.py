@@ -42,6 +42,7 @@ from veza_core.web import HttpError
 from . import inbound, metrics
 from . import protocol as p
 from .fanout import BusLink
+from .presence import heartbeat_all
 from .revocations import Revocations
 from .service import ChatService
 from .settings import ChatSettings
@@ -54,6 +55,7 @@ LOAD_EVERY = 5.0  # seconds between load snapshots (connections, messages/s per 
 PRESENCE_COALESCE = 0.5  # join/leave frames are batched: one frame per room per window, however many users moved
 SANCTIONS_EVERY = 10  # polls between reloads of the sanctions in force
 PLACEMENT_POOLED = "pooled"
+HEARTBEAT_BATCH = 500  # rooms per Redis transaction (a few thousand commands: Redis serves others in between)
 
 
 class ChatWorker:
@@ -287,13 +289,20 @@ class ChatWorker:
                     log.warning("poll failed", extra={"room": service.room_name, "error": repr(exc)})
 
     async def _heartbeat(self) -> None:
-        """Presence heartbeats of the rooms with sockets here (a room without any has no one to tell)."""
+        """Presence heartbeats of the rooms with sockets here (a room without any has no one to tell), all of them
+        in a few Redis round trips."""
         every = self.settings.chat_presence_ttl_seconds / 3
         while True:
-            for service in list(self.rooms.values()):
-                if service.room.clients or service.presence.local:
-                    with contextlib.suppress(Exception):
-                        await service.heartbeat()
+            rooms = [s for s in self.rooms.values() if s.room.clients or s.presence.local]
+            for i in range(0, len(rooms), HEARTBEAT_BATCH):
+                batch = rooms[i:i + HEARTBEAT_BATCH]
+                try:
+                    changes = await heartbeat_all([s.presence for s in batch])
+                except Exception as exc:
+                    log.warning("presence heartbeat failed", extra={"error": repr(exc)})
+                    continue
+                for service, change in zip(batch, changes, strict=True):
+                    service.heard(change)
             await asyncio.sleep(every)
 
     async def _presence_flush(self) -> None:
