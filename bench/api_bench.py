@@ -14,7 +14,8 @@ the load generator does not share its event loop), then measures:
   revocation check in Redis, per-user rate limit) and without one, and the same
   queries behind a minimal aiohttp + asyncpg handler without auth
   (bench/rooms_baseline.py, its own process), alternated in the same run; the
-  ratios are the cost of authentication and of everything the real API adds.
+  ratios are the cost of authentication and of everything the real API adds; with the CPU time the
+  serving process spent per request in each phase (steadier than req/s when the machine is shared).
 
 Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -106,6 +107,15 @@ async def get_load(base: str, token: str | None, seconds: float, concurrency: in
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*[worker(session) for _ in range(concurrency)])
     return latencies, time.monotonic() - began
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far: per request, steadier than req/s on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def verifications(keys: KeySet, seconds: float, *, cache_size: int) -> float:
@@ -202,13 +212,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await get_load(baseline_base, None, 1.0, args.concurrency)
             phases: dict[str, list[float]] = {"auth": [], "anon": [], "baseline": []}
             elapsed: dict[str, float] = {"auth": 0.0, "anon": 0.0, "baseline": 0.0}
+            cpu: dict[str, float] = {"auth": 0.0, "anon": 0.0, "baseline": 0.0}
             for _ in range(3):
-                for name, url, token in (("baseline", baseline_base, None), ("anon", base, None),
-                                         ("auth", base, user_token)):
+                for name, url, token, server in (("baseline", baseline_base, None, baseline), ("anon", base, None, api),
+                                                 ("auth", base, user_token, api)):
+                    assert server is not None
+                    used = cpu_seconds(server.pid)
                     lat, took = await get_load(url, token, args.seconds / 3, args.concurrency)
+                    spent = cpu_seconds(server.pid) - used
+                    cpu[name] += spent
                     phases[name] += lat
                     elapsed[name] += took
-                    log(f"  {name}: {len(lat) / took:.0f} req/s, p99 {pct(lat, 0.99) * 1000:.1f} ms")
+                    log(f"  {name}: {len(lat) / took:.0f} req/s, p99 {pct(lat, 0.99) * 1000:.1f} ms, "
+                        f"{spent / len(lat) * 1e6:.0f} µs of server CPU per request")
         finally:
             if baseline is not None:
                 baseline.terminate()
@@ -239,6 +255,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "get_anon_p99_ms": round(pct(anon, 0.99) * 1000, 2),
         "get_baseline_rps": round(len(bare) / elapsed["baseline"]),
         "get_baseline_p99_ms": round(pct(bare, 0.99) * 1000, 2),
+        # The serving process's CPU per request (the API's or the baseline's; PostgreSQL and Redis not counted).
+        "get_auth_cpu_us": round(cpu["auth"] / len(auth) * 1e6),
+        "get_anon_cpu_us": round(cpu["anon"] / len(anon) * 1e6),
+        "get_baseline_cpu_us": round(cpu["baseline"] / len(bare) * 1e6),
         "auth_rps_ratio_to_baseline": round((len(auth) / elapsed["auth"]) / (len(bare) / elapsed["baseline"]), 2),
         "anon_rps_ratio_to_baseline": round((len(anon) / elapsed["anon"]) / (len(bare) / elapsed["baseline"]), 2),
         "auth_p99_ratio": round(pct(auth, 0.99) / pct(anon, 0.99), 2),

@@ -1,23 +1,25 @@
 """The API's request pipeline, after the shared `observe` (request ids, JSON access
 logs, metrics, and rendering of `HttpError`): CORS → body size → per-IP rate
-limit → authentication → per-user rate limit.
+limit → authentication → revocation → per-user rate limit (the last four in `guard`).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from veza_core.auth import TokenError, token_from_request
+from veza_core.ratelimit import Bucket
 from veza_core.web import HttpError, json_error
 
-from .context import API, client_ip
+from .context import API, Api, client_ip
 from .rbac import DIRECTORY_ROUTES, REQUEST_OPERATOR, REQUEST_PRINCIPAL
 from .services.accounts import too_many
-from .services.sessions import is_revoked
+from .services.sessions import ACTIVE, REVOKED, is_revoked_uncached, state_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("veza.api")
@@ -82,60 +84,80 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 @web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Verifies a bearer token when one is sent; endpoints decide whether they need one."""
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /api/ request: the per-IP token bucket, then, with a bearer token, authentication (endpoints decide
+    whether they need one), the session's revocation and the per-user bucket.
+
+    A user's token costs one Redis round trip for all three (`RateLimiter.hit_gated`: the address's bucket, the
+    session's cached state, then the account's bucket only if the session is cached as active), where it cost
+    three. The token is verified first (a token seen before costs a lookup in the verifier's cache), since the
+    user's bucket and session come from it; a token that fails still takes from the address's bucket, so
+    guessing tokens is limited per address like anything else, and answers 429 once that bucket is empty.
+    """
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    ctx = request.app[API]
+    s = ctx.settings
+    ip = Bucket(f"ip:{client_ip(request)}", rate=s.rate_ip_per_second, burst=s.rate_ip_burst)
     token = token_from_request(request)
-    if token is not None and request.path.startswith("/api/"):
-        ctx = request.app[API]
-        if _is_directory_token(ctx.settings.directory_token, token):
+    if token is None or _is_directory_token(s.directory_token, token):
+        await _take(ctx, ip, "requests from this address")
+        if token is not None:
             resource = request.match_info.route.resource
             if resource is None or resource.canonical not in DIRECTORY_ROUTES:
                 raise HttpError(401, "invalid_token", "this credential is valid for the directory endpoints only",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                                headers=dict(INVALID_TOKEN))
             request[REQUEST_OPERATOR] = True
-            return await handler(request)
-        try:
-            who = ctx.verifier.verify(token)
-        except TokenError as exc:
-            raise HttpError(401, exc.code, exc.message,
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
-        sid = who.claims.get("sid")
-        if not isinstance(sid, str) or await is_revoked(ctx, sid):
-            raise HttpError(401, "token_revoked", "the session of this token has ended",
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        request[REQUEST_PRINCIPAL] = who
+        return await handler(request)
+    try:
+        who = ctx.verifier.verify(token)
+    except TokenError as exc:
+        await _take(ctx, ip, "requests from this address")
+        raise HttpError(401, exc.code, exc.message, headers=dict(INVALID_TOKEN)) from exc
+    sid = _session_id(who.claims.get("sid"))
+    if sid is None:
+        await _take(ctx, ip, "requests from this address")
+        raise _revoked()
+    user = Bucket(f"user:{who.subject}", rate=s.rate_user_per_second, burst=s.rate_user_burst)
+    gated = await ctx.limiter.hit_gated([ip], state_key(ctx, sid), ACTIVE, [user])
+    if not gated.decisions[0].allowed:
+        raise too_many(gated.decisions[0], "requests from this address")
+    if gated.gate == REVOKED:
+        raise _revoked()
+    if gated.gate == ACTIVE:
+        decision = gated.decisions[1]
+    else:  # no cached answer (or Redis unreachable): PostgreSQL's, then the account's bucket on its own
+        if await is_revoked_uncached(ctx, sid, redis_answered=gated.gate_read):
+            raise _revoked()
+        decision = await ctx.limiter.hit(user.key, rate=user.rate, burst=user.burst)
+    if not decision.allowed:
+        raise too_many(decision, "requests for this account")
+    request[REQUEST_PRINCIPAL] = who
     return await handler(request)
+
+
+INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+def _revoked() -> HttpError:
+    return HttpError(401, "token_revoked", "the session of this token has ended", headers=dict(INVALID_TOKEN))
+
+
+def _session_id(claim: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(claim) if isinstance(claim, str) else None
+    except ValueError:
+        return None
+
+
+async def _take(ctx: Api, bucket: Bucket, what: str) -> None:
+    decision = await ctx.limiter.hit(bucket.key, rate=bucket.rate, burst=bucket.burst)
+    if not decision.allowed:
+        raise too_many(decision, what)
 
 
 def _is_directory_token(expected: str | None, token: str) -> bool:
     return expected is not None and hmac.compare_digest(token.encode(), expected.encode())
-
-
-@web.middleware
-async def limit_ip(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token bucket in Redis per client IP; before authentication, so guessing tokens costs too."""
-    if request.path.startswith("/api/"):
-        ctx = request.app[API]
-        s = ctx.settings
-        decision = await ctx.limiter.hit(f"ip:{client_ip(request)}", rate=s.rate_ip_per_second,
-                                         burst=s.rate_ip_burst)
-        if not decision.allowed:
-            raise too_many(decision, "requests from this address")
-    return await handler(request)
-
-
-@web.middleware
-async def limit_user(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token bucket per authenticated user, wherever their requests come from."""
-    who = request.get(REQUEST_PRINCIPAL)
-    if who is not None:
-        ctx = request.app[API]
-        s = ctx.settings
-        decision = await ctx.limiter.hit(f"user:{who.subject}", rate=s.rate_user_per_second,
-                                         burst=s.rate_user_burst)
-        if not decision.allowed:
-            raise too_many(decision, "requests for this account")
-    return await handler(request)
 
 
 # cors outermost, so error answers carry CORS headers too and browsers can read them.
@@ -151,4 +173,4 @@ async def no_store(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 AUTH_PREFIX = "/api/v1/auth/"
-MIDDLEWARES = [cors, no_store, body_limit, limit_ip, authenticate, limit_user]
+MIDDLEWARES = [cors, no_store, body_limit, guard]

@@ -4,11 +4,16 @@ The bucket lives in one Redis hash and is updated by one Lua script, so a
 check-and-take is atomic however many workers hit it. When Redis is down the
 circuit breaker sends checks to a bucket kept in this process: limits then hold
 per replica instead of globally, which is the documented degraded mode.
+
+`hit_gated` takes several buckets and reads one key in one script (one round trip instead of one per
+bucket): the API's authenticated requests take the address's and the account's buckets and read the
+session's cached state with it. One script over several keys needs them on one Redis (no Redis Cluster).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -41,11 +46,55 @@ return {allowed, math.floor(tokens * 1000), math.ceil(retry * 1000)}
 """
 
 
+# Several buckets and one read in one round trip: the buckets before the gate are taken in order (stopping at the
+# first refusal); then the gate key is read; the buckets after it are taken only if it holds the value that lets
+# requests through. Each take is BUCKET_SCRIPT itself, as a function (its KEYS and ARGV are the parameters).
+# KEYS: the buckets, then the gate. ARGV: now, buckets before the gate, the gate's passing value, then rate,
+# burst, cost per bucket. Returns {gate value or false, then allowed, tokens left * 1000, retry ms per bucket taken}.
+GATED_SCRIPT = "local function take(KEYS, ARGV)\n" + BUCKET_SCRIPT + """end
+local now = ARGV[1]
+local before = tonumber(ARGV[2])
+local out = {false}
+for i = 1, #KEYS - 1 do
+  if i == before + 1 then
+    out[1] = redis.call('GET', KEYS[#KEYS])
+    if out[1] ~= ARGV[3] then return out end
+  end
+  local at = 4 + (i - 1) * 3
+  local decision = take({KEYS[i]}, {ARGV[at], ARGV[at + 1], ARGV[at + 2], now})
+  for _, value in ipairs(decision) do out[#out + 1] = value end
+  if decision[1] == 0 then return out end
+end
+if before == #KEYS - 1 then out[1] = redis.call('GET', KEYS[#KEYS]) end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
     remaining: float
     retry_after: float  # seconds until `cost` tokens are available again
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    rate: float
+    burst: float
+    cost: float = 1.0
+
+
+@dataclass(frozen=True)
+class Gated:
+    """What `RateLimiter.hit_gated` did: the decisions of the buckets taken, in order (it stops at the first
+    refusal, and at the gate unless the gate let it through), and the gate's value (None: missing, or not read)."""
+
+    decisions: list[Decision]
+    gate: bytes | None
+    # False when the gate was not asked: Redis unreachable (the buckets before it were taken in process memory)
+    # or a bucket before it refused.
+    gate_read: bool
 
 
 class _LocalBuckets:
@@ -77,6 +126,7 @@ class RateLimiter:
         self.breaker = breaker or CircuitBreaker(f"ratelimit:{prefix}", errors=(RedisError, OSError))
         self.local = _LocalBuckets()
         self._script = redis.register_script(BUCKET_SCRIPT) if redis is not None else None
+        self._gated = redis.register_script(GATED_SCRIPT) if redis is not None else None
 
     async def hit(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
         """Take `cost` tokens from the bucket `key` refilled at `rate` per second up to `burst`."""
@@ -92,5 +142,37 @@ class RateLimiter:
             assert self._script is not None
             allowed, left, retry_ms = await self._script(keys=[full_key], args=[rate, burst, cost, time.time()])
             return Decision(bool(allowed), left / 1000, retry_ms / 1000)
+
+        return await self.breaker.call(remote, local)
+
+    async def hit_gated(self, before: Sequence[Bucket], gate: str, passing: bytes, after: Sequence[Bucket]) -> Gated:
+        """Take `before`, read the key `gate` (a full key, not under this limiter's prefix), and take `after` only
+        if `gate` holds `passing`: one round trip for what would be several. When Redis is unreachable the buckets
+        before the gate are taken in process memory and the gate is left unread (the caller decides, then takes
+        `after` with `hit`)."""
+        buckets = [*before, *after]
+
+        async def local() -> Gated:
+            decisions: list[Decision] = []
+            for b in before:
+                decisions.append(self.local.take(f"{self.prefix}:{b.key}", b.rate, b.burst, b.cost))
+                if not decisions[-1].allowed:
+                    break
+            return Gated(decisions, None, False)
+
+        if self._gated is None:
+            return await local()
+
+        async def remote() -> Gated:
+            assert self._gated is not None
+            args: list[float | str | bytes] = [time.time(), len(before), passing]
+            for b in buckets:
+                args += [b.rate, b.burst, b.cost]
+            out = await self._gated(keys=[*(f"{self.prefix}:{b.key}" for b in buckets), gate], args=args)
+            flat = out[1:]
+            decisions = [Decision(bool(flat[i]), flat[i + 1] / 1000, flat[i + 2] / 1000)
+                         for i in range(0, len(flat), 3)]
+            read = all(d.allowed for d in decisions[:len(before)]) and len(decisions) >= len(before)
+            return Gated(decisions, out[0] or None, read)
 
         return await self.breaker.call(remote, local)

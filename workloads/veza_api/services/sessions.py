@@ -12,12 +12,15 @@ again, so a revoked token never works again because Redis forgot it. Revoking
 overwrites the cached answer, and a reader caches "active" only where no answer
 is cached (SET NX), so a read racing a revocation cannot hide it; only a
 revocation whose Redis write failed leaves an "active" answer standing, for at
-most `ACTIVE_CACHE_SECONDS`. If Redis is unreachable the middleware asks
+most `ACTIVE_CACHE_SECONDS`. The middleware reads the cached answer in the same Redis round trip as the
+request's rate limits (`RateLimiter.hit_gated`), so every request of every replica sees a revocation as soon
+as Redis holds it; no replica keeps answers of its own. If Redis is unreachable the middleware asks
 PostgreSQL directly (slower, same answer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import uuid
@@ -105,7 +108,9 @@ async def revoke_user_sessions(ctx: Api, user_id: uuid.UUID, why: str, reason: s
     await events.session_revoked(ctx, user_id, None, reason)
 
 
-def _state_key(ctx: Api, session_id: uuid.UUID) -> str:
+def state_key(ctx: Api, session_id: uuid.UUID) -> str:
+    """Where Redis caches a session's state (`REVOKED` or `ACTIVE`); the middleware reads it in the same round
+    trip as the request's rate limits."""
     return ctx.redis_key("session-state", str(session_id))
 
 
@@ -117,7 +122,7 @@ async def mark_revoked(ctx: Api, session_ids: list[uuid.UUID]) -> None:
     try:
         async with ctx.redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
-                pipe.set(_state_key(ctx, sid), REVOKED, ex=ttl)
+                pipe.set(state_key(ctx, sid), REVOKED, ex=ttl)
             await pipe.execute()
     except (RedisError, OSError):
         pass  # PostgreSQL holds the truth; a cached "active" answer lapses within ACTIVE_CACHE_SECONDS
@@ -128,25 +133,40 @@ async def _revoked_in_postgres(ctx: Api, sid: uuid.UUID) -> bool:
     return row is None or row["revoked_at"] is not None
 
 
-async def is_revoked(ctx: Api, session_id: str) -> bool:
-    try:
-        sid = uuid.UUID(session_id)
-    except ValueError:
-        return True
+# Lookups in flight, per API context and session: the requests of one session that find no cached answer at once
+# (its "active" answer just lapsed, and a client keeps several requests going) share one PostgreSQL read.
+_LOOKUPS: dict[tuple[int, uuid.UUID, bool], asyncio.Future[bool]] = {}
 
-    async def cached() -> bool:
-        key = _state_key(ctx, sid)
-        state = await ctx.redis.get(key)
-        if state is not None:
-            return bool(state == REVOKED)
-        revoked = await _revoked_in_postgres(ctx, sid)
-        if revoked:
-            await ctx.redis.set(key, REVOKED, ex=ctx.settings.access_ttl_seconds + 60)
-        else:  # NX: a revocation written meanwhile wins over this older answer
-            await ctx.redis.set(key, ACTIVE, ex=ACTIVE_CACHE_SECONDS, nx=True)
-        return revoked
+
+async def is_revoked_uncached(ctx: Api, sid: uuid.UUID, *, redis_answered: bool) -> bool:
+    """PostgreSQL's answer for a session Redis held no answer for; cached for the next requests when Redis
+    answered (missing), asked straight from PostgreSQL when it did not (unreachable). Requests arriving while a
+    read for their session runs take its answer: a revocation committed during that read is seen by the next
+    ones, as it is by a request that read Redis just before the revocation's write."""
+    key = (id(ctx), sid, redis_answered)
+    lookup = _LOOKUPS.get(key)
+    if lookup is None:
+        lookup = asyncio.ensure_future(_lookup(ctx, sid, redis_answered))
+        _LOOKUPS[key] = lookup
+        lookup.add_done_callback(lambda _: _LOOKUPS.pop(key, None))
+    return await asyncio.shield(lookup)  # one waiter cancelled does not cancel the others' read
+
+
+async def _lookup(ctx: Api, sid: uuid.UUID, redis_answered: bool) -> bool:
+    if not redis_answered:
+        return await _revoked_in_postgres(ctx, sid)
 
     async def from_postgres() -> bool:
         return await _revoked_in_postgres(ctx, sid)
 
-    return await ctx.redis_breaker.call(cached, from_postgres)
+    return await ctx.redis_breaker.call(lambda: _revoked_and_cached(ctx, sid), from_postgres)
+
+
+async def _revoked_and_cached(ctx: Api, sid: uuid.UUID) -> bool:
+    revoked = await _revoked_in_postgres(ctx, sid)
+    key = state_key(ctx, sid)
+    if revoked:
+        await ctx.redis.set(key, REVOKED, ex=ctx.settings.access_ttl_seconds + 60)
+    else:  # NX: a revocation written meanwhile wins over this older answer
+        await ctx.redis.set(key, ACTIVE, ex=ACTIVE_CACHE_SECONDS, nx=True)
+    return revoked
