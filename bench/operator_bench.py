@@ -117,7 +117,8 @@ def install_operator(plane: ControlPlane, work: Path) -> Path:
 
 def room_manifest(i: int) -> dict[str, Any]:
     return {"apiVersion": "veza.io/v1alpha1", "kind": "ChatRoom", "metadata": {"name": f"room-{i}"},
-            "spec": {"platformRef": {"name": "bench"}}}
+            # Dedicated: this benchmark times each room's own Deployment (pooled rooms have none).
+            "spec": {"platformRef": {"name": "bench"}, "placement": "Dedicated"}}
 
 
 def ready_rooms(custom: kubernetes.client.CustomObjectsApi) -> int:

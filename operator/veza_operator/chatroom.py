@@ -1,4 +1,5 @@
-"""ChatRoom: a chat worker Deployment per room, routed at /chat/<room> on the platform's host.
+"""ChatRoom: served by the platform's chat pool, or by a chat worker Deployment of its own routed at
+/chat/<room> on the platform's host (placement.py says which and when it moves).
 
 Autoscaling scales on `veza_chat_connections` (the connections each pod holds),
 through an HPA that targets the ChatRoom's scale subresource.
@@ -11,21 +12,93 @@ outlives the room; with `Retain` (the default) nothing is held and history stays
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from veza_core.specs import ChatRoomSpec
 
-from . import admission, manifests, wiring
+from . import admission, manifests, placement, wiring
+from .conditions import Health, workers_health
 from .controller import Context, Key, post_event
 from .models import VezaPlatformSpec
-from .naming import OWNER_KIND, OWNER_NAME, Owner, selector_labels
-from .workers import WorkerKind, platform_service_account, reconcile, worker_image
+from .naming import OWNER_KIND, OWNER_NAME, Owner, pool_name, selector_labels, worker_name
+from .workers import Placed, WorkerKind, WorkerSpec, platform_service_account, reconcile, worker_image
+
+PURGE_FINALIZER = "veza.io/purge-history"
+
+
+def parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def pool_health(ctx: Context, namespace: str, platform_name: str, platform: VezaPlatformSpec) -> Health:
+    """What Ready says of a room the chat pool serves (no counts: a pool scaling rewrites no room's status)."""
+    if not platform.chat.pool.enabled:
+        return Health(False, "PoolDisabled", f"The room is pooled but VezaPlatform {platform_name!r} runs no chat "
+                                             "pool (spec.chat.pool.enabled): nothing serves it.", degraded=True)
+    pool = ctx.store.children.get(("Deployment", namespace, pool_name(platform_name)))
+    if not ((pool or {}).get("status") or {}).get("readyReplicas"):
+        return Health(False, "WaitingForPool", "Waiting for a ready worker of the platform's chat pool.",
+                      progressing=True)
+    return Health(True, "Pooled", "Served by the platform's chat pool.")
+
+
+async def place_room(ctx: Context, key: Key, body: dict[str, Any], spec: WorkerSpec, platform: VezaPlatformSpec
+                     ) -> Placed:
+    """One step of the room's placement (placement.py): where it should be, and how far its move has come."""
+    assert isinstance(spec, ChatRoomSpec)
+    _, namespace, name = key
+    platform_name = spec.platform_ref.name
+    previous = body.get("status") or {}
+    current = placement.parse_state(previous.get("placement"))
+    changed_at = previous.get("placementChangedAt")
+    now = datetime.now(UTC).replace(microsecond=0)
+    loads = ctx.loads.get(("VezaPlatform", namespace, platform_name))
+    load = None if loads is None else loads.get(name, placement.RoomLoad())
+    autopilot = platform.chat.autopilot
+    target = placement.desired_placement(spec.placement, current, load, parse_time(changed_at), now, autopilot,
+                                         pool_enabled=platform.chat.pool.enabled)
+    deployment = ctx.store.children.get(("Deployment", namespace, worker_name("chat", name)))
+    ready = deployment is not None and workers_health(deployment, spec.replicas, "chat worker").ready
+    declared = ctx.directory.declared_placement(key) if ctx.directory is not None else None
+    state = placement.next_state(current, target, dedicated_ready=ready, declared_pooled=declared == "pooled",
+                                 has_dedicated=deployment is not None)
+    if state != current:
+        changed_at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        ctx.requeue(("VezaPlatform", namespace, platform_name), 1.0)  # the pool's room count
+        why = (f"load {load.describe()}" if spec.placement == "Auto" and load is not None
+               else f"spec.placement is {spec.placement}")
+        if (current, state) == ("Promoting", "Dedicated"):
+            await post_event(ctx, body, "Normal", "Promoted", f"The room moved to workers of its own ({why}; "
+                             f"promotion at {autopilot.promoteConnections} connections or "
+                             f"{autopilot.promoteMessagesPerSecond} messages/s).")
+        elif (current, state) == ("Demoting", "Pooled"):
+            await post_event(ctx, body, "Normal", "Demoted", f"The room moved to the chat pool ({why}; demotion "
+                             f"below {autopilot.demoteBelowFraction:g} of the promotion thresholds).")
+    status = {"placement": state, "placementChangedAt": changed_at}
+    if state == "Pooled":
+        return Placed(dedicated=False, status=status, health=pool_health(ctx, namespace, platform_name, platform))
+    if state == "Promoting":
+        served = pool_health(ctx, namespace, platform_name, platform)
+        return Placed(dedicated=True, status=status, health=served if served.ready else None, routed=False,
+                      progress=("Promoting", "Starting the room's own workers; the chat pool serves it until "
+                                             "they are ready."))
+    if state == "Demoting":
+        return Placed(dedicated=True, status=status, routed=False,
+                      progress=("Demoting", "Waiting for the platform's API to list the room as pooled; its own "
+                                            "workers serve it until then."))
+    return Placed(dedicated=True, status=status)
+
 
 CHAT_WORKERS = WorkerKind(kind="ChatRoom", component="chat", spec_model=ChatRoomSpec, path_prefix="/chat",
-                       load_metric="veza_chat_connections")
-PURGE_FINALIZER = "veza.io/purge-history"
+                          load_metric="veza_chat_connections", place=place_room)
 
 
 def purge_job_name(room: str, uid: str) -> str:

@@ -33,6 +33,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .directory import DirectorySync
+    from .placement import RoomLoad
 
 log = logging.getLogger("veza.operator")
 tracer = trace.get_tracer("veza.operator")
@@ -133,6 +134,8 @@ class Context:
     secrets_seen: dict[tuple[str, str], tuple[float, dict[str, Any]]] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)  # what resource authors may ask for (admission.py)
     directory: DirectorySync | None = None  # the API directories kept equal to the rooms and channels
+    # Each platform's rooms' load as its API last reported it (directory.py reads it); absent: not known.
+    loads: dict[Key, dict[str, RoomLoad]] = field(default_factory=dict)
 
     async def capability(self, kind: str) -> bool:
         """Whether an optional API (e.g. ServiceMonitor) is served; re-asked at most once per `capability_ttl`."""

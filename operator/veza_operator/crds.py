@@ -82,6 +82,15 @@ def status_schema(kind: OwnerKind) -> dict[str, Any]:
             "readyReplicas": {"type": "integer", "description": "Worker replicas ready to serve."},
             "selector": {"type": "string", "description": "Label selector of the workers (scale subresource)."},
         }
+        if kind.kind == "ChatRoom":
+            props |= {
+                "placement": {"type": "string", "enum": ["Pooled", "Promoting", "Dedicated", "Demoting"],
+                              "description": "Where the room's workers run: the chat pool (Pooled), its own "
+                                             "Deployment (Dedicated), or moving between them."},
+                "placementChangedAt": {"type": "string", "format": "date-time",
+                                       "description": "When the placement last changed (the autopilot's "
+                                                      "cool-down counts from it)."},
+            }
     else:
         props |= {
             "rooms": {"type": "integer", "description": "ChatRooms that reference this platform."},
@@ -89,6 +98,10 @@ def status_schema(kind: OwnerKind) -> dict[str, Any]:
             "keysSecret": {"type": "string", "description": "Secret holding the JWT signing keys."},
             "keys": KEYS_STATUS_SCHEMA,
             "migratedVersion": {"type": "string", "description": "Worker version whose migrations ran."},
+            "chatPool": {"type": "object", "description": "The chat pool serving the pooled rooms.", "properties": {
+                "replicas": {"type": "integer", "description": "Pool worker replicas."},
+                "readyReplicas": {"type": "integer", "description": "Pool workers ready to serve."},
+                "rooms": {"type": "integer", "description": "Rooms the pool serves."}}},
             "workerImage": {"type": "string",
                             "description": "Image (repository:tag) the API, rooms and channels run: the newest "
                                            "whose migration Job succeeded. After a spec.image change the workers "

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -31,7 +33,7 @@ from pydantic import ValidationError
 
 from veza_core.specs import ChatRoomSpec, StreamChannelSpec
 
-from . import manifests, wiring
+from . import manifests, placement, wiring
 from .conditions import now
 from .controller import Context, Key
 from .models import VezaPlatformSpec
@@ -68,9 +70,14 @@ def declaration(kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
     try:
         if kind == "ChatRoom":
             room = ChatRoomSpec.model_validate(body.get("spec") or {})
+            state = placement.parse_state((body.get("status") or {}).get("placement"))
             return {"title": room.title or name, "visibility": room.visibility,
                     "members": [{"user": m.user, "role": m.role} for m in room.members],
-                    "channel": room.channel_ref.name if room.channel_ref is not None else None}
+                    "channel": room.channel_ref.name if room.channel_ref is not None else None,
+                    # What a pool worker serves the room with (what its own workers get in VEZA_RESOURCE_SPEC),
+                    # and who serves it (placement.declared).
+                    "spec": wiring.worker_spec(body.get("spec")),
+                    "placement": placement.declared(room.placement, state)}
         channel = StreamChannelSpec.model_validate(body.get("spec") or {})
         return {"title": channel.title or name, "visibility": channel.visibility,
                 "renditions": [{"name": r.name, "codec": r.codec} for r in channel.renditions]}
@@ -141,6 +148,7 @@ def _listed(row: dict[str, Any], kind: str) -> dict[str, Any]:
     found = {"title": row.get("title"), "visibility": row.get("visibility")}
     if kind == "room":
         found |= {"channel": row.get("channel"), "members": None}
+        found |= {k: row[k] for k in ("spec", "placement") if k in row}  # an older API lists neither
     else:
         found |= {"renditions": row.get("renditions")}
     return found
@@ -165,15 +173,20 @@ class DirectorySync:
         self.again: set[Key] = set()
         # Declarations by resource, uid and generation: a round (one per burst of events, status echoes
         # included) parses only the specs that changed.
-        self.declarations: dict[Key, tuple[str, int, dict[str, Any] | None]] = {}
+        self.declarations: dict[Key, tuple[str, int, str | None, dict[str, Any] | None]] = {}
         self.paused = True
         self._http: aiohttp.ClientSession | None = None
+        self.load_tasks: dict[Key, asyncio.Task[None]] = {}  # per platform: its rooms' load, read periodically
 
     # -- what the rest of the operator calls
 
     def request(self, platform: Key) -> None:
         if self.paused:
             return
+        follower = self.load_tasks.get(platform)
+        if follower is None or follower.done():
+            self.load_tasks[platform] = asyncio.get_running_loop().create_task(self._follow_load(platform),
+                                                                               name=f"load-{platform[2]}")
         task = self.tasks.get(platform)
         if task is not None and not task.done():
             self.again.add(platform)
@@ -199,11 +212,23 @@ class DirectorySync:
             return next((dict(c) for c in previous or [] if c.get("type") == CONDITION), None)
         return condition(outcome, generation, previous)
 
+    def declared_placement(self, key: Key) -> str | None:
+        """The placement the room's platform's API holds for it, as far as known (None: not known)."""
+        body = self.ctx.store.owners.get(key)
+        platform = ((body or {}).get("spec") or {}).get("platformRef", {}).get("name")
+        state = self.platforms.get(("VezaPlatform", key[1], platform or ""))
+        if state is None or state.known is None:
+            return None
+        found = (state.known.get(("room", key[2])) or {}).get("placement")
+        return found if isinstance(found, str) else None
+
     def pause(self) -> None:
         self.paused = True
-        for task in self.tasks.values():
+        for task in (*self.tasks.values(), *self.load_tasks.values()):
             task.cancel()
         self.tasks.clear()
+        self.load_tasks.clear()
+        self.ctx.loads.clear()
         self.again.clear()
         self.platforms.clear()
         self.declarations.clear()
@@ -286,8 +311,11 @@ class DirectorySync:
                 continue
             status, text = await self._send(state, "PUT", f"{base}/api/v1/admin/{PLURALS[entry[0]]}/{entry[1]}", decl)
             if status in (200, 201):
+                moved = (state.known.get(entry) or {}).get("placement") != decl.get("placement")
                 state.known[entry] = decl
                 state.refused.pop(entry, None)
+                if entry[0] == "room" and moved:  # a demotion waits for this (placement.py)
+                    self.on_change(("ChatRoom", namespace, entry[1]))
             else:  # this entry's declaration is refused (e.g. a member id that is not a user id)
                 state.known.pop(entry, None)
                 state.refused[entry] = Outcome(False, "Refused", f"The API refused the declaration ({status}): "
@@ -301,11 +329,71 @@ class DirectorySync:
 
     def _declaration(self, kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
         meta = body["metadata"]
-        key, version = (kind, meta["namespace"], meta["name"]), (meta.get("uid", ""), meta.get("generation", 0))
+        # A room's placement is in its status: a move changes the declaration without a new generation.
+        state = (body.get("status") or {}).get("placement") if kind == "ChatRoom" else None
+        key = (kind, meta["namespace"], meta["name"])
+        version = (meta.get("uid", ""), meta.get("generation", 0), state)
         known = self.declarations.get(key)
-        if known is None or known[:2] != version:
+        if known is None or known[:3] != version:
             known = self.declarations[key] = (*version, declaration(kind, body))
-        return known[2]
+        return known[3]
+
+    # -- the rooms' load (placement.py): read with the directory's credential, kept in memory only
+
+    async def _follow_load(self, key: Key) -> None:
+        while True:
+            body = self.ctx.store.owners.get(key)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                self.ctx.loads.pop(key, None)
+                return
+            state = self.platforms.get(key)
+            if state is not None and state.token is not None and state.failures == 0:
+                # The directory's rounds report an API that does not answer; the last load is kept.
+                with contextlib.suppress(Unreachable):
+                    await self._read_load(key, state)
+            await asyncio.sleep(self.settings.load_interval_seconds)
+
+    async def _read_load(self, key: Key, state: PlatformDirectory) -> None:
+        base = api_url(self.settings.directory_url, key[2], key[1])
+        status, _, found = await self._call(state, "GET", f"{base}/api/v1/admin/rooms/load")
+        if status == 401:
+            state.token = None
+        if status != 200 or not isinstance(found, dict):
+            return  # an API without the route: the load stays unknown, Auto rooms stay where they are
+        loads = {}
+        for row in found.get("rooms") or []:
+            if isinstance(row, dict) and isinstance(row.get("name"), str):
+                loads[row["name"]] = placement.RoomLoad(int(row.get("connections") or 0),
+                                                        float(row.get("messages_per_second") or 0.0),
+                                                        int(row.get("replicas") or 0))
+        previous = self.ctx.loads.get(key)
+        self.ctx.loads[key] = loads
+        self._load_changed(key, previous, loads)
+
+    def _load_changed(self, key: Key, previous: dict[str, placement.RoomLoad] | None,
+                      loads: dict[str, placement.RoomLoad]) -> None:
+        """Reconcile the Auto rooms the new load would move, and the platform when its pool's load changed."""
+        body = self.ctx.store.owners.get(key)
+        try:
+            spec = VezaPlatformSpec.model_validate((body or {}).get("spec") or {})
+        except ValidationError:
+            return
+        total = sum(load.connections for load in loads.values())
+        if previous is None or total != sum(load.connections for load in previous.values()):
+            self.on_change(key)  # the pool's size follows its connections
+        now = datetime.now(UTC)
+        for ref in self.ctx.store.referencing("ChatRoom", key[1], key[2]):
+            room = self.ctx.store.owners[ref]
+            if (room.get("spec") or {}).get("placement", "Auto") != "Auto":
+                continue
+            status = room.get("status") or {}
+            current = placement.parse_state(status.get("placement"))
+            changed = status.get("placementChangedAt")
+            since = datetime.fromisoformat(changed.replace("Z", "+00:00")) if isinstance(changed, str) else None
+            target = placement.desired_placement("Auto", current, loads.get(ref[2], placement.RoomLoad()), since,
+                                                 now, spec.chat.autopilot, pool_enabled=spec.chat.pool.enabled)
+            if target != placement.settled(current):
+                self.on_change(ref)
 
     async def _token(self, namespace: str, platform: str) -> str:
         found = await self.ctx.client.get("Secret", namespace, secret_name(platform))

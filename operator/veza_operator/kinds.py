@@ -108,6 +108,7 @@ PLATFORM = OwnerKind(owner("VezaPlatform", "vezaplatforms"), "vezaplatform", ("v
 CHAT_ROOM = OwnerKind(owner("ChatRoom", "chatrooms", extra_verbs=frozenset({"patch"})), "chatroom", ("vzroom",),
                       specs.ChatRoomSpec, reconcile_chat_room, scalable=True, columns=(
     {"name": "Platform", "type": "string", "jsonPath": ".spec.platformRef.name"},
+    {"name": "Placement", "type": "string", "jsonPath": ".status.placement"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "Visibility", "type": "string", "jsonPath": ".spec.visibility", "priority": 1},
 ))

@@ -314,6 +314,53 @@ class Defaults(Model):
     stream: WorkerDefaults = Field(default_factory=WorkerDefaults, description="Defaults for stream workers.")
 
 
+class ChatPool(Model):
+    """The platform's chat pool: one Deployment of generic chat workers serving every pooled room."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas")]})
+
+    enabled: bool = Field(True, description="Run the pool. Off: every room is Dedicated, whatever its placement "
+                                            "says (a Pooled room waits, reported).")
+    minReplicas: int = Field(2, ge=1, le=100, description="Fewest pool workers.")
+    maxReplicas: int = Field(10, ge=1, le=1000, description="Most pool workers.")
+    targetRoomsPerWorker: int = Field(1000, ge=1, le=100000,
+                                      description="Pooled rooms per worker the operator sizes the pool for.")
+    targetConnectionsPerWorker: int = Field(5000, ge=10, le=1000000,
+                                            description="Connections per worker (over every pooled room) the "
+                                                        "operator sizes the pool for.")
+    resources: Resources | None = Field(None, description="Pool worker resources; defaults.chat.resources when "
+                                                          "empty.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ChatPool:
+        if self.minReplicas > self.maxReplicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
+class ChatAutopilot(Model):
+    """When an Auto room moves between the pool and workers of its own (hysteresis and a cool-down)."""
+
+    promoteConnections: int = Field(2000, ge=1, le=10000000,
+                                    description="Promote a pooled Auto room holding at least this many connections.")
+    promoteMessagesPerSecond: int = Field(50, ge=1, le=1000000,
+                                          description="Promote a pooled Auto room receiving at least this many "
+                                                      "messages per second.")
+    demoteBelowFraction: float = Field(
+        0.25, ge=0.01, le=0.99,
+        description="Demote a dedicated Auto room once both its connections and its messages per second are below "
+                    "this fraction of the promotion thresholds (below 1: the gap between the two is the hysteresis).")
+    coolDownSeconds: int = Field(300, ge=0, le=86400,
+                                 description="Least time a room stays where it was last moved to.")
+
+
+class ChatSpec(Model):
+    pool: ChatPool = Field(default_factory=ChatPool, description="The chat pool serving pooled rooms.")
+    autopilot: ChatAutopilot = Field(default_factory=ChatAutopilot,
+                                     description="Promotion and demotion of Auto rooms by load.")
+
+
 class Metrics(Model):
     enabled: bool = Field(True, description="Expose /metrics and annotate pods for scraping.")
     serviceMonitor: bool = Field(True, description="Create ServiceMonitors when the Prometheus Operator "
@@ -435,5 +482,7 @@ class VezaPlatformSpec(Model):
     image: Image = Field(default_factory=Image, description="The worker image, used by every workload.")
     api: ApiSpec = Field(default_factory=ApiSpec, description="The backend API Deployment.")
     defaults: Defaults = Field(default_factory=Defaults, description="Defaults for rooms and channels.")
+    chat: ChatSpec = Field(default_factory=ChatSpec, description="The chat pool and the autopilot that moves rooms "
+                                                                  "between it and workers of their own.")
     observability: Observability = Field(default_factory=Observability, description="Metrics and traces.")
     networkPolicies: NetworkPolicies = Field(default_factory=NetworkPolicies, description="NetworkPolicies.")

@@ -55,6 +55,16 @@ def selector_labels(platform: str, component: str, name: str) -> dict[str, str]:
             COMPONENT_LABEL: component, PLATFORM_LABEL: platform}
 
 
+def pool_name(platform: str) -> str:
+    """The chat pool's Deployment, Service and routes: "<platform>-chat-pool" (a room's are "chat-<room>")."""
+    return f"{platform}-chat-pool"
+
+
+def pool_selector(platform: str) -> dict[str, str]:
+    """The chat pool's pods: chat pods of the platform (what its NetworkPolicies and ServiceMonitor select)."""
+    return {**selector_labels(platform, "chat", "pool"), "app.kubernetes.io/instance": pool_name(platform)}
+
+
 def selector_string(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 

@@ -24,12 +24,12 @@ from pydantic import ValidationError
 
 from veza_core import keys as jwt_keys
 
-from . import admission, cnpg, directory, frontdoor, manifests, wiring
+from . import admission, cnpg, directory, frontdoor, manifests, placement, wiring
 from . import keys as key_schedule
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
-from .naming import COMPONENT_LABEL, PLATFORM_LABEL, Owner, metadata, selector_labels
+from .naming import COMPONENT_LABEL, PLATFORM_LABEL, Owner, metadata, pool_name, pool_selector, selector_labels
 from .workers import platform_service_account, url_port, worker_image
 
 API_COMPONENT = "api"
@@ -108,6 +108,38 @@ def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str
     )
 
 
+def chat_pool_workload(owner: Owner, spec: VezaPlatformSpec, replicas: int, image: Image | None = None
+                       ) -> manifests.Workload:
+    """The chat pool: generic chat workers (`veza chat --pool`) serving every pooled room of the platform.
+
+    Wired like a room's workers, without a room: each pooled room's worker spec comes from the directory.
+    """
+    return manifests.Workload(
+        owner=owner, name=pool_name(owner.name), component="chat", args=["chat", "--pool"],
+        image=image or spec.image, replicas=replicas,
+        resources=spec.chat.pool.resources or spec.defaults.chat.resources,
+        env=wiring.worker_env(owner.name, owner.namespace, spec, "chat"),
+        selector=pool_selector(owner.name), service_account=platform_service_account(owner.name),
+        keys_secret=wiring.keys_secret_name(owner.name, spec), metrics=spec.observability.metrics.enabled,
+    )
+
+
+def chat_pool_children(owner: Owner, spec: VezaPlatformSpec, replicas: int, *, image: Image | None = None,
+                       http_routes: bool = False) -> list[dict[str, Any]]:
+    """The pool's Deployment and Service, its PDB past one replica, and its routes: the whole `/chat` prefix.
+
+    A dedicated room's own `/chat/<room>` route is a longer prefix, which Ingress controllers and Gateways
+    prefer: its requests reach its own workers, every other room's reach the pool.
+    """
+    pool = chat_pool_workload(owner, spec, replicas, image)
+    children = [manifests.deployment(pool), manifests.service(pool),
+                *frontdoor.children(pool.name, owner, spec, [("/chat", pool.name)], pool.labels,
+                                    http_routes=http_routes)]
+    if replicas > 1:
+        children.append(manifests.pod_disruption_budget(pool))
+    return children
+
+
 def network_policies(owner: Owner, spec: VezaPlatformSpec) -> list[dict[str, Any]]:
     """Default-deny both ways for every pod of the platform, then what the workers need.
 
@@ -165,11 +197,13 @@ def service_monitor(owner: Owner, spec: VezaPlatformSpec) -> dict[str, Any]:
 
 
 def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image | None = None,
-                   service_monitors: bool = False, http_routes: bool = False) -> list[dict[str, Any]]:
+                   service_monitors: bool = False, http_routes: bool = False, pool_replicas: int | None = None
+                   ) -> list[dict[str, Any]]:
     """Everything a platform owns; `service_monitors` and `http_routes` when the cluster serves those APIs.
 
-    The migration Job runs the spec's image, the API Deployment `worker_image` (`choose_images`;
-    the spec's image when not given).
+    The migration Job runs the spec's image, the API Deployment and the chat pool `worker_image`
+    (`choose_images`; the spec's image when not given). `pool_replicas`: the pool's size
+    (`placement.pool_replicas`; its minimum when not given).
     """
     labels = {PLATFORM_LABEL: owner.name}
     api = api_workload(owner, spec, api_name(owner.name), API_COMPONENT, spec.api.replicas, worker_image)
@@ -184,6 +218,9 @@ def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image 
     ]
     if spec.api.replicas > 1:
         children.append(manifests.pod_disruption_budget(api))
+    if spec.chat.pool.enabled:
+        children.extend(chat_pool_children(owner, spec, pool_replicas or spec.chat.pool.minReplicas,
+                                           image=worker_image, http_routes=http_routes))
     if spec.networkPolicies.enabled:
         children.extend(network_policies(owner, spec))
     if service_monitors and spec.observability.metrics.enabled and spec.observability.metrics.serviceMonitor:
@@ -198,6 +235,18 @@ def keys_secret(owner: Owner, name: str, now: datetime) -> dict[str, Any]:
     meta = metadata(name, owner, {PLATFORM_LABEL: owner.name}, {jwt_keys.SCHEDULE_ANNOTATION: schedule.to_json()})
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
             "stringData": jwt_keys.secret_data([first])}
+
+
+def pooled_rooms(ctx: Context, namespace: str, platform: str) -> list[str]:
+    """The platform's rooms the pool serves now (the directory lists them pooled)."""
+    out = []
+    for ref in ctx.store.referencing("ChatRoom", namespace, platform):
+        body = ctx.store.owners[ref]
+        wanted = (body.get("spec") or {}).get("placement", "Auto")
+        state = placement.parse_state((body.get("status") or {}).get("placement"))
+        if placement.declared(wanted, state) == "pooled":
+            out.append(ref[2])
+    return out
 
 
 async def reconcile_platform(ctx: Context, key: Key) -> None:
@@ -253,8 +302,15 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     monitors = await ctx.capability("ServiceMonitor")
     routes = await frontdoor.serves_routes(ctx, spec)
     await directory.ensure_secret(ctx, owner)
+    pooled = pooled_rooms(ctx, namespace, name)
+    if spec.chat.pool.enabled:
+        loads = ctx.loads.get(key) or {}
+        connections = sum(loads[room].connections for room in pooled if room in loads)
+        replicas = placement.pool_replicas(spec.chat.pool, len(pooled), connections)
+    else:
+        replicas = 0
     children = build_children(owner, spec, worker_image=images.workers, service_monitors=monitors,
-                              http_routes=routes)
+                              http_routes=routes, pool_replicas=replicas)
     from_operator = directory.api_ingress_policy(owner, ctx.settings) if spec.networkPolicies.enabled else None
     if from_operator is not None:
         children.append(from_operator)
@@ -291,6 +347,21 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
             # migrated before, whose Job runs again after a change back to it, holds nothing back.)
             health = Health(False, "Migrating", f"Waiting for the database migration Job of {images.target}.",
                             progressing=True)
+    if spec.chat.pool.enabled:
+        # The pool serves every pooled room: the platform is Ready when both the API and the pool are.
+        pool_deployment = ctx.store.children.get(("Deployment", namespace, pool_name(name)))
+        pool_status = (pool_deployment or {}).get("status") or {}
+        status["chatPool"] = {"replicas": pool_status.get("replicas", 0),
+                              "readyReplicas": pool_status.get("readyReplicas", 0), "rooms": len(pooled)}
+        pool_health = workers_health(pool_deployment, replicas, "chat pool")
+        if bool(status["chatPool"]["readyReplicas"]) != bool((previous.get("chatPool") or {}).get("readyReplicas")):
+            # Whether the pool serves at all is each pooled room's Ready: its Deployment's events reach only us.
+            for ref in ctx.store.referencing("ChatRoom", namespace, name):
+                ctx.requeue(ref, 0.0)
+        if not pool_health.ready and not health.degraded and (health.ready or pool_health.degraded):
+            health = pool_health
+    elif previous.get("chatPool") is not None:
+        status["chatPool"] = None  # the pool is gone: so is its status (a merge patch's null removes it)
     if postgres.health is not None and not health.degraded:
         health = postgres.health
     door = frontdoor.health(ctx, key, spec, name, routes)

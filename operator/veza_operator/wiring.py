@@ -68,7 +68,8 @@ def keys_secret_name(platform: str, spec: VezaPlatformSpec) -> str:
 
 # Spec fields that only the operator reads: keeping them out of the pods' environment means
 # scaling (by hand or by the HPA) or changing the deletion policy never restarts a worker.
-# (replicas, autoscaling, resources, deletionPolicy, platformRef: what the CR specs add to the worker specs.)
+# (replicas, autoscaling, resources, deletionPolicy, platformRef, a room's placement: what the CR specs add to
+# the worker specs.)
 OPERATOR_ONLY_FIELDS = (operator_only_fields(ChatRoomWorkerSpec, ChatRoomSpec)
                         | operator_only_fields(StreamChannelWorkerSpec, StreamChannelSpec))
 

@@ -8,6 +8,7 @@ modules (`chatroom.py`, `streamchannel.py`) describe what differs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,12 +30,29 @@ WorkerSpec = ChatRoomSpec | StreamChannelSpec
 
 
 @dataclass(frozen=True)
+class Placed:
+    """Where a resource's workers run this reconcile (rooms: `chatroom.place_room`)."""
+
+    dedicated: bool  # its own Deployment, Service and routes are wanted
+    status: dict[str, Any]  # what its status says of it (placement, placementChangedAt)
+    health: Health | None = None  # while another serves it (the chat pool): what Ready says; None: its workers'
+    progress: tuple[str, str] | None = None  # a move under way: Progressing's reason and message
+    # Whether its own route is wanted: not while it moves, so clients reach it where it is served (the pool, with
+    # the pool's `/chat` route) until its own workers are ready, and again from the moment they are going.
+    routed: bool = True
+
+
+Place = Callable[[Context, Key, dict[str, Any], "WorkerSpec", VezaPlatformSpec], Awaitable[Placed]]
+
+
+@dataclass(frozen=True)
 class WorkerKind:
     kind: str  # ChatRoom | StreamChannel
     component: str  # chat | stream (also the `veza` subcommand)
     spec_model: type[ChatRoomSpec] | type[StreamChannelSpec]
     path_prefix: str  # URL prefix on the platform's host
     load_metric: str  # per-pod metric the HPA scales on
+    place: Place | None = None  # None: always a Deployment of its own
 
     def resources(self, spec: WorkerSpec, platform: VezaPlatformSpec) -> Resources:
         defaults = platform.defaults.chat if self.component == "chat" else platform.defaults.stream
@@ -75,11 +93,13 @@ def relay_policy(owner: Owner, spec: StreamChannelSpec, selector: dict[str, str]
 
 def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dict[str, Any],
                    platform_name: str, platform: VezaPlatformSpec, *, image: Image | None = None,
-                   http_routes: bool = False, relay_denied: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                   http_routes: bool = False, relay_denied: tuple[str, ...] = (),
+                   routed: bool = True) -> list[dict[str, Any]]:
     """Deployment, Service, Ingress and HTTPRoute (as the platform asks), and when they apply a PDB and an HPA.
 
     `image` is the platform's worker image (`worker_image`); the spec's image when not given. `relay_denied`: the
-    operator's deny list for relays (its settings, never a resource's), given to stream workers.
+    operator's deny list for relays (its settings, never a resource's), given to stream workers. Without `routed`
+    no front door: a room moving between its own workers and the pool is routed to the pool meanwhile.
     """
     name = worker_name(wk.component, owner.name)
     selector = selector_labels(platform_name, wk.component, owner.name)
@@ -95,8 +115,8 @@ def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dic
         metrics=platform.observability.metrics.enabled,
     )
     children = [manifests.deployment(workload), manifests.service(workload),
-                *frontdoor.children(name, owner, platform, [(f"{wk.path_prefix}/{owner.name}", name)],
-                                    workload.labels, http_routes=http_routes)]
+                *(frontdoor.children(name, owner, platform, [(f"{wk.path_prefix}/{owner.name}", name)],
+                                     workload.labels, http_routes=http_routes) if routed else [])]
     if (isinstance(spec, StreamChannelSpec) and spec.source.type == "relay"
             and platform.networkPolicies.enabled):
         children.append(relay_policy(owner, spec, selector, workload.labels))
@@ -181,23 +201,36 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
 
     owner = Owner.of(body)
     routes = await frontdoor.serves_routes(ctx, platform)
-    children = build_children(wk, owner, spec, raw_spec, platform_name, platform, image=image, http_routes=routes,
-                              relay_denied=ctx.settings.relay_denied_networks)
+    placed = await wk.place(ctx, key, body, spec, platform) if wk.place is not None else None
+    # A pooled room has no children: those of its dedicated days are pruned.
+    children = [] if placed is not None and not placed.dedicated else build_children(
+        wk, owner, spec, raw_spec, platform_name, platform, image=image, http_routes=routes,
+        relay_denied=ctx.settings.relay_denied_networks, routed=placed is None or placed.routed)
     refused = await admission.apply_admitted(ctx, key, wk.kind, children, admission.secrets_in(children),
                                              platform_name, platform_body["metadata"].get("uid", ""))
     if refused is not None:
-        await report(refused)
+        await report(refused, **(placed.status if placed is not None else {}))
         return
 
+    selector = selector_string(selector_labels(platform_name, wk.component, name))
+    if placed is not None and not placed.dedicated and placed.health is not None:
+        await report(placed.health, replicas=0, readyReplicas=0, selector=selector, url=url(wk, name, platform),
+                     **placed.status)
+        return
     deployment = ctx.store.children.get(("Deployment", namespace, worker_name(wk.component, name)))
     health = workers_health(deployment, spec.replicas, f"{wk.component} worker")
     door = frontdoor.health(ctx, key, platform, worker_name(wk.component, name), routes)
     if door is not None and not health.degraded:
         health = door
+    if placed is not None and not health.degraded:
+        if placed.health is not None:  # still served elsewhere (a promotion under way)
+            health = placed.health
+        if placed.progress is not None:
+            health = Health(health.ready, health.reason, health.message, progressing=health.progressing,
+                            progress=placed.progress)
     dstatus = (deployment or {}).get("status") or {}
     await report(health, replicas=dstatus.get("replicas", 0), readyReplicas=dstatus.get("readyReplicas", 0),
-                 selector=selector_string(selector_labels(platform_name, wk.component, name)),
-                 url=url(wk, name, platform))
+                 selector=selector, url=url(wk, name, platform), **(placed.status if placed is not None else {}))
 
 
 # How long a new room or channel waits for its platform before reporting it missing (a Warning).

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 from tests.support.chat import ChatClient
-from tests.support.e2e import Account, Platform, chat_worker_connections, connect_chat
+from tests.support.e2e import GENERAL, Account, Platform, chat_worker_connections, connect_chat
 from tests.support.waiting import wait_for
 
 SEND_INTERVAL = 1.2  # under the example room's 60 messages a minute per user
@@ -127,7 +127,7 @@ async def _wait(condition: Callable[[], Any], timeout: float, message: str) -> N
 
 
 async def test_deleting_a_chat_pod_loses_no_acknowledged_message(platform: Platform) -> None:
-    chat = "app.kubernetes.io/component=chat"
+    chat = GENERAL
     before = platform.ready_pods(chat)
     assert len(before) == 2
     conversation = Conversation(platform, await _tokens(platform, 3), receivers=4)
@@ -144,7 +144,7 @@ async def test_deleting_a_chat_pod_loses_no_acknowledged_message(platform: Platf
 
 
 async def test_scaling_a_room_to_three_replicas(platform: Platform) -> None:
-    chat = "app.kubernetes.io/component=chat"
+    chat = GENERAL
     old = set(platform.ready_pods(chat))
     platform.kubectl("scale", "chatroom", "general", "--replicas=3")
     try:

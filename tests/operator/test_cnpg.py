@@ -64,7 +64,8 @@ def secret_ref(entry: dict[str, Any]) -> tuple[str, str]:
 def children_env(spec: VezaPlatformSpec) -> dict[str, dict[str, dict[str, Any]]]:
     """The environment of the API Deployment and of the migration Job, by kind."""
     children = platform_mod.build_children(OWNER, spec)
-    return {c["kind"]: env_of(c) for c in children if c["kind"] in ("Deployment", "Job")}
+    return {c["kind"]: env_of(c) for c in children if c["kind"] in ("Deployment", "Job")
+            and c["metadata"]["labels"]["app.kubernetes.io/component"] != "chat"}  # not the chat pool
 
 
 # -- pure parts ---------------------------------------------------------------------------------

@@ -217,11 +217,14 @@ def test_without_an_api_the_resources_stay_ready(kube: KubeCluster, operator_ins
 def test_declarations_from_the_specs() -> None:
     body = room("ns", "staff", title="Staff", visibility="private", channelRef={"name": "radio"},
                 members=[{"user": "00000000-0000-0000-0000-000000000001", "role": "owner"}])
+    worker_spec = {k: v for k, v in body["spec"].items() if k != "platformRef"}
     assert directory.declaration("ChatRoom", body) == {
         "title": "Staff", "visibility": "private", "channel": "radio",
-        "members": [{"user": "00000000-0000-0000-0000-000000000001", "role": "owner"}]}
+        "members": [{"user": "00000000-0000-0000-0000-000000000001", "role": "owner"}],
+        "spec": worker_spec, "placement": "pooled"}
     assert directory.declaration("ChatRoom", room("ns", "lobby")) == {
-        "title": "lobby", "visibility": "public", "members": [], "channel": None}
+        "title": "lobby", "visibility": "public", "members": [], "channel": None, "spec": {},
+        "placement": "pooled"}
     assert directory.declaration("StreamChannel", channel("ns", "radio")) == {
         "title": "radio", "visibility": "public", "renditions": [{"name": "mp3-128", "codec": "mp3"}]}
     assert directory.declaration("ChatRoom", room("ns", "bad", visibility="secret")) is None
@@ -255,9 +258,11 @@ def test_the_api_gets_the_credential_and_the_migration_job_does_not() -> None:
     owner = Owner("VezaPlatform", "demo", "ns", "u")
     spec = VezaPlatformSpec.model_validate(platform("ns")["spec"])
     children = platform_mod.build_children(owner, spec)
-    env_of = {c["kind"]: {e["name"] for e in c["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env_of = {c["metadata"]["name"]: {e["name"] for e in c["spec"]["template"]["spec"]["containers"][0]["env"]}
               for c in children if c["kind"] in ("Deployment", "Job")}
-    assert "VEZA_DIRECTORY_TOKEN" in env_of["Deployment"] and "VEZA_DIRECTORY_TOKEN" not in env_of["Job"]
+    job = platform_mod.migration_job_name("demo", spec)
+    assert "VEZA_DIRECTORY_TOKEN" in env_of["demo-api"] and "VEZA_DIRECTORY_TOKEN" not in env_of[job]
+    assert "VEZA_DIRECTORY_TOKEN" not in env_of["demo-chat-pool"], "only the API holds the credential"
     assert all(c["kind"] != "ConfigMap" for c in children)
     made = directory.secret(owner)
     assert made["metadata"]["ownerReferences"][0]["uid"] == "u" and len(made["stringData"]["token"]) >= 32

@@ -112,7 +112,8 @@ def wait_all_ready(kube: KubeCluster, ns: str, room_name: str | None = None, cha
 def test_gateway_named_without_the_api_is_reported_and_heals_once_installed(kube: KubeCluster, ns: str) -> None:
     if gateway_api_served(kube):
         pytest.skip("the cluster already serves the Gateway API")
-    kube.apply(connections_secret(ns), platform(ns, gateway={"name": "public"}), room(ns, "lobby"))
+    kube.apply(connections_secret(ns), platform(ns, gateway={"name": "public"}),
+               room(ns, "lobby", placement="Dedicated"))
     p = wait_condition(kube, "vezaplatform", "demo", ns, status="False", reason="GatewayAPINotInstalled")
     assert condition(p, "Degraded")["status"] == "True"
     assert "install the Gateway API CRDs" in condition(p)["message"]
@@ -131,7 +132,8 @@ def test_gateway_named_without_the_api_is_reported_and_heals_once_installed(kube
 @pytest.mark.usefixtures("gateway_api")
 def test_routes_per_platform_room_and_channel_follow_the_spec(kube: KubeCluster, ns: str) -> None:
     gateway = {"name": "public", "namespace": "edge", "sectionName": "https"}
-    kube.apply(connections_secret(ns), platform(ns, gateway=gateway), room(ns, "general"), channel(ns, "radio"))
+    kube.apply(connections_secret(ns), platform(ns, gateway=gateway), room(ns, "general", placement="Dedicated"),
+               channel(ns, "radio"))
     wait_all_ready(kube, ns, "general", "radio")
     expected = {"demo": ("/", "demo-api"), "chat-general": ("/chat/general", "chat-general"),
                 "stream-radio": ("/stream/radio", "stream-radio")}
@@ -165,7 +167,8 @@ def test_routes_per_platform_room_and_channel_follow_the_spec(kube: KubeCluster,
 
 @pytest.mark.usefixtures("gateway_api")
 def test_route_the_gateway_does_not_accept_degrades_its_owner(kube: KubeCluster, ns: str) -> None:
-    kube.apply(connections_secret(ns), platform(ns, gateway={"name": "public"}), room(ns, "general"))
+    kube.apply(connections_secret(ns), platform(ns, gateway={"name": "public"}),
+               room(ns, "general", placement="Dedicated"))
     wait_all_ready(kube, ns, "general")
     parent = {"group": GROUP, "kind": "Gateway", "name": "public", "namespace": ns}
     wait_for(lambda: route(kube, "chat-general", ns), timeout=20, message="HTTPRoute chat-general")
@@ -185,8 +188,8 @@ def test_route_the_gateway_does_not_accept_degrades_its_owner(kube: KubeCluster,
 def test_no_writes_when_nothing_changes_with_routes(kube: KubeCluster, ns: str, operator: OperatorProcess) -> None:
     if kube.plane is None:
         pytest.skip("counting write requests needs the local control plane's audit log")
-    kube.apply(connections_secret(ns), platform(ns, gateway={"name": "public"}), room(ns, "quiet"),
-               channel(ns, "still"))
+    kube.apply(connections_secret(ns), platform(ns, gateway={"name": "public"}),
+               room(ns, "quiet", placement="Dedicated"), channel(ns, "still"))
     wait_all_ready(kube, ns, "quiet", "still")
     parent = {"group": GROUP, "kind": "Gateway", "name": "public", "namespace": ns}
     for name in ("demo", "chat-quiet", "stream-still"):

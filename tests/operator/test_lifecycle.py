@@ -106,7 +106,8 @@ def test_a_deleted_platform_is_noticed_at_once_and_a_recreated_one_heals(
         kube: KubeCluster, operator_install: Path, tmp_path: Path, replicas: list[OperatorProcess]) -> None:
     start(replicas, operator_install, tmp_path, "plat-a")
     ns = kube.create_namespace("plat")
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "general"), channel(ns, "radio"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "general", placement="Dedicated"),
+               channel(ns, "radio"))
     wait_for(lambda: all_ready(kube, ns, 3), timeout=120, interval=0.5, message="every resource Ready")
 
     kube.kubectl("delete", "vezaplatform", "demo", "-n", ns, "--wait=false")

@@ -36,7 +36,8 @@ def deployment_replicas(kube: KubeCluster, name: str, ns: str) -> int | None:
 
 
 def test_platform_room_and_channel_become_ready_with_their_children(kube: KubeCluster, ns: str) -> None:
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "general", replicas=2), channel(ns, "radio"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "general", replicas=2, placement="Dedicated"),
+               channel(ns, "radio"))
     p = wait_condition(kube, "vezaplatform", "demo", ns)
     r = wait_condition(kube, "chatroom", "general", ns)
     c = wait_condition(kube, "streamchannel", "radio", ns)
@@ -69,7 +70,7 @@ def test_platform_room_and_channel_become_ready_with_their_children(kube: KubeCl
 def test_no_writes_when_nothing_changes(kube: KubeCluster, ns: str, operator: OperatorProcess) -> None:
     if kube.plane is None:
         pytest.skip("counting write requests needs the local control plane's audit log")
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "quiet"), channel(ns, "still"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "quiet", placement="Dedicated"), channel(ns, "still"))
     wait_condition(kube, "chatroom", "quiet", ns)
     wait_condition(kube, "streamchannel", "still", ns)
     wait_condition(kube, "vezaplatform", "demo", ns)
@@ -83,7 +84,7 @@ def test_no_writes_when_nothing_changes(kube: KubeCluster, ns: str, operator: Op
 
 
 def test_drift_is_reverted_and_deleted_children_come_back(kube: KubeCluster, ns: str) -> None:
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "drift", replicas=2))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "drift", replicas=2, placement="Dedicated"))
     wait_condition(kube, "chatroom", "drift", ns)
     kube.kubectl("scale", "deployment", "chat-drift", "--replicas=5", "-n", ns)
     wait_for(lambda: deployment_replicas(kube, "chat-drift", ns) == 2, timeout=20, message="replicas reverted")
@@ -92,7 +93,7 @@ def test_drift_is_reverted_and_deleted_children_come_back(kube: KubeCluster, ns:
 
 
 def test_scale_subresource_and_autoscaler(kube: KubeCluster, ns: str) -> None:
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "scaled"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "scaled", placement="Dedicated"))
     wait_condition(kube, "chatroom", "scaled", ns)
     kube.kubectl("scale", "chatroom", "scaled", "--replicas=3", "-n", ns)
     wait_for(lambda: deployment_replicas(kube, "chat-scaled", ns) == 3, timeout=20, message="scaled to 3")
@@ -102,10 +103,11 @@ def test_scale_subresource_and_autoscaler(kube: KubeCluster, ns: str) -> None:
     assert r["spec"]["replicas"] == 3
     assert kube.get("poddisruptionbudget", "chat-scaled", ns) is not None
 
-    kube.apply(room(ns, "scaled", replicas=2, autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5}))
+    kube.apply(room(ns, "scaled", placement="Dedicated", replicas=2,
+                    autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5}))
     hpa = wait_for(lambda: kube.get("horizontalpodautoscaler", "chat-scaled", ns), timeout=20, message="HPA")
     assert hpa["spec"]["scaleTargetRef"]["kind"] == "ChatRoom"
-    kube.apply(room(ns, "scaled", replicas=1))
+    kube.apply(room(ns, "scaled", placement="Dedicated", replicas=1))
     wait_for(lambda: kube.get("horizontalpodautoscaler", "chat-scaled", ns) is None, timeout=20,
              message="HPA removed with autoscaling off")
     wait_for(lambda: kube.get("poddisruptionbudget", "chat-scaled", ns) is None, timeout=20,
@@ -113,7 +115,8 @@ def test_scale_subresource_and_autoscaler(kube: KubeCluster, ns: str) -> None:
 
 
 def test_platform_change_rolls_every_room_and_channel(kube: KubeCluster, ns: str) -> None:
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "a"), room(ns, "b"), channel(ns, "c"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "a", placement="Dedicated"),
+               room(ns, "b", placement="Dedicated"), channel(ns, "c"))
     for kind, name in [("chatroom", "a"), ("chatroom", "b"), ("streamchannel", "c")]:
         wait_condition(kube, kind, name, ns)
     # The first image's migration has run (until then workers take the spec's image at once, as at install).
@@ -167,7 +170,7 @@ def hold_migration(kube: KubeCluster, ns: str, tag: str) -> str:
 
 def test_an_upgrade_migrates_before_any_worker_rolls(kube: KubeCluster, ns: str, operator: OperatorProcess) -> None:
     old, new, newer = (f"ghcr.io/veza-platform/veza:{tag}" for tag in ("0.1.0", "9.9.9", "9.9.10"))
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "a"), channel(ns, "c"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "a", placement="Dedicated"), channel(ns, "c"))
     for kind, name in [("chatroom", "a"), ("streamchannel", "c"), ("vezaplatform", "demo")]:
         wait_condition(kube, kind, name, ns)
     assert (kube.get("vezaplatform", "demo", ns) or {})["status"]["workerImage"] == old
@@ -253,7 +256,7 @@ def test_spec_the_schema_cannot_judge_is_reported_and_heals(kube: KubeCluster, n
 
 
 def test_deleting_a_room_deletes_its_children(kube: KubeCluster, ns: str) -> None:
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "gone"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "gone", placement="Dedicated"))
     wait_condition(kube, "chatroom", "gone", ns)
     kube.kubectl("delete", "chatroom", "gone", "-n", ns)
     wait_for(lambda: kube.get("deployment", "chat-gone", ns) is None and kube.get("service", "chat-gone", ns) is None,

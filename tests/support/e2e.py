@@ -239,10 +239,14 @@ async def connect_chat(platform: Platform, token: str, room: str = "general", af
     raise AssertionError("unreachable")
 
 
-async def chat_worker_connections(platform: Platform) -> dict[str, float]:
-    """Open WebSockets per chat pod, read from each pod's own /metrics (kubectl exec, not pod IPs)."""
+GENERAL = "app.kubernetes.io/instance=chat-general"  # the example room's own pods (the chat pool's are chat pods too)
+
+
+async def chat_worker_connections(platform: Platform, selector: str = GENERAL) -> dict[str, float]:
+    """Open WebSockets per chat pod (the example room's, unless `selector` says which), read from each pod's own
+    /metrics (kubectl exec, not pod IPs)."""
     counts: dict[str, float] = {}
-    for pod in platform.ready_pods("app.kubernetes.io/component=chat"):
+    for pod in platform.ready_pods(selector):
         metrics = await asyncio.to_thread(
             platform.kubectl, "exec", pod, "--", "python", "-c",
             "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode())")

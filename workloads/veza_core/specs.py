@@ -2,8 +2,8 @@
 
 Each kind has two models. The worker spec is what a worker receives in VEZA_RESOURCE_SPEC (the
 CR's `.spec` without the fields only the operator reads); the CR spec extends it with those
-(`platformRef`, `replicas`, `autoscaling`, `resources`, `deletionPolicy`). The operator generates
-the CRDs from the CR specs (`veza_operator.crds`) and parses CRs with them; workers parse their
+(`platformRef`, `replicas`, `autoscaling`, `resources`, `deletionPolicy`, a room's `placement`). The
+operator generates the CRDs from the CR specs (`veza_operator.crds`) and parses CRs with them; workers parse their
 spec with the worker specs. Attributes are snake_case; the JSON names (aliases) are the CRD's
 camelCase ones. Unknown fields are ignored: the API server prunes them anyway.
 
@@ -164,6 +164,10 @@ class ChatRoomSpec(ChatRoomWorkerSpec):
     deletion_policy: Literal["Retain", "Delete"] = Field(
         "Retain", description="What happens to the history when the room is deleted.")
     resources: Resources | None = Field(None, description="Overrides the platform's chat defaults.")
+    placement: Literal["Auto", "Dedicated", "Pooled"] = Field(
+        "Auto", description="Where the room's workers run: Pooled on the platform's chat pool, Dedicated on a "
+                            "Deployment of its own, Auto pooled until its load promotes it (the platform's "
+                            "chat.autopilot).")
 
 
 # -- StreamChannel -------------------------------------------------------------------
