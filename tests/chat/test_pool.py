@@ -123,6 +123,13 @@ async def test_unknown_and_dedicated_rooms_are_refused(chat_factory: Callable[..
     status, body = await status_of(f"{pool.url}/chat/{dedicated}/history", token)
     assert (status, body["error"]["code"]) == (503, "room_moved")
     assert await metric(pool.url, "veza_chat_rooms") == 0
+    # A request without a valid token opens nothing: it is refused before the room is looked up.
+    pooled = f"p{uuid.uuid4().hex[:8]}"
+    await declare(services["VEZA_DATABASE_URL"], pooled)
+    for bad in ("not-a-token", chat.token("alice", audience="veza-api")):
+        status, body = await status_of(f"{pool.url}/chat/{pooled}/history", bad)
+        assert status == 401, body
+    assert await metric(pool.url, "veza_chat_rooms") == 0
 
 
 async def test_rooms_fan_out_across_pool_replicas(chat_factory: Callable[..., Chat],

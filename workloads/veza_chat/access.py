@@ -21,6 +21,20 @@ def authorize(token: str | None, verifier: TokenVerifier, room: str, spec: RoomS
               banned: Callable[[str], bool], revocations: Revocations | None = None) -> tuple[Principal, str]:
     """(principal, room role) or an HttpError with a stable code. `revocations`: what the API said since the
     token was issued (a revoked session, a changed role), which wins over the token."""
+    principal = authenticate(token, verifier, room, revocations)
+    if banned(principal.subject) and not principal.is_admin:  # nobody in a room outranks an admin
+        raise HttpError(403, p.BANNED, "you are banned from this room")
+    role = room_role(principal, room, spec,
+                     revocations.role_override(principal) if revocations is not None else (False, None))
+    if role is None:
+        raise HttpError(403, p.NOT_MEMBER, "this room is private")
+    return principal, role
+
+
+def authenticate(token: str | None, verifier: TokenVerifier, room: str,
+                 revocations: Revocations | None = None) -> Principal:
+    """What can be said of a token without the room's spec: valid, not revoked, not scoped to other rooms (a pool
+    worker asks this before it opens a room for a request)."""
     if token is None:
         raise HttpError(401, "token_missing", "a bearer token is required")
     try:
@@ -31,13 +45,7 @@ def authorize(token: str | None, verifier: TokenVerifier, room: str, spec: RoomS
         raise HttpError(401, p.SESSION_REVOKED, "the session of this token has ended: sign in again")
     if not token_allows_room(principal, room):
         raise HttpError(403, "token_room", "the token is for another room")
-    if banned(principal.subject) and not principal.is_admin:  # nobody in a room outranks an admin
-        raise HttpError(403, p.BANNED, "you are banned from this room")
-    role = room_role(principal, room, spec,
-                     revocations.role_override(principal) if revocations is not None else (False, None))
-    if role is None:
-        raise HttpError(403, p.NOT_MEMBER, "this room is private")
-    return principal, role
+    return principal
 
 
 RANKS = ("member", "moderator", "owner", "admin")

@@ -13,6 +13,7 @@ from aiohttp import web
 from veza_core.auth import token_from_request
 from veza_core.web import HttpError
 
+from . import access
 from . import protocol as p
 from .room import Client
 from .service import ChatService
@@ -22,8 +23,12 @@ from .worker import WORKER
 
 
 async def serving_room(request: web.Request) -> ChatService:
-    """The service of the room in the URL, when this worker serves it and takes requests now."""
-    return await request.app[WORKER].serving(request.match_info["room"])
+    """The service of the room in the URL, when this worker serves it and takes requests now. A pool worker opens
+    a room only for a request whose token holds (a stranger's requests cost it nothing)."""
+    worker, room = request.app[WORKER], request.match_info["room"]
+    if worker.pooled and room not in worker.rooms:
+        access.authenticate(token_from_request(request), worker.verifier, room, worker.revocations)
+    return await worker.serving(room)
 
 
 def query_int(request: web.Request, name: str, minimum: int, maximum: int = 2**62) -> int | None:
