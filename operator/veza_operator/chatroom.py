@@ -1,5 +1,6 @@
-"""ChatRoom: served by the platform's chat pool, or by a chat worker Deployment of its own routed at
-/chat/<room> on the platform's host (placement.py says which and when it moves).
+"""ChatRoom: served by a shard of the platform's chat pool, or by a chat worker Deployment of its own
+(placement.py says which and when it moves); either way routed at /chat/<room> on the platform's host by
+a route of its own, whose backend is the one thing a move changes.
 
 Autoscaling scales on `veza_chat_connections` (the connections each pod holds),
 through an HPA that targets the ChatRoom's scale subresource.
@@ -38,16 +39,17 @@ def parse_time(value: object) -> datetime | None:
         return None
 
 
-def pool_health(ctx: Context, namespace: str, platform_name: str, platform: VezaPlatformSpec) -> Health:
-    """What Ready says of a room the chat pool serves (no counts: a pool scaling rewrites no room's status)."""
+def pool_health(ctx: Context, namespace: str, platform_name: str, platform: VezaPlatformSpec, shard: str
+                ) -> Health:
+    """What Ready says of a room its pool shard serves (no counts: a shard scaling rewrites no room's status)."""
     if not platform.chat.pool.enabled:
         return Health(False, "PoolDisabled", f"The room is pooled but VezaPlatform {platform_name!r} runs no chat "
                                              "pool (spec.chat.pool.enabled): nothing serves it.", degraded=True)
-    pool = ctx.store.children.get(("Deployment", namespace, pool_name(platform_name)))
+    pool = ctx.store.children.get(("Deployment", namespace, shard))
     if not ((pool or {}).get("status") or {}).get("readyReplicas"):
-        return Health(False, "WaitingForPool", "Waiting for a ready worker of the platform's chat pool.",
+        return Health(False, "WaitingForPool", f"Waiting for a ready worker of the chat pool shard {shard}.",
                       progressing=True)
-    return Health(True, "Pooled", "Served by the platform's chat pool.")
+    return Health(True, "Pooled", f"Served by the chat pool shard {shard}.")
 
 
 async def place_room(ctx: Context, key: Key, body: dict[str, Any], spec: WorkerSpec, platform: VezaPlatformSpec
@@ -82,16 +84,23 @@ async def place_room(ctx: Context, key: Key, body: dict[str, Any], spec: WorkerS
         elif (current, state) == ("Demoting", "Pooled"):
             await post_event(ctx, body, "Normal", "Demoted", f"The room moved to the chat pool ({why}; demotion "
                              f"below {autopilot.demoteBelowFraction:g} of the promotion thresholds).")
-    status = {"placement": state, "placementChangedAt": changed_at}
+    shards = platform.chat.pool.shards
+    shard = placement.pool_shard(name, shards)
+    shard_service = pool_name(platform_name, shard, shards)
+    # The shard its route leads to (while Pooled, Promoting and Demoting); none while Dedicated.
+    status: dict[str, Any] = {"placement": state, "placementChangedAt": changed_at,
+                              "poolShard": None if placement.routed_to_own(state) else shard}
     if state == "Pooled":
-        return Placed(dedicated=False, status=status, health=pool_health(ctx, namespace, platform_name, platform))
+        return Placed(dedicated=False, status=status, route_to=shard_service,
+                      health=pool_health(ctx, namespace, platform_name, platform, shard_service))
     if state == "Promoting":
-        served = pool_health(ctx, namespace, platform_name, platform)
-        return Placed(dedicated=True, status=status, health=served if served.ready else None, routed=False,
-                      progress=("Promoting", "Starting the room's own workers; the chat pool serves it until "
-                                             "they are ready."))
+        served = pool_health(ctx, namespace, platform_name, platform, shard_service)
+        return Placed(dedicated=True, status=status, health=served if served.ready else None,
+                      route_to=shard_service,
+                      progress=("Promoting", "Starting the room's own workers; its chat pool shard serves it "
+                                             "until they are ready."))
     if state == "Demoting":
-        return Placed(dedicated=True, status=status, routed=False,
+        return Placed(dedicated=True, status=status, route_to=shard_service,
                       progress=("Demoting", "Waiting for the platform's API to list the room as pooled; its own "
                                             "workers serve it until then."))
     return Placed(dedicated=True, status=status)

@@ -90,6 +90,8 @@ def status_schema(kind: OwnerKind) -> dict[str, Any]:
                 "placementChangedAt": {"type": "string", "format": "date-time",
                                        "description": "When the placement last changed (the autopilot's "
                                                       "cool-down counts from it)."},
+                "poolShard": {"type": "integer", "description": "The chat pool shard the room's route leads to "
+                                                                "(while not Dedicated)."},
             }
     else:
         props |= {
@@ -99,9 +101,15 @@ def status_schema(kind: OwnerKind) -> dict[str, Any]:
             "keys": KEYS_STATUS_SCHEMA,
             "migratedVersion": {"type": "string", "description": "Worker version whose migrations ran."},
             "chatPool": {"type": "object", "description": "The chat pool serving the pooled rooms.", "properties": {
-                "replicas": {"type": "integer", "description": "Pool worker replicas."},
-                "readyReplicas": {"type": "integer", "description": "Pool workers ready to serve."},
-                "rooms": {"type": "integer", "description": "Rooms the pool serves."}}},
+                "replicas": {"type": "integer", "description": "Pool worker replicas (every shard)."},
+                "readyReplicas": {"type": "integer", "description": "Pool workers ready to serve (every shard)."},
+                "rooms": {"type": "integer", "description": "Rooms the pool serves."},
+                "shards": {"type": "array", "description": "Each shard of the pool.", "items": {
+                    "type": "object", "properties": {
+                        "name": {"type": "string", "description": "The shard's Deployment and Service."},
+                        "replicas": {"type": "integer", "description": "The shard's worker replicas."},
+                        "readyReplicas": {"type": "integer", "description": "The shard's workers ready to serve."},
+                        "rooms": {"type": "integer", "description": "Pooled rooms routed to the shard."}}}}}},
             "workerImage": {"type": "string",
                             "description": "Image (repository:tag) the API, rooms and channels run: the newest "
                                            "whose migration Job succeeded. After a spec.image change the workers "

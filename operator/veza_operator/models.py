@@ -315,20 +315,25 @@ class Defaults(Model):
 
 
 class ChatPool(Model):
-    """The platform's chat pool: one Deployment of generic chat workers serving every pooled room."""
+    """The platform's chat pool: Deployments (shards) of generic chat workers serving the pooled rooms."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas")]})
 
     enabled: bool = Field(True, description="Run the pool. Off: every room is Dedicated, whatever its placement "
                                             "says (a Pooled room waits, reported).")
-    minReplicas: int = Field(2, ge=1, le=100, description="Fewest pool workers.")
-    maxReplicas: int = Field(10, ge=1, le=1000, description="Most pool workers.")
+    minReplicas: int = Field(2, ge=1, le=100, description="Fewest workers of each pool shard.")
+    maxReplicas: int = Field(10, ge=1, le=1000, description="Most workers of each pool shard.")
     targetRoomsPerWorker: int = Field(1000, ge=1, le=100000,
                                       description="Pooled rooms per worker the operator sizes the pool for.")
     targetConnectionsPerWorker: int = Field(5000, ge=10, le=1000000,
                                             description="Connections per worker (over every pooled room) the "
                                                         "operator sizes the pool for.")
+    shards: int = Field(1, ge=1, le=100, description="Pool Deployments the pooled rooms are spread over: each "
+                                                     "room is routed to one shard (crc32 of its name modulo "
+                                                     "shards), so its sockets meet at most that shard's "
+                                                     "workers. Each shard is sized on its own rooms within "
+                                                     "[minReplicas, maxReplicas].")
     resources: Resources | None = Field(None, description="Pool worker resources; defaults.chat.resources when "
                                                           "empty.")
 

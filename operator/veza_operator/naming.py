@@ -55,14 +55,19 @@ def selector_labels(platform: str, component: str, name: str) -> dict[str, str]:
             COMPONENT_LABEL: component, PLATFORM_LABEL: platform}
 
 
-def pool_name(platform: str) -> str:
-    """The chat pool's Deployment, Service and routes: "<platform>-chat-pool" (a room's are "chat-<room>")."""
-    return f"{platform}-chat-pool"
+POOL_SHARD_LABEL = "veza.io/pool-shard"
 
 
-def pool_selector(platform: str) -> dict[str, str]:
-    """The chat pool's pods: chat pods of the platform (what its NetworkPolicies and ServiceMonitor select)."""
-    return {**selector_labels(platform, "chat", "pool"), "app.kubernetes.io/instance": pool_name(platform)}
+def pool_name(platform: str, shard: int = 0, shards: int = 1) -> str:
+    """A chat pool shard's Deployment and Service: "<platform>-chat-pool" for a single shard (the name the pool
+    always had), "<platform>-chat-pool-<shard>" for several (a room's are "chat-<room>")."""
+    return f"{platform}-chat-pool" if shards == 1 else f"{platform}-chat-pool-{shard}"
+
+
+def pool_selector(platform: str, shard: int = 0, shards: int = 1) -> dict[str, str]:
+    """A chat pool shard's pods: chat pods of the platform, its instance the shard's name."""
+    return {**selector_labels(platform, "chat", "pool"), "app.kubernetes.io/instance": pool_name(platform, shard,
+                                                                                                  shards)}
 
 
 def selector_string(labels: dict[str, str]) -> str:

@@ -12,12 +12,14 @@ A move goes through a state kept in the room's status (`status.placement`):
 
 The directory (which the workers read) says "dedicated" only once the room is Dedicated, so the
 pool serves the room until its own workers are Ready; on the way back the directory says "pooled"
-first and the dedicated workers go only once the API holds that. Everything here is pure.
+first and the dedicated workers go only once the API holds that. The room's one route leads to its pool
+shard (`pool_shard`) in every state but Dedicated. Everything here is pure.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -103,8 +105,14 @@ def next_state(current: State | None, target: Target, *, dedicated_ready: bool, 
 
 
 def has_dedicated_workers(state: State) -> bool:
-    """Whether the room's own Deployment, Service and routes exist in this state."""
+    """Whether the room's own Deployment and Service exist in this state (its route always does)."""
     return state != "Pooled"
+
+
+def routed_to_own(state: State) -> bool:
+    """Whether the room's route leads to its own Service; else to its pool shard's. Only once Dedicated: while
+    Promoting its workers are not ready yet, and a demotion switches the route back before they go."""
+    return state == "Dedicated"
 
 
 def declared(spec: SpecPlacement, state: State | None) -> Literal["pooled", "dedicated"]:
@@ -114,8 +122,14 @@ def declared(spec: SpecPlacement, state: State | None) -> Literal["pooled", "ded
     return "dedicated" if state == "Dedicated" else "pooled"
 
 
+def pool_shard(room: str, shards: int) -> int:
+    """The pool shard a room is routed to while pooled: crc32 of its name modulo the shards (stable across
+    restarts and operators; changing `shards` re-routes most rooms)."""
+    return zlib.crc32(room.encode()) % shards
+
+
 def pool_replicas(pool: ChatPool, rooms: int, connections: int) -> int:
-    """Workers for `rooms` pooled rooms holding `connections`, within the pool's bounds."""
+    """Workers of one pool shard for its `rooms` pooled rooms holding `connections`, within the pool's bounds."""
     wanted = max(math.ceil(rooms / pool.targetRoomsPerWorker),
                  math.ceil(connections / pool.targetConnectionsPerWorker))
     return max(pool.minReplicas, min(pool.maxReplicas, wanted))

@@ -10,7 +10,7 @@ The JWT key Secret is created once when absent and never regenerated; `keys.py` 
 keys in stages, on the schedule of spec.auth.keyRotation or on demand (docs/operator.md,
 "Signing-key rotation"). Rooms and channels get their own Ingress (and HTTPRoute) objects on the same
 host (Ingress controllers and Gateways merge them), so adding a room never rewrites a
-shared object.
+shared object; a pooled room's route leads to its chat pool shard's Service.
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ from . import keys as key_schedule
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
-from .naming import COMPONENT_LABEL, PLATFORM_LABEL, Owner, metadata, pool_name, pool_selector, selector_labels
+from .naming import (
+    COMPONENT_LABEL,
+    PLATFORM_LABEL,
+    POOL_SHARD_LABEL,
+    Owner,
+    metadata,
+    pool_name,
+    pool_selector,
+    selector_labels,
+)
 from .workers import platform_service_account, url_port, worker_image
 
 API_COMPONENT = "api"
@@ -108,35 +117,37 @@ def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str
     )
 
 
-def chat_pool_workload(owner: Owner, spec: VezaPlatformSpec, replicas: int, image: Image | None = None
-                       ) -> manifests.Workload:
-    """The chat pool: generic chat workers (`veza chat --pool`) serving every pooled room of the platform.
+def chat_pool_workload(owner: Owner, spec: VezaPlatformSpec, replicas: int, image: Image | None = None,
+                       shard: int = 0) -> manifests.Workload:
+    """A chat pool shard: generic chat workers (`veza chat --pool`) serving the pooled rooms routed to it.
 
-    Wired like a room's workers, without a room: each pooled room's worker spec comes from the directory.
+    Wired like a room's workers, without a room: each pooled room's worker spec comes from the directory. Every
+    shard could serve every pooled room; the rooms' routes decide which one does.
     """
+    shards = spec.chat.pool.shards
     return manifests.Workload(
-        owner=owner, name=pool_name(owner.name), component="chat", args=["chat", "--pool"],
+        owner=owner, name=pool_name(owner.name, shard, shards), component="chat", args=["chat", "--pool"],
         image=image or spec.image, replicas=replicas,
         resources=spec.chat.pool.resources or spec.defaults.chat.resources,
         env=wiring.worker_env(owner.name, owner.namespace, spec, "chat"),
-        selector=pool_selector(owner.name), service_account=platform_service_account(owner.name),
+        selector=pool_selector(owner.name, shard, shards), service_account=platform_service_account(owner.name),
         keys_secret=wiring.keys_secret_name(owner.name, spec), metrics=spec.observability.metrics.enabled,
+        extra_labels={POOL_SHARD_LABEL: str(shard)},
     )
 
 
-def chat_pool_children(owner: Owner, spec: VezaPlatformSpec, replicas: int, *, image: Image | None = None,
-                       http_routes: bool = False) -> list[dict[str, Any]]:
-    """The pool's Deployment and Service, its PDB past one replica, and its routes: the whole `/chat` prefix.
+def chat_pool_children(owner: Owner, spec: VezaPlatformSpec, replicas: list[int], *, image: Image | None = None
+                       ) -> list[dict[str, Any]]:
+    """Each pool shard's Deployment and Service, and its PDB past one replica (`replicas`: one per shard).
 
-    A dedicated room's own `/chat/<room>` route is a longer prefix, which Ingress controllers and Gateways
-    prefer: its requests reach its own workers, every other room's reach the pool.
+    No route: every room has its own `/chat/<room>` route, which leads to its shard's Service while it is pooled.
     """
-    pool = chat_pool_workload(owner, spec, replicas, image)
-    children = [manifests.deployment(pool), manifests.service(pool),
-                *frontdoor.children(pool.name, owner, spec, [("/chat", pool.name)], pool.labels,
-                                    http_routes=http_routes)]
-    if replicas > 1:
-        children.append(manifests.pod_disruption_budget(pool))
+    children = []
+    for shard, count in enumerate(replicas):
+        pool = chat_pool_workload(owner, spec, count, image, shard)
+        children += [manifests.deployment(pool), manifests.service(pool)]
+        if count > 1:
+            children.append(manifests.pod_disruption_budget(pool))
     return children
 
 
@@ -197,13 +208,13 @@ def service_monitor(owner: Owner, spec: VezaPlatformSpec) -> dict[str, Any]:
 
 
 def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image | None = None,
-                   service_monitors: bool = False, http_routes: bool = False, pool_replicas: int | None = None
+                   service_monitors: bool = False, http_routes: bool = False, pool_replicas: list[int] | None = None
                    ) -> list[dict[str, Any]]:
     """Everything a platform owns; `service_monitors` and `http_routes` when the cluster serves those APIs.
 
     The migration Job runs the spec's image, the API Deployment and the chat pool `worker_image`
-    (`choose_images`; the spec's image when not given). `pool_replicas`: the pool's size
-    (`placement.pool_replicas`; its minimum when not given).
+    (`choose_images`; the spec's image when not given). `pool_replicas`: each pool shard's size
+    (`placement.pool_replicas`; the minimum when not given).
     """
     labels = {PLATFORM_LABEL: owner.name}
     api = api_workload(owner, spec, api_name(owner.name), API_COMPONENT, spec.api.replicas, worker_image)
@@ -219,8 +230,9 @@ def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image 
     if spec.api.replicas > 1:
         children.append(manifests.pod_disruption_budget(api))
     if spec.chat.pool.enabled:
-        children.extend(chat_pool_children(owner, spec, pool_replicas or spec.chat.pool.minReplicas,
-                                           image=worker_image, http_routes=http_routes))
+        pool = spec.chat.pool
+        children.extend(chat_pool_children(owner, spec, pool_replicas or [pool.minReplicas] * pool.shards,
+                                           image=worker_image))
     if spec.networkPolicies.enabled:
         children.extend(network_policies(owner, spec))
     if service_monitors and spec.observability.metrics.enabled and spec.observability.metrics.serviceMonitor:
@@ -303,12 +315,16 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     routes = await frontdoor.serves_routes(ctx, spec)
     await directory.ensure_secret(ctx, owner)
     pooled = pooled_rooms(ctx, namespace, name)
-    if spec.chat.pool.enabled:
+    shards = spec.chat.pool.shards
+    rooms_of: list[list[str]] = [[] for _ in range(shards)]
+    for room in pooled:
+        rooms_of[placement.pool_shard(room, shards)].append(room)
+    replicas: list[int] = []
+    if spec.chat.pool.enabled:  # each shard sized on its own rooms and their connections
         loads = ctx.loads.get(key) or {}
-        connections = sum(loads[room].connections for room in pooled if room in loads)
-        replicas = placement.pool_replicas(spec.chat.pool, len(pooled), connections)
-    else:
-        replicas = 0
+        replicas = [placement.pool_replicas(spec.chat.pool, len(rooms),
+                                            sum(loads[room].connections for room in rooms if room in loads))
+                    for rooms in rooms_of]
     children = build_children(owner, spec, worker_image=images.workers, service_monitors=monitors,
                               http_routes=routes, pool_replicas=replicas)
     from_operator = directory.api_ingress_policy(owner, ctx.settings) if spec.networkPolicies.enabled else None
@@ -348,16 +364,31 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
             health = Health(False, "Migrating", f"Waiting for the database migration Job of {images.target}.",
                             progressing=True)
     if spec.chat.pool.enabled:
-        # The pool serves every pooled room: the platform is Ready when both the API and the pool are.
-        pool_deployment = ctx.store.children.get(("Deployment", namespace, pool_name(name)))
-        pool_status = (pool_deployment or {}).get("status") or {}
-        status["chatPool"] = {"replicas": pool_status.get("replicas", 0),
-                              "readyReplicas": pool_status.get("readyReplicas", 0), "rooms": len(pooled)}
-        pool_health = workers_health(pool_deployment, replicas, "chat pool")
-        if bool(status["chatPool"]["readyReplicas"]) != bool((previous.get("chatPool") or {}).get("readyReplicas")):
-            # Whether the pool serves at all is each pooled room's Ready: its Deployment's events reach only us.
+        # The shards serve every pooled room: the platform is Ready when the API and every shard are.
+        listed: list[dict[str, Any]] = []
+        pool_health = Health(True, "Ready", "")
+        before = {entry.get("name"): entry for entry in (previous.get("chatPool") or {}).get("shards") or []}
+        flipped: set[int] = set()
+        for shard, (rooms, wanted) in enumerate(zip(rooms_of, replicas, strict=True)):
+            shard_name = pool_name(name, shard, shards)
+            deployment = ctx.store.children.get(("Deployment", namespace, shard_name))
+            observed = (deployment or {}).get("status") or {}
+            entry = {"name": shard_name, "replicas": observed.get("replicas", 0),
+                     "readyReplicas": observed.get("readyReplicas", 0), "rooms": len(rooms)}
+            listed.append(entry)
+            if bool(entry["readyReplicas"]) != bool((before.get(shard_name) or {}).get("readyReplicas")):
+                flipped.add(shard)
+            shard_health = workers_health(deployment, wanted, f"chat pool shard {shard_name}")
+            if pool_health.ready and not shard_health.ready:
+                pool_health = shard_health
+        status["chatPool"] = {"replicas": sum(e["replicas"] for e in listed),
+                              "readyReplicas": sum(e["readyReplicas"] for e in listed), "rooms": len(pooled),
+                              "shards": listed}
+        if flipped:
+            # Whether its shard serves at all is each pooled room's Ready: the shard's events reach only us.
             for ref in ctx.store.referencing("ChatRoom", namespace, name):
-                ctx.requeue(ref, 0.0)
+                if placement.pool_shard(ref[2], shards) in flipped:
+                    ctx.requeue(ref, 0.0)
         if not pool_health.ready and not health.degraded and (health.ready or pool_health.degraded):
             health = pool_health
     elif previous.get("chatPool") is not None:

@@ -33,13 +33,14 @@ WorkerSpec = ChatRoomSpec | StreamChannelSpec
 class Placed:
     """Where a resource's workers run this reconcile (rooms: `chatroom.place_room`)."""
 
-    dedicated: bool  # its own Deployment, Service and routes are wanted
+    dedicated: bool  # its own Deployment and Service are wanted (its route always is)
     status: dict[str, Any]  # what its status says of it (placement, placementChangedAt)
     health: Health | None = None  # while another serves it (the chat pool): what Ready says; None: its workers'
     progress: tuple[str, str] | None = None  # a move under way: Progressing's reason and message
-    # Whether its own route is wanted: not while it moves, so clients reach it where it is served (the pool, with
-    # the pool's `/chat` route) until its own workers are ready, and again from the moment they are going.
-    routed: bool = True
+    # The Service its route leads to when not its own: its pool shard's while pooled or moving, so clients reach
+    # it where it is served until its own workers are ready, and again from the moment they are going. A move
+    # updates that one route's backend; it never deletes and creates a route.
+    route_to: str | None = None
 
 
 Place = Callable[[Context, Key, dict[str, Any], "WorkerSpec", VezaPlatformSpec], Awaitable[Placed]]
@@ -94,12 +95,13 @@ def relay_policy(owner: Owner, spec: StreamChannelSpec, selector: dict[str, str]
 def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dict[str, Any],
                    platform_name: str, platform: VezaPlatformSpec, *, image: Image | None = None,
                    http_routes: bool = False, relay_denied: tuple[str, ...] = (),
-                   routed: bool = True) -> list[dict[str, Any]]:
+                   dedicated: bool = True, route_to: str | None = None) -> list[dict[str, Any]]:
     """Deployment, Service, Ingress and HTTPRoute (as the platform asks), and when they apply a PDB and an HPA.
 
     `image` is the platform's worker image (`worker_image`); the spec's image when not given. `relay_denied`: the
-    operator's deny list for relays (its settings, never a resource's), given to stream workers. Without `routed`
-    no front door: a room moving between its own workers and the pool is routed to the pool meanwhile.
+    operator's deny list for relays (its settings, never a resource's), given to stream workers. `route_to`: the
+    Service the routes lead to instead of the resource's own (a room's pool shard); without `dedicated` the routes
+    are all there is (a pooled room).
     """
     name = worker_name(wk.component, owner.name)
     selector = selector_labels(platform_name, wk.component, owner.name)
@@ -114,9 +116,11 @@ def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dic
         keys_secret=wiring.keys_secret_name(platform_name, platform),
         metrics=platform.observability.metrics.enabled,
     )
-    children = [manifests.deployment(workload), manifests.service(workload),
-                *(frontdoor.children(name, owner, platform, [(f"{wk.path_prefix}/{owner.name}", name)],
-                                     workload.labels, http_routes=http_routes) if routed else [])]
+    routes = frontdoor.children(name, owner, platform, [(f"{wk.path_prefix}/{owner.name}", route_to or name)],
+                                workload.labels, http_routes=http_routes)
+    if not dedicated:
+        return routes
+    children = [manifests.deployment(workload), manifests.service(workload), *routes]
     if (isinstance(spec, StreamChannelSpec) and spec.source.type == "relay"
             and platform.networkPolicies.enabled):
         children.append(relay_policy(owner, spec, selector, workload.labels))
@@ -202,10 +206,11 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     owner = Owner.of(body)
     routes = await frontdoor.serves_routes(ctx, platform)
     placed = await wk.place(ctx, key, body, spec, platform) if wk.place is not None else None
-    # A pooled room has no children: those of its dedicated days are pruned.
-    children = [] if placed is not None and not placed.dedicated else build_children(
+    # A pooled room has its routes only: the rest of its dedicated days is pruned.
+    children = build_children(
         wk, owner, spec, raw_spec, platform_name, platform, image=image, http_routes=routes,
-        relay_denied=ctx.settings.relay_denied_networks, routed=placed is None or placed.routed)
+        relay_denied=ctx.settings.relay_denied_networks, dedicated=placed is None or placed.dedicated,
+        route_to=placed.route_to if placed is not None else None)
     refused = await admission.apply_admitted(ctx, key, wk.kind, children, admission.secrets_in(children),
                                              platform_name, platform_body["metadata"].get("uid", ""))
     if refused is not None:
@@ -213,13 +218,14 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
         return
 
     selector = selector_string(selector_labels(platform_name, wk.component, name))
+    door = frontdoor.health(ctx, key, platform, worker_name(wk.component, name), routes)
     if placed is not None and not placed.dedicated and placed.health is not None:
-        await report(placed.health, replicas=0, readyReplicas=0, selector=selector, url=url(wk, name, platform),
+        health = door if door is not None and not placed.health.degraded else placed.health
+        await report(health, replicas=0, readyReplicas=0, selector=selector, url=url(wk, name, platform),
                      **placed.status)
         return
     deployment = ctx.store.children.get(("Deployment", namespace, worker_name(wk.component, name)))
     health = workers_health(deployment, spec.replicas, f"{wk.component} worker")
-    door = frontdoor.health(ctx, key, platform, worker_name(wk.component, name), routes)
     if door is not None and not health.degraded:
         health = door
     if placed is not None and not health.degraded:

@@ -24,7 +24,7 @@ NAMESPACE = "veza"
 def chat_room(name: str, placement: str) -> dict[str, Any]:
     return {"apiVersion": "veza.io/v1alpha1", "kind": "ChatRoom", "metadata": {"name": name},
             "spec": {"platformRef": {"name": "demo"}, "title": name.title(), "placement": placement,
-                     "limits": {"messagesPerMinute": 100000}}}
+                     "limits": {"messagesPerMinute": 6000}}}
 
 
 def status(platform: Platform, name: str) -> dict[str, Any]:

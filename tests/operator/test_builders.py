@@ -84,9 +84,10 @@ def test_channel_worker_runs_the_stream_command() -> None:
 def test_platform_children_and_migration_job_per_version() -> None:
     owner = Owner("VezaPlatform", "demo", "ns", "u")
     kinds = [c["kind"] for c in platform_mod.build_children(owner, PLATFORM)]
-    # The API's Deployment, Service and Ingress, and the chat pool's with its PDB (two replicas by default).
+    # The API's Deployment, Service and Ingress, and the chat pool's Deployment and Service with its PDB (two
+    # replicas by default) and no route (each room has its own).
     assert sorted(kinds) == sorted(["ServiceAccount", "ServiceAccount", "Job", "Deployment", "Service",
-                                    "Ingress", "Deployment", "Service", "Ingress", "PodDisruptionBudget",
+                                    "Ingress", "Deployment", "Service", "PodDisruptionBudget",
                                     "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy"])
     without_pool = PLATFORM.model_copy(update={"chat": ChatSpec(pool=ChatPool(enabled=False))})
     kinds = [c["kind"] for c in platform_mod.build_children(owner, without_pool)]
@@ -209,9 +210,9 @@ def test_an_http_route_per_platform_room_and_channel_like_their_ingresses() -> N
     kinds = all_children(platform_spec(gateway=GATEWAY), http_routes=True)
     routes = {r["metadata"]["name"]: r for r in kinds["HTTPRoute"]}
     ingresses = {i["metadata"]["name"]: i for i in kinds["Ingress"]}
-    assert set(routes) == set(ingresses) == {"demo", "demo-chat-pool", "chat-general", "stream-radio"}
+    # No catch-all /chat route: each room has its own (led to its pool shard while pooled).
+    assert set(routes) == set(ingresses) == {"demo", "chat-general", "stream-radio"}
     for name, (path, service) in {"demo": ("/", "demo-api"), "chat-general": ("/chat/general", "chat-general"),
-                                  "demo-chat-pool": ("/chat", "demo-chat-pool"),
                                   "stream-radio": ("/stream/radio", "stream-radio")}.items():
         route = routes[name]
         assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
@@ -240,7 +241,7 @@ def test_gateway_in_the_platform_namespace_and_every_listener_by_default() -> No
 def test_gateway_only_platform_has_no_ingress_and_keeps_its_public_url() -> None:
     kinds = all_children(platform_spec(ingress={"host": "veza.test", "enabled": False}, gateway=GATEWAY),
                          http_routes=True)
-    assert "Ingress" not in kinds and len(kinds["HTTPRoute"]) == 4  # the platform, its chat pool, a room, a channel
+    assert "Ingress" not in kinds and len(kinds["HTTPRoute"]) == 3  # the platform, a room, a channel
     assert public_url(platform_spec(ingress={"host": "veza.test", "enabled": False}, gateway=GATEWAY)) == \
         "http://veza.test"
     assert public_url(platform_spec(ingress={"host": "veza.test", "enabled": False},

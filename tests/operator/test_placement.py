@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,9 +37,12 @@ from tests.support.operator import (
 from tests.support.process import VezaProcess
 from veza_core import events
 from veza_core.keys import generate_signing_key
+from veza_core.specs import ChatRoomSpec
 from veza_local.controlplane import wait_for
 from veza_local.services import NatsService, PostgresService, RedisService
 from veza_operator import platform as platform_mod
+from veza_operator.chatroom import CHAT_WORKERS, place_room
+from veza_operator.controller import Context, Store
 from veza_operator.models import ChatAutopilot, ChatPool, VezaPlatformSpec
 from veza_operator.naming import Owner
 from veza_operator.placement import (
@@ -47,8 +51,10 @@ from veza_operator.placement import (
     desired_placement,
     next_state,
     pool_replicas,
+    pool_shard,
 )
 from veza_operator.wiring import worker_spec
+from veza_operator.workers import build_children
 
 AUTOPILOT = ChatAutopilot()  # promote at 2000 connections or 50 messages/s, demote below a quarter, 300 s cool-down
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -186,7 +192,7 @@ def test_the_pool_is_wired_like_a_rooms_workers_without_a_room() -> None:
     owner = Owner("VezaPlatform", "demo", "ns", "u")
     spec = VezaPlatformSpec.model_validate(platform("ns")["spec"])
     children = {(c["kind"], c["metadata"]["name"]): c for c in platform_mod.build_children(owner, spec,
-                                                                                           pool_replicas=3)}
+                                                                                           pool_replicas=[3])}
     pool = children[("Deployment", "demo-chat-pool")]
     container = pool["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["chat", "--pool"] and pool["spec"]["replicas"] == 3
@@ -195,18 +201,107 @@ def test_the_pool_is_wired_like_a_rooms_workers_without_a_room() -> None:
     assert "VEZA_RESOURCE_NAME" not in env and "VEZA_RESOURCE_SPEC" not in env
     labels = pool["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "chat" and labels["veza.io/platform"] == "demo"
+    assert labels["app.kubernetes.io/instance"] == "demo-chat-pool" and labels["veza.io/pool-shard"] == "0"
     # The NetworkPolicies select the platform's pods: the pool's are among them, as a room's are.
     for policy in (c for (kind, _), c in children.items() if kind == "NetworkPolicy"
                    and c["metadata"]["name"] in ("demo-allow-http", "demo-allow-egress", "demo-default-deny")):
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
-    ingress = children[("Ingress", "demo-chat-pool")]
-    path = ingress["spec"]["rules"][0]["http"]["paths"][0]
-    assert (path["path"], path["pathType"], path["backend"]["service"]["name"]) == ("/chat", "Prefix",
-                                                                                    "demo-chat-pool")
+    assert ("Ingress", "demo-chat-pool") not in children, "no catch-all route: each room has its own"
     assert ("Service", "demo-chat-pool") in children and ("PodDisruptionBudget", "demo-chat-pool") in children
     one = platform_mod.build_children(owner, spec.model_copy(update={"chat": spec.chat.model_copy(update={
         "pool": ChatPool(minReplicas=1, maxReplicas=1)})}))
     assert not any(c["kind"] == "PodDisruptionBudget" and c["metadata"]["name"] == "demo-chat-pool" for c in one)
+
+
+def sharded(shards: int, **pool: Any) -> VezaPlatformSpec:
+    return VezaPlatformSpec.model_validate(platform("ns", chat={"pool": {"shards": shards, **pool}})["spec"])
+
+
+def test_each_shard_is_a_deployment_and_service_of_its_own_sized_on_its_rooms() -> None:
+    owner = Owner("VezaPlatform", "demo", "ns", "u")
+    children = platform_mod.build_children(owner, sharded(3), pool_replicas=[1, 4, 2])
+    pools = {c["metadata"]["name"]: c for c in children if c["kind"] == "Deployment"
+             and c["spec"]["template"]["metadata"]["labels"].get("veza.io/pool-shard") is not None}
+    assert {name: d["spec"]["replicas"] for name, d in pools.items()} == {
+        "demo-chat-pool-0": 1, "demo-chat-pool-1": 4, "demo-chat-pool-2": 2}
+    for shard, (name, deployment) in enumerate(sorted(pools.items())):
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/instance"] == name
+        assert deployment["spec"]["template"]["metadata"]["labels"]["veza.io/pool-shard"] == str(shard)
+    names = {(c["kind"], c["metadata"]["name"]) for c in children}
+    assert {("Service", f"demo-chat-pool-{i}") for i in range(3)} <= names
+    assert {n for kind, n in names if kind == "PodDisruptionBudget" and "chat-pool" in n} == {
+        "demo-chat-pool-1", "demo-chat-pool-2"}, "a PDB past one replica"
+    assert not any(kind in ("Ingress", "HTTPRoute") and "chat-pool" in n for kind, n in names)
+    assert [c["spec"]["replicas"] for c in platform_mod.build_children(owner, sharded(2, minReplicas=3))
+            if c["kind"] == "Deployment" and "chat-pool" in c["metadata"]["name"]] == [3, 3]
+    with pytest.raises(ValidationError):
+        sharded(0)
+    with pytest.raises(ValidationError):
+        sharded(101)
+
+
+def test_a_room_is_on_a_stable_shard_spread_evenly() -> None:
+    assert pool_shard("general", 1) == 0
+    # crc32 of the name, as documented: the same in every operator process (unlike Python's salted hash()).
+    assert all(pool_shard(f"room-{i}", 4) == zlib.crc32(f"room-{i}".encode()) % 4 for i in range(50))
+    counts = [0] * 4
+    for i in range(4000):
+        counts[pool_shard(f"room-{i}", 4)] += 1
+    assert min(counts) > 800, counts
+
+
+ROOM = Owner("ChatRoom", "hall", "ns", "room-uid")
+
+
+def room_route_backends(spec: VezaPlatformSpec, state: str, wanted: str, *, dedicated_ready: bool = False
+                        ) -> tuple[str, list[str], dict[str, Any]]:
+    """What a room in `state` with `spec.placement: wanted` steps to, the Services its routes lead to, and the
+    kinds of its children."""
+    store = Store()
+    ctx = Context(client=None, store=store)  # type: ignore[arg-type]  # no transition here posts an Event
+    raw = {"platformRef": {"name": "demo"}, "placement": wanted}
+    body = {"kind": "ChatRoom", "metadata": {"name": "hall", "namespace": "ns", "uid": "room-uid"}, "spec": raw,
+            "status": {"placement": state, "placementChangedAt": "2026-01-01T00:00:00Z"}}
+    if state != "Pooled":
+        ready = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+        store.children[("Deployment", "ns", "chat-hall")] = {
+            "metadata": {"name": "chat-hall", "namespace": "ns", "generation": 1},
+            "spec": {"replicas": 1}, "status": {"observedGeneration": 1, **(ready if dedicated_ready else {})}}
+    room_spec = ChatRoomSpec.model_validate(raw)
+    placed = asyncio.run(place_room(ctx, ("ChatRoom", "ns", "hall"), body, room_spec, spec))
+    children = build_children(CHAT_WORKERS, ROOM, room_spec, raw, "demo", spec, http_routes=True,
+                              dedicated=placed.dedicated, route_to=placed.route_to)
+    backends = [c["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] if c["kind"] == "Ingress"
+                else c["spec"]["rules"][0]["backendRefs"][0]["name"]
+                for c in children if c["kind"] in ("Ingress", "HTTPRoute")]
+    return str(placed.status["placement"]), backends, {"kinds": sorted(c["kind"] for c in children),
+                                                        **placed.status}
+
+
+def test_a_rooms_one_route_leads_to_its_shard_until_its_own_workers_serve_it() -> None:
+    spec = VezaPlatformSpec.model_validate({**platform("ns", chat={"pool": {"shards": 3}})["spec"],
+                                            "gateway": {"name": "public"}})
+    shard = f"demo-chat-pool-{pool_shard('hall', 3)}"
+    # Pooled: the route, to its shard, is all the room has.
+    state, backends, seen = room_route_backends(spec, "Pooled", "Pooled")
+    assert (state, backends, seen["kinds"], seen["poolShard"]) == ("Pooled", [shard, shard],
+                                                                   ["HTTPRoute", "Ingress"], pool_shard("hall", 3))
+    # Promoting: its own workers start; the route still leads to the shard.
+    state, backends, seen = room_route_backends(spec, "Pooled", "Dedicated")
+    assert (state, backends) == ("Promoting", [shard, shard]) and "Deployment" in seen["kinds"]
+    state, backends, _ = room_route_backends(spec, "Promoting", "Dedicated")
+    assert (state, backends) == ("Promoting", [shard, shard]), "not before its workers are ready"
+    # Dedicated: the same route now leads to its own Service.
+    state, backends, seen = room_route_backends(spec, "Promoting", "Dedicated", dedicated_ready=True)
+    assert (state, backends, seen["poolShard"]) == ("Dedicated", ["chat-hall", "chat-hall"], None)
+    # Demoting: back to the shard at once, while its own Deployment still runs.
+    state, backends, seen = room_route_backends(spec, "Dedicated", "Pooled")
+    assert (state, backends) == ("Demoting", [shard, shard])
+    assert {"Deployment", "Service", "Ingress", "HTTPRoute"} <= set(seen["kinds"])
+    # One shard: the pool's name of old.
+    _, backends, _ = room_route_backends(VezaPlatformSpec.model_validate(platform("ns")["spec"]), "Pooled", "Auto")
+    assert backends == ["demo-chat-pool"]
 
 
 # -- against the API server ------------------------------------------------------------------------
@@ -219,6 +314,16 @@ def room_objects(kube: KubeCluster, ns: str, name: str) -> list[str]:
     return [kind for kind in ROOM_KINDS if kube.get(kind, f"chat-{name}", ns) is not None]
 
 
+def route_backend(kube: KubeCluster, ns: str, name: str) -> str | None:
+    """The Service a room's own route (its Ingress) leads to."""
+    ingress = kube.get("ingress", f"chat-{name}", ns)
+    if ingress is None:
+        return None
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["path"] == f"/chat/{name}"
+    return str(path["backend"]["service"]["name"])
+
+
 @pytest.mark.kube
 def test_a_pooled_room_and_a_dedicated_room_side_by_side(kube: KubeCluster, ns: str) -> None:
     kube.apply(connections_secret(ns), platform(ns), room(ns, "lounge"),
@@ -226,24 +331,70 @@ def test_a_pooled_room_and_a_dedicated_room_side_by_side(kube: KubeCluster, ns: 
     lounge = wait_condition(kube, "chatroom", "lounge", ns, reason="Pooled")
     stage = wait_condition(kube, "chatroom", "stage", ns)
     assert lounge["status"]["placement"] == "Pooled" and lounge["status"]["url"] == "http://veza.test/chat/lounge"
-    assert room_objects(kube, ns, "lounge") == [], "a pooled room adds no Deployment, Service or route"
-    assert stage["status"]["placement"] == "Dedicated"
+    assert room_objects(kube, ns, "lounge") == ["ingress"], "a pooled room adds its route and nothing else"
+    assert route_backend(kube, ns, "lounge") == "demo-chat-pool" and lounge["status"]["poolShard"] == 0
+    lounge_route = kube.get("ingress", "chat-lounge", ns) or {}
+    assert lounge_route["metadata"]["ownerReferences"][0]["kind"] == "ChatRoom", "deleting the room takes it"
+    assert stage["status"]["placement"] == "Dedicated" and "poolShard" not in stage["status"]
     assert room_objects(kube, ns, "stage") == ["deployment", "service", "ingress", "poddisruptionbudget"]
+    assert route_backend(kube, ns, "stage") == "chat-stage"
 
     pool = kube.get("deployment", "demo-chat-pool", ns)
     assert pool is not None and pool["spec"]["template"]["spec"]["containers"][0]["args"] == ["chat", "--pool"]
     assert kube.get("service", "demo-chat-pool", ns) is not None
     assert kube.get("poddisruptionbudget", "demo-chat-pool", ns) is not None
-    ingress = kube.get("ingress", "demo-chat-pool", ns)
-    assert ingress is not None and ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/chat"
+    assert kube.get("ingress", "demo-chat-pool", ns) is None, "no catch-all /chat route"
 
     def pool_status() -> dict[str, Any] | None:
         found = ((kube.get("vezaplatform", "demo", ns) or {}).get("status") or {}).get("chatPool")
         return found if found and found.get("readyReplicas") == 2 and found.get("rooms") == 1 else None
 
     assert wait_for(pool_status, timeout=30, message="the platform reports its pool") == {
-        "replicas": 2, "readyReplicas": 2, "rooms": 1}
+        "replicas": 2, "readyReplicas": 2, "rooms": 1,
+        "shards": [{"name": "demo-chat-pool", "replicas": 2, "readyReplicas": 2, "rooms": 1}]}
     wait_condition(kube, "vezaplatform", "demo", ns)
+
+    kube.kubectl("delete", "chatroom", "lounge", "-n", ns, "--wait=true")
+    wait_for(lambda: kube.get("ingress", "chat-lounge", ns) is None, timeout=60,
+             message="the room's route goes with it")
+
+
+@pytest.mark.kube
+def test_shards_are_sized_on_their_own_rooms_and_changing_them_reroutes_rooms(kube: KubeCluster, ns: str) -> None:
+    names = [f"r{i}" for i in range(6)]
+    pool = {"minReplicas": 1, "maxReplicas": 5, "targetRoomsPerWorker": 1}
+    kube.apply(connections_secret(ns), platform(ns, chat={"pool": pool}), *(room(ns, n) for n in names))
+    for n in names:
+        wait_condition(kube, "chatroom", n, ns, reason="Pooled")
+    assert {route_backend(kube, ns, n) for n in names} == {"demo-chat-pool"}
+    wait_for(lambda: (kube.get("deployment", "demo-chat-pool", ns) or {}).get("spec", {}).get("replicas") == 5,
+             timeout=30, message="one shard holding six rooms at one room a worker: its maximum")
+
+    kube.apply(platform(ns, chat={"pool": {**pool, "shards": 3}}))
+    expected = {n: pool_shard(n, 3) for n in names}
+    rooms_of = [sorted(n for n, s in expected.items() if s == shard) for shard in range(3)]
+    for n, shard in expected.items():
+        wait_for(lambda n=n, shard=shard: route_backend(kube, ns, n) == f"demo-chat-pool-{shard}", timeout=60,
+                 message=f"room {n} re-routed to shard {shard}")
+    for shard, rooms in enumerate(rooms_of):  # each shard sized on its own rooms
+        wanted = max(1, len(rooms))
+        wait_for(lambda shard=shard, wanted=wanted: (kube.get("deployment", f"demo-chat-pool-{shard}", ns) or {})
+                 .get("spec", {}).get("replicas") == wanted, timeout=60, message=f"shard {shard} sized {wanted}")
+        selector = (kube.get("deployment", f"demo-chat-pool-{shard}", ns) or {})["spec"]["selector"]
+        assert selector["matchLabels"]["app.kubernetes.io/instance"] == f"demo-chat-pool-{shard}"
+    wait_for(lambda: kube.get("deployment", "demo-chat-pool", ns) is None, timeout=30,
+             message="the single shard's Deployment pruned")
+
+    def shards_status() -> list[dict[str, Any]] | None:
+        found = ((kube.get("vezaplatform", "demo", ns) or {}).get("status") or {}).get("chatPool") or {}
+        listed = found.get("shards") or []
+        return listed if [e.get("rooms") for e in listed] == [len(r) for r in rooms_of] else None
+
+    listed = wait_for(shards_status, timeout=60, message="the platform lists its shards")
+    assert [e["name"] for e in listed] == [f"demo-chat-pool-{i}" for i in range(3)]
+    for n, shard in expected.items():
+        r = wait_condition(kube, "chatroom", n, ns, reason="Pooled")
+        assert r["status"]["poolShard"] == shard and f"demo-chat-pool-{shard}" in condition(r)["message"]
 
 
 @pytest.mark.kube
@@ -275,7 +426,7 @@ def test_a_pool_disabled_platform_serves_auto_rooms_dedicated_and_reports_pooled
 
 
 @pytest.mark.kube
-def test_many_rooms_created_at_once_settle_pooled_with_no_objects_of_their_own(kube: KubeCluster, ns: str) -> None:
+def test_many_rooms_created_at_once_settle_pooled_with_their_routes_only(kube: KubeCluster, ns: str) -> None:
     # 1000 settle in about 80 s on a busy 2-core machine; 200 keep the suite's time down and show the same.
     count = 200
     kube.apply(connections_secret(ns), platform(ns))
@@ -293,7 +444,8 @@ def test_many_rooms_created_at_once_settle_pooled_with_no_objects_of_their_own(k
     wait_for(settled, timeout=300, interval=2, message=f"{count} rooms pooled")
     elapsed = time.monotonic() - started
     wait_condition(kube, "chatroom", f"room-{count - 1}", ns, reason="Pooled")
-    assert objects_in(kube, ns) == before, "pooled rooms create no Deployment, Service, Ingress or PDB"
+    assert objects_in(kube, ns) == {**before, "ingresses": before["ingresses"] + count}, \
+        "each pooled room adds its route and no Deployment, Service or PDB"
     print(f"{count} rooms pooled in {elapsed:.1f} s (created in {applied:.1f} s)")
 
 
@@ -367,7 +519,9 @@ def test_switching_pooled_dedicated_pooled_creates_then_prunes_through_the_direc
         token = start_api_with_the_directory_token(kube, ns, api)
 
         r = wait_condition(kube, "chatroom", "hall", ns, reason="Pooled")
-        assert r["status"]["placement"] == "Pooled" and room_objects(kube, ns, "hall") == []
+        assert r["status"]["placement"] == "Pooled" and room_objects(kube, ns, "hall") == ["ingress"]
+        assert route_backend(kube, ns, "hall") == "demo-chat-pool"
+        route_uid = (kube.get("ingress", "chat-hall", ns) or {})["metadata"]["uid"]
         row = wait_for(lambda: (found := listed_room(base, token, "hall")) and found.get("placement") == "pooled"
                        and found, timeout=60, message="the room declared pooled")
         # The worker spec a pool worker serves it with: what its own workers would get (defaults included).
@@ -380,6 +534,7 @@ def test_switching_pooled_dedicated_pooled_creates_then_prunes_through_the_direc
                      found["status"].get("placement") == "Dedicated" and found, timeout=60,
                      message="the room dedicated")
         assert room_objects(kube, ns, "hall") == ["deployment", "service", "ingress"]
+        assert route_backend(kube, ns, "hall") == "chat-hall"
         wait_for(lambda: (listed_room(base, token, "hall") or {}).get("placement") == "dedicated", timeout=60,
                  message="the directory says dedicated")
         wait_condition(kube, "chatroom", "hall", ns, reason="WorkersReady")
@@ -390,7 +545,10 @@ def test_switching_pooled_dedicated_pooled_creates_then_prunes_through_the_direc
         wait_for(lambda: (kube.get("chatroom", "hall", ns) or {})["status"].get("placement") == "Pooled",
                  timeout=60, message="the room pooled again")
         assert (listed_room(base, token, "hall") or {}).get("placement") == "pooled"
-        wait_for(lambda: room_objects(kube, ns, "hall") == [], timeout=30, message="its own objects pruned")
+        assert route_backend(kube, ns, "hall") == "demo-chat-pool"
+        wait_for(lambda: room_objects(kube, ns, "hall") == ["ingress"], timeout=30, message="its own objects pruned")
+        assert (kube.get("ingress", "chat-hall", ns) or {})["metadata"]["uid"] == route_uid, \
+            "a move updates the room's route, never replaces it"
         wait_condition(kube, "chatroom", "hall", ns, reason="Pooled")
         assert any(e["reason"] == "Demoted" for e in events_of(kube, ns, "hall"))
     finally:
@@ -467,7 +625,9 @@ def test_the_autopilot_promotes_a_hot_auto_room_and_demotes_it_once_quiet(
             wait_for(lambda: (kube.get("chatroom", "arena", ns) or {})["status"].get("placement") == "Pooled",
                      timeout=60, message="the room demoted")
             assert (listed_room(base, token, "arena") or {}).get("placement") == "pooled"
-            wait_for(lambda: room_objects(kube, ns, "arena") == [], timeout=30, message="its own objects pruned")
+            wait_for(lambda: room_objects(kube, ns, "arena") == ["ingress"], timeout=30,
+                     message="its own objects pruned")
+            assert route_backend(kube, ns, "arena") == "demo-chat-pool"
             demoted = [e for e in events_of(kube, ns, "arena") if e["reason"] == "Demoted"]
             assert demoted and "2 connections" in demoted[0]["message"], demoted
     finally:
