@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Go tools the tests need (Kubernetes control plane and node, etcd,
 # kwok, helm, OpenTofu, containerd, CoreDNS, Traefik, kube-router, Prometheus,
-# Jaeger, the pod sandbox program)
+# Jaeger, KEDA, the pod sandbox program)
 # from the pinned wrapper modules in hack/tools/*, and caches
 # the binaries under $VEZA_CACHE/bin/<tool>-<version>. A second run builds
 # nothing. Prints the directory holding the binaries on its last line.
@@ -26,6 +26,7 @@ TRAEFIK_VERSION=v3.6.12
 PROMETHEUS_VERSION=v3.16.0  # hack/tools/prometheus pins the module's v0.316.0 (= Prometheus 3.16.0)
 KUBE_ROUTER_VERSION=v2.1.0
 JAEGER_VERSION=v1.76.0  # the module's v1.x tags carry Jaeger v2 (cmd/jaeger, built on the OpenTelemetry collector)
+KEDA_VERSION=v2.21.0
 PAUSE_VERSION=1.0  # hack/tools/pause: bump when main.go changes
 # CRDs only (nothing is built): CloudNativePG's, and its Barman Cloud Plugin's ObjectStore, for the tests of
 # platforms naming a CloudNativePG Cluster and of examples/cloudnative-pg.
@@ -64,7 +65,7 @@ build() {
   echo "built $name $version in $((SECONDS - start)) s" >&2
 }
 
-want=${*:-kubernetes etcd kwok helm opentofu containerd coredns traefik kube-router prometheus jaeger pause}
+want=${*:-kubernetes etcd kwok helm opentofu containerd coredns traefik kube-router prometheus jaeger keda pause}
 for tool in $want; do
   case $tool in
     kubernetes) build kubernetes "$KUBE_VERSION" kubernetes "$kube_ldflags" \
@@ -97,6 +98,9 @@ for tool in $want; do
         promtool=github.com/prometheus/prometheus/cmd/promtool ;;
     # The trace store the tracing tests export to (OTLP) and query.
     jaeger) build jaeger "$JAEGER_VERSION" jaeger "-s -w" jaeger=github.com/jaegertracing/jaeger/cmd/jaeger ;;
+    # The autoscaler of the end-to-end tests: the platform's ScaledObjects scale workers on their own metrics.
+    keda) build keda "$KEDA_VERSION" keda "-s -w -X github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}" \
+        keda=github.com/kedacore/keda/v2/cmd/operator keda-adapter=github.com/kedacore/keda/v2/cmd/adapter ;;
     pause) build pause "$PAUSE_VERSION" pause "-s -w" pause=veza.dev/hack/tools/pause ;;
     *) echo "unknown tool: $tool" >&2; exit 2 ;;
   esac
@@ -130,6 +134,18 @@ if [[ -x $bin/traefik-$TRAEFIK_VERSION ]]; then
   ln -sf "gateway-api-$gw_version-crds.yaml" "$bin/gateway-api-crds.yaml"
 fi
 
+# KEDA's install manifest (CRDs, RBAC, operator, metrics server, APIService; no admission webhooks) from its
+# module's kustomization, rendered with the kubectl built above; veza_local.keda points it at local images.
+if [[ -x $bin/keda-$KEDA_VERSION && -x $bin/kubectl-$KUBE_VERSION ]]; then
+  keda_install=$bin/keda-$KEDA_VERSION-install.yaml
+  if [[ ! -s $keda_install ]]; then
+    keda_dir=$(cd "$here/tools/keda" && go list -m -f '{{.Dir}}' github.com/kedacore/keda/v2)
+    "$bin/kubectl-$KUBE_VERSION" kustomize "$keda_dir/config/minimal" > "$keda_install.tmp"
+    mv "$keda_install.tmp" "$keda_install"
+  fi
+  ln -sf "keda-$KEDA_VERSION-install.yaml" "$bin/keda-install.yaml"
+fi
+
 # CloudNativePG's CRDs (Cluster, Backup, ScheduledBackup) and the Barman Cloud Plugin's ObjectStore, from
 # their Go modules (`go mod download` of a tagged version: no build, no wrapper module), cached by version.
 cnpg_crds=$bin/cloudnative-pg-$CNPG_VERSION-barman-cloud-$BARMAN_CLOUD_VERSION-crds.yaml
@@ -154,5 +170,6 @@ for exe in containerd containerd-shim-runc-v2 ctr; do link "$exe" "$CONTAINERD_V
 link coredns "$COREDNS_VERSION"; link traefik "$TRAEFIK_VERSION"; link pause "$PAUSE_VERSION"
 link prometheus "$PROMETHEUS_VERSION"; link promtool "$PROMETHEUS_VERSION"
 link kube-router "$KUBE_ROUTER_VERSION"; link jaeger "$JAEGER_VERSION"
+link keda "$KEDA_VERSION"; link keda-adapter "$KEDA_VERSION"
 link etcd "$ETCD_VERSION"; link kwok "$KWOK_VERSION"; link helm "$HELM_VERSION"; link tofu "$TOFU_VERSION"
 echo "$bin"

@@ -108,14 +108,23 @@ class Store:
         self.children[key] = _slim(body, keep_status=body["kind"] in self.status_read)
 
     def owned_by(self, owner: Key) -> list[dict[str, Any]]:
+        """The children `owner` made: labelled as its, and controlled by it. Labels alone are not enough: KEDA
+        copies a ScaledObject's labels to the HPA it makes (controlled by the ScaledObject), never ours to prune."""
         kind, namespace, name = owner
         return [c for (_, ns, _), c in self.children.items() if ns == namespace
                 and c["metadata"].get("labels", {}).get(OWNER_KIND) == kind
-                and c["metadata"].get("labels", {}).get(OWNER_NAME) == name]
+                and c["metadata"].get("labels", {}).get(OWNER_NAME) == name
+                and _controlled_by(c, kind, name)]
 
     def referencing(self, kind: str, namespace: str, platform: str) -> list[Key]:
         return [k for k, body in self.owners.items() if k[0] == kind and k[1] == namespace
                 and (body.get("spec") or {}).get("platformRef", {}).get("name") == platform]
+
+
+def _controlled_by(body: dict[str, Any], kind: str, name: str) -> bool:
+    refs = body["metadata"].get("ownerReferences") or []
+    controller = next((ref for ref in refs if ref.get("controller")), None)
+    return controller is None or (controller.get("kind") == kind and controller.get("name") == name)
 
 
 @dataclass

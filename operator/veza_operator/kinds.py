@@ -50,6 +50,7 @@ CHILDREN: tuple[ApiKind, ...] = (
     child("Job", "batch", "v1", "jobs", status_read=True),
     child("ServiceMonitor", "monitoring.coreos.com", "v1", "servicemonitors", optional=True),  # Prometheus Operator
     child("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", status_read=True, optional=True),
+    child("ScaledObject", "keda.sh", "v1alpha1", "scaledobjects", optional=True),  # autoscaling provider KEDA
 )
 # Read, never written: watched whole (not only what is labelled as ours), status kept; a change reconciles
 # the platforms naming the object (handlers.py). A CloudNativePG Cluster a platform's PostgreSQL is (cnpg.py).

@@ -172,11 +172,11 @@ class KubeClient:
             raise
         return any(r.get("name") == resource for r in found.get("resources", []))
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, manifest: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply with the operator's field manager (conflicts forced: we own these fields)."""
         meta = manifest["metadata"]
         return await self._call("PATCH", self._path(manifest["kind"], meta["namespace"], meta["name"]), manifest,
-                                "application/apply-patch+yaml", {"fieldManager": FIELD_MANAGER, "force": "true"})
+                                "application/apply-patch+yaml", {"fieldManager": manager, "force": "true"})
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create the object unless it exists; True when this call created it."""

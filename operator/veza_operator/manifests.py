@@ -29,7 +29,7 @@ class Workload:
     component: str  # api | chat | stream
     args: list[str]
     image: Image
-    replicas: int
+    replicas: int | None  # None: an autoscaler owns them (the operator's apply leaves the field out)
     resources: Resources
     env: dict[str, wiring.EnvValue]
     selector: dict[str, str]
@@ -120,7 +120,7 @@ def deployment(w: Workload) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": metadata(w.name, w.owner, w.labels),
         "spec": {
-            "replicas": w.replicas,
+            **({"replicas": w.replicas} if w.replicas is not None else {}),
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": dict(w.selector)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -189,8 +189,17 @@ def pod_disruption_budget(w: Workload) -> dict[str, Any]:
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(w.selector)}}}
 
 
+def scaling_behavior(scale_down_seconds: int = 300) -> dict[str, Any]:
+    """The HPA's pace: up at most doubling every 30 s; down one pod a minute once the load has stayed low for
+    `scale_down_seconds` (a burst that ends does not take pods away at once)."""
+    return {"scaleDown": {"stabilizationWindowSeconds": scale_down_seconds,
+                          "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+            "scaleUp": {"stabilizationWindowSeconds": 30,
+                        "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}]}}
+
+
 def autoscaler(name: str, owner: Owner, labels: dict[str, str], *, min_replicas: int, max_replicas: int,
-               metric: str, target_per_pod: int) -> dict[str, Any]:
+               metric: str, target_per_pod: int, scale_down_seconds: int = 300) -> dict[str, Any]:
     """An HPA that scales the custom resource itself (its scale subresource) on a per-pod worker metric.
 
     Scaling the custom resource rather than the Deployment keeps `.spec.replicas`
@@ -209,12 +218,37 @@ def autoscaler(name: str, owner: Owner, labels: dict[str, str], *, min_replicas:
             "metrics": [{"type": "Pods", "pods": {"metric": {"name": metric},
                                                   "target": {"type": "AverageValue",
                                                              "averageValue": str(target_per_pod)}}}],
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300,
-                                       "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
-                         "scaleUp": {"stabilizationWindowSeconds": 30,
-                                     "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}]}},
+            "behavior": scaling_behavior(scale_down_seconds),
         },
     }
+
+
+def scaled_object(name: str, owner: Owner, labels: dict[str, str], *, target: dict[str, str], min_replicas: int,
+                  max_replicas: int, triggers: list[dict[str, Any]], polling_seconds: int,
+                  scale_down_seconds: int) -> dict[str, Any]:
+    """A KEDA ScaledObject scaling `target` (a scale subresource's owner: apiVersion, kind, name) on
+    `triggers`; KEDA makes the HPA (named like this object) and feeds it the triggers' values."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": metadata(name, owner, labels),
+        "spec": {
+            "scaleTargetRef": dict(target),
+            "pollingInterval": polling_seconds,
+            "minReplicaCount": min_replicas,
+            "maxReplicaCount": max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {"name": name,
+                                                           "behavior": scaling_behavior(scale_down_seconds)}},
+            "triggers": triggers,
+        },
+    }
+
+
+def prometheus_trigger(name: str, server: str, query: str, per_replica: int) -> dict[str, Any]:
+    """A KEDA Prometheus trigger: replicas = ceil(`query`'s value / `per_replica`) (an empty answer is 0)."""
+    return {"type": "prometheus", "name": name, "metricType": "AverageValue",
+            "metadata": {"serverAddress": server, "query": query, "threshold": str(per_replica),
+                         "ignoreNullValues": "true"}}
 
 
 def service_account(name: str, owner: Owner, labels: dict[str, str]) -> dict[str, Any]:

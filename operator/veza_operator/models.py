@@ -366,6 +366,39 @@ class ChatSpec(Model):
                                      description="Promotion and demotion of Auto rooms by load.")
 
 
+class Keda(Model):
+    """Where KEDA reads the workers' metrics: a Prometheus that scrapes them (the chart's PodMonitor, or any
+    scrape config that labels each series with its pod's `namespace` and `pod`)."""
+
+    prometheusAddress: str = Field(description="Prometheus' HTTP API as KEDA's operator reaches it, e.g. "
+                                               "http://prometheus-operated.monitoring.svc:9090.",
+                                   pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512)
+    pollingIntervalSeconds: int = Field(15, ge=1, le=3600, description="How often KEDA queries each trigger.")
+
+
+class Autoscaling(Model):
+    """Who scales the workers: rooms' and channels' replicas (with their `autoscaling.enabled`) and the pool's."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("self.provider != 'KEDA' || has(self.keda)", "provider KEDA needs keda.prometheusAddress")]})
+
+    provider: Literal["HPA", "KEDA"] = Field(
+        "HPA", description="HPA: an HPA per room or channel on its scale subresource, reading a Pods metric "
+                           "through a custom-metrics adapter (prometheus-adapter); the operator sizes the chat "
+                           "pool. KEDA: a KEDA ScaledObject per room or channel and per chat pool shard, with "
+                           "Prometheus triggers; KEDA's HPAs own those replicas.")
+    keda: Keda | None = Field(None, description="KEDA's Prometheus (provider KEDA).")
+    scaleDownStabilizationSeconds: int = Field(
+        300, ge=0, le=3600, description="How long the load must stay low before replicas are removed (the HPA's "
+                                        "scale-down stabilization window).")
+
+    @model_validator(mode="after")
+    def _keda(self) -> Autoscaling:
+        if self.provider == "KEDA" and self.keda is None:
+            raise ValueError("provider KEDA needs keda.prometheusAddress")
+        return self
+
+
 class Metrics(Model):
     enabled: bool = Field(True, description="Expose /metrics and annotate pods for scraping.")
     serviceMonitor: bool = Field(True, description="Create ServiceMonitors when the Prometheus Operator "
@@ -489,5 +522,7 @@ class VezaPlatformSpec(Model):
     defaults: Defaults = Field(default_factory=Defaults, description="Defaults for rooms and channels.")
     chat: ChatSpec = Field(default_factory=ChatSpec, description="The chat pool and the autopilot that moves rooms "
                                                                   "between it and workers of their own.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling,
+                                     description="Which autoscaler scales rooms, channels and the chat pool.")
     observability: Observability = Field(default_factory=Observability, description="Metrics and traces.")
     networkPolicies: NetworkPolicies = Field(default_factory=NetworkPolicies, description="NetworkPolicies.")

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from veza_core import keys as jwt_keys
 
-from . import admission, cnpg, directory, frontdoor, manifests, placement, wiring
+from . import admission, autoscaling, cnpg, directory, frontdoor, manifests, placement, wiring
 from . import keys as key_schedule
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
@@ -117,7 +117,7 @@ def api_workload(owner: Owner, spec: VezaPlatformSpec, name: str, component: str
     )
 
 
-def chat_pool_workload(owner: Owner, spec: VezaPlatformSpec, replicas: int, image: Image | None = None,
+def chat_pool_workload(owner: Owner, spec: VezaPlatformSpec, replicas: int | None, image: Image | None = None,
                        shard: int = 0) -> manifests.Workload:
     """A chat pool shard: generic chat workers (`veza chat --pool`) serving the pooled rooms routed to it.
 
@@ -136,17 +136,21 @@ def chat_pool_workload(owner: Owner, spec: VezaPlatformSpec, replicas: int, imag
     )
 
 
-def chat_pool_children(owner: Owner, spec: VezaPlatformSpec, replicas: list[int], *, image: Image | None = None
-                       ) -> list[dict[str, Any]]:
+def chat_pool_children(owner: Owner, spec: VezaPlatformSpec, replicas: list[int], *, image: Image | None = None,
+                       scaled_objects: bool = False) -> list[dict[str, Any]]:
     """Each pool shard's Deployment and Service, and its PDB past one replica (`replicas`: one per shard).
 
-    No route: every room has its own `/chat/<room>` route, which leads to its shard's Service while it is pooled.
+    With `scaled_objects` (autoscaling provider KEDA, served) each shard has a ScaledObject instead, which owns its
+    replicas: the Deployment leaves them out. No route: every room has its own `/chat/<room>` route, which leads to
+    its shard's Service while it is pooled.
     """
     children = []
     for shard, count in enumerate(replicas):
-        pool = chat_pool_workload(owner, spec, count, image, shard)
+        pool = chat_pool_workload(owner, spec, None if scaled_objects else count, image, shard)
         children += [manifests.deployment(pool), manifests.service(pool)]
-        if count > 1:
+        if scaled_objects:
+            children.append(autoscaling.pool_scaled_object(pool.name, owner, pool.labels, spec))
+        if (spec.chat.pool.minReplicas if scaled_objects else count) > 1:
             children.append(manifests.pod_disruption_budget(pool))
     return children
 
@@ -208,9 +212,10 @@ def service_monitor(owner: Owner, spec: VezaPlatformSpec) -> dict[str, Any]:
 
 
 def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image | None = None,
-                   service_monitors: bool = False, http_routes: bool = False, pool_replicas: list[int] | None = None
-                   ) -> list[dict[str, Any]]:
-    """Everything a platform owns; `service_monitors` and `http_routes` when the cluster serves those APIs.
+                   service_monitors: bool = False, http_routes: bool = False, pool_replicas: list[int] | None = None,
+                   scaled_objects: bool = False) -> list[dict[str, Any]]:
+    """Everything a platform owns; `service_monitors`, `http_routes` and `scaled_objects` (KEDA's, for the pool
+    shards when the autoscaling provider is KEDA) when the cluster serves those APIs.
 
     The migration Job runs the spec's image, the API Deployment and the chat pool `worker_image`
     (`choose_images`; the spec's image when not given). `pool_replicas`: each pool shard's size
@@ -232,7 +237,7 @@ def build_children(owner: Owner, spec: VezaPlatformSpec, *, worker_image: Image 
     if spec.chat.pool.enabled:
         pool = spec.chat.pool
         children.extend(chat_pool_children(owner, spec, pool_replicas or [pool.minReplicas] * pool.shards,
-                                           image=worker_image))
+                                           image=worker_image, scaled_objects=scaled_objects))
     if spec.networkPolicies.enabled:
         children.extend(network_policies(owner, spec))
     if service_monitors and spec.observability.metrics.enabled and spec.observability.metrics.serviceMonitor:
@@ -325,8 +330,11 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
         replicas = [placement.pool_replicas(spec.chat.pool, len(rooms),
                                             sum(loads[room].connections for room in rooms if room in loads))
                     for rooms in rooms_of]
+    scaled_objects = spec.autoscaling.provider == "KEDA" and await ctx.capability("ScaledObject")
+    if scaled_objects and spec.chat.pool.enabled:
+        await autoscaling.hand_over_replicas(ctx, namespace, [pool_name(name, i, shards) for i in range(shards)])
     children = build_children(owner, spec, worker_image=images.workers, service_monitors=monitors,
-                              http_routes=routes, pool_replicas=replicas)
+                              http_routes=routes, pool_replicas=replicas, scaled_objects=scaled_objects)
     from_operator = directory.api_ingress_policy(owner, ctx.settings) if spec.networkPolicies.enabled else None
     if from_operator is not None:
         children.append(from_operator)
@@ -378,6 +386,8 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
             listed.append(entry)
             if bool(entry["readyReplicas"]) != bool((before.get(shard_name) or {}).get("readyReplicas")):
                 flipped.add(shard)
+            if scaled_objects:  # KEDA's HPA decides how many
+                wanted = max(((deployment or {}).get("spec") or {}).get("replicas") or 0, spec.chat.pool.minReplicas)
             shard_health = workers_health(deployment, wanted, f"chat pool shard {shard_name}")
             if pool_health.ready and not shard_health.ready:
                 pool_health = shard_health
@@ -398,4 +408,8 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
     door = frontdoor.health(ctx, key, spec, name, routes)
     if door is not None and not health.degraded:
         health = door
+    if spec.chat.pool.enabled and not health.degraded and (
+            problem := autoscaling.keda_served_problem(spec, scaled_objects)):
+        ctx.requeue(key, ctx.capability_ttl)  # no watch event says when KEDA arrives
+        health = Health(False, "AutoscalerNotInstalled", problem, degraded=True)
     await report(health)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from veza_core.specs import ChatRoomSpec, Resources, StreamChannelSpec
 
 from . import admission, frontdoor, manifests, wiring
+from .autoscaling import keda_served_problem, worker_autoscaler
 from .conditions import Health, conditions, ready_reason, workers_health
 from .controller import Context, Key, post_event
 from .models import Image, VezaPlatformSpec, describe_error
@@ -95,8 +96,10 @@ def relay_policy(owner: Owner, spec: StreamChannelSpec, selector: dict[str, str]
 def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dict[str, Any],
                    platform_name: str, platform: VezaPlatformSpec, *, image: Image | None = None,
                    http_routes: bool = False, relay_denied: tuple[str, ...] = (),
-                   dedicated: bool = True, route_to: str | None = None) -> list[dict[str, Any]]:
-    """Deployment, Service, Ingress and HTTPRoute (as the platform asks), and when they apply a PDB and an HPA.
+                   dedicated: bool = True, route_to: str | None = None,
+                   scaled_objects: bool = False) -> list[dict[str, Any]]:
+    """Deployment, Service, Ingress and HTTPRoute (as the platform asks), and when they apply a PDB and an
+    autoscaler (an HPA, or a KEDA ScaledObject when the platform's provider is KEDA and `scaled_objects` are served).
 
     `image` is the platform's worker image (`worker_image`); the spec's image when not given. `relay_denied`: the
     operator's deny list for relays (its settings, never a resource's), given to stream workers. `route_to`: the
@@ -127,11 +130,11 @@ def build_children(wk: WorkerKind, owner: Owner, spec: WorkerSpec, raw_spec: dic
     autoscaling = spec.autoscaling is not None and spec.autoscaling.enabled
     if spec.replicas > 1 or (autoscaling and spec.autoscaling is not None and spec.autoscaling.min_replicas > 1):
         children.append(manifests.pod_disruption_budget(workload))
-    if autoscaling and spec.autoscaling is not None:
-        children.append(manifests.autoscaler(name, owner, workload.labels,
-                                             min_replicas=spec.autoscaling.min_replicas,
-                                             max_replicas=spec.autoscaling.max_replicas, metric=wk.load_metric,
-                                             target_per_pod=spec.autoscaling.target_per_replica))
+    if autoscaling and spec.autoscaling is not None and (scaled_objects or platform.autoscaling.provider == "HPA"):
+        children.append(worker_autoscaler(name, owner, workload.labels, platform,
+                                          min_replicas=spec.autoscaling.min_replicas,
+                                          max_replicas=spec.autoscaling.max_replicas, metric=wk.load_metric,
+                                          target_per_pod=spec.autoscaling.target_per_replica))
     return children
 
 
@@ -206,11 +209,12 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     owner = Owner.of(body)
     routes = await frontdoor.serves_routes(ctx, platform)
     placed = await wk.place(ctx, key, body, spec, platform) if wk.place is not None else None
+    scaled_objects = platform.autoscaling.provider == "KEDA" and await ctx.capability("ScaledObject")
     # A pooled room has its routes only: the rest of its dedicated days is pruned.
     children = build_children(
         wk, owner, spec, raw_spec, platform_name, platform, image=image, http_routes=routes,
         relay_denied=ctx.settings.relay_denied_networks, dedicated=placed is None or placed.dedicated,
-        route_to=placed.route_to if placed is not None else None)
+        route_to=placed.route_to if placed is not None else None, scaled_objects=scaled_objects)
     refused = await admission.apply_admitted(ctx, key, wk.kind, children, admission.secrets_in(children),
                                              platform_name, platform_body["metadata"].get("uid", ""))
     if refused is not None:
@@ -228,6 +232,10 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
     health = workers_health(deployment, spec.replicas, f"{wk.component} worker")
     if door is not None and not health.degraded:
         health = door
+    autoscaled = spec.autoscaling is not None and spec.autoscaling.enabled
+    if autoscaled and not health.degraded and (problem := keda_served_problem(platform, scaled_objects)):
+        ctx.requeue(key, ctx.capability_ttl)  # no watch event says when KEDA arrives
+        health = Health(False, "AutoscalerNotInstalled", problem, degraded=True)
     if placed is not None and not health.degraded:
         if placed.health is not None:  # still served elsewhere (a promotion under way)
             health = placed.health

@@ -70,7 +70,7 @@ def test_children_are_watched_pruned_and_applied_as_the_registry_says() -> None:
         assert child.watched and child.prunable and {"get", "list", "watch", "patch", "delete"} <= child.verbs
     secret = kinds.API["Secret"]
     assert not secret.prunable and not secret.watched and "delete" not in secret.verbs, "never the keys"
-    assert {k.kind for k in kinds.CHILDREN if k.optional} == {"ServiceMonitor", "HTTPRoute"}
+    assert {k.kind for k in kinds.CHILDREN if k.optional} == {"ServiceMonitor", "HTTPRoute", "ScaledObject"}
     # Read only: a CloudNativePG Cluster is watched whole (it is not ours to label) for its status.
     assert [(k.kind, k.verbs, k.optional, k.prunable) for k in kinds.REFERENCED] == [
         ("Cluster", frozenset({"get", "list", "watch"}), True, False)]

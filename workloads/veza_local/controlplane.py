@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Self
 
 import yaml
 
+from .pki import write_client_pki
 from .services import LOOPBACK, LocalService, ServiceError, free_port, port_open
 
 FAKE_NODE = "kwok-node-0"
@@ -133,6 +134,14 @@ class KubeApiserver(_Component):
             # Write requests are logged, so tests and benchmarks can count them.
             f"--audit-policy-file={p.audit_policy}", f"--audit-log-path={p.audit_log}",
             "--audit-log-maxsize=200",
+            # The aggregation layer: the API server proxies extension APIs (external.metrics.k8s.io from KEDA's
+            # metrics server) with the front proxy's client certificate, straight to the backing Service's
+            # endpoints (no kube-proxy on this host).
+            f"--requestheader-client-ca-file={p.front_proxy_ca}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={p.front_proxy_cert}", f"--proxy-client-key-file={p.front_proxy_key}",
+            "--enable-aggregator-routing=true",
             *self.extra_flags,
         ]
 
@@ -209,6 +218,8 @@ class ControlPlane:
         self.audit_policy = self.dir / "audit-policy.yaml"
         self.audit_log = self.dir / "audit.log"
         self.kubeconfig = self.dir / "kubeconfig"
+        self.front_proxy_ca, self.front_proxy_cert, self.front_proxy_key = (
+            self.dir / "pki" / f"front-proxy-client{suffix}" for suffix in ("-ca.crt", ".crt", ".key"))
         self.etcd = Etcd(self)
         self.apiserver = KubeApiserver(self, address)
         self.controller_manager = KubeControllerManager(self)
@@ -269,6 +280,8 @@ class ControlPlane:
         self.tokens_file.write_text("\n".join(lines) + "\n")
         self.tokens_file.chmod(0o600)
         self.audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        write_client_pki(self.dir / "pki", "front-proxy-client", ca_name="veza-front-proxy-ca",
+                         common_name="front-proxy-client")
 
     def _write_kubeconfig(self) -> None:
         self.kubeconfig.write_text(self.kubeconfig_for(self.admin_token, "veza-admin"))

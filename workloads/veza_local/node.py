@@ -28,7 +28,6 @@ Everything runs as root (the kubelet and containerd need it).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import json
 import os
@@ -44,6 +43,7 @@ from typing import Any, Self
 import yaml
 
 from .controlplane import ControlPlane, tool, tools_bin_dir
+from .pki import write_client_pki
 from .services import LOOPBACK, LocalService, ServiceError, free_port
 
 NODE_NAME = "veza-node"
@@ -115,35 +115,8 @@ def _write_pki(directory: Path) -> tuple[Path, Path, Path]:
     The client certificate is in ``system:masters``, so the kubelet's webhook authorizer lets the
     API server through for `kubectl logs` and `exec`.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veza-node-ca")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=7))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-kubelet-client"),
-                                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = directory / "ca.crt", directory / "kubelet-client.crt", directory / "kubelet-client.key"
-    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    paths[2].chmod(0o600)
-    return paths
+    return write_client_pki(directory, "kubelet-client", ca_name="veza-node-ca",
+                            common_name="kube-apiserver-kubelet-client", organization="system:masters")
 
 
 # -- the node's processes ----------------------------------------------------------------------

@@ -33,9 +33,11 @@ class PrometheusService(LocalService):
     name = "prometheus"
 
     def __init__(self, base_dir: Path, targets: Sequence[ScrapeTarget], *, scrape_interval: str = "1s",
-                 port: int | None = None, host: str = LOOPBACK) -> None:
+                 port: int | None = None, host: str = LOOPBACK, discovered: Sequence[str] = ()) -> None:
         super().__init__(base_dir, port, host)
         self.targets = list(targets)
+        # Jobs whose targets come and go (pods that scale): `discover(job, targets)` rewrites their file.
+        self.discovered = list(discovered)
         self.scrape_interval = scrape_interval
         self.config_path = self.dir / "prometheus.yml"
 
@@ -52,11 +54,29 @@ class PrometheusService(LocalService):
         return {
             "global": {"scrape_interval": self.scrape_interval, "scrape_timeout": self.scrape_interval,
                        "evaluation_interval": self.scrape_interval},
-            "scrape_configs": [{"job_name": job, "metrics_path": paths[job], "static_configs": static}
-                               for job, static in jobs.items()],
+            "scrape_configs": [
+                *({"job_name": job, "metrics_path": paths[job], "static_configs": static}
+                  for job, static in jobs.items()),
+                *({"job_name": job, "file_sd_configs": [{"files": [str(self.targets_file(job))],
+                                                          "refresh_interval": "1s"}]}
+                  for job in self.discovered),
+            ],
         }
 
+    def targets_file(self, job: str) -> Path:
+        return self.dir / f"targets-{job}.json"
+
+    def discover(self, job: str, targets: Sequence[ScrapeTarget]) -> None:
+        """Replace the targets of a `discovered` job (Prometheus rereads the file within a second); all
+        scraped at /metrics."""
+        tmp = self.targets_file(job).with_suffix(".tmp")
+        tmp.write_text(json.dumps([{"targets": [t.address], "labels": dict(t.labels)} for t in targets]))
+        tmp.rename(self.targets_file(job))
+
     def prepare(self) -> None:
+        for job in self.discovered:
+            if not self.targets_file(job).exists():
+                self.discover(job, [])
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
 
     def command(self) -> list[str]:
