@@ -122,17 +122,16 @@ if [[ -x $bin/kwok-$KWOK_VERSION && ! -s $kwok_stages ]]; then
 fi
 ln -sf "kwok-$KWOK_VERSION-stages.yaml" "$bin/kwok-stages.yaml"
 
-# The Gateway API CRDs (standard channel) at the version Traefik implements, from its module.
-if [[ -x $bin/traefik-$TRAEFIK_VERSION ]]; then
-  gw_version=$(cd "$here/tools/traefik" && go list -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
-  gw_crds=$bin/gateway-api-$gw_version-crds.yaml
-  if [[ ! -s $gw_crds ]]; then
-    gw_dir=$(cd "$here/tools/traefik" && go mod download -json sigs.k8s.io/gateway-api | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-    for f in "$gw_dir"/config/crd/standard/*.yaml; do echo "---"; cat "$f"; done > "$gw_crds.tmp"
-    mv "$gw_crds.tmp" "$gw_crds"
-  fi
-  ln -sf "gateway-api-$gw_version-crds.yaml" "$bin/gateway-api-crds.yaml"
+# The Gateway API CRDs (standard channel) at the version Traefik implements, from its module (read from
+# Traefik's wrapper module: nothing is built; the operator tests install them before Traefik is built).
+gw_version=$(cd "$here/tools/traefik" && go list -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
+gw_crds=$bin/gateway-api-$gw_version-crds.yaml
+if [[ ! -s $gw_crds ]]; then
+  gw_dir=$(cd "$here/tools/traefik" && go mod download -json sigs.k8s.io/gateway-api | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  for f in "$gw_dir"/config/crd/standard/*.yaml; do echo "---"; cat "$f"; done > "$gw_crds.tmp"
+  mv "$gw_crds.tmp" "$gw_crds"
 fi
+ln -sf "gateway-api-$gw_version-crds.yaml" "$bin/gateway-api-crds.yaml"
 
 # KEDA's install manifest (CRDs, RBAC, operator, metrics server, APIService; no admission webhooks) from its
 # module's kustomization, rendered with the kubectl built above; veza_local.keda points it at local images.

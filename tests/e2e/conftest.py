@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -99,7 +100,26 @@ def veza_image_archive() -> Iterator[tuple[str, Path]]:
 
 
 @pytest.fixture(scope="session")
-def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path]) -> Iterator[Platform]:
+def node_tools() -> None:
+    """The real node's tools and KEDA, which hack/test.sh builds in the background while the tests before this
+    suite run (`VEZA_TOOLS_PENDING`: its log and exit status files); nothing to wait for otherwise."""
+    pending = os.environ.get("VEZA_TOOLS_PENDING")
+    if not pending:
+        return
+    exit_file, log = Path(pending + ".exit"), Path(pending + ".log")
+    started = time.monotonic()
+    while not exit_file.exists():
+        if time.monotonic() - started > 3600:
+            raise TimeoutError(f"the node's tools are still building after an hour: {log}")
+        time.sleep(2)
+    if exit_file.read_text().strip() != "0":
+        raise RuntimeError(f"hack/build-tools.sh failed for the node's tools:\n{log.read_text()[-4000:]}")
+    if (waited := time.monotonic() - started) > 1:
+        print(f"waited {waited:.0f} s for the node's tools to build")
+
+
+@pytest.fixture(scope="session")
+def platform(e2e_dir: Path, veza_image_archive: tuple[str, Path], node_tools: None) -> Iterator[Platform]:
     image, archive = veza_image_archive
     started = time.monotonic()
     cluster = Cluster(e2e_dir / "cluster")
