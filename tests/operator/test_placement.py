@@ -427,8 +427,7 @@ def test_a_pool_disabled_platform_serves_auto_rooms_dedicated_and_reports_pooled
 
 @pytest.mark.kube
 def test_many_rooms_created_at_once_settle_pooled_with_their_routes_only(kube: KubeCluster, ns: str) -> None:
-    # 1000 settle in about 80 s on a busy 2-core machine; 200 keep the suite's time down and show the same.
-    count = 200
+    count = 1000
     kube.apply(connections_secret(ns), platform(ns))
     wait_condition(kube, "vezaplatform", "demo", ns)
     before = objects_in(kube, ns)
