@@ -93,6 +93,9 @@ class Store:
     status_read: frozenset[str] = frozenset()
     owners: dict[Key, dict[str, Any]] = field(default_factory=dict)
     children: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # Each owner's children by the owner labels: every reconcile asks for them, and a scan of all children
+    # per reconcile made a resync of 10,000 pooled rooms (10,000 Ingresses) cost 5 ms per room.
+    _by_owner: dict[Key, set[Key]] = field(default_factory=dict)
 
     def put_owner(self, body: dict[str, Any]) -> Key:
         key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
@@ -105,20 +108,38 @@ class Store:
         key = (body["kind"], meta["namespace"], meta["name"])
         if _older(body, self.children.get(key)):
             return  # a watch event still on its way when our own write's answer arrived
-        self.children[key] = _slim(body, keep_status=body["kind"] in self.status_read)
+        self.remove_child(key)
+        self.children[key] = slim = _slim(body, keep_status=body["kind"] in self.status_read)
+        if (owner := _owner_of(slim)) is not None:
+            self._by_owner.setdefault(owner, set()).add(key)
+
+    def remove_child(self, key: Key) -> None:
+        body = self.children.pop(key, None)
+        if body is not None and (owner := _owner_of(body)) is not None and (keys := self._by_owner.get(owner)):
+            keys.discard(key)
+            if not keys:
+                del self._by_owner[owner]
+
+    def clear_children(self) -> None:
+        self.children.clear()
+        self._by_owner.clear()
 
     def owned_by(self, owner: Key) -> list[dict[str, Any]]:
         """The children `owner` made: labelled as its, and controlled by it. Labels alone are not enough: KEDA
         copies a ScaledObject's labels to the HPA it makes (controlled by the ScaledObject), never ours to prune."""
-        kind, namespace, name = owner
-        return [c for (_, ns, _), c in self.children.items() if ns == namespace
-                and c["metadata"].get("labels", {}).get(OWNER_KIND) == kind
-                and c["metadata"].get("labels", {}).get(OWNER_NAME) == name
-                and _controlled_by(c, kind, name)]
+        kind, _, name = owner
+        found = (self.children[key] for key in self._by_owner.get(owner, ()))
+        return [c for c in found if _controlled_by(c, kind, name)]
 
     def referencing(self, kind: str, namespace: str, platform: str) -> list[Key]:
         return [k for k, body in self.owners.items() if k[0] == kind and k[1] == namespace
                 and (body.get("spec") or {}).get("platformRef", {}).get("name") == platform]
+
+
+def _owner_of(body: dict[str, Any]) -> Key | None:
+    labels = body["metadata"].get("labels") or {}
+    kind, name = labels.get(OWNER_KIND), labels.get(OWNER_NAME)
+    return (kind, body["metadata"].get("namespace", ""), name) if kind and name else None
 
 
 def _controlled_by(body: dict[str, Any], kind: str, name: str) -> bool:
@@ -184,7 +205,7 @@ class Context:
             if key not in wanted and key[0] in self.prunable:
                 await self.client.delete(*key)
                 WRITES.labels(key[0], "delete").inc()
-                self.store.children.pop(key, None)
+                self.store.remove_child(key)
         return conflicts
 
     async def report(self, key: Key, status: dict[str, Any]) -> bool:

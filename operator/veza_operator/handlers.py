@@ -62,7 +62,7 @@ class Runtime:
         self.reconciler.pause()
         self.directory.pause()
         self.store.owners.clear()
-        self.store.children.clear()
+        self.store.clear_children()
         self.platform_versions.clear()
         log.info("peering: standing by")
 
@@ -221,7 +221,7 @@ async def _child_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: 
         return
     raw = dict(body)
     if type == "DELETED":
-        runtime.store.children.pop((raw["kind"], body.metadata.namespace or "", body.metadata.name or ""), None)
+        runtime.store.remove_child((raw["kind"], body.metadata.namespace or "", body.metadata.name or ""))
     else:
         runtime.store.put_child(raw)
     labels = body.metadata.labels
@@ -237,7 +237,7 @@ async def _referenced_event(type: str | None, body: kopf.Body, memo: kopf.Memo, 
     raw = dict(body)
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     if type == "DELETED":
-        runtime.store.children.pop((raw["kind"], namespace, name), None)
+        runtime.store.remove_child((raw["kind"], namespace, name))
     else:
         runtime.store.put_child(raw)
     for key in cnpg.platforms_naming(runtime.store.owners, namespace, name):
