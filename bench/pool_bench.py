@@ -69,11 +69,10 @@ from chat_bench import (
     say,
     start_veza,
     wait_ready,
+    worker_env,
     ws_connect,
 )
-from veza_core.auth import TokenIssuer
 from veza_core.db import migrate
-from veza_core.keys import KeySet, generate_signing_key, secret_data
 from veza_local.services import NatsService, PostgresService, RedisService, free_port
 
 GIB = 1 << 30
@@ -375,15 +374,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             svc.start()
             assert svc.process is not None
             BACKING.append(svc.process.pid)
-        key = generate_signing_key()
-        keys_dir = work / "keys"
-        keys_dir.mkdir()
-        for name, content in secret_data([key]).items():
-            (keys_dir / name).write_text(content)
-        issuer = TokenIssuer(KeySet.from_private_keys([key]), issuer="https://bench.veza")
-        env = {"VEZA_PLATFORM": "bench", "VEZA_DATABASE_URL": pg.url, "VEZA_NATS_URL": nats.url,
-               "VEZA_REDIS_URL": redis.url, "VEZA_JWT_ISSUER": "https://bench.veza",
-               "VEZA_JWT_KEYS_DIR": str(keys_dir), "VEZA_LOG_LEVEL": "WARNING"}
+        issuer, env = worker_env(work, pg, nats, redis)
         rooms = [f"r{i:05d}" for i in range(args.rooms)]
         await declare(pg.url, [*rooms, HUB])
         tokens = [issuer.issue(f"u{i}", audience="veza-chat", ttl=3600, name=f"user {i}")

@@ -51,7 +51,7 @@ async def test_bad_frames_get_error_frames_and_the_worker_survives(chat: Chat) -
     await c.expect("ack", cid="fine")
     # A frame beyond the socket's size limit closes it with 1009.
     await c.ws.send_str(json.dumps({"type": "send", "cid": "huge", "text": "x" * 10_000}))
-    assert await c.recv() is None and c.ws.close_code == 1009
+    assert await c.recv() is None and c.close_code == 1009
     # A flood gets error frames, then a policy close.
     f = await chat.connect(a, "flooder")
     for _ in range(400):
@@ -59,7 +59,7 @@ async def test_bad_frames_get_error_frames_and_the_worker_survives(chat: Chat) -
     codes = []
     while (frame := await f.recv()) is not None:
         codes.append(frame.get("code"))
-    assert "flood" in codes and f.ws.close_code == 1008
+    assert "flood" in codes and f.close_code == 1008
     # The worker is fine.
     again = await chat.connect(a, "bob")
     await again.send({"type": "send", "cid": "after", "text": "ok"})
@@ -165,12 +165,12 @@ async def test_moderation_mute_kick_ban_across_workers(chat: Chat) -> None:
 
     await mod.send({"type": "moderate", "action": "kick", "user": "troll"})
     await _closed(troll)
-    assert troll.ws.close_code == 4001
+    assert troll.close_code == 4001
     troll = await chat.connect(b, "troll")  # a kick is not a ban
 
     await mod.send({"type": "moderate", "action": "ban", "user": "troll"})
     await _closed(troll)
-    assert troll.ws.close_code == 4003
+    assert troll.close_code == 4003
     for w in (a, b):
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await chat.connect(w, "troll")
@@ -215,7 +215,7 @@ async def test_moderators_cannot_act_above_their_rank_nor_edit_others(chat: Chat
     await mod.expect("moderation", action="mute", user="mia")
     await mod.send({"type": "moderate", "action": "ban", "user": "wes"})
     await _closed(writer)
-    assert writer.ws.close_code == 4003
+    assert writer.close_code == 4003
 
 
 async def test_a_socket_closes_when_its_token_expires(chat: Chat) -> None:
@@ -225,7 +225,7 @@ async def test_a_socket_closes_when_its_token_expires(chat: Chat) -> None:
     lasting = await chat.connect(a, "lea")
     started = time.monotonic()
     await asyncio.wait_for(_closed(short), timeout=10)
-    assert short.ws.close_code == 4004 and time.monotonic() - started < 5
+    assert short.close_code == 4004 and time.monotonic() - started < 5
     await lasting.send({"type": "send", "cid": "still", "text": "here"})
     await lasting.expect("ack", cid="still")
 

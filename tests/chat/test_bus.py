@@ -37,7 +37,7 @@ def monitor(nats: NatsService) -> str:
 async def closed(client: ChatClient) -> int | None:
     while await client.recv() is not None:
         pass
-    return client.ws.close_code
+    return client.close_code
 
 
 async def rejected(worker: Any, kind: str, reason: str) -> float:

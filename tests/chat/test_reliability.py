@@ -215,7 +215,7 @@ async def test_sigterm_closes_with_1012_after_acking_in_flight_sends(chat: Chat)
     started = time.monotonic()
     a.terminate()
     await drain(alice)
-    assert alice.ws.close_code == 1012
+    assert alice.close_code == 1012
     assert a.proc is not None and a.proc.wait(10) == 0
     assert time.monotonic() - started < 5 + 2, "exits within the grace period"
     got = acks(alice)

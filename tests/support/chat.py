@@ -147,6 +147,12 @@ class ChatClient:
         CLIENT_SCHEMA.validate(frame)
         await self.ws.send_str(json.dumps(frame))
 
+    @property
+    def close_code(self) -> int | None:
+        """The code the server's close frame carried once `recv` saw it; else aiohttp's (1006 when it came first
+        to know that the server hung up)."""
+        return self.close_frame_code if self.close_frame_code is not None else self.ws.close_code
+
     async def recv(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """The next frame, or None when the socket closed."""
         msg = await self.ws.receive(timeout=timeout)
@@ -184,7 +190,9 @@ class ChatClient:
                 return frame
 
     def events(self) -> list[int]:
-        return [f["seq"] for f in self.frames if f["type"] == "event"]
+        """The seqs of the events received, in order: `event` frames and the events of `events` frames (batched)."""
+        return [e["seq"] for f in self.frames if f["type"] in ("event", "events")
+                for e in (f["events"] if f["type"] == "events" else [f])]
 
     async def close(self) -> None:
         await self.ws.close()
@@ -237,10 +245,13 @@ class Chat:
         return self.issuer.issue(user, audience=claims.pop("audience", AUDIENCE_CHAT), **claims)
 
     async def connect(self, worker: Worker, user: str = "alice", *, after: int | None = None,
-                      token: str | None = None, via_header: bool = False, **claims: Any) -> ChatClient:
+                      token: str | None = None, via_header: bool = False, batch: bool = False,
+                      **claims: Any) -> ChatClient:
         token = token or self.token(user, **claims)
         session = aiohttp.ClientSession()
-        url = f"{worker.url}/chat/{self.room}/ws" + (f"?after={after}" if after is not None else "")
+        query = {**({"after": str(after)} if after is not None else {}), **({"batch": "1"} if batch else {})}
+        url = f"{worker.url}/chat/{self.room}/ws" + ("?" + "&".join(f"{k}={v}" for k, v in query.items())
+                                                     if query else "")
         try:
             if via_header:
                 ws = await session.ws_connect(url, protocols=("veza.chat.v1",),

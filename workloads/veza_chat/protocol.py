@@ -8,9 +8,23 @@ hand-written (it runs for every frame) and accepts exactly what the client schem
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 PROTOCOL = "veza.chat.v1"
+
+# Batched delivery (docs/chat-protocol.md, "Batched delivery"): a client that connects with `?batch=1` gets the
+# live events of a short window in one `events` frame (the same event objects, in seq order) instead of one `event`
+# frame each. The bounds are the server's; the welcome frame tells them to the client that asked.
+BATCH_QUERY = "batch"
+BATCH_MAX_EVENTS = 256  # events in one `events` frame
+BATCH_MAX_BYTES = 64 * 1024  # bytes of one `events` frame's JSON, unless a single event is larger (it goes alone)
+BATCH_MIN_DELAY = 0.005  # seconds an event waits for others to join its frame, at least...
+# ...and at most: a room's batching sockets are written to again at most this long after the previous write began
+# (unless that write alone took longer).
+BATCH_MAX_DELAY = 0.125
+EVENTS_HEAD = b'{"type":"events","events":['
+EVENTS_TAIL = b"]}"
 
 # Stable error codes (error frames and HTTP error bodies).
 BAD_JSON = "bad_json"
@@ -148,6 +162,37 @@ def parse_client_frame(raw: str) -> dict[str, Any]:
     elif kind in ("ping", "presence"):
         _str(frame, "ref", MAX_REF, required=False)
     return frame
+
+
+def batch_requested(query: Mapping[str, str]) -> bool:
+    """Whether the handshake's query asks for batched delivery (`batch=1`); anything else keeps one frame per
+    event, as clients written before batching expect."""
+    return query.get(BATCH_QUERY) == "1"
+
+
+def batch_terms() -> dict[str, int]:
+    """The welcome's `batch` member: the bounds of the `events` frames this socket will get."""
+    return {"max_events": BATCH_MAX_EVENTS, "max_bytes": BATCH_MAX_BYTES,
+            "max_delay_ms": round(BATCH_MAX_DELAY * 1000)}
+
+
+def events_payloads(payloads: list[bytes]) -> list[bytes]:
+    """`events` frames (JSON text, UTF-8) carrying the already-encoded `event` frames `payloads` in order, split
+    so that none holds more than BATCH_MAX_EVENTS events or BATCH_MAX_BYTES bytes (one event larger than that
+    travels alone). Nothing is parsed or encoded again: the event objects are joined as they are."""
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = len(EVENTS_HEAD) + len(EVENTS_TAIL)
+    for payload in payloads:
+        grown = size + len(payload) + (1 if chunk else 0)
+        if chunk and (len(chunk) == BATCH_MAX_EVENTS or grown > BATCH_MAX_BYTES):
+            out.append(EVENTS_HEAD + b",".join(chunk) + EVENTS_TAIL)
+            chunk, grown = [], len(EVENTS_HEAD) + len(EVENTS_TAIL) + len(payload)
+        chunk.append(payload)
+        size = grown
+    if chunk:
+        out.append(EVENTS_HEAD + b",".join(chunk) + EVENTS_TAIL)
+    return out
 
 
 def error_frame(code: str, message: str, **extra: Any) -> str:

@@ -26,7 +26,7 @@ from . import protocol as p
 from .room import Client
 from .service import ChatService
 from .spec import RoomSpec
-from .store import Op, StoreUnavailable
+from .store import Appended, Op, StoreUnavailable
 
 log = logging.getLogger("veza.chat")
 tracer = trace.get_tracer("veza.chat")
@@ -65,6 +65,8 @@ class Session:
                                 "max_members": limits.max_members},
                      "slow_mode_seconds": service.spec.moderation.slow_mode_seconds},
             "user": {"id": client.user, "name": client.name, "role": client.role}}
+        if client.batch:  # asked for at the handshake: the bounds of the `events` frames it will get
+            frame["batch"] = p.batch_terms()
         if service.spec.channel_ref is not None:
             frame["room"]["channel"] = service.spec.channel_ref.name
             if service.now_playing is not None:  # the bound channel's newest track change, as stored
@@ -144,14 +146,16 @@ class Session:
             return
         if op is None:
             return
+
+        def ack(result: Appended) -> None:  # called by the committer as the commit returns (no wake-up per send)
+            self.client.send_soon(p.dumps({"type": "ack", "cid": cid, "seq": result.seq, "id": result.id,
+                                           "duplicate": result.duplicate}))
+            metrics.ACK_SECONDS.observe(time.monotonic() - received)
+
         try:
-            result = await self.service.committer.submit(op)
+            await self.service.committer.submit(op, ack)
         except StoreUnavailable as exc:
             await self.error(p.STORE_UNAVAILABLE, f"not stored, retry with the same cid: {exc}", cid=cid)
-            return
-        self.client.send_soon(p.dumps({"type": "ack", "cid": cid, "seq": result.seq, "id": result.id,
-                                       "duplicate": result.duplicate}))
-        metrics.ACK_SECONDS.observe(time.monotonic() - received)
 
     async def validate_op(self, frame: dict[str, Any]) -> Op | None:
         """The operation to commit; FrameError when refused, None when a limit answered already."""
