@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tests.support.operator import platform
+from tests.support.kube import KubeCluster
+from tests.support.operator import condition, connections_secret, platform, room, wait_condition
 from veza_core.specs import ChatRoomSpec, StreamChannelSpec
 from veza_operator import platform as platform_mod
 from veza_operator.autoscaling import load_query, pods_of
@@ -141,3 +142,21 @@ def test_the_hpa_keda_makes_is_never_pruned_as_ours() -> None:
                                                   "name": "chat-general", "uid": "so", "controller": True}]}}
     store.put_child(keda_hpa)
     assert [c["kind"] for c in store.owned_by(("ChatRoom", "ns", "general"))] == ["ScaledObject"]
+
+
+def test_keda_asked_for_where_the_cluster_has_none_is_reported_and_holds_nothing_back(kube: KubeCluster,
+                                                                                      ns: str) -> None:
+    """On the operator tests' control plane (no KEDA): the platform and its autoscaled room say why nothing scales
+    them; the workers, routes and the pool (sized by the operator meanwhile) are all there."""
+    if kube.kubectl("api-resources", "--api-group=keda.sh", "-o", "name", check=False).strip():
+        pytest.skip("the cluster serves KEDA")
+    kube.apply(connections_secret(ns), platform(ns, autoscaling=KEDA),
+               room(ns, "lobby", placement="Dedicated", autoscaling=ROOM["autoscaling"]))
+    found = wait_condition(kube, "vezaplatform", "demo", ns, status="False", reason="AutoscalerNotInstalled")
+    assert condition(found, "Degraded")["status"] == "True" and "install KEDA" in condition(found)["message"]
+    wait_condition(kube, "chatroom", "lobby", ns, status="False", reason="AutoscalerNotInstalled")
+    for kind, name in [("deployment", "chat-lobby"), ("ingress", "chat-lobby"), ("ingress", "demo")]:
+        assert kube.get(kind, name, ns) is not None, f"{kind}/{name} missing"
+    pool = kube.get("deployment", "demo-chat-pool", ns)
+    assert pool is not None and pool["spec"]["replicas"] == 2, "the operator sizes the pool while KEDA cannot"
+    assert kube.get("horizontalpodautoscaler", "chat-lobby", ns) is None
