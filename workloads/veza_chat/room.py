@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -286,31 +286,43 @@ class Room:
 
     def _deliver(self, batch: list[tuple[int, str, int | None]]) -> None:
         """Write the events of `batch` (consecutive seqs) to every live socket that takes one frame per event:
-        pre-built frames, one write per socket for the whole batch, no await (the sockets are uncompressed, and
-        congestion is checked here instead of by drain())."""
+        pre-built frames, one write per socket for the whole batch."""
         frames = [text_frame(data) for _, data, _ in batch]
-        first, last = batch[0][0], batch[-1][0]
-        joined = frames[0] if len(frames) == 1 else b"".join(frames)
+        first = batch[0][0]
+
+        def rest(last_sent: int) -> tuple[bytes, int]:
+            skip = last_sent - first + 1
+            return b"".join(frames[skip:]), len(frames) - skip
+
+        self._write(self.clients.single, batch, frames[0] if len(frames) == 1 else b"".join(frames), rest)
+
+    def _write(self, clients: Iterable[Client], items: list[Encoded], whole: bytes,
+               rest: Callable[[int], tuple[bytes, int]]) -> None:
+        """Write `whole` (the frames of `items`, in seq order) to each of `clients` that lacks them, in one write,
+        no await (the sockets are uncompressed, and congestion is checked here instead of by drain()). A socket that
+        has the first ones already (a replay) gets `rest(its last seq)`: the bytes and events it lacks; a socket
+        still parked (welcome or replay under way) gets the events in its buffer."""
+        first, last = items[0][0], items[-1][0]
         sent = 0
-        for client in list(self.clients.single):
+        for client in list(clients):
             if client.buffer is not None:
-                client.buffer.extend((seq, data) for seq, data, _ in batch)
+                client.buffer.extend((seq, data) for seq, data, _ in items)
             elif client.last_sent < last and not client.closing:
                 if client.congested():
                     self.drop_slow(client)
                     continue
                 assert client.transport is not None
                 if client.last_sent < first:
-                    client.transport.write(joined)
-                    sent += len(frames)
-                else:  # it got the first ones by a replay already
-                    skip = client.last_sent - first + 1
-                    client.transport.write(b"".join(frames[skip:]))
-                    sent += len(frames) - skip
+                    client.transport.write(whole)
+                    sent += len(items)
+                else:
+                    data, count = rest(client.last_sent)
+                    client.transport.write(data)
+                    sent += count
                 client.last_sent = last
         metrics.DELIVERIES.inc(sent)
-        # One observation per batch, of its oldest message: the worst commit-to-delivery delay in it.
-        oldest = next((ts for _, _, ts in batch if ts is not None), None)
+        # One observation per write, of its oldest message: the worst commit-to-delivery delay in it.
+        oldest = next((ts for _, _, ts in items if ts is not None), None)
         if oldest is not None:
             metrics.FANOUT_SECONDS.observe(max(0.0, self.clock() - oldest / 1000))
 
@@ -340,29 +352,12 @@ class Room:
         started, cpu = time.perf_counter(), time.thread_time()
         payloads = [data.encode() for _, data, _ in items]
         seqs = [seq for seq, _, _ in items]
-        first, last = seqs[0], seqs[-1]
-        joined = b"".join(map(text_frame, events_payloads(payloads)))
-        sent = 0
-        for client in list(self.clients.batched):
-            if client.buffer is not None:
-                client.buffer.extend((seq, data) for seq, data, _ in items)
-            elif client.last_sent < last and not client.closing:
-                if client.congested():
-                    self.drop_slow(client)
-                    continue
-                assert client.transport is not None
-                if client.last_sent < first:
-                    client.transport.write(joined)
-                    sent += len(items)
-                else:  # it got the first ones by a replay already
-                    skip = bisect.bisect_right(seqs, client.last_sent)
-                    client.transport.write(b"".join(map(text_frame, events_payloads(payloads[skip:]))))
-                    sent += len(items) - skip
-                client.last_sent = last
-        metrics.DELIVERIES.inc(sent)
-        oldest = next((ts for _, _, ts in items if ts is not None), None)
-        if oldest is not None:
-            metrics.FANOUT_SECONDS.observe(max(0.0, self.clock() - oldest / 1000))
+
+        def rest(last_sent: int) -> tuple[bytes, int]:
+            skip = bisect.bisect_right(seqs, last_sent)
+            return b"".join(map(text_frame, events_payloads(payloads[skip:]))), len(items) - skip
+
+        self._write(self.clients.batched, items, b"".join(map(text_frame, events_payloads(payloads))), rest)
         spent, took = time.thread_time() - cpu, time.perf_counter() - started
         self.batch_delay = max(BATCH_MIN_DELAY, min(BATCH_DELAY_FACTOR * spent, BATCH_MAX_DELAY - took))
 
