@@ -202,16 +202,18 @@ class WsClient(asyncio.Protocol):
         self.transport.write(client_frame(payload))
 
 
-async def ws_connect(port: int, path: str, token: str | None, stats: Stats, **kind: bool) -> WsClient:
+async def ws_connect(port: int, path: str, token: str | None, stats: Stats, *, client: type[WsClient] = WsClient,
+                     timeout: float = 30, **kind: bool) -> WsClient:
+    """A raw WebSocket handshake to `path`, answered by a `client` protocol (a WsClient or a subclass)."""
     loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(lambda: WsClient(stats, **kind), "127.0.0.1", port)
+    _, proto = await loop.create_connection(lambda: client(stats, **kind), "127.0.0.1", port)
     key = base64.b64encode(secrets.token_bytes(16)).decode()
     protocols = "veza.chat.v1" + (f", bearer.{token}" if token else "")
     assert proto.transport is not None
     proto.transport.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
                            f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode())
-    await asyncio.wait_for(proto.ready, 30)
+    await asyncio.wait_for(proto.ready, timeout)
     return proto
 
 

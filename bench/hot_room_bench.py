@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import resource
@@ -67,6 +66,7 @@ from chat_bench import (
     scrape,
     start_veza,
     worker_env,
+    ws_connect,
 )
 from veza_local.services import NatsService, PostgresService, RedisService
 
@@ -131,16 +131,9 @@ def user_system(pid: int) -> tuple[float, float]:
 
 
 async def connect(port: int, path: str, token: str, stats: Stats, **kind: bool) -> HotClient:
-    """chat_bench.ws_connect's handshake, for a HotClient."""
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(lambda: HotClient(stats, **kind), "127.0.0.1", port)
-    key = base64.b64encode(secrets.token_bytes(16)).decode()
-    assert proto.transport is not None
-    proto.transport.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                           f"Sec-WebSocket-Protocol: veza.chat.v1, bearer.{token}\r\n\r\n").encode())
-    await asyncio.wait_for(proto.ready, 60)
-    return proto
+    client = await ws_connect(port, path, token, stats, client=HotClient, timeout=60, **kind)
+    assert isinstance(client, HotClient)
+    return client
 
 
 async def phase(worker: Servers, label: str, batched: bool, tokens: list[str], args: argparse.Namespace,
