@@ -46,7 +46,9 @@ class Workload:
 
 def container(w: Workload, *, serving: bool = True) -> dict[str, Any]:
     """The worker container; `serving` adds the HTTP port and probes (not for Jobs)."""
-    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2}
+    # Probed every 2 s: a new worker is Ready about a second after it can answer (a promoted room waits on it, the
+    # clients' reconnect with it); three failures (6 s) take an unready one out of its Service.
+    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3}
     spec: dict[str, Any] = {
         "name": w.component,
         "image": w.image.reference,

@@ -50,7 +50,8 @@ class Settings(BaseModel):
                                              "one request to a platform's API")
     directory_retry_max_seconds: float = Field(60.0, gt=0, description="VEZA_DIRECTORY_RETRY_MAX_SECONDS: "
                                                "longest wait between attempts to reach a platform's API")
-    load_interval_seconds: float = Field(10.0, gt=0, description="VEZA_LOAD_INTERVAL_SECONDS: how often the "
+    # Cheap to read often: the answer lists only rooms with sockets or traffic, and promotion waits on it.
+    load_interval_seconds: float = Field(2.0, gt=0, description="VEZA_LOAD_INTERVAL_SECONDS: how often the "
                                          "operator reads a platform's rooms' load (the autopilot's input)")
 
     # Where the operator's own pods run (the chart sets both): each platform's NetworkPolicies admit them to the

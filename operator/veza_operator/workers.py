@@ -160,7 +160,10 @@ async def reconcile(wk: WorkerKind, ctx: Context, key: Key) -> None:
         listed = ctx.directory.condition_for(key, generation, previous) if ctx.directory is not None else None
         if listed is not None:
             status["conditions"].append(listed)
-        if await ctx.report(key, status) and before != ("True" if health.ready else "False", health.reason):
+        # An Event tells a change. A resource Ready at its first report (a pooled room, served at once) has none to
+        # tell: its status says it, and 10,000 rooms created at once would otherwise add 10,000 Events.
+        changed = before != ("True" if health.ready else "False", health.reason)
+        if await ctx.report(key, status) and changed and (before is not None or not health.ready):
             await post_event(ctx, body, health.event_type, health.reason, health.message)
 
     try:

@@ -445,6 +445,9 @@ def test_many_rooms_created_at_once_settle_pooled_with_their_routes_only(kube: K
     wait_condition(kube, "chatroom", f"room-{count - 1}", ns, reason="Pooled")
     assert objects_in(kube, ns) == {**before, "ingresses": before["ingresses"] + count}, \
         "each pooled room adds its route and no Deployment, Service or PDB"
+    room_events = kube.kubectl("get", "events", "-n", ns, "--field-selector", "involvedObject.kind=ChatRoom",
+                               "-o", "name").split()
+    assert room_events == [], "a room Ready at its first report posts no Event (nothing changed)"
     print(f"{count} rooms pooled in {elapsed:.1f} s (created in {applied:.1f} s)")
 
 

@@ -88,7 +88,8 @@ class ChatService:
         self.presence_left: set[str] = set()
         self.touched = time.monotonic()  # the last request (a pool worker releases rooms idle for long)
         self.committed_since = 0  # events committed here since the last load snapshot
-        self.reported_busy = False  # whether the last load snapshot had sockets or traffic
+        # The last load snapshot's connections and time (monotonic); None: last reported idle, or never.
+        self.load_reported: tuple[int, float] | None = None
         self.next_retention = time.monotonic() + min(5.0, settings.chat_retention_interval_seconds)
         self.msg_rate = self.spec.limits.messages_per_minute / 60.0
         self.msg_burst = max(1.0, self.spec.limits.messages_per_minute / 6.0)

@@ -52,6 +52,22 @@ from .store import room_sanctions
 log = logging.getLogger("veza.chat")
 
 LOAD_EVERY = 5.0  # seconds between load snapshots (connections, messages/s per room), for analytics and autopilot
+LOAD_EARLY = 1.0  # a room whose connections moved by LOAD_EARLY_FRACTION is reported this soon: promotion waits on it
+LOAD_EARLY_FRACTION = 0.1
+
+
+def load_snapshot_due(connections: int, committed: int, reported: tuple[int, float] | None, now: float) -> bool:
+    """Whether a room's load snapshot is due: every LOAD_EVERY while it has sockets or traffic (and once more when
+    it drops to nothing), and after LOAD_EARLY when its connections moved by a tenth since the last one (a room
+    filling up reaches the operator's autopilot in about a second, not five). `reported`: the last snapshot's
+    connections and time, None when the room was last reported idle (or never)."""
+    if reported is None:
+        return bool(connections or committed)
+    last_connections, last_at = reported
+    if now - last_at >= LOAD_EVERY:
+        return True
+    moved = abs(connections - last_connections)
+    return now - last_at >= LOAD_EARLY and moved > 0 and moved >= LOAD_EARLY_FRACTION * last_connections
 PRESENCE_COALESCE = 0.5  # join/leave frames are batched: one frame per room per window, however many users moved
 SANCTIONS_EVERY = 10  # polls between reloads of the sanctions in force
 PLACEMENT_POOLED = "pooled"
@@ -314,14 +330,10 @@ class ChatWorker:
                     await service.flush_presence()
 
     async def _load_snapshots(self) -> None:
-        """Each room's open sockets and sequenced events per second on this worker, every few seconds, on the bus:
-        analytics' peak connections and the operator's autopilot read them. A room is reported while it has sockets
-        or traffic, and once more when it drops to nothing."""
-        last = time.monotonic()
+        """Each room's open sockets and sequenced events per second on this worker, on the bus, when
+        `load_snapshot_due` says so: analytics' peak connections and the operator's autopilot read them."""
         while True:
-            await asyncio.sleep(LOAD_EVERY)
-            now = time.monotonic()
-            elapsed, last = max(now - last, 1e-3), now
+            await asyncio.sleep(LOAD_EARLY)
             if self.link is None or not self.link.connected:
                 continue
             nc = await self.link.get()
@@ -329,13 +341,15 @@ class ChatWorker:
                 if not self.stats_stream_ready:
                     self.stats_stream_ready = bool(await events.ensure_stats_stream(nc.jetstream(),
                                                                                     self.settings.platform))
-            at = time.time()
+            at, now = time.time(), time.monotonic()
             for service in list(self.rooms.values()):
                 connections = len(service.room.clients)
-                committed, service.committed_since = service.committed_since, 0
-                if not (connections or committed or service.reported_busy):
+                reported = service.load_reported
+                if not load_snapshot_due(connections, service.committed_since, reported, now):
                     continue
-                service.reported_busy = bool(connections or committed)
+                elapsed = max(now - reported[1] if reported is not None else LOAD_EARLY, 1e-3)
+                committed, service.committed_since = service.committed_since, 0
+                service.load_reported = (connections, now) if connections or committed else None
                 snapshot = events.RoomConnections(v=1, room=service.room_name, replica=self.worker_id,
                                                   connections=connections, at=at,
                                                   messages_per_second=round(committed / elapsed, 3))
