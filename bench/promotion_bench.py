@@ -12,8 +12,9 @@ Dockerfile, a one-node cluster, `helm install`, examples/ applied; it needs root
    out of reach, the cool-down off) and an `Auto` room is created (pooled). `--senders` clients connect through the
    front door and send steadily, each its next message once the last is acknowledged, reconnecting and resuming
    as docs/chat-protocol.md asks. The threshold is crossed when the last one has connected (t0). The operator
-   learns the room's connections from the workers' load snapshots (every 5 s) read through the API (every
-   `VEZA_LOAD_INTERVAL_SECONDS`, 10 s by default), marks the room `Promoting`, starts its Deployment, and once it is
+   learns the room's connections from the workers' load snapshots (a second after the connections moved by a
+   tenth, else every 5 s) read through the API (every `VEZA_LOAD_INTERVAL_SECONDS`, 2 s by default), marks the
+   room `Promoting`, starts its Deployment, and once it is
    Ready switches the route and has the pool close the room's sockets with 1012; clients reconnect through the same
    route to the new workers. Measured from t0: `Promoting` seen, `Dedicated` seen, and every client reconnected
    (`promotion_s`, target <= 10 s); and every client's longest wait for an ack (`max_client_gap_s`).
@@ -44,11 +45,12 @@ sys.path.insert(0, str(ROOT))
 from tests.support.chat import SteadySender, moved_under_load  # noqa: E402 - after the path
 from tests.support.e2e import Account, Platform, connect_chat, running_platform  # noqa: E402
 
+from veza_chat.worker import LOAD_EARLY  # noqa: E402
 from veza_local.images import DockerEngine, build_veza_image, save_image  # noqa: E402
 from veza_local.node import unsupported_reason  # noqa: E402
+from veza_operator.settings import Settings  # noqa: E402
 
-LOAD_SNAPSHOT_SECONDS = 5.0  # veza_chat.worker.LOAD_EVERY
-LOAD_READ_SECONDS = 10.0  # the operator's default VEZA_LOAD_INTERVAL_SECONDS
+LOAD_READ_SECONDS = Settings().load_interval_seconds  # the operator's default VEZA_LOAD_INTERVAL_SECONDS
 
 
 def say(*parts: object) -> None:
@@ -154,7 +156,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_runs_s": [round(b, 2) for b in baseline],
         "ratio_promotion_to_baseline": round(result["promotion_s"] / plain, 2),
         "promotion_after_detection_s": round(result["promotion_s"] - result["promoting_s"], 2),
-        "load_snapshot_s": LOAD_SNAPSHOT_SECONDS, "load_read_s": LOAD_READ_SECONDS,
+        "load_snapshot_early_s": LOAD_EARLY, "load_read_s": LOAD_READ_SECONDS,
         "acked_exactly_once_gapless": True,  # moved_under_load asserted it
         "targets": {"promotion_s": "<= 10"},
         "loadavg_at_start": round(load_at_start, 2), "loadavg_at_end": round(os.getloadavg()[0], 2),
