@@ -347,6 +347,8 @@ class SteadySender:
                 if isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionResetError):
                     self.close_codes.append(client.close_frame_code)
                 self.reconnects += 1
+                with contextlib.suppress(Exception):
+                    await client.close()  # its HTTP session too
                 client = await self._connect()
             await asyncio.sleep(0.02)
         # Drain: everything committed so far reaches this socket too.
