@@ -5,7 +5,6 @@ stream position is that plus the seconds it has played (docs/streaming.md, "Stre
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 from aiohttp import web
@@ -41,10 +40,21 @@ async def listen(request: web.Request) -> web.StreamResponse:
     return await serve(request, feed, listeners.metaint, channel.stream_time)
 
 
+class ListenerResponse(web.StreamResponse):
+    """A progressive response: once its listener is handed over to the feed, aiohttp must not end it (no chunked
+    terminator, no close) when the handler returns."""
+
+    handed_over = False
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if not self.handed_over:
+            await super().write_eof(data)
+
+
 async def serve(request: web.Request, feed: RenditionFeed, metaint: int,
                 stream_time: Callable[[int], float | None] | None = None) -> web.StreamResponse:
     icy = IcyState(metaint) if request.headers.get("Icy-MetaData", "").strip() == "1" else None
-    response = web.StreamResponse(headers={
+    response = ListenerResponse(headers={
         "Content-Type": feed.content_type, "Cache-Control": "no-cache, no-store", "Connection": "close",
         "icy-name": feed.channel, "X-Content-Type-Options": "nosniff"})
     if icy:
@@ -58,10 +68,8 @@ async def serve(request: web.Request, feed: RenditionFeed, metaint: int,
     if first is not None:
         response.headers[STREAM_TIME] = f"{first:.3f}"
     await response.prepare(request)
-    if request.method == "HEAD":
-        return response
-    transport = request.transport
-    if transport is None:
+    transport, handler = request.transport, request.protocol
+    if request.method == "HEAD" or transport is None:
         return response
     # The headers go out alone; the burst and everything after it are written straight to the transport by the
     # feed, framed the same way aiohttp would (chunked for HTTP/1.1, raw for HTTP/1.0), from shared buffers.
@@ -70,13 +78,13 @@ async def serve(request: web.Request, feed: RenditionFeed, metaint: int,
         writer.send_headers()
     else:  # pragma: no cover - aiohttp always gives a StreamWriter
         await response.write(b"")
-    listener = Listener(transport, icy, chunked=response.headers.get("Transfer-Encoding", "").lower() == "chunked")
-    feed.add(listener)
-    try:
-        await listener.closed
-    finally:
-        feed.remove(listener)
-    with contextlib.suppress(Exception):
-        transport.close()
+    framed = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    listener = Listener(feed, transport, icy, chunked=framed)
+    if feed.add(listener):
+        # The connection is the feed's now. aiohttp's handler lets go of it without closing it (no transport, then
+        # "connection lost", which also takes it off the server's list, so shutdown does not wait for it) and this
+        # handler returns: a listener keeps no task, request or response while it listens.
+        response.handed_over = True
+        handler.transport = None
+        handler.connection_lost(None)
     return response
-

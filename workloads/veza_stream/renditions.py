@@ -10,11 +10,12 @@ listeners get their own interleaving). The write interval, not the encoder's bat
 sets how many send calls a listener costs per second, and that is the worker's main
 cost per listener.
 
-Slow and gone listeners are noticed by the transport, not by the loop: each
-listener's transport has its high-water mark at ``max_buffer`` and a protocol
-wrapper (:class:`ListenerProtocol`) that drops the listener when the transport
-pauses writing (its buffer went over the mark: the listener is too slow, and is
-never allowed to hold back anyone else) and forgets it when the connection is lost.
+Slow and gone listeners are noticed by the transport, not by the loop: once its response
+headers are out, a listener's connection belongs to the feed (:class:`Listener` becomes its
+transport's protocol, and the HTTP server lets go of it), its transport has its high-water
+mark at ``max_buffer``, and the listener is dropped when the transport pauses writing (its
+buffer went over the mark: the listener is too slow, and is never allowed to hold back
+anyone else) and forgotten when the connection is lost.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from .icy import IcyState
 from .metrics import LISTENERS, LISTENERS_DROPPED
@@ -37,48 +37,30 @@ def chunked(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-class Listener:
-    __slots__ = ("chunked", "closed", "icy", "transport")
+class Listener(asyncio.Protocol):
+    """A listener's connection once its response headers went out: the feed writes to its transport, and this object
+    (the transport's protocol from then on, in place of the HTTP server's) hears the only two events that matter.
+    The whole listener is this object, its transport and socket: no task, request or response while it listens."""
 
-    def __init__(self, transport: asyncio.Transport, icy: IcyState | None, *, chunked: bool = True) -> None:
+    __slots__ = ("chunked", "feed", "icy", "transport")
+
+    def __init__(self, feed: RenditionFeed, transport: asyncio.Transport, icy: IcyState | None, *,
+                 chunked: bool = True) -> None:
+        self.feed = feed
         self.transport = transport
         self.icy = icy
         self.chunked = chunked  # HTTP/1.1 responses are chunked; HTTP/1.0 ones are raw until close
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def close(self, reason: str) -> None:
-        if not self.closed.done():
-            self.closed.set_result(reason)
-
-
-class ListenerProtocol(asyncio.BaseProtocol):
-    """Sits between a listener's transport and aiohttp's protocol: forwards everything, watches two events."""
-
-    __slots__ = ("feed", "inner", "listener")
-
-    def __init__(self, inner: Any, feed: RenditionFeed, listener: Listener) -> None:
-        self.inner = inner
-        self.feed = feed
-        self.listener = listener
 
     def pause_writing(self) -> None:
-        # Called from inside transport.write during a flush: act after the flush loop.
-        asyncio.get_running_loop().call_soon(self.feed.drop_slow, self.listener)
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        # The transport's buffer went over max_buffer: too slow. Called from inside transport.write during a flush,
+        # so the drop happens after the flush loop.
+        asyncio.get_running_loop().call_soon(self.feed.drop_slow, self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.feed.remove(self.listener)
-        self.listener.close("disconnected")
-        self.inner.connection_lost(exc)
+        self.feed.remove(self)
 
     def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return bool(self.inner.eof_received())
+        pass  # a listener has nothing more to say (pipelined requests on a response that never ends are ignored)
 
 
 class RenditionFeed:
@@ -174,18 +156,18 @@ class RenditionFeed:
             self._burst_chunked = chunked(self.burst())
         return self._burst_chunked
 
-    def add(self, listener: Listener) -> None:
-        """Send the burst to a listener whose response headers went out, and attach it to the feed."""
+    def add(self, listener: Listener) -> bool:
+        """Send the burst to a listener whose response headers went out and take its connection over (the caller's
+        HTTP server must let go of it); False if the listener is already gone."""
         transport = listener.transport
         if transport.is_closing():
-            listener.close("disconnected")
-            return
+            return False
         if listener.icy is not None:
             body = listener.icy.interleave(self.burst(), self.title)
             transport.write(chunked(body) if listener.chunked else body)
         else:
             transport.write(self.burst_chunked() if listener.chunked else self.burst())
-        transport.set_protocol(ListenerProtocol(transport.get_protocol(), self, listener))
+        transport.set_protocol(listener)
         transport.set_write_buffer_limits(high=self.max_buffer)
         self.listeners.add(listener)
         if listener.icy is not None:
@@ -195,6 +177,7 @@ class RenditionFeed:
         else:
             self._plain.add(transport)
         self._gauge.set(len(self.listeners))
+        return True
 
     def remove(self, listener: Listener) -> None:
         if listener not in self.listeners:
@@ -211,10 +194,10 @@ class RenditionFeed:
         LISTENERS_DROPPED.labels(self.channel, self.name).inc()
         log.info("slow listener dropped", extra={"channel": self.channel, "rendition": self.name})
         self.remove(listener)
-        listener.close("slow")
         listener.transport.abort()
 
     def close_all(self, reason: str) -> None:
+        """Close every listener's connection once what is buffered for it is sent (`reason`: why, e.g. shutdown)."""
         for listener in list(self.listeners):
             self.remove(listener)
-            listener.close(reason)
+            listener.transport.close()
