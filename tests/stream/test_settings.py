@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+
 import pytest
 
+from tests.support.process import VezaProcess
 from veza_stream.settings import StreamSettings
 
 ENV = {
@@ -11,15 +20,15 @@ ENV = {
     "VEZA_STREAM_RELAY_MAX_BACKOFF": "2", "VEZA_STREAM_RECORDING_SECONDS": "10", "VEZA_STREAM_LL_HLS_PART": "0.5",
     "VEZA_STREAM_WRITE_INTERVAL": "0.1", "VEZA_SOURCE_PASSWORD": "hackme-please",
     "VEZA_STREAM_ADVERTISE_URL": "http://10.0.0.7:8080", "POD_IP": "10.0.0.7", "AWS_ACCESS_KEY_ID": "key",
-    "AWS_SECRET_ACCESS_KEY": "secret",
+    "AWS_SECRET_ACCESS_KEY": "secret", "VEZA_STREAM_LISTEN_BACKLOG": "512",
 }
 
 
 def test_every_variable_is_read() -> None:
     s = StreamSettings.from_env(ENV)
     assert (s.resource_name, s.stream_metaint, s.stream_leader_ttl, s.stream_relay_max_backoff,
-            s.stream_recording_seconds, s.stream_ll_hls_part, s.stream_write_interval) == (
-        "radio", 4000, 1.5, 2.0, 10.0, 0.5, 0.1)
+            s.stream_recording_seconds, s.stream_ll_hls_part, s.stream_write_interval, s.stream_listen_backlog) == (
+        "radio", 4000, 1.5, 2.0, 10.0, 0.5, 0.1, 512)
     assert (s.source_password, s.stream_advertise_url, s.pod_ip, s.aws_access_key_id, s.aws_secret_access_key) == (
         "hackme-please", "http://10.0.0.7:8080", "10.0.0.7", "key", "secret")
     assert "hackme-please" not in repr(s) and "secret" not in repr(s)
@@ -28,8 +37,8 @@ def test_every_variable_is_read() -> None:
 def test_defaults_and_empty_values() -> None:
     s = StreamSettings.from_env({"VEZA_SOURCE_PASSWORD": "", "POD_IP": "", "VEZA_POD_IP": "ignored"})
     assert (s.component, s.stream_metaint, s.stream_leader_ttl, s.stream_relay_max_backoff,
-            s.stream_recording_seconds, s.stream_ll_hls_part, s.stream_write_interval) == (
-        "stream", 16000, 3.0, 30.0, 60.0, 0.0, 0.25)
+            s.stream_recording_seconds, s.stream_ll_hls_part, s.stream_write_interval, s.stream_listen_backlog) == (
+        "stream", 16000, 3.0, 30.0, 60.0, 0.0, 0.25, 4096)
     assert s.source_password is None and s.pod_ip is None and s.stream_advertise_url is None
 
 
@@ -52,3 +61,46 @@ def test_a_short_source_password_is_refused() -> None:
     """Guessable at five tries then one a minute: `veza stream` exits 2 with the reason."""
     with pytest.raises(ValueError, match="at least 12 characters"):
         StreamSettings.from_env({"VEZA_SOURCE_PASSWORD": "hackme"})
+
+
+def test_a_listen_backlog_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="stream_listen_backlog"):
+        StreamSettings.from_env({"VEZA_STREAM_LISTEN_BACKLOG": "0"})
+
+
+def connected_within(port: int, attempts: int, seconds: float) -> int:
+    """How many of `attempts` connections to `port` complete their handshake within `seconds`: with nobody
+    accepting, the kernel completes one more than the listen backlog and drops the other SYNs (for 1 s)."""
+    socks = []
+    try:
+        for _ in range(attempts):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            socks.append(s)
+        done: set[socket.socket] = set()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            _, writable, _ = select.select([], [s for s in socks if s not in done], [], 0.05)
+            done.update(s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+        return len(done)
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.usefixtures("tracks")
+def test_the_worker_listens_with_its_backlog(start_worker: Callable[..., VezaProcess]) -> None:
+    """VEZA_STREAM_LISTEN_BACKLOG reaches the listening socket: with the worker stopped (SIGSTOP, so it accepts
+    nothing), the kernel queues exactly backlog + 1 handshakes, not aiohttp's default of 128 + 1."""
+    from tests.support.stream import PLAYLIST_SPEC
+
+    worker = start_worker("backlog", PLAYLIST_SPEC, VEZA_STREAM_LISTEN_BACKLOG="300")
+    assert worker.process is not None
+    os.kill(worker.process.pid, signal.SIGSTOP)
+    try:
+        # 0.5 s: within the first SYN retransmission (1 s), so a dropped SYN does not get in late.
+        assert connected_within(worker.port, 400, 0.5) == 301
+    finally:
+        os.kill(worker.process.pid, signal.SIGCONT)

@@ -15,6 +15,7 @@ and leave, rewritten whole on every heartbeat, and expiring with the heartbeats.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +39,12 @@ class Presence:
         self.breaker = breaker or CircuitBreaker("chat-presence", errors=(RedisError, OSError))
         self.local: dict[str, list[object]] = {}  # user -> [name, connections]
         self.remote: dict[str, dict[str, str]] = {}  # worker -> {user: name}
+        # Joins and leaves are written to Redis in one pipeline per batch, in order: the writes that arrive while a
+        # pipeline is out go together in the next. A crowd reconnecting at once (a worker restarted) made one round
+        # trip each and queued for the connection pool, a second or more per join.
+        self._pending: list[Callable[[Any], None]] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._writing = asyncio.Lock()
 
     @property
     def heartbeat_every(self) -> float:
@@ -66,17 +73,15 @@ class Presence:
             return False
         was = self.present(user)
         self.local[user] = [name, 1]
-        await self._redis(lambda r: r.hset(self.key_prefix + self.worker_id, user, name))
-        if not was and self.members_key:
-            members_key = self.members_key
+        mine, members_key = self.key_prefix + self.worker_id, self.members_key if not was else None
 
-            async def join(r: aioredis.Redis) -> None:
-                async with r.pipeline(transaction=True) as pipe:
-                    pipe.hset(members_key, user, name)
-                    pipe.expire(members_key, max(1, round(self.ttl * 2)))
-                    await pipe.execute()
+        def join(pipe: Any) -> None:
+            pipe.hset(mine, user, name)
+            if members_key:
+                pipe.hset(members_key, user, name)
+                pipe.expire(members_key, max(1, round(self.ttl * 2)))
 
-            await self._redis(join)
+        await self._write(join)
         return not was
 
     async def remove(self, user: str) -> bool:
@@ -88,11 +93,15 @@ class Presence:
         if int(entry[1]) > 0:  # type: ignore[call-overload]
             return False
         del self.local[user]
-        await self._redis(lambda r: r.hdel(self.key_prefix + self.worker_id, user))
         gone = not self.present(user)
-        if gone and self.members_key:
-            members_key = self.members_key
-            await self._redis(lambda r: r.hdel(members_key, user))
+        mine, members_key = self.key_prefix + self.worker_id, self.members_key if gone else None
+
+        def leave(pipe: Any) -> None:
+            pipe.hdel(mine, user)
+            if members_key:
+                pipe.hdel(members_key, user)
+
+        await self._write(leave)
         return gone
 
     def remote_change(self, worker: str, op: str, user: str, name: str) -> bool:
@@ -135,8 +144,40 @@ class Presence:
     async def withdraw(self) -> None:
         """This replica leaves (graceful shutdown)."""
         self.local.clear()
-        await self._redis(lambda r: r.delete(self.key_prefix + self.worker_id))
-        await self._redis(lambda r: r.zrem(self.workers_key, self.worker_id))
+        mine, workers_key, worker_id = self.key_prefix + self.worker_id, self.workers_key, self.worker_id
+
+        def withdraw(pipe: Any) -> None:
+            pipe.delete(mine)
+            pipe.zrem(workers_key, worker_id)
+
+        await self._write(withdraw)  # after the joins and leaves queued before it
+
+    async def _write(self, queue: Callable[[Any], None]) -> None:
+        """Have `queue` put its commands on the next pipeline; return once that pipeline ran (or Redis was found
+        down: the breaker's fallback writes nothing, the heartbeats rewrite it all once Redis is back)."""
+        if self.redis is None:
+            return
+        self._pending.append(queue)
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().create_task(self._flush(self._batch))
+        await asyncio.shield(self._batch)
+
+    async def _flush(self, done: asyncio.Future[None]) -> None:
+        try:
+            async with self._writing:  # one pipeline at a time, so writes land in the order they were made
+                queued, self._pending, self._batch = self._pending, [], None
+
+                async def pipeline(r: aioredis.Redis) -> None:
+                    async with r.pipeline(transaction=False) as pipe:
+                        for queue in queued:
+                            queue(pipe)
+                        await pipe.execute()
+
+                await self._redis(pipeline)
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     async def _redis(self, fn: Callable[[aioredis.Redis], Awaitable[object]]) -> None:
         client = self.redis

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 GAP_WAIT = 0.02  # how long an out-of-order event waits for the missing ones to come over NATS
 SLOW_CONSUMER_BYTES = 4 * 1024 * 1024  # a socket with more unsent data than this is closed
 L1_SIZE = 4096
+REPLAY_DRAIN_WAIT = 0.05  # seconds between looks at a replaying socket whose unsent data passed SLOW_CONSUMER_BYTES
 DELIVERY_BATCH = 256  # events written to a socket in one go when several are waiting
 # A batched write to every batching socket costs CPU in proportion to the sockets: the next one waits this many times
 # as long, so a hot room's delivery takes about a fifth of a core and a small room's events still leave within
@@ -419,10 +420,16 @@ class Room:
                 if not await client.send(chunk.decode()):
                     return False
             return True
-        for _, data in frames:
-            if not await client.send(data):
-                return False
-        return True
+        # One write for the whole range, not one per event: a crowd resuming on a fresh worker (a restart, a crash)
+        # replays tens of events each, and a system call per event was most of what a resume cost.
+        transport = client.transport
+        if client.closing or transport is None or transport.is_closing():
+            return False
+        transport.write(b"".join([text_frame(data) for _, data in frames]))
+        # (polled: the transport offers no drain event of its own; only a slow reader ever waits here)
+        while client.congested() and not client.closing and not transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(REPLAY_DRAIN_WAIT)  # a slow reader: the next range waits for this one to go out
+        return not client.closing
 
     def _l1_range(self, after: int, upto: int) -> list[tuple[int, str]] | None:
         if not self.l1 or self.l1[0][0] > after + 1 or self.l1[-1][0] < upto:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import secrets
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +21,7 @@ from aiohttp import StreamReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .logs import redact, request_id
-from .metrics import DEPENDENCY_UP, HTTP_LATENCY, HTTP_REQUESTS
+from .metrics import DEPENDENCY_UP, http_latency, http_requests
 
 log = logging.getLogger("veza.http")
 
@@ -73,14 +73,18 @@ class HttpError(Exception):
         return response
 
 
+def new_request_id() -> str:
+    """16 hex digits naming one request in logs and answers. A correlation id, not a secret (clients may send their
+    own), so the process's PRNG serves: an OS random read per request cost more than the rest of the id's work."""
+    return f"{random.getrandbits(64):016x}"
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                   ) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    rid = request.headers.get("X-Request-Id") or new_request_id()
     token = request_id.set(rid[:64])
     started = time.perf_counter()
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    component = request.app[COMPONENT]
     status = 500
     try:
         try:
@@ -105,12 +109,18 @@ async def observe(request: web.Request, handler: Callable[[web.Request], Awaitab
         raise
     finally:
         elapsed = time.perf_counter() - started
-        HTTP_REQUESTS.labels(component, route, request.method, str(status)).inc()
-        HTTP_LATENCY.labels(component, route).observe(elapsed)
-        if request.path not in QUIET_PATHS:
-            query = {"query": redact(request.query_string)} if request.query_string else {}
-            log.info("request", extra={"method": request.method, "path": request.path, "status": status,
-                                       "duration_ms": round(elapsed * 1000, 2), "remote": request.remote, **query})
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        component = request.app[COMPONENT]
+        http_requests(component, route, request.method, status).inc()
+        http_latency(component, route).observe(elapsed)
+        path = request.path
+        if path not in QUIET_PATHS and log.isEnabledFor(logging.INFO):  # the fields are built only for a line
+            fields = {"method": request.method, "path": path, "status": status,
+                      "duration_ms": round(elapsed * 1000, 2), "remote": request.remote}
+            if request.query_string:
+                fields["query"] = redact(request.query_string)
+            log.info("request", extra=fields)
         request_id.reset(token)
 
 
@@ -211,12 +221,13 @@ def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) 
     app[CHECKS][name] = check
 
 
-def run(app: web.Application, host: str, port: int, *, shutdown_grace: float = 20.0) -> None:
+def run(app: web.Application, host: str, port: int, *, shutdown_grace: float = 20.0, backlog: int = 128) -> None:
     """Serve until SIGINT/SIGTERM, then shut down within the grace period.
 
     aiohttp turns the signal into a graceful exit: listening sockets close first,
     `on_shutdown` hooks run (workers close WebSockets with 1012 there), then
-    in-flight requests get up to `shutdown_grace` seconds to finish.
+    in-flight requests get up to `shutdown_grace` seconds to finish. `backlog`: connections the kernel queues
+    before the worker accepts them (aiohttp's default; a rush of listeners needs more).
     """
-    web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_grace, access_log=None,
+    web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_grace, backlog=backlog, access_log=None,
                 print=lambda *_: None, handle_signals=True)

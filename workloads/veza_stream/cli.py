@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-interval", type=float,
                         help="seconds of audio collected before each write to listeners "
                              "(env VEZA_STREAM_WRITE_INTERVAL, 0.25)")
+    parser.add_argument("--listen-backlog", type=int,
+                        help="connections queued for the worker to accept (env VEZA_STREAM_LISTEN_BACKLOG, 4096)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
             http_host=args.host or None, http_port=args.port or None, stream_metaint=args.metaint,
             stream_leader_ttl=args.leader_ttl, stream_relay_max_backoff=args.relay_max_backoff,
             stream_recording_seconds=args.recording_seconds, stream_ll_hls_part=args.ll_hls_part,
-            stream_write_interval=args.write_interval)
+            stream_write_interval=args.write_interval, stream_listen_backlog=args.listen_backlog)
         app = create_stream_app(settings)
     except (ValueError, ValidationError) as exc:
         print(f"veza stream: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    run_app(app, settings.http_host, settings.http_port, shutdown_grace=settings.shutdown_grace_seconds)
+    run_app(app, settings.http_host, settings.http_port, shutdown_grace=settings.shutdown_grace_seconds,
+            backlog=settings.stream_listen_backlog)
     return 0
+

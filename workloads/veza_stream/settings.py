@@ -51,6 +51,10 @@ class StreamSettings(Settings, NatsAuth):
     stream_ll_hls_part: float = 0.0
     # Seconds of audio collected before each write to listeners (0.02 to 1).
     stream_write_interval: float = 0.25
+    # Connections the kernel queues for the worker to accept (listen backlog; Linux caps it at net.core.somaxconn).
+    # aiohttp's default of 128 overflows in a rush of listeners (a whole audience arriving when a show starts) and
+    # every connection past it waits for its client's SYN to be sent again, 1 s later.
+    stream_listen_backlog: int = Field(4096, ge=1, le=65535)
     # Track uploads processed at once by this replica (each holds one core transcoding and up to 100 MiB plus its
     # renditions in temporary files); beyond it, 503 `uploads_busy` with Retry-After.
     stream_max_uploads: int = Field(1, ge=1)
