@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -85,26 +85,11 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/admin/analytics/top-tracks", analytics.top_tracks)
 
 
-@web.middleware
-async def note_writes(request: web.Request,
-                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """After a request that may have written (any method but GET/HEAD/OPTIONS, and the sign-in GETs under
-    /auth/), this process's list reads must see its writes: the read router waits for the replica or skips it."""
-    try:
-        return await handler(request)
-    finally:
-        reads = request.app[API].reads if API in request.app else None
-        if reads is not None and (request.method not in ("GET", "HEAD", "OPTIONS")
-                                  or request.path.startswith(f"{PREFIX}/auth/")):
-            reads.wrote()
-
-
 def create_api_app(settings: ApiSettings) -> web.Application:
     if not settings.database_url:
         raise ValueError("the API needs VEZA_DATABASE_URL")
     app = create_app("api", client_max_size=settings.max_body_bytes)
     app.middlewares.extend(MIDDLEWARES)
-    app.middlewares.append(note_writes)
     add_routes(app)
     app[tracks.UPLOADS] = asyncio.Semaphore(settings.max_concurrent_uploads)
     # The web client at `/` (the platform's Ingress sends `/` to the API); static files only.

@@ -1,10 +1,15 @@
 """The API's request pipeline, after the shared `observe` (request ids, JSON access
 logs, metrics, and rendering of `HttpError`): CORS → body size → per-IP rate
-limit → authentication → revocation → per-user rate limit (the last four in `guard`).
+limit → authentication → revocation → per-user rate limit (the last four in `guard`)
+→ the handler → no-store on /auth/ answers and the read router's note of a write.
+
+One aiohttp middleware (`pipeline`) runs them all: every layer is a coroutine and a
+call more on every request, and the steps need no more than plain calls.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import uuid
@@ -41,7 +46,8 @@ def _allowed_origin(request: web.Request) -> str | None:
 
 
 @web.middleware
-async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS around everything (error answers carry its headers too, so browsers can read them), then `serve`."""
     origin = _allowed_origin(request)
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         if origin is None:
@@ -50,7 +56,7 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
             "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": CORS_METHODS,
             "Access-Control-Allow-Headers": CORS_HEADERS, "Access-Control-Max-Age": "600", "Vary": "Origin"})
     try:
-        response = await handler(request)
+        response = await serve(request, handler)
     except HttpError as exc:
         # Rendered by `observe`, outside us: it takes these headers along.
         if origin is not None:
@@ -61,9 +67,22 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
             exc.headers["Access-Control-Allow-Origin"] = origin
             exc.headers["Vary"] = "Origin"
         raise
+    if request.path.startswith(AUTH_PREFIX):
+        no_store(response)
     if origin is not None and not response.prepared:
         response.headers.update(_cors_headers(origin))
     return response
+
+
+async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The body limit, `guard` for /api/ requests, the handler, and then the note of a possible write."""
+    body_limit(request)
+    if request.path.startswith("/api/"):
+        await guard(request)
+    try:
+        return await handler(request)
+    finally:
+        note_writes(request)
 
 
 def _cors_headers(origin: str) -> dict[str, str]:
@@ -72,19 +91,18 @@ def _cors_headers(origin: str) -> dict[str, str]:
             "Vary": "Origin"}
 
 
-@web.middleware
-async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+def body_limit(request: web.Request) -> None:
     """413 before reading a body whose declared size is too big (aiohttp also stops
     undeclared chunked bodies at `client_max_size` while reading them)."""
+    if request.content_length is None:
+        return
     settings = request.app[API].settings
     limit = settings.max_track_bytes if request.path in UPLOAD_PATHS else settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    if request.content_length > limit:
         raise HttpError(413, "body_too_large", f"the body exceeds {limit} bytes")
-    return await handler(request)
 
 
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def guard(request: web.Request) -> None:
     """Every /api/ request: the per-IP token bucket, then, with a bearer token, authentication (endpoints decide
     whether they need one), the session's revocation and the per-user bucket.
 
@@ -94,8 +112,6 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     user's bucket and session come from it; a token that fails still takes from the address's bucket, so
     guessing tokens is limited per address like anything else, and answers 429 once that bucket is empty.
     """
-    if not request.path.startswith("/api/"):
-        return await handler(request)
     ctx = request.app[API]
     s = ctx.settings
     ip = Bucket(f"ip:{client_ip(request)}", rate=s.rate_ip_per_second, burst=s.rate_ip_burst)
@@ -108,7 +124,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 raise HttpError(401, "invalid_token", "this credential is valid for the directory endpoints only",
                                 headers=dict(INVALID_TOKEN))
             request[REQUEST_OPERATOR] = True
-        return await handler(request)
+        return
     try:
         who = ctx.verifier.verify(token)
     except TokenError as exc:
@@ -133,7 +149,6 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not decision.allowed:
         raise too_many(decision, "requests for this account")
     request[REQUEST_PRINCIPAL] = who
-    return await handler(request)
 
 
 INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -144,8 +159,14 @@ def _revoked() -> HttpError:
 
 
 def _session_id(claim: object) -> uuid.UUID | None:
+    return _parse_session_id(claim) if isinstance(claim, str) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_session_id(claim: str) -> uuid.UUID | None:
+    """A client sends the same token, so the same session id, with every request: parsed once."""
     try:
-        return uuid.UUID(claim) if isinstance(claim, str) else None
+        return uuid.UUID(claim)
     except ValueError:
         return None
 
@@ -160,17 +181,23 @@ def _is_directory_token(expected: str | None, token: str) -> bool:
     return expected is not None and hmac.compare_digest(token.encode(), expected.encode())
 
 
-# cors outermost, so error answers carry CORS headers too and browsers can read them.
-@web.middleware
-async def no_store(request: web.Request, handler: Handler) -> web.StreamResponse:
+def no_store(response: web.StreamResponse) -> None:
     """Answers under /auth/ carry tokens (access, refresh, service, the OIDC callback's): no cache,
     shared or private, may keep them."""
-    response = await handler(request)
-    if request.path.startswith(AUTH_PREFIX):
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Pragma"] = "no-cache"
-    return response
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+
+
+WRITE_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def note_writes(request: web.Request) -> None:
+    """After a request that may have written (any method but GET/HEAD/OPTIONS, and the sign-in GETs under
+    /auth/), this process's list reads must see its writes: the read router waits for the replica or skips it."""
+    reads = request.app[API].reads if API in request.app else None
+    if reads is not None and (request.method not in WRITE_SAFE_METHODS or request.path.startswith(AUTH_PREFIX)):
+        reads.wrote()
 
 
 AUTH_PREFIX = "/api/v1/auth/"
-MIDDLEWARES = [cors, no_store, body_limit, guard]
+MIDDLEWARES = [pipeline]

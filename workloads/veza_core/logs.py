@@ -27,8 +27,24 @@ _BEARER = re.compile(r"(?i)(\bbearer\s+)[\w.~+/=-]+")
 _JWT = re.compile(r"\beyJ[\w-]{2,}\.[\w-]{2,}\.[\w-]+")
 
 
+# What each pattern needs to find in ASCII text, lower-cased: most lines have none of it, and the patterns (each
+# tried at every word of the line) cost more than the rest of the line's formatting.
+_SECRET_NAMES = ("token=", "ticket=", "password=", "passwd=", "secret=")
+
+
 def redact(text: str) -> str:
     """`text` without the credentials it may carry (query tokens, bearer credentials, JWTs)."""
+    if not text.isascii():  # case-insensitive matching also folds a few non-ASCII letters: let the patterns judge
+        return _redact(text)
+    lower = text.lower()
+    if "=" in text and any(name in lower for name in _SECRET_NAMES):
+        text = _SECRET_PARAM.sub(r"\1[redacted]", text)
+    if "bearer" in lower:
+        text = _BEARER.sub(r"\1[redacted]", text)
+    return _JWT.sub("[redacted]", text) if "eyJ" in text else text
+
+
+def _redact(text: str) -> str:
     text = _SECRET_PARAM.sub(r"\1[redacted]", text)
     text = _BEARER.sub(r"\1[redacted]", text)
     return _JWT.sub("[redacted]", text)
@@ -38,10 +54,21 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, component: str) -> None:
         super().__init__()
         self.component = component
+        # The last second formatted, and how: a busy process logs many lines per second (one tuple, so that
+        # threads formatting at once never pair a second with another's text).
+        self._second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached, stamp = self._second
+        if second != cached:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, stamp)
+        return f"{stamp}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "component": self.component,
             "logger": record.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
@@ -21,3 +23,15 @@ DB_READS = Counter(
     ["target", "reason"])
 DB_REPLICA_LAG = Gauge(
     "veza_db_replica_lag_seconds", "Replay lag of the read replica, measured against the primary's WAL position")
+
+
+# Every request counts into one child of each: `.labels()` validates, joins and locks on every call, so the children
+# are kept by their labels (bounded: the method is the client's to invent).
+@lru_cache(maxsize=4096)
+def http_requests(component: str, route: str, method: str, status: int) -> Counter:
+    return HTTP_REQUESTS.labels(component, route, method, str(status))
+
+
+@lru_cache(maxsize=1024)
+def http_latency(component: str, route: str) -> Histogram:
+    return HTTP_LATENCY.labels(component, route)
