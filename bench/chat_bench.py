@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,58 @@ class Stats:
         self.counting = False
 
 
+def upgrade_request(port: int, path: str, token: str | None) -> bytes:
+    """The WebSocket handshake a client sends for `path` (the token as a subprotocol, as browsers must)."""
+    key = base64.b64encode(secrets.token_bytes(16)).decode()
+    protocols = "veza.chat.v1" + (f", bearer.{token}" if token else "")
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode()
+
+
+def take_upgrade(buf: bytearray, ready: asyncio.Future[None] | None) -> bool:
+    """Consume the server's answer to the handshake from `buf`: True once it said 101 (`ready` done); False while
+    it is incomplete, or when it refused (`ready` then holds the error)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    if b" 101 " not in buf[:16]:
+        if ready is not None and not ready.done():
+            ready.set_exception(ConnectionError(bytes(buf[:200]).decode(errors="replace")))
+        return False
+    del buf[:end + 4]
+    if ready is not None and not ready.done():
+        ready.set_result(None)
+    return True
+
+
+def take_frames(buf: bytearray, on_text: Callable[[bytearray, int, int], None],
+                transport: asyncio.Transport | None) -> None:
+    """Consume every whole server frame in `buf`: text frames to `on_text(buf, start, end)`, pings answered."""
+    pos, n = 0, len(buf)
+    while n - pos >= 2:
+        length = buf[pos + 1] & 0x7F
+        head = 2
+        if length == 126:
+            if n - pos < 4:
+                break
+            length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            if n - pos < 10:
+                break
+            length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+        if n - pos < head + length:
+            break
+        opcode = buf[pos] & 0x0F
+        start = pos + head
+        if opcode == 1:
+            on_text(buf, start, start + length)
+        elif opcode == 9 and transport is not None:
+            transport.write(bytes([0x8A, 0x80]) + b"\0\0\0\0")
+        pos = start + length
+    del buf[:pos]
+
+
 class WsClient(asyncio.Protocol):
     def __init__(self, stats: Stats, *, probe: bool = False, sender: bool = False) -> None:
         self.stats = stats
@@ -147,40 +200,12 @@ class WsClient(asyncio.Protocol):
         self.open = False
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
+        self.buf += data
         if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            if not take_upgrade(self.buf, self.ready):
                 return
-            if b" 101 " not in buf[:16]:
-                self.ready.set_exception(ConnectionError(bytes(buf[:200]).decode(errors="replace")))
-                return
-            del buf[:end + 4]
             self.open = True
-            self.ready.set_result(None)
-        pos, n = 0, len(buf)
-        while n - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-            if n - pos < head + length:
-                break
-            opcode = buf[pos] & 0x0F
-            start = pos + head
-            if opcode == 1:
-                self.on_text(buf, start, start + length)
-            elif opcode == 9 and self.transport is not None:
-                self.transport.write(bytes([0x8A, 0x80]) + b"\0\0\0\0")
-            pos = start + length
-        del buf[:pos]
+        take_frames(self.buf, self.on_text, self.transport)
 
     def on_text(self, buf: bytearray, start: int, end: int) -> None:
         stats = self.stats
@@ -207,12 +232,8 @@ async def ws_connect(port: int, path: str, token: str | None, stats: Stats, *, c
     """A raw WebSocket handshake to `path`, answered by a `client` protocol (a WsClient or a subclass)."""
     loop = asyncio.get_running_loop()
     _, proto = await loop.create_connection(lambda: client(stats, **kind), "127.0.0.1", port)
-    key = base64.b64encode(secrets.token_bytes(16)).decode()
-    protocols = "veza.chat.v1" + (f", bearer.{token}" if token else "")
     assert proto.transport is not None
-    proto.transport.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                           f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode())
+    proto.transport.write(upgrade_request(port, path, token))
     await asyncio.wait_for(proto.ready, timeout)
     return proto
 

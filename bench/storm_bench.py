@@ -58,6 +58,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workloads"), str(ROOT), str(ROOT / "bench")]
 
+import loadgen  # noqa: E402
+from loadgen import raise_fd_limit  # noqa: E402
+
 
 def say(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
@@ -65,12 +68,6 @@ def say(*parts: object) -> None:
 
 def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def raise_fd_limit() -> None:
-    """Soft fd limit up to the hard one (10,000 sockets need it; raise the hard limit with ulimit -Hn)."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -85,30 +82,11 @@ def proc_cpu(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Generators:
-    """Load generator processes (this script with a hidden flag) driven over stdin/stdout, one JSON line each way."""
+class Generators(loadgen.Generators):
+    """This script's own load generators (a hidden flag each), on `cpus`."""
 
     def __init__(self, argv: list[list[str]], cpus: set[int] | None = None) -> None:
-        self.procs = [subprocess.Popen([sys.executable, __file__, *a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True, preexec_fn=raise_fd_limit) for a in argv]
-        for p in self.procs:
-            if cpus:
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(p.pid, cpus)
-
-    def ask(self, *commands: str) -> list[dict[str, Any]]:
-        for p, command in zip(self.procs, commands, strict=True):
-            assert p.stdin is not None
-            p.stdin.write(command + "\n")
-            p.stdin.flush()
-        out = []
-        for p in self.procs:
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            if not line:
-                raise RuntimeError("a load generator died")
-            out.append(json.loads(line))
-        return out
+        super().__init__([[sys.executable, __file__, *a] for a in argv], cpus)
 
     async def ask_async(self, *commands: str) -> list[dict[str, Any]]:
         return await asyncio.get_running_loop().run_in_executor(None, lambda: self.ask(*commands))
@@ -116,18 +94,6 @@ class Generators:
     def cpu(self) -> float:
         return sum(proc_cpu(p.pid) for p in self.procs)
 
-    def close(self) -> None:
-        for p in self.procs:
-            with contextlib.suppress(Exception):
-                assert p.stdin is not None
-                p.stdin.write("quit\n")
-                p.stdin.flush()
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 # -- 1. stream listener connects ----------------------------------------------------------------------------------
@@ -329,8 +295,7 @@ async def chat_generator(ports: list[int], room: str, tokens_file: str, first: i
     """A load generator process: `count` WebSocket clients (tokens `first`.. of the file), client i on
     `ports[i % len(ports)]`, each reconnecting with `?after=` when its socket closes. Commands: `connect`,
     `mark` (start a measuring window), `report`, `quit`."""
-    import base64
-    import secrets
+    from chat_bench import take_frames, take_upgrade, upgrade_request
 
     loop = asyncio.get_running_loop()
     tokens = Path(tokens_file).read_text().split()[first:first + count] if not bare else [""] * count
@@ -356,12 +321,8 @@ async def chat_generator(ports: list[int], room: str, tokens_file: str, first: i
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport  # type: ignore[assignment]
-            key = base64.b64encode(secrets.token_bytes(16)).decode()
             after = f"?after={self.last_seq}" if self.last_seq >= 0 else ""
-            protocols = "veza.chat.v1" + (f", bearer.{self.token}" if self.token else "")
-            transport.write((f"GET /chat/{room}/ws{after} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"  # type: ignore[attr-defined]
-                             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                             f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocols}\r\n\r\n").encode())
+            transport.write(upgrade_request(self.port, f"/chat/{room}/ws{after}", self.token or None))  # type: ignore[attr-defined]
 
         def connection_lost(self, exc: Exception | None) -> None:
             was_open, self.open, self.transport = self.open, False, None
@@ -394,43 +355,12 @@ async def chat_generator(ports: list[int], room: str, tokens_file: str, first: i
                     wait = min(1.0, wait * 2)
 
         def data_received(self, data: bytes) -> None:
-            buf = self.buf
-            buf += data
+            self.buf += data
             if not self.open:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
+                if not take_upgrade(self.buf, self.ready):
                     return
-                if b" 101 " not in buf[:16]:
-                    assert self.ready is not None
-                    if not self.ready.done():
-                        self.ready.set_exception(ConnectionError(bytes(buf[:100]).decode(errors="replace")))
-                    return
-                del buf[:end + 4]
                 self.open = True
-                assert self.ready is not None
-                self.ready.set_result(None)
-            pos, n = 0, len(buf)
-            while n - pos >= 2:
-                length = buf[pos + 1] & 0x7F
-                head = 2
-                if length == 126:
-                    if n - pos < 4:
-                        break
-                    length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-                elif length == 127:
-                    if n - pos < 10:
-                        break
-                    length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-                if n - pos < head + length:
-                    break
-                opcode = buf[pos] & 0x0F
-                start = pos + head
-                if opcode == 1:
-                    self.on_text(buf, start, start + length)
-                elif opcode == 9 and self.transport is not None:
-                    self.transport.write(bytes([0x8A, 0x80]) + b"\0\0\0\0")
-                pos = start + length
-            del buf[:pos]
+            take_frames(self.buf, self.on_text, self.transport)
 
         def on_text(self, buf: bytearray, start: int, end: int) -> None:
             if buf.startswith(b'{"type":"event"', start):

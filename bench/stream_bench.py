@@ -55,6 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workloads"), str(ROOT)]
 
+from loadgen import Generators, raise_fd_limit  # noqa: E402
 from veza_local.services import free_port  # noqa: E402
 from veza_stream.sources import decode  # noqa: E402
 from veza_stream.spec import Rendition  # noqa: E402
@@ -62,12 +63,6 @@ from veza_stream.transcoder import Transcoder  # noqa: E402
 
 FFMPEG_CODECS = {"mp3": ["-c:a", "libmp3lame"], "aac": ["-c:a", "aac"], "opus": ["-c:a", "libopus"]}
 FFMPEG_FORMATS = {"mp3": "mp3", "aac": "adts", "opus": "ogg"}
-
-
-def raise_fd_limit() -> None:
-    """Soft fd limit up to the hard one (10k+ listeners need it; raise the hard limit with ulimit -Hn)."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def say(*parts: object) -> None:
@@ -234,31 +229,12 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return (int(stat[11]) + int(stat[12])) / ticks, rss
 
 
-class LoadGen:
-    """Listener processes, pinned to the cores the server does not use."""
-
+class LoadGen(Generators):
     def __init__(self, port: int, path: str, procs: int, cpus: set[int]) -> None:
-        self.procs = [subprocess.Popen([sys.executable, "-c", LOADGEN, "127.0.0.1", str(port), path, str(SWEEP)],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                       preexec_fn=raise_fd_limit) for _ in range(procs)]
+        super().__init__([[sys.executable, "-c", LOADGEN, "127.0.0.1", str(port), path, str(SWEEP)]
+                          for _ in range(procs)], cpus)
         for p in self.procs:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(p.pid, cpus)
             renice(p.pid, NICE)
-
-    def ask(self, *commands: str) -> list[dict[str, Any]]:
-        for p, command in zip(self.procs, commands, strict=True):
-            assert p.stdin is not None
-            p.stdin.write(command + "\n")
-            p.stdin.flush()
-        out = []
-        for p in self.procs:
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            if not line:
-                raise RuntimeError("load generator died")
-            out.append(json.loads(line))
-        return out
 
     def add(self, n: int, rate: float) -> tuple[int, int]:
         k = len(self.procs)
@@ -271,18 +247,6 @@ class LoadGen:
         res = self.ask(*["report"] * len(self.procs))
         return sorted(x for r in res for x in r["rates"]), sum(r["cpu"] for r in res)
 
-    def close(self) -> None:
-        for p in self.procs:
-            with contextlib.suppress(Exception):
-                assert p.stdin is not None
-                p.stdin.write("quit\n")
-                p.stdin.flush()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 def ramp(name: str, pid: int, port: int, path: str, steps: list[int], rate: float, window: float,
