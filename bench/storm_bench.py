@@ -211,8 +211,8 @@ def listener_storm(name: str, pid: int, port: int, path: str, args: argparse.Nam
 
 
 def stream_part(args: argparse.Namespace) -> dict[str, Any]:
-    from stream_bench import need_tools, start_veza, stop, wait_port, write_input
-    from veza_local.services import S3Service, free_port
+    from stream_bench import need_tools, running_icecast, start_veza, stop, write_input
+    from veza_local.services import S3Service
 
     need_tools()
     result: dict[str, Any] = {}
@@ -243,43 +243,11 @@ def stream_part(args: argparse.Namespace) -> dict[str, Any]:
                 stop(proc)
         finally:
             s3.stop()
-        # icecast2 as bench/stream_bench.py runs it (its notes there: why root needs a world-readable log dir).
-        port = free_port()
-        ice_dir = Path(tempfile.mkdtemp(prefix="storm-icecast-"))
-        os.chmod(ice_dir, 0o777)  # noqa: S103 (a temporary log dir for the benchmark)
-        conf = ice_dir / "icecast.xml"
-        owner = "<changeowner><user>nobody</user><group>nogroup</group></changeowner>" if os.getuid() == 0 else ""
-        conf.write_text(f"""<icecast><hostname>127.0.0.1</hostname><limits><clients>{args.listeners + 100}</clients>
-<sources>2</sources><burst-size>32000</burst-size><queue-size>262144</queue-size></limits>
-<authentication><source-password>benchpw</source-password><admin-password>benchpw</admin-password></authentication>
-<listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
-<paths><logdir>{ice_dir}</logdir><webroot>/usr/share/icecast2/web</webroot></paths>
-<logging><loglevel>1</loglevel></logging><security><chroot>0</chroot>{owner}</security></icecast>""")
-        ice = subprocess.Popen(["icecast2", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               preexec_fn=raise_fd_limit)
-        src = None
-        try:
-            wait_port(port)
-            src = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(mp3),
-                                    "-c", "copy", "-content_type", "audio/mpeg", "-f", "mp3",
-                                    f"icecast://source:benchpw@127.0.0.1:{port}/bench.mp3"])
-            time.sleep(3)
-            if ice.poll() is not None or src.poll() is not None:
-                raise RuntimeError(f"icecast2 or its ffmpeg source exited; see {ice_dir}/error.log")
-            n = min(args.listeners, args.icecast_listeners)
+        n = min(args.listeners, args.icecast_listeners)
+        with running_icecast(mp3, args.listeners + 100, loglevel=1) as (pid, port):  # as bench/stream_bench.py runs it
             say(f"[stream] icecast2: {n} listeners offered at {args.offered_rate:.0f}/s (its listen backlog is 5)")
-            result["icecast2"] = listener_storm("icecast2", ice.pid, port, "/bench.mp3",
+            result["icecast2"] = listener_storm("icecast2", pid, port, "/bench.mp3",
                                                 argparse.Namespace(**{**vars(args), "listeners": n}))
-        finally:
-            for p in (src, ice):
-                if p is not None:
-                    p.terminate()
-                    try:
-                        p.wait(10)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
-            shutil.rmtree(ice_dir, ignore_errors=True)
     v, i = result["veza"]["connects_per_s"], result["icecast2"]["connects_per_s"]
     result["ratio_connects_per_s_vs_icecast"] = round(v / i, 2) if v and i else None
     return result

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +321,15 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 
 def bench_icecast(tmp: Path, mp3: Path, args: argparse.Namespace) -> dict[str, Any]:
+    with running_icecast(mp3, max(args.steps) + 100) as (pid, port):
+        say(f"icecast2: up to {max(args.steps)} listeners at {args.icecast_rate:.0f}/s (its listen backlog is 5)")
+        return ramp("icecast2", pid, port, "/bench.mp3", args.steps, args.icecast_rate, args.window,
+                    args.loadgens, args.server_cpu)
+
+
+@contextlib.contextmanager
+def running_icecast(mp3: Path, clients: int, loglevel: int = 2) -> Iterator[tuple[int, int]]:
+    """icecast2 at its best, fed `mp3` in a loop by ffmpeg, for up to `clients` listeners: (its pid, its port)."""
     port = free_port()
     # icecast2 refuses to run as root and drops to nobody after reading its configuration; its log directory (and
     # every directory above it) must then be reachable by nobody. The benchmark's temporary directory is 0700, which
@@ -330,12 +339,12 @@ def bench_icecast(tmp: Path, mp3: Path, args: argparse.Namespace) -> dict[str, A
     conf = ice_dir / "icecast.xml"
     owner = "<changeowner><user>nobody</user><group>nogroup</group></changeowner>" if os.getuid() == 0 else ""
     # The same burst as the worker's (2 s of 128 kbps), a queue as deep as the worker's drop threshold.
-    conf.write_text(f"""<icecast><hostname>127.0.0.1</hostname><limits><clients>{max(args.steps) + 100}</clients>
+    conf.write_text(f"""<icecast><hostname>127.0.0.1</hostname><limits><clients>{clients}</clients>
 <sources>2</sources><burst-size>32000</burst-size><queue-size>262144</queue-size></limits>
 <authentication><source-password>benchpw</source-password><admin-password>benchpw</admin-password></authentication>
 <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
 <paths><logdir>{ice_dir}</logdir><webroot>/usr/share/icecast2/web</webroot></paths>
-<logging><loglevel>2</loglevel></logging><security><chroot>0</chroot>{owner}</security></icecast>""")
+<logging><loglevel>{loglevel}</loglevel></logging><security><chroot>0</chroot>{owner}</security></icecast>""")
     ice = subprocess.Popen(["icecast2", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            preexec_fn=raise_fd_limit)
     src = None
@@ -351,9 +360,7 @@ def bench_icecast(tmp: Path, mp3: Path, args: argparse.Namespace) -> dict[str, A
         time.sleep(3)
         if ice.poll() is not None or src.poll() is not None:
             raise RuntimeError(f"icecast2 or its ffmpeg source exited; see {ice_dir}/error.log")
-        say(f"icecast2: up to {max(args.steps)} listeners at {args.icecast_rate:.0f}/s (its listen backlog is 5)")
-        return ramp("icecast2", ice.pid, port, "/bench.mp3", args.steps, args.icecast_rate, args.window,
-                    args.loadgens, args.server_cpu)
+        yield ice.pid, port
     finally:
         for p in (src, ice):
             if p is not None:
