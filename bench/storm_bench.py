@@ -211,8 +211,7 @@ def listener_storm(name: str, pid: int, port: int, path: str, args: argparse.Nam
 
 
 def stream_part(args: argparse.Namespace) -> dict[str, Any]:
-    from stream_bench import need_tools, running_icecast, start_veza, stop, write_input
-    from veza_local.services import S3Service
+    from stream_bench import encode_mp3, need_tools, running_icecast, start_veza, stop, track_bucket, write_input
 
     need_tools()
     result: dict[str, Any] = {}
@@ -220,17 +219,10 @@ def stream_part(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(d)
         wav, mp3 = tmp / "input.wav", tmp / "input.mp3"
         write_input(wav, 20)
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k",
-                        "-ar", "48000", "-y", str(mp3)], check=True)
-        s3 = S3Service(tmp / "s3").start()
+        encode_mp3(wav, mp3)
+        s3, s3env = track_bucket(tmp, mp3)
         try:
-            import boto3
-            client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
-                                  aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key)
-            client.create_bucket(Bucket="veza")
-            client.put_object(Bucket="veza", Key="bench/input.mp3", Body=mp3.read_bytes())
-            s3env = {"VEZA_S3_ENDPOINT": s3.url, "VEZA_S3_BUCKET": "veza", "AWS_ACCESS_KEY_ID": s3.access_key,
-                     "AWS_SECRET_ACCESS_KEY": s3.secret_key, **dict(args.stream_env)}
+            s3env.update(args.stream_env)
             spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
                     "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
                     "delivery": {"hls": {"enabled": False}}}

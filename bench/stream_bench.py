@@ -373,6 +373,27 @@ def running_icecast(mp3: Path, clients: int, loglevel: int = 2) -> Iterator[tupl
         shutil.rmtree(ice_dir, ignore_errors=True)
 
 
+def encode_mp3(wav: Path, mp3: Path) -> None:
+    """The listener benchmarks' track: 128 kbps MP3 at 48 kHz, by ffmpeg."""
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k",
+                    "-ar", "48000", "-y", str(mp3)], check=True)
+
+
+def track_bucket(tmp: Path, mp3: Path) -> tuple[Any, dict[str, str]]:
+    """An S3 endpoint (stop it when done) holding `mp3` as `bench/input.mp3`, and the worker's S3 settings for it."""
+    import boto3
+
+    from veza_local.services import S3Service
+
+    s3 = S3Service(tmp / "s3").start()
+    client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
+                          aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key)
+    client.create_bucket(Bucket="veza")
+    client.put_object(Bucket="veza", Key="bench/input.mp3", Body=mp3.read_bytes())
+    return s3, {"VEZA_S3_ENDPOINT": s3.url, "VEZA_S3_BUCKET": "veza", "AWS_ACCESS_KEY_ID": s3.access_key,
+                "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+
+
 def start_veza(tmp: Path, spec: dict[str, Any], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     full = {**os.environ, "VEZA_RESOURCE_NAME": "bench", "VEZA_RESOURCE_SPEC": json.dumps(spec),
@@ -619,7 +640,6 @@ def main() -> int:
     NICE = args.nice
     need_tools()
     raise_fd_limit()
-    from veza_local.services import S3Service
 
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="stream-bench-") as d:
@@ -630,17 +650,9 @@ def main() -> int:
             say(f"1/4 transcoding {args.seconds:.0f} s of audio")
             result["transcode"] = bench_transcode(wav, args.seconds, args.transcode_runs)
         mp3 = tmp / "input.mp3"
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k",
-                        "-ar", "48000", "-y", str(mp3)], check=True)
-        s3 = S3Service(tmp / "s3").start()
+        encode_mp3(wav, mp3)
+        s3, s3env = track_bucket(tmp, mp3)
         try:
-            import boto3
-            client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
-                                  aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key)
-            client.create_bucket(Bucket="veza")
-            client.put_object(Bucket="veza", Key="bench/input.mp3", Body=mp3.read_bytes())
-            s3env = {"VEZA_S3_ENDPOINT": s3.url, "VEZA_S3_BUCKET": "veza", "AWS_ACCESS_KEY_ID": s3.access_key,
-                     "AWS_SECRET_ACCESS_KEY": s3.secret_key}
             if args.profile:
                 profile_veza(tmp, s3env, args)
                 return 0
