@@ -65,16 +65,21 @@ async def _visible(request: web.Request, kind: str, row: asyncpg.Record | None) 
     raise not_found(kind)  # a private resource is not even confirmed to exist
 
 
+def _seen_by_caller(roles_table: str, column: str) -> str:
+    """The condition on a row `t` of a list for the caller whose user id is $1 (NULL when anonymous), so that one
+    query answers whoever asks: what is public, what the caller has a role in, and everything for a platform admin
+    (by the users table, as services.roles.is_admin reads it). Fixed names only."""
+    return (f"(t.visibility = 'public' OR EXISTS (SELECT 1 FROM {roles_table} r WHERE r.{column} = t.name"  # noqa: S608
+            " AND r.user_id = $1) OR EXISTS (SELECT 1 FROM users u WHERE u.id = $1 AND NOT u.disabled"
+            " AND 'admin' = ANY(u.roles)))")
+
+
 async def _rows(request: web.Request, kind: str) -> list[asyncpg.Record]:
     table, roles_table, column, _ = KINDS[kind]
     who = principal(request)
     uid = user_id(who) if who is not None else None
-    # One query whoever asks: a platform admin (by the users table, as services.roles.is_admin reads it) sees
-    # everything, a member what is public and their own.
     return await request.app[API].lists.fetch(
-        f"SELECT * FROM {table} t WHERE t.visibility = 'public' OR EXISTS ("  # noqa: S608 - fixed names
-        f" SELECT 1 FROM {roles_table} r WHERE r.{column} = t.name AND r.user_id = $1) OR EXISTS ("
-        " SELECT 1 FROM users u WHERE u.id = $1 AND NOT u.disabled AND 'admin' = ANY(u.roles)) ORDER BY name", uid)
+        f"SELECT * FROM {table} t WHERE {_seen_by_caller(roles_table, column)} ORDER BY name", uid)  # noqa: S608
 
 
 async def member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
@@ -164,11 +169,9 @@ async def _my_role(request: web.Request, kind: str, name: str) -> str | None:
 # The rooms a caller sees (as `_rows` chooses them) with their listen-along channel only when it is public, in one
 # query and only the columns the list shows: the hottest read of the API.
 ROOM_LIST = (
-    "SELECT t.name, t.title, t.visibility, t.updated_at, c.name AS channel FROM rooms t"
+    "SELECT t.name, t.title, t.visibility, t.updated_at, c.name AS channel FROM rooms t"  # noqa: S608 - fixed names
     " LEFT JOIN channels c ON c.name = t.channel AND c.visibility = 'public'"
-    " WHERE t.visibility = 'public' OR EXISTS ("
-    " SELECT 1 FROM room_roles r WHERE r.room = t.name AND r.user_id = $1) OR EXISTS ("
-    " SELECT 1 FROM users u WHERE u.id = $1 AND NOT u.disabled AND 'admin' = ANY(u.roles)) ORDER BY t.name")
+    f" WHERE {_seen_by_caller(*KINDS['room'][1:3])} ORDER BY t.name")
 
 
 async def list_rooms(request: web.Request) -> web.Response:
