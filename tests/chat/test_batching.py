@@ -7,16 +7,23 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
+from types import SimpleNamespace
 from typing import Any
 
 from tests.support.chat import FAST_SPEC, SERVER_SCHEMA, Chat, ChatClient
+from tests.support.waiting import wait_for
 from veza_chat import protocol as p
-from veza_chat.room import encode
+from veza_chat.room import Client, Encoded, Room, encode, text_frame
 
 
 def event(seq: int, text: str) -> dict[str, Any]:
     return {"seq": seq, "kind": "message", "id": f"id-{seq}", "author": {"id": "u", "name": "U"},
             "ts": 1_764_000_000_000 + seq, "text": text}
+
+
+def ev(seq: int) -> Encoded:
+    return encode(event(seq, f"m{seq}"))
 
 
 def frame_bytes(frame: dict[str, Any]) -> int:
@@ -93,6 +100,97 @@ def test_a_frame_may_fill_the_byte_bound_exactly() -> None:
 def test_only_batch_1_asks_for_batches() -> None:
     assert p.batch_requested({"batch": "1"})
     assert not any(p.batch_requested(q) for q in ({}, {"batch": "0"}, {"batch": "yes"}, {"batch": ""}))
+
+
+# -- the room's groups of batching sockets, alone --------------------------------------------------------------
+
+class Wire:
+    """A socket's transport that keeps what the room writes to it, and when."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.writes: list[float] = []
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.writes.append(time.monotonic())
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def frames(self) -> list[dict[str, Any]]:
+        """The text frames written (unmasked, as the server sends them), parsed."""
+        out, i, data = [], 0, bytes(self.data)
+        while i < len(data):
+            assert data[i] == 0x81
+            n, i = data[i + 1], i + 2
+            if n == 126:
+                n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+            elif n == 127:
+                n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+            out.append(json.loads(data[i:i + n]))
+            i += n
+        return out
+
+    def seqs(self) -> list[int]:
+        return [e["seq"] for f in self.frames() for e in (f["events"] if f["type"] == "events" else [f])]
+
+
+def socket(room: Room, user: str, *, batch: bool = True) -> tuple[Client, Wire]:
+    """A socket joining `room` as a session does: parked (its buffer) until its replay has caught up."""
+    wire = Wire()
+    request = SimpleNamespace(transport=wire, query={"batch": "1"} if batch else {})
+
+    async def send_str(data: str) -> None:  # the replay's frames go through the WebSocket
+        wire.write(text_frame(data))
+
+    client = Client(SimpleNamespace(send_str=send_str), request, user, user, "member")  # type: ignore[arg-type]
+    room.clients.add(client)
+    return client, wire
+
+
+async def test_batching_sockets_are_written_in_groups_in_turn_and_miss_nothing() -> None:
+    """A room's batching sockets in groups (of two here): each group written in its turn, every socket getting
+    every event once, in order, in `events` frames, also those that joined while events streamed and resumed
+    from the start, and whichever group they landed in (groups are added as sockets arrive)."""
+    async def nothing(after: int, upto: int, limit: int) -> list[dict[str, Any]]:
+        return []
+
+    room = Room("r", nothing, batch_group=2)
+    room.start(0)
+    wires: list[Wire] = []
+    single, old = socket(room, "old", batch=False)
+    for k in range(3):
+        client, wire = socket(room, f"b{k}")
+        await room.replay(client, 0)
+        wires.append(wire)
+    await room.replay(single, 0)
+    seq, joined = 0, []
+    for round_ in range(30):
+        room.feed([ev(s) for s in range(seq + 1, seq + 4)])
+        seq += 3
+        if round_ % 6 == 3:  # one joins mid-stream and resumes from the start (its replay comes from L1)
+            client, wire = socket(room, f"j{round_}")
+            joined.append(asyncio.create_task(room.replay(client, 0)))
+            wires.append(wire)
+        await asyncio.sleep(0.004)
+    await asyncio.gather(*joined)
+    assert len(room.clients.groups) == 4 and all(len(g) <= 2 for g in room.clients.groups)
+    await wait_for(lambda: all(len(w.seqs()) >= seq for w in wires), timeout=5)
+    for wire in wires:
+        assert wire.seqs() == list(range(1, seq + 1))
+        assert all(f["type"] == "events" and len(f["events"]) <= p.BATCH_MAX_EVENTS for f in wire.frames())
+    assert old.seqs() == list(range(1, seq + 1)) and all(f["type"] == "event" for f in old.frames())
+    # In turn: the first two sockets share a group, the third has the next one, written at other moments.
+    assert {c.user for c in room.clients.groups[0]} == {"b0", "b1"} and "b2" in {c.user for c in
+                                                                             room.clients.groups[1]}
+    assert not set(wires[0].writes) & set(wires[2].writes)
+    # Events are kept only until every group has been written them.
+    assert not room.coalescing or room.coalescing[0][0] > min(room.clients.positions)
+    await room.stop()
 
 
 # -- against real workers -------------------------------------------------------------------------------------

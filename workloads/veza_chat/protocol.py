@@ -20,9 +20,9 @@ BATCH_QUERY = "batch"
 BATCH_MAX_EVENTS = 256  # events in one `events` frame
 BATCH_MAX_BYTES = 64 * 1024  # bytes of one `events` frame's JSON, unless a single event is larger (it goes alone)
 BATCH_MIN_DELAY = 0.005  # seconds an event waits for others to join its frame, at least...
-# ...and at most: a room's batching sockets are written to again at most this long after the previous write began
-# (unless that write alone took longer).
-BATCH_MAX_DELAY = 0.125
+# ...and at most: each group of a room's batching sockets is written to again at most this long after its previous
+# write began (unless that write alone took longer).
+BATCH_MAX_DELAY = 0.2
 EVENTS_HEAD = b'{"type":"events","events":['
 EVENTS_TAIL = b"]}"
 

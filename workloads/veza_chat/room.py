@@ -43,11 +43,16 @@ SLOW_CONSUMER_BYTES = 4 * 1024 * 1024  # a socket with more unsent data than thi
 L1_SIZE = 4096
 REPLAY_DRAIN_WAIT = 0.05  # seconds between looks at a replaying socket whose unsent data passed SLOW_CONSUMER_BYTES
 DELIVERY_BATCH = 256  # events written to a socket in one go when several are waiting
-# A batched write to every batching socket costs CPU in proportion to the sockets: the next one waits this many times
-# as long, so a hot room's delivery takes about a fifth of a core and a small room's events still leave within
-# milliseconds; but never so long that it begins more than BATCH_MAX_DELAY after the previous one began (on a busy
+# A batched turn costs CPU in proportion to the sockets it writes: the next one waits this many times as long, so a
+# hot room's delivery takes about a ninth of a core and a small room's events still leave within milliseconds; but
+# never so long that a group's next write begins more than BATCH_MAX_DELAY after its previous one began (on a busy
 # machine a write takes longer than its CPU time: the wait shrinks, not the latency bound).
-BATCH_DELAY_FACTOR = 4.0
+BATCH_DELAY_FACTOR = 8.0
+# A room's batching sockets are written in groups of at most this many, one group per turn, each group once per
+# cycle: a room of thousands gets the same writes per socket as one write to all of them per cycle, but spread over
+# the cycle, so the last socket of a turn hears it a few milliseconds after the first, not tens (and its readers are
+# not woken all at once). The latency is the cycle's, which lets the cycle be longer for the same bound.
+BATCH_GROUP = 1000
 # How a system event's frame begins (`{"type":"event","seq":N,"kind":"nowplaying"`): found without parsing.
 SYSTEM_MARK = '"kind":"nowplaying"'
 
@@ -134,35 +139,56 @@ class Client:
 
 class Sockets:
     """The live sockets of a room, those that take one frame per event and those that take batches kept apart, so
-    each delivery walks only its own. A set to everyone else (add, discard, iterate, count)."""
+    each delivery walks only its own; the batching ones in groups of at most `group_size`, written in turn, each
+    with the seq its last write reached (`positions`). A set to everyone else (add, discard, iterate, count)."""
 
-    __slots__ = ("batched", "single")
+    __slots__ = ("group_size", "groups", "positions", "single")
 
-    def __init__(self) -> None:
+    def __init__(self, group_size: int = BATCH_GROUP) -> None:
+        self.group_size = group_size
         self.single: set[Client] = set()
-        self.batched: set[Client] = set()
+        self.groups: list[set[Client]] = [set()]
+        self.positions: list[int] = [0]
+
+    @property
+    def batched(self) -> int:
+        return sum(map(len, self.groups))
 
     def add(self, client: Client) -> None:
-        (self.batched if client.batch else self.single).add(client)
+        if not client.batch:
+            self.single.add(client)
+            return
+        if self.batched >= self.group_size * len(self.groups):
+            # A new group starts where the one furthest behind stands: its next write holds every event any
+            # group still lacks, and a socket takes from it only what its replay did not send.
+            self.groups.append(set())
+            self.positions.append(min(self.positions))
+        min(self.groups, key=len).add(client)
 
     def discard(self, client: Client) -> None:
-        (self.batched if client.batch else self.single).discard(client)
+        if not client.batch:
+            self.single.discard(client)
+            return
+        for group in self.groups:
+            group.discard(client)
 
     def __iter__(self) -> Iterator[Client]:
         yield from self.single
-        yield from self.batched
+        for group in self.groups:
+            yield from group
 
     def __len__(self) -> int:
-        return len(self.single) + len(self.batched)
+        return len(self.single) + self.batched
 
     def __contains__(self, client: object) -> bool:
-        return client in self.single or client in self.batched
+        return client in self.single or any(client in group for group in self.groups)
 
 
 class Room:
     def __init__(self, name: str, fetch_after: FetchAfter, l2_range: RangeCache | None = None, *,
                  clock: Callable[[], float] = time.time, last_committed: LastCommitted | None = None,
-                 on_system: Callable[[str], None] | None = None, replay_after: FetchAfter | None = None) -> None:
+                 on_system: Callable[[str], None] | None = None, replay_after: FetchAfter | None = None,
+                 batch_group: int = BATCH_GROUP) -> None:
         self.name = name
         # Resume reads (may be served by a read replica, never short): gap fills and catch-up use `fetch_after`.
         self.replay_after = replay_after or fetch_after
@@ -173,14 +199,17 @@ class Room:
         self.l2_range = l2_range
         self.delivered = 0
         self.pending: dict[int, Encoded] = {}
-        self.clients = Sockets()
+        self.clients = Sockets(batch_group)
         self.l1: deque[tuple[int, str]] = deque(maxlen=L1_SIZE)
         self.outbox: deque[tuple[int, str, int | None]] = deque()
         self.wake = asyncio.Event()
-        # Batched delivery: events delivered to per-event sockets wait here for the batching sockets' next write.
+        # Batched delivery: events delivered to per-event sockets wait here until every group of batching sockets
+        # has been written them (in seq order; the group whose turn is next is `turn`).
         self.coalescing: list[Encoded] = []
         self.flush_at: asyncio.TimerHandle | None = None
         self.flush_due = False
+        self.flush_every = False  # the next turn writes every group (a frame's worth of events is waiting)
+        self.turn = 0
         self.batch_delay = BATCH_MIN_DELAY
         self.task: asyncio.Task[None] | None = None
         self.gap_task: asyncio.Task[None] | None = None
@@ -277,9 +306,10 @@ class Room:
             while self.outbox or self.flush_due:
                 if self.outbox:
                     batch = [self.outbox.popleft() for _ in range(min(len(self.outbox), DELIVERY_BATCH))]
-                    if self.clients.single or not self.clients.batched:
+                    batching = self.clients.batched
+                    if self.clients.single or not batching:
                         self._deliver(batch)
-                    if self.clients.batched:
+                    if batching:
                         self._coalesce(batch)
                 if self.flush_due:
                     self._flush_batched()
@@ -328,10 +358,11 @@ class Room:
             metrics.FANOUT_SECONDS.observe(max(0.0, self.clock() - oldest / 1000))
 
     def _coalesce(self, batch: list[Encoded]) -> None:
-        """Hold `batch` for the batching sockets' next write: within the room's batch delay, or at once when a
-        frame's worth of events is waiting."""
+        """Hold `batch` for the batching sockets' next writes: a group's turn comes after the room's batch delay,
+        every group's at once when a frame's worth of events is waiting."""
         self.coalescing.extend(batch)
         if len(self.coalescing) >= BATCH_MAX_EVENTS:
+            self.flush_every = True
             self._flush_soon()
         elif self.flush_at is None:
             self.flush_at = asyncio.get_running_loop().call_later(self.batch_delay, self._flush_soon)
@@ -344,13 +375,34 @@ class Room:
         self.wake.set()
 
     def _flush_batched(self) -> None:
-        """Write what coalesced to every batching socket: `events` frames built once from the events' encoded
-        frames, all of them in one write per socket (no await, as in `_deliver`)."""
+        """A turn of the batching sockets: what coalesced since the group's last write (every group's, when a
+        frame's worth was waiting), as `events` frames built once from the events' encoded frames, all of them in
+        one write per socket (no await, as in `_deliver`). Then the next turn is timed."""
         self.flush_due = False
-        items, self.coalescing = self.coalescing, []
-        if not items:
-            return
+        groups, positions = self.clients.groups, self.clients.positions
+        if self.flush_every:
+            self.flush_every = False
+            turns = range(len(groups))
+        else:
+            self.turn %= len(groups)
+            turns = range(self.turn, self.turn + 1)
+            self.turn += 1
         started, cpu = time.perf_counter(), time.thread_time()
+        for g in turns:
+            start = bisect.bisect_right(self.coalescing, positions[g], key=lambda item: item[0])
+            if start < len(self.coalescing):
+                if groups[g]:  # (a group its sockets all left still moves on)
+                    self._write_group(groups[g], self.coalescing[start:])
+                positions[g] = self.coalescing[-1][0]
+        # What every group has been written is no longer needed here.
+        done = bisect.bisect_right(self.coalescing, min(positions), key=lambda item: item[0])
+        del self.coalescing[:done]
+        spent, took = time.thread_time() - cpu, time.perf_counter() - started
+        self.batch_delay = max(BATCH_MIN_DELAY, min(BATCH_DELAY_FACTOR * spent, BATCH_MAX_DELAY / len(groups) - took))
+        if self.coalescing and self.flush_at is None:  # some group has yet to be written these: its turn comes
+            self.flush_at = asyncio.get_running_loop().call_later(self.batch_delay, self._flush_soon)
+
+    def _write_group(self, clients: set[Client], items: list[Encoded]) -> None:
         payloads = [data.encode() for _, data, _ in items]
         seqs = [seq for seq, _, _ in items]
 
@@ -358,9 +410,7 @@ class Room:
             skip = bisect.bisect_right(seqs, last_sent)
             return b"".join(map(text_frame, events_payloads(payloads[skip:]))), len(items) - skip
 
-        self._write(self.clients.batched, items, b"".join(map(text_frame, events_payloads(payloads))), rest)
-        spent, took = time.thread_time() - cpu, time.perf_counter() - started
-        self.batch_delay = max(BATCH_MIN_DELAY, min(BATCH_DELAY_FACTOR * spent, BATCH_MAX_DELAY - took))
+        self._write(clients, items, b"".join(map(text_frame, events_payloads(payloads))), rest)
 
     def drop_slow(self, client: Client) -> None:
         if client.closing:

@@ -65,7 +65,7 @@ class ChatService:
                                  members_key=f"veza:{settings.platform}:room:{self.room_name}:members",
                                  ttl=settings.chat_presence_ttl_seconds)
         assert settings.database_url is not None
-        self.store = Store(settings.database_url, self.room_name)
+        self.store = Store(settings.database_url, self.room_name, hold_writer=not worker.pooled)
         self.room = Room(self.room_name, self._fetch_after, self.cache.range if self.cache else None, clock=self.clock,
                          replay_after=self.store.events_through,
                          last_committed=self.store.last_seq, on_system=self._system_event)
@@ -156,6 +156,8 @@ class ChatService:
         await self.room.stop()
         if self.booted.is_set():
             await self.committer.stop()
+        if self.cache is not None:
+            self.cache.stop()
         await self.fanout.close()
         await self.store.close()
 
@@ -240,8 +242,7 @@ class ChatService:
             self.room.feed(items)
         self.fanout.publish_events(items)
         if self.cache is not None:
-            task = asyncio.get_running_loop().create_task(self.cache.add(items))
-            task.add_done_callback(lambda t: t.exception())
+            self.cache.push(items)
 
     async def history_page(self, before: int | None, after: int | None,
                            limit: int) -> tuple[list[dict[str, Any]], bool]:

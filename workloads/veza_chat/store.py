@@ -12,6 +12,7 @@ through the same ``chat_append``, so they take their seq under the same lock, in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -117,7 +118,8 @@ class Store:
     read router, which sends them to the read replica when it has replayed every write this worker knows of
     (docs/chat-protocol.md, "Read replicas"); everything else reads and writes the primary."""
 
-    def __init__(self, url: str, room: str, *, read_url: str | None = None, max_lag: float = 5.0) -> None:
+    def __init__(self, url: str, room: str, *, read_url: str | None = None, max_lag: float = 5.0,
+                 hold_writer: bool = False) -> None:
         self.url = url
         self.room = room
         self.read_url = read_url
@@ -125,6 +127,11 @@ class Store:
         self.pool: asyncpg.Pool | None = None
         self.router: ReadRouter | None = None
         self.owned = True  # whether close() closes the pool and the router
+        # A room with workers of its own keeps one pool connection for its group commits: a commit through the
+        # pool is two round trips (the pool's reset of the connection on release is the second) and the pool's
+        # bookkeeping, paid by every message. A pool worker's rooms share few connections and borrow one each time.
+        self.hold_writer = hold_writer
+        self.writer: asyncpg.pool.PoolConnectionProxy | None = None
 
     async def open(self, title: str | None = None, visibility: str = "public", *, declare: bool = True,
                    shared: tuple[asyncpg.Pool, ReadRouter] | None = None) -> None:
@@ -144,6 +151,7 @@ class Store:
 
     async def close(self) -> None:
         """Close what this store opened; a shared pool and router belong to the worker."""
+        await self._release_writer()
         if not self.owned:
             self.pool = self.router = None
             return
@@ -168,13 +176,29 @@ class Store:
             raise StoreUnavailable("the database is not connected yet")
         return self.pool
 
+    async def _release_writer(self, *, broken: bool = False) -> None:
+        writer, self.writer = self.writer, None
+        if writer is None or self.pool is None:
+            return
+        if broken:
+            writer.terminate()  # whatever state it is in, it is not reused (the pool opens a fresh one)
+        with contextlib.suppress(Exception):
+            await self.pool.release(writer, timeout=2.0)
+
     async def append(self, ops: list[Op]) -> list[Appended]:
-        try:
-            rows = await self._pool().fetch(
-                APPEND, self.room, [o.kind for o in ops], [o.author for o in ops], [o.author_name for o in ops],
+        args = (APPEND, self.room, [o.kind for o in ops], [o.author for o in ops], [o.author_name for o in ops],
                 [o.cid for o in ops], [o.body for o in ops], [o.reply_to for o in ops], [o.target for o in ops],
                 [o.emoji for o in ops])
+        try:
+            if not self.hold_writer:
+                rows = await self._pool().fetch(*args)
+            else:
+                if self.writer is None:
+                    self.writer = await self._pool().acquire()
+                rows = await self.writer.fetch(*args)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if self.hold_writer:  # the next commit takes a fresh connection
+                await self._release_writer(broken=not isinstance(exc, asyncpg.PostgresError))
             raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
         self.wrote()  # before any ack: the sender's next history read waits for (or skips) a replica behind it
         by_ord = {r["r_ord"]: r for r in rows}
