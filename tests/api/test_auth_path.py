@@ -108,6 +108,21 @@ async def test_limits_hold_per_user_and_per_address_on_every_path(make_api: Serv
     assert [(await again.get("/api/v1/me")).status for _ in range(4)] == [200, 200, 200, 429]
 
 
+async def test_concurrent_requests_each_get_their_own_answer(make_api: ServerFactory) -> None:
+    """Requests served at once share the rate limiter's round trips (`ScriptPipeline`): each still gets its own
+    session's answer and its own account's bucket."""
+    server = await make_api(rate_user_per_second=0.01, rate_user_burst=5)
+    kept = server.client.as_user((await server.client.register_and_login())["access_token"])
+    ended = await Client(server.client.base, server.client.session).register_and_login()
+    gone = Client(server.client.base, server.client.session, ended["access_token"])
+    assert (await kept.get("/api/v1/me")).status == 200  # "active" cached: the next ones read it with the buckets
+    assert (await gone.post("/api/v1/auth/logout")).status == 204
+    replies = await asyncio.gather(*[kept.get("/api/v1/rooms") for _ in range(6)],
+                                   *[gone.get("/api/v1/rooms") for _ in range(4)])
+    assert sorted(r.status for r in replies[:6]) == [200] * 4 + [429] * 2, "4 left of the account's 5"
+    assert {(r.status, r.body["error"]["code"]) for r in replies[6:]} == {(401, "token_revoked")}
+
+
 async def test_redis_down_limits_per_replica_and_asks_postgres(make_api: ServerFactory,
                                                                service_factory: Callable[[type[LocalService]],
                                                                                          LocalService]) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
 
 from veza_core.breaker import CircuitBreaker
-from veza_core.ratelimit import RateLimiter
+from veza_core.ratelimit import BUCKET, GATED, RateLimiter, ScriptPipeline, _Call
 from veza_local.services import LocalService, RedisService
 
 
@@ -43,5 +48,138 @@ async def test_falls_back_locally_when_redis_is_down_and_recovers(
         assert (await limiter.hit("fresh", rate=1, burst=1)).allowed
         assert await client.exists("t2:fresh") == 1, "back on Redis once it returns"
         assert not breaker.is_open
+    finally:
+        await client.aclose()
+
+
+class CountedPipeline(ScriptPipeline):
+    """Records how many calls each round trip carried."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        super().__init__(redis)
+        self.sent: list[int] = []
+
+    async def _send(self, calls: Sequence[_Call]) -> list[Any]:
+        self.sent.append(len(calls))
+        return await super()._send(calls)
+
+
+def take(key: str, burst: float) -> list[Any]:
+    return [0.01, burst, 1, time.time()]
+
+
+async def test_calls_of_one_turn_share_a_round_trip_each_caller_its_reply(redis: RedisService) -> None:
+    client = aioredis.from_url(redis.url)
+    pipeline = CountedPipeline(client)
+    key, gate = f"t{uuid.uuid4().hex[:8]}:k", f"t{uuid.uuid4().hex[:8]}:gate"
+    try:
+        for script in (BUCKET, GATED):
+            await client.script_load(script.text)  # known to Redis: no second pipeline for an unknown script
+        await client.set(gate, b"go")
+        replies = await asyncio.gather(
+            *[pipeline(BUCKET, [key], take(key, 3)) for _ in range(4)],
+            pipeline(GATED, [f"{key}2", gate], [time.time(), 1, b"go", 0.01, 5, 1]),
+            pipeline(BUCKET, [key], take(key, 3)))
+        assert pipeline.sent == [6], "one pipeline for the calls of one turn"
+        # Redis ran them in call order: the bucket of 3 allowed the first three, whatever else was between.
+        assert [r[0] for r in replies[:4]] + [replies[5][0]] == [1, 1, 1, 0, 0]
+        assert replies[4][0] == b"go" and replies[4][1] == 1, "the gated script's own reply"
+    finally:
+        await client.aclose()
+
+
+async def test_calls_made_while_a_pipeline_is_out_go_together_in_the_next(redis: RedisService) -> None:
+    client = aioredis.from_url(redis.url)
+    pipeline = CountedPipeline(client)
+    key = f"t{uuid.uuid4().hex[:8]}:k"
+    try:
+        first = [pipeline(BUCKET, [key], take(key, 5)) for _ in range(2)]
+        await asyncio.sleep(0)  # the first pipeline leaves
+        later = [pipeline(BUCKET, [key], take(key, 5)) for _ in range(4)]
+        replies = await asyncio.gather(*first, *later)
+        assert pipeline.sent == [2, 4]
+        assert [r[0] for r in replies] == [1, 1, 1, 1, 1, 0]
+    finally:
+        await client.aclose()
+
+
+async def test_a_script_error_is_its_callers_alone(redis: RedisService) -> None:
+    """One call failing inside the pipeline (its key holds a string): that caller gets the error and falls back
+    to process memory, the calls before and after it in the same pipeline get Redis's answers."""
+    client = aioredis.from_url(redis.url)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    limiter = RateLimiter(client, prefix=prefix)
+    try:
+        await client.set(f"{prefix}:broken", "not a bucket")
+        pipeline = CountedPipeline(client)
+        calls = [pipeline(BUCKET, [f"{prefix}:{k}"], take(k, 3)) for k in ("ok", "broken", "ok")]
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(replies[1], ResponseError) and [replies[0][0], replies[2][0]] == [1, 1]
+        assert pipeline.sent == [3]
+
+        decisions = await asyncio.gather(*[limiter.hit(k, rate=0.01, burst=2) for k in ("a", "broken", "a", "a")])
+        assert [d.allowed for d in decisions] == [True, True, True, False]
+        assert set(limiter.local.buckets) == {f"{prefix}:broken"}, "the broken key's call alone fell back"
+        assert await client.exists(f"{prefix}:a") == 1
+        assert await client.get(f"{prefix}:broken") == b"not a bucket"
+    finally:
+        await client.aclose()
+
+
+async def test_a_round_trip_lost_mid_pipeline_fails_its_calls_and_those_waiting(
+    service_factory: Callable[[type[LocalService]], LocalService],
+) -> None:
+    """Redis dies with a pipeline out (its server paused, so the replies never come): every call it carried
+    and every call waiting behind it falls back to process memory, each counted by the breaker, and the local
+    bucket takes them in call order."""
+    server = service_factory(RedisService)
+    client = aioredis.from_url(server.url, socket_timeout=5, socket_connect_timeout=0.5)
+    admin = aioredis.from_url(server.url)
+    breaker = CircuitBreaker("t-mid", failure_threshold=100, errors=(RedisError, OSError))
+    limiter = RateLimiter(client, prefix="t-mid", breaker=breaker)
+    try:
+        assert (await limiter.hit("warm", rate=1, burst=1)).allowed  # the pool holds a connection
+        await admin.execute_command("CLIENT", "PAUSE", 10_000, "ALL")
+        out = [asyncio.ensure_future(limiter.hit("k", rate=0.01, burst=4)) for _ in range(5)]
+        await asyncio.sleep(0.3)  # that pipeline is sent; Redis holds it
+        waiting = [asyncio.ensure_future(limiter.hit("k", rate=0.01, burst=4)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert not any(f.done() for f in out + waiting)
+        server.kill()
+        decisions = await asyncio.wait_for(asyncio.gather(*out, *waiting), timeout=10)
+        assert [d.allowed for d in decisions] == [True] * 4 + [False] * 4
+        assert breaker.failures == 8
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_scripts_redis_forgot_are_loaded_again(redis: RedisService) -> None:
+    client = aioredis.from_url(redis.url)
+    pipeline = CountedPipeline(client)
+    key = f"t{uuid.uuid4().hex[:8]}:k"
+    try:
+        assert (await pipeline(BUCKET, [key], take(key, 2)))[0] == 1
+        await client.script_flush()
+        replies = await asyncio.gather(*[pipeline(BUCKET, [key], take(key, 2)) for _ in range(2)])
+        assert [r[0] for r in replies] == [1, 0]
+        assert pipeline.sent == [1, 2, 2], "the pipeline, then the calls Redis did not know, once loaded"
+    finally:
+        await client.aclose()
+
+
+async def test_a_call_cancelled_before_it_is_sent_is_not_sent(redis: RedisService) -> None:
+    client = aioredis.from_url(redis.url)
+    pipeline = CountedPipeline(client)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    try:
+        cancelled = pipeline(BUCKET, [f"{prefix}:gone"], take("", 2))
+        kept = pipeline(BUCKET, [f"{prefix}:kept"], take("", 2))
+        cancelled.cancel()
+        assert (await kept)[0] == 1
+        assert pipeline.sent == [1]
+        assert await client.exists(f"{prefix}:gone") == 0
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
     finally:
         await client.aclose()
