@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
+from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from tests.support.chat import NATS_PASSWORDS as PASSWORDS
@@ -176,3 +177,28 @@ async def test_a_creds_file_sends_its_jwt_and_signs_the_servers_nonce(tmp_path: 
     (connect,) = connects
     assert connect["jwt"] == user_jwt
     key.public_key().verify(base64.b64decode(str(connect["sig"])), nonce.encode())  # raises if it does not verify
+
+
+async def test_a_connection_without_echo_hears_only_what_others_publish(nats: NatsService) -> None:
+    own = await bus.connect(nats.url, name="replica-a", no_echo=True)
+    other = await bus.connect(nats.url, name="replica-b")
+    heard: list[bytes] = []
+    try:
+        async def hear(msg: Msg) -> None:
+            heard.append(msg.data)
+
+        await own.subscribe("veza.test.room.echo.events", cb=hear)
+        await own.flush()  # the server has the subscription before anyone publishes
+        await own.publish("veza.test.room.echo.events", b"mine")
+        await other.publish("veza.test.room.echo.events", b"theirs")
+        await own.flush()
+        await other.flush()
+        for _ in range(50):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # time for "mine" too, were it echoed
+        assert heard == [b"theirs"]
+    finally:
+        await own.close()
+        await other.close()

@@ -65,7 +65,9 @@ class BusLink:
     async def _connect(self) -> None:
         while self.nc is None:
             try:
-                self.nc = await bus.connect(self.url, name=self.name, auth=self.auth)
+                # A replica hears the other replicas' commits and signals on its rooms' subjects; its own would
+                # come back to it, once per commit, only to be dropped.
+                self.nc = await bus.connect(self.url, name=self.name, auth=self.auth, no_echo=True)
             except Exception as exc:
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)

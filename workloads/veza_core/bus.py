@@ -71,10 +71,11 @@ def connect_options(auth: NatsAuth | None) -> dict[str, Any]:
     return options
 
 
-async def connect(url: str, *, name: str, auth: NatsAuth | None = None) -> Client:
+async def connect(url: str, *, name: str, auth: NatsAuth | None = None, no_echo: bool = False) -> Client:
     """Connect with the worker's credentials, then keep reconnecting in the background whenever the server goes
     away. A `tls://` URL (or a server that requires TLS) is verified against `auth.nats_tls_ca`, else the
-    system's CAs."""
+    system's CAs. `no_echo`: the server does not send this connection what it published itself, for a client that
+    subscribes to its own subjects only to hear the others."""
 
     async def disconnected() -> None:
         log.warning("nats disconnected")
@@ -88,7 +89,7 @@ async def connect(url: str, *, name: str, auth: NatsAuth | None = None) -> Clien
     client = Client()
     options: dict[str, Any] = {"reconnect_time_wait": 0.5, **connect_options(auth)}  # nats-py types it int
     await client.connect(
-        url, name=name, max_reconnect_attempts=-1, connect_timeout=2, allow_reconnect=True,
+        url, name=name, max_reconnect_attempts=-1, connect_timeout=2, allow_reconnect=True, no_echo=no_echo,
         disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error, **options,
     )
     return client
