@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import time
@@ -30,6 +29,7 @@ from veza_core import directory
 from veza_core.db import create_pool
 from veza_core.replica import ReadRouter
 from veza_core.tracing import batch_span
+from veza_core.web import settle_heap
 
 from . import metrics
 
@@ -374,21 +374,6 @@ COST_WEIGHT = 0.05  # of the newest commit in the cost model's moving averages
 
 Ack = Callable[[Appended], None]
 Pending = tuple[Op, "asyncio.Future[Appended]", trace.SpanContext, Ack | None]
-_heap_settled = False
-
-
-def settle_heap() -> None:
-    """Once per process, when its first room starts committing: move what booting allocated (modules, clients,
-    the room's state) out of the cyclic collector's reach. A full collection over that heap stopped the worker's
-    loop for 30-160 ms about once a second under durable sends, holding every ack and commit of the moment;
-    afterwards it walks only what was allocated since."""
-    global _heap_settled
-    if not _heap_settled:
-        _heap_settled = True
-        gc.collect()
-        gc.freeze()
-
-
 class CommitCost:
     """Seconds a commit of n events takes, fitted as fixed + per_event * n over the recent commits (least squares
     on exponentially weighted moments: batch sizes vary enough under load to tell the two apart)."""
