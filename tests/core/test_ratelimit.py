@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -64,43 +64,41 @@ class CountedPipeline(ScriptPipeline):
         return await super()._send(calls)
 
 
-def take(key: str, burst: float) -> list[Any]:
+@pytest.fixture
+async def pipeline(redis: RedisService) -> AsyncIterator[CountedPipeline]:
+    client = aioredis.from_url(redis.url)
+    yield CountedPipeline(client)
+    await client.aclose()
+
+
+def take(burst: float) -> list[Any]:
+    """BUCKET's arguments: one token from a bucket of `burst` refilled at 0.01 a second."""
     return [0.01, burst, 1, time.time()]
 
 
-async def test_calls_of_one_turn_share_a_round_trip_each_caller_its_reply(redis: RedisService) -> None:
-    client = aioredis.from_url(redis.url)
-    pipeline = CountedPipeline(client)
+async def test_calls_of_one_turn_share_a_round_trip_each_caller_its_reply(pipeline: CountedPipeline) -> None:
     key, gate = f"t{uuid.uuid4().hex[:8]}:k", f"t{uuid.uuid4().hex[:8]}:gate"
-    try:
-        for script in (BUCKET, GATED):
-            await client.script_load(script.text)  # known to Redis: no second pipeline for an unknown script
-        await client.set(gate, b"go")
-        replies = await asyncio.gather(
-            *[pipeline(BUCKET, [key], take(key, 3)) for _ in range(4)],
-            pipeline(GATED, [f"{key}2", gate], [time.time(), 1, b"go", 0.01, 5, 1]),
-            pipeline(BUCKET, [key], take(key, 3)))
-        assert pipeline.sent == [6], "one pipeline for the calls of one turn"
-        # Redis ran them in call order: the bucket of 3 allowed the first three, whatever else was between.
-        assert [r[0] for r in replies[:4]] + [replies[5][0]] == [1, 1, 1, 0, 0]
-        assert replies[4][0] == b"go" and replies[4][1] == 1, "the gated script's own reply"
-    finally:
-        await client.aclose()
+    for script in (BUCKET, GATED):
+        await pipeline.redis.script_load(script.text)  # known to Redis: no second pipeline for an unknown script
+    await pipeline.redis.set(gate, b"go")
+    replies = await asyncio.gather(
+        *[pipeline(BUCKET, [key], take(3)) for _ in range(4)],
+        pipeline(GATED, [f"{key}2", gate], [time.time(), 1, b"go", 0.01, 5, 1]),
+        pipeline(BUCKET, [key], take(3)))
+    assert pipeline.sent == [6], "one pipeline for the calls of one turn"
+    # Redis ran them in call order: the bucket of 3 allowed the first three, whatever else was between.
+    assert [r[0] for r in replies[:4]] + [replies[5][0]] == [1, 1, 1, 0, 0]
+    assert replies[4][0] == b"go" and replies[4][1] == 1, "the gated script's own reply"
 
 
-async def test_calls_made_while_a_pipeline_is_out_go_together_in_the_next(redis: RedisService) -> None:
-    client = aioredis.from_url(redis.url)
-    pipeline = CountedPipeline(client)
+async def test_calls_made_while_a_pipeline_is_out_go_together_in_the_next(pipeline: CountedPipeline) -> None:
     key = f"t{uuid.uuid4().hex[:8]}:k"
-    try:
-        first = [pipeline(BUCKET, [key], take(key, 5)) for _ in range(2)]
-        await asyncio.sleep(0)  # the first pipeline leaves
-        later = [pipeline(BUCKET, [key], take(key, 5)) for _ in range(4)]
-        replies = await asyncio.gather(*first, *later)
-        assert pipeline.sent == [2, 4]
-        assert [r[0] for r in replies] == [1, 1, 1, 1, 1, 0]
-    finally:
-        await client.aclose()
+    first = [pipeline(BUCKET, [key], take(5)) for _ in range(2)]
+    await asyncio.sleep(0)  # the first pipeline leaves
+    later = [pipeline(BUCKET, [key], take(5)) for _ in range(4)]
+    replies = await asyncio.gather(*first, *later)
+    assert pipeline.sent == [2, 4]
+    assert [r[0] for r in replies] == [1, 1, 1, 1, 1, 0]
 
 
 async def test_a_script_error_is_its_callers_alone(redis: RedisService) -> None:
@@ -112,7 +110,7 @@ async def test_a_script_error_is_its_callers_alone(redis: RedisService) -> None:
     try:
         await client.set(f"{prefix}:broken", "not a bucket")
         pipeline = CountedPipeline(client)
-        calls = [pipeline(BUCKET, [f"{prefix}:{k}"], take(k, 3)) for k in ("ok", "broken", "ok")]
+        calls = [pipeline(BUCKET, [f"{prefix}:{k}"], take(3)) for k in ("ok", "broken", "ok")]
         replies = await asyncio.gather(*calls, return_exceptions=True)
         assert isinstance(replies[1], ResponseError) and [replies[0][0], replies[2][0]] == [1, 1]
         assert pipeline.sent == [3]
@@ -154,32 +152,22 @@ async def test_a_round_trip_lost_mid_pipeline_fails_its_calls_and_those_waiting(
         await admin.aclose()
 
 
-async def test_scripts_redis_forgot_are_loaded_again(redis: RedisService) -> None:
-    client = aioredis.from_url(redis.url)
-    pipeline = CountedPipeline(client)
+async def test_scripts_redis_forgot_are_loaded_again(pipeline: CountedPipeline) -> None:
     key = f"t{uuid.uuid4().hex[:8]}:k"
-    try:
-        assert (await pipeline(BUCKET, [key], take(key, 2)))[0] == 1
-        await client.script_flush()
-        replies = await asyncio.gather(*[pipeline(BUCKET, [key], take(key, 2)) for _ in range(2)])
-        assert [r[0] for r in replies] == [1, 0]
-        assert pipeline.sent == [1, 2, 2], "the pipeline, then the calls Redis did not know, once loaded"
-    finally:
-        await client.aclose()
+    assert (await pipeline(BUCKET, [key], take(2)))[0] == 1
+    await pipeline.redis.script_flush()
+    replies = await asyncio.gather(*[pipeline(BUCKET, [key], take(2)) for _ in range(2)])
+    assert [r[0] for r in replies] == [1, 0]
+    assert pipeline.sent == [1, 2, 2], "the pipeline, then the calls Redis did not know, once loaded"
 
 
-async def test_a_call_cancelled_before_it_is_sent_is_not_sent(redis: RedisService) -> None:
-    client = aioredis.from_url(redis.url)
-    pipeline = CountedPipeline(client)
+async def test_a_call_cancelled_before_it_is_sent_is_not_sent(pipeline: CountedPipeline) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    try:
-        cancelled = pipeline(BUCKET, [f"{prefix}:gone"], take("", 2))
-        kept = pipeline(BUCKET, [f"{prefix}:kept"], take("", 2))
-        cancelled.cancel()
-        assert (await kept)[0] == 1
-        assert pipeline.sent == [1]
-        assert await client.exists(f"{prefix}:gone") == 0
-        with pytest.raises(asyncio.CancelledError):
-            await cancelled
-    finally:
-        await client.aclose()
+    cancelled = pipeline(BUCKET, [f"{prefix}:gone"], take(2))
+    kept = pipeline(BUCKET, [f"{prefix}:kept"], take(2))
+    cancelled.cancel()
+    assert (await kept)[0] == 1
+    assert pipeline.sent == [1]
+    assert await pipeline.redis.exists(f"{prefix}:gone") == 0
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
