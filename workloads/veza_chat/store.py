@@ -374,6 +374,8 @@ COST_WEIGHT = 0.05  # of the newest commit in the cost model's moving averages
 
 Ack = Callable[[Appended], None]
 Pending = tuple[Op, "asyncio.Future[Appended]", trace.SpanContext, Ack | None]
+
+
 class CommitCost:
     """Seconds a commit of n events takes, fitted as fixed + per_event * n over the recent commits (least squares
     on exponentially weighted moments: batch sizes vary enough under load to tell the two apart)."""
