@@ -181,7 +181,28 @@ def take_frames(buf: bytearray, on_text: Callable[[bytearray, int, int], None],
     del buf[:pos]
 
 
-class WsClient(asyncio.Protocol):
+class FrameReader(asyncio.Protocol):
+    """The reading side of a raw WebSocket client: the server's upgrade answer (resolving `ready`), then every
+    whole frame, text frames to `on_text`."""
+
+    buf: bytearray
+    open: bool
+    ready: asyncio.Future[None] | None
+    transport: asyncio.Transport | None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.open:
+            if not take_upgrade(self.buf, self.ready):
+                return
+            self.open = True
+        take_frames(self.buf, self.on_text, self.transport)
+
+    def on_text(self, buf: bytearray, start: int, end: int) -> None:
+        raise NotImplementedError
+
+
+class WsClient(FrameReader):
     def __init__(self, stats: Stats, *, probe: bool = False, sender: bool = False) -> None:
         self.stats = stats
         self.probe = probe
@@ -198,14 +219,6 @@ class WsClient(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("closed during the handshake"))
         self.open = False
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.open:
-            if not take_upgrade(self.buf, self.ready):
-                return
-            self.open = True
-        take_frames(self.buf, self.on_text, self.transport)
 
     def on_text(self, buf: bytearray, start: int, end: int) -> None:
         stats = self.stats

@@ -211,7 +211,7 @@ def listener_storm(name: str, pid: int, port: int, path: str, args: argparse.Nam
 
 
 def stream_part(args: argparse.Namespace) -> dict[str, Any]:
-    from stream_bench import encode_mp3, need_tools, running_icecast, start_veza, stop, track_bucket, write_input
+    from stream_bench import encode_mp3, need_tools, running_icecast, running_veza, track_bucket, write_input
 
     need_tools()
     result: dict[str, Any] = {}
@@ -223,16 +223,9 @@ def stream_part(args: argparse.Namespace) -> dict[str, Any]:
         s3, s3env = track_bucket(tmp, mp3)
         try:
             s3env.update(args.stream_env)
-            spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
-                    "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
-                    "delivery": {"hls": {"enabled": False}}}
-            proc, port = start_veza(tmp, spec, s3env)
-            try:
-                time.sleep(2)
+            with running_veza(tmp, s3env) as (pid, port):
                 say(f"[stream] veza stream: {args.listeners} listeners offered at {args.offered_rate:.0f}/s")
-                result["veza"] = listener_storm("veza", proc.pid, port, "/stream/bench/mp3", args)
-            finally:
-                stop(proc)
+                result["veza"] = listener_storm("veza", pid, port, "/stream/bench/mp3", args)
         finally:
             s3.stop()
         n = min(args.listeners, args.icecast_listeners)
@@ -255,13 +248,13 @@ async def chat_generator(ports: list[int], room: str, tokens_file: str, first: i
     """A load generator process: `count` WebSocket clients (tokens `first`.. of the file), client i on
     `ports[i % len(ports)]`, each reconnecting with `?after=` when its socket closes. Commands: `connect`,
     `mark` (start a measuring window), `report`, `quit`."""
-    from chat_bench import take_frames, take_upgrade, upgrade_request
+    from chat_bench import FrameReader, upgrade_request
 
     loop = asyncio.get_running_loop()
     tokens = Path(tokens_file).read_text().split()[first:first + count] if not bare else [""] * count
     clock = time.time
 
-    class Client(asyncio.Protocol):
+    class Client(FrameReader):
         def __init__(self, index: int, port: int, token: str) -> None:
             self.index, self.port, self.token = index, port, token
             self.probe = index < probes
@@ -313,14 +306,6 @@ async def chat_generator(ports: list[int], room: str, tokens_file: str, first: i
                         self.transport.close()
                     await asyncio.sleep(random.uniform(wait / 2, wait))
                     wait = min(1.0, wait * 2)
-
-        def data_received(self, data: bytes) -> None:
-            self.buf += data
-            if not self.open:
-                if not take_upgrade(self.buf, self.ready):
-                    return
-                self.open = True
-            take_frames(self.buf, self.on_text, self.transport)
 
         def on_text(self, buf: bytearray, start: int, end: int) -> None:
             if buf.startswith(b'{"type":"event"', start):

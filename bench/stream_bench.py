@@ -394,6 +394,24 @@ def track_bucket(tmp: Path, mp3: Path) -> tuple[Any, dict[str, str]]:
                 "AWS_SECRET_ACCESS_KEY": s3.secret_key}
 
 
+# The channel the listener benchmarks serve: the bench track in a loop, one MP3 rendition, progressive only.
+MP3_CHANNEL: dict[str, Any] = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
+                               "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
+                               "delivery": {"hls": {"enabled": False}}}
+
+
+@contextlib.contextmanager
+def running_veza(tmp: Path, env: dict[str, str]) -> Iterator[tuple[int, int]]:
+    """A `veza stream` worker serving MP3_CHANNEL, its first audio out (listeners get a burst at once): (its pid,
+    its port). Stopped with SIGTERM on the way out."""
+    proc, port = start_veza(tmp, MP3_CHANNEL, env)
+    try:
+        time.sleep(2)
+        yield proc.pid, port
+    finally:
+        stop(proc)
+
+
 def start_veza(tmp: Path, spec: dict[str, Any], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     full = {**os.environ, "VEZA_RESOURCE_NAME": "bench", "VEZA_RESOURCE_SPEC": json.dumps(spec),
@@ -424,19 +442,14 @@ def scrape(port: int, name: str) -> float:
 
 
 def bench_veza_listeners(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
-            "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
-            "delivery": {"hls": {"enabled": False}}}
-    proc, port = start_veza(tmp, spec, s3)
-    try:
-        time.sleep(2)
-        say(f"veza stream: up to {max(args.steps)} listeners at {args.veza_rate:.0f}/s")
-        return ramp("veza", proc.pid, port, "/stream/bench/mp3", args.steps, args.veza_rate, args.window,
-                    args.loadgens, args.server_cpu,
-                    metrics=lambda: {"dropped": scrape(port, "veza_stream_listeners_dropped_total")})
-    finally:
-        stop(proc)
-        say("  worker log tail:\n" + "\n".join((tmp / f"veza-{port}.log").read_text().splitlines()[-5:]))
+    with running_veza(tmp, s3) as (pid, port):
+        try:
+            say(f"veza stream: up to {max(args.steps)} listeners at {args.veza_rate:.0f}/s")
+            return ramp("veza", pid, port, "/stream/bench/mp3", args.steps, args.veza_rate, args.window,
+                        args.loadgens, args.server_cpu,
+                        metrics=lambda: {"dropped": scrape(port, "veza_stream_listeners_dropped_total")})
+        finally:
+            say("  worker log tail:\n" + "\n".join((tmp / f"veza-{port}.log").read_text().splitlines()[-5:]))
 
 
 def bench_tracing(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
@@ -448,9 +461,6 @@ def bench_tracing(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> di
     if not (tools_bin_dir() / "jaeger").exists():
         say("tracing: skipped, jaeger is not built (hack/build-tools.sh jaeger)")
         return {"skipped": "jaeger not built"}
-    spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
-            "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
-            "delivery": {"hls": {"enabled": False}}}
     settings = {"off": None, "0": "0", "0.01": "0.01", "1": "1.0"}
     runs: dict[str, list[float]] = {label: [] for label in settings}
     with JaegerService(tmp) as jaeger:
@@ -459,14 +469,10 @@ def bench_tracing(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> di
             traced = {} if ratio is None else {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                 "OTEL_TRACES_SAMPLER_ARG": ratio}
-            proc, port = start_veza(tmp, spec, {**s3, **traced})
-            try:
-                time.sleep(2)
+            with running_veza(tmp, {**s3, **traced}) as (pid, port):
                 say(f"tracing {label}: {args.tracing_listeners} listeners")
-                r = ramp(f"veza, tracing {label}", proc.pid, port, "/stream/bench/mp3", [args.tracing_listeners],
+                r = ramp(f"veza, tracing {label}", pid, port, "/stream/bench/mp3", [args.tracing_listeners],
                          args.veza_rate, args.tracing_window, args.loadgens, args.server_cpu)
-            finally:
-                stop(proc)
             if r["cpu_us_per_listener_s"]:
                 runs[label].append(r["cpu_us_per_listener_s"])
         services = jaeger.services()
@@ -482,10 +488,7 @@ def bench_tracing(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> di
 
 def profile_veza(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> None:
     """py-spy (through `uv tool run`) over the worker serving --profile listeners; the top frames go to stderr."""
-    spec = {"source": {"type": "playlist", "playlist": {"tracks": ["bench/input.mp3"]}},
-            "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
-            "delivery": {"hls": {"enabled": False}}}
-    proc, port = start_veza(tmp, spec, s3)
+    proc, port = start_veza(tmp, MP3_CHANNEL, s3)
     gen = None
     try:
         os.sched_setaffinity(proc.pid, {args.server_cpu})
