@@ -33,7 +33,6 @@ from . import access, inbound, listen, metrics
 from . import protocol as p
 from .cache import RecentCache
 from .fanout import Fanout
-from .limits import BatchedLimiter
 from .presence import Presence
 from .room import Client, Encoded, Room, encode
 from .spec import RoomSpec
@@ -59,7 +58,7 @@ class ChatService:
         self.redis = worker.redis
         breaker = worker.breaker
         prefix = f"veza:{settings.platform}:chat:{self.room_name}"
-        self.limiter = BatchedLimiter(RateLimiter(self.redis, prefix=f"{prefix}:rl", breaker=breaker))
+        self.limiter = RateLimiter(self.redis, prefix=f"{prefix}:rl", breaker=breaker, scripts=worker.scripts)
         self.cache = RecentCache(self.redis, f"{prefix}:recent", breaker) if self.redis is not None else None
         self.presence = Presence(self.redis, prefix, self.worker_id, breaker,
                                  members_key=f"veza:{settings.platform}:room:{self.room_name}:members",

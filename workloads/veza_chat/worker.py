@@ -36,6 +36,7 @@ from veza_core.auth import AUDIENCE_CHAT, TokenVerifier
 from veza_core.breaker import CircuitBreaker
 from veza_core.db import create_pool, migrate
 from veza_core.keys import KeySet
+from veza_core.ratelimit import ScriptPipeline
 from veza_core.replica import ReadRouter, read_url
 from veza_core.web import HttpError
 
@@ -98,6 +99,8 @@ class ChatWorker:
             self.redis = aioredis.Redis(connection_pool=pool)
         # One breaker for every Redis use: once Redis is known down, all of them go local at once.
         self.breaker = CircuitBreaker("chat-redis", errors=(RedisError, OSError))
+        # The rate-limit scripts of every room go to Redis together, on one connection.
+        self.scripts = ScriptPipeline(self.redis) if self.redis is not None else None
         label = "pool" if pooled else settings.resource_name
         self.link = BusLink(settings.nats_url, name=f"veza-chat-{label}-{self.worker_id}",
                             auth=settings) if settings.nats_url else None

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from hiredis import pack_command
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .breaker import CircuitBreaker
 
@@ -161,11 +163,12 @@ class ScriptPipeline:
         self._calls: list[_Call] = []
         self._due = False  # a flush is scheduled
         self._flight: asyncio.Future[None] | None = None  # the pipeline out, if any
+        self._connection: AbstractConnection | None = None
 
     def __call__(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (tests run one per test): what the old one left will never land
-            self._loop, self._calls, self._due, self._flight = loop, [], False, None
+            self._loop, self._calls, self._due, self._flight, self._connection = loop, [], False, None, None
         reply: asyncio.Future[Any] = loop.create_future()
         self._calls.append(_Call(script, keys, args, reply))
         if not self._due and self._flight is None:
@@ -192,8 +195,10 @@ class ScriptPipeline:
             replies = await self._send(calls)
             unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if unknown:
-                for script in {calls[i].script.sha: calls[i].script for i in unknown}.values():
-                    await self.redis.script_load(script.text)
+                texts = {calls[i].script.text for i in unknown}
+                for reply in await self._round_trip([("SCRIPT", "LOAD", text) for text in texts]):
+                    if isinstance(reply, Exception):
+                        raise reply
                 for i, reply in zip(unknown, await self._send([calls[i] for i in unknown]), strict=True):
                     replies[i] = reply
         except BaseException as exc:
@@ -218,10 +223,39 @@ class ScriptPipeline:
                 call.reply.set_result(reply)
 
     async def _send(self, calls: Sequence[_Call]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            return await pipe.execute(raise_on_error=False)
+        return await self._round_trip([("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                                       for call in calls])
+
+    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The commands' replies (an error reply as its exception), in one round trip on the connection this
+        pipeline keeps: one pipeline is in flight at a time, so it is never shared. hiredis packs them; redis-py's
+        pipeline packed each argument in Python and took a connection from the pool and gave it back, more client
+        CPU than the replies."""
+        if self._connection is None:
+            self._connection = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = self._connection
+        packed = b"".join([pack_command(command) for command in commands])
+
+        async def exchange() -> list[Any]:
+            try:
+                await connection.send_packed_command(packed, check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                return replies
+            except BaseException:
+                await connection.disconnect(nowait=True)  # replies may be left unread on it
+                raise
+
+        async def failed(_: Exception) -> None:
+            await connection.disconnect()
+
+        # A connection found closed (Redis restarted) is opened again and the commands sent again, as the client's
+        # retry policy says.
+        return await connection.retry.call_with_retry(exchange, failed)
 
 
 BUCKET = Script(BUCKET_SCRIPT)
@@ -229,12 +263,15 @@ GATED = Script(GATED_SCRIPT)
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis | None, *, prefix: str, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis | None, *, prefix: str, breaker: CircuitBreaker | None = None,
+                 scripts: ScriptPipeline | None = None) -> None:
+        """`scripts`: the pipeline to send through, shared by the limiters of one process (the chat worker's rooms)
+        so that they batch together and keep one Redis connection between them; by default one of its own."""
         self.redis = redis
         self.prefix = prefix
         self.breaker = breaker or CircuitBreaker(f"ratelimit:{prefix}", errors=(RedisError, OSError))
         self.local = _LocalBuckets()
-        self._scripts = ScriptPipeline(redis) if redis is not None else None
+        self._scripts = scripts or (ScriptPipeline(redis) if redis is not None else None)
 
     async def hit(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
         """Take `cost` tokens from the bucket `key` refilled at `rate` per second up to `burst`."""
