@@ -124,6 +124,21 @@ async def messages_counted(url: str, room: str, expected: int) -> None:
     await wait_for(total, timeout=20, interval=0.2, message=f"{expected} messages of {room} counted")
 
 
+async def stats_applied(consumers: Consumers, durable: str) -> None:
+    """Wait until the consumer `durable` has applied every snapshot in the platform's stats stream."""
+    nc = await nats_client.connect(consumers.nats_url)
+    try:
+        js = nc.jetstream()
+        stream = await events.ensure_stats_stream(js, consumers.platform)
+
+        async def applied() -> bool:
+            infos = [await js.consumer_info(stream, f"{durable}-{source}") for source in ("connections", "listeners")]
+            return all((i.num_pending or 0) + (i.num_ack_pending or 0) == 0 for i in infos)
+        await wait_for(applied, timeout=20, interval=0.2, message=f"the stats stream applied by {durable}")
+    finally:
+        await nc.close()
+
+
 async def test_messages_reach_the_store_once_and_a_replay_gives_the_same_numbers(
         postgres: PostgresService, consumers: Consumers, chat: Chat) -> None:
     worker = await chat.serve(chat.settings(platform=consumers.platform))
@@ -158,6 +173,10 @@ async def test_messages_reach_the_store_once_and_a_replay_gives_the_same_numbers
         await conn.close()
     assert counted("messages", "rejected") == rejected
 
+    # The worker publishes its connections every 5 s: stopped, and its last snapshot applied, the streams stay
+    # as they are while the replays below read them.
+    await chat.close()
+    await stats_applied(consumers, analytics.DURABLE)
     # A new consumer reads the streams from the start: into the same store it changes nothing...
     before = await snapshot(url)
     duplicates = counted("messages", "duplicate")

@@ -86,10 +86,10 @@ async def test_two_replicas_under_load_commit_every_send_once_in_order_and_fairl
 
 
 class SlowPerRow(Store):
-    """A PostgreSQL that takes 1 ms per event of a commit (a real one underneath)."""
+    """A PostgreSQL that takes 2 ms per event of a commit (a real one underneath)."""
 
     async def append(self, ops: list[Op]) -> list[Appended]:
-        await asyncio.sleep(0.001 * len(ops))
+        await asyncio.sleep(0.002 * len(ops))
         return await super().append(ops)
 
 
@@ -105,7 +105,9 @@ async def test_a_backlog_goes_out_in_commits_bounded_by_their_cost(postgres: Pos
             await asyncio.gather(*(committer.submit(Op("message", "a", "A", f"w{n}-{i}", body="x"))
                                    for i in range(n)))
         learned = committer.batch_limit()
-        assert MIN_BATCH <= learned <= 80  # ~50 events of 1 ms fit the 50 ms budget
+        # ~25 events of 2 ms fit the 50 ms budget (MIN_BATCH is the floor); up to 80 allows for a slope measured at
+        # a third of its truth, as on a loaded machine a stall in a small commit flattens the fit.
+        assert MIN_BATCH <= learned <= 80
         sizes.clear()
         started = time.monotonic()
         acked: list[int] = []

@@ -81,6 +81,25 @@ async def test_concurrent_sends_on_two_workers_get_gapless_seqs_in_order_everywh
         assert w.events() == list(range(1, 2 * n + 1)), "in order, no gap, no duplicate"
 
 
+async def test_a_sockets_pipelined_operations_take_seqs_in_the_order_they_came(chat: Chat) -> None:
+    """An edit looks its target up before it is queued and a send does not: sent back to back, each would overtake
+    the edit before it were the operations not queued in frame order. A refused frame holds nobody up."""
+    alice = await chat.connect(await chat.worker(), "alice")
+    await alice.send({"type": "send", "cid": "first", "text": "first"})
+    assert (await alice.expect("ack", cid="first"))["seq"] == 1
+    frames = []
+    for i in range(15):
+        frames += [{"type": "edit", "cid": f"edit-{i}", "seq": 1, "text": f"edit {i}"},
+                   {"type": "send", "cid": f"send-{i}", "text": f"send {i}"}]
+    frames.insert(9, {"type": "edit", "cid": "refused", "seq": 999, "text": "no such message"})
+    for frame in frames:
+        await alice.send(frame)
+    assert (await alice.expect("error", cid="refused"))["code"] == "not_found"
+    queued = [f["cid"] for f in frames if f["cid"] != "refused"]
+    seqs = [(await alice.expect("ack", cid=cid))["seq"] for cid in queued]
+    assert seqs == list(range(2, 2 + len(queued))), dict(zip(queued, seqs, strict=True))
+
+
 async def test_history_over_rest_and_socket(chat: Chat) -> None:
     a = await chat.worker()
     alice = await chat.connect(a, "alice")

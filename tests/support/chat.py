@@ -274,6 +274,8 @@ class Chat:
             w.terminate()
         for ip in self.in_process:
             await ip.stop()
+        self.clients.clear()  # closed, and stopped: a second close has nothing to do with them
+        self.in_process.clear()
         for w in self.workers:
             if w.proc is not None:
                 try:
@@ -285,8 +287,8 @@ class Chat:
 class SteadySender:
     """A client that keeps sending while its room moves: on a close it reconnects (`connect(after)`: wherever the
     room lives now), resumes after the last seq it saw, and resends its unacknowledged send under the same cid —
-    what docs/chat-protocol.md asks of clients. A refused handshake (503 while the room moves, or 404/502 while a
-    front door catches up) is retried for up to `retry_for` seconds."""
+    what docs/chat-protocol.md asks of clients. A refused handshake (503 while the room moves, or 404/502/504 while
+    a front door catches up: 504 when its connection to a worker just removed times out) is retried for up to `retry_for` seconds."""
 
     def __init__(self, user: str, connect: Callable[[int], Awaitable[ChatClient]], *, retry_for: float = 30.0) -> None:
         self.user, self.connect, self.retry_for = user, connect, retry_for
@@ -305,7 +307,7 @@ class SteadySender:
             try:
                 return await self.connect(self.seen[-1] if self.seen else 0)
             except aiohttp.WSServerHandshakeError as exc:
-                if exc.status not in (404, 502, 503) or time.monotonic() > deadline:
+                if exc.status not in (404, 502, 503, 504) or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.05)
 

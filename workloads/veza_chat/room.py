@@ -80,8 +80,8 @@ def text_frame(data: str | bytes) -> bytes:
 
 
 class Client:
-    __slots__ = ("batch", "buffer", "close_task", "closing", "inflight", "last_read", "last_sent", "last_typing",
-                 "name", "outq", "role", "session", "transport", "user", "ws")
+    __slots__ = ("batch", "buffer", "close_task", "closing", "inflight", "last_op", "last_read", "last_sent",
+                 "last_typing", "name", "outq", "role", "session", "transport", "user", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, user: str, name: str, role: str,
                  session: str | None = None) -> None:
@@ -101,6 +101,9 @@ class Client:
         # waits for it before returning, so the close frame goes out before the connection ends.
         self.close_task: asyncio.Task[Any] | None = None
         self.inflight: set[asyncio.Task[Any]] = set()
+        # Done once the newest sequenced frame's operation is in the commit queue (or refused): the next one waits
+        # for it there, so a socket's operations take their seqs in the order its frames came.
+        self.last_op: asyncio.Future[None] | None = None
         self.last_typing: tuple[bool, float] = (False, 0.0)  # (active, monotonic time) of the last one relayed
         self.last_read = -1
         self.outq: list[bytes] = []  # frames written together at the end of this loop iteration

@@ -135,27 +135,48 @@ class Session:
             await self._sequenced(frame, received)
 
     async def _sequenced(self, frame: dict[str, Any], received: float) -> None:
+        # Frames are validated concurrently (a rate limit, a target's lookup) but queued for commit in the order
+        # they came: a socket's operations take their seqs in that order.
+        client = self.client
+        previous, mine = client.last_op, asyncio.get_running_loop().create_future()
+        client.last_op = mine
+        try:
+            result = await self._queued(frame, received, previous)
+        finally:
+            if previous is None or previous.done():
+                mine.set_result(None)
+            else:  # refused before its predecessor was queued: its successor still waits for that one
+                previous.add_done_callback(lambda _: mine.set_result(None))
+        if result is None:
+            return
+        try:
+            await result
+        except StoreUnavailable as exc:
+            await self.error(p.STORE_UNAVAILABLE, f"not stored, retry with the same cid: {exc}", cid=frame["cid"])
+
+    async def _queued(self, frame: dict[str, Any], received: float,
+                      previous: asyncio.Future[None] | None) -> asyncio.Future[Appended] | None:
+        """The frame's operation in the commit queue, after its predecessor's; None when refused."""
         cid = frame["cid"]
         try:
             op = await self.validate_op(frame)
         except p.FrameError as exc:
             await self.error(exc.code, exc.message, cid=cid)
-            return
+            return None
         except StoreUnavailable as exc:
             await self.error(p.STORE_UNAVAILABLE, f"the database is unavailable: {exc}", cid=cid)
-            return
+            return None
         if op is None:
-            return
+            return None
 
         def ack(result: Appended) -> None:  # called by the committer as the commit returns (no wake-up per send)
             self.client.send_soon(p.dumps({"type": "ack", "cid": cid, "seq": result.seq, "id": result.id,
                                            "duplicate": result.duplicate}))
             metrics.ACK_SECONDS.observe(time.monotonic() - received)
 
-        try:
-            await self.service.committer.submit(op, ack)
-        except StoreUnavailable as exc:
-            await self.error(p.STORE_UNAVAILABLE, f"not stored, retry with the same cid: {exc}", cid=cid)
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))  # not `await previous`: a cancelled wait must not cancel it
+        return self.service.committer.enqueue(op, ack)
 
     async def validate_op(self, frame: dict[str, Any]) -> Op | None:
         """The operation to commit; FrameError when refused, None when a limit answered already."""

@@ -444,11 +444,15 @@ class GroupCommitter:
         return max(MIN_BATCH, int(self.budget / per_event))
 
     async def submit(self, op: Op, ack: Ack | None = None) -> Appended:
+        return await self.enqueue(op, ack)
+
+    def enqueue(self, op: Op, ack: Ack | None = None) -> asyncio.Future[Appended]:
+        """`op` in the queue now, in call order; the future is its result."""
         fut: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         self.queue.append((op, fut, trace.get_current_span().get_span_context(), ack))
         self.idle.clear()
         self.wake.set()
-        return await fut
+        return fut
 
     async def _run(self) -> None:
         while True:
