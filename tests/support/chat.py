@@ -288,7 +288,8 @@ class SteadySender:
     """A client that keeps sending while its room moves: on a close it reconnects (`connect(after)`: wherever the
     room lives now), resumes after the last seq it saw, and resends its unacknowledged send under the same cid —
     what docs/chat-protocol.md asks of clients. A refused handshake (503 while the room moves, or 404/502/504 while
-    a front door catches up: 504 when its connection to a worker just removed times out) is retried for up to `retry_for` seconds."""
+    a front door catches up: 504 when its connection to a worker just removed times out) is retried for up to
+    `retry_for` seconds."""
 
     def __init__(self, user: str, connect: Callable[[int], Awaitable[ChatClient]], *, retry_for: float = 30.0) -> None:
         self.user, self.connect, self.retry_for = user, connect, retry_for
