@@ -11,13 +11,14 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support.chat import Chat, ChatClient
+from tests.support.chat import Chat, ChatClient, ChatWorker
 from tests.support.waiting import wait_for
-from veza_local.services import LocalService, NatsService, PostgresService, RedisService
+from veza_local.services import LocalService, NatsService, PostgresService, RedisService, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -205,6 +206,29 @@ async def test_postgres_down_sends_refused_never_acked_then_recover(
 
     ack = await wait_for(retried_and_acked, timeout=20, interval=0.5, message="the retried send acked")
     assert ack["seq"] == 2
+
+
+async def test_a_worker_yet_to_reach_its_database_answers_its_room_503_not_ready(
+        chat_factory: Callable[..., Chat], nats: NatsService, redis: RedisService) -> None:
+    """A restarted worker listens before it has reached PostgreSQL: its room is 503 `not_ready` (retry) meanwhile,
+    never 404, which a client takes for a room that does not exist; another room is 404."""
+    chat = chat_factory(VEZA_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/veza",
+                        VEZA_NATS_URL=nats.url, VEZA_REDIS_URL=redis.url)
+    worker = ChatWorker(chat.env(), chat.tmp / "booting.log").start()
+    chat.workers.append(worker)
+    async with aiohttp.ClientSession() as http:
+
+        async def answer(room: str) -> tuple[int, str] | None:
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with http.get(f"{worker.url}/chat/{room}/history") as resp:
+                    return resp.status, (await resp.json())["error"]["code"]
+            return None
+
+        assert await wait_for(lambda: answer(chat.room), timeout=30, message="the worker listening") \
+            == (503, "not_ready"), worker.log()
+        assert await answer("elsewhere") == (404, "room_not_found")
+        assert "database not reachable yet, retrying" in worker.log()
+        assert await answer(chat.room) == (503, "not_ready")
 
 
 async def test_sigterm_closes_with_1012_after_acking_in_flight_sends(chat: Chat) -> None:

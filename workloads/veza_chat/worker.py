@@ -186,10 +186,11 @@ class ChatWorker:
             raise HttpError(503, p.SHUTTING_DOWN, "the worker is restarting; reconnect")
         service = self.rooms.get(name)
         if service is None:
+            ours = self.pooled or name == self.settings.resource_name
+            if ours and not self.booted.is_set():  # a dedicated worker adds its room once it reached the database
+                raise HttpError(503, "not_ready", "the worker is starting")
             if not self.pooled:
                 raise HttpError(404, "room_not_found", "this worker does not serve that room")
-            if not self.booted.is_set():
-                raise HttpError(503, "not_ready", "the worker is starting")
             service = await self._open_pooled(name)
         service.check_serving()
         service.touched = time.monotonic()
