@@ -10,7 +10,7 @@ import av
 import pytest
 
 from veza_stream import fmp4, ogg, opus
-from veza_stream.hls import Segmenter
+from veza_stream.hls import Segment, Segmenter
 from veza_stream.spec import Rendition
 from veza_stream.transcoder import Chunk, OpusOgg
 
@@ -98,3 +98,22 @@ def test_segments_of_an_opus_stream_are_fmp4_on_one_timeline() -> None:
     assert all(b == a + d for (a, d), (b, _) in itertools.pairwise(times))
     assert len(times) == 50 * len(segments)
     assert fmp4.init_segment(ogg.PacketReader().feed(encoder.header())[0]) == segments[0].init
+
+
+def test_a_replica_joining_mid_segment_lists_only_segments_the_others_list_alike() -> None:
+    """A follower starts a few frames into segment 2 (less than a tenth of it missing): it lists no segment 2,
+    since the leader's segment 2 has those frames; from 3 on both list the same bytes at the same time."""
+    frame = 1152  # samples of one MP3 frame
+    chunks = [Chunk(i.to_bytes(4, "big"), i * frame, frame) for i in range(200)]
+    first_of_2 = next(i for i, c in enumerate(chunks) if c.pts // 48000 == 2)
+
+    def listed(start: int) -> dict[int, Segment]:
+        segmenter = Segmenter("mp3", 1.0, keep=10, stream_time=lambda pts: 1_700_000_000 + pts / 48000)
+        segmenter.feed(chunks[start:])
+        return {s.sequence: s for s in segmenter.segments}
+
+    leader, follower = listed(0), listed(first_of_2 + 2)
+    assert 0 in leader and min(follower) == 3
+    for sequence in follower:
+        assert (follower[sequence].data, follower[sequence].program_time) == \
+            (leader[sequence].data, leader[sequence].program_time)

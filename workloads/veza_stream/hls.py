@@ -227,8 +227,10 @@ class Segmenter:
                           self.stream_time(pieces[0].pts) if self.stream_time is not None else None)
         if self._joined:
             self._joined = False
-            if segment.duration < 0.9 * self.target_seconds:
-                return  # its start happened before this segmenter began: incomplete, never listed
+            if pieces[0].pts != self._index * self.target:
+                # It may have begun before this segmenter did. A replica lists a sequence only as every other
+                # replica does, so this one, perhaps a few frames short, is never listed.
+                return
         self._discontinuity = False
         self.segments.append(segment)
         if self.on_segment:
