@@ -77,16 +77,16 @@ class ListQuery(NamedTuple):
     user: str
 
 
-def _list_query(select: str, kind: str, order: str) -> ListQuery:
-    """`select` (over the resource table as `t`) restricted to what the caller sees: what is public; for a user also
-    what they have a role in, and everything for a platform admin (by the users table, as services.roles.is_admin
-    reads it). Fixed names only."""
+def _list_query(select: str, kind: str) -> ListQuery:
+    """`select` (over the resource table as `t`) restricted to what the caller sees, by name: what is public; for a
+    user also what they have a role in, and everything for a platform admin (by the users table, as
+    services.roles.is_admin reads it). Fixed names only."""
     _, roles_table, column, _ = KINDS[kind]
     seen_by_user = (f"t.visibility = 'public' OR EXISTS (SELECT 1 FROM {roles_table} r WHERE r.{column} = t.name"  # noqa: S608
                     " AND r.user_id = $1) OR EXISTS (SELECT 1 FROM users u WHERE u.id = $1 AND NOT u.disabled"
                     " AND 'admin' = ANY(u.roles))")
-    return ListQuery(f"{select} WHERE t.visibility = 'public' ORDER BY {order}",
-                     f"{select} WHERE {seen_by_user} ORDER BY {order}")
+    return ListQuery(f"{select} WHERE t.visibility = 'public' ORDER BY t.name",
+                     f"{select} WHERE {seen_by_user} ORDER BY t.name")
 
 
 async def _list(request: web.Request, query: ListQuery) -> list[asyncpg.Record]:
@@ -95,7 +95,7 @@ async def _list(request: web.Request, query: ListQuery) -> list[asyncpg.Record]:
     return await (lists.fetch(query.public) if who is None else lists.fetch(query.user, user_id(who)))
 
 
-CHANNEL_LIST = _list_query("SELECT * FROM channels t", "channel", "t.name")
+CHANNEL_LIST = _list_query("SELECT * FROM channels t", "channel")
 
 
 async def member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
@@ -185,7 +185,7 @@ async def _my_role(request: web.Request, kind: str, name: str) -> str | None:
 # The rooms a caller sees with their listen-along channel only when it is public, in one query and only the columns
 # the list shows: the hottest read of the API.
 ROOM_LIST = _list_query("SELECT t.name, t.title, t.visibility, t.updated_at, c.name AS channel FROM rooms t"
-                        " LEFT JOIN channels c ON c.name = t.channel AND c.visibility = 'public'", "room", "t.name")
+                        " LEFT JOIN channels c ON c.name = t.channel AND c.visibility = 'public'", "room")
 
 
 async def list_rooms(request: web.Request) -> web.Response:
