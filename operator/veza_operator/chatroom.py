@@ -70,8 +70,12 @@ async def place_room(ctx: Context, key: Key, body: dict[str, Any], spec: WorkerS
     deployment = ctx.store.children.get(("Deployment", namespace, worker_name("chat", name)))
     ready = deployment is not None and workers_health(deployment, spec.replicas, "chat worker").ready
     declared = ctx.directory.declared_placement(key) if ctx.directory is not None else None
+    since = parse_time(changed_at)
+    settle = placement.FRONT_DOOR_SETTLE_SECONDS - (now - since).total_seconds() if since is not None else 0.0
     state = placement.next_state(current, target, dedicated_ready=ready, declared_pooled=declared == "pooled",
-                                 has_dedicated=deployment is not None)
+                                 has_dedicated=deployment is not None, route_settled=settle <= 0)
+    if state == current == "Demoting" and settle > 0:
+        ctx.requeue(key, settle)  # no watch event marks the end of the front door's settle time
     if state != current:
         changed_at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         ctx.requeue(("VezaPlatform", namespace, platform_name), 1.0)  # the pool's room count
@@ -101,8 +105,9 @@ async def place_room(ctx: Context, key: Key, body: dict[str, Any], spec: WorkerS
                                              "until they are ready."))
     if state == "Demoting":
         return Placed(dedicated=True, status=status, route_to=shard_service,
-                      progress=("Demoting", "Waiting for the platform's API to list the room as pooled; its own "
-                                            "workers serve it until then."))
+                      progress=("Demoting", "Waiting for the platform's API to list the room as pooled and for "
+                                            "the front door to take its route back; its own workers serve it "
+                                            "until then."))
     return Placed(dedicated=True, status=status)
 
 

@@ -12,8 +12,9 @@ A move goes through a state kept in the room's status (`status.placement`):
 
 The directory (which the workers read) says "dedicated" only once the room is Dedicated, so the
 pool serves the room until its own workers are Ready; on the way back the directory says "pooled"
-first and the dedicated workers go only once the API holds that. The room's one route leads to its pool
-shard (`pool_shard`) in every state but Dedicated. Everything here is pure.
+first and the dedicated workers go only once the API holds that and the front door has had
+`FRONT_DOOR_SETTLE_SECONDS` to take the route back. The room's one route leads to its pool shard
+(`pool_shard`) in every state but Dedicated. Everything here is pure.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ SpecPlacement = Literal["Auto", "Dedicated", "Pooled"]
 Target = Literal["Pooled", "Dedicated"]
 State = Literal["Pooled", "Promoting", "Dedicated", "Demoting"]
 STATES: tuple[State, ...] = ("Pooled", "Promoting", "Dedicated", "Demoting")
+
+# An ingress controller applies a changed route a moment after the API has it (Traefik gathers its provider's
+# changes for 2 s by default). The room's own workers outlive the switch by this much, so that the clients they
+# close reconnect through the new route, not to a pod just gone (refused: 502; a vanished address: the
+# controller's dial timeout, then 504).
+FRONT_DOOR_SETTLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -84,12 +91,13 @@ def desired_placement(spec: SpecPlacement, status_placement: State | None, load:
 
 
 def next_state(current: State | None, target: Target, *, dedicated_ready: bool, declared_pooled: bool,
-               has_dedicated: bool) -> State:
+               has_dedicated: bool, route_settled: bool) -> State:
     """One step of a move towards `target`.
 
     `dedicated_ready`: the room's own Deployment has all its replicas ready; `declared_pooled`: the API's
     directory holds the room as pooled; `has_dedicated`: the room has a Deployment (a room from before
-    placements existed has one and no state: it is demoted, not dropped).
+    placements existed has one and no state: it is demoted, not dropped); `route_settled`: the room has been
+    Demoting, its route back on its shard, for `FRONT_DOOR_SETTLE_SECONDS`.
     """
     if current is None:
         if target == "Pooled" and has_dedicated:
@@ -101,7 +109,7 @@ def next_state(current: State | None, target: Target, *, dedicated_ready: bool, 
         return "Dedicated" if current == "Promoting" and dedicated_ready else "Promoting"
     if current in ("Pooled", "Promoting"):  # a promotion not finished is called off: the pool still serves
         return "Pooled"
-    return "Pooled" if current == "Demoting" and declared_pooled else "Demoting"
+    return "Pooled" if current == "Demoting" and declared_pooled and route_settled else "Demoting"
 
 
 def has_dedicated_workers(state: State) -> bool:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,10 +114,15 @@ async def test_a_room_moves_to_its_own_workers_and_back_under_steady_sends(platf
     await moved_under_load(platform.database_url, room, senders, moved_to("Dedicated"), before=3.0, after=3.0)
     own = json.loads(platform.kubectl("get", "deployment", f"chat-{room}", "-o", "json"))
     assert (own.get("status") or {}).get("readyReplicas", 0) >= 1  # the room's own workers served it
+    refused = {"Dedicated": sum((s.handshake_refusals for s in senders), Counter())}
     for s in senders:
         s.stop.clear()
         s.reconnects = 0
+        s.handshake_refusals.clear()
     await moved_under_load(platform.database_url, room, senders, moved_to("Pooled"), before=3.0, after=3.0)
     await asyncio.to_thread(platform.kubectl, "wait", "--for=delete", f"deployment/chat-{room}", "--timeout=120s")
+    refused["Pooled"] = sum((s.handshake_refusals for s in senders), Counter())
+    # Refused reconnects, by status: 404 while the front door has yet to load a new room's route, 503 `room_moved`
+    # from the pool after a promotion; none expected on a demotion (its workers outlive the route's switch).
     print(f"moves: to Dedicated {timings['Dedicated']:.1f} s, back to Pooled {timings['Pooled']:.1f} s; longest "
-          f"wait for an ack {max(s.max_gap for s in senders):.1f} s")
+          f"wait for an ack {max(s.max_gap for s in senders):.1f} s; refused reconnects {refused}")

@@ -41,11 +41,12 @@ from veza_core.specs import ChatRoomSpec
 from veza_local.controlplane import wait_for
 from veza_local.services import NatsService, PostgresService, RedisService
 from veza_operator import platform as platform_mod
-from veza_operator.chatroom import CHAT_WORKERS, place_room
+from veza_operator.chatroom import CHAT_WORKERS, parse_time, place_room
 from veza_operator.controller import Context, Store
 from veza_operator.models import ChatAutopilot, ChatPool, VezaPlatformSpec
 from veza_operator.naming import Owner
 from veza_operator.placement import (
+    FRONT_DOOR_SETTLE_SECONDS,
     RoomLoad,
     declared,
     desired_placement,
@@ -138,8 +139,10 @@ def test_autopilot_bounds() -> None:
 
 # -- next_state: the moves ---------------------------------------------------------------------------
 
-def step(current: Any, target: Any, *, ready: bool = False, pooled: bool = False, has: bool = False) -> str:
-    return next_state(current, target, dedicated_ready=ready, declared_pooled=pooled, has_dedicated=has)
+def step(current: Any, target: Any, *, ready: bool = False, pooled: bool = False, has: bool = False,
+         settled: bool = True) -> str:
+    return next_state(current, target, dedicated_ready=ready, declared_pooled=pooled, has_dedicated=has,
+                      route_settled=settled)
 
 
 def test_a_new_room_starts_where_it_should_be() -> None:
@@ -163,6 +166,12 @@ def test_demotion_waits_for_the_directory() -> None:
     assert step("Demoting", "Pooled", ready=True, has=True) == "Demoting"
     assert step("Demoting", "Pooled", ready=True, has=True, pooled=True) == "Pooled"
     assert step("Pooled", "Pooled", pooled=True) == "Pooled"
+
+
+def test_demotion_lets_the_front_door_take_the_route_back_before_the_rooms_workers_go() -> None:
+    assert step("Demoting", "Pooled", ready=True, has=True, pooled=True, settled=False) == "Demoting"
+    assert step("Demoting", "Pooled", ready=True, has=True, pooled=True, settled=True) == "Pooled"
+    assert step("Demoting", "Dedicated", ready=True, has=True, pooled=True, settled=False) == "Dedicated"
 
 
 def test_a_move_called_off_goes_back_to_where_the_room_is_served() -> None:
@@ -542,10 +551,19 @@ def test_switching_pooled_dedicated_pooled_creates_then_prunes_through_the_direc
         wait_condition(kube, "chatroom", "hall", ns, reason="WorkersReady")
         assert any(e["reason"] == "Promoted" for e in events_of(kube, ns, "hall"))
 
-        # Dedicated -> Pooled: the directory says pooled first, then its own workers go.
+        # Dedicated -> Pooled: the route and the directory go back to the pool first; its own workers go once the
+        # front door has had its settle time to take the route.
         kube.apply(room(ns, "hall", placement="Pooled", title="Hall"))
-        wait_for(lambda: (kube.get("chatroom", "hall", ns) or {})["status"].get("placement") == "Pooled",
-                 timeout=60, message="the room pooled again")
+        demoting = wait_for(lambda: (found := kube.get("chatroom", "hall", ns)) and
+                            found["status"].get("placement") == "Demoting" and found["status"], timeout=60,
+                            message="the room demoting")
+        assert route_backend(kube, ns, "hall") == "demo-chat-pool"
+        assert "deployment" in room_objects(kube, ns, "hall")
+        pooled = wait_for(lambda: (found := kube.get("chatroom", "hall", ns)) and
+                          found["status"].get("placement") == "Pooled" and found["status"], timeout=60,
+                          message="the room pooled again")
+        held = parse_time(pooled["placementChangedAt"]) - parse_time(demoting["placementChangedAt"])
+        assert held.total_seconds() >= FRONT_DOOR_SETTLE_SECONDS, (demoting, pooled)
         assert (listed_room(base, token, "hall") or {}).get("placement") == "pooled"
         assert route_backend(kube, ns, "hall") == "demo-chat-pool"
         wait_for(lambda: room_objects(kube, ns, "hall") == ["ingress"], timeout=30, message="its own objects pruned")

@@ -5,6 +5,7 @@ frame it sends or receives against docs/schemas/chat/v1, and the test constants.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -288,8 +289,8 @@ class SteadySender:
     """A client that keeps sending while its room moves: on a close it reconnects (`connect(after)`: wherever the
     room lives now), resumes after the last seq it saw, and resends its unacknowledged send under the same cid —
     what docs/chat-protocol.md asks of clients. A refused handshake (503 while the room moves, or 404/502/504 while
-    a front door catches up: 504 when its connection to a worker just removed times out) is retried for up to
-    `retry_for` seconds."""
+    a front door has yet to apply a changed route: 404 for a route not loaded yet, 502 or 504 for a worker just
+    gone) is retried for up to `retry_for` seconds, and counted by status in `handshake_refusals`."""
 
     def __init__(self, user: str, connect: Callable[[int], Awaitable[ChatClient]], *, retry_for: float = 30.0) -> None:
         self.user, self.connect, self.retry_for = user, connect, retry_for
@@ -299,6 +300,7 @@ class SteadySender:
         self.sent = 0
         self.close_codes: list[int | None] = []
         self.refusals: list[str] = []
+        self.handshake_refusals: collections.Counter[int] = collections.Counter()  # by status
         self.max_gap = 0.0  # longest time without an ack while sending
         self.stop = asyncio.Event()
 
@@ -308,6 +310,7 @@ class SteadySender:
             try:
                 return await self.connect(self.seen[-1] if self.seen else 0)
             except aiohttp.WSServerHandshakeError as exc:
+                self.handshake_refusals[exc.status] += 1
                 if exc.status not in (404, 502, 503, 504) or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.05)
