@@ -300,8 +300,12 @@ async def reconcile_platform(ctx: Context, key: Key) -> None:
 
     secret_name = wiring.keys_secret_name(name, spec)
     status["keysSecret"] = secret_name
-    if spec.auth.keysSecretName is None and previous.get("keysSecret") != secret_name:
-        # First reconcile (or the name changed): generate the keys unless they exist. Never overwritten.
+    first = previous.get("keysSecret") != secret_name  # first reconcile, or the name changed
+    # Or the keys went missing: a platform deleted and applied again at once finds its predecessor's keys, which
+    # the garbage collector removes after this create was refused as a conflict.
+    vanished = ready_reason(previous.get("conditions")) == ("False", "SecretNotFound")
+    if spec.auth.keysSecretName is None and (first or vanished):
+        # Generated unless they exist; never overwritten.
         await ctx.client.create(keys_secret(owner, secret_name, datetime.now(UTC).replace(microsecond=0)))
 
     if images.recorded is not None:

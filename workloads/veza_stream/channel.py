@@ -70,6 +70,7 @@ class Channel:
         self.fallback = PlaylistSource(fb.tracks, fetch, shuffle=fb.shuffle, name="fallback") if fb.tracks else None
         self.headers: dict[str, bytes] = {}  # the codec header of each rendition's current stream
         self.title = ""
+        self.on_air = "silence"  # the source of the audio last encoded here (the leader's)
         self.title_changed_at = time.time()
         self.pump: Pump | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -114,10 +115,10 @@ class Channel:
             for hook in self.on_segment:
                 hook(rendition, segment)
 
-    def _from_pump(self, batch: Batch, title: str) -> None:
+    def _from_pump(self, batch: Batch, title: str, source: str) -> None:
         assert self.loop is not None
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            self.loop.call_soon_threadsafe(self._encoded, batch, title)
+            self.loop.call_soon_threadsafe(self._encoded, batch, title, source)
 
     def stream_time(self, pts: int) -> float | None:
         """When the encoder produced the sample at `pts` (Unix seconds), once known."""
@@ -132,7 +133,10 @@ class Channel:
         if self.epoch is None or abs(self.epoch + end / SAMPLE_RATE - now) > EPOCH_DRIFT:
             self.epoch = now - end / SAMPLE_RATE
 
-    def _encoded(self, batch: Batch, title: str) -> None:
+    def _encoded(self, batch: Batch, title: str, source: str) -> None:
+        # Taken with the batch, not from the pump as it switches: what now-playing says is on air is what is served,
+        # with that audio's title (a source goes on air a batch before its audio and title reach the listeners).
+        self.on_air = source
         self._anchor(batch)
         self.receive(batch, title)
         for hook in self.on_encoded:

@@ -59,7 +59,7 @@ class Listeners:
     def now_playing(self) -> dict[str, Any]:
         ch = self.channel
         return {"channel": ch.name, "title": ch.title, "since": ch.title_changed_at,
-                "source": ch.pump.on_air if ch.pump else None, "leader": ch.encoding,
+                "source": ch.on_air if ch.pump else None, "leader": ch.encoding,
                 "listeners": {n: len(f.listeners) for n, f in ch.feeds.items()},
                 "listenersTotal": self.total(),
                 "renditions": [r.model_dump(by_alias=True) for r in ch.spec.renditions],

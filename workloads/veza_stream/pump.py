@@ -54,13 +54,13 @@ def silence(samples: int = 1024) -> av.AudioFrame:
 
 class Pump(threading.Thread):
     def __init__(self, channel: str, transcoder: Transcoder, sources: list[Source],
-                 deliver: Callable[[Batch, str], None], *, lead: float = 0.3, max_lead: float = 2.0,
+                 deliver: Callable[[Batch, str, str], None], *, lead: float = 0.3, max_lead: float = 2.0,
                  batch_seconds: float = 0.1) -> None:
         super().__init__(name=f"pump-{channel}", daemon=True)
         self.channel = channel
         self.transcoder = transcoder
         self.sources = sources
-        self.deliver = deliver  # called from this thread with each batch and the title on air
+        self.deliver = deliver  # called from this thread with each batch, its title and the name of its source
         self.lead = lead
         self.max_lead = max_lead
         self.batch_samples = int(batch_seconds * SAMPLE_RATE)
@@ -77,7 +77,7 @@ class Pump(threading.Thread):
         headers = {n: h for n, h in self.transcoder.headers().items() if h}
         first = self.transcoder.encoders[next(iter(self.transcoder.encoders))].pts
         if headers:
-            self.deliver({n: [Chunk(h, first, 0, header=True)] for n, h in headers.items()}, "")
+            self.deliver({n: [Chunk(h, first, 0, header=True)] for n, h in headers.items()}, "", self.on_air)
         produced = 0
         started = time.monotonic()
         batch: Batch = {name: [] for name in self.transcoder.encoders}
@@ -134,7 +134,8 @@ class Pump(threading.Thread):
                 "veza.encode_seconds": round(self.batch_encode_seconds, 6),
                 "veza.audio_seconds": max(sum(c.duration for c in v) for v in batch.values()) / SAMPLE_RATE,
                 **{f"veza.bytes.{k}": sum(len(c.data) for c in v) for k, v in batch.items()}})
-            self.deliver({k: list(v) for k, v in batch.items()}, source.title if source else "")
+            self.deliver({k: list(v) for k, v in batch.items()}, source.title if source else "",
+                         source.name if source else "silence")
             span.end()
         self.batch_encode_seconds = 0.0
         for chunks in batch.values():
