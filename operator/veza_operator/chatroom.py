@@ -65,12 +65,12 @@ async def place_room(ctx: Context, key: Key, body: dict[str, Any], spec: WorkerS
     loads = ctx.loads.get(("VezaPlatform", namespace, platform_name))
     load = None if loads is None else loads.get(name, placement.RoomLoad())
     autopilot = platform.chat.autopilot
-    target = placement.desired_placement(spec.placement, current, load, parse_time(changed_at), now, autopilot,
+    since = parse_time(changed_at)
+    target = placement.desired_placement(spec.placement, current, load, since, now, autopilot,
                                          pool_enabled=platform.chat.pool.enabled)
     deployment = ctx.store.children.get(("Deployment", namespace, worker_name("chat", name)))
     ready = deployment is not None and workers_health(deployment, spec.replicas, "chat worker").ready
     declared = ctx.directory.declared_placement(key) if ctx.directory is not None else None
-    since = parse_time(changed_at)
     settle = placement.FRONT_DOOR_SETTLE_SECONDS - (now - since).total_seconds() if since is not None else 0.0
     state = placement.next_state(current, target, dedicated_ready=ready, declared_pooled=declared == "pooled",
                                  has_dedicated=deployment is not None, route_settled=settle <= 0)

@@ -134,8 +134,7 @@ class Pump(threading.Thread):
                 "veza.encode_seconds": round(self.batch_encode_seconds, 6),
                 "veza.audio_seconds": max(sum(c.duration for c in v) for v in batch.values()) / SAMPLE_RATE,
                 **{f"veza.bytes.{k}": sum(len(c.data) for c in v) for k, v in batch.items()}})
-            self.deliver({k: list(v) for k, v in batch.items()}, source.title if source else "",
-                         source.name if source else "silence")
+            self.deliver({k: list(v) for k, v in batch.items()}, source.title if source else "", self.on_air)
             span.end()
         self.batch_encode_seconds = 0.0
         for chunks in batch.values():
