@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,26 @@ def cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) a process used so far: per request, steadier than req/s on a shared machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a server and its children (PostgreSQL's backends, which leave its process group): the live
+    ones' own, and the reaped ones' as their parent counts them."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        if stat.parent.name == str(pid) or int(fields[1]) == pid:
+            total += sum(int(f) for f in fields[11:15])
+    return total / TICK
+
+
+def own_cpu_seconds() -> float:
+    """The load generator's CPU (this process): on a machine of two cores it competes with the servers."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def verifications(keys: KeySet, seconds: float, *, cache_size: int) -> float:
@@ -213,13 +234,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             phases: dict[str, list[float]] = {"auth": [], "anon": [], "baseline": []}
             elapsed: dict[str, float] = {"auth": 0.0, "anon": 0.0, "baseline": 0.0}
             cpu: dict[str, float] = {"auth": 0.0, "anon": 0.0, "baseline": 0.0}
+            # Everything else the machine spent on each phase: PostgreSQL, Redis and the load generator.
+            assert postgres.process is not None and redis.process is not None
+            meters = {"postgres": lambda: tree_cpu_seconds(postgres.process.pid),  # type: ignore[union-attr]
+                      "redis": lambda: tree_cpu_seconds(redis.process.pid),  # type: ignore[union-attr]
+                      "client": own_cpu_seconds}
+            others: dict[str, dict[str, float]] = {name: dict.fromkeys(meters, 0.0) for name in cpu}
             for _ in range(3):
                 for name, url, token, server in (("baseline", baseline_base, None, baseline), ("anon", base, None, api),
                                                  ("auth", base, user_token, api)):
                     assert server is not None
                     used = cpu_seconds(server.pid)
+                    before = {meter: read() for meter, read in meters.items()}
                     lat, took = await get_load(url, token, args.seconds / 3, args.concurrency)
                     spent = cpu_seconds(server.pid) - used
+                    for meter, read in meters.items():
+                        others[name][meter] += read() - before[meter]
                     cpu[name] += spent
                     phases[name] += lat
                     elapsed[name] += took
@@ -259,6 +289,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "get_auth_cpu_us": round(cpu["auth"] / len(auth) * 1e6),
         "get_anon_cpu_us": round(cpu["anon"] / len(anon) * 1e6),
         "get_baseline_cpu_us": round(cpu["baseline"] / len(bare) * 1e6),
+        # And what PostgreSQL, Redis and the load generator spent per request in each phase (µs).
+        "get_other_cpu_us": {name: {meter: round(spent / len(phases[name]) * 1e6) for meter, spent in used.items()}
+                             for name, used in others.items()},
         "auth_rps_ratio_to_baseline": round((len(auth) / elapsed["auth"]) / (len(bare) / elapsed["baseline"]), 2),
         "anon_rps_ratio_to_baseline": round((len(anon) / elapsed["anon"]) / (len(bare) / elapsed["baseline"]), 2),
         "auth_p99_ratio": round(pct(auth, 0.99) / pct(anon, 0.99), 2),

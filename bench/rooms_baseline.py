@@ -6,7 +6,8 @@ A minimal aiohttp + asyncpg (+ redis-py) handler without authentication, middlew
 handling, answering the same JSON as veza_api.rooms.list_rooms for an anonymous caller as cheaply as it can: the
 API's own statement for an anonymous list (`ROOM_LIST.public`: the public rooms with their public channel, no
 parameter, so PostgreSQL plans it once per connection) and the member counts from Redis in one pipeline, reused for
-a second as the API reuses them (so neither side is charged work the other skips). What the real route adds on top
+a second as the API reuses them, and its pool gives connections back without asyncpg's reset statement, as the
+API's does (so neither side is charged work the other skips). What the real route adds on top
 of this is the cost of being a real API (tokens, revocation, limits, logging, metrics, tracing).
 """
 
@@ -21,6 +22,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from veza_api.rooms import ROOM_LIST
+from veza_core.db import keep_session
 
 ROOMS = web.AppKey("rooms", dict)
 
@@ -44,7 +46,7 @@ async def list_rooms(request: web.Request) -> web.Response:
 
 async def start(app: web.Application) -> None:
     database_url, redis_url, platform = sys.argv[2:5]
-    app[ROOMS] = {"pool": await asyncpg.create_pool(database_url, min_size=1, max_size=10),
+    app[ROOMS] = {"pool": await asyncpg.create_pool(database_url, min_size=1, max_size=10, reset=keep_session),
                   "redis": aioredis.from_url(redis_url), "platform": platform}
 
 

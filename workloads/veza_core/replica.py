@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from .breaker import CircuitBreaker
+from .db import create_pool
 from .metrics import DB_READS, DB_REPLICA_LAG, DEPENDENCY_UP
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,8 @@ class ReadRouter:
         if self.replica_url is None:
             return
         # min_size=0: a replica down at start does not stop the worker; connections are made on first use.
-        self.replica = await asyncpg.create_pool(self.replica_url, min_size=0, max_size=self.max_size,
-                                                 timeout=2.0, command_timeout=5.0)
+        self.replica = await create_pool(self.replica_url, min_size=0, max_size=self.max_size, timeout=2.0,
+                                         command_timeout=5.0)
         await self._look()
         self._monitor = asyncio.create_task(self._watch(), name="db-replica-monitor")
 
