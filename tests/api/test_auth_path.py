@@ -10,7 +10,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tests.support.api import Client, ServerFactory
+from tests.support.api import ApiServer, Client, ServerFactory
 from tests.support.waiting import wait_for
 from veza_core.breaker import CircuitBreaker
 from veza_core.ratelimit import Bucket, RateLimiter
@@ -18,8 +18,8 @@ from veza_local.services import LocalService, RedisService
 
 
 async def test_a_logout_is_refused_at_once_by_every_replica(make_api: ServerFactory) -> None:
-    """Two API processes of one platform: a logout on one is refused by the other on the next request (no
-    replica keeps session answers of its own), and so is every token of a user-wide revocation."""
+    """Two API processes of one platform: a logout on one is refused by the other on the next request, though
+    both had seen the session active and keep that for a while (the revocation's notice reaches both)."""
     first = await make_api()
     second = await make_api(platform=first.settings.platform, jwt_keys_dir=first.keys_dir)
     tokens = await first.client.register_and_login()
@@ -33,6 +33,57 @@ async def test_a_logout_is_refused_at_once_by_every_replica(make_api: ServerFact
         refused = await client.get("/api/v1/rooms")
         assert refused.status == 401 and refused.body["error"]["code"] == "token_revoked"
         assert refused.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def _remembered_session(server: ApiServer) -> tuple[Client, str]:
+    """A user whose session the replica has seen active in Redis (the first request finds it in PostgreSQL),
+    and the Redis key of its state."""
+    tokens = await server.client.register_and_login()
+    me = server.client.as_user(tokens["access_token"])
+    for _ in range(2):
+        assert (await me.get("/api/v1/rooms")).status == 200
+    cache = aioredis.from_url(server.settings.redis_url or "")
+    try:
+        [key] = await cache.keys(f"veza:{server.settings.platform}:session-state:*")
+    finally:
+        await cache.aclose()
+    return me, key.decode()
+
+
+async def test_a_revocation_whose_notice_is_lost_lapses_with_the_replicas_memory(make_api: ServerFactory) -> None:
+    """A revocation written without its notice (the only way a replica misses one while subscribed): the replica
+    serves the session from its memory, then refuses it once `session_cache_seconds` have passed."""
+    server = await make_api(session_cache_seconds=0.5)
+    me, key = await _remembered_session(server)
+    cache = aioredis.from_url(server.settings.redis_url or "")
+    try:
+        await cache.set(key, b"revoked")
+        assert (await me.get("/api/v1/rooms")).status == 200, "served from the replica's memory, Redis not asked"
+
+        async def refused() -> bool:
+            return (await me.get("/api/v1/rooms")).status == 401
+
+        await wait_for(refused, timeout=3, interval=0.1, message="the session refused once forgotten")
+    finally:
+        await cache.aclose()
+
+
+async def test_a_replica_whose_revocation_notices_broke_asks_redis_again(make_api: ServerFactory) -> None:
+    """Notices may be missed while the subscription is down: the replica forgets what it kept and asks Redis."""
+    server = await make_api(session_cache_seconds=60)
+    me, key = await _remembered_session(server)
+    cache = aioredis.from_url(server.settings.redis_url or "")
+    try:
+        await cache.set(key, b"revoked")
+        assert (await me.get("/api/v1/rooms")).status == 200, "kept for a minute, and no notice came"
+        await cache.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+        async def refused() -> bool:
+            return (await me.get("/api/v1/rooms")).status == 401
+
+        await wait_for(refused, timeout=5, interval=0.1, message="the session refused once notices broke")
+    finally:
+        await cache.aclose()
 
 
 async def test_a_revocation_found_in_postgres_is_refused_and_remembered(make_api: ServerFactory) -> None:

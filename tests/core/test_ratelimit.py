@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from veza_core.breaker import CircuitBreaker
-from veza_core.ratelimit import BUCKET, GATED, RateLimiter, ScriptPipeline, _Call
+from veza_core.ratelimit import BUCKET, GATED, Bucket, Decision, Leases, RateLimiter, ScriptPipeline, _Call
 from veza_local.services import LocalService, RedisService
 
 
@@ -171,3 +171,54 @@ async def test_a_call_cancelled_before_it_is_sent_is_not_sent(pipeline: CountedP
     assert await pipeline.redis.exists(f"{prefix}:gone") == 0
     with pytest.raises(asyncio.CancelledError):
         await cancelled
+
+
+
+class CountedLimiter(RateLimiter):
+    """Counts the takes that reach Redis."""
+
+    trips = 0
+
+    async def hit(self, key: str, **kwargs: Any) -> Decision:
+        self.trips += 1
+        return await super().hit(key, **kwargs)
+
+
+async def _take_in_turns(redis: RedisService, takes: int, *, seconds: float, pause: float = 0.0
+                         ) -> tuple[int, int, float]:
+    """Two replicas (a limiter and a lease book each) taking in turn from one bucket of burst 100 that does not
+    refill: (requests allowed, round trips to Redis, tokens left in Redis)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    clients = [aioredis.from_url(redis.url), aioredis.from_url(redis.url)]
+    limiters = [CountedLimiter(client, prefix=prefix) for client in clients]
+    books = [Leases(seconds=seconds), Leases(seconds=seconds)]
+    bucket = Bucket("ip:a", rate=0.0001, burst=100)
+    allowed = 0
+    try:
+        for i in range(takes):
+            allowed += (await limiters[i % 2].hit_leased(bucket, books[i % 2])).allowed
+            if pause:
+                await asyncio.sleep(pause)
+        left = float(await clients[0].hget(f"{prefix}:{bucket.key}", "tokens") or 0)
+    finally:
+        for client in clients:
+            await client.aclose()
+    return allowed, sum(limiter.trips for limiter in limiters), left
+
+
+async def test_leases_spare_round_trips_and_never_spend_more_than_the_bucket_gives(redis: RedisService) -> None:
+    """A busy client on two replicas: most takes are served from the replicas' leases, and no more are allowed than
+    the bucket holds, whatever each replica still holds unspent."""
+    allowed, trips, _ = await _take_in_turns(redis, 80, seconds=30)
+    assert allowed == 80
+    assert trips <= 25, "leases of up to 10 tokens (a tenth of the burst): far fewer round trips than takes"
+    allowed, trips, left = await _take_in_turns(redis, 300, seconds=30)
+    assert 100 - 2 * 10 <= allowed <= 100, "never more than the burst; at most a lease per replica held back"
+    assert left < 1
+
+
+async def test_an_occasional_client_takes_from_the_bucket_only_what_it_spends(redis: RedisService) -> None:
+    """One request now and then (its lease lapsed in between) takes one token each: nothing is lost to leases."""
+    allowed, trips, left = await _take_in_turns(redis, 10, seconds=0.05, pause=0.1)
+    assert (allowed, trips) == (10, 10)
+    assert left == pytest.approx(90, abs=0.01)

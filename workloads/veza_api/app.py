@@ -30,8 +30,10 @@ from .mail import Mailer
 from .middleware import MIDDLEWARES
 from .oidc_client import OidcClient
 from .passwords import Passwords
+from .revocations import ActiveSessions
 from .services.analytics import CONSUMER, AnalyticsConsumer
 from .services.room_load import ROOM_LOAD, RoomLoad
+from .services.sessions import revocations_channel
 from .settings import ApiSettings
 
 PREFIX = "/api/v1"
@@ -106,8 +108,8 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         analytics_url = settings.analytics_database_url or settings.database_url
         analytics_pool = pool if analytics_url == settings.database_url else await create_pool(analytics_url,
                                                                                                max_size=5)
-        redis = aioredis.from_url(settings.redis_url or "redis://127.0.0.1:6379", socket_timeout=1.0,
-                                  socket_connect_timeout=1.0)
+        redis_url = settings.redis_url or "redis://127.0.0.1:6379"
+        redis = aioredis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         keys = KeySet(settings.jwt_keys_dir)
         issuer_url = settings.jwt_issuer.rstrip("/")
         ctx = Api(
@@ -124,11 +126,14 @@ def create_api_app(settings: ApiSettings) -> web.Application:
             oidc=OidcClient(settings) if settings.oidc_issuer and settings.oidc_client_id else None,
             publisher=Publisher(settings.nats_url, name=f"veza-api-{settings.platform}", auth=settings),
             analytics_pool=analytics_pool,
+            sessions=ActiveSessions(settings.session_cache_seconds),
             reads=ReadRouter(pool, read_url(settings.database_url, settings.database_read_url,
                                             settings.database_read_host),
                              max_lag=settings.database_read_max_lag_seconds, component="api"),
         )
         app[API] = ctx
+        notices = asyncio.create_task(ctx.sessions.listen(redis_url, revocations_channel(ctx)),
+                                      name="revocation-notices")
         assert ctx.reads is not None
         await ctx.reads.start()
         ctx.publisher.start()
@@ -157,6 +162,9 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         try:
             yield
         finally:
+            notices.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await notices
             if CONSUMER in app:
                 await app[CONSUMER].stop()
             await ctx.reads.close()

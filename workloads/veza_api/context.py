@@ -12,7 +12,7 @@ from aiohttp import web
 from veza_core.auth import TokenIssuer, TokenVerifier
 from veza_core.breaker import CircuitBreaker
 from veza_core.keys import KeySet
-from veza_core.ratelimit import RateLimiter
+from veza_core.ratelimit import Leases, RateLimiter
 from veza_core.replica import ReadRouter
 from veza_core.storage import ObjectStore
 from veza_core.web import client_address
@@ -21,6 +21,7 @@ from .bus import Publisher
 from .mail import Mailer
 from .oidc_client import OidcClient
 from .passwords import Passwords
+from .revocations import ActiveSessions
 from .settings import ApiSettings
 
 
@@ -43,6 +44,10 @@ class Api:
     # Reads that may lag (the list routes): the read replica when fresh enough, else `pool` (docs/deploy.md).
     reads: ReadRouter | None = None
     member_counts: dict[str, tuple[float, int]] = field(default_factory=dict)  # room -> (fetched, count)
+    # Tokens of the request limits taken ahead from Redis, and the sessions seen active: most requests of a busy
+    # client then need no Redis round trip (middleware.guard).
+    leases: Leases = field(default_factory=Leases)
+    sessions: ActiveSessions = field(default_factory=lambda: ActiveSessions(0))
     active_kid: str | None = field(default=None)
 
     @property

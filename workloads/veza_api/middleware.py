@@ -106,10 +106,12 @@ async def guard(request: web.Request) -> None:
     """Every /api/ request: the per-IP token bucket, then, with a bearer token, authentication (endpoints decide
     whether they need one), the session's revocation and the per-user bucket.
 
-    A user's token costs one Redis round trip for all three (`RateLimiter.hit_gated`: the address's bucket, the
-    session's cached state, then the account's bucket only if the session is cached as active), where it cost
-    three. The token is verified first (a token seen before costs a lookup in the verifier's cache), since the
-    user's bucket and session come from it; a token that fails still takes from the address's bucket, so
+    A busy client's request usually asks Redis nothing: the buckets' tokens come from leases this replica took
+    ahead (`Leases`) and its session was seen active a moment ago (`ActiveSessions`, forgotten on a revocation's
+    notice). Otherwise one Redis round trip serves all three (`RateLimiter.hit_gated`: the address's bucket, the
+    session's cached state, then the account's bucket only if the session is cached as active), taking the next
+    leases with it. The token is verified first (a token seen before costs a lookup in the verifier's cache),
+    since the user's bucket and session come from it; a token that fails still takes from the address's bucket, so
     guessing tokens is limited per address like anything else, and answers 429 once that bucket is empty.
     """
     ctx = request.app[API]
@@ -135,13 +137,23 @@ async def guard(request: web.Request) -> None:
         await _take(ctx, ip, "requests from this address")
         raise _revoked()
     user = Bucket(f"user:{who.subject}", rate=s.rate_user_per_second, burst=s.rate_user_burst)
+    leases, sessions = ctx.leases, ctx.sessions
+    if sessions.active(sid) and leases.spend(ip):
+        await _take(ctx, user, "requests for this account")
+        request[REQUEST_PRINCIPAL] = who
+        return
+    generation = sessions.generation
+    ip, user = leases.ask(ip), leases.ask(user)
     gated = await ctx.limiter.hit_gated([ip], state_key(ctx, sid), ACTIVE, [user])
+    leases.keep(ip, gated.decisions[0])
     if not gated.decisions[0].allowed:
         raise too_many(gated.decisions[0], "requests from this address")
     if gated.gate == REVOKED:
         raise _revoked()
     if gated.gate == ACTIVE:
         decision = gated.decisions[1]
+        leases.keep(user, decision)
+        sessions.remember(sid, generation)
     else:  # no cached answer (or Redis unreachable): PostgreSQL's, then the account's bucket on its own
         if await is_revoked_uncached(ctx, sid, redis_answered=gated.gate_read):
             raise _revoked()
@@ -172,7 +184,7 @@ def _parse_session_id(claim: str) -> uuid.UUID | None:
 
 
 async def _take(ctx: Api, bucket: Bucket, what: str) -> None:
-    decision = await ctx.limiter.hit(bucket.key, rate=bucket.rate, burst=bucket.burst)
+    decision = await ctx.limiter.hit_leased(bucket, ctx.leases)
     if not decision.allowed:
         raise too_many(decision, what)
 

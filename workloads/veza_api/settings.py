@@ -42,6 +42,10 @@ class ApiSettings(Settings, NatsAuth):
     rate_ip_burst: float = 100.0
     rate_user_per_second: float = 20.0
     rate_user_burst: float = 40.0
+    # How long a replica trusts, without asking Redis, that a session it saw active still is: revocations reach
+    # every replica at once as a notice over Redis (docs/api.md#sessions); this bounds a notice lost. 0: ask
+    # Redis on every request.
+    session_cache_seconds: float = Field(2.0, ge=0, le=60)
     # Logins and magic-link requests, per client IP and per account.
     rate_login_per_minute: float = 10.0
     rate_login_burst: float = 5.0

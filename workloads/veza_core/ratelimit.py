@@ -30,36 +30,40 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .breaker import CircuitBreaker
 
-# KEYS[1]: bucket; ARGV: rate (tokens/s), burst, cost, now (s, float).
-# Returns {allowed (0/1), tokens left * 1000, retry after in ms}.
+# KEYS[1]: bucket; ARGV: rate (tokens/s), burst, cost, now (s, float), and optionally want: as many tokens as are
+# there up to `want` (at least `cost`), for a caller that keeps the extra for its next requests (`Leases`).
+# Returns {allowed (0/1), tokens left * 1000, retry after in ms, tokens taken}.
 BUCKET_SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
+local want = tonumber(ARGV[5]) or cost
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or burst
 local ts = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local allowed = 0
 local retry = 0
+local taken = 0
 if tokens >= cost then
-  tokens = tokens - cost
+  taken = math.max(cost, math.min(want, math.floor(tokens)))
+  tokens = tokens - taken
   allowed = 1
 else
   retry = (cost - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-return {allowed, math.floor(tokens * 1000), math.ceil(retry * 1000)}
+return {allowed, math.floor(tokens * 1000), math.ceil(retry * 1000), taken}
 """
-
 
 # Several buckets and one read in one round trip: the buckets before the gate are taken in order (stopping at the
 # first refusal); then the gate key is read; the buckets after it are taken only if it holds the value that lets
 # requests through. Each take is BUCKET_SCRIPT itself, as a function (its KEYS and ARGV are the parameters).
 # KEYS: the buckets, then the gate. ARGV: now, buckets before the gate, the gate's passing value, then rate,
-# burst, cost per bucket. Returns {gate value or false, then allowed, tokens left * 1000, retry ms per bucket taken}.
+# burst, cost, want per bucket. Returns {gate value or false, then allowed, tokens left * 1000, retry ms, tokens taken
+# per bucket taken}.
 GATED_SCRIPT = "local function take(KEYS, ARGV)\n" + BUCKET_SCRIPT + """end
 local now = ARGV[1]
 local before = tonumber(ARGV[2])
@@ -69,8 +73,8 @@ for i = 1, #KEYS - 1 do
     out[1] = redis.call('GET', KEYS[#KEYS])
     if out[1] ~= ARGV[3] then return out end
   end
-  local at = 4 + (i - 1) * 3
-  local decision = take({KEYS[i]}, {ARGV[at], ARGV[at + 1], ARGV[at + 2], now})
+  local at = 4 + (i - 1) * 4
+  local decision = take({KEYS[i]}, {ARGV[at], ARGV[at + 1], ARGV[at + 2], now, ARGV[at + 3]})
   for _, value in ipairs(decision) do out[#out + 1] = value end
   if decision[1] == 0 then return out end
 end
@@ -84,6 +88,7 @@ class Decision:
     allowed: bool
     remaining: float
     retry_after: float  # seconds until `cost` tokens are available again
+    taken: float = 0.0  # tokens taken from the bucket: `cost`, or more when more were wanted (`Bucket.want`)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class Bucket:
     rate: float
     burst: float
     cost: float = 1.0
+    want: float = 1.0  # tokens to take when there are that many (at least `cost`): the extra goes to `Leases`
 
 
 @dataclass(frozen=True)
@@ -119,13 +125,69 @@ class _LocalBuckets:
         tokens = min(burst, tokens + (now - ts) * rate)
         if tokens >= cost:
             tokens -= cost
-            decision = Decision(True, tokens, 0.0)
+            decision = Decision(True, tokens, 0.0, cost)
         else:
             decision = Decision(False, tokens, (cost - tokens) / rate)
         if len(self.buckets) >= self.max_keys and key not in self.buckets:
             self.buckets.pop(next(iter(self.buckets)))  # oldest first: dicts keep insertion order
         self.buckets[key] = (tokens, now)
         return decision
+
+
+@dataclass
+class _Lease:
+    left: float  # tokens taken from the shared bucket and not yet spent
+    until: float  # monotonic time after which they are dropped
+    size: float  # tokens the last lease asked for
+
+
+class Leases:
+    """Tokens taken from shared buckets ahead of their use, spent by this process without asking Redis.
+
+    A key that keeps coming back takes more than one token per round trip (`want`), and spends the rest from here:
+    one round trip serves many requests of a busy client, where each cost one. The tokens are taken out of the
+    shared bucket, so no replica ever spends more than the bucket gave: across replicas a client never gets more
+    than the limit's rate over time. What a lease changes: tokens a replica holds and does not spend within
+    `seconds` are dropped (gone from the bucket as if spent), and tokens held while the bucket refills add to its
+    burst, by at most one lease per replica. Both stay small: a lease is at most `share` of the bucket's burst
+    (and `most`), and a key starts at one token and doubles its lease only while it spends each one before it
+    lapses, so an occasional client (one request now and then, on any replica) takes exactly what it spends.
+    """
+
+    def __init__(self, *, seconds: float = 0.5, share: float = 0.1, most: float = 64, max_keys: int = 100_000) -> None:
+        self.seconds = seconds
+        self.share = share
+        self.most = most
+        self.max_keys = max_keys
+        self._leases: dict[str, _Lease] = {}
+
+    def spend(self, bucket: Bucket) -> bool:
+        """Spend `bucket.cost` tokens leased earlier, if this process holds that many still valid."""
+        lease = self._leases.get(bucket.key)
+        if lease is None or lease.left < bucket.cost or time.monotonic() >= lease.until:
+            return False
+        lease.left -= bucket.cost
+        return True
+
+    def ask(self, bucket: Bucket) -> Bucket:
+        """`bucket` wanting the next lease's tokens: twice the last if it was all spent in time, else its cost."""
+        lease = self._leases.get(bucket.key)
+        most = max(bucket.cost, min(self.most, float(int(bucket.burst * self.share))))
+        hot = lease is not None and lease.left < bucket.cost and time.monotonic() < lease.until
+        want = min(most, lease.size * 2) if hot and lease is not None else bucket.cost
+        return Bucket(bucket.key, bucket.rate, bucket.burst, bucket.cost, want)
+
+    def keep(self, bucket: Bucket, decision: Decision) -> None:
+        """Keep what `decision` took beyond the cost of the request it answered."""
+        if not decision.allowed:
+            return
+        now = time.monotonic()
+        lease = self._leases.get(bucket.key)
+        held = lease.left if lease is not None and now < lease.until else 0.0
+        if lease is None and len(self._leases) >= self.max_keys:
+            self._leases.pop(next(iter(self._leases)))  # oldest first
+        self._leases[bucket.key] = _Lease(held + decision.taken - bucket.cost, now + self.seconds,
+                                          max(bucket.want, bucket.cost))
 
 
 class Script:
@@ -273,8 +335,9 @@ class RateLimiter:
         self.local = _LocalBuckets()
         self._scripts = scripts or (ScriptPipeline(redis) if redis is not None else None)
 
-    async def hit(self, key: str, *, rate: float, burst: float, cost: float = 1.0) -> Decision:
-        """Take `cost` tokens from the bucket `key` refilled at `rate` per second up to `burst`."""
+    async def hit(self, key: str, *, rate: float, burst: float, cost: float = 1.0, want: float = 1.0) -> Decision:
+        """Take `cost` tokens from the bucket `key` refilled at `rate` per second up to `burst` (up to `want` when
+        there are that many: `Leases`)."""
         full_key = f"{self.prefix}:{key}"
 
         async def local() -> Decision:
@@ -285,10 +348,22 @@ class RateLimiter:
         scripts = self._scripts
 
         async def remote() -> Decision:
-            allowed, left, retry_ms = await scripts(BUCKET, [full_key], [rate, burst, cost, time.time()])
-            return Decision(bool(allowed), left / 1000, retry_ms / 1000)
+            allowed, left, retry_ms, taken = await scripts(BUCKET, [full_key],
+                                                           [rate, burst, cost, time.time(), max(cost, want)])
+            return Decision(bool(allowed), left / 1000, retry_ms / 1000, taken)
 
         return await self.breaker.call(remote, local)
+
+    async def hit_leased(self, bucket: Bucket, leases: Leases) -> Decision:
+        """`bucket.cost` tokens from this process's lease of `bucket` when it holds them, else from the bucket with
+        the next lease (`Leases`)."""
+        if leases.spend(bucket):
+            return Decision(True, 0.0, 0.0, bucket.cost)  # what the bucket holds is not known here
+        bucket = leases.ask(bucket)
+        decision = await self.hit(bucket.key, rate=bucket.rate, burst=bucket.burst, cost=bucket.cost,
+                                  want=bucket.want)
+        leases.keep(bucket, decision)
+        return decision
 
     async def hit_gated(self, before: Sequence[Bucket], gate: str, passing: bytes, after: Sequence[Bucket]) -> Gated:
         """Take `before`, read the key `gate` (a full key, not under this limiter's prefix), and take `after` only
@@ -312,11 +387,11 @@ class RateLimiter:
         async def remote() -> Gated:
             args: list[float | str | bytes] = [time.time(), len(before), passing]
             for b in buckets:
-                args += [b.rate, b.burst, b.cost]
+                args += [b.rate, b.burst, b.cost, max(b.cost, b.want)]
             out = await scripts(GATED, [*(f"{self.prefix}:{b.key}" for b in buckets), gate], args)
             flat = out[1:]
-            decisions = [Decision(bool(flat[i]), flat[i + 1] / 1000, flat[i + 2] / 1000)
-                         for i in range(0, len(flat), 3)]
+            decisions = [Decision(bool(flat[i]), flat[i + 1] / 1000, flat[i + 2] / 1000, flat[i + 3])
+                         for i in range(0, len(flat), 4)]
             read = all(d.allowed for d in decisions[:len(before)]) and len(decisions) >= len(before)
             return Gated(decisions, out[0] or None, read)
 

@@ -13,9 +13,15 @@ overwrites the cached answer, and a reader caches "active" only where no answer
 is cached (SET NX), so a read racing a revocation cannot hide it; only a
 revocation whose Redis write failed leaves an "active" answer standing, for at
 most `ACTIVE_CACHE_SECONDS`. The middleware reads the cached answer in the same Redis round trip as the
-request's rate limits (`RateLimiter.hit_gated`), so every request of every replica sees a revocation as soon
-as Redis holds it; no replica keeps answers of its own. If Redis is unreachable the middleware asks
-PostgreSQL directly (slower, same answer).
+request's rate limits (`RateLimiter.hit_gated`). If Redis is unreachable the middleware asks PostgreSQL directly
+(slower, same answer).
+
+Each replica also keeps the sessions it found active for `session_cache_seconds` (`revocations.ActiveSessions`),
+so that a busy session's requests need not ask Redis each: a revocation is published on Redis with its cached
+answer, and every replica forgets the session when the notice arrives (the replica that revoked it, before
+answering). A replica uses what it keeps only while it is subscribed: it forgets everything when its subscription
+starts and when it breaks, since notices may have been missed; a notice lost otherwise lapses with
+`session_cache_seconds`.
 """
 
 from __future__ import annotations
@@ -114,15 +120,23 @@ def state_key(ctx: Api, session_id: uuid.UUID) -> str:
     return ctx.redis_key("session-state", str(session_id))
 
 
+def revocations_channel(ctx: Api) -> str:
+    """Where revocations are announced to every replica (`ActiveSessions`): session ids, space-separated."""
+    return ctx.redis_key("session-revocations")
+
+
 async def mark_revoked(ctx: Api, session_ids: list[uuid.UUID]) -> None:
-    """Caches "revoked" for sessions PostgreSQL already says are revoked (overwriting "active")."""
+    """Caches "revoked" for sessions PostgreSQL already says are revoked (overwriting "active"), and tells every
+    replica to forget them (this one at once)."""
     if not session_ids:
         return
+    ctx.sessions.forget(session_ids)
     ttl = ctx.settings.access_ttl_seconds + 60  # an access token's life plus the verifier's leeway
     try:
         async with ctx.redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
                 pipe.set(state_key(ctx, sid), REVOKED, ex=ttl)
+            pipe.publish(revocations_channel(ctx), " ".join(str(sid) for sid in session_ids))
             await pipe.execute()
     except (RedisError, OSError):
         pass  # PostgreSQL holds the truth; a cached "active" answer lapses within ACTIVE_CACHE_SECONDS
