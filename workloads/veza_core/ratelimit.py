@@ -12,6 +12,9 @@ session's cached state with it. One script over several keys needs them on one R
 The scripts of concurrent callers (the requests a process serves at once) go to Redis together
 (`ScriptPipeline`): one round trip, one connection from the pool and one wake-up for all of them, each caller
 getting its own reply, or its own error to fall back on as it would alone.
+
+A busy key need not ask Redis for most takes: `hit_leased` takes several tokens at once and spends the rest
+from the process's memory (`Leases`), never more than the bucket gave.
 """
 
 from __future__ import annotations
