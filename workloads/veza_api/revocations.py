@@ -7,6 +7,7 @@ revocation works; this is the replica's side of its notices).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -71,8 +72,9 @@ class ActiveSessions:
                                 extra={"error": repr(exc)})
             finally:
                 self._stopped()
-                await subscription.aclose()
-                await client.aclose()
+                for closing in (subscription, client):  # closing a broken connection must not end the loop
+                    with contextlib.suppress(Exception):
+                        await closing.aclose()
             await asyncio.sleep(1.0)
 
     async def _follow(self, subscription: PubSub, channel: str) -> None:
