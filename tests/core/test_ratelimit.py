@@ -222,3 +222,15 @@ async def test_an_occasional_client_takes_from_the_bucket_only_what_it_spends(re
     allowed, trips, left = await _take_in_turns(redis, 10, seconds=0.05, pause=0.1)
     assert (allowed, trips) == (10, 10)
     assert left == pytest.approx(90, abs=0.01)
+
+
+async def test_a_take_of_no_tokens_reads_the_bucket_and_takes_nothing(redis: RedisService) -> None:
+    """cost=0 reads what is left (the stream worker's check before a source password): leases never change that."""
+    client = aioredis.from_url(redis.url)
+    limiter = RateLimiter(client, prefix=f"t{uuid.uuid4().hex[:8]}")
+    try:
+        for _ in range(3):
+            assert (await limiter.hit("ip:peek", rate=0.001, burst=2, cost=0)).remaining == pytest.approx(2, abs=0.01)
+        assert (await limiter.hit("ip:peek", rate=0.001, burst=2)).remaining == pytest.approx(1, abs=0.01)
+    finally:
+        await client.aclose()

@@ -100,7 +100,7 @@ class Bucket:
     rate: float
     burst: float
     cost: float = 1.0
-    want: float = 1.0  # tokens to take when there are that many (at least `cost`): the extra goes to `Leases`
+    want: float | None = None  # tokens to take when there are that many (None: `cost`): the extra goes to `Leases`
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,12 @@ class Leases:
         if lease is None and len(self._leases) >= self.max_keys:
             self._leases.pop(next(iter(self._leases)))  # oldest first
         self._leases[bucket.key] = _Lease(held + decision.taken - bucket.cost, now + self.seconds,
-                                          max(bucket.want, bucket.cost))
+                                          _wanted(bucket.cost, bucket.want))
+
+
+def _wanted(cost: float, want: float | None) -> float:
+    """What a take asks for: `cost` (a cost of 0 reads the bucket and takes nothing), or more for a lease."""
+    return cost if want is None else max(cost, want)
 
 
 class Script:
@@ -338,7 +343,8 @@ class RateLimiter:
         self.local = _LocalBuckets()
         self._scripts = scripts or (ScriptPipeline(redis) if redis is not None else None)
 
-    async def hit(self, key: str, *, rate: float, burst: float, cost: float = 1.0, want: float = 1.0) -> Decision:
+    async def hit(self, key: str, *, rate: float, burst: float, cost: float = 1.0, want: float | None = None
+                  ) -> Decision:
         """Take `cost` tokens from the bucket `key` refilled at `rate` per second up to `burst` (up to `want` when
         there are that many: `Leases`)."""
         full_key = f"{self.prefix}:{key}"
@@ -352,7 +358,7 @@ class RateLimiter:
 
         async def remote() -> Decision:
             allowed, left, retry_ms, taken = await scripts(BUCKET, [full_key],
-                                                           [rate, burst, cost, time.time(), max(cost, want)])
+                                                           [rate, burst, cost, time.time(), _wanted(cost, want)])
             return Decision(bool(allowed), left / 1000, retry_ms / 1000, taken)
 
         return await self.breaker.call(remote, local)
@@ -390,7 +396,7 @@ class RateLimiter:
         async def remote() -> Gated:
             args: list[float | str | bytes] = [time.time(), len(before), passing]
             for b in buckets:
-                args += [b.rate, b.burst, b.cost, max(b.cost, b.want)]
+                args += [b.rate, b.burst, b.cost, _wanted(b.cost, b.want)]
             out = await scripts(GATED, [*(f"{self.prefix}:{b.key}" for b in buckets), gate], args)
             flat = out[1:]
             decisions = [Decision(bool(flat[i]), flat[i + 1] / 1000, flat[i + 2] / 1000, flat[i + 3])
