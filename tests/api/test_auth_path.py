@@ -35,9 +35,9 @@ async def test_a_logout_is_refused_at_once_by_every_replica(make_api: ServerFact
         assert refused.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
 
-async def _remembered_session(server: ApiServer) -> tuple[Client, str]:
-    """A user whose session the replica has seen active in Redis (the first request finds it in PostgreSQL),
-    and the Redis key of its state."""
+async def _revoked_without_notice(server: ApiServer, why_still_served: str) -> Client:
+    """A user whose session the replica has seen active in Redis (the first request finds it in PostgreSQL), then
+    revoked in Redis without a notice: the replica still serves it from its memory."""
     tokens = await server.client.register_and_login()
     me = server.client.as_user(tokens["access_token"])
     for _ in range(2):
@@ -45,45 +45,38 @@ async def _remembered_session(server: ApiServer) -> tuple[Client, str]:
     cache = aioredis.from_url(server.settings.redis_url or "")
     try:
         [key] = await cache.keys(f"veza:{server.settings.platform}:session-state:*")
+        await cache.set(key, b"revoked")
     finally:
         await cache.aclose()
-    return me, key.decode()
+    assert (await me.get("/api/v1/rooms")).status == 200, why_still_served
+    return me
+
+
+async def _refused_within(me: Client, timeout: float, message: str) -> None:
+    async def refused() -> bool:
+        return (await me.get("/api/v1/rooms")).status == 401
+
+    await wait_for(refused, timeout=timeout, interval=0.1, message=message)
 
 
 async def test_a_revocation_whose_notice_is_lost_lapses_with_the_replicas_memory(make_api: ServerFactory) -> None:
     """A revocation written without its notice (the only way a replica misses one while subscribed): the replica
     serves the session from its memory, then refuses it once `session_cache_seconds` have passed."""
     server = await make_api(session_cache_seconds=0.5)
-    me, key = await _remembered_session(server)
-    cache = aioredis.from_url(server.settings.redis_url or "")
-    try:
-        await cache.set(key, b"revoked")
-        assert (await me.get("/api/v1/rooms")).status == 200, "served from the replica's memory, Redis not asked"
-
-        async def refused() -> bool:
-            return (await me.get("/api/v1/rooms")).status == 401
-
-        await wait_for(refused, timeout=3, interval=0.1, message="the session refused once forgotten")
-    finally:
-        await cache.aclose()
+    me = await _revoked_without_notice(server, "served from the replica's memory, Redis not asked")
+    await _refused_within(me, 3, "the session refused once forgotten")
 
 
 async def test_a_replica_whose_revocation_notices_broke_asks_redis_again(make_api: ServerFactory) -> None:
     """Notices may be missed while the subscription is down: the replica forgets what it kept and asks Redis."""
     server = await make_api(session_cache_seconds=60)
-    me, key = await _remembered_session(server)
+    me = await _revoked_without_notice(server, "kept for a minute, and no notice came")
     cache = aioredis.from_url(server.settings.redis_url or "")
     try:
-        await cache.set(key, b"revoked")
-        assert (await me.get("/api/v1/rooms")).status == 200, "kept for a minute, and no notice came"
         await cache.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-
-        async def refused() -> bool:
-            return (await me.get("/api/v1/rooms")).status == 401
-
-        await wait_for(refused, timeout=5, interval=0.1, message="the session refused once notices broke")
     finally:
         await cache.aclose()
+    await _refused_within(me, 5, "the session refused once notices broke")
 
 
 async def test_a_revocation_found_in_postgres_is_refused_and_remembered(make_api: ServerFactory) -> None:
