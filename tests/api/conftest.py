@@ -3,6 +3,8 @@ key Secret directory, and API servers on loopback built from ApiSettings."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -72,9 +74,29 @@ async def make_api(api_database: str, redis: RedisService, s3_env: S3Service, ma
         return ApiServer(Client(base, session, inbox=inbox), settings, keys_dir, api_database)
 
     yield make
-    for server, session in started:
+    await _close_all(started)
+
+
+async def _close_all(started: list[tuple[TestServer, aiohttp.ClientSession]], timeout: float = 60.0) -> None:
+    """Stops the session's API servers together; one that will not stop names the tasks it waits for, rather
+    than leaving the session's last test to time out."""
+    async def close(server: TestServer, session: aiohttp.ClientSession) -> None:
         await session.close()
         await server.close()
+
+    closing = [asyncio.create_task(close(server, session)) for server, session in started]
+    if not closing:
+        return
+    done, pending = await asyncio.wait(closing, timeout=timeout)
+    if pending:
+        stuck = [task for task in asyncio.all_tasks() if not task.done() and task is not asyncio.current_task()]
+        stacks = io.StringIO()
+        for task in stuck:
+            task.print_stack(limit=8, file=stacks)
+        pytest.fail(f"{len(pending)} API servers still stopping after {timeout:.0f} s; tasks running:\n"
+                    f"{stacks.getvalue()}")
+    for task in done:
+        task.result()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from veza_core import directory
+from veza_core import directory, tasks
 from veza_core.auth import AUDIENCE_API, TokenIssuer, TokenVerifier
 from veza_core.breaker import CircuitBreaker
 from veza_core.db import create_pool
@@ -162,9 +162,8 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         try:
             yield
         finally:
-            notices.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await notices
+            if not await tasks.stop(notices):
+                log.warning("revocation notices did not stop")
             if CONSUMER in app:
                 await app[CONSUMER].stop()
             await ctx.reads.close()

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from veza_core import tasks
+
 log = logging.getLogger("veza.api")
 
 
@@ -67,6 +69,7 @@ class ActiveSessions:
             try:
                 await self._follow(subscription, channel)
             except Exception as exc:
+                tasks.raise_if_cancelled(exc)
                 if self.listening:
                     log.warning("revocation notices lost; asking Redis for every session until back",
                                 extra={"error": repr(exc)})

@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel
 
-from veza_core import bus, events
+from veza_core import bus, events, tasks
 from veza_core.db import migrate, migration_files
 
 log = logging.getLogger("veza.api.analytics")
@@ -251,13 +251,6 @@ async def _patiently(apply: Callable[[], Awaitable[Any]]) -> Any:
             await asyncio.sleep(1.0)
 
 
-def _stop_if_cancelled(exc: BaseException) -> None:
-    """A cancellation a library turned into an error of its own (a timeout) is still a cancellation."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc
-
-
 # -- the consumer --------------------------------------------------------------------------------------
 class AnalyticsConsumer:
     """Consumes while this replica holds the leader lock; `start` and `stop` follow the API's lifecycle."""
@@ -282,16 +275,9 @@ class AnalyticsConsumer:
         self.task = asyncio.create_task(self._run(), name="analytics-consumer")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            # Cancelled again if need be: a cancellation can be lost in a library's timeout (Python 3.11's
-            # wait_for, nats-py's fetch); _run gives up when it sees it is being cancelled.
-            for _ in range(3):
-                self.task.cancel()
-                done, _pending = await asyncio.wait({self.task}, timeout=5.0)
-                if done:
-                    break
-            else:
-                log.warning("analytics consumer did not stop", extra={"platform": self.platform})
+        # _run gives up when it sees it is being cancelled, even through a library's error (veza_core.tasks).
+        if self.task is not None and not await tasks.stop(self.task):
+            log.warning("analytics consumer did not stop", extra={"platform": self.platform})
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2.0)
@@ -301,7 +287,7 @@ class AnalyticsConsumer:
             try:
                 self.nc = await bus.connect(self.nats_url, name=f"veza-api-analytics-{self.platform}", auth=self.auth)
             except Exception as exc:  # nats raises several unrelated types; retry whatever it was
-                _stop_if_cancelled(exc)
+                tasks.raise_if_cancelled(exc)
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
         delay = 1.0
@@ -311,7 +297,7 @@ class AnalyticsConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the lock's connection lost, NATS refusing: give the lead up and try again
-                _stop_if_cancelled(exc)
+                tasks.raise_if_cancelled(exc)
                 log.warning("analytics consumer stopped, retrying", extra={"error": repr(exc), "retry_in": delay})
             await asyncio.sleep(delay)
             delay = 1.0 if self.led else min(30.0, delay * 2)  # a store or NATS down for long: fewer attempts
