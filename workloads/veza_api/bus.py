@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
-from veza_core import bus
+from veza_core import bus, tasks
 
 log = logging.getLogger("veza.api")
 
@@ -44,6 +44,7 @@ class Publisher:
             try:
                 self.nc = await bus.connect(self.url, name=self.name, auth=self.auth)
             except Exception as exc:  # nats raises several unrelated types; retry whatever it was
+                tasks.raise_if_cancelled(exc)
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
 
@@ -80,8 +81,8 @@ class Publisher:
         return False
 
     async def close(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
+        if self._connecting is not None and not await tasks.stop(self._connecting):
+            log.warning("nats connect did not stop")
         if self.nc is not None:
             # close(), not drain(): it flushes what is pending and, unlike drain() while NATS is away and the
             # client reconnects, always ends; the bound keeps a shutdown within its grace either way.

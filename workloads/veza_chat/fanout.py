@@ -29,7 +29,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
-from veza_core import bus
+from veza_core import bus, tasks
 from veza_core.tracing import inject, remote_span
 
 from . import inbound
@@ -69,6 +69,7 @@ class BusLink:
                 # come back to it, once per commit, only to be dropped.
                 self.nc = await bus.connect(self.url, name=self.name, auth=self.auth, no_echo=True)
             except Exception as exc:
+                tasks.raise_if_cancelled(exc)
                 log.warning("nats connect failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
         self.ready.set()
@@ -79,8 +80,8 @@ class BusLink:
         return self.nc
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        if self.task is not None and not await tasks.stop(self.task):
+            log.warning("nats connect did not stop")
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2.0)
