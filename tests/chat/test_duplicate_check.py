@@ -1,6 +1,7 @@
-"""chat_append's duplicate check against real PostgreSQL: it probes the unique index (room, author, client id)
-whatever the table's statistics say, so a room that grew since the last ANALYZE costs no more to append to than a
-small one (planned per call, the probe once scanned the whole room for every message; migration 0102)."""
+"""chat_append's duplicate check against real PostgreSQL: a resent client id is skipped by the insert on the unique
+key (room, author, client id) whatever the table's statistics say, so a room that grew since the last ANALYZE costs
+no more to append to than a small one (a probe planned per call once scanned the whole room for every message;
+migrations 0102-0104), and a batch with resends in it stays gapless."""
 
 from __future__ import annotations
 
@@ -40,5 +41,33 @@ async def test_a_room_the_statistics_never_saw_appends_as_fast_as_a_small_one(po
         again = await conn.fetch(APPEND, "grown", ["message"], ["u0"], ["U"], ["c0"], ["text 0"], [None], [None],
                                  [None])
         assert again[0]["r_duplicate"] and again[0]["r_seq"] == 1
+    finally:
+        await conn.close()
+
+
+async def test_resent_ids_in_a_batch_leave_the_seqs_gapless_and_come_back_with_their_first_seq(
+        postgres: PostgresService) -> None:
+    """The insert skips a resent client id; the batch's other events close up behind it, in order."""
+    conn = await asyncpg.connect(await fresh_database(postgres, "chatresend"))
+    try:
+        async def append(authors: list[str], cids: list[str]) -> list[tuple[int, int, bool]]:
+            n = len(cids)
+            rows = await conn.fetch(APPEND, "r", ["message"] * n, authors, ["U"] * n, cids,
+                                    [f"{a}/{c}" for a, c in zip(authors, cids, strict=True)], [None] * n,
+                                    [None] * n, [None] * n)
+            return sorted((r["r_ord"], r["r_seq"], r["r_duplicate"]) for r in rows)
+
+        assert await append(["a", "b", "a"], ["1", "1", "2"]) == [(1, 1, False), (2, 2, False), (3, 3, False)]
+        # Resends of seq 1 and 3 between new events, and one client id twice in the same batch.
+        got = await append(["a", "a", "c", "a", "c", "b"], ["1", "3", "1", "2", "1", "9"])
+        assert got == [(1, 1, True), (2, 4, False), (3, 5, False), (4, 3, True), (5, 5, True), (6, 6, False)]
+        stored = await conn.fetch("SELECT seq, body FROM chat_events WHERE room = 'r' ORDER BY seq")
+        assert [(r["seq"], r["body"]) for r in stored] == [(1, "a/1"), (2, "b/1"), (3, "a/2"), (4, "a/3"),
+                                                            (5, "c/1"), (6, "b/9")]
+        assert await conn.fetchval("SELECT last_seq FROM chat_rooms WHERE room = 'r'") == 6
+        # Only resends: nothing stored, the counter unchanged.
+        assert await append(["b"], ["9"]) == [(1, 6, True)]
+        assert await conn.fetchval("SELECT last_seq FROM chat_rooms WHERE room = 'r'") == 6
+        assert await append(["d"], ["1"]) == [(1, 7, False)]
     finally:
         await conn.close()

@@ -1,8 +1,9 @@
 """A new database's first room appends as fast at 20,000 events as at 500, before the table was ever analyzed.
 
-chat_duplicates' generic plan is made at a connection's first call and kept; made on a never-analyzed chat_events
-it once probed by room alone and filtered author and client id, so every commit read the whole room (migration
-0103). Autovacuum is turned off for the table here so that no ANALYZE comes to the rescue mid-test."""
+The duplicate check once had a plan of its own, made at a connection's first call and kept; made on a never-analyzed
+chat_events it sometimes probed by room alone and filtered author and client id, so every commit read the whole room
+(migrations 0103, then 0104: the insert skips a resent client id on the unique key, with no plan to choose).
+Autovacuum is turned off for the table here so that no ANALYZE comes to the rescue mid-test."""
 
 from __future__ import annotations
 

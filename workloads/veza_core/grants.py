@@ -39,6 +39,7 @@ COMPONENTS = ("api", "chat", "stream")  # stream owns no range: it only declares
 
 _CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?([a-z_][a-z0-9_]*)", re.IGNORECASE)
 _CREATE_FUNCTION = re.compile(r"CREATE (?:OR REPLACE )?FUNCTION ([a-z_][a-z0-9_]*)", re.IGNORECASE)
+_DROP_FUNCTION = re.compile(r"DROP FUNCTION (?:IF EXISTS )?([a-z_][a-z0-9_]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Schema:
                 continue
             tables[owner] += _CREATE_TABLE.findall(sql)
             functions[owner] += _CREATE_FUNCTION.findall(sql)
+            dropped = set(_DROP_FUNCTION.findall(sql))  # a later migration's function that replaced it is gone
+            functions[owner] = [f for f in dict.fromkeys(functions[owner]) if f not in dropped]
         return cls({c: tuple(t) for c, t in tables.items()}, {c: tuple(f) for c, f in functions.items()})
 
 
