@@ -12,9 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from tests.support.chat import FAST_SPEC, ISSUER, Chat, ChatClient
 from tests.support.waiting import wait_for
+from veza_local.services import RedisService
 
 
 def b64(data: dict | bytes) -> str:
@@ -287,3 +289,42 @@ async def test_retention_by_age(chat: Chat) -> None:
         return [e["text"] for e in await history_after(c)] == ["new"]
 
     await wait_for(only_new, timeout=10, interval=0.25, message="the old messages gone, the new one kept")
+
+
+async def _outcomes(client: ChatClient, cids: set[str]) -> dict[str, str]:
+    """Each cid's answer: its ack, or the code of its error."""
+    found: dict[str, str] = {}
+    while len(found) < len(cids):
+        for frame in client.frames:
+            if frame.get("cid") in cids and frame["type"] in ("ack", "error"):
+                found[frame["cid"]] = "ack" if frame["type"] == "ack" else frame["code"]
+        if len(found) < len(cids) and await client.recv(timeout=10.0) is None:
+            raise ConnectionError("closed before every send was answered")
+    return found
+
+
+async def test_a_busy_senders_limit_holds_over_two_workers_that_lease_its_tokens(chat: Chat,
+                                                                                redis: RedisService) -> None:
+    """600 messages a minute: 10 a second, bursts of 100. Each worker takes up to a tenth of the burst per Redis
+    round trip and spends it from memory; across the two the sender still gets no more than the bucket gives."""
+    spec = {"limits": {"messagesPerMinute": 600}}
+    a, b = await chat.worker(spec), await chat.worker(spec)
+    on_a, on_b = await chat.connect(a, "alice"), await chat.connect(b, "alice")
+    stats = Redis.from_url(redis.url)
+    try:
+        scripts_before = int((await stats.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
+        began = time.monotonic()
+        for i in range(75):
+            await on_a.send({"type": "send", "cid": f"a{i}", "text": f"a {i}"})
+            await on_b.send({"type": "send", "cid": f"b{i}", "text": f"b {i}"})
+        answers = {**await _outcomes(on_a, {f"a{i}" for i in range(75)}),
+                   **await _outcomes(on_b, {f"b{i}" for i in range(75)})}
+        elapsed = time.monotonic() - began
+        scripts = int((await stats.info("commandstats"))["cmdstat_evalsha"]["calls"]) - scripts_before
+    finally:
+        await stats.aclose()
+    acked = sum(1 for a in answers.values() if a == "ack")
+    assert set(answers.values()) <= {"ack", "rate_limited"}, answers
+    # The burst, and what refilled meanwhile; less at most the two leases left unspent when the bucket ran dry.
+    assert 100 - 2 * 10 <= acked <= 100 + 10 * elapsed + 1, (acked, elapsed)
+    assert scripts < 75, f"{scripts} rate-limit scripts for 150 messages: the leases spared few round trips"
