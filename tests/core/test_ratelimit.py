@@ -217,22 +217,6 @@ async def test_leases_spare_round_trips_and_never_spend_more_than_the_bucket_giv
     assert left < 1
 
 
-async def test_concurrent_takes_of_one_key_wait_for_the_lease_on_its_way(redis: RedisService) -> None:
-    """Many takes of one key at once (a client's pipelined messages): one round trip is out at a time, and the
-    others are served by the lease it brings, instead of each asking Redis in the same moment."""
-    client = aioredis.from_url(redis.url)
-    limiter = CountedLimiter(client, prefix=f"t{uuid.uuid4().hex[:8]}")
-    book = Leases(seconds=30)
-    try:
-        decisions = await asyncio.gather(*(limiter.hit_leased(Bucket("user:u", rate=0.0001, burst=1000), book)
-                                           for _ in range(100)))
-    finally:
-        await client.aclose()
-    assert all(d.allowed for d in decisions)
-    assert limiter.trips <= 8, f"{limiter.trips} round trips: leases of 1, 2, 4, ... 64 tokens serve 100 takes"
-    assert not book.taking
-
-
 async def test_an_occasional_client_takes_from_the_bucket_only_what_it_spends(redis: RedisService) -> None:
     """One request now and then (its lease lapsed in between) takes one token each: nothing is lost to leases."""
     allowed, trips, left = await _take_in_turns(redis, 10, seconds=0.05, pause=0.1)

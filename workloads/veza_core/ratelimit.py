@@ -163,8 +163,6 @@ class Leases:
         self.most = most
         self.max_keys = max_keys
         self._leases: dict[str, _Lease] = {}
-        # Keys whose next lease is being taken: their other takes wait for it rather than each asking Redis.
-        self.taking: dict[str, asyncio.Future[None]] = {}
 
     def spend(self, bucket: Bucket) -> bool:
         """Spend `bucket.cost` tokens leased earlier, if this process holds that many still valid."""
@@ -368,22 +366,12 @@ class RateLimiter:
     async def hit_leased(self, bucket: Bucket, leases: Leases) -> Decision:
         """`bucket.cost` tokens from this process's lease of `bucket` when it holds them, else from the bucket with
         the next lease (`Leases`)."""
-        while True:
-            if leases.spend(bucket):
-                return Decision(True, 0.0, 0.0, bucket.cost)  # what the bucket holds is not known here
-            taking = leases.taking.get(bucket.key)
-            if taking is None:
-                break
-            await asyncio.shield(taking)  # the lease on its way may hold this take too
+        if leases.spend(bucket):
+            return Decision(True, 0.0, 0.0, bucket.cost)  # what the bucket holds is not known here
         bucket = leases.ask(bucket)
-        leases.taking[bucket.key] = taken = asyncio.get_running_loop().create_future()
-        try:
-            decision = await self.hit(bucket.key, rate=bucket.rate, burst=bucket.burst, cost=bucket.cost,
-                                      want=bucket.want)
-            leases.keep(bucket, decision)
-        finally:
-            del leases.taking[bucket.key]
-            taken.set_result(None)
+        decision = await self.hit(bucket.key, rate=bucket.rate, burst=bucket.burst, cost=bucket.cost,
+                                  want=bucket.want)
+        leases.keep(bucket, decision)
         return decision
 
     async def hit_gated(self, before: Sequence[Bucket], gate: str, passing: bytes, after: Sequence[Bucket]) -> Gated:
