@@ -25,7 +25,7 @@ from opentelemetry import trace
 
 from veza_core import bus, events
 from veza_core.auth import Principal
-from veza_core.ratelimit import Leases, RateLimiter
+from veza_core.ratelimit import RateLimiter
 from veza_core.tracing import child_span
 from veza_core.web import HttpError
 
@@ -59,7 +59,6 @@ class ChatService:
         breaker = worker.breaker
         prefix = f"veza:{settings.platform}:chat:{self.room_name}"
         self.limiter = RateLimiter(self.redis, prefix=f"{prefix}:rl", breaker=breaker, scripts=worker.scripts)
-        self.leases = Leases()  # the message limit's tokens taken ahead for busy senders (veza_core.ratelimit)
         self.cache = RecentCache(self.redis, f"{prefix}:recent", breaker) if self.redis is not None else None
         self.presence = Presence(self.redis, prefix, self.worker_id, breaker,
                                  members_key=f"veza:{settings.platform}:room:{self.room_name}:members",

@@ -19,7 +19,6 @@ from typing import Any
 from aiohttp import WSMsgType
 from opentelemetry import trace
 
-from veza_core.ratelimit import Bucket
 from veza_core.tracing import new_trace
 
 from . import access, metrics
@@ -195,9 +194,7 @@ class Session:
         text = frame.get("text")
         if text is not None:
             check_text(service.spec, text)
-        # A busy sender's messages spend tokens this worker leased ahead: one Redis round trip serves several.
-        decision = await service.limiter.hit_leased(
-            Bucket(f"user:{client.user}", rate=service.msg_rate, burst=service.msg_burst), service.leases)
+        decision = await service.limiter.hit(f"user:{client.user}", rate=service.msg_rate, burst=service.msg_burst)
         if not decision.allowed:
             await self.error(p.RATE_LIMITED, "too many messages", cid=frame["cid"],
                              retry_after=round(decision.retry_after, 3))
