@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.support.kube import KubeCluster
-from veza_local.controlplane import wait_for
+from veza_local.controlplane import ControlPlane, wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -135,3 +135,13 @@ def test_audit_log_counts_write_requests(kube: KubeCluster, ns: str) -> None:
                    for e in kube.plane.audit_events()[before:])  # type: ignore[union-attr]
 
     wait_for(audited, timeout=10, message="the write shows in the audit log")
+
+
+def test_a_line_the_api_server_is_still_writing_is_left_for_the_next_read(tmp_path: Path) -> None:
+    plane = ControlPlane(tmp_path)
+    whole = {"verb": "create", "objectRef": {"name": "a"}}
+    plane.audit_log.write_text(json.dumps(whole) + "\n" + '{"verb":"delete","objectRef":{"na')
+    assert plane.audit_events() == [whole]
+    with plane.audit_log.open("a") as log:
+        log.write('me":"b"}}\n')
+    assert [e["objectRef"]["name"] for e in plane.audit_events()] == ["a", "b"]

@@ -344,7 +344,10 @@ class ControlPlane:
         """Write requests the API server has logged so far (audit log, Metadata level)."""
         if not self.audit_log.exists():
             return []
-        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+        text = self.audit_log.read_text()
+        # The API server may be writing its last line as we read: only lines it ended are whole.
+        complete = text[:text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def wait_for(condition: Any, timeout: float, interval: float = 0.2, message: str = "condition") -> Any:
