@@ -11,7 +11,9 @@ broadcast what they receive, no auth, no storage; each message is sent to both),
 Then durable sends in one room (`--durable-runs` rounds): eight sockets over two workers keep `--inflight` (500)
 sends in flight together, a new one for every ack; the JSON has acknowledged messages per second, the ack p50/p99
 measured at the client, the spread per socket (each socket's acked sends per second, fastest over slowest, and its
-own ack p99: a starved sender shows), and the check that PostgreSQL holds exactly the acked seqs, gapless. Each round is
+own ack p99: a starved sender shows), the events a worker had to read from PostgreSQL because the other's commit
+had not reached it over NATS in time (`gap_fills_per_event`), and the check that PostgreSQL holds exactly the acked
+seqs, gapless. Each round is
 followed by its baseline: the same rows inserted by a plain asyncpg loop with the same batching (the round's mean
 group commit per statement), as `ratio_to_plain`. `pg_test_fsync` on the data directory's filesystem is reported
 beside them; the local PostgreSQL runs with fsync off unless `--fsync`. Then the cost of tracing: the same durable
@@ -443,20 +445,27 @@ async def fanout_run(servers: Servers, room: str, sockets: int, rate: float, sec
     return result
 
 
-async def scrape(servers: Servers, name: str) -> tuple[float, float]:
-    """(sum, count) of a histogram over the servers' /metrics."""
-    total, count = 0.0, 0.0
+async def metric_lines(servers: Servers) -> list[str]:
+    """The lines of every server's /metrics."""
+    lines = []
     for port in servers.ports:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
-        body = (await reader.read()).decode()
+        lines += (await reader.read()).decode().splitlines()
         writer.close()
-        for line in body.splitlines():
-            if line.startswith(f"{name}_sum "):
-                total += float(line.split()[1])
-            elif line.startswith(f"{name}_count "):
-                count += float(line.split()[1])
-    return total, count
+    return lines
+
+
+async def scrape(servers: Servers, name: str) -> tuple[float, float]:
+    """(sum, count) of a histogram over the servers' /metrics."""
+    lines = await metric_lines(servers)
+    return (sum(float(line.split()[1]) for line in lines if line.startswith(f"{name}_sum ")),
+            sum(float(line.split()[1]) for line in lines if line.startswith(f"{name}_count ")))
+
+
+async def counter_total(servers: Servers, name: str) -> float:
+    """A counter without labels, summed over the servers' /metrics."""
+    return sum(float(line.split()[1]) for line in await metric_lines(servers) if line.startswith(f"{name} "))
 
 
 async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: float, inflight_total: int,
@@ -542,6 +551,7 @@ async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: f
             s.transport.close()
     commit = await scrape(servers, "veza_chat_commit_seconds")
     batch = await scrape(servers, "veza_chat_commit_batch_size")
+    gap_fills = await counter_total(servers, "veza_chat_gap_fills_total")
     conn = await asyncpg.connect(db_url)
     try:
         stored = await conn.fetchval("SELECT count(*) FROM chat_events WHERE room = $1", room)
@@ -559,6 +569,9 @@ async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: f
             "loadgen_loop_lag_ms": {"p50": pct(lags, 0.5), "p99": pct(lags, 0.99)},
             "group_commits": int(commit[1]), "mean_commit_ms": round(commit[0] / max(1, commit[1]) * 1000, 2),
             "mean_batch": round(batch[0] / max(1, batch[1]), 1),
+            # Events a worker read from PostgreSQL because the other's commit had not come over NATS within the
+            # sequencer's grace, per event committed: what fan-out was too slow for.
+            "gap_fills_per_event": round(gap_fills / max(1.0, batch[0]), 3),
             "ack_ms": {"p50": pct(every, 0.5), "p99": pct(every, 0.99), "max": pct(every, 1.0)},
             # Fairness: each socket's acknowledged sends per second and its own ack p99 (a starved sender shows as
             # a low rate and a high p99); `spread` is the fastest socket's rate over the slowest's.

@@ -57,6 +57,32 @@ async def test_gap_fill_racing_fan_out_never_rewinds() -> None:
     await room.stop()
 
 
+async def test_each_gap_waits_its_own_grace_for_fan_out() -> None:
+    """In a room written on two replicas a new gap opens at nearly every commit of the other one, its events on
+    their way over NATS: a gap is filled from PostgreSQL only once it has itself lasted the grace, however long
+    the room has had one gap after another."""
+    fetched: list[tuple[int, int]] = []
+
+    async def fetch(after: int, upto: int, limit: int) -> list[dict[str, Any]]:
+        fetched.append((after, upto))
+        return [event(s) for s in range(after + 1, upto + 1)]
+
+    room = Room("r", fetch, gap_wait=1.0)
+    room.feed([ev(2)])  # 1 missing
+    await asyncio.sleep(0.6)
+    room.feed([ev(1), ev(4)])  # fan-out brings 1; 3 is missing now
+    await asyncio.sleep(0.6)  # 1.2 s of gaps, 0.6 s of this one
+    assert fetched == [] and delivered(room) == [1, 2]
+    room.feed([ev(3), ev(6)])
+    await asyncio.sleep(0.6)
+    room.feed([ev(5)])
+    assert fetched == [] and delivered(room) == [1, 2, 3, 4, 5, 6] and not room.pending
+    room.feed([ev(8)])  # this one never comes over NATS: PostgreSQL has it once its grace is over
+    await wait_for(lambda: delivered(room)[-2:] == [7, 8], timeout=5, message="the gap below 8 filled")
+    assert fetched == [(6, 7)]
+    await room.stop()
+
+
 async def test_hole_left_by_retention_is_skipped() -> None:
     async def fetch(after: int, upto: int, limit: int) -> list[dict[str, Any]]:
         return [event(s) for s in range(max(after + 1, 8), upto + 1)]  # 1..7 deleted

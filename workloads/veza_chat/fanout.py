@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
@@ -41,6 +43,17 @@ tracer = trace.get_tracer("veza.chat")
 
 OUTBOX_LIMIT = 10_000
 MAX_EVENTS_BYTES = 8 * 1024 * 1024  # a group commit of a few thousand events at most (NATS allows 1 MiB by default)
+PUBLISH_WINDOW = 64  # group commits published and not yet acked, at most
+PUBLISH_TIMEOUT = 2.0
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One group commit's message, in the outbox until JetStream has acked it and everything before it."""
+    payload: bytes
+    msg_id: str  # Nats-Msg-Id: the room and the commit's first seq
+    context: dict[str, str]  # trace headers
+    ack: asyncio.Future[Any] | None = None  # the publish in flight, if it was sent
 
 
 class BusLink:
@@ -108,7 +121,7 @@ class Fanout:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.subscriptions: list[Subscription] = []
-        self.outbox: deque[tuple[bytes, str, dict[str, str]]] = deque()  # payload, Nats-Msg-Id, trace headers
+        self.outbox: deque[Outgoing] = deque()
         self.wake = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -145,6 +158,9 @@ class Fanout:
                 await asyncio.wait_for(self._wait_outbox_empty(), flush_timeout)
         for task in self.tasks:
             task.cancel()
+        for item in self.outbox:
+            if item.ack is not None:
+                item.ack.cancel()
         for sub in self.subscriptions:  # the connection is the worker's: only this room's interest ends
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -162,27 +178,46 @@ class Fanout:
             return
         lines = [self.worker_id] + [f"{seq} {'-' if ts is None else ts} {frame}" for seq, frame, ts in items]
         # The commit's trace context rides along (`traceparent`): the delivery on every replica continues it.
-        self.outbox.append(("\n".join(lines).encode(), f"{self.room}:{items[0][0]}", inject()))
+        self.outbox.append(Outgoing("\n".join(lines).encode(), f"{self.room}:{items[0][0]}", inject()))
         if len(self.outbox) > OUTBOX_LIMIT:
-            self.outbox.popleft()  # peers fill it from PostgreSQL
+            dropped = self.outbox.popleft()  # peers fill it from PostgreSQL
+            if dropped.ack is not None:
+                dropped.ack.cancel()
         self.wake.set()
 
     async def _publisher(self) -> None:
+        """Publishes the outbox in order without waiting for each ack before the next message: a commit waiting
+        behind the previous one's round trip (10-20 ms on a busy worker) reached the other replicas late enough
+        for them to fill it from PostgreSQL instead. A message leaves the outbox once it and every message before it
+        are acked; after a failure everything from the failed one on is published again (`Nats-Msg-Id` makes the
+        repeats harmless), so nothing is skipped."""
         assert self.js is not None
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.outbox:
-                payload, msg_id, context = self.outbox[0]
-                try:
-                    await self.js.publish(self.events_subject, payload, timeout=2.0,
-                                          headers={"Nats-Msg-Id": msg_id, **context})
-                except Exception as exc:
-                    log.warning("event publish failed, will retry", extra={"error": repr(exc)})
+            while self.outbox and self.outbox[0].ack is not None and self.outbox[0].ack.done():
+                ack = self.outbox[0].ack
+                error = ack.exception() if not ack.cancelled() else asyncio.CancelledError("publish cancelled")
+                if error is not None:
+                    log.warning("event publish failed, will retry", extra={"error": repr(error)})
+                    for item in self.outbox:
+                        if item.ack is not None:
+                            item.ack.cancel()
+                            item.ack = None
                     await asyncio.sleep(0.5)
-                    continue
-                if self.outbox and self.outbox[0][1] == msg_id:
-                    self.outbox.popleft()
+                    break
+                self.outbox.popleft()
+            for item in itertools.islice(self.outbox, PUBLISH_WINDOW):
+                if item.ack is None:
+                    item.ack = asyncio.ensure_future(self.js.publish(
+                        self.events_subject, item.payload, timeout=PUBLISH_TIMEOUT,
+                        headers={"Nats-Msg-Id": item.msg_id, **item.context}))
+                    item.ack.add_done_callback(self._acked)
+
+    def _acked(self, ack: asyncio.Future[Any]) -> None:
+        if not ack.cancelled():
+            ack.exception()  # read here: the publisher reads only the first failure in order
+        self.wake.set()
 
     async def _on_events_msg(self, msg: Msg) -> None:
         if len(msg.data) > MAX_EVENTS_BYTES:

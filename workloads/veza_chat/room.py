@@ -191,8 +191,9 @@ class Room:
     def __init__(self, name: str, fetch_after: FetchAfter, l2_range: RangeCache | None = None, *,
                  clock: Callable[[], float] = time.time, last_committed: LastCommitted | None = None,
                  on_system: Callable[[str], None] | None = None, replay_after: FetchAfter | None = None,
-                 batch_group: int = BATCH_GROUP) -> None:
+                 batch_group: int = BATCH_GROUP, gap_wait: float = GAP_WAIT) -> None:
         self.name = name
+        self.gap_wait = gap_wait
         # Resume reads (may be served by a read replica, never short): gap fills and catch-up use `fetch_after`.
         self.replay_after = replay_after or fetch_after
         self.on_system = on_system  # called, in seq order, with the frame of each system event delivered
@@ -216,6 +217,7 @@ class Room:
         self.batch_delay = BATCH_MIN_DELAY
         self.task: asyncio.Task[None] | None = None
         self.gap_task: asyncio.Task[None] | None = None
+        self.gap_since: float | None = None  # loop time the gap below `pending` appeared
 
     def start(self, delivered: int) -> None:
         self.delivered = delivered
@@ -232,9 +234,11 @@ class Room:
 
     # -- sequencer --------------------------------------------------------
     def feed(self, items: list[Encoded]) -> None:
+        had_gap = bool(self.pending)
         for item in items:
             if item[0] > self.delivered:
                 self.pending.setdefault(item[0], item)
+        advanced = False
         while (nxt := self.delivered + 1) in self.pending:
             item = self.pending.pop(nxt)
             self.delivered = nxt
@@ -243,12 +247,24 @@ class Room:
             if self.on_system is not None and item[1].find(SYSTEM_MARK, 0, 64) != -1:
                 self.on_system(item[1])
             self.wake.set()
-        if self.pending and (self.gap_task is None or self.gap_task.done()):
+            advanced = True
+        if not self.pending:
+            return
+        if advanced or not had_gap or self.gap_since is None:
+            self.gap_since = asyncio.get_running_loop().time()  # a new gap: fan-out gets its grace for this one
+        if self.gap_task is None or self.gap_task.done():
             self.gap_task = asyncio.create_task(self._fill_gap(), name="chat-gap-fill")
 
     async def _fill_gap(self) -> None:
-        await asyncio.sleep(GAP_WAIT)
+        """Fills the gap below the pending events from PostgreSQL once it has lasted `gap_wait`. Each gap gets the
+        whole wait: in a room written on two replicas there is a new one at nearly every commit of the other, and
+        its events are on their way over NATS."""
+        loop = asyncio.get_running_loop()
         while self.pending and self.delivered + 1 not in self.pending:
+            wait = (self.gap_since or 0.0) + self.gap_wait - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
             upto = min(self.pending) - 1
             try:
                 events = await self.fetch_after(self.delivered, upto, 1000)
