@@ -101,6 +101,44 @@ async def test_calls_made_while_a_pipeline_is_out_go_together_in_the_next(pipeli
     assert [r[0] for r in replies] == [1, 1, 1, 1, 1, 0]
 
 
+async def evalsha_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_takes_from_one_bucket_in_one_turn_are_one_script_with_each_callers_own_answer(
+        redis: RedisService) -> None:
+    """A sender with many messages in flight: its takes in one pipeline are one TAKES script, and each caller gets
+    what its own take, run in call order, would have got."""
+    client = aioredis.from_url(redis.url)
+    limiter = RateLimiter(client, prefix=f"t{uuid.uuid4().hex[:8]}")
+    try:
+        await limiter.hit("warm", rate=1, burst=1)  # the pipeline's connection is open, the scripts loaded
+        await limiter.hit("warm", rate=1, burst=1)
+        before = await evalsha_calls(client)
+        decisions = await asyncio.gather(*[limiter.hit("user:1", rate=0.01, burst=5) for _ in range(8)],
+                                         limiter.hit("user:2", rate=0.01, burst=5))
+        assert await evalsha_calls(client) - before == 2, "one script for user:1's eight takes, one for user:2's"
+        assert [d.allowed for d in decisions[:8]] == [True] * 5 + [False] * 3
+        assert [round(d.remaining) for d in decisions[:5]] == [4, 3, 2, 1, 0]
+        assert all(90 < d.retry_after <= 100 for d in decisions[5:8]), "a token comes back in 100 s"
+        assert decisions[8].allowed and round(decisions[8].remaining) == 4
+        again = await limiter.hit("user:1", rate=0.01, burst=5)
+        assert not again.allowed, "the merged takes took five tokens from the shared bucket"
+    finally:
+        await client.aclose()
+
+
+async def test_takes_are_not_merged_past_another_script_on_their_key(pipeline: CountedPipeline) -> None:
+    key, gate = f"t{uuid.uuid4().hex[:8]}:k", f"t{uuid.uuid4().hex[:8]}:gate"
+    await pipeline.redis.set(gate, b"go")
+    replies = await asyncio.gather(
+        pipeline(BUCKET, [key], take(2)),
+        pipeline(GATED, [key, gate], [time.time(), 0, b"go", 0.01, 2, 1]),  # the gate, then a take from `key`
+        pipeline(BUCKET, [key], take(2)))
+    assert [replies[0][0], replies[1][1], replies[2][0]] == [1, 1, 0], "Redis ran them in call order"
+
+
 async def test_a_script_error_is_its_callers_alone(redis: RedisService) -> None:
     """One call failing inside the pipeline (its key holds a string): that caller gets the error and falls back
     to process memory, the calls before and after it in the same pipeline get Redis's answers."""

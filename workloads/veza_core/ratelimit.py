@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,30 @@ end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
 return {allowed, math.floor(tokens * 1000), math.ceil(retry * 1000), taken}
+"""
+
+# BUCKET_SCRIPT for `n` takes of `cost` from one bucket at once, as Redis would run n BUCKET calls back to back: the
+# first `granted` succeed, the rest are refused. ARGV: rate, burst, cost (> 0), now, n. Returns {granted, tokens
+# before the takes * 1000, tokens left * 1000, retry after in ms for the refused}.
+TAKES_SCRIPT = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local ts = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local before = tokens
+local granted = 0
+while granted < n and tokens >= cost do
+  tokens = tokens - cost
+  granted = granted + 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return {granted, math.floor(before * 1000), math.floor(tokens * 1000), math.ceil((cost - tokens) / rate * 1000)}
 """
 
 # Several buckets and one read in one round trip: the buckets before the gate are taken in order (stopping at the
@@ -265,7 +290,9 @@ class ScriptPipeline:
             replies = await self._send(calls)
             unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
             if unknown:
-                texts = {calls[i].script.text for i in unknown}
+                # (a merged take's script is TAKES: load it with BUCKET)
+                texts = {text for i in unknown for text in (calls[i].script.text, TAKES.text)
+                         if calls[i].script is BUCKET or text != TAKES.text}
                 for reply in await self._round_trip([("SCRIPT", "LOAD", text) for text in texts]):
                     if isinstance(reply, Exception):
                         raise reply
@@ -293,8 +320,38 @@ class ScriptPipeline:
                 call.reply.set_result(reply)
 
     async def _send(self, calls: Sequence[_Call]) -> list[Any]:
-        return await self._round_trip([("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                                       for call in calls])
+        """The calls' replies. Takes of one token cost from one bucket go as one TAKES call: a sender with many
+        messages in flight costs one script per round trip, not one per message, and each caller gets the reply
+        its own BUCKET call would have had, in call order. Merged only when no other call of the pipeline touches
+        that bucket, so Redis runs what touches a key in call order."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        others: set[str] = set()
+        for i, call in enumerate(calls):
+            if call.script is BUCKET and _single_take(call.args):
+                groups.setdefault((call.keys[0], *call.args[:3]), []).append(i)
+            else:
+                others.update(call.keys)
+        merged = {members[0]: (group, members) for group, members in groups.items()
+                  if len(members) > 1 and group[0] not in others}
+        skip = {i for _, members in merged.values() for i in members[1:]}
+        commands = []
+        for i, call in enumerate(calls):
+            if i in merged:
+                (key, *params), members = merged[i]
+                now = max(calls[m].args[3] for m in members)
+                commands.append(("EVALSHA", TAKES.sha, 1, key, *params, now, len(members)))
+            elif i not in skip:
+                commands.append(("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
+        replies: list[Any] = [None] * len(calls)
+        for i, reply in zip((i for i in range(len(calls)) if i not in skip), await self._round_trip(commands),
+                            strict=True):
+            if i not in merged:
+                replies[i] = reply
+                continue
+            (_, _, _, cost), members = merged[i]
+            for n, m in enumerate(members):
+                replies[m] = reply if isinstance(reply, Exception) else _nth_take(reply, n, cost)
+        return replies
 
     async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The commands' replies (an error reply as its exception), in one round trip on the connection this
@@ -329,7 +386,21 @@ class ScriptPipeline:
 
 
 BUCKET = Script(BUCKET_SCRIPT)
+TAKES = Script(TAKES_SCRIPT)
 GATED = Script(GATED_SCRIPT)
+
+
+def _single_take(args: Sequence[Any]) -> bool:
+    """BUCKET arguments (rate, burst, cost, now[, want]) taking just `cost` (> 0): what TAKES can merge."""
+    return args[2] > 0 and (len(args) == 4 or args[4] == args[2])
+
+
+def _nth_take(reply: list[int], n: int, cost: float) -> list[int]:
+    """What the `n`-th (from 0) of the takes a TAKES call merged would have got from BUCKET."""
+    granted, before, left, retry = reply
+    if n < granted:
+        return [1, math.floor((before / 1000 - (n + 1) * cost) * 1000), 0, int(cost)]
+    return [0, left, retry, 0]
 
 
 class RateLimiter:
