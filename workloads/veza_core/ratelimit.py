@@ -34,19 +34,28 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .breaker import CircuitBreaker
 
-# KEYS[1]: bucket; ARGV: rate (tokens/s), burst, cost, now (s, float), and optionally want: as many tokens as are
-# there up to `want` (at least `cost`), for a caller that keeps the extra for its next requests (`Leases`).
-# Returns {allowed (0/1), tokens left * 1000, retry after in ms, tokens taken}.
-BUCKET_SCRIPT = """
+# The bucket KEYS[1] refilled to now: ARGV are rate (tokens/s), burst, cost, now (s, float) first in every script
+# that takes from it; then, after the take, its new state stored (and kept until it would be full again).
+_REFILL = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
-local want = tonumber(ARGV[5]) or cost
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or burst
 local ts = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+"""
+_STORE = """
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+"""
+
+# One take. ARGV: rate, burst, cost, now, and optionally want: as many tokens as are there up to `want` (at least
+# `cost`), for a caller that keeps the extra for its next requests (`Leases`).
+# Returns {allowed (0/1), tokens left * 1000, retry after in ms, tokens taken}.
+BUCKET_SCRIPT = _REFILL + """
+local want = tonumber(ARGV[5]) or cost
 local allowed = 0
 local retry = 0
 local taken = 0
@@ -57,32 +66,22 @@ if tokens >= cost then
 else
   retry = (cost - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+""" + _STORE + """
 return {allowed, math.floor(tokens * 1000), math.ceil(retry * 1000), taken}
 """
 
-# BUCKET_SCRIPT for `n` takes of `cost` from one bucket at once, as Redis would run n BUCKET calls back to back: the
-# first `granted` succeed, the rest are refused. ARGV: rate, burst, cost (> 0), now, n. Returns {granted, tokens
-# before the takes * 1000, tokens left * 1000, retry after in ms for the refused}.
-TAKES_SCRIPT = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
+# `n` takes of `cost` at once, as Redis would run n BUCKET calls back to back: the first `granted` succeed, the rest
+# are refused. ARGV: rate, burst, cost (> 0), now, n. Returns {granted, tokens before the takes * 1000, tokens left
+# * 1000, retry after in ms for the refused}.
+TAKES_SCRIPT = _REFILL + """
 local n = tonumber(ARGV[5])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local before = tokens
 local granted = 0
 while granted < n and tokens >= cost do
   tokens = tokens - cost
   granted = granted + 1
 end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+""" + _STORE + """
 return {granted, math.floor(before * 1000), math.floor(tokens * 1000), math.ceil((cost - tokens) / rate * 1000)}
 """
 
