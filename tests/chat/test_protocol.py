@@ -1,5 +1,6 @@
 """protocol.parse_client_frame alone: what it returns for every client frame type, and the stable
-code of the FrameError it raises for malformed JSON, wrong types, oversize fields and unknown types."""
+code of the FrameError it raises for malformed JSON, wrong types, oversize fields and unknown types; and `dumps`,
+the server frames' encoding."""
 
 from __future__ import annotations
 
@@ -147,3 +148,11 @@ def test_message_text_size_is_the_rooms_business_not_the_parsers() -> None:
 def test_error_frame_drops_empty_extras() -> None:
     assert json.loads(p.error_frame(p.RATE_LIMITED, "too many", cid="c", retry_after=1.5, ref=None)) == {
         "type": "error", "code": "rate_limited", "message": "too many", "cid": "c", "retry_after": 1.5}
+
+
+def test_frames_are_compact_json_with_text_as_written() -> None:
+    """What clients and the recent-events cache receive: no spaces, non-ASCII text as UTF-8 (not \\u escapes),
+    and the shared encoder gives each call its own answer."""
+    assert p.dumps({"type": "ack", "seq": 7, "text": "héllo 👋"}) == '{"type":"ack","seq":7,"text":"héllo 👋"}'
+    assert p.dumps({"a": [1, {"b": None}]}) == '{"a":[1,{"b":null}]}'
+    assert json.loads(p.dumps({"type": "event", "seq": 8})) == {"type": "event", "seq": 8}
