@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -245,16 +244,10 @@ def test_the_operator_runs_from_the_runtime_set(runtime: Path, kube: KubeCluster
         kube.apply(room(ns, "lobby", platform_name="absent"))
         # Its first report: the platform may yet come (a grace of PLATFORM_GRACE_SECONDS before PlatformNotFound).
         wait_condition(kube, "chatroom", "lobby", ns, status="False", reason="WaitingForPlatform", timeout=30)
-
-        def reconciles_ok() -> float:
-            counted = re.findall(r'^veza_operator_reconciles_total\{kind="[^"]+",result="ok"\} ([0-9.]+)$',
-                                 operator.metrics(), re.MULTILINE)
-            return sum(float(n) for n in counted)
-
         # The condition is written during the reconcile, which is counted once it has returned: not in the same
         # instant.
         try:
-            wait_for(lambda: reconciles_ok() >= 1, timeout=10, message="a reconcile counted ok")
+            wait_for(lambda: operator.reconciles("ok") >= 1, timeout=10, message="a reconcile counted ok")
         except TimeoutError as exc:
             raise AssertionError(operator.log_tail()) from exc
         assert operator.alive() and "Traceback" not in operator.log_tail(200), operator.log_tail()

@@ -74,10 +74,11 @@ class OperatorProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
             return resp.read().decode()
 
-    def reconciles(self) -> float:
-        """Reconciles run so far, of every kind and outcome (veza_operator_reconciles_total)."""
+    def reconciles(self, result: str | None = None) -> float:
+        """Reconciles run so far, of every kind, with outcome `result` or any (veza_operator_reconciles_total)."""
+        outcome = "" if result is None else f'result="{result}"'
         return sum(float(line.rsplit(" ", 1)[1]) for line in self.metrics().splitlines()
-                   if line.startswith("veza_operator_reconciles_total{"))
+                   if line.startswith("veza_operator_reconciles_total{") and outcome in line)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.process is None or self.process.poll() is not None:
