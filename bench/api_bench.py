@@ -13,9 +13,13 @@ the load generator does not share its event loop), then measures:
 - GET /api/v1/rooms p50/p99 under concurrent load with a bearer token (verify,
   revocation check in Redis, per-user rate limit) and without one, and the same
   queries behind a minimal aiohttp + asyncpg handler without auth
-  (bench/rooms_baseline.py, its own process), alternated in the same run; the
+  (bench/rooms_baseline.py, its own process), alternated in the same run (`--rounds` times: the machine's
+  speed drifts, so every phase gets its share of each moment); the
   ratios are the cost of authentication and of everything the real API adds; with the CPU time the
   serving process spent per request in each phase (steadier than req/s when the machine is shared).
+  The baseline encodes as a minimal aiohttp handler does (aiohttp's `json_response`); a second baseline
+  (`baseline_orjson`) encodes as the API does, and the ratios to it are what the API costs beyond its query and
+  its encoding.
 
 Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -139,6 +143,18 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def start_baseline(started: list[subprocess.Popen[bytes]], database_url: str, redis_url: str,
+                         *options: str) -> str:
+    """bench/rooms_baseline.py as its own process on a free port (added to `started`); its base URL once it
+    answers."""
+    port = free_port()
+    started.append(subprocess.Popen([sys.executable, str(Path(__file__).with_name("rooms_baseline.py")), str(port),
+                                     database_url, redis_url, "local", *options], stdout=subprocess.DEVNULL))
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base)
+    return base
+
+
 def verifications(keys: KeySet, seconds: float, *, cache_size: int) -> float:
     token = TokenIssuer(keys, issuer="https://bench.veza").issue("u1", audience=AUDIENCE_API, roles=["admin"],
                                                                  sid="s1")
@@ -160,7 +176,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             service.start()
         postgres, redis, s3 = services
         api: subprocess.Popen[bytes] | None = None
-        baseline: subprocess.Popen[bytes] | None = None
+        baselines: list[subprocess.Popen[bytes]] = []
         try:
             assert isinstance(postgres, PostgresService) and isinstance(s3, S3Service)
             await migrate(postgres.url)
@@ -221,32 +237,31 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cached_rate = verifications(KeySet.from_private_keys(signing), 2.0, cache_size=4096)
             log(f"  {verify_rate:.0f}/s checked, {cached_rate:.0f}/s cached")
 
-            baseline_port = free_port()
-            baseline_base = f"http://127.0.0.1:{baseline_port}"
-            baseline = subprocess.Popen([sys.executable, str(Path(__file__).with_name("rooms_baseline.py")),
-                                         str(baseline_port), postgres.url, redis.url, "local"],
-                                        stdout=subprocess.DEVNULL)
-            await wait_ready(baseline_base)
+            baseline_base = await start_baseline(baselines, postgres.url, redis.url)
+            orjson_base = await start_baseline(baselines, postgres.url, redis.url, "orjson")
+            baseline, orjson_baseline = baselines
 
-            log(f"GET /api/v1/rooms, {args.concurrency} concurrent, baseline, no auth and auth alternated")
-            await get_load(base, None, 1.0, args.concurrency)  # warm-up
-            await get_load(baseline_base, None, 1.0, args.concurrency)
-            phases: dict[str, list[float]] = {"auth": [], "anon": [], "baseline": []}
-            elapsed: dict[str, float] = {"auth": 0.0, "anon": 0.0, "baseline": 0.0}
-            cpu: dict[str, float] = {"auth": 0.0, "anon": 0.0, "baseline": 0.0}
+            log(f"GET /api/v1/rooms, {args.concurrency} concurrent, baselines, no auth and auth alternated")
+            for url in (base, baseline_base, orjson_base):  # warm-up
+                await get_load(url, None, 1.0, args.concurrency)
+            runs = (("baseline", baseline_base, None, baseline),
+                    ("baseline_orjson", orjson_base, None, orjson_baseline),
+                    ("anon", base, None, api), ("auth", base, user_token, api))
+            phases: dict[str, list[float]] = {name: [] for name, *_ in runs}
+            elapsed: dict[str, float] = dict.fromkeys(phases, 0.0)
+            cpu: dict[str, float] = dict.fromkeys(phases, 0.0)
             # Everything else the machine spent on each phase: PostgreSQL, Redis and the load generator.
             assert postgres.process is not None and redis.process is not None
             meters = {"postgres": lambda: tree_cpu_seconds(postgres.process.pid),  # type: ignore[union-attr]
                       "redis": lambda: tree_cpu_seconds(redis.process.pid),  # type: ignore[union-attr]
                       "client": own_cpu_seconds}
             others: dict[str, dict[str, float]] = {name: dict.fromkeys(meters, 0.0) for name in cpu}
-            for _ in range(3):
-                for name, url, token, server in (("baseline", baseline_base, None, baseline), ("anon", base, None, api),
-                                                 ("auth", base, user_token, api)):
+            for _ in range(args.rounds):
+                for name, url, token, server in runs:
                     assert server is not None
                     used = cpu_seconds(server.pid)
                     before = {meter: read() for meter, read in meters.items()}
-                    lat, took = await get_load(url, token, args.seconds / 3, args.concurrency)
+                    lat, took = await get_load(url, token, args.seconds / args.rounds, args.concurrency)
                     spent = cpu_seconds(server.pid) - used
                     for meter, read in meters.items():
                         others[name][meter] += read() - before[meter]
@@ -256,9 +271,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"  {name}: {len(lat) / took:.0f} req/s, p99 {pct(lat, 0.99) * 1000:.1f} ms, "
                         f"{spent / len(lat) * 1e6:.0f} µs of server CPU per request")
         finally:
-            if baseline is not None:
-                baseline.terminate()
-                baseline.wait(timeout=15)
+            for process in baselines:
+                process.terminate()
+                process.wait(timeout=15)
             if api is not None:
                 api.terminate()
                 try:
@@ -268,7 +283,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for service in reversed(services):
                 service.stop()
 
-    auth, anon, bare = phases["auth"], phases["anon"], phases["baseline"]
+    auth, anon, bare, bare_orjson = phases["auth"], phases["anon"], phases["baseline"], phases["baseline_orjson"]
+    rps = {name: len(phases[name]) / elapsed[name] for name in phases}
     return {
         "bench": "api",
         "argon2": {"type": "argon2id", "memory_kib": 19456, "time_cost": 2, "parallelism": 1,
@@ -283,17 +299,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "get_anon_p50_ms": round(statistics.median(anon) * 1000, 2),
         "get_auth_p99_ms": round(pct(auth, 0.99) * 1000, 2),
         "get_anon_p99_ms": round(pct(anon, 0.99) * 1000, 2),
-        "get_baseline_rps": round(len(bare) / elapsed["baseline"]),
+        "get_baseline_rps": round(rps["baseline"]),
         "get_baseline_p99_ms": round(pct(bare, 0.99) * 1000, 2),
+        "get_baseline_orjson_rps": round(rps["baseline_orjson"]),
+        "get_baseline_orjson_p99_ms": round(pct(bare_orjson, 0.99) * 1000, 2),
         # The serving process's CPU per request (the API's or the baseline's; PostgreSQL and Redis not counted).
         "get_auth_cpu_us": round(cpu["auth"] / len(auth) * 1e6),
         "get_anon_cpu_us": round(cpu["anon"] / len(anon) * 1e6),
         "get_baseline_cpu_us": round(cpu["baseline"] / len(bare) * 1e6),
+        "get_baseline_orjson_cpu_us": round(cpu["baseline_orjson"] / len(bare_orjson) * 1e6),
         # And what PostgreSQL, Redis and the load generator spent per request in each phase (µs).
         "get_other_cpu_us": {name: {meter: round(spent / len(phases[name]) * 1e6) for meter, spent in used.items()}
                              for name, used in others.items()},
-        "auth_rps_ratio_to_baseline": round((len(auth) / elapsed["auth"]) / (len(bare) / elapsed["baseline"]), 2),
-        "anon_rps_ratio_to_baseline": round((len(anon) / elapsed["anon"]) / (len(bare) / elapsed["baseline"]), 2),
+        "auth_rps_ratio_to_baseline": round(rps["auth"] / rps["baseline"], 2),
+        "anon_rps_ratio_to_baseline": round(rps["anon"] / rps["baseline"], 2),
+        # Against the baseline that encodes as the API does: what the API costs beyond its query and encoding.
+        "auth_rps_ratio_to_orjson_baseline": round(rps["auth"] / rps["baseline_orjson"], 2),
+        "anon_rps_ratio_to_orjson_baseline": round(rps["anon"] / rps["baseline_orjson"], 2),
         "auth_p99_ratio": round(pct(auth, 0.99) / pct(anon, 0.99), 2),
         "auth_p50_ratio": round(statistics.median(auth) / statistics.median(anon), 2),
         # These machines are shared: a high load average means noisy absolute figures.
@@ -305,6 +327,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured phase")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent GET requests")
+    parser.add_argument("--rounds", type=int, default=8, help="times the GET phases alternate (each gets "
+                                                              "seconds/rounds a round)")
     parser.add_argument("--profile", metavar="FILE", help="run the API under cProfile and write its profile to FILE "
                                                           "(read it with `python -m pstats FILE`)")
     figures = asyncio.run(main(parser.parse_args()))

@@ -1,14 +1,17 @@
 """The API benchmark's baseline: `GET /api/v1/rooms` as the least a server can do for it.
 
-    .venv/bin/python bench/rooms_baseline.py PORT DATABASE_URL REDIS_URL PLATFORM
+    .venv/bin/python bench/rooms_baseline.py PORT DATABASE_URL REDIS_URL PLATFORM [orjson]
 
 A minimal aiohttp + asyncpg (+ redis-py) handler without authentication, middleware, rate limits or error
 handling, answering the same JSON as veza_api.rooms.list_rooms for an anonymous caller as cheaply as it can: the
 API's own statement for an anonymous list (`ROOM_LIST.public`: the public rooms with their public channel, no
 parameter, so PostgreSQL plans it once per connection) and the member counts from Redis in one pipeline, reused for
 a second as the API reuses them, and its pool gives connections back without asyncpg's reset statement, as the
-API's does (so neither side is charged work the other skips). What the real route adds on top
-of this is the cost of being a real API (tokens, revocation, limits, logging, metrics, tracing).
+API's does (so neither side is charged work the other skips). It encodes its answer as a minimal aiohttp handler
+does, with aiohttp's `json_response` (the standard library's encoder, timestamps formatted by `isoformat`); with
+`orjson` it encodes as the API does (veza_core.web.json_response), so that the benchmark also shows what the API
+costs beyond its query and its encoding. What the real route adds on top of this is the cost of being a real API
+(tokens, revocation, limits, logging, metrics, tracing).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from typing import Any
 
 import asyncpg
+import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -38,6 +42,11 @@ async def list_rooms(request: web.Request) -> web.Response:
             for name in names:
                 pipe.hlen(f"veza:{state['platform']}:room:{name}:members")
             cached = state["counts"] = (names, time.monotonic(), await pipe.execute())
+    if state["orjson"]:  # as the API encodes: orjson writes the timestamps itself
+        return web.Response(body=orjson.dumps({"rooms": [
+            {"name": row["name"], "title": row["title"], "visibility": row["visibility"],
+             "updated_at": row["updated_at"], "member_count": count, "channel": row["channel"]}
+            for row, count in zip(rows, cached[2], strict=True)]}), content_type="application/json", charset="utf-8")
     return web.json_response({"rooms": [
         {"name": row["name"], "title": row["title"], "visibility": row["visibility"],
          "updated_at": row["updated_at"].isoformat(), "member_count": count, "channel": row["channel"]}
@@ -47,7 +56,7 @@ async def list_rooms(request: web.Request) -> web.Response:
 async def start(app: web.Application) -> None:
     database_url, redis_url, platform = sys.argv[2:5]
     app[ROOMS] = {"pool": await asyncpg.create_pool(database_url, min_size=1, max_size=10, reset=keep_session),
-                  "redis": aioredis.from_url(redis_url), "platform": platform}
+                  "redis": aioredis.from_url(redis_url), "platform": platform, "orjson": sys.argv[5:6] == ["orjson"]}
 
 
 def main() -> None:

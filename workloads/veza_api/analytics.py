@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from .context import API
 from .rbac import require_admin
@@ -45,19 +45,19 @@ def _name(request: web.Request, parameter: str) -> str | None:
 async def messages(request: web.Request) -> web.Response:
     """GET /api/v1/admin/analytics/messages?room=&from=&to= (messages per room per hour)."""
     pool, span = await _store(request)
-    return web.json_response({"series": await queries.room_messages(pool, span, _name(request, "room"))})
+    return json_response({"series": await queries.room_messages(pool, span, _name(request, "room"))})
 
 
 async def active_users(request: web.Request) -> web.Response:
     """GET /api/v1/admin/analytics/active-users?from=&to= (users who wrote, per day)."""
     pool, span = await _store(request)
-    return web.json_response({"days": await queries.active_users(pool, span)})
+    return json_response({"days": await queries.active_users(pool, span)})
 
 
 async def listening(request: web.Request) -> web.Response:
     """GET /api/v1/admin/analytics/listening?channel=&from=&to= (listener-minutes per channel, rendition, hour)."""
     pool, span = await _store(request)
-    return web.json_response({"series": await queries.listening(pool, span, _name(request, "channel"))})
+    return json_response({"series": await queries.listening(pool, span, _name(request, "channel"))})
 
 
 async def peaks(request: web.Request) -> web.Response:
@@ -66,7 +66,7 @@ async def peaks(request: web.Request) -> web.Response:
     kind = request.query.get("kind")
     if kind is not None and kind not in queries.PEAK_KINDS:
         raise _invalid(f"kind must be one of {', '.join(queries.PEAK_KINDS)}")
-    return web.json_response({"peaks": await queries.peaks(pool, span, kind)})
+    return json_response({"peaks": await queries.peaks(pool, span, kind)})
 
 
 async def top_tracks(request: web.Request) -> web.Response:
@@ -79,4 +79,4 @@ async def top_tracks(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_TRACKS:
         raise _invalid(f"limit must be between 1 and {MAX_TRACKS}")
     tracks = await queries.top_tracks(pool, span, _name(request, "channel"), limit)
-    return web.json_response({"tracks": tracks})
+    return json_response({"tracks": tracks})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from .context import API
 from .errors import parse_uuid
@@ -25,4 +25,4 @@ async def list_audit(request: web.Request) -> web.Response:
     entries = await audit.entries(request.app[API].lists, limit=limit, event=q.get("event"),
                                   subject=q.get("subject"), actor=actor, before=before)
     next_before = entries[-1]["id"] if len(entries) == limit else None
-    return web.json_response({"entries": entries, "next_before": next_before})
+    return json_response({"entries": entries, "next_before": next_before})

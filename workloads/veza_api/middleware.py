@@ -139,7 +139,8 @@ async def guard(request: web.Request) -> None:
     user = Bucket(f"user:{who.subject}", rate=s.rate_user_per_second, burst=s.rate_user_burst)
     leases, sessions = ctx.leases, ctx.sessions
     if sessions.active(sid) and leases.spend(ip):
-        await _take(ctx, user, "requests for this account")
+        if not leases.spend(user):  # the account's lease is spent (its bucket's answer is not known here)
+            await _take(ctx, user, "requests for this account")
         request[REQUEST_PRINCIPAL] = who
         return
     generation = sessions.generation

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from veza_core.web import json_response
+
 from .bodies import Action
 from .context import API, client_ip
 from .errors import forbidden, not_found, parse_uuid, read_json
@@ -48,9 +50,9 @@ async def moderate(request: web.Request) -> web.Response:
                                     reason=body.reason, until=until)
     if body.action == "ban":  # whatever their stored role, a banned user is out of the room
         await events.membership_changed(ctx, room, target, None)
-    return web.json_response({"id": row["id"], "room": room, "user_id": str(target), "action": body.action,
-                              "reason": body.reason, "until": until.isoformat() if until else None,
-                              "created_at": row["created_at"].isoformat()}, status=201)
+    return json_response({"id": row["id"], "room": room, "user_id": str(target), "action": body.action,
+                          "reason": body.reason, "until": until.isoformat() if until else None,
+                          "created_at": row["created_at"].isoformat()}, status=201)
 
 
 async def list_actions(request: web.Request) -> web.Response:
@@ -58,7 +60,7 @@ async def list_actions(request: web.Request) -> web.Response:
     await require_room_role(request, room, "moderator")
     rows = await request.app[API].lists.fetch(
         "SELECT * FROM room_moderation WHERE room = $1 ORDER BY id DESC LIMIT 200", room)
-    return web.json_response({"actions": [
+    return json_response({"actions": [
         {"id": r["id"], "room": r["room"], "user_id": str(r["user_id"]), "action": r["action"],
          "reason": r["reason"], "until": r["until"].isoformat() if r["until"] else None,
          "created_at": r["created_at"].isoformat()} for r in rows]})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from .context import API, client_ip
 from .services import oidc_login
@@ -40,7 +40,7 @@ async def callback(request: web.Request) -> web.Response:
     code, state = q.get("code", ""), q.get("state", "")
     if not code or not state or len(code) > 2048 or len(state) > 256:
         raise HttpError(400, "invalid_callback", "code and state are required")
-    answer = web.json_response(await oidc_login.finish(ctx, code=code, state=state, ip=client_ip(request),
-                                                       pending_login=request.cookies.get(PENDING_COOKIE)))
+    answer = json_response(await oidc_login.finish(ctx, code=code, state=state, ip=client_ip(request),
+                                                   pending_login=request.cookies.get(PENDING_COOKIE)))
     answer.del_cookie(PENDING_COOKIE, path=COOKIE_PATH)  # single use in this browser
     return answer

@@ -14,6 +14,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from veza_core.web import json_response
+
 from .bodies import (
     Action,
     Credentials,
@@ -300,4 +302,4 @@ def document() -> dict[str, Any]:
 
 
 async def serve(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    return json_response(document())

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from veza_core import directory
 from veza_core.auth import Principal
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from .bodies import Declaration, RoleGrant
 from .context import API, Api, client_ip
@@ -193,9 +193,9 @@ async def list_rooms(request: web.Request) -> web.Response:
     ctx = request.app[API]
     rows = await _list(request, ROOM_LIST)
     counts = await member_counts(ctx, [r["name"] for r in rows])
-    return web.json_response({"rooms": [
+    return json_response({"rooms": [
         {"name": r["name"], "title": r["title"], "visibility": r["visibility"],
-         "updated_at": r["updated_at"].isoformat(), "member_count": counts[r["name"]], "channel": r["channel"]}
+         "updated_at": r["updated_at"], "member_count": counts[r["name"]], "channel": r["channel"]}
         for r in rows]})
 
 
@@ -205,20 +205,20 @@ async def get_room(request: web.Request) -> web.Response:
                                                                            name))
     counts = await member_counts(request.app[API], [name])
     public = await _public_channels(request.app[API])
-    return web.json_response(_room_json(row, public, member_count=counts[name],
-                                        your_role=await _my_role(request, "room", name)))
+    return json_response(_room_json(row, public, member_count=counts[name],
+                                    your_role=await _my_role(request, "room", name)))
 
 
 async def list_channels(request: web.Request) -> web.Response:
     rows = await _list(request, CHANNEL_LIST)
-    return web.json_response({"channels": [_declared_json("channel", r) for r in rows]})
+    return json_response({"channels": [_declared_json("channel", r) for r in rows]})
 
 
 async def get_channel(request: web.Request) -> web.Response:
     name = resource_name(request, "channel")
     ctx = request.app[API]
     row = await _visible(request, "channel", await ctx.pool.fetchrow("SELECT * FROM channels WHERE name = $1", name))
-    return web.json_response(_declared_json("channel", row) | {
+    return json_response(_declared_json("channel", row) | {
         "now_playing": await now_playing(ctx, name), "your_role": await _my_role(request, "channel", name)})
 
 
@@ -303,7 +303,7 @@ def declare(kind: str) -> Any:
         await _announce(ctx, kind, name, changes)
         await events.lifecycle(ctx, kind, name, "created" if row["created"] else "updated", row["title"],
                                row["visibility"])
-        return web.json_response(_declared_json(kind, row), status=201 if row["created"] else 200)
+        return json_response(_declared_json(kind, row), status=201 if row["created"] else 200)
 
     return handler
 
@@ -340,7 +340,7 @@ def declared(kind: str) -> Any:
         """GET /api/v1/admin/{rooms|channels}: every row, private ones included (what the operator prunes from)."""
         await require_directory_writer(request)
         rows = await request.app[API].pool.fetch(f"SELECT * FROM {table} ORDER BY name")  # noqa: S608 - fixed names
-        return web.json_response({table: [_declared_json(kind, r) for r in rows]})
+        return json_response({table: [_declared_json(kind, r) for r in rows]})
 
     return handler
 
@@ -388,7 +388,7 @@ async def room_load(request: web.Request) -> web.Response:
     within the window, summed over its replicas (what the operator places rooms by)."""
     await require_directory_writer(request)
     load = request.app[ROOM_LOAD]
-    return web.json_response({"rooms": [{"name": r.name, "connections": r.connections,
-                                         "messages_per_second": r.messages_per_second, "replicas": r.replicas}
-                                        for r in load.rooms()],
-                              "window_seconds": load.window})
+    return json_response({"rooms": [{"name": r.name, "connections": r.connections,
+                                     "messages_per_second": r.messages_per_second, "replicas": r.replicas}
+                                    for r in load.rooms()],
+                          "window_seconds": load.window})

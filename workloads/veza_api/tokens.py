@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from veza_core.web import json_response
+
 from .bodies import ServiceTokenRequest
 from .context import API
 from .errors import read_json
@@ -15,8 +17,8 @@ async def service_token(request: web.Request) -> web.Response:
     """POST /api/v1/auth/service-token: a short token for the chat or stream service."""
     who = require_user(request)
     body = await read_json(request, ServiceTokenRequest)
-    return web.json_response(await tokens.service_token(request.app[API], who, body.audience))
+    return json_response(await tokens.service_token(request.app[API], who, body.audience))
 
 
 async def jwks(request: web.Request) -> web.Response:
-    return web.json_response(request.app[API].keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+    return json_response(request.app[API].keys.jwks(), headers={"Cache-Control": "public, max-age=60"})

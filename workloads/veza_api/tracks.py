@@ -26,7 +26,7 @@ from prometheus_client import Gauge
 
 from veza_core.auth import Principal
 from veza_core.media import UNTRUSTED_AUDIO
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from .context import API, client_ip
 from .errors import forbidden, not_found, parse_uuid
@@ -159,14 +159,14 @@ async def _store_upload(request: web.Request, who: Principal, title: str) -> web
         found.container, found.sample_rate, found.channels)
     await audit.record(ctx.pool, "track.uploaded", actor=who.subject, subject=str(track_id), ip=client_ip(request),
                        size=size, codec=found.codec)
-    return web.json_response(_json(row), status=201)
+    return json_response(_json(row), status=201)
 
 
 async def list_tracks(request: web.Request) -> web.Response:
     if not await _may_upload(request):
         raise forbidden("admins and broadcasters only")
     rows = await request.app[API].lists.fetch("SELECT * FROM tracks ORDER BY created_at DESC LIMIT 500")
-    return web.json_response({"tracks": [_json(r) for r in rows]})
+    return json_response({"tracks": [_json(r) for r in rows]})
 
 
 async def get_track(request: web.Request) -> web.Response:
@@ -176,7 +176,7 @@ async def get_track(request: web.Request) -> web.Response:
                                            parse_uuid(request.match_info["id"], "track"))
     if row is None:
         raise not_found("track")
-    return web.json_response(_json(row))
+    return json_response(_json(row))
 
 
 async def delete_track(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ import uuid
 
 from aiohttp import web
 
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from .bodies import ProfileUpdate, UserUpdate
 from .context import API, client_ip
@@ -24,7 +24,7 @@ async def get_me(request: web.Request) -> web.Response:
     row = await find_by_id(db, user_id(who))
     if row is None:
         raise not_found("user")
-    return web.json_response({**user_json(row), "resources": await resource_claims(db, row["id"])})
+    return json_response({**user_json(row), "resources": await resource_claims(db, row["id"])})
 
 
 async def patch_me(request: web.Request) -> web.Response:
@@ -35,7 +35,7 @@ async def patch_me(request: web.Request) -> web.Response:
         user_id(who), body.display_name.strip() or body.display_name)
     if row is None:
         raise not_found("user")
-    return web.json_response(user_json(row))
+    return json_response(user_json(row))
 
 
 async def list_users(request: web.Request) -> web.Response:
@@ -51,7 +51,7 @@ async def list_users(request: web.Request) -> web.Response:
         f"SELECT {USER_COLUMNS} FROM users WHERE id > $1 AND ($2::text IS NULL OR email = lower($2))"  # noqa: S608
         " ORDER BY id LIMIT $3", after, email, limit)
     users = [user_json(r) for r in rows]
-    return web.json_response({"users": users, "next_after": users[-1]["id"] if len(users) == limit else None})
+    return json_response({"users": users, "next_after": users[-1]["id"] if len(users) == limit else None})
 
 
 async def patch_user(request: web.Request) -> web.Response:
@@ -83,4 +83,4 @@ async def patch_user(request: web.Request) -> web.Response:
                                subject=str(target), ip=ip)
     if disabled and not before["disabled"]:
         await revoke_user_sessions(ctx, target, "user disabled", "disabled")
-    return web.json_response(user_json(row))
+    return json_response(user_json(row))

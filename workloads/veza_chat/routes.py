@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from veza_core.auth import token_from_request
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from . import access
 from . import protocol as p
@@ -51,7 +51,7 @@ async def history(request: web.Request) -> web.Response:
         last = await service.store.last_seq(replica=True)
     except (StoreUnavailable, OSError) as exc:
         raise HttpError(503, p.STORE_UNAVAILABLE, f"history is unavailable: {exc}") from None
-    return web.json_response({"room": service.room_name, "last_seq": last, "events": events, "has_more": more})
+    return json_response({"room": service.room_name, "last_seq": last, "events": events, "has_more": more})
 
 
 async def reads(request: web.Request) -> web.Response:
@@ -62,7 +62,7 @@ async def reads(request: web.Request) -> web.Response:
         found = await service.store.reads()
     except (StoreUnavailable, OSError) as exc:
         raise HttpError(503, p.STORE_UNAVAILABLE, f"receipts are unavailable: {exc}") from None
-    return web.json_response({"room": service.room_name, "reads": found})
+    return json_response({"room": service.room_name, "reads": found})
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from veza_core.web import divert_body, unframed
+from veza_core.web import divert_body, json_response, unframed
 
 log = logging.getLogger("veza.up.entrypoint")
 
@@ -84,7 +84,7 @@ def unavailable(request: web.Request, code: str, message: str) -> web.Response:
     headers = {"Retry-After": RETRY_AFTER, "Cache-Control": "no-store"}
     if "text/html" in request.headers.get("Accept", ""):
         return web.Response(status=503, text=STARTING_PAGE, content_type="text/html", headers=headers)
-    return web.json_response({"error": {"code": code, "message": message}}, status=503, headers=headers)
+    return json_response({"error": {"code": code, "message": message}}, status=503, headers=headers)
 
 
 class HandshakeRefused(Exception):
@@ -170,8 +170,8 @@ def create_app(routes: Routes, extra_routes: Callable[[web.Application], None] |
         except aiohttp.ClientConnectorError:  # nothing listens: the worker is restarting
             return unavailable(request, "upstream_unavailable", "the worker is not running; retry shortly")
         except (aiohttp.ClientError, OSError) as exc:
-            return web.json_response({"error": {"code": "bad_gateway", "message": f"upstream unreachable: {exc}"}},
-                                     status=502)
+            return json_response({"error": {"code": "bad_gateway", "message": f"upstream unreachable: {exc}"}},
+                                 status=502)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         try:
             _copy_headers(upstream.headers, response)
@@ -219,8 +219,8 @@ async def _websocket(request: web.Request, session: aiohttp.ClientSession, url: 
     except aiohttp.ClientConnectorError:
         return unavailable(request, "upstream_unavailable", "the worker is not running; retry shortly")
     except (aiohttp.ClientError, OSError) as exc:
-        return web.json_response({"error": {"code": "bad_gateway", "message": f"upstream unreachable: {exc}"}},
-                                 status=502)
+        return json_response({"error": {"code": "bad_gateway", "message": f"upstream unreachable: {exc}"}},
+                             status=502)
     ws = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), autoping=False,
                                max_msg_size=0, compress=False)
     await ws.prepare(request)

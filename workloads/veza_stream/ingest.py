@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler
 
-from veza_core.web import HttpError, divert_body, unframed
+from veza_core.web import HttpError, divert_body, json_response, unframed
 
 from .access import ACCESS
 from .channel import CHANNEL
@@ -181,8 +181,8 @@ async def _broadcast(request: web.Request) -> web.StreamResponse:
                                              "transfer encoding (docs/streaming.md, 'Behind the front door')")
     if not session.started.is_set():
         raise HttpError(400, "undecodable_source", f"the body is not {fmt} audio: {session.error or 'no audio'}")
-    return web.json_response({"status": "ended", "bytes": stream.received,
-                              "seconds": round(session.decoded_samples / 48000, 3)})
+    return json_response({"status": "ended", "bytes": stream.received,
+                          "seconds": round(session.decoded_samples / 48000, 3)})
 
 
 ICECAST_OK = ('<?xml version="1.0"?>\n<iceresponse><message>Metadata update successful</message>'

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from .access import ACCESS
 from .listeners import LISTENERS
@@ -17,4 +17,4 @@ async def now_playing(request: web.Request) -> web.Response:
     if request.match_info["channel"] != listeners.channel.name:
         raise HttpError(404, "channel_not_found", "no such channel on this worker")
     request.app[ACCESS].listener(request)
-    return web.json_response(listeners.now_playing())
+    return json_response(listeners.now_playing())

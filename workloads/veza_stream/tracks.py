@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from aiohttp import web
 
-from veza_core.web import HttpError
+from veza_core.web import HttpError, json_response
 
 from .access import ACCESS
 from .library import LIBRARY
@@ -66,4 +66,4 @@ async def upload(request: web.Request) -> web.Response:
     except HttpError as exc:
         INGEST_REJECTED.labels(access.channel, exc.code).inc()
         raise
-    return web.json_response(stored, status=201)
+    return json_response(stored, status=201)
