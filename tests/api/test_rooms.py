@@ -42,6 +42,28 @@ async def test_a_member_count_is_reused_for_a_second(client: Client, admin: Clie
         await r.aclose()
 
 
+async def test_a_room_declared_between_two_lists_is_counted_at_once(client: Client, admin: Client,
+                                                                    api_server: ApiServer, redis: RedisService) -> None:
+    """The counts of the last list are reused whole only for the same rooms: a list with one more asks for its."""
+    first, second = _name(), _name()
+
+    async def counts() -> dict[str, int]:
+        return {r["name"]: r["member_count"] for r in (await client.get("/api/v1/rooms")).body["rooms"]}
+
+    r = aioredis.from_url(redis.url)
+    try:
+        for room, members in ((first, 1), (second, 2)):
+            await r.hset(f"veza:{api_server.settings.platform}:room:{room}:members",
+                         mapping={f"u{i}": "1" for i in range(members)})
+        assert (await admin.put(f"/api/v1/admin/rooms/{first}", {"title": "First"})).status == 201
+        assert (await counts())[first] == 1
+        assert (await admin.put(f"/api/v1/admin/rooms/{second}", {"title": "Second"})).status == 201
+        listed = await counts()
+        assert (listed[first], listed[second]) == (1, 2)
+    finally:
+        await r.aclose()
+
+
 async def test_declare_list_and_count_members(client: Client, admin: Client, api_server: ApiServer,
                                               redis: RedisService) -> None:
     public, private = _name(), _name()

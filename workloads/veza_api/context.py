@@ -44,6 +44,8 @@ class Api:
     # Reads that may lag (the list routes): the read replica when fresh enough, else `pool` (docs/deploy.md).
     reads: ReadRouter | None = None
     member_counts: dict[str, tuple[float, int]] = field(default_factory=dict)  # room -> (fetched, count)
+    # The last list's rooms, when their oldest count was fetched, and their counts (rooms.member_counts).
+    member_count_snapshot: tuple[list[str], float, dict[str, int | None]] | None = None
     # Tokens of the request limits taken ahead from Redis, and the sessions seen active: most requests of a busy
     # client then need no Redis round trip (middleware.guard).
     leases: Leases = field(default_factory=Leases)
@@ -52,8 +54,9 @@ class Api:
 
     @property
     def lists(self) -> asyncpg.Pool | ReadRouter:
-        """Where list routes read: through the read router when there is one."""
-        return self.reads if self.reads is not None else self.pool
+        """Where list routes read: through the read router when it has a replica to route to (else the pool itself,
+        not the router's layers of calls around it)."""
+        return self.reads if self.reads is not None and self.reads.enabled else self.pool
 
     def redis_key(self, *parts: str) -> str:
         return ":".join(["veza", self.settings.platform, *parts])

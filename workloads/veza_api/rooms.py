@@ -100,15 +100,24 @@ CHANNEL_LIST = _list_query("SELECT * FROM channels t", "channel")
 
 async def member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
     """Connected members per room, as the chat workers keep them in Redis; a count fetched less than
-    MEMBER_COUNT_SECONDS ago is reused (lists are read far more often than presence changes what they say)."""
+    MEMBER_COUNT_SECONDS ago is reused (lists are read far more often than presence changes what they say), and the
+    counts of the same rooms as the last call are reused whole while the oldest of them is (a busy list route asks
+    for the same rooms at every request)."""
     now = time.monotonic()
+    snapshot = ctx.member_count_snapshot
+    if snapshot is not None and now - snapshot[1] <= MEMBER_COUNT_SECONDS and snapshot[0] == rooms:
+        return snapshot[2]
     kept = ctx.member_counts
     stale = [room for room in rooms if room not in kept or now - kept[room][0] > MEMBER_COUNT_SECONDS]
     fresh = await _member_counts(ctx, stale) if stale else {}
+    counts = {room: fresh[room] if room in fresh else kept[room][1] for room in rooms}
+    oldest = min((now if room in fresh else kept[room][0] for room in rooms), default=now)
     if len(kept) + len(fresh) > MEMBER_COUNTS_KEPT:  # rooms come and go: start over rather than grow
         kept.clear()
     kept.update((room, (now, count)) for room, count in fresh.items() if count is not None)
-    return {room: fresh[room] if room in fresh else kept[room][1] for room in rooms}
+    if None not in counts.values():  # an unknown count (Redis unreachable) is asked for again by the next call
+        ctx.member_count_snapshot = (rooms, oldest, counts)
+    return counts
 
 
 async def _member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
