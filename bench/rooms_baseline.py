@@ -59,11 +59,15 @@ async def start(app: web.Application) -> None:
                   "redis": aioredis.from_url(redis_url), "platform": platform, "orjson": sys.argv[5:6] == ["orjson"]}
 
 
+async def ready(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 def main() -> None:
     app = web.Application()
     app.on_startup.append(start)
     app.router.add_get("/api/v1/rooms", list_rooms)
-    app.router.add_get("/readyz", lambda _: web.Response(text="ok"))
+    app.router.add_get("/readyz", ready)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 
 
