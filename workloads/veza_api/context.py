@@ -4,6 +4,7 @@ under the typed key `API` (handlers read it with `request.app[API]`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -25,6 +26,14 @@ from .revocations import ActiveSessions
 from .settings import ApiSettings
 
 
+class MemberCounts(NamedTuple):
+    """The counts of one list of rooms, reused whole while the oldest of them is fresh enough."""
+
+    rooms: list[str]
+    fetched: float  # when the oldest of them was fetched (monotonic)
+    counts: dict[str, int | None]
+
+
 @dataclass
 class Api:
     settings: ApiSettings
@@ -44,8 +53,7 @@ class Api:
     # Reads that may lag (the list routes): the read replica when fresh enough, else `pool` (docs/deploy.md).
     reads: ReadRouter | None = None
     member_counts: dict[str, tuple[float, int]] = field(default_factory=dict)  # room -> (fetched, count)
-    # The last list's rooms, when their oldest count was fetched, and their counts (rooms.member_counts).
-    member_count_snapshot: tuple[list[str], float, dict[str, int | None]] | None = None
+    member_count_snapshot: MemberCounts | None = None  # the last call's (rooms.member_counts)
     # Tokens of the request limits taken ahead from Redis, and the sessions seen active: most requests of a busy
     # client then need no Redis round trip (middleware.guard).
     leases: Leases = field(default_factory=Leases)

@@ -27,7 +27,7 @@ from veza_core.auth import Principal
 from veza_core.web import HttpError, json_response
 
 from .bodies import Declaration, RoleGrant
-from .context import API, Api, client_ip
+from .context import API, Api, MemberCounts, client_ip
 from .errors import forbidden, not_found, parse_uuid, read_json
 from .rbac import (
     OPERATOR,
@@ -105,8 +105,8 @@ async def member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
     for the same rooms at every request)."""
     now = time.monotonic()
     snapshot = ctx.member_count_snapshot
-    if snapshot is not None and now - snapshot[1] <= MEMBER_COUNT_SECONDS and snapshot[0] == rooms:
-        return snapshot[2]
+    if snapshot is not None and now - snapshot.fetched <= MEMBER_COUNT_SECONDS and snapshot.rooms == rooms:
+        return snapshot.counts
     kept = ctx.member_counts
     stale = [room for room in rooms if room not in kept or now - kept[room][0] > MEMBER_COUNT_SECONDS]
     fresh = await _member_counts(ctx, stale) if stale else {}
@@ -116,7 +116,7 @@ async def member_counts(ctx: Api, rooms: list[str]) -> dict[str, int | None]:
         kept.clear()
     kept.update((room, (now, count)) for room, count in fresh.items() if count is not None)
     if None not in counts.values():  # an unknown count (Redis unreachable) is asked for again by the next call
-        ctx.member_count_snapshot = (rooms, oldest, counts)
+        ctx.member_count_snapshot = MemberCounts(rooms, oldest, counts)
     return counts
 
 
