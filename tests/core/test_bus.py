@@ -72,6 +72,7 @@ async def test_users_and_permissions_of_the_shipped_authorization(secured: NatsS
     try:
         heard = await chat.subscribe("veza.p.room.r.signals")
         revocations = await chat.subscribe("veza.p.user.*.revoked")
+        await chat.flush()  # the server has both subscriptions before the other connections publish
         await stream.publish("veza.p.room.r.signals", b'{"kind":"moderation"}')
         await stream.flush()
         await api.publish("veza.p.user.u1.revoked", b'{"v":1}')
