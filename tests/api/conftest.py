@@ -4,6 +4,7 @@ key Secret directory, and API servers on loopback built from ApiSettings."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import os
 import uuid
@@ -71,20 +72,22 @@ async def make_api(api_database: str, redis: RedisService, s3_env: S3Service, ma
         started.append((server, session))
         base = str(server.make_url("")).rstrip("/")
         inbox = mailbox[1] if settings.smtp_host == "127.0.0.1" and settings.smtp_port == mailbox[0].port else None
-        return ApiServer(Client(base, session, inbox=inbox), settings, keys_dir, api_database)
+        return ApiServer(Client(base, session, inbox=inbox), settings, keys_dir, api_database,
+                         stop=functools.partial(_close, server, session))
 
     yield make
     await _close_all(started)
 
 
+async def _close(server: TestServer, session: aiohttp.ClientSession) -> None:
+    await session.close()  # both idempotent: a server a test stopped is stopped again at the end
+    await server.close()
+
+
 async def _close_all(started: list[tuple[TestServer, aiohttp.ClientSession]], timeout: float = 60.0) -> None:
     """Stops the session's API servers together; one that will not stop names the tasks it waits for, rather
     than leaving the session's last test to time out."""
-    async def close(server: TestServer, session: aiohttp.ClientSession) -> None:
-        await session.close()
-        await server.close()
-
-    closing = [asyncio.create_task(close(server, session)) for server, session in started]
+    closing = [asyncio.create_task(_close(server, session)) for server, session in started]
     if not closing:
         return
     done, pending = await asyncio.wait(closing, timeout=timeout)

@@ -129,7 +129,10 @@ def _failures() -> float:
 
 async def test_without_nats_the_api_works_and_counts_what_it_could_not_say(make_api: ServerFactory) -> None:
     server = await make_api(nats_url=f"nats://127.0.0.1:{free_port()}")  # nobody listens there
-    user, _ = await _logged_in(server)
-    before = _failures()
-    assert (await user.post("/api/v1/auth/logout")).status == 204
-    assert _failures() == before + 1
+    try:
+        user, _ = await _logged_in(server)
+        before = _failures()
+        assert (await user.post("/api/v1/auth/logout")).status == 204
+        assert _failures() == before + 1
+    finally:
+        await server.stop()

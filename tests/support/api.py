@@ -147,6 +147,9 @@ class ApiServer:
     settings: ApiSettings
     keys_dir: Path
     database_url: str
+    # Stops the server before the session ends (one whose dependencies a test takes away would otherwise keep
+    # retrying them for the rest of the session); the factory stops every server at the end anyway.
+    stop: Callable[[], Awaitable[None]]
 
 
 ServerFactory = Callable[..., Awaitable[ApiServer]]
