@@ -54,6 +54,7 @@ sys.path[:0] = [str(ROOT / "workloads")]
 
 from veza_core.auth import TokenIssuer  # noqa: E402
 from veza_core.keys import KeySet, generate_signing_key, secret_data  # noqa: E402
+from veza_core.web import new_event_loop  # noqa: E402
 from veza_local.controlplane import tools_bin_dir  # noqa: E402
 from veza_local.jaeger import JaegerService  # noqa: E402
 from veza_local.services import NatsService, PostgresService, RedisService, free_port  # noqa: E402
@@ -104,7 +105,9 @@ def bare_server(port: int) -> None:
         return web.json_response({"status": "ready"})
 
     app.router.add_get("/readyz", readyz)
-    web.run_app(app, host="127.0.0.1", port=port, print=lambda *_: None, access_log=None, shutdown_timeout=1)
+    # On the event loop the workers run on (VEZA_EVENT_LOOP, uvloop unless set): neither side gets a cheaper loop.
+    web.run_app(app, host="127.0.0.1", port=port, print=lambda *_: None, access_log=None, shutdown_timeout=1,
+                loop=new_event_loop(os.environ.get("VEZA_EVENT_LOOP") or "uvloop"))
 
 
 # -- a cheap WebSocket client --------------------------------------------------------------------

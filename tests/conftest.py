@@ -11,12 +11,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.kube import KubeCluster
+from veza_core.web import new_event_loop
 from veza_local.controlplane import ControlPlane
 from veza_local.services import LocalService, NatsService, PostgresService, RedisService, S3Service
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Async tests and fixtures run on the event loop the workers serve on (veza_core.web.new_event_loop, uvloop
+    unless VEZA_EVENT_LOOP says otherwise): what users run is what is tested."""
+    kind = os.environ.get("VEZA_EVENT_LOOP") or "uvloop"
+    return {kind: lambda: new_event_loop(kind)}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

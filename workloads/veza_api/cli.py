@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
     configure_tracing("api")
     app = create_api_app(settings)
     serve(app, args.host or settings.http_host, args.port or settings.http_port,
-          shutdown_grace=settings.shutdown_grace_seconds)
+          shutdown_grace=settings.shutdown_grace_seconds, event_loop=settings.event_loop)
     return 0

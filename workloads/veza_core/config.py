@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
@@ -56,6 +56,8 @@ class Settings(BaseModel):
 
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
+    # uvloop unless told otherwise: the standard loop is there to tell a loop's bug from ours.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:

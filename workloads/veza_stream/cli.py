@@ -59,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"veza stream: invalid configuration: {exc}", file=sys.stderr)
         return 2
     run_app(app, settings.http_host, settings.http_port, shutdown_grace=settings.shutdown_grace_seconds,
-            backlog=settings.stream_listen_backlog)
+            backlog=settings.stream_listen_backlog, event_loop=settings.event_loop)
     return 0
 
