@@ -107,7 +107,7 @@ def bare_server(port: int) -> None:
     app.router.add_get("/readyz", readyz)
     # On the event loop the workers run on (VEZA_EVENT_LOOP, uvloop unless set): neither side gets a cheaper loop.
     web.run_app(app, host="127.0.0.1", port=port, print=lambda *_: None, access_log=None, shutdown_timeout=1,
-                loop=new_event_loop(os.environ.get("VEZA_EVENT_LOOP") or "uvloop"))
+                loop=new_event_loop())
 
 
 # -- a cheap WebSocket client --------------------------------------------------------------------

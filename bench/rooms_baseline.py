@@ -16,7 +16,6 @@ costs beyond its query and its encoding. What the real route adds on top of this
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from datetime import datetime
@@ -78,7 +77,7 @@ def main() -> None:
     app.router.add_get("/readyz", ready)
     # On the event loop the API runs on (VEZA_EVENT_LOOP, uvloop unless set): neither side gets a cheaper loop.
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
-                loop=new_event_loop(os.environ.get("VEZA_EVENT_LOOP") or "uvloop"))
+                loop=new_event_loop())
 
 
 if __name__ == "__main__":

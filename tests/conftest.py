@@ -8,10 +8,10 @@ a private instance instead of the shared one.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,11 +21,11 @@ from veza_local.controlplane import ControlPlane
 from veza_local.services import LocalService, NatsService, PostgresService, RedisService, S3Service
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Async tests and fixtures run on the event loop the workers serve on (veza_core.web.new_event_loop, uvloop
     unless VEZA_EVENT_LOOP says otherwise): what users run is what is tested."""
-    kind = os.environ.get("VEZA_EVENT_LOOP") or "uvloop"
-    return {kind: lambda: new_event_loop(kind)}
+    return {"workers_loop": new_event_loop}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

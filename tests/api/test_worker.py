@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.api import PASSWORD, Client, ServerFactory, write_keys
+from tests.support.api import PASSWORD, ServerFactory, write_keys
 from tests.support.waiting import wait_for
 from veza_core.keys import generate_signing_key
 from veza_local.services import LocalService, RedisService, S3Service, free_port
@@ -59,7 +59,7 @@ async def test_api_keeps_working_while_redis_is_down(
         make_api: ServerFactory, service_factory: Callable[[type[LocalService]], LocalService]) -> None:
     private_redis = service_factory(RedisService)
     server = await make_api(redis_url=private_redis.url)
-    client = Client(server.client.base, server.client.session)
+    client = server.client  # with the mailbox: the bootstrap admin's address is confirmed by its link
     tokens = await client.register_and_login()
     root = client.as_user((await client.register_and_login("root@veza.test"))["access_token"])
     assert (await root.put("/api/v1/admin/rooms/while-redis-is-down", {"title": "Down"})).status in (200, 201)

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -261,7 +262,9 @@ def run(app: web.Application, host: str, port: int, *, shutdown_grace: float = 2
                 print=lambda *_: None, handle_signals=True, loop=new_event_loop(event_loop))
 
 
-def new_event_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
-    """The loop a worker serves on (Settings.event_loop): uvloop's, whose loop turns and socket writes cost a
-    fraction of the standard loop's in Python, or the standard one."""
+def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
+    """The loop a worker serves on (Settings.event_loop; None: `VEZA_EVENT_LOOP` as Settings reads it, for the
+    tests and the benchmarks' baselines): uvloop's, whose loop turns and socket writes cost a fraction of the
+    standard loop's in Python, or the standard one."""
+    kind = kind or os.environ.get("VEZA_EVENT_LOOP") or "uvloop"
     return uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
