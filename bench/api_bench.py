@@ -17,7 +17,8 @@ the load generator does not share its event loop), then measures:
   speed drifts, so every phase gets its share of each moment); the
   ratios are the cost of authentication and of everything the real API adds; with the CPU time the
   serving process spent per request in each phase (steadier than req/s when the machine is shared).
-  The baseline encodes as a minimal aiohttp handler does (aiohttp's `json_response`); a second baseline
+  Both serve on the loop the API serves on (`VEZA_EVENT_LOOP`, uvloop unless set; `asyncio` compares the
+  standard loop). The baseline encodes as a minimal aiohttp handler does (aiohttp's `json_response`); a second baseline
   (`baseline_orjson`) encodes as the API does, and the ratios to it are what the API costs beyond its query and
   its encoding.
 
@@ -45,6 +46,7 @@ import asyncpg
 from veza_core.auth import AUDIENCE_API, TokenIssuer, TokenVerifier
 from veza_core.db import migrate
 from veza_core.keys import KeySet, generate_signing_key, secret_data
+from veza_core.web import event_loop_kind
 from veza_local.services import PostgresService, RedisService, S3Service, free_port
 
 PASSWORD = "correct horse battery staple"
@@ -286,7 +288,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     auth, anon, bare, bare_orjson = phases["auth"], phases["anon"], phases["baseline"], phases["baseline_orjson"]
     rps = {name: len(phases[name]) / elapsed[name] for name in phases}
     return {
-        "bench": "api",
+        "bench": "api", "event_loop": event_loop_kind(),
         "argon2": {"type": "argon2id", "memory_kib": 19456, "time_cost": 2, "parallelism": 1,
                    "why": "OWASP minimum for argon2id; each guess costs an attacker 19 MiB and ~tens of ms"},
         **login_figures,

@@ -6,7 +6,8 @@
 
 Starts PostgreSQL, NATS and Redis locally (veza_local.services), then for 1k and 5k sockets in
 one room spread over two server processes: the bare baseline (two aiohttp processes that
-broadcast what they receive, no auth, no storage; each message is sent to both), then two
+broadcast what they receive, no auth, no storage; each message is sent to both; on the workers' event loop,
+`VEZA_EVENT_LOOP`, uvloop unless set), then two
 `veza chat` workers (auth, group commit to PostgreSQL, fan-out over NATS, Redis rate limits).
 Then durable sends in one room (`--durable-runs` rounds): eight sockets over two workers keep `--inflight` (500)
 sends in flight together, a new one for every ack; the JSON has acknowledged messages per second, the ack p50/p99
@@ -54,7 +55,7 @@ sys.path[:0] = [str(ROOT / "workloads")]
 
 from veza_core.auth import TokenIssuer  # noqa: E402
 from veza_core.keys import KeySet, generate_signing_key, secret_data  # noqa: E402
-from veza_core.web import new_event_loop  # noqa: E402
+from veza_core.web import event_loop_kind, new_event_loop  # noqa: E402
 from veza_local.controlplane import tools_bin_dir  # noqa: E402
 from veza_local.jaeger import JaegerService  # noqa: E402
 from veza_local.services import NatsService, PostgresService, RedisService, free_port  # noqa: E402
@@ -742,6 +743,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     issuer, env = worker_env(work, pg, nats, redis)
     env["VEZA_RESOURCE_SPEC"] = json.dumps({"limits": {"messagesPerMinute": 1e9, "maxMembers": 100000}})
     results: dict[str, Any] = {"bench": "chat", "cpus": os.cpu_count(),
+                               "event_loop": event_loop_kind(),
                                "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     try:
         for sockets, rate in args.loads:

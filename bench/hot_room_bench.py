@@ -4,7 +4,8 @@
     .venv/bin/python bench/hot_room_bench.py --quick    # ~40 s: 1,000 sockets, 50 msg/s, one round
 
 Starts PostgreSQL, NATS and Redis locally (veza_local.services) and one dedicated `veza chat` worker for one room,
-then runs two phases against that same worker, each with fresh sockets in the room (5,000; 1,000 with --quick), of
+then runs two phases against that same worker (on the workers' event loop: uvloop, or the standard one with
+`VEZA_EVENT_LOOP=asyncio`), each with fresh sockets in the room (5,000; 1,000 with --quick), of
 which a few are senders (messages round-robin over them, at 100 msg/s: 500,000 deliveries/s offered):
 
 * `per_message` (the baseline): the sockets connect as clients always have, without `?batch=1`: one `event` frame
@@ -70,6 +71,7 @@ from chat_bench import (
     ws_connect,
 )
 from veza_chat.room import BATCH_GROUP
+from veza_core.web import event_loop_kind
 from veza_local.services import NatsService, PostgresService, RedisService
 
 WORKLOADS = Path(__file__).resolve().parents[1] / "workloads"
@@ -219,6 +221,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     results: dict[str, Any] = {"bench": "hot_room", "cpus": os.cpu_count(), "quick": args.quick,
+                               "event_loop": event_loop_kind(),
                                "sockets": args.sockets, "offered_msgs_per_s": args.rate,
                                "offered_deliveries_per_s": round(args.sockets * args.rate),
                                "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}

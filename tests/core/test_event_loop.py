@@ -16,12 +16,12 @@ import uvloop
 from pydantic import ValidationError
 
 from veza_core.config import Settings
-from veza_core.web import new_event_loop
+from veza_core.web import event_loop_kind, new_event_loop
 
 
 async def test_the_suite_runs_on_the_loop_the_workers_serve_on() -> None:
     on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
-    assert on_uvloop == ((os.environ.get("VEZA_EVENT_LOOP") or "uvloop") == "uvloop")
+    assert on_uvloop == (event_loop_kind() == "uvloop")
 
 
 @pytest.mark.parametrize(("kind", "uses_uvloop"), [("uvloop", True), ("asyncio", False)])

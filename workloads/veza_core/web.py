@@ -266,5 +266,9 @@ def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
     """The loop a worker serves on (Settings.event_loop; None: `VEZA_EVENT_LOOP` as Settings reads it, for the
     tests and the benchmarks' baselines): uvloop's, whose loop turns and socket writes cost a fraction of the
     standard loop's in Python, or the standard one."""
-    kind = kind or os.environ.get("VEZA_EVENT_LOOP") or "uvloop"
-    return uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    return uvloop.new_event_loop() if event_loop_kind(kind) == "uvloop" else asyncio.new_event_loop()
+
+
+def event_loop_kind(kind: str | None = None) -> str:
+    """`kind`, or else `VEZA_EVENT_LOOP` as Settings reads it: "uvloop" unless set."""
+    return kind or os.environ.get("VEZA_EVENT_LOOP") or "uvloop"
