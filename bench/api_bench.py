@@ -45,8 +45,8 @@ import asyncpg
 
 from veza_core.auth import AUDIENCE_API, TokenIssuer, TokenVerifier
 from veza_core.db import migrate
+from veza_core.eventloop import event_loop_kind
 from veza_core.keys import KeySet, generate_signing_key, secret_data
-from veza_core.web import event_loop_kind
 from veza_local.services import PostgresService, RedisService, S3Service, free_port
 
 PASSWORD = "correct horse battery staple"

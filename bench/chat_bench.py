@@ -54,8 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workloads")]
 
 from veza_core.auth import TokenIssuer  # noqa: E402
+from veza_core.eventloop import event_loop_kind, new_event_loop  # noqa: E402
 from veza_core.keys import KeySet, generate_signing_key, secret_data  # noqa: E402
-from veza_core.web import event_loop_kind, new_event_loop  # noqa: E402
 from veza_local.controlplane import tools_bin_dir  # noqa: E402
 from veza_local.jaeger import JaegerService  # noqa: E402
 from veza_local.services import NatsService, PostgresService, RedisService, free_port  # noqa: E402

@@ -71,7 +71,7 @@ from chat_bench import (
     ws_connect,
 )
 from veza_chat.room import BATCH_GROUP
-from veza_core.web import event_loop_kind
+from veza_core.eventloop import event_loop_kind
 from veza_local.services import NatsService, PostgresService, RedisService
 
 WORKLOADS = Path(__file__).resolve().parents[1] / "workloads"

@@ -27,7 +27,8 @@ from aiohttp import web
 
 from veza_api.rooms import ROOM_LIST
 from veza_core.db import keep_session
-from veza_core.web import json_response, new_event_loop
+from veza_core.eventloop import new_event_loop
+from veza_core.web import json_response
 
 ROOMS = web.AppKey("rooms", dict)
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.kube import KubeCluster
-from veza_core.web import new_event_loop
+from veza_core.eventloop import new_event_loop
 from veza_local.controlplane import ControlPlane
 from veza_local.services import LocalService, NatsService, PostgresService, RedisService, S3Service
 
 
 def pytest_asyncio_loop_factories(
         config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Async tests and fixtures run on the event loop the workers serve on (veza_core.web.new_event_loop, uvloop
+    """Async tests and fixtures run on the event loop the workers serve on (veza_core.eventloop.new_event_loop, uvloop
     unless VEZA_EVENT_LOOP says otherwise): what users run is what is tested."""
     return {"workers_loop": new_event_loop}
 

@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 
+from veza_core.eventloop import new_event_loop
 from veza_core.logs import configure_logging
 from veza_core.tracing import configure_tracing
 
@@ -56,12 +57,17 @@ def run(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.bind)
     liveness = f"http://{settings.bind}:{settings.liveness_port}/healthz" if settings.liveness_port else None
-    kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        standalone=args.standalone,
-        peering_name=None if args.standalone else settings.peering,
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(settings=settings, namespaces=tuple(args.namespace)),
-    )
+    loop = new_event_loop(settings.event_loop)  # the loop the tests run the operator on, too
+    try:
+        kopf.run(
+            loop=loop,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=args.standalone,
+            peering_name=None if args.standalone else settings.peering,
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(settings=settings, namespaces=tuple(args.namespace)),
+        )
+    finally:
+        loop.close()
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,6 +30,8 @@ class Settings(BaseModel):
     metrics_port: int = Field(9090, description="VEZA_METRICS_PORT: Prometheus port (0: off)")
     bind: str = Field("0.0.0.0", description="VEZA_BIND: address of the liveness and metrics ports")
     log_level: str = Field("INFO", description="VEZA_LOG_LEVEL")
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="VEZA_EVENT_LOOP: the loop kopf runs on, "
+                                                     "as the workers (asyncio: the standard one)")
     # Watches can stall silently (kopf's most reported problem): they are bounded on both ends.
     watch_server_timeout: int = Field(270, description="VEZA_WATCH_SERVER_TIMEOUT: seconds a watch lasts")
     peering_lifetime: int = Field(20, description="VEZA_PEERING_LIFETIME: seconds before a silent replica "

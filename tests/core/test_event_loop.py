@@ -16,7 +16,7 @@ import uvloop
 from pydantic import ValidationError
 
 from veza_core.config import Settings
-from veza_core.web import event_loop_kind, new_event_loop
+from veza_core.eventloop import event_loop_kind, new_event_loop
 
 
 async def test_the_suite_runs_on_the_loop_the_workers_serve_on() -> None:

@@ -220,8 +220,8 @@ async def listener_memory(n: int = 200) -> float:
 def test_a_listener_costs_a_few_kilobytes() -> None:
     """Measured in a process of its own: tracemalloc counts every allocation of the process, and in the test
     session's loop other tests' servers and clients allocate meanwhile."""
-    measure = (f"import asyncio, {__name__} as t, veza_core.web as w\n"  # on the loop the stream worker serves on
-               "with asyncio.Runner(loop_factory=w.new_event_loop) as r: print(r.run(t.listener_memory()))")
+    measure = (f"import asyncio, {__name__} as t, veza_core.eventloop as e\n"  # on the loop the stream worker serves on
+               "with asyncio.Runner(loop_factory=e.new_event_loop) as r: print(r.run(t.listener_memory()))")
     done = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=False)
     assert done.returncode == 0, done.stderr

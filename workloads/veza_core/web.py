@@ -13,17 +13,16 @@ import contextlib
 import gc
 import ipaddress
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
-import uvloop
 from aiohttp import StreamReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .eventloop import new_event_loop
 from .logs import redact, request_id
 from .metrics import DEPENDENCY_UP, http_latency, http_requests
 
@@ -260,15 +259,3 @@ def run(app: web.Application, host: str, port: int, *, shutdown_grace: float = 2
     """
     web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_grace, backlog=backlog, access_log=None,
                 print=lambda *_: None, handle_signals=True, loop=new_event_loop(event_loop))
-
-
-def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
-    """The loop a worker serves on (Settings.event_loop; None: `VEZA_EVENT_LOOP` as Settings reads it, for the
-    tests and the benchmarks' baselines): uvloop's, whose loop turns and socket writes cost a fraction of the
-    standard loop's in Python, or the standard one."""
-    return uvloop.new_event_loop() if event_loop_kind(kind) == "uvloop" else asyncio.new_event_loop()
-
-
-def event_loop_kind(kind: str | None = None) -> str:
-    """`kind`, or else `VEZA_EVENT_LOOP` as Settings reads it: "uvloop" unless set."""
-    return kind or os.environ.get("VEZA_EVENT_LOOP") or "uvloop"
