@@ -35,6 +35,7 @@ from aiohttp import web
 
 import veza_web
 from veza_core import keys
+from veza_core.eventloop import new_event_loop
 from veza_operator import wiring
 from veza_operator.models import (
     Connections,
@@ -619,7 +620,9 @@ def run(args: argparse.Namespace) -> int:
         console.line(f"veza up: error: {exc}")
         return exc.status
     try:
-        return asyncio.run(_main(settings, console))
+        # The front door and the supervisor on the loop the workers serve on (VEZA_EVENT_LOOP).
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(_main(settings, console))
     except UpError as exc:
         console.line(f"veza up: error: {exc}")
         return exc.status
