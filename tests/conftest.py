@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,10 +28,17 @@ def pytest_asyncio_loop_factories(
     return {"workers_loop": new_event_loop}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The end-to-end suite runs last: its cluster (a dozen pods) lives until the session ends, and
-    would otherwise load the machine under the timing-sensitive tests that follow it."""
-    items.sort(key=lambda item: "/tests/e2e/" in str(item.path))
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Generator[None, None, None]:
+    """Tests run in the order they are written, with the end-to-end suite last: its cluster (a dozen pods) lives
+    until the session ends, and would otherwise load the machine under the timing-sensitive tests that follow it.
+    pytest would group the tests that take the session loop's factory (the async ones) apart from the others, and
+    a module's tests may build on the ones above them (the local platform's read a stream the earlier ones waited
+    for; the image upgrade comes after the checks of the first image)."""
+    written = sorted(items, key=lambda item: "/tests/e2e/" in str(item.path))
+    yield  # the other plugins: pytest's grouping, -k and -m deselection
+    kept = set(items)
+    items[:] = [item for item in written if item in kept]
 
 
 def _started(service: LocalService) -> Iterator[LocalService]:
