@@ -248,14 +248,14 @@ def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) 
 
 
 def run(app: web.Application, host: str, port: int, *, shutdown_grace: float = 20.0, backlog: int = 128,
-        event_loop: str = "uvloop") -> None:
+        event_loop: str | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then shut down within the grace period.
 
     aiohttp turns the signal into a graceful exit: listening sockets close first,
     `on_shutdown` hooks run (workers close WebSockets with 1012 there), then
     in-flight requests get up to `shutdown_grace` seconds to finish. `backlog`: connections the kernel queues
     before the worker accepts them (aiohttp's default; a rush of listeners needs more). `event_loop`: "uvloop" or
-    "asyncio" (Settings.event_loop).
+    "asyncio" (Settings.event_loop; None: `VEZA_EVENT_LOOP`, as `veza_core.eventloop` reads it).
     """
     web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_grace, backlog=backlog, access_log=None,
                 print=lambda *_: None, handle_signals=True, loop=new_event_loop(event_loop))
