@@ -31,7 +31,9 @@ services' CPU.
 `ratio_per_worker_cpu` = batched deliveries per worker CPU second / per_message's. Correctness: every probe socket
 records the seq of every event it gets; it must hold exactly the seqs the senders' acks returned in the phase, once
 each, in ascending order (`probes_ok`); every other socket must count every event (`all_delivered`); every
-probe's welcome must grant batches exactly in the batched phase (`batch_as_asked`).
+probe's welcome must grant batches exactly in the batched phase (`batch_as_asked`). `gc_full_collections` and
+`gc_full_pause_s`: the worker's full garbage collections in the window (each stops its loop: ~0.4 s with 5,000
+sockets; see veza_core.heap) and their pauses in all.
 
 The load generator is chat_bench's raw asyncio client; only the probes and senders parse frames, the other sockets
 count event objects in the bytes they read (`{"type":"event","seq"` begins each, in `event` frames and inside
@@ -63,6 +65,7 @@ from chat_bench import (
     WsClient,
     cpu_seconds,
     family_cpu,
+    metric_lines,
     pct,
     say,
     scrape,
@@ -134,6 +137,16 @@ def user_system(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
+async def full_collections(worker: Servers) -> tuple[float, float]:
+    """(count, seconds) of the worker's full garbage collections so far (`veza_gc_pause_seconds`, generation 2)."""
+    lines = await metric_lines(worker)
+
+    def total(name: str) -> float:
+        return sum(float(line.split()[1]) for line in lines if line.startswith(f'{name}{{generation="2"}} '))
+
+    return total("veza_gc_pause_seconds_count"), total("veza_gc_pause_seconds_sum")
+
+
 async def connect(port: int, path: str, token: str, stats: Stats, **kind: bool) -> HotClient:
     client = await ws_connect(port, path, token, stats, client=HotClient, timeout=60, **kind)
     assert isinstance(client, HotClient)
@@ -165,6 +178,7 @@ async def phase(worker: Servers, label: str, batched: bool, tokens: list[str], a
     loadgen0, cpu0, backing0 = time.process_time(), cpu_seconds(pid), family_cpu(BACKING)
     split0 = user_system(pid)
     writes0 = (await scrape(worker, "veza_chat_fanout_seconds"))[1]
+    gc0 = await full_collections(worker)
     stats.counting = True
     t0 = time.monotonic()
     total = int(args.rate * args.seconds)
@@ -187,6 +201,7 @@ async def phase(worker: Servers, label: str, batched: bool, tokens: list[str], a
     # batched turn of one group (the room's batching sockets are written in groups of BATCH_GROUP, in turn).
     writes = ((await scrape(worker, "veza_chat_fanout_seconds"))[1] - writes0) / (
         math.ceil(len(sockets) / BATCH_GROUP) if batched else 1)
+    gc_count, gc_seconds = (b - a for a, b in zip(gc0, await full_collections(worker), strict=True))
     loadgen = time.process_time() - loadgen0
     stats.counting = False
     for c in sockets:
@@ -209,6 +224,8 @@ async def phase(worker: Servers, label: str, batched: bool, tokens: list[str], a
                                "max": pct(stats.latencies, 1.0)},
         "ack_ms": {"p50": pct(stats.ack_latencies, 0.5), "p99": pct(stats.ack_latencies, 0.99)},
         "loadgen_cpu_s": round(loadgen, 2), "backing_cpu_s": round(backing, 2),
+        # Full garbage collections in the window and how long they stopped the worker, in all (veza_core.heap).
+        "gc_full_collections": int(gc_count), "gc_full_pause_s": round(gc_seconds, 3),
         "probes": len(probes), "probes_ok": not bad and len(acked) == total, "probe_failures": bad[:3],
         # Every probe's and sender's welcome granted batches exactly when they asked for them.
         "batch_as_asked": all(c.batch_granted is batched for c in [*senders, *probes]),
@@ -296,6 +313,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                    for label in ("per_message", "batched")},
         "correct": all(p["probes_ok"] and p["all_delivered"] and p["batch_as_asked"] for p in phases),
         "loadavg_by_phase": [p["loadavg"] for p in phases],
+        "gc_full_collections_in_windows": sum(p["gc_full_collections"] for p in phases),
         "targets": {"ratio_per_worker_cpu": ">= 3", "p99_ms_batched": "<= 250", "correct": True},
     }
     return results

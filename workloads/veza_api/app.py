@@ -21,7 +21,7 @@ from veza_core.keys import KeySet
 from veza_core.ratelimit import RateLimiter
 from veza_core.replica import ReadRouter, read_url
 from veza_core.storage import ObjectStore
-from veza_core.web import add_readiness_check, create_app, settle_heap
+from veza_core.web import add_readiness_check, create_app
 
 from . import accounts, analytics, audit, magiclinks, moderation, oidc, openapi, rooms, tokens, tracks, users
 from .bus import Publisher
@@ -158,7 +158,6 @@ def create_api_app(settings: ApiSettings) -> web.Application:
         add_readiness_check(app, "postgres", database)
         add_readiness_check(app, "s3", ctx.store.ready)
         add_readiness_check(app, "signing_key", signing_key)
-        settle_heap()
         try:
             yield
         finally:

@@ -29,7 +29,6 @@ from veza_core import directory
 from veza_core.db import create_pool
 from veza_core.replica import ReadRouter
 from veza_core.tracing import batch_span
-from veza_core.web import settle_heap
 
 from . import metrics
 
@@ -422,7 +421,6 @@ class GroupCommitter:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        settle_heap()
         self.task = asyncio.create_task(self._run(), name="chat-group-commit")
 
     async def stop(self) -> None:

@@ -23,6 +23,10 @@ DB_READS = Counter(
     ["target", "reason"])
 DB_REPLICA_LAG = Gauge(
     "veza_db_replica_lag_seconds", "Replay lag of the read replica, measured against the primary's WAL position")
+GC_PAUSE = Histogram(
+    "veza_gc_pause_seconds", "How long each collection of the cyclic garbage collector stopped the process (and its "
+    "event loop), by generation (2: a full collection)", ["generation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 
 # Every request counts into one child of each: `.labels()` validates, joins and locks on every call, so the children
@@ -35,3 +39,8 @@ def http_requests(component: str, route: str, method: str, status: int) -> Count
 @lru_cache(maxsize=1024)
 def http_latency(component: str, route: str) -> Histogram:
     return HTTP_LATENCY.labels(component, route)
+
+
+@lru_cache(maxsize=3)
+def gc_pause(generation: int) -> Histogram:
+    return GC_PAUSE.labels(str(generation))

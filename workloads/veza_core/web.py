@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import logging
 import random
@@ -23,6 +22,7 @@ from aiohttp import StreamReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .eventloop import new_event_loop
+from .heap import settle_heap
 from .logs import redact, request_id
 from .metrics import DEPENDENCY_UP, http_latency, http_requests
 
@@ -35,21 +35,6 @@ DRAINING = web.AppKey("draining", asyncio.Event)
 
 # Paths polled by kubelets and Prometheus: not worth a log line each.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-_heap_settled = False
-
-
-def settle_heap() -> None:
-    """Once per process, when it is ready to serve: move what booting allocated (modules, clients, pools) out of
-    the cyclic collector's reach. A full collection over that heap stopped a worker's loop for 30-160 ms about once
-    a second under load, holding every request of the moment (a chat worker's acks and commits, the API's
-    answers); afterwards it walks only what was allocated since."""
-    global _heap_settled
-    if not _heap_settled:
-        _heap_settled = True
-        gc.collect()
-        gc.freeze()
 
 
 def client_address(request: web.BaseRequest, trusted_proxies: int) -> str:
@@ -255,7 +240,12 @@ def run(app: web.Application, host: str, port: int, *, shutdown_grace: float = 2
     `on_shutdown` hooks run (workers close WebSockets with 1012 there), then
     in-flight requests get up to `shutdown_grace` seconds to finish. `backlog`: connections the kernel queues
     before the worker accepts them (aiohttp's default; a rush of listeners needs more). `event_loop`: "uvloop" or
-    "asyncio" (Settings.event_loop; None: `VEZA_EVENT_LOOP`, as `veza_core.eventloop` reads it).
+    "asyncio" (Settings.event_loop; None: `VEZA_EVENT_LOOP`, as `veza_core.eventloop` reads it). Once started,
+    the heap is settled (`veza_core.heap`).
     """
+    async def settle(_: web.Application) -> None:  # after the app's own start-up: what it allocated is boot's too
+        settle_heap()
+
+    app.on_startup.append(settle)
     web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_grace, backlog=backlog, access_log=None,
                 print=lambda *_: None, handle_signals=True, loop=new_event_loop(event_loop))
