@@ -53,6 +53,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workloads")]
 
+from veza_chat.settings import ChatSettings  # noqa: E402
 from veza_core.auth import TokenIssuer  # noqa: E402
 from veza_core.eventloop import event_loop_kind, new_event_loop  # noqa: E402
 from veza_core.keys import KeySet, generate_signing_key, secret_data  # noqa: E402
@@ -107,8 +108,10 @@ def bare_server(port: int) -> None:
 
     app.router.add_get("/readyz", readyz)
     # On the event loop the workers run on (VEZA_EVENT_LOOP, uvloop unless set): neither side gets a cheaper loop.
+    # With the chat worker's listen backlog (VEZA_CHAT_LISTEN_BACKLOG's default): aiohttp's 128 drops the SYNs of a
+    # reconnect storm (bench/storm_bench.py), which their clients send again only a second later.
     web.run_app(app, host="127.0.0.1", port=port, print=lambda *_: None, access_log=None, shutdown_timeout=1,
-                loop=new_event_loop())
+                backlog=ChatSettings.model_fields["chat_listen_backlog"].default, loop=new_event_loop())
 
 
 # -- a cheap WebSocket client --------------------------------------------------------------------

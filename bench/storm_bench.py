@@ -33,7 +33,9 @@
    two bare aiohttp WebSocket servers (bench/chat_bench.py's: no auth, no storage, no resume), one restarted the
    same way, the clients reconnecting the same way: `ratio_all_resumed` and `ratio_after_listening` are veza's
    times over the bare server's. The bare server is at its best as a baseline: it does nothing but the WebSocket
-   handshake (no token, no room, no replay).
+   handshake (no token, no room, no replay), on the workers' event loop and with their listen backlog (4096,
+   `VEZA_CHAT_LISTEN_BACKLOG`; aiohttp's default of 128 drops most SYNs of the storm, and their clients' kernels
+   send them again 1, 3, 7, 15 and 31 s later: with it, the workers' storm took 5-31 s on one machine in one hour).
 The last stdout line is one JSON object; `loadavg` beside each part tells what else the machine was doing.
 """
 

@@ -1,18 +1,24 @@
-"""What other parts rely on: member counts in Redis for the API, the purge Job, the spec's field names."""
+"""What other parts rely on: member counts in Redis for the API, the purge Job, the spec's field names, a listen
+queue that holds a reconnect storm."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from tests.support.chat import Chat
+from tests.support.process import connected_within
 from tests.support.waiting import wait_for
+from veza_chat.settings import ChatSettings
 from veza_chat.spec import RoomSpec
 from veza_core.specs import ChatRoomSpec
 
@@ -93,3 +99,26 @@ def test_the_worker_reads_only_fields_the_crd_defines() -> None:
     worker = {a.replace("[].", ".") for a in _aliases(RoomSpec)}
     crd = {a.replace("[].", ".") for a in _aliases(ChatRoomSpec)}
     assert worker <= crd, worker - crd
+
+
+async def test_a_reconnect_storm_waits_in_the_listen_queue(chat: Chat) -> None:
+    """The worker listens with a deep backlog (VEZA_CHAT_LISTEN_BACKLOG, 4096): the clients of a restarted replica
+    all reconnect at once, and past aiohttp's default of 128 the kernel drops their SYNs, each sent again only 1,
+    3, 7... s later. With the worker stopped (SIGSTOP, so it accepts nothing) the kernel completes one more
+    handshake than the backlog and drops the rest."""
+    deep = await chat.worker()
+    set_to_300 = await chat.worker(VEZA_CHAT_LISTEN_BACKLOG="300")
+    for worker, attempts, queued in ((deep, 600, 600), (set_to_300, 400, 301)):
+        assert worker.proc is not None
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        try:
+            # 0.5 s: within the first SYN retransmission (1 s), so a dropped SYN does not get in late.
+            assert await asyncio.to_thread(connected_within, worker.port, attempts, 0.5) == queued
+        finally:
+            os.kill(worker.proc.pid, signal.SIGCONT)
+
+
+def test_a_listen_backlog_out_of_range_is_refused() -> None:
+    assert ChatSettings.from_env({"VEZA_CHAT_LISTEN_BACKLOG": "512"}).chat_listen_backlog == 512
+    with pytest.raises(ValueError, match="chat_listen_backlog"):
+        ChatSettings.from_env({"VEZA_CHAT_LISTEN_BACKLOG": "0"})

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import signal
-import socket
-import time
 from collections.abc import Callable
 
 import pytest
 
-from tests.support.process import VezaProcess
+from tests.support.process import VezaProcess, connected_within
 from veza_stream.settings import StreamSettings
 
 ENV = {
@@ -66,28 +62,6 @@ def test_a_short_source_password_is_refused() -> None:
 def test_a_listen_backlog_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="stream_listen_backlog"):
         StreamSettings.from_env({"VEZA_STREAM_LISTEN_BACKLOG": "0"})
-
-
-def connected_within(port: int, attempts: int, seconds: float) -> int:
-    """How many of `attempts` connections to `port` complete their handshake within `seconds`: with nobody
-    accepting, the kernel completes one more than the listen backlog and drops the other SYNs (for 1 s)."""
-    socks = []
-    try:
-        for _ in range(attempts):
-            s = socket.socket()
-            s.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                s.connect(("127.0.0.1", port))
-            socks.append(s)
-        done: set[socket.socket] = set()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            _, writable, _ = select.select([], [s for s in socks if s not in done], [], 0.05)
-            done.update(s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
-        return len(done)
-    finally:
-        for s in socks:
-            s.close()
 
 
 @pytest.mark.usefixtures("tracks")

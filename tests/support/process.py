@@ -3,10 +3,14 @@ start (chat tests have their own `ChatWorker`, tied to a room)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -70,3 +74,25 @@ class VezaProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def connected_within(port: int, attempts: int, seconds: float) -> int:
+    """How many of `attempts` connections to `port` complete their handshake within `seconds`: with nobody
+    accepting, the kernel completes one more than the listen backlog and drops the other SYNs (for 1 s)."""
+    socks = []
+    try:
+        for _ in range(attempts):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            socks.append(s)
+        done: set[socket.socket] = set()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            _, writable, _ = select.select([], [s for s in socks if s not in done], [], 0.05)
+            done.update(s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+        return len(done)
+    finally:
+        for s in socks:
+            s.close()

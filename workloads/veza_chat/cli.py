@@ -55,5 +55,6 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"chat_migrate": False})
     app = create_app(settings, pooled=args.pool)
     core_web.run(app, args.host or settings.http_host, args.port or settings.http_port,
-                 shutdown_grace=settings.shutdown_grace_seconds, event_loop=settings.event_loop)
+                 shutdown_grace=settings.shutdown_grace_seconds, backlog=settings.chat_listen_backlog,
+                 event_loop=settings.event_loop)
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from veza_core.bus import NatsAuth
 from veza_core.config import Settings
@@ -32,6 +32,11 @@ class ChatSettings(Settings, NatsAuth):
     chat_revocation_memory_seconds: float = 3600.0
     # A pool worker releases a room after this long without a socket or a request (its next request opens it again).
     chat_pool_idle_seconds: float = 60.0
+    # Connections the kernel queues for the worker to accept (listen backlog; Linux caps it at net.core.somaxconn).
+    # When a worker restarts, its clients all reconnect at once (to its replacement or the other replicas): past
+    # aiohttp's default of 128 their SYNs are dropped, and each one's kernel sends it again 1 s later, then after 2,
+    # 4, 8, 16 s more, so the last clients of a storm waited half a minute for a worker that was idle by then.
+    chat_listen_backlog: int = Field(4096, ge=1, le=65535)
 
     @field_validator("chat_migrate", mode="before")
     @classmethod
