@@ -44,3 +44,13 @@ def test_uvloop_is_the_default_and_an_unknown_loop_is_refused() -> None:
     done = subprocess.run([sys.executable, "-m", "veza_cli.main", "api"], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 2 and "invalid configuration" in done.stderr and "event_loop" in done.stderr
+
+
+def test_an_unknown_loop_is_refused_where_no_settings_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's loop and the benchmarks' baselines take VEZA_EVENT_LOOP straight from the environment: a
+    misspelt loop fails there too, instead of quietly running the standard one."""
+    with pytest.raises(ValueError, match="tokio"):
+        new_event_loop("tokio")
+    monkeypatch.setenv("VEZA_EVENT_LOOP", "tokio")
+    with pytest.raises(ValueError, match="uvloop, asyncio"):
+        event_loop_kind()

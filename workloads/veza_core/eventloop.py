@@ -9,6 +9,8 @@ import os
 
 import uvloop
 
+KINDS = ("uvloop", "asyncio")
+
 
 def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
     """A loop of `kind` ("uvloop" or "asyncio"; None: `event_loop_kind()`). uvloop's turns and socket writes cost a
@@ -17,5 +19,9 @@ def new_event_loop(kind: str | None = None) -> asyncio.AbstractEventLoop:
 
 
 def event_loop_kind(kind: str | None = None) -> str:
-    """`kind`, or else `VEZA_EVENT_LOOP` as the settings read it: "uvloop" unless set."""
-    return kind or os.environ.get("VEZA_EVENT_LOOP") or "uvloop"
+    """`kind`, or else `VEZA_EVENT_LOOP` as the settings read it: "uvloop" unless set. Anything else is refused
+    (a misspelt loop must not quietly become the standard one)."""
+    chosen = kind or os.environ.get("VEZA_EVENT_LOOP") or "uvloop"
+    if chosen not in KINDS:
+        raise ValueError(f"unknown event loop {chosen!r}: expected one of {', '.join(KINDS)}")
+    return chosen
