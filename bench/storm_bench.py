@@ -29,13 +29,17 @@
    (`resumed_after_listening_s`); that every client holds every seq exactly once, in order (`seq_errors`: gaps or
    duplicates at any client, and every client's last seq equal to the room's last acked seq); the largest gap
    between deliveries at the surviving worker's clients and send → deliver p99 at 200 probe sockets of theirs,
-   during the storm against the same window before it (`survivors`). Baseline in the same run: the same sockets on
-   two bare aiohttp WebSocket servers (bench/chat_bench.py's: no auth, no storage, no resume), one restarted the
-   same way, the clients reconnecting the same way: `ratio_all_resumed` and `ratio_after_listening` are veza's
-   times over the bare server's. The bare server is at its best as a baseline: it does nothing but the WebSocket
-   handshake (no token, no room, no replay), on the workers' event loop and with their listen backlog (4096,
-   `VEZA_CHAT_LISTEN_BACKLOG`; aiohttp's default of 128 drops most SYNs of the storm, and their clients' kernels
-   send them again 1, 3, 7, 15 and 31 s later: with it, the workers' storm took 5-31 s on one machine in one hour).
+   during the storm against the same window before it (`survivors`), and the surviving worker's own part of it:
+   `worker_fanout_p99_ms_at_most` (the bucket of its `veza_chat_fanout_seconds` histogram, commit -> written to every
+   socket, that holds 99 % of the storm's messages) and its CPU seconds over the storm (`worker_cpu_s_during`); the
+   clients' figures add the load generators' own delays, busy with the storm too. Baseline in the same run: the same
+   sockets on two bare aiohttp WebSocket servers (bench/chat_bench.py's: no auth, no storage, no resume), one
+   restarted the same way, the clients reconnecting the same way: `ratio_all_resumed` and `ratio_after_listening` are
+   veza's times over the bare server's. The bare server is at its best as a baseline: it does nothing but the
+   WebSocket handshake (no token, no room, no replay), on the workers' event loop and with their listen backlog
+   (4096, `VEZA_CHAT_LISTEN_BACKLOG`; aiohttp's default of 128 drops most SYNs of the storm, and their clients'
+   kernels send them again 1, 3, 7, 15 and 31 s later: with it, the workers' storm took 5-31 s on one machine in one
+   hour).
 The last stdout line is one JSON object; `loadavg` beside each part tells what else the machine was doing.
 """
 
@@ -453,6 +457,17 @@ async def process_listening(proc: subprocess.Popen[bytes], port: int, timeout: f
     raise RuntimeError(f"the fresh process did not listen on {port}")
 
 
+async def survivor_side(port: int) -> tuple[dict[str, float], float]:
+    """The surviving worker's `veza_chat_fanout_seconds` buckets ({le: count}) and CPU seconds so far."""
+    from chat_bench import Servers, metric_lines
+
+    lines = await metric_lines(Servers([], [port]))
+    buckets = {line.split('le="', 1)[1].split('"', 1)[0]: float(line.split()[1])
+               for line in lines if line.startswith("veza_chat_fanout_seconds_bucket{")}
+    cpu = sum(float(line.split()[1]) for line in lines if line.startswith("process_cpu_seconds_total "))
+    return buckets, cpu
+
+
 async def one_storm(kind: str, args: argparse.Namespace, start_one: Any, ports: list[int], procs: list[Any],
                     room: str, tokens_file: Path, sender_token: str | None) -> dict[str, Any]:
     """Connect every client, send, restart the worker on ports[0], wait for every client to be back, check."""
@@ -476,6 +491,7 @@ async def one_storm(kind: str, args: argparse.Namespace, start_one: Any, ports: 
         before = await gens.ask_async(*[f"report {ports[1]}"] * k)
         await gens.ask_async(*["mark"] * k)
         load0 = loadavg()
+        survivor0 = None if bare else await survivor_side(ports[1])
         victim = procs[0]
         signalled = time.time()
         victim.send_signal(signal.SIGTERM if args.signal == "term" else signal.SIGKILL)
@@ -500,6 +516,7 @@ async def one_storm(kind: str, args: argparse.Namespace, start_one: Any, ports: 
                 break
             say(f"  {kind}: {resumed} of {moved} resumed")
         load1 = loadavg()
+        survivor1 = None if bare else await survivor_side(ports[1])
         acked = await sender.stop()
         await asyncio.sleep(2)  # the last events delivered
         final = await gens.ask_async(*[f"report {ports[1]}"] * k)
@@ -527,6 +544,14 @@ async def one_storm(kind: str, args: argparse.Namespace, start_one: Any, ports: 
                       "p99_ms_before": pct(lat_before, 0.99), "p99_ms_during": pct(lat_during, 0.99),
                       "p50_ms_during": pct(lat_during, 0.5)},
         "loadgen_cpu_s": round(generator_cpu, 1), "loadavg": [load0, load1]}
+    if survivor0 is not None and survivor1 is not None:
+        # The surviving worker's own share of the survivors' delay: commit -> written to every socket, from its
+        # histogram over the storm (the clients' figures above add the load generators', busy with the storm too).
+        buckets = {le: survivor1[0][le] - survivor0[0].get(le, 0.0) for le in survivor1[0]}
+        total = buckets.get("+Inf", 0.0)
+        p99 = next((le for le in sorted(buckets, key=lambda b: float(b)) if buckets[le] >= 0.99 * total), None)
+        out["survivors"]["worker_fanout_p99_ms_at_most"] = round(float(p99) * 1000) if p99 and total else None
+        out["survivors"]["worker_cpu_s_during"] = round(survivor1[1] - survivor0[1], 2)
     if not bare:
         last = [s for r in final for s in r["last_seqs"]]
         out["acked"] = acked
