@@ -50,6 +50,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workloads")]
 
@@ -452,27 +455,32 @@ async def fanout_run(servers: Servers, room: str, sockets: int, rate: float, sec
     return result
 
 
-async def metric_lines(servers: Servers) -> list[str]:
-    """The lines of every server's /metrics."""
-    lines = []
+async def metric_samples(servers: Servers) -> list[Sample]:
+    """Every sample of every server's /metrics."""
+    samples: list[Sample] = []
     for port in servers.ports:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
-        lines += (await reader.read()).decode().splitlines()
+        body = (await reader.read()).decode().split("\r\n\r\n", 1)[1]
         writer.close()
-    return lines
+        samples += (s for family in text_string_to_metric_families(body) for s in family.samples)
+    return samples
+
+
+def sample_total(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
 async def scrape(servers: Servers, name: str) -> tuple[float, float]:
     """(sum, count) of a histogram over the servers' /metrics."""
-    lines = await metric_lines(servers)
-    return (sum(float(line.split()[1]) for line in lines if line.startswith(f"{name}_sum ")),
-            sum(float(line.split()[1]) for line in lines if line.startswith(f"{name}_count ")))
+    samples = await metric_samples(servers)
+    return sample_total(samples, f"{name}_sum"), sample_total(samples, f"{name}_count")
 
 
 async def counter_total(servers: Servers, name: str) -> float:
-    """A counter without labels, summed over the servers' /metrics."""
-    return sum(float(line.split()[1]) for line in await metric_lines(servers) if line.startswith(f"{name} "))
+    """A counter summed over the servers' /metrics (`name` with its `_total`)."""
+    return sample_total(await metric_samples(servers), name)
 
 
 async def durable_run(servers: Servers, room: str, tokens: list[str], seconds: float, inflight_total: int,

@@ -65,8 +65,9 @@ from chat_bench import (
     WsClient,
     cpu_seconds,
     family_cpu,
-    metric_lines,
+    metric_samples,
     pct,
+    sample_total,
     say,
     scrape,
     start_veza,
@@ -139,12 +140,9 @@ def user_system(pid: int) -> tuple[float, float]:
 
 async def full_collections(worker: Servers) -> tuple[float, float]:
     """(count, seconds) of the worker's full garbage collections so far (`veza_gc_pause_seconds`, generation 2)."""
-    lines = await metric_lines(worker)
-
-    def total(name: str) -> float:
-        return sum(float(line.split()[1]) for line in lines if line.startswith(f'{name}{{generation="2"}} '))
-
-    return total("veza_gc_pause_seconds_count"), total("veza_gc_pause_seconds_sum")
+    samples = await metric_samples(worker)
+    return (sample_total(samples, "veza_gc_pause_seconds_count", generation="2"),
+            sample_total(samples, "veza_gc_pause_seconds_sum", generation="2"))
 
 
 async def connect(port: int, path: str, token: str, stats: Stats, **kind: bool) -> HotClient:

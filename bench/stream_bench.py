@@ -27,7 +27,8 @@
    tracing off, then exporting to a local Jaeger at 0 %, 1 % and 100 % sampling (two rounds, the second in reverse
    order); CPU per listener-second as ratios to off (`tracing.<ratio>.ratio_to_off`, above 1: tracing costs).
 On a shared machine the servers compete with everything else on their core: the step ramp then stops early for both,
-and CPU per listener-second is the steadier figure. Progress goes to stderr; the last stdout line is one JSON object.
+and CPU per listener-second is the steadier figure. Progress goes to stderr; the last stdout line is one JSON
+object, with the load average at the start and the end (`loadavg_at_start`, `loadavg_at_end`).
 """
 
 from __future__ import annotations
@@ -644,7 +645,7 @@ def main() -> int:
     need_tools()
     raise_fd_limit()
 
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory(prefix="stream-bench-") as d:
         tmp = Path(d)
         wav = tmp / "input.wav"
@@ -690,6 +691,7 @@ def main() -> int:
                 say(f"  {result['tracing']}")
         finally:
             s3.stop()
+    result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result))
     return 0
 

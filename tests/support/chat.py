@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 from referencing import Registry, Resource
 
 from tests.support.waiting import wait_for
@@ -414,17 +415,12 @@ async def nats_subscribed(monitor_url: str, subject: str, timeout: float = 15.0)
 
 
 async def metric(url: str, name: str, **labels: str) -> float:
-    """The value of one sample of the /metrics of the worker at `url` (0 when it has none yet)."""
+    """The value of the sample `name` with exactly `labels` on the /metrics of the worker at `url` (0 when it has
+    none yet)."""
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
         text = await resp.text()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            sample, _, value = line.rpartition(" ")
-            got = sample[len(name):].strip("{}")
-            if ",".join(sorted(got.split(","))) == want:
-                return float(value)
-    return 0.0
+    return next((s.value for family in text_string_to_metric_families(text) for s in family.samples
+                 if s.name == name and s.labels == labels), 0.0)
 
 
 def authorized_nats(base: Path) -> NatsService:
