@@ -13,7 +13,7 @@ import hmac
 from aiohttp import web
 from redis.asyncio import Redis
 
-from veza_core.auth import TokenError, TokenVerifier, token_from_request
+from veza_core.auth import Principal, TokenError, TokenVerifier, token_from_request
 from veza_core.ratelimit import RateLimiter
 from veza_core.web import HttpError, client_address
 
@@ -102,18 +102,22 @@ def _token(request: web.Request) -> str | None:
     return token_from_request(request) or request.query.get("token") or None
 
 
+def _verified(token: str, verifier: TokenVerifier | None) -> Principal:
+    if verifier is None:
+        raise AccessDenied(503, "auth_unavailable", "token verification is not configured")
+    try:
+        return verifier.verify(token)
+    except TokenError as exc:
+        raise AccessDenied(401, exc.code, exc.message) from exc
+
+
 def check_listener(request: web.Request, channel: str, private: bool, verifier: TokenVerifier | None) -> None:
     if not private:
         return
     token = _token(request)
     if token is None:
         raise AccessDenied(401, "token_required", "this channel is private: a listener token is required")
-    if verifier is None:
-        raise AccessDenied(503, "auth_unavailable", "token verification is not configured")
-    try:
-        principal = verifier.verify(token)
-    except TokenError as exc:
-        raise AccessDenied(401, exc.code, exc.message) from exc
+    principal = _verified(token, verifier)
     # A valid token only says who the caller is; a private channel is for those granted a role on it
     # (the API puts `res: {"channel/<name>": "listener" | "broadcaster"}` in stream tokens).
     if principal.resource_role("channel", channel) not in LISTENER_ROLES and not principal.is_admin:
@@ -135,12 +139,7 @@ def check_broadcaster(request: web.Request, channel: str, password: str | None,
     token = _token(request)
     if token is None:
         raise AccessDenied(401, "credentials_required", "a source password or broadcaster token is required")
-    if verifier is None:
-        raise AccessDenied(503, "auth_unavailable", "token verification is not configured")
-    try:
-        principal = verifier.verify(token)
-    except TokenError as exc:
-        raise AccessDenied(401, exc.code, exc.message) from exc
+    principal = _verified(token, verifier)
     if principal.resource_role("channel", channel) != BROADCASTER and not principal.is_admin:
         raise AccessDenied(403, "not_broadcaster", "the token does not grant broadcasting on this channel")
     return principal.name
