@@ -14,14 +14,15 @@
    measured over a window and the ramp stops at the first step where a listener lagged by more than 1 s of audio over
    the window (half the 2 s burst its player starts with). Only listeners that keep up count: reports the most
    listeners that all kept up (and the most that kept up at any step), server CPU per listener-second (above the
-   server's idle CPU, per listener that kept up), RSS per connected listener, and the load generators' own CPU (they
-   must stay cheaper than the server). icecast2 at its best: fed by `ffmpeg -re ... -flush_packets 1 icecast://`,
+   server's idle CPU, per listener that kept up; `server_user_system_per_s` splits the server's CPU: a write to a
+   socket is mostly the kernel's), RSS per connected listener, and the load generators' own CPU (they must stay
+   cheaper than the server). icecast2 at its best: fed by `ffmpeg -re ... -flush_packets 1 icecast://`,
    one MP3 frame per send as it falls due, so it reads a steady source and writes each listener evenly. icecast2 2.4
    always writes a listener 1,400-byte pieces (a compiled-in size), ~11.4 writes per listener-second at 128 kbps,
    whatever the source does; a bursty source (`-flush_packets 0`, 32 KiB at a time) keeps that count and costs it
    ~25 % more CPU per listener. Its burst (2 s, like the worker's) and queue (256 KiB, the worker's drop threshold)
    change nothing measurable; its client limit is above the ramp and its log level keeps it to errors and warnings.
-   The worker writes each listener every 0.25 s (its default write interval), ~4 writes per listener-second;
+   The worker writes each listener every 0.5 s (its default write interval), ~2 writes per listener-second;
 3. source-to-listener latency of a live source: progressive (bytes arriving) and HLS (first listed segment);
 4. the cost of tracing (`--only tracing`, part of the default run): the worker serving `--tracing-listeners` with
    tracing off, then exporting to a local Jaeger at 0 %, 1 % and 100 % sampling (two rounds, the second in reverse
@@ -224,10 +225,16 @@ def renice(pid: int, nice: int) -> None:
 
 def proc_stats(pid: int) -> tuple[float, int]:
     """(CPU seconds, RSS bytes) of a process and its threads."""
+    user, system = user_system(pid)
+    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return user + system, rss
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its threads: a write to a socket is mostly the kernel's."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return (int(stat[11]) + int(stat[12])) / ticks, rss
+    return int(stat[11]) / ticks, int(stat[12]) / ticks
 
 
 class LoadGen(Generators):
@@ -269,11 +276,13 @@ def ramp(name: str, pid: int, port: int, path: str, steps: list[int], rate: floa
             have = target
             time.sleep(2)  # bursts delivered, connections settled
             c0, _ = proc_stats(pid)
+            split0 = user_system(pid)
             _, g0 = gen.window(0)
             t0 = time.monotonic()
             rates, g1 = gen.window(window)
             dt = time.monotonic() - t0
             c1, rss = proc_stats(pid)
+            split = [round((b - a) / dt, 3) for a, b in zip(split0, user_system(pid), strict=True)]
             behind = sum(r * dt < (dt - LAG_S) * STREAM_BYTES_PER_S for r in rates)
             kept_up = len(rates) - behind
             cpu_per_s = (c1 - c0) / dt
@@ -283,7 +292,7 @@ def ramp(name: str, pid: int, port: int, path: str, steps: list[int], rate: floa
                     "kept_up": kept_up,
                     "slowest_kbps": round(rates[0] * 8 / 1000, 1) if rates else None,
                     "median_kbps": round(rates[len(rates) // 2] * 8 / 1000, 1) if rates else None,
-                    "server_cpu_per_s": round(cpu_per_s, 3),
+                    "server_cpu_per_s": round(cpu_per_s, 3), "server_user_system_per_s": split,
                     "loadgen_cpu_per_s": round((g1 - g0) / dt, 3),
                     "rss_per_listener_kB": round((rss - rss0) / max(connected, 1) / 1024, 2),
                     "cpu_us_per_listener_s": round(max(cpu_per_s - idle_cpu, 0) / max(kept_up, 1) * 1e6, 2)}
@@ -307,6 +316,7 @@ def ramp(name: str, pid: int, port: int, path: str, steps: list[int], rate: floa
             "rss_per_listener_kB": best.get("rss_per_listener_kB"),
             "cpu_us_per_listener_s": best.get("cpu_us_per_listener_s"),
             "loadgen_cpu_per_s": best.get("loadgen_cpu_per_s"), "server_cpu_per_s": best.get("server_cpu_per_s"),
+            "server_user_system_per_s": best.get("server_user_system_per_s"),
             "steps": results}
 
 

@@ -29,7 +29,7 @@ from veza_stream.metrics import LISTENERS, LISTENERS_DROPPED
 from veza_stream.renditions import Listener, RenditionFeed
 from veza_stream.transcoder import Chunk
 
-INTERVAL = 12000  # samples per flush at the feed's default write interval (0.25 s at 48 kHz)
+INTERVAL = 24000  # samples per flush at the feed's default write interval (0.5 s at 48 kHz)
 
 
 @dataclass

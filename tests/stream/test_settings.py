@@ -34,7 +34,7 @@ def test_defaults_and_empty_values() -> None:
     s = StreamSettings.from_env({"VEZA_SOURCE_PASSWORD": "", "POD_IP": "", "VEZA_POD_IP": "ignored"})
     assert (s.component, s.stream_metaint, s.stream_leader_ttl, s.stream_relay_max_backoff,
             s.stream_recording_seconds, s.stream_ll_hls_part, s.stream_write_interval, s.stream_listen_backlog) == (
-        "stream", 16000, 3.0, 30.0, 60.0, 0.0, 0.25, 4096)
+        "stream", 16000, 3.0, 30.0, 60.0, 0.0, 0.5, 4096)
     assert s.source_password is None and s.pod_ip is None and s.stream_advertise_url is None
 
 

@@ -38,7 +38,7 @@ EPOCH_DRIFT = 3.0
 
 class Channel:
     def __init__(self, name: str, spec: ChannelSpec, fetch: TrackFetcher, *, burst_seconds: float = 2.0,
-                 max_listener_buffer: int = 256 * 1024, write_interval: float = 0.25, hls_part_seconds: float = 0.0,
+                 max_listener_buffer: int = 256 * 1024, write_interval: float = 0.5, hls_part_seconds: float = 0.0,
                  prefer_system_codecs: bool = True, clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.clock = clock  # Unix seconds: stream time

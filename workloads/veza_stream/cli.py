@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(env VEZA_STREAM_LL_HLS_PART, 0)")
     parser.add_argument("--write-interval", type=float,
                         help="seconds of audio collected before each write to listeners "
-                             "(env VEZA_STREAM_WRITE_INTERVAL, 0.25)")
+                             "(env VEZA_STREAM_WRITE_INTERVAL, 0.5)")
     parser.add_argument("--listen-backlog", type=int,
                         help="connections queued for the worker to accept (env VEZA_STREAM_LISTEN_BACKLOG, 4096)")
 

@@ -65,7 +65,7 @@ class Listener(asyncio.Protocol):
 
 class RenditionFeed:
     def __init__(self, channel: str, name: str, content_type: str, *, burst_seconds: float = 2.0,
-                 max_buffer: int = 256 * 1024, sample_rate: int = 48000, write_interval: float = 0.25) -> None:
+                 max_buffer: int = 256 * 1024, sample_rate: int = 48000, write_interval: float = 0.5) -> None:
         self.channel = channel
         self.name = name
         LISTENERS_DROPPED.labels(channel, name)  # the alert on it reads 0, not "no data", from the start

@@ -49,8 +49,10 @@ class StreamSettings(Settings, NatsAuth):
     stream_recording_seconds: float = 60.0
     # LL-HLS part duration for channels whose spec sets no partDurationSeconds; 0 leaves them on plain HLS.
     stream_ll_hls_part: float = 0.0
-    # Seconds of audio collected before each write to listeners (0.02 to 1).
-    stream_write_interval: float = 0.25
+    # Seconds of audio collected before each write to listeners (0.02 to 1). A listener costs the worker about one
+    # send call per write, most of it the kernel's: two writes a second cost half of four, and players, which start
+    # with the 2 s burst, hear no difference (source to listener stays within a second).
+    stream_write_interval: float = 0.5
     # Connections the kernel queues for the worker to accept (listen backlog; Linux caps it at net.core.somaxconn).
     # aiohttp's default of 128 overflows in a rush of listeners (a whole audience arriving when a show starts) and
     # every connection past it waits for its client's SYN to be sent again, 1 s later.
