@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from loadgen import TICK, cpu_seconds
 from veza_core.auth import AUDIENCE_API, TokenIssuer, TokenVerifier
 from veza_core.db import migrate
 from veza_core.eventloop import event_loop_kind
@@ -114,15 +115,6 @@ async def get_load(base: str, token: str | None, seconds: float, concurrency: in
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*[worker(session) for _ in range(concurrency)])
     return latencies, time.monotonic() - began
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a process used so far: per request, steadier than req/s on a shared machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -56,6 +56,7 @@ from prometheus_client.samples import Sample
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workloads")]
 
+from loadgen import TICK, cpu_seconds  # noqa: E402
 from veza_chat.settings import ChatSettings  # noqa: E402
 from veza_core.auth import TokenIssuer  # noqa: E402
 from veza_core.eventloop import event_loop_kind, new_event_loop  # noqa: E402
@@ -64,7 +65,6 @@ from veza_local.controlplane import tools_bin_dir  # noqa: E402
 from veza_local.jaeger import JaegerService  # noqa: E402
 from veza_local.services import NatsService, PostgresService, RedisService, free_port  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 BACKING: list[int] = []  # pids of PostgreSQL, NATS and Redis
 
 
@@ -264,11 +264,6 @@ async def ws_connect(port: int, path: str, token: str | None, stats: Stats, *, c
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
 
 def family_cpu(pids: list[int]) -> float:
     """CPU seconds of these processes and their direct children (PostgreSQL's backends)."""

@@ -59,7 +59,6 @@ from typing import Any
 
 from chat_bench import (
     BACKING,
-    TICK,
     Servers,
     Stats,
     WsClient,
@@ -74,6 +73,7 @@ from chat_bench import (
     worker_env,
     ws_connect,
 )
+from loadgen import user_system
 from veza_chat.room import BATCH_GROUP
 from veza_core.eventloop import event_loop_kind
 from veza_local.services import NatsService, PostgresService, RedisService
@@ -130,12 +130,6 @@ class HotClient(WsClient):
             self.acked[ack["cid"]] = ack["seq"]
             if sent is not None and stats.counting:
                 stats.ack_latencies.append(time.time() - sent)
-
-
-def user_system(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process: a write to a socket is mostly the kernel's."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 async def full_collections(worker: Servers) -> tuple[float, float]:

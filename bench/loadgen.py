@@ -1,5 +1,6 @@
-"""Load generator processes shared by the benchmarks: each runs a command, reads one-line commands on stdin and
-answers each with one JSON line on stdout; pinned to the cores the server does not use."""
+"""Processes shared by the benchmarks: load generator processes (each runs a command, reads one-line commands on
+stdin and answers each with one JSON line on stdout; pinned to the cores the server does not use), and the CPU a
+process has used."""
 
 from __future__ import annotations
 
@@ -8,7 +9,22 @@ import json
 import os
 import resource
 import subprocess
+from pathlib import Path
 from typing import Any
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process and its threads used so far: a write to a socket is mostly the
+    kernel's."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process and its threads used so far."""
+    return sum(user_system(pid))
 
 
 def raise_fd_limit() -> None:

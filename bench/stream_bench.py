@@ -57,7 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workloads"), str(ROOT)]
 
-from loadgen import Generators, raise_fd_limit  # noqa: E402
+from loadgen import Generators, raise_fd_limit, user_system  # noqa: E402
 from veza_local.services import free_port  # noqa: E402
 from veza_stream.sources import decode  # noqa: E402
 from veza_stream.spec import Rendition  # noqa: E402
@@ -228,13 +228,6 @@ def proc_stats(pid: int) -> tuple[float, int]:
     user, system = user_system(pid)
     rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return user + system, rss
-
-
-def user_system(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process and its threads: a write to a socket is mostly the kernel's."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return int(stat[11]) / ticks, int(stat[12]) / ticks
 
 
 class LoadGen(Generators):
