@@ -57,7 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "workloads"), str(ROOT)]
 
-from loadgen import Generators, raise_fd_limit, user_system  # noqa: E402
+from loadgen import Generators, cpu_seconds, raise_fd_limit, user_system  # noqa: E402
 from veza_local.services import free_port  # noqa: E402
 from veza_stream.sources import decode  # noqa: E402
 from veza_stream.spec import Rendition  # noqa: E402
@@ -223,11 +223,9 @@ def renice(pid: int, nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, RSS bytes) of a process and its threads."""
-    user, system = user_system(pid)
-    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return user + system, rss
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (its threads share it)."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class LoadGen(Generators):
@@ -256,10 +254,9 @@ def ramp(name: str, pid: int, port: int, path: str, steps: list[int], rate: floa
     others = (os.sched_getaffinity(0) - {server_cpu}) or {server_cpu}
     os.sched_setaffinity(pid, {server_cpu})  # one server process on one core
     renice(pid, NICE)
-    cpu0, rss0 = proc_stats(pid)
+    cpu0, rss0 = cpu_seconds(pid), rss_bytes(pid)
     time.sleep(window)
-    cpu1, _ = proc_stats(pid)
-    idle_cpu = (cpu1 - cpu0) / window  # veza: the encoder; icecast2: nothing much
+    idle_cpu = (cpu_seconds(pid) - cpu0) / window  # veza: the encoder; icecast2: nothing much
     gen = LoadGen(port, path, procs, others)
     results: list[dict[str, Any]] = []
     try:
@@ -268,17 +265,16 @@ def ramp(name: str, pid: int, port: int, path: str, steps: list[int], rate: floa
             connected, failed = gen.add(target - have, rate)
             have = target
             time.sleep(2)  # bursts delivered, connections settled
-            c0, _ = proc_stats(pid)
             split0 = user_system(pid)
             _, g0 = gen.window(0)
             t0 = time.monotonic()
             rates, g1 = gen.window(window)
             dt = time.monotonic() - t0
-            c1, rss = proc_stats(pid)
-            split = [round((b - a) / dt, 3) for a, b in zip(split0, user_system(pid), strict=True)]
+            split1, rss = user_system(pid), rss_bytes(pid)
+            split = [round((b - a) / dt, 3) for a, b in zip(split0, split1, strict=True)]
             behind = sum(r * dt < (dt - LAG_S) * STREAM_BYTES_PER_S for r in rates)
             kept_up = len(rates) - behind
-            cpu_per_s = (c1 - c0) / dt
+            cpu_per_s = (sum(split1) - sum(split0)) / dt
             # CPU is per listener that kept up (one that falls behind is not served, whatever it costs); memory is
             # per connected listener (every one holds its connection's memory).
             step: dict[str, Any] = {"listeners": connected, "failed_connects": failed, "behind": behind,

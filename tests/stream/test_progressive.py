@@ -27,9 +27,10 @@ from veza_stream import progressive
 from veza_stream.icy import metadata_block
 from veza_stream.metrics import LISTENERS, LISTENERS_DROPPED
 from veza_stream.renditions import Listener, RenditionFeed
+from veza_stream.settings import WRITE_INTERVAL
 from veza_stream.transcoder import Chunk
 
-INTERVAL = 24000  # samples per flush at the feed's default write interval (0.5 s at 48 kHz)
+INTERVAL = int(WRITE_INTERVAL * 48000)  # samples per flush at the feed's default write interval
 
 
 @dataclass

@@ -25,6 +25,7 @@ from .hls import HLS_CODECS, Segment, Segmenter
 from .metrics import HLS_SEGMENTS
 from .pump import Batch, Pump, Source
 from .renditions import RenditionFeed
+from .settings import WRITE_INTERVAL
 from .sources import PlaylistSource, PushedSource, TrackFetcher
 from .spec import ChannelSpec
 from .transcoder import CONTENT_TYPES, SAMPLE_RATE, Transcoder
@@ -38,8 +39,9 @@ EPOCH_DRIFT = 3.0
 
 class Channel:
     def __init__(self, name: str, spec: ChannelSpec, fetch: TrackFetcher, *, burst_seconds: float = 2.0,
-                 max_listener_buffer: int = 256 * 1024, write_interval: float = 0.5, hls_part_seconds: float = 0.0,
-                 prefer_system_codecs: bool = True, clock: Callable[[], float] = time.time) -> None:
+                 max_listener_buffer: int = 256 * 1024, write_interval: float = WRITE_INTERVAL,
+                 hls_part_seconds: float = 0.0, prefer_system_codecs: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.clock = clock  # Unix seconds: stream time
         self.epoch: float | None = None  # stream time of pts 0

@@ -14,7 +14,7 @@ from veza_core.logs import configure_logging
 from veza_core.tracing import configure_tracing
 from veza_core.web import run as run_app
 
-from .settings import StreamSettings
+from .settings import WRITE_INTERVAL, StreamSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(env VEZA_STREAM_LL_HLS_PART, 0)")
     parser.add_argument("--write-interval", type=float,
                         help="seconds of audio collected before each write to listeners "
-                             "(env VEZA_STREAM_WRITE_INTERVAL, 0.5)")
+                             f"(env VEZA_STREAM_WRITE_INTERVAL, {WRITE_INTERVAL})")
     parser.add_argument("--listen-backlog", type=int,
                         help="connections queued for the worker to accept (env VEZA_STREAM_LISTEN_BACKLOG, 4096)")
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from .icy import IcyState
 from .metrics import LISTENERS, LISTENERS_DROPPED
+from .settings import WRITE_INTERVAL
 from .transcoder import Chunk
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ class Listener(asyncio.Protocol):
 
 class RenditionFeed:
     def __init__(self, channel: str, name: str, content_type: str, *, burst_seconds: float = 2.0,
-                 max_buffer: int = 256 * 1024, sample_rate: int = 48000, write_interval: float = 0.5) -> None:
+                 max_buffer: int = 256 * 1024, sample_rate: int = 48000,
+                 write_interval: float = WRITE_INTERVAL) -> None:
         self.channel = channel
         self.name = name
         LISTENERS_DROPPED.labels(channel, name)  # the alert on it reads 0, not "no data", from the start

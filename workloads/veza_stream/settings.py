@@ -19,6 +19,11 @@ from pydantic import Field, ValidationInfo, field_validator
 from veza_core.bus import NatsAuth
 from veza_core.config import Settings
 
+# Seconds of audio collected before each write to a listener. A listener costs the worker about one send call per
+# write, most of it the kernel's: two writes a second cost half of four, and players, which start with the 2 s burst,
+# hear no difference (source to listener stays within a second).
+WRITE_INTERVAL = 0.5
+
 # Fields read from these variables rather than VEZA_<FIELD>.
 UNPREFIXED = {"pod_ip": "POD_IP", "aws_access_key_id": "AWS_ACCESS_KEY_ID",
               "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY"}
@@ -49,10 +54,8 @@ class StreamSettings(Settings, NatsAuth):
     stream_recording_seconds: float = 60.0
     # LL-HLS part duration for channels whose spec sets no partDurationSeconds; 0 leaves them on plain HLS.
     stream_ll_hls_part: float = 0.0
-    # Seconds of audio collected before each write to listeners (0.02 to 1). A listener costs the worker about one
-    # send call per write, most of it the kernel's: two writes a second cost half of four, and players, which start
-    # with the 2 s burst, hear no difference (source to listener stays within a second).
-    stream_write_interval: float = 0.5
+    # Seconds of audio collected before each write to listeners (0.02 to 1).
+    stream_write_interval: float = WRITE_INTERVAL
     # Connections the kernel queues for the worker to accept (listen backlog; Linux caps it at net.core.somaxconn).
     # aiohttp's default of 128 overflows in a rush of listeners (a whole audience arriving when a show starts) and
     # every connection past it waits for its client's SYN to be sent again, 1 s later.
