@@ -23,7 +23,10 @@
    ~25 % more CPU per listener. Its burst (2 s, like the worker's) and queue (256 KiB, the worker's drop threshold)
    change nothing measurable; its client limit is above the ramp and its log level keeps it to errors and warnings.
    The worker writes each listener every 0.5 s (its default write interval), ~2 writes per listener-second;
-3. source-to-listener latency of a live source: progressive (bytes arriving) and HLS (first listed segment);
+3. source-to-listener latency of a live source: progressive (bytes arriving) and HLS (first listed segment). The
+   source is silence with 12 tones of 0.5 s, each at another phase of the worker's write schedule; a progressive
+   listener notes when each arrives (`progressive_each_s`; `progressive_max_s` is the worst case the write interval
+   adds), the HLS watchers the first;
 4. the cost of tracing (`--only tracing`, part of the default run): the worker serving `--tracing-listeners` with
    tracing off, then exporting to a local Jaeger at 0 %, 1 % and 100 % sampling (two rounds, the second in reverse
    order); CPU per listener-second as ratios to off (`tracing.<ratio>.ratio_to_off`, above 1: tracing costs).
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -59,6 +63,7 @@ sys.path[:0] = [str(ROOT / "workloads"), str(ROOT)]
 
 from loadgen import Generators, cpu_seconds, raise_fd_limit, user_system  # noqa: E402
 from veza_local.services import free_port  # noqa: E402
+from veza_stream.settings import WRITE_INTERVAL  # noqa: E402
 from veza_stream.sources import decode  # noqa: E402
 from veza_stream.spec import Rendition  # noqa: E402
 from veza_stream.transcoder import Transcoder  # noqa: E402
@@ -515,15 +520,38 @@ def profile_veza(tmp: Path, s3: dict[str, str], args: argparse.Namespace) -> Non
         stop(proc)
 
 
+ONSETS = 12  # tone bursts in the latency source, each at another phase of the worker's write schedule
+
+
+def onset_times(first: float, n: int) -> list[float]:
+    """Seconds into the source at which each 0.5 s tone begins: 1.5 s plus 1/n of the worker's write interval
+    apart, so the n onsets fall at n evenly spread phases of its write schedule and one lands just after a write
+    (the worst case the interval can add)."""
+    return [first + k * (1.5 + WRITE_INTERVAL / n) for k in range(n)]
+
+
+def tone_frames(data: bytes) -> list[bool]:
+    """For each MP3 frame decoded from `data`: whether it is loud (the tone) rather than silence."""
+    try:
+        with av.open(io.BytesIO(data), format="mp3") as c:
+            return [float(np.sqrt(np.mean(f.to_ndarray()[0] ** 2))) > 0.1 for f in c.decode(audio=0)]
+    except Exception:
+        return []
+
+
 async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
     import aiohttp
     spec = {"source": {"type": "live"}, "renditions": [{"name": "mp3", "codec": "mp3", "bitrateKbps": 128}],
             "delivery": {"hls": {"enabled": True, "targetDurationSeconds": 1, "partDurationSeconds": 0.25}}}
     proc, port = start_veza(tmp, spec, {**s3, "VEZA_SOURCE_PASSWORD": "bench-source-pw"})
     rate = 48000
-    silence = np.zeros(rate * 4, dtype=np.float32)
-    tone = (0.4 * np.sin(2 * np.pi * 1000 * np.arange(rate * 4) / rate)).astype(np.float32)
-    pcm = np.concatenate([silence, tone])
+    onsets = onset_times(4.0, ONSETS)
+    duration = onsets[-1] + 2.0
+    t = np.arange(int(rate * duration)) / rate
+    loud = np.zeros_like(t, dtype=bool)
+    for start in onsets:
+        loud |= (t >= start) & (t < start + 0.5)
+    pcm = np.where(loud, 0.4 * np.sin(2 * np.pi * 1000 * t), 0.0).astype(np.float32)
     buf = Path(tmp / "lat.mp3")
     with av.open(str(buf), "w", format="mp3") as c:
         s = c.add_stream("libmp3lame", rate=rate, layout="stereo")
@@ -534,9 +562,10 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
             for p in s.encode(f):
                 c.mux(p)
     data = buf.read_bytes()
-    bytes_per_s = len(data) / 8.0
-    tone_sent: list[float] = []
-    progressive_seen: list[float] = []
+    bytes_per_s = len(data) / duration  # constant bit rate: a byte offset is a time
+    onset_bytes = [int(start * bytes_per_s) for start in onsets]
+    tone_sent: list[float] = []  # when the source sent the chunk holding each onset's first bytes
+    progressive_seen: list[float] = []  # when the listener first received each tone burst
     hls_seen: list[float] = []
     ll_seen: list[float] = []
 
@@ -545,7 +574,7 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
             step = int(bytes_per_s / 20)
             start = time.monotonic()
             for i in range(0, len(data), step):
-                if i >= len(data) / 2 and not tone_sent:
+                while len(tone_sent) < len(onset_bytes) and onset_bytes[len(tone_sent)] < i + step:
                     tone_sent.append(time.monotonic())
                 yield data[i:i + step]
                 await asyncio.sleep(max(0, start + (i + step) / bytes_per_s - time.monotonic()))
@@ -554,30 +583,29 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
                               headers={"Content-Type": "audio/mpeg",
                                        "Authorization": "Basic c291cmNlOmJlbmNoLXNvdXJjZS1wdw=="})
 
-    def loud(chunk: bytes) -> bool:
-        try:
-            with av.open(__import__("io").BytesIO(chunk), format="mp3") as c:
-                x = np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)] or [np.zeros(1)])
-            return float(np.sqrt(np.mean(x ** 2))) > 0.1
-        except Exception:
-            return False
-
     async def progressive() -> None:
+        """Note when each tone burst first arrives: the first read whose bytes decode to a loud frame after
+        silence (the decoder gets the previous read's tail too, to find its frame boundary)."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /stream/bench/mp3 HTTP/1.0\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
-        window = b""
-        while not progressive_seen:
-            d = await reader.read(4096)
+        tail, in_tone = b"", False
+        while len(progressive_seen) < len(onsets):
+            d = await reader.read(65536)
             if not d:
                 break
-            window = (window + d)[-8192:]
-            if tone_sent and loud(window[-4096:]):
-                progressive_seen.append(time.monotonic())
+            arrived = time.monotonic()
+            frames = tone_frames(tail + d)
+            if tone_sent and not in_tone and any(frames):
+                progressive_seen.append(arrived)
+                in_tone = True
+            elif in_tone and frames and not any(frames[-8:]):
+                in_tone = False  # the last ~0.2 s decoded is silence: the burst is over
+            tail = d[-2048:]
         writer.close()
 
     async def watch_playlist(uris: Callable[[str], list[str]], found: list[float], interval: float) -> None:
-        """Fetch every new segment or part the media playlist lists; note when the tone is in one."""
+        """Fetch every new segment or part the media playlist lists; note when the first tone is in one."""
         base = f"http://127.0.0.1:{port}/stream/bench/hls/mp3"
         seen: set[str] = set()
         async with aiohttp.ClientSession() as session:
@@ -590,7 +618,7 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
                     seen.add(uri)
                     async with session.get(f"{base}/{uri}") as r:
                         media = await r.read()
-                    if tone_sent and loud(media):
+                    if tone_sent and any(tone_frames(media)):
                         found.append(time.monotonic())
                 await asyncio.sleep(interval)
 
@@ -603,17 +631,21 @@ async def bench_latency(tmp: Path, s3: Any) -> dict[str, Any]:
     try:
         await asyncio.sleep(1)
         await asyncio.wait_for(asyncio.gather(source(), progressive(), watch_playlist(segments, hls_seen, 0.1),
-                                              watch_playlist(parts, ll_seen, 0.05)), 30)
+                                              watch_playlist(parts, ll_seen, 0.05)), duration + 20)
     except TimeoutError:
         say(f"latency: timed out (see {tmp}/veza-{port}.log)")
     finally:
         stop(proc)
-    return {"progressive_s": round(progressive_seen[0] - tone_sent[0], 3) if progressive_seen else None,
+    each = [round(seen - sent, 3) for seen, sent in zip(progressive_seen, tone_sent, strict=False)]
+    return {"progressive_s": each[0] if each else None,
+            "progressive_each_s": each,
+            "progressive_max_s": max(each) if each else None,
             "hls_s": round(hls_seen[0] - tone_sent[0], 3) if hls_seen else None,
             "ll_hls_s": round(ll_seen[0] - tone_sent[0], 3) if ll_seen else None,
-            "note": "time from the source sending the first tone bytes to a listener receiving audible tone; "
-                    "HLS: to the first listed segment holding it, LL-HLS (0.25 s parts): to the first listed part "
-                    "(players add their own buffering)"}
+            "note": "time from the source sending a tone's first bytes to a listener receiving audible tone; "
+                    f"progressive: each of {len(onsets)} tones at different phases of the write interval (the "
+                    "first, each, the largest); HLS: the first tone, to the first listed segment holding it; "
+                    "LL-HLS (0.25 s parts): to the first listed part (players add their own buffering)"}
 
 
 def main() -> int:

@@ -3,8 +3,9 @@
 The source on air is the primary (live, relay or playlist) while it has audio, else
 the fallback playlist, else silence, so listeners and HLS keep flowing whatever
 happens upstream. Output is paced by a wall clock: a playlist is encoded at most
-``lead`` seconds ahead of real time, and a source that falls behind (a stalled live
-client) moves the clock instead of causing a burst later.
+``lead`` seconds ahead of real time, a pushed source (live, relay) as its frames
+arrive (its sender is its clock) unless it runs ``max_lead`` ahead, and a source that
+falls behind (a stalled live client) moves the clock instead of causing a burst later.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import av
 from opentelemetry import trace
 
 from .metrics import ENCODE_LATENCY, ENCODED_SECONDS, SOURCE_ACTIVE
+from .sources import PushedSource
 from .transcoder import CANONICAL_FORMAT, LAYOUT, SAMPLE_RATE, Chunk, Transcoder
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,6 @@ class Source(Protocol):
     def read(self, timeout: float) -> av.AudioFrame | None: ...
 
     def close(self) -> None: ...
-
-
-def _none() -> int:
-    return 0
 
 
 def silence(samples: int = 1024) -> av.AudioFrame:
@@ -116,14 +114,16 @@ class Pump(threading.Thread):
             ahead = produced / SAMPLE_RATE - (time.monotonic() - started)
             if ahead < -0.5:
                 started = time.monotonic() - produced / SAMPLE_RATE  # fell behind: rebase, never catch up in a burst
-            # A pushed source (live, relay) is paced by its sender: frames queued behind the encoder are latency, so
-            # they are encoded at once (up to `max_lead`) instead of at the wall clock's pace.
-            backlog = source is not None and getattr(source, "backlog", _none)() > 2 and ahead < self.max_lead
-            if batched >= self.batch_samples or (ahead > self.lead and not backlog):
+            # A pushed source (live, relay) is paced by its sender: each frame is encoded as it arrives, since waiting
+            # for the wall clock would hold the frames queued behind the encoder back as latency (they queued for as
+            # long as the wait, then went out in a burst: 0.3-0.5 s more at random). Only a sender running more than
+            # `max_lead` ahead of real time is paced; a file is read `lead` ahead.
+            limit = self.max_lead if isinstance(source, PushedSource) else self.lead
+            if batched >= self.batch_samples or ahead > limit:
                 self._flush(batch, source)
                 batched = 0
-            if ahead > self.lead and not backlog:
-                self.stopping.wait(ahead - self.lead)
+            if ahead > limit:
+                self.stopping.wait(ahead - limit)
 
     def _flush(self, batch: Batch, source: Source | None) -> None:
         if any(batch.values()):

@@ -169,11 +169,6 @@ class PushedSource:
         return s is not None and s.decoding() and (
             not s.frames.empty() or time.monotonic() - s.last_frame_at < self.stall_seconds)
 
-    def backlog(self) -> int:
-        """Decoded frames waiting for the encoder (the pump drains a backlog instead of pacing it)."""
-        s = self.session
-        return s.frames.qsize() if s is not None else 0
-
     def read(self, timeout: float) -> av.AudioFrame | None:
         s = self.session
         if s is None:
