@@ -17,7 +17,9 @@ The phases alternate (`--rounds`, default 3: per_message, batched, batched, per_
 warming up and the machine's drift favour neither; the ratio is from the sums over the rounds. A last phase,
 `messages_only`, sends the same messages to a handful of sockets: its worker CPU per message is what a message
 costs besides its deliveries (group commit, ack, rate limit, JetStream publish, the recent-events cache), the same
-in both phases; `ratio_per_worker_cpu_delivery_only` is the ratio once that is taken out of both. On a busy machine
+in both phases; `ratio_per_worker_cpu_delivery_only` is the ratio once that is taken out of both. Then
+`messages_only_4x`, the same at four times the rate: a message's cost there against the first tells how much of it is
+the worker waking up from idle between messages (bench/wake_bench.py measures that alone). On a busy machine
 the per-message loop falls behind and puts more events into each write by itself (`events_per_write`), at the
 price of its latency: compare ratios of runs whose phases kept up.
 
@@ -259,10 +261,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 phases.append(await phase(worker, label, batched, tokens, args))
                 say(f"  {phases[-1]}")
             # The same messages to a handful of sockets: what a message costs the worker besides its deliveries.
+            # At four times the rate the worker's loop idles a quarter as long between messages: on a host where
+            # waking from idle is dear (bench/wake_bench.py), a message costs less there.
             small = args.senders + 4
-            say(f"[messages_only] {small} sockets, {args.rate:g} msg/s for {args.seconds:g} s")
-            phases.append(await phase(worker, "messages_only", False, tokens, args, sockets_n=small))
-            say(f"  {phases[-1]}")
+            for label, rate in (("messages_only", args.rate), ("messages_only_4x", 4 * args.rate)):
+                say(f"[{label}] {small} sockets, {rate:g} msg/s for {args.seconds:g} s")
+                paced = argparse.Namespace(**{**vars(args), "rate": rate})
+                phases.append(await phase(worker, label, False, tokens, paced, sockets_n=small))
+                say(f"  {phases[-1]}")
         finally:
             worker.stop()
     finally:
@@ -277,8 +283,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         return sum(p["deliveries"] for p in phases if p["phase"] == label) / cpu if cpu else None
 
     base, batched = per_cpu("per_message"), per_cpu("batched")
-    only = next(p for p in phases if p["phase"] == "messages_only")
-    per_message_cpu = only["worker_cpu_s"] / only["messages"]
+    def own_cost(label: str) -> float:
+        """Worker CPU seconds per message in a phase of a handful of sockets."""
+        only = next(p for p in phases if p["phase"] == label)
+        return only["worker_cpu_s"] / only["messages"]
+
+    per_message_cpu = own_cost("messages_only")
 
     def per_delivery_cpu(label: str) -> float | None:
         """Deliveries per worker CPU second once the messages' own cost (the messages_only phase's) is taken out."""
@@ -294,6 +304,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         # What a message costs the worker besides delivering it (group commit, ack, rate limit, JetStream publish,
         # recent-events cache), and the ratio of the delivery work alone once that is taken out of both phases.
         "worker_cpu_ms_per_message_besides_delivery": round(per_message_cpu * 1000, 2),
+        "worker_cpu_ms_per_message_besides_delivery_at_4x_rate": round(own_cost("messages_only_4x") * 1000, 2),
         "ratio_per_worker_cpu_delivery_only": round(batched_d / base_d, 2) if base_d and batched_d else None,
         "events_per_write": {label: [p["events_per_write"] for p in phases if p["phase"] == label]
                              for label in ("per_message", "batched")},
