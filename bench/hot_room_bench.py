@@ -283,6 +283,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         return sum(p["deliveries"] for p in phases if p["phase"] == label) / cpu if cpu else None
 
     base, batched = per_cpu("per_message"), per_cpu("batched")
+
     def own_cost(label: str) -> float:
         """Worker CPU seconds per message in a phase of a handful of sockets."""
         only = next(p for p in phases if p["phase"] == label)
